@@ -1,0 +1,122 @@
+"""The one data model shared by every part: decoder output, gateway queue, ingest API, storage, exports.
+
+Field names follow the Sample wire contract v1 in design.md. Units are in the names.
+Any field but ``battery_id``, ``seq`` and ``ts`` may be missing (``None``) when the command that
+carries it failed: a partial reading stays partial, it is never filled with zeros.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+BATTERY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+SOURCES = ("a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim")
+VIAS = ("lan", "wifi", "cellular", "mqtt", "phone", "ble")
+STATES = ("idle", "charging", "discharging")
+
+Source = Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim"]
+Via = Literal["lan", "wifi", "cellular", "mqtt", "phone", "ble"]
+PackState = Literal["idle", "charging", "discharging"]
+
+#: measurement fields, in wire order; everything a reading can carry besides identity and time
+MEASUREMENT_FIELDS: tuple[str, ...] = (
+    "voltage_v",
+    "current_a",
+    "soc_pct",
+    "remaining_ah",
+    "cycles",
+    "state",
+    "charge_mos",
+    "discharge_mos",
+    "charger_connected",
+    "load_connected",
+    "cells_mv",
+    "temps_c",
+    "balancing",
+    "faults",
+    "fault_code",
+)
+
+#: every field of a Sample, in wire order (also the CSV export column order before cells are expanded)
+SAMPLE_FIELDS: tuple[str, ...] = ("battery_id", "seq", "ts", "source", "via", *MEASUREMENT_FIELDS, "errors")
+
+
+def utc_now() -> datetime:
+    """Now, in UTC, truncated to milliseconds (the wire's resolution)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def format_ts(ts: datetime) -> str:
+    """RFC 3339 UTC with milliseconds, e.g. ``2026-11-24T10:29:25.123Z``."""
+    ts = ts.astimezone(UTC)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+class Reading(BaseModel):
+    """One reading of one BMS as the client produced it: measurements, time, source.
+
+    ``errors`` names the commands that failed and why (e.g. ``{"0x95": "timeout after 180 ms"}``),
+    so a partial reading says what is missing and why.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime = Field(default_factory=utc_now)
+    source: Source | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    soc_pct: float | None = None
+    remaining_ah: float | None = None
+    cycles: Annotated[int, Field(ge=0)] | None = None
+    state: PackState | None = None
+    charge_mos: bool | None = None
+    discharge_mos: bool | None = None
+    charger_connected: bool | None = None
+    load_connected: bool | None = None
+    cells_mv: list[int] | None = None
+    temps_c: list[float] | None = None
+    balancing: list[int] | None = None
+    faults: list[str] | None = None
+    fault_code: Annotated[int, Field(ge=0, le=255)] | None = None
+    errors: dict[str, str] | None = None
+
+    @field_validator("ts")
+    @classmethod
+    def _ts_utc(cls, ts: datetime) -> datetime:
+        if ts.tzinfo is None:
+            raise ValueError("ts must carry a timezone (RFC 3339, e.g. 2026-11-24T10:00:00.000Z)")
+        ts = ts.astimezone(UTC)
+        return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
+
+    @field_serializer("ts")
+    def _ser_ts(self, ts: datetime) -> str:
+        return format_ts(ts)
+
+    def measurements(self) -> dict[str, Any]:
+        """The measurement fields that are present (not None)."""
+        return {k: v for k in MEASUREMENT_FIELDS if (v := getattr(self, k)) is not None}
+
+    @property
+    def is_partial(self) -> bool:
+        return bool(self.errors)
+
+
+class Sample(Reading):
+    """A Reading with its identity: which pack, its sequence number, how it travelled (wire contract v1)."""
+
+    battery_id: str = Field(pattern=BATTERY_ID_PATTERN)
+    seq: int = Field(ge=0)
+    via: Via | None = None
+
+    @classmethod
+    def from_reading(cls, reading: Reading, *, battery_id: str, seq: int, via: Via | None = None) -> Sample:
+        return cls(**reading.model_dump(exclude_none=False), battery_id=battery_id, seq=seq, via=via)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON object sent on the wire: absent fields are left out, not sent as null."""
+        return self.model_dump(mode="json", exclude_none=True)
