@@ -1,3 +1,61 @@
-"""Commands: gateway (to be written)."""
+"""Command: ``trackingbms gateway -c gateway.toml`` (the transmitter agent)."""
 
-from trackingbms.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from trackingbms.cli.app import app
+
+
+@app.command("gateway")
+def gateway_command(
+    config: Path = typer.Option(None, "--config", "-c", help="gateway TOML file (see --example-config)"),
+    example_config: bool = typer.Option(
+        False, "--example-config", help="print a commented example config and exit"
+    ),
+    log_level: str = typer.Option(
+        None, "--log-level", help="override log_level: debug, info, warning, error"
+    ),
+) -> None:
+    """Run the gateway: poll BMSs, queue samples durably, send them to the server, serve the LAN API."""
+    from trackingbms.gateway.config import EXAMPLE_CONFIG, ConfigError, GatewayConfig
+
+    if example_config:
+        typer.echo(EXAMPLE_CONFIG, nl=False)
+        raise typer.Exit(0)
+    if config is None:
+        typer.echo("error: --config / -c gateway.toml is required (try --example-config)", err=True)
+        raise typer.Exit(2)
+    try:
+        cfg = GatewayConfig.from_toml(config)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+    import asyncio
+    import logging
+    import signal
+
+    level = (log_level or cfg.log_level).upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+    from trackingbms.gateway import run_gateway
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_gateway(cfg, stop=stop)
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:  # e.g. the local API port is taken, the state dir is not writable
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None

@@ -1,0 +1,105 @@
+"""run_gateway: wires the pollers, the durable queue, the uplinks, the heartbeat and the local API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from trackingbms.gateway.config import GatewayConfig
+from trackingbms.gateway.local import LocalApi
+from trackingbms.gateway.poller import BmsPoller
+from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.state import BatteryStatus, GatewayState
+from trackingbms.gateway.uplink import RemoteConfig, UplinkManager
+from trackingbms.model import Sample
+
+log = logging.getLogger("trackingbms.gateway")
+
+HOUSEKEEPING_S = 60.0
+
+
+class Gateway:
+    """The running gateway; :func:`run_gateway` is the public entry point."""
+
+    def __init__(self, config: GatewayConfig):
+        self.config = config
+        self.queue = DurableQueue(
+            config.state_dir, disk_budget_mb=config.disk_budget_mb, local_history_h=config.local_history_h
+        )
+        self.state = GatewayState()
+        for b in config.bms:
+            self.state.batteries[b.battery_id] = BatteryStatus(
+                battery_id=b.battery_id,
+                port=b.port,
+                poll_interval_s=b.poll_interval_s,
+                cadences_s=dict(b.cadences_s),
+            )
+        self.remote = RemoteConfig(self.queue, self.state, config)
+        self.uplinks = UplinkManager(config, self.queue, self.state, self.remote)
+        self.local: LocalApi | None = None
+        if config.local_api.enabled:
+            self.local = LocalApi(config.local_api, self.state, self.queue, self.status)
+
+    def status(self) -> dict[str, Any]:
+        body = self.uplinks.heartbeat_body()
+        body.pop("batteries", None)
+        body["thinned_total"] = self.queue.thinned_total
+        body["dead_letter"] = len(self.queue.dead_letters())
+        return body
+
+    def _on_sample(self, sample: Sample) -> None:
+        self.uplinks.notify()
+        self.state.publish({"type": "sample", "battery_id": sample.battery_id, "sample": sample.to_wire()})
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_S)
+            with contextlib.suppress(Exception):
+                self.queue.prune_history()
+                self.queue.enforce_budget()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info(
+            "gateway starting: %d BMS, uplinks %s, state in %s (%d samples queued)",
+            len(self.config.bms),
+            ", ".join(f"{u.name}={u.url}" for u in self.config.uplinks),
+            self.config.state_dir,
+            self.queue.pending_count(),
+        )
+        self.queue.enforce_budget()
+        if self.local is not None:
+            await self.local.start()
+        tasks = [
+            asyncio.create_task(
+                BmsPoller(b, self.queue, self.state, self._on_sample).run(), name=f"poll-{b.battery_id}"
+            )
+            for b in self.config.bms
+        ]
+        tasks += [
+            asyncio.create_task(self.uplinks.run_sender(), name="sender"),
+            asyncio.create_task(self.uplinks.run_heartbeat(), name="heartbeat"),
+            asyncio.create_task(self.uplinks.run_failback_probe(), name="failback"),
+            asyncio.create_task(self._housekeeping(), name="housekeeping"),
+        ]
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in [*tasks, stopper]:
+                task.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if self.local is not None:
+                await self.local.stop()
+            await self.uplinks.aclose()
+            self.queue.close()
+            log.info("gateway stopped")
+
+
+async def run_gateway(config: GatewayConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the gateway until ``stop`` is set (or forever); queued samples stay on disk for the next run."""
+    await Gateway(config).run(stop or asyncio.Event())

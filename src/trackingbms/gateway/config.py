@@ -1,0 +1,251 @@
+"""Gateway configuration: one TOML file, validated at start.
+
+Schema (every key, its default, its meaning) is shown by ``trackingbms gateway --example-config``
+(:data:`EXAMPLE_CONFIG` below). Errors name the key, e.g. ``bms[0].poll_interval_s: Input should be
+greater than 0``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trackingbms.model import BATTERY_ID_PATTERN
+
+#: commands the poller may issue besides "pack" (which runs at the poll interval)
+SLOW_COMMANDS = ("cell_range", "temp_range", "mos", "status", "cells", "temps", "balancing", "faults")
+
+DEFAULT_CADENCES_S: dict[str, float] = {
+    "mos": 5.0,
+    "cells": 5.0,
+    "temps": 10.0,
+    "balancing": 10.0,
+    "faults": 5.0,
+    "status": 30.0,
+}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the key(s) and what is wrong."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class UplinkConfig(_Strict):
+    """One HTTP(S) uplink; listed in priority order (the first is the primary)."""
+
+    name: Literal["wifi", "cellular", "lan"] = Field(description="also the Sample's `via`")
+    url: str = Field(description="server base URL, e.g. https://tbms.example.com")
+    batch_max_samples: int = Field(1000, ge=1, le=5000)
+    batch_max_age_s: float = Field(1.0, ge=0)
+    timeout_s: float = Field(15.0, gt=0)
+    max_in_flight: int = Field(2, ge=1, le=8)
+    gzip: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url.rstrip("/")
+
+
+class BmsConfig(_Strict):
+    """One BMS polled by this gateway."""
+
+    battery_id: str = Field(pattern=BATTERY_ID_PATTERN)
+    port: str = Field(min_length=1, description="device path (/dev/ttyUSB0) or tcp://host:port")
+    family: Literal["a5"] = "a5"
+    address: int = Field(0x40, ge=0, le=255)
+    board: int = Field(1, ge=1, le=16)
+    baud: int = Field(9600, gt=0)
+    invert_current: bool = False
+    source: Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "sim"] = "a5-uart"
+    retries: int = Field(2, ge=0, le=10)
+    poll_interval_s: float = Field(1.0, gt=0)
+    cadences_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_CADENCES_S))
+    #: no reply at all for this long → link state "asleep"
+    asleep_after_s: float = Field(10.0, gt=0)
+    #: reconnect / wake-probe backoff ceiling
+    reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("cadences_s")
+    @classmethod
+    def _cadences(cls, cadences: dict[str, float]) -> dict[str, float]:
+        for name, every_s in cadences.items():
+            if name not in SLOW_COMMANDS:
+                raise ValueError(f"unknown command {name!r}; known: {', '.join(SLOW_COMMANDS)}")
+            if every_s < 0:
+                raise ValueError(f"{name}: cadence must be >= 0 seconds (0 = every poll)")
+        return cadences
+
+
+class FailoverConfig(_Strict):
+    #: switch to the next uplink after the active one failed for this long
+    after_s: float = Field(60.0, ge=0)
+    #: while failed over, probe the primary this often (heartbeat); success → fail back
+    probe_interval_s: float = Field(30.0, gt=0)
+
+
+class RetryConfig(_Strict):
+    backoff_initial_s: float = Field(1.0, gt=0)
+    backoff_max_s: float = Field(60.0, gt=0)
+
+
+class LocalApiConfig(_Strict):
+    enabled: bool = True
+    listen: str = "0.0.0.0:8081"
+    #: optional LAN token: requests need `Authorization: Bearer <token>` or `?token=<token>`
+    token: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError("must be host:port, e.g. 0.0.0.0:8081")
+        return listen
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class GatewayConfig(_Strict):
+    """The whole gateway configuration (see :data:`EXAMPLE_CONFIG`)."""
+
+    device_token: str = Field(min_length=8)
+    state_dir: Path
+    #: the queue database may use this much disk; policy at 100 %: see trackingbms.gateway.queue
+    disk_budget_mb: float = Field(200.0, gt=0)
+    #: acknowledged samples are kept this long for the local history API
+    local_history_h: float = Field(24.0, ge=0)
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    uplinks: list[UplinkConfig] = Field(min_length=1)
+    bms: list[BmsConfig] = Field(min_length=1)
+    failover: FailoverConfig = Field(default_factory=FailoverConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _unique(self) -> GatewayConfig:
+        ids = [b.battery_id for b in self.bms]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"bms: battery_id {', '.join(dup)} listed more than once")
+        names = [u.name for u in self.uplinks]
+        if len(set(names)) != len(names):
+            raise ValueError("uplinks: each uplink name may appear once")
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, origin: str = "config") -> GatewayConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_errors(exc, origin)) from None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> GatewayConfig:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        return cls.from_dict(data, origin=str(path))
+
+
+def format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"{origin}: invalid gateway configuration:"]
+    for err in exc.errors():
+        key = ""
+        for part in err["loc"]:
+            key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key else str(part))
+        msg = err["msg"].removeprefix("Value error, ")
+        if not key and ": " in msg:  # cross-field checks name their key in the message
+            key, msg = msg.split(": ", 1)
+        if err["type"] == "missing":
+            msg = "required key is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = "unknown key (typo?)"
+        lines.append(f"  {key or '(top level)'}: {msg}")
+    return "\n".join(lines)
+
+
+EXAMPLE_CONFIG = """\
+# TrackingBMS gateway configuration (trackingbms gateway -c gateway.toml)
+# Every key not marked "required" shows its default.
+
+device_token = "tbms_dev_..."        # required: printed once by `trackingbms admin provision-device`
+state_dir = "/var/lib/trackingbms"   # required: durable queue (SQLite) and remote config live here
+disk_budget_mb = 200                 # queue DB budget; at 100 % the oldest samples are thinned (see docs)
+local_history_h = 24                 # acknowledged samples kept for the local history API
+heartbeat_interval_s = 30            # also sent at once when a BMS link changes state
+log_level = "info"                   # debug | info | warning | error
+
+# Uplinks in priority order; `name` is also the Sample's `via`.
+[[uplinks]]
+name = "wifi"                        # required: wifi | cellular | lan
+url = "https://tbms.example.com"     # required: server base URL
+batch_max_samples = 1000             # send when this many samples wait ...
+batch_max_age_s = 1.0                # ... or when the oldest waiting sample is this old
+timeout_s = 15
+max_in_flight = 2                    # concurrent requests while draining a backlog
+gzip = true
+
+[[uplinks]]
+name = "cellular"                    # secondary: larger batches, less often, to save data
+url = "https://tbms.example.com"
+batch_max_samples = 5000
+batch_max_age_s = 60
+
+[failover]
+after_s = 60                         # fail over after the active uplink failed this long
+probe_interval_s = 30                # while failed over, probe the primary this often; fail back on success
+
+[retry]
+backoff_initial_s = 1                # jittered exponential backoff; 429 Retry-After is honoured
+backoff_max_s = 60
+
+[local_api]                          # LAN access: /, /local/v1/state, /local/v1/history, /local/v1/live
+enabled = true
+listen = "0.0.0.0:8081"
+# token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
+
+# One [[bms]] table per BMS.
+[[bms]]
+battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
+port = "/dev/ttyUSB0"                # required: serial device or tcp://host:port (ser2net, simulator)
+family = "a5"
+address = 0x40                       # host address: 0x40 (UART/RS485) or 0x80
+board = 1                            # board number (several BMSs on one RS485 bus)
+baud = 9600
+invert_current = false               # some firmware reports the current with the opposite sign
+source = "a5-uart"                   # a5-uart | a5-rs485 | a5-can | a5-ble | sim
+retries = 2
+poll_interval_s = 1.0                # "pack" (0x90: voltage, current, SOC) every poll
+asleep_after_s = 10                  # no reply at all this long -> link state "asleep"
+reconnect_max_s = 30                 # reconnect / wake-probe backoff ceiling
+
+[bms.cadences_s]                     # other commands, seconds between reads (0 = every poll)
+mos = 5
+cells = 5
+temps = 10
+balancing = 10
+faults = 5
+status = 30
+"""

@@ -1,0 +1,220 @@
+"""The local direct API on the LAN: state, history, a live WebSocket stream and a self-contained page.
+
+Served by the ``websockets`` library alone (plain GETs answered in ``process_request``), which keeps the
+gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
+
+- ``GET /`` — the live page (no external assets: works with no internet);
+- ``GET /local/v1/state`` — gateway status and, per battery, link state and the latest sample;
+- ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=`` — samples taken here (sent or not);
+- ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", ...}`` and ``{"type": "link", ...}`` events.
+
+With ``local_api.token`` set, every route needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from trackingbms.gateway.config import LocalApiConfig
+from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.state import GatewayState
+
+log = logging.getLogger("trackingbms.gateway.local")
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    headers = Headers()
+    headers["Content-Type"] = content_type
+    headers["Content-Length"] = str(len(body))
+    headers["Cache-Control"] = "no-store"
+    return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _json(status: int, data: Any) -> Response:
+    return _response(status, orjson.dumps(data), "application/json")
+
+
+class LocalApi:
+    def __init__(
+        self,
+        cfg: LocalApiConfig,
+        state: GatewayState,
+        queue: DurableQueue,
+        gateway_status: Callable[[], dict[str, Any]],
+    ):
+        self.cfg = cfg
+        self.state = state
+        self.queue = queue
+        self.gateway_status = gateway_status
+        self.server: Server | None = None
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self) -> None:
+        self.server = await serve(
+            self._ws_handler,
+            self.cfg.host,
+            self.cfg.port,
+            process_request=self._process_request,
+            compression=None,
+            max_size=4096,
+        )
+        log.info("local API on http://%s:%d/", self.cfg.host, self.port)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 2)
+
+    def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
+        if not self.cfg.token:
+            return True
+        given = (query.get("token") or [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), self.cfg.token.encode())
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        path = url.path.rstrip("/") or "/"
+        if path == "/":
+            # the page itself carries no data; it asks for the token if one is needed
+            return _response(200, PAGE.encode(), "text/html; charset=utf-8")
+        if not self._authorized(request, query):
+            return _json(401, {"detail": "LAN token required: Authorization: Bearer <token> or ?token="})
+        if path == "/local/v1/live":
+            return None  # WebSocket handshake proceeds
+        if path == "/local/v1/state":
+            return _json(200, self.state_body())
+        if path == "/local/v1/history":
+            since = (query.get("since") or [None])[0]
+            battery_id = (query.get("battery_id") or [None])[0]
+            try:
+                limit = min(10000, max(1, int((query.get("limit") or ["1000"])[0])))
+            except ValueError:
+                return _json(400, {"detail": "limit must be an integer"})
+            if since is not None and not since[:4].isdigit():
+                return _json(400, {"detail": "since must be an RFC 3339 time, e.g. 2026-11-24T10:00:00Z"})
+            samples = self.queue.history(since=since, battery_id=battery_id, limit=limit)
+            return _json(200, {"samples": samples})
+        return _json(404, {"detail": f"no such path: {url.path}"})
+
+    def state_body(self) -> dict[str, Any]:
+        return {
+            "gateway": self.gateway_status(),
+            "batteries": [
+                {
+                    **b.heartbeat_entry(),
+                    "port": b.port,
+                    "poll_interval_s": b.poll_interval_s,
+                    "latest": b.latest,
+                }
+                for b in self.state.batteries.values()
+            ],
+        }
+
+    async def _ws_handler(self, ws: ServerConnection) -> None:
+        q = self.state.subscribe()
+        try:
+            await ws.send(orjson.dumps({"type": "state", **self.state_body()}).decode())
+            while True:
+                event = await q.get()
+                await ws.send(orjson.dumps(event).decode())
+        except ConnectionClosed:
+            pass
+        finally:
+            self.state.unsubscribe(q)
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width,initial-scale=1">
+<title>TrackingBMS gateway</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1rem;background:#f6f7f9;color:#222}
+h1{font-size:1.2rem} .packs{display:flex;flex-wrap:wrap;gap:1rem}
+.pack{background:#fff;border-radius:8px;padding:.8rem 1rem;min-width:16rem;box-shadow:0 1px 3px #0002}
+.pack h2{font-size:1rem;margin:0 0 .4rem} .big{font-size:1.6rem;font-weight:600}
+.ok{color:#1a7f37}.degraded{color:#b35900}.asleep{color:#555}.disconnected{color:#c00}
+table{border-collapse:collapse;font-size:.9rem} td{padding:1px 8px 1px 0}
+.cells span{display:inline-block;margin:1px;padding:1px 3px;background:#eef;border-radius:3px;font-size:.8rem}
+.cells span.bal{background:#fd8}
+#gw{font-size:.85rem;color:#555}
+</style></head><body>
+<h1>TrackingBMS gateway — live packs</h1>
+<div id="gw">connecting…</div>
+<div class="packs" id="packs"></div>
+<script>
+const packs = {};
+const qs = new URLSearchParams(location.search);
+let token = qs.get("token") || localStorage.getItem("tbms_lan_token") || "";
+function esc(s){return String(s).replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
+function fmt(v,d,u){return v===undefined||v===null?"–":Number(v).toFixed(d)+" "+u}
+function render(){
+  const root=document.getElementById("packs");
+  root.innerHTML=Object.values(packs).map(p=>{
+    const s=p.latest||{}; const cells=s.cells_mv||[]; const bal=new Set(s.balancing||[]);
+    const power=(s.voltage_v!=null&&s.current_a!=null)?s.voltage_v*s.current_a:null;
+    return `<div class="pack" data-battery="${esc(p.battery_id)}"><h2>${esc(p.battery_id)}
+      <span class="${esc(p.link_state)}">● ${esc(p.link_state)}</span></h2>
+      <div class="big">${fmt(s.soc_pct,1,"%")}</div>
+      <table><tr><td>voltage</td><td class="v">${fmt(s.voltage_v,2,"V")}</td></tr>
+      <tr><td>current</td><td class="a">${fmt(s.current_a,1,"A")}</td></tr>
+      <tr><td>power</td><td>${fmt(power,0,"W")}</td></tr>
+      <tr><td>state</td><td>${esc(s.state||"–")}</td></tr>
+      <tr><td>temps</td><td>${(s.temps_c||[]).map(t=>t.toFixed(0)+"°C").join(" ")||"–"}</td></tr>
+      <tr><td>faults</td><td>${esc((s.faults||[]).join(", ")||"none")}</td></tr>
+      <tr><td>updated</td><td>${esc(s.ts||"–")}</td></tr></table>
+      <div class="cells">${cells.map((c,i)=>
+        `<span class="${bal.has(i+1)?"bal":""}">${i+1}: ${c}</span>`).join("")}</div>
+      ${p.last_error&&p.link_state!=="ok"?`<div class="${esc(p.link_state)}">${esc(p.last_error)}</div>`:""}
+    </div>`}).join("");
+}
+function connect(){
+  const url=(location.protocol==="https:"?"wss://":"ws://")+location.host+"/local/v1/live"+(token?"?token="+encodeURIComponent(token):"");
+  const ws=new WebSocket(url);
+  ws.onmessage=ev=>{
+    const m=JSON.parse(ev.data);
+    if(m.type==="state"){
+      for(const b of m.batteries) packs[b.battery_id]=b;
+      const g=m.gateway; document.getElementById("gw").textContent=
+        `uplink ${g.uplink} · queue ${g.queue_depth} · disk ${g.disk_used_pct}%`+
+        ` · up ${Math.round(g.uptime_s)} s`;
+    } else if(m.type==="sample"){
+      const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id}); p.latest=m.sample;
+    }
+    else if(m.type==="link"){
+      Object.assign(packs[m.battery_id]||(packs[m.battery_id]={}), m.status);
+    }
+    render();
+  };
+  ws.onclose=ev=>{
+    if(ev.code===1006&&!token){ /* maybe a token is needed */ }
+    document.getElementById("gw").textContent="disconnected from the gateway, retrying…";
+    setTimeout(connect,2000);
+  };
+}
+fetch("/local/v1/state"+(token?"?token="+encodeURIComponent(token):"")).then(r=>{
+  if(r.status===401){ token=prompt("LAN token")||""; localStorage.setItem("tbms_lan_token",token); }
+}).finally(connect);
+</script></body></html>
+"""

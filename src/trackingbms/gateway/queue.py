@@ -1,0 +1,350 @@
+"""The durable queue: a sample counts as taken once on disk, and leaves only after the server acked it.
+
+SQLite in WAL mode with ``synchronous=FULL``: each commit fsyncs the WAL, so a sample survives a crash or a
+power cut the moment :meth:`DurableQueue.put` returns. ``seq`` is assigned in the same transaction as the
+sample row, from a per-battery counter that only ever grows, so seqs are strictly increasing across
+restarts and a crash can never hand out a seq twice (an uncommitted seq was never seen by anyone).
+
+Acknowledged samples stay (flag ``acked``) for the local history API until ``local_history_h`` passes.
+
+Disk budget policy (checked after writes and periodically):
+
+1. acknowledged samples are deleted oldest first (they are safe on the server);
+2. if still over budget, the oldest *unsent* samples are thinned: every other one in the oldest quarter of
+   the queue is dropped (counted in ``thinned_total``, logged as a warning, reported in the heartbeat).
+   The newest samples are never dropped; a thinned backlog keeps its time span at half the resolution.
+
+Above 80 % of the budget a warning is logged (at most once a minute) and the heartbeat reports the use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from trackingbms.model import Reading, Sample, format_ts
+
+log = logging.getLogger("trackingbms.gateway.queue")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS seqs (battery_id TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS samples (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    battery_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    body BLOB NOT NULL,
+    acked INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (battery_id, seq)
+);
+CREATE INDEX IF NOT EXISTS samples_pending ON samples (id) WHERE acked = 0;
+CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
+CREATE TABLE IF NOT EXISTS dead_letter (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    battery_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    ts TEXT NOT NULL,
+    body BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+_CHUNK = 900  # bound variables per statement
+
+
+@dataclass(slots=True)
+class QueuedSample:
+    id: int
+    battery_id: str
+    seq: int
+    ts: str
+    body: bytes  # wire JSON object without "via" (the uplink adds it)
+
+
+def encode_sample(sample: Sample) -> bytes:
+    wire = sample.to_wire()
+    wire.pop("via", None)
+    ordered = {"battery_id": wire.pop("battery_id"), "seq": wire.pop("seq"), **wire}
+    return orjson.dumps(ordered)
+
+
+class DurableQueue:
+    """Synchronous SQLite queue; every method is short (one transaction), safe to call from the event loop."""
+
+    def __init__(self, state_dir: Path, *, disk_budget_mb: float = 200.0, local_history_h: float = 24.0):
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "queue.sqlite3"
+        self.budget_bytes = int(disk_budget_mb * 1024 * 1024)
+        self.local_history_h = local_history_h
+        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        # keep the WAL from growing without bound between checkpoints
+        self.db.execute("PRAGMA journal_size_limit=8388608")
+        self.db.executescript(SCHEMA)
+        self._page_size = self.db.execute("PRAGMA page_size").fetchone()[0]
+        self.thinned_total = int(self.get_kv("thinned_total") or 0)
+        self.acked_pruned_for_budget = 0
+        self._last_budget_warning = 0.0
+        self._puts_since_budget_check = 0
+
+    def close(self) -> None:
+        try:
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass
+        self.db.close()
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def put(self, battery_id: str, reading: Reading) -> Sample:
+        """Assign the next seq for the battery, store the sample durably, return it."""
+        return self.put_many(battery_id, [reading])[0]
+
+    def put_many(self, battery_id: str, readings: Sequence[Reading]) -> list[Sample]:
+        """Several readings of one battery in one transaction (used for bulk loads and benches)."""
+        db = self.db
+        out: list[Sample] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            row = db.execute("SELECT next_seq FROM seqs WHERE battery_id = ?", (battery_id,)).fetchone()
+            seq = row[0] if row else 0
+            rows = []
+            for reading in readings:
+                sample = Sample.from_reading(reading, battery_id=battery_id, seq=seq)
+                rows.append((battery_id, seq, format_ts(sample.ts), encode_sample(sample)))
+                out.append(sample)
+                seq += 1
+            db.executemany("INSERT INTO samples (battery_id, seq, ts, body) VALUES (?, ?, ?, ?)", rows)
+            db.execute(
+                "INSERT INTO seqs (battery_id, next_seq) VALUES (?, ?) "
+                "ON CONFLICT (battery_id) DO UPDATE SET next_seq = excluded.next_seq",
+                (battery_id, seq),
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._puts_since_budget_check += len(out)
+        if self._puts_since_budget_check >= 50:
+            self._puts_since_budget_check = 0
+            self.enforce_budget()
+        return out
+
+    # -- reading for the uplink -----------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM samples WHERE acked = 0").fetchone()[0]
+
+    def oldest_pending_ts(self) -> str | None:
+        row = self.db.execute("SELECT ts FROM samples WHERE acked = 0 ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def fetch(
+        self, *, newest: int, oldest: int, exclude: set[int] | frozenset[int] = frozenset()
+    ) -> list[QueuedSample]:
+        """Up to ``newest`` of the newest pending samples (the live lane) plus up to ``oldest`` of the oldest
+        (the backlog lane), skipping ids in ``exclude`` (already in flight). Newest first, then oldest."""
+        # ids first (index-only scans), bodies only for what is picked
+        picked: list[int] = []
+        seen: set[int] = set()
+        if newest > 0:
+            for (i,) in self.db.execute(
+                "SELECT id FROM samples WHERE acked = 0 ORDER BY id DESC LIMIT ?", (newest + len(exclude),)
+            ):
+                if i not in exclude:
+                    picked.append(i)
+                    seen.add(i)
+                    if len(picked) >= newest:
+                        break
+        if oldest > 0:
+            want = len(picked) + oldest
+            for (i,) in self.db.execute(
+                "SELECT id FROM samples WHERE acked = 0 ORDER BY id LIMIT ?",
+                (oldest + len(exclude) + len(picked),),
+            ):
+                if i not in exclude and i not in seen:
+                    picked.append(i)
+                    if len(picked) >= want:
+                        break
+        rows: dict[int, QueuedSample] = {}
+        for k in range(0, len(picked), _CHUNK):
+            chunk = picked[k : k + _CHUNK]
+            for row in self.db.execute(
+                "SELECT id, battery_id, seq, ts, body FROM samples WHERE id IN "
+                f"({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                rows[row[0]] = QueuedSample(*row)
+        return [rows[i] for i in picked if i in rows]
+
+    def ack(self, ids: Iterable[int]) -> None:
+        """The server has these samples (accepted or duplicate): they leave the queue."""
+        ids = list(ids)
+        if not ids:
+            return
+        keep = self.local_history_h > 0
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                marks = ",".join("?" * len(chunk))
+                if keep:
+                    self.db.execute(f"UPDATE samples SET acked = 1 WHERE id IN ({marks})", chunk)
+                else:
+                    self.db.execute(f"DELETE FROM samples WHERE id IN ({marks})", chunk)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def dead_letter(self, rejected: Sequence[tuple[QueuedSample, str]]) -> None:
+        """Samples the server rejected as invalid go to ``dead_letter`` with the reason."""
+        if not rejected:
+            return
+        now = format_ts(datetime.now(UTC))
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.executemany(
+                "INSERT INTO dead_letter (battery_id, seq, ts, body, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
+                [(q.battery_id, q.seq, q.ts, q.body, reason, now) for q, reason in rejected],
+            )
+            self.db.executemany("DELETE FROM samples WHERE id = ?", [(q.id,) for q, _ in rejected])
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        for q, reason in rejected:
+            log.warning("server rejected %s seq %d: %s (kept in dead_letter)", q.battery_id, q.seq, reason)
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT battery_id, seq, ts, reason FROM dead_letter ORDER BY id").fetchall()
+        return [{"battery_id": b, "seq": s, "ts": t, "reason": r} for b, s, t, r in rows]
+
+    # -- local history --------------------------------------------------------------------------------
+
+    def history(self, *, since: str | None, battery_id: str | None = None, limit: int = 1000) -> list[dict]:
+        sql = "SELECT body FROM samples WHERE ts >= ?"
+        args: list[Any] = [since or ""]
+        if battery_id:
+            sql += " AND battery_id = ?"
+            args.append(battery_id)
+        sql += " ORDER BY ts, id LIMIT ?"
+        args.append(limit)
+        return [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
+
+    def prune_history(self) -> int:
+        """Drop acknowledged samples older than the local history window."""
+        cutoff = format_ts(datetime.now(UTC) - timedelta(hours=self.local_history_h))
+        cur = self.db.execute("DELETE FROM samples WHERE acked = 1 AND ts < ?", (cutoff,))
+        return cur.rowcount
+
+    def seqs_of(self, battery_id: str) -> list[int]:
+        return [
+            r[0]
+            for r in self.db.execute(
+                "SELECT seq FROM samples WHERE battery_id = ? ORDER BY seq", (battery_id,)
+            )
+        ]
+
+    def next_seq(self, battery_id: str) -> int:
+        row = self.db.execute("SELECT next_seq FROM seqs WHERE battery_id = ?", (battery_id,)).fetchone()
+        return row[0] if row else 0
+
+    # -- disk budget ----------------------------------------------------------------------------------
+
+    def disk_used_bytes(self) -> int:
+        """Bytes in use: live pages of the main file (free pages are reused) plus the WAL."""
+        pages = self.db.execute("PRAGMA page_count").fetchone()[0]
+        free = self.db.execute("PRAGMA freelist_count").fetchone()[0]
+        try:
+            wal = os.path.getsize(str(self.path) + "-wal")
+        except OSError:
+            wal = 0
+        return (pages - free) * self._page_size + wal
+
+    def disk_used_pct(self) -> float:
+        return round(100.0 * self.disk_used_bytes() / self.budget_bytes, 2)
+
+    def enforce_budget(self) -> dict[str, int]:
+        """Apply the budget policy (module docstring). Returns what was removed."""
+        removed = {"acked": 0, "thinned": 0}
+        for _ in range(50):
+            used = self.disk_used_bytes()
+            if used <= self.budget_bytes:
+                break
+            # WAL pages count too; checkpoint so deletions show up as free pages
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self.disk_used_bytes() <= self.budget_bytes:
+                break
+            cur = self.db.execute(
+                "DELETE FROM samples WHERE id IN "
+                "(SELECT id FROM samples WHERE acked = 1 ORDER BY id LIMIT 5000)"
+            )
+            if cur.rowcount:
+                removed["acked"] += cur.rowcount
+                self.acked_pruned_for_budget += cur.rowcount
+                continue
+            pending = self.pending_count()
+            if pending < 8:
+                break  # nothing sensible left to thin; the newest samples are never dropped
+            n_oldest = max(2, pending // 4)
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [
+                    r[0]
+                    for r in self.db.execute(
+                        "SELECT id FROM samples WHERE acked = 0 ORDER BY id LIMIT ?", (n_oldest,)
+                    )
+                ]
+                drop = ids[1::2]  # every other one: the span stays covered at half the resolution
+                for i in range(0, len(drop), _CHUNK):
+                    chunk = drop[i : i + _CHUNK]
+                    self.db.execute(f"DELETE FROM samples WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                self.thinned_total += len(drop)
+                self._set_kv_nocommit("thinned_total", str(self.thinned_total))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            removed["thinned"] += len(drop)
+            log.warning(
+                "disk budget reached (%.1f MB): thinned %d of the oldest %d unsent samples "
+                "(every other one; %d thinned in total)",
+                self.budget_bytes / 1048576,
+                len(drop),
+                len(ids),
+                self.thinned_total,
+            )
+        pct = self.disk_used_pct()
+        if pct >= 80 and time.monotonic() - self._last_budget_warning > 60:
+            self._last_budget_warning = time.monotonic()
+            log.warning("queue uses %.1f %% of its disk budget (%.1f MB)", pct, self.budget_bytes / 1048576)
+        return removed
+
+    # -- key/value (remote config, counters) ------------------------------------------------------------
+
+    def get_kv(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def _set_kv_nocommit(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def set_kv(self, key: str, value: str) -> None:
+        self._set_kv_nocommit(key, value)  # autocommit mode: durable on return

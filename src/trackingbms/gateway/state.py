@@ -1,0 +1,86 @@
+"""What the gateway knows right now: per-battery link state and latest sample, and who listens for changes.
+
+Shared by the pollers (writers), the heartbeat and the local API (readers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from trackingbms.model import format_ts
+
+LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
+
+
+def now_ts() -> str:
+    return format_ts(datetime.now(UTC))
+
+
+@dataclass
+class BatteryStatus:
+    battery_id: str
+    port: str
+    poll_interval_s: float
+    cadences_s: dict[str, float]
+    link_state: LinkState = "disconnected"
+    since: str = field(default_factory=now_ts)
+    frames_good: int = 0
+    frames_bad: int = 0
+    last_error: str | None = None
+    latest: dict[str, Any] | None = None
+    last_reply_ts: str | None = None
+
+    def heartbeat_entry(self) -> dict[str, Any]:
+        return {
+            "battery_id": self.battery_id,
+            "link_state": self.link_state,
+            "since": self.since,
+            "frames_good": self.frames_good,
+            "frames_bad": self.frames_bad,
+            "last_error": self.last_error,
+        }
+
+
+class GatewayState:
+    def __init__(self) -> None:
+        self.started_mono = time.monotonic()
+        self.batteries: dict[str, BatteryStatus] = {}
+        self.uplink: str | None = None
+        self.link_changed = asyncio.Event()  # the heartbeat sends at once when set
+        self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    def uptime_s(self) -> float:
+        return round(time.monotonic() - self.started_mono, 1)
+
+    def set_link_state(self, battery_id: str, state: LinkState, error: str | None = None) -> bool:
+        """Returns True when the state changed (then the heartbeat fires and listeners hear of it)."""
+        st = self.batteries[battery_id]
+        if error is not None:
+            st.last_error = error
+        if st.link_state == state:
+            return False
+        st.link_state = state
+        st.since = now_ts()
+        self.link_changed.set()
+        self.publish({"type": "link", "battery_id": battery_id, "status": st.heartbeat_entry()})
+        return True
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=200)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subscribers.discard(q)
+
+    def publish(self, event: dict[str, Any]) -> None:
+        for q in self._subscribers:
+            if q.full():  # a slow listener loses its oldest events, never blocks the poller
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    q.get_nowait()
+            q.put_nowait(event)

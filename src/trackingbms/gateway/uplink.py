@@ -1,0 +1,395 @@
+"""Uplinks: batches from the durable queue to the server over HTTP(S), heartbeat, failover, remote config.
+
+Sending: each batch holds a *live lane* (the newest pending samples) and a *backlog lane* (the oldest
+pending samples), so a backlog drains at full speed (``max_in_flight`` concurrent requests of
+``batch_max_samples``) while live samples still go out with the next request. A batch leaves when it is
+full or its oldest sample is ``batch_max_age_s`` old (the secondary uplink uses larger, older batches).
+
+Replies: accepted and duplicate samples are acknowledged (they leave the queue); rejected ones go to the
+dead-letter table with the server's reason. 413 halves the batch; 429 waits ``Retry-After``; network errors
+and 5xx back off exponentially with jitter. When the active uplink has failed for ``failover.after_s``, the
+next one takes over; while failed over, the primary is probed with a heartbeat every
+``failover.probe_interval_s`` and takes back over on success.
+
+Only the HTTP contract (docs/api.md) couples this to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import gzip
+import logging
+import random
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import orjson
+
+from trackingbms import __version__
+from trackingbms.gateway.config import SLOW_COMMANDS, GatewayConfig, UplinkConfig
+from trackingbms.gateway.queue import DurableQueue, QueuedSample
+from trackingbms.gateway.state import GatewayState
+
+log = logging.getLogger("trackingbms.gateway.uplink")
+
+LIVE_LANE = 100  # newest samples in every batch
+
+
+class UplinkError(Exception):
+    pass
+
+
+class RemoteConfig:
+    """Configuration handed down by the server (`config` in ingest / heartbeat replies), persisted."""
+
+    KEY = "remote_config"
+
+    def __init__(self, queue: DurableQueue, state: GatewayState, config: GatewayConfig):
+        self.queue = queue
+        self.state = state
+        self.heartbeat_interval_s = config.heartbeat_interval_s
+        self.version = 0
+        self.changed = asyncio.Event()
+        stored = queue.get_kv(self.KEY)
+        if stored:
+            with contextlib.suppress(ValueError, TypeError):
+                self._apply(orjson.loads(stored), persist=False)
+
+    def apply(self, cfg: Any) -> None:
+        if not isinstance(cfg, dict):
+            return
+        try:
+            version = int(cfg.get("config_version", 0))
+        except (TypeError, ValueError):
+            log.warning("ignoring remote config without a valid config_version: %r", cfg)
+            return
+        if version <= self.version:
+            return
+        self._apply(cfg, persist=True)
+
+    def _apply(self, cfg: dict[str, Any], *, persist: bool) -> None:
+        hb = cfg.get("heartbeat_interval_s")
+        if isinstance(hb, int | float) and hb > 0:
+            self.heartbeat_interval_s = float(hb)
+        for bid, bcfg in (cfg.get("batteries") or {}).items():
+            st = self.state.batteries.get(bid)
+            if st is None or not isinstance(bcfg, dict):
+                log.warning("remote config names battery %r, which this gateway does not poll", bid)
+                continue
+            poll = bcfg.get("poll_interval_s")
+            if isinstance(poll, int | float) and poll > 0:
+                st.poll_interval_s = float(poll)
+            cadences = bcfg.get("cadences_s")
+            if isinstance(cadences, dict):
+                for name, every_s in cadences.items():
+                    if name in SLOW_COMMANDS and isinstance(every_s, int | float) and every_s >= 0:
+                        st.cadences_s[name] = float(every_s)
+                    else:
+                        log.warning("remote config: ignoring cadence %r=%r for %s", name, every_s, bid)
+        self.version = int(cfg.get("config_version", 0))
+        if persist:
+            self.queue.set_kv(self.KEY, orjson.dumps(cfg).decode())
+            log.info("applied remote config version %d", self.version)
+        self.changed.set()
+
+
+class Uplink:
+    def __init__(self, cfg: UplinkConfig, token: str):
+        self.cfg = cfg
+        self.name = cfg.name
+        self.batch_limit = cfg.batch_max_samples
+        self.failing_since: float | None = None
+        self.failures = 0
+        self.next_attempt_at = 0.0
+        self.last_error: str | None = None
+        self._last_logged = 0.0
+        self.client = httpx.AsyncClient(
+            base_url=cfg.url,
+            timeout=cfg.timeout_s,
+            headers={"Authorization": f"Bearer {token}", "User-Agent": f"trackingbms-gateway/{__version__}"},
+        )
+
+    def ok(self) -> None:
+        if self.failing_since is not None:
+            log.info("uplink %s (%s) reachable again", self.name, self.cfg.url)
+        self.failing_since = None
+        self.failures = 0
+        self.next_attempt_at = 0.0
+        self.last_error = None
+
+    def failed(self, error: str, backoff_initial_s: float, backoff_max_s: float, queued: int) -> None:
+        now = time.monotonic()
+        first = self.failing_since is None
+        if first:
+            self.failing_since = now
+        self.failures += 1
+        self.last_error = error
+        delay = min(backoff_max_s, backoff_initial_s * 2 ** min(self.failures - 1, 16))
+        self.next_attempt_at = now + delay * random.uniform(0.5, 1.0)
+        if first or now - self._last_logged > 60:
+            self._last_logged = now
+            log.warning(
+                "uplink %s (%s) unreachable: %s; %d samples kept in the queue, retrying with backoff",
+                self.name,
+                self.cfg.url,
+                error,
+                queued,
+            )
+
+    def failed_for_s(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+
+def _retry_after_s(value: str | None) -> float:
+    if not value:
+        return 5.0
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    with contextlib.suppress(TypeError, ValueError):
+        when = email.utils.parsedate_to_datetime(value)
+        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return 5.0
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return f"cannot connect ({exc})" if str(exc) else "cannot connect (connection refused)"
+    if isinstance(exc, httpx.TimeoutException):
+        return f"timed out ({exc.__class__.__name__})"
+    return f"{exc.__class__.__name__}: {exc}"
+
+
+class UplinkManager:
+    def __init__(self, config: GatewayConfig, queue: DurableQueue, state: GatewayState, remote: RemoteConfig):
+        self.config = config
+        self.queue = queue
+        self.state = state
+        self.remote = remote
+        self.uplinks = [Uplink(u, config.device_token) for u in config.uplinks]
+        self.active = 0
+        self.state.uplink = self.uplinks[0].name
+        self.wake = asyncio.Event()
+        self.inflight: set[int] = set()
+        self.sent_total = 0
+        self.acked_total = 0
+
+    @property
+    def current(self) -> Uplink:
+        return self.uplinks[self.active]
+
+    def notify(self) -> None:
+        """A new sample is queued."""
+        self.wake.set()
+
+    async def aclose(self) -> None:
+        for up in self.uplinks:
+            await up.client.aclose()
+
+    # -- failover -------------------------------------------------------------------------------------
+
+    def _switch(self, index: int, why: str) -> None:
+        if index == self.active:
+            return
+        old = self.current
+        self.active = index
+        self.state.uplink = self.current.name
+        log.warning("uplink: switching from %s to %s (%s)", old.name, self.current.name, why)
+        self.state.publish({"type": "uplink", "uplink": self.current.name})
+        self.state.link_changed.set()  # tell the server at once which uplink is in use
+        self.wake.set()
+
+    def _after_failure(self, up: Uplink) -> None:
+        failover = self.config.failover
+        if (
+            up is self.current
+            and up.failed_for_s() >= failover.after_s
+            and self.active + 1 < len(self.uplinks)
+        ):
+            self._switch(self.active + 1, f"{up.name} failing for {up.failed_for_s():.0f} s: {up.last_error}")
+
+    async def run_failback_probe(self) -> None:
+        """While failed over, try the higher-priority uplinks with a heartbeat; fail back on success."""
+        while True:
+            await asyncio.sleep(self.config.failover.probe_interval_s)
+            for index in range(self.active):
+                up = self.uplinks[index]
+                try:
+                    await self._heartbeat_on(up)
+                except UplinkError as exc:
+                    up.failed(str(exc), 1.0, 1.0, self.queue.pending_count())
+                    continue
+                up.ok()
+                self._switch(index, f"{up.name} answers again")
+                break
+
+    # -- samples --------------------------------------------------------------------------------------
+
+    async def run_sender(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self.wake.clear()
+                up = self.current
+                now = time.monotonic()
+                timeout: float | None = None
+                if now < up.next_attempt_at:
+                    timeout = up.next_attempt_at - now
+                elif len(tasks) < up.cfg.max_in_flight:
+                    limit = up.batch_limit
+                    live = min(LIVE_LANE, max(1, limit // 10))
+                    batch = self.queue.fetch(newest=live, oldest=limit - live, exclude=self.inflight)
+                    if batch:
+                        oldest = min(q.ts for q in batch)
+                        age_s = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
+                        if len(batch) >= limit or age_s >= up.cfg.batch_max_age_s:
+                            self.inflight.update(q.id for q in batch)
+                            task = asyncio.create_task(self._send(up, batch))
+                            tasks.add(task)
+                            task.add_done_callback(tasks.discard)
+                            task.add_done_callback(lambda _t: self.wake.set())
+                            continue
+                        timeout = up.cfg.batch_max_age_s - age_s
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), timeout)
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _send(self, up: Uplink, batch: list[QueuedSample]) -> None:
+        try:
+            await self._send_batch(up, batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep the sender alive whatever happens; samples stay queued
+            log.exception("uplink %s: unexpected error sending a batch", up.name)
+            up.failed(f"{exc.__class__.__name__}: {exc}", 1.0, 5.0, self.queue.pending_count())
+        finally:
+            self.inflight.difference_update(q.id for q in batch)
+
+    def _body(self, up: Uplink, batch: list[QueuedSample]) -> bytes:
+        via = b'{"via":"' + up.name.encode() + b'",'
+        data = b'{"samples":[' + b",".join(via + q.body[1:] for q in batch) + b"]}"
+        return gzip.compress(data, compresslevel=1) if up.cfg.gzip else data
+
+    async def _send_batch(self, up: Uplink, batch: list[QueuedSample]) -> None:
+        retry = self.config.retry
+        body = await asyncio.to_thread(self._body, up, batch) if len(batch) > 200 else self._body(up, batch)
+        headers = {"Content-Type": "application/json"}
+        if up.cfg.gzip:
+            headers["Content-Encoding"] = "gzip"
+        self.sent_total += len(batch)
+        try:
+            resp = await up.client.post("/api/v1/ingest", content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            up.failed(
+                _describe(exc), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count()
+            )
+            self._after_failure(up)
+            return
+        status = resp.status_code
+        if status == 200:
+            try:
+                reply = resp.json()
+            except ValueError:
+                up.failed("ingest reply is not JSON", retry.backoff_initial_s, retry.backoff_max_s, 0)
+                return
+            rejected: dict[int, str] = {}
+            for item in reply.get("rejected") or []:
+                with contextlib.suppress(KeyError, TypeError, ValueError):
+                    rejected[int(item["index"])] = str(item.get("error", "rejected"))
+            dead = [(q, rejected[i]) for i, q in enumerate(batch) if i in rejected]
+            acked = [q.id for i, q in enumerate(batch) if i not in rejected]
+            self.queue.ack(acked)
+            self.queue.dead_letter(dead)
+            self.acked_total += len(acked)
+            up.ok()
+            if up.batch_limit < up.cfg.batch_max_samples:
+                up.batch_limit = min(up.cfg.batch_max_samples, up.batch_limit * 2)
+            if reply.get("config"):
+                self.remote.apply(reply["config"])
+            return
+        detail = _detail(resp)
+        if status == 429:
+            wait_s = _retry_after_s(resp.headers.get("Retry-After"))
+            up.next_attempt_at = time.monotonic() + wait_s
+            log.info("uplink %s: rate limited, waiting %.1f s (Retry-After)", up.name, wait_s)
+            return
+        if status in (413, 422) and len(batch) > 1:
+            up.batch_limit = max(1, len(batch) // 2)
+            log.warning(
+                "uplink %s: server answered %d (%s); batch size now %d",
+                up.name,
+                status,
+                detail,
+                up.batch_limit,
+            )
+            return
+        if status == 422:  # a single sample the server cannot parse as a batch: it can never succeed
+            self.queue.dead_letter([(batch[0], f"422: {detail}")])
+            return
+        if status in (401, 403):
+            error = f"device token refused ({status}: {detail}); check device_token"
+        else:
+            error = f"HTTP {status}: {detail}"
+        up.failed(error, retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+        self._after_failure(up)
+
+    # -- heartbeat ------------------------------------------------------------------------------------
+
+    def heartbeat_body(self) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "uptime_s": self.state.uptime_s(),
+            "queue_depth": self.queue.pending_count(),
+            "oldest_queued_ts": self.queue.oldest_pending_ts(),
+            "disk_used_pct": self.queue.disk_used_pct(),
+            "uplink": self.current.name,
+            "config_version": self.remote.version,
+            "batteries": [b.heartbeat_entry() for b in self.state.batteries.values()],
+        }
+
+    async def _heartbeat_on(self, up: Uplink) -> None:
+        try:
+            resp = await up.client.post(
+                "/api/v1/heartbeat",
+                content=orjson.dumps(self.heartbeat_body()),
+                headers={"Content-Type": "application/json"},
+            )
+        except httpx.HTTPError as exc:
+            raise UplinkError(_describe(exc)) from exc
+        if resp.status_code != 200:
+            raise UplinkError(f"heartbeat: HTTP {resp.status_code}: {_detail(resp)}")
+        with contextlib.suppress(ValueError):
+            reply = resp.json()
+            if isinstance(reply, dict) and reply.get("config"):
+                self.remote.apply(reply["config"])
+
+    async def run_heartbeat(self) -> None:
+        retry = self.config.retry
+        while True:
+            up = self.current
+            try:
+                await self._heartbeat_on(up)
+                up.ok()
+            except UplinkError as exc:
+                up.failed(str(exc), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+                self._after_failure(up)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.state.link_changed.wait(), self.remote.heartbeat_interval_s)
+            self.state.link_changed.clear()
+
+
+def _detail(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:200]
+    if isinstance(data, dict) and "detail" in data:
+        return str(data["detail"])[:300]
+    return str(data)[:200]
