@@ -1,0 +1,225 @@
+// Fleet overview: every pack grouped by site, packs with alarms first, sortable, live.
+
+import { AuthError, api, live } from "./api.js";
+import { ago, connectivityBadge, derive, faultLevel, faultText, fmt, fmtPower, h, parseTs, stateLabel } from "./util.js";
+
+const COLUMNS = [
+  { key: "name", label: "Pack", value: (it) => (it.name || it.battery_id).toLowerCase() },
+  { key: "connectivity", label: "Status", value: (it) => connRank(it.connectivity) },
+  { key: "soc", label: "SOC", value: (it) => it.latest?.soc_pct ?? -1 },
+  { key: "power", label: "Power", value: (it) => it.power_w ?? 0 },
+  { key: "state", label: "State", value: (it) => it.latest?.state || "" },
+  { key: "cells", label: "Cells min / max", value: (it) => it.cell_min_mv ?? 0 },
+  { key: "delta", label: "Δ cell", value: (it) => it.cell_delta_mv ?? -1 },
+  { key: "temp", label: "Temp", value: (it) => maxTemp(it) ?? -999 },
+  { key: "faults", label: "Faults", value: (it) => it.alarms?.length || 0 },
+  { key: "last_seen", label: "Last seen", value: (it) => parseTs(it.last_seen) ?? 0 },
+];
+
+function connRank(c) {
+  return { offline: 0, "link-down": 1, asleep: 2, backfilling: 3, online: 4 }[c] ?? 0;
+}
+
+function maxTemp(it) {
+  const t = it.latest?.temps_c;
+  return Array.isArray(t) && t.length ? Math.max(...t) : null;
+}
+
+function tempText(it) {
+  const t = it.latest?.temps_c;
+  if (!Array.isArray(t) || !t.length) return "–";
+  const lo = Math.min(...t);
+  const hi = Math.max(...t);
+  return lo === hi ? `${fmt(hi, 0)} °C` : `${fmt(lo, 0)}–${fmt(hi, 0)} °C`;
+}
+
+const LINK_TO_CONN = { asleep: "asleep", disconnected: "link-down", degraded: "link-down" };
+
+export async function renderFleet(root) {
+  const sort = JSON.parse(sessionStorage.getItem("tbms.fleetSort") || '{"key":"name","dir":1}');
+  const items = new Map();
+  let dirty = false;
+  const body = h("div.fleet-body");
+  const summary = h("p.muted.fleet-summary");
+  const sortSelect = h(
+    "select#sort-select",
+    {
+      "aria-label": "Sort packs by",
+      onchange: () => {
+        sort.key = sortSelect.value;
+        sort.dir = sort.key === "name" ? 1 : -1;
+        saveSort();
+        render();
+      },
+    },
+    COLUMNS.map((c) => h("option", { value: c.key, selected: c.key === sort.key }, c.label)),
+  );
+
+  root.replaceChildren(
+    h(
+      "section.fleet",
+      h("div.page-head", h("h1", "Fleet"), h("label.sort", "Sort by ", sortSelect)),
+      summary,
+      body,
+    ),
+  );
+
+  function saveSort() {
+    sessionStorage.setItem("tbms.fleetSort", JSON.stringify(sort));
+  }
+
+  function setItems(list) {
+    items.clear();
+    for (const it of list) items.set(it.battery_id, it);
+  }
+
+  function sorted(list) {
+    const col = COLUMNS.find((c) => c.key === sort.key) || COLUMNS[0];
+    return [...list].sort((a, b) => {
+      // Alarms first whatever the sort: an operator must see them without scrolling.
+      const ra = a.alarms?.length ? 0 : 1;
+      const rb = b.alarms?.length ? 0 : 1;
+      if (ra !== rb) return ra - rb;
+      const va = col.value(a);
+      const vb = col.value(b);
+      if (va < vb) return -sort.dir;
+      if (va > vb) return sort.dir;
+      return a.battery_id < b.battery_id ? -1 : 1;
+    });
+  }
+
+  function row(it) {
+    const s = it.latest || {};
+    const href = `#/pack/${encodeURIComponent(it.battery_id)}`;
+    const alarms = it.alarms || [];
+    const soc = s.soc_pct;
+    return h(
+      "tr.pack-row",
+      { dataset: { batteryId: it.battery_id, alarm: alarms.length ? "1" : "0" }, onclick: (ev) => {
+        if (ev.target.closest("a")) return;
+        location.hash = href;
+      } },
+      h("td.c-name", { dataset: { label: "Pack" } }, h("a.pack-link", { href }, it.name || it.battery_id),
+        it.name && it.name !== it.battery_id ? h("span.sub", it.battery_id) : null),
+      h("td.c-conn", { dataset: { label: "Status" } }, connectivityBadge(it.connectivity)),
+      h("td.c-soc.num", { dataset: { label: "SOC" } },
+        h("span.soc", h("span.soc-bar", h("span.soc-fill", { style: { width: `${Math.max(0, Math.min(100, soc ?? 0))}%` } })),
+          h("span.soc-val", fmt(soc, 0, "%")))),
+      h("td.c-power.num", { dataset: { label: "Power" } }, fmtPower(it.power_w)),
+      h("td.c-state", { dataset: { label: "State" } }, h(`span.state.state-${s.state || "none"}`, stateLabel(s.state))),
+      h("td.c-cells.num", { dataset: { label: "Cells" } },
+        it.cell_min_mv == null ? "–" : `${it.cell_min_mv} / ${it.cell_max_mv} mV`),
+      h("td.c-delta.num", { dataset: { label: "Δ cell" } },
+        h(`span${(it.cell_delta_mv ?? 0) >= 100 ? ".delta-high" : ""}`, it.cell_delta_mv == null ? "–" : `${it.cell_delta_mv} mV`)),
+      h("td.c-temp.num", { dataset: { label: "Temp" } }, tempText(it)),
+      h("td.c-faults", { dataset: { label: "Faults" } },
+        alarms.length
+          ? h("ul.fault-list", alarms.map((f) => h(`li.fault.fault-${faultLevel(f)}`, { dataset: { fault: f } }, faultText(f))))
+          : h("span.muted", "none")),
+      h("td.c-seen", { dataset: { label: "Last seen" } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
+    );
+  }
+
+  function table(list) {
+    return h(
+      "table.fleet-table",
+      h("thead", h("tr", COLUMNS.map((c) => h(
+        `th${c.key === sort.key ? ".sorted" : ""}`,
+        { scope: "col", "aria-sort": c.key === sort.key ? (sort.dir > 0 ? "ascending" : "descending") : "none" },
+        h("button.th-sort", { type: "button", onclick: () => {
+          if (sort.key === c.key) sort.dir = -sort.dir;
+          else Object.assign(sort, { key: c.key, dir: c.key === "name" ? 1 : -1 });
+          sortSelect.value = sort.key;
+          saveSort();
+          render();
+        } }, c.label, c.key === sort.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""),
+      )))),
+      h("tbody", sorted(list).map(row)),
+    );
+  }
+
+  function render() {
+    dirty = false;
+    const all = [...items.values()];
+    const sites = new Map();
+    for (const it of all) {
+      const key = it.site_id || "";
+      if (!sites.has(key)) sites.set(key, { name: it.site_name || it.site_id || "No site", items: [] });
+      sites.get(key).items.push(it);
+    }
+    // Sites holding alarms come first too, then by name.
+    const groups = [...sites.entries()].sort(([, a], [, b]) => {
+      const aa = a.items.some((i) => i.alarms?.length) ? 0 : 1;
+      const bb = b.items.some((i) => i.alarms?.length) ? 0 : 1;
+      return aa - bb || a.name.localeCompare(b.name);
+    });
+    const online = all.filter((i) => i.connectivity === "online").length;
+    const alarmed = all.filter((i) => i.alarms?.length).length;
+    summary.textContent = `${all.length} pack${all.length === 1 ? "" : "s"} on ${sites.size} site${sites.size === 1 ? "" : "s"} · ${online} online · ${alarmed} with alarms`;
+    if (!all.length) {
+      body.replaceChildren(h("div.empty", h("p", "No battery packs yet."),
+        h("p.muted", "Provision a device and assign batteries to it; they appear here with their first sample.")));
+      return;
+    }
+    body.replaceChildren(...groups.map(([siteId, g]) => h(
+      "section.site",
+      { dataset: { siteId } },
+      h("h2.site-name", g.name, h("span.count", ` · ${g.items.length} pack${g.items.length === 1 ? "" : "s"}`)),
+      h("div.table-wrap", table(g.items)),
+    )));
+  }
+
+  async function refresh() {
+    try {
+      const data = await api.fleet();
+      setItems(data.batteries || []);
+      render();
+    } catch (err) {
+      if (err instanceof AuthError) window.dispatchEvent(new Event("tbms:auth"));
+      else summary.textContent = `Could not load the fleet: ${err.message}`;
+    }
+  }
+
+  const data = await api.fleet();
+  setItems(data.batteries || []);
+  render();
+
+  const off = live.on((msg) => {
+    if (msg.type === "sample") {
+      const it = items.get(msg.battery_id);
+      if (!it) {
+        refresh(); // a pack we have not seen yet
+        return;
+      }
+      const sample = msg.sample || {};
+      it.latest = { ...(it.latest || {}), ...sample };
+      Object.assign(it, derive(it.latest));
+      if (msg.connectivity) it.connectivity = msg.connectivity;
+      if (sample.ts) it.last_seen = sample.ts;
+      if (Array.isArray(sample.faults)) it.alarms = sample.faults;
+      dirty = true;
+    } else if (msg.type === "heartbeat") {
+      for (const b of msg.heartbeat?.batteries || []) {
+        const it = items.get(b.battery_id);
+        if (it && LINK_TO_CONN[b.link_state]) {
+          it.connectivity = LINK_TO_CONN[b.link_state];
+          it.link_state = b.link_state;
+          dirty = true;
+        }
+      }
+    }
+  });
+
+  const tick = setInterval(() => {
+    if (dirty) render();
+    else for (const el of body.querySelectorAll(".ago")) el.textContent = ago(el.dataset.ts);
+  }, 1000);
+  // Connectivity also changes with silence (offline), which only the server can judge.
+  const poll = setInterval(refresh, 30000);
+
+  return () => {
+    off();
+    clearInterval(tick);
+    clearInterval(poll);
+  };
+}
