@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,13 +19,16 @@ def reading(i: int = 0, **extra) -> Reading:
 def test_seq_strictly_increasing_across_restarts(tmp_path: Path) -> None:
     q = DurableQueue(tmp_path)
     seqs = [q.put("pack-1", reading(i)).seq for i in range(5)]
-    assert seqs == [0, 1, 2, 3, 4]
-    assert q.put("pack-2", reading()).seq == 0  # per battery
+    base = seqs[0]
+    assert seqs == list(range(base, base + 5))
+    # a new battery starts at Unix ms, so even a lost state dir never reuses a seq sent before
+    assert time.time() * 1000 - 60_000 < base <= time.time() * 1000
+    assert q.put("pack-2", reading()).seq >= base  # per battery
     q.ack([row.id for row in q.fetch(newest=0, oldest=100)])
     q.close()
     q = DurableQueue(tmp_path)  # acked samples are gone from the queue, their seqs are never reused
     assert q.pending_count() == 0
-    assert q.put("pack-1", reading()).seq == 5
+    assert q.put("pack-1", reading()).seq == base + 5
     q.close()
 
 
@@ -34,33 +38,33 @@ def test_partial_reading_stays_partial(tmp_path: Path) -> None:
     body = orjson.loads(q.fetch(newest=1, oldest=0)[0].body)
     assert body["voltage_v"] == 51.2 and body["errors"] == {"0x95": "timeout after 180 ms"}
     assert "cells_mv" not in body and "current_a" not in body and "via" not in body
-    assert body["battery_id"] == "pack-1" and body["seq"] == 0
+    assert body["battery_id"] == "pack-1" and body["seq"] > 0
 
 
 def test_fetch_live_lane_and_backlog_lane(tmp_path: Path) -> None:
     q = DurableQueue(tmp_path)
-    q.put_many("pack-1", [reading(i) for i in range(1000)])
+    b = q.put_many("pack-1", [reading(i) for i in range(1000)])[0].seq
     batch = q.fetch(newest=3, oldest=5)
-    assert [r.seq for r in batch] == [999, 998, 997, 0, 1, 2, 3, 4]
+    assert [r.seq - b for r in batch] == [999, 998, 997, 0, 1, 2, 3, 4]
     again = q.fetch(newest=3, oldest=5, exclude={r.id for r in batch})
-    assert [r.seq for r in again] == [996, 995, 994, 5, 6, 7, 8, 9]
+    assert [r.seq - b for r in again] == [996, 995, 994, 5, 6, 7, 8, 9]
     small = DurableQueue(tmp_path / "small")
-    small.put_many("p", [reading(i) for i in range(4)])
-    assert [r.seq for r in small.fetch(newest=3, oldest=5)] == [3, 2, 1, 0]  # no sample twice
+    b = small.put_many("p", [reading(i) for i in range(4)])[0].seq
+    assert [r.seq - b for r in small.fetch(newest=3, oldest=5)] == [3, 2, 1, 0]  # no sample twice
 
 
 def test_ack_keeps_history_and_dead_letter_keeps_reason(tmp_path: Path) -> None:
     q = DurableQueue(tmp_path)
-    q.put_many("pack-1", [reading(i) for i in range(10)])
+    b = q.put_many("pack-1", [reading(i) for i in range(10)])[0].seq
     batch = q.fetch(newest=0, oldest=10)
     q.ack([r.id for r in batch[:9]])
     q.dead_letter([(batch[9], "cells_mv: 17 cells, pack has 16")])
     assert q.pending_count() == 0
     assert q.dead_letters() == [
-        {"battery_id": "pack-1", "seq": 9, "ts": batch[9].ts, "reason": "cells_mv: 17 cells, pack has 16"}
+        {"battery_id": "pack-1", "seq": b + 9, "ts": batch[9].ts, "reason": "cells_mv: 17 cells, pack has 16"}
     ]
     history = q.history(since=None, battery_id="pack-1")
-    assert [s["seq"] for s in history] == list(range(9))
+    assert [s["seq"] - b for s in history] == list(range(9))
 
 
 def test_history_since_and_prune(tmp_path: Path) -> None:
@@ -68,32 +72,33 @@ def test_history_since_and_prune(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     old = [reading(i, ts=now - timedelta(hours=2, seconds=-i)) for i in range(3)]
     new = [reading(i, ts=now - timedelta(seconds=10 - i)) for i in range(3)]
-    q.put_many("pack-1", old + new)
+    b = q.put_many("pack-1", old + new)[0].seq
     since = (now - timedelta(minutes=1)).isoformat()
-    assert [s["seq"] for s in q.history(since=since.replace("+00:00", "Z"))] == [3, 4, 5]
+    assert [s["seq"] - b for s in q.history(since=since.replace("+00:00", "Z"))] == [3, 4, 5]
     q.ack([r.id for r in q.fetch(newest=0, oldest=10)])
     assert q.prune_history() == 3
-    assert [s["seq"] for s in q.history(since=None)] == [3, 4, 5]
+    assert [s["seq"] - b for s in q.history(since=None)] == [3, 4, 5]
 
 
 def test_disk_budget_thins_oldest_unsent_never_the_newest(tmp_path: Path, caplog) -> None:
     q = DurableQueue(tmp_path, disk_budget_mb=0.5)
+    b = q.put("pack-1", reading()).seq + 1
     for _ in range(40):
         q.put_many("pack-1", [reading(i) for i in range(100)])
     q.enforce_budget()  # also applied on its own while writing
     assert q.disk_used_pct() <= 100
     assert q.thinned_total > 0
-    assert len(q.seqs_of("pack-1")) + q.thinned_total == 4000  # every removal is counted
+    assert len(q.seqs_of("pack-1")) + q.thinned_total == 4001  # every removal is counted
     seqs = q.seqs_of("pack-1")
-    assert seqs[-1] == 3999  # newest kept
+    assert seqs[-1] - b == 3999  # newest kept
     tail = seqs[-500:]
-    assert tail == list(range(3500, 4000))  # the newest stretch is untouched
+    assert tail == list(range(b + 3500, b + 4000))  # the newest stretch is untouched
     assert "disk budget reached" in caplog.text
     # the policy survives restarts (reported count is persisted) and seqs still grow
     q.close()
     q = DurableQueue(tmp_path, disk_budget_mb=0.5)
     assert q.thinned_total > 0
-    assert q.put("pack-1", reading()).seq == 4000
+    assert q.put("pack-1", reading()).seq == b + 4000
 
 
 def test_acked_samples_go_first_when_over_budget(tmp_path: Path) -> None:

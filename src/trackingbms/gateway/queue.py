@@ -4,6 +4,9 @@ SQLite in WAL mode with ``synchronous=FULL``: each commit fsyncs the WAL, so a s
 power cut the moment :meth:`DurableQueue.put` returns. ``seq`` is assigned in the same transaction as the
 sample row, from a per-battery counter that only ever grows, so seqs are strictly increasing across
 restarts and a crash can never hand out a seq twice (an uncommitted seq was never seen by anyone).
+A battery's first seq is the Unix time in milliseconds: if the state directory is ever lost (SD card
+replaced), the new counter still starts above every seq sent before (the server would otherwise take the
+new samples for duplicates and drop them), as long as a battery is read less than 1000 times a second.
 
 Acknowledged samples stay (flag ``acked``) for the local history API until ``local_history_h`` passes.
 
@@ -119,7 +122,7 @@ class DurableQueue:
         db.execute("BEGIN IMMEDIATE")
         try:
             row = db.execute("SELECT next_seq FROM seqs WHERE battery_id = ?", (battery_id,)).fetchone()
-            seq = row[0] if row else 0
+            seq = row[0] if row else time.time_ns() // 1_000_000
             rows = []
             for reading in readings:
                 sample = Sample.from_reading(reading, battery_id=battery_id, seq=seq)
@@ -258,9 +261,9 @@ class DurableQueue:
             )
         ]
 
-    def next_seq(self, battery_id: str) -> int:
+    def next_seq(self, battery_id: str) -> int | None:
         row = self.db.execute("SELECT next_seq FROM seqs WHERE battery_id = ?", (battery_id,)).fetchone()
-        return row[0] if row else 0
+        return row[0] if row else None
 
     # -- disk budget ----------------------------------------------------------------------------------
 
