@@ -232,8 +232,8 @@ class DalyBMS:
                     msg += "; only the echo of the request came back (BMS falling asleep? echoing adapter?)"
                 self._fail(msg)
                 raise BmsNoReply(msg, data_id=poll.data_id)
-            if poll.multi and poll.got_any:
-                missing = ", ".join(map(str, poll.missing_frames))
+            if poll.multi and poll.frames_needed is not None:
+                missing = _ranges(poll.missing_frames)
                 msg = (
                     f"0x{poll.data_id:02X}: frame(s) {missing} of {poll.frames_needed} never arrived intact "
                     f"after {tries} attempts ({bad_total} corrupt frames)"
@@ -346,6 +346,17 @@ class DalyBMS:
             return False
         self.cell_count = self.sensor_count = None
         return True
+
+
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 5] → "1–3, 5"."""
+    out: list[str] = []
+    for n in numbers:
+        if out and out[-1].split("–")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('–')[0]}–{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
 
 
 __all__ = [

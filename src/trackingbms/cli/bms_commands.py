@@ -1,3 +1,318 @@
-"""Commands: bms_commands (to be written)."""
+"""Commands talking to (or about) a Daly BMS: read, watch, set, decode.
 
-from trackingbms.cli.app import app  # noqa: F401
+Heavy imports stay inside the functions so ``trackingbms --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from trackingbms.cli.app import app
+
+if TYPE_CHECKING:
+    from trackingbms.bms import DalyBMS
+    from trackingbms.model import Reading
+
+EXIT_BMS = 1
+EXIT_USAGE = 2
+
+
+def _parse_address(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not a number (use 0x40 or 0x80)") from None
+    if not 0 <= value <= 0xFF:
+        raise typer.BadParameter("address must be one byte (0x40 or 0x80)")
+    return value
+
+
+PORT_HELP = "serial device (/dev/ttyUSB0) or tcp://host:port"
+ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
+BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
+INVERT_OPT = typer.Option(
+    False, "--invert-current", help="flip the current sign (firmware that reports it inverted)"
+)
+BAUD_OPT = typer.Option(9600, "--baud", help="serial baud rate")
+RETRIES_OPT = typer.Option(2, "--retries", min=0, help="retries per command")
+
+
+def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
+    typer.echo(f"error: {msg}", err=True)
+    return typer.Exit(code)
+
+
+async def _connect(port: str, address: str, board: int, invert: bool, baud: int, retries: int) -> DalyBMS:
+    from trackingbms.bms import DalyBMS
+    from trackingbms.links import open_link
+
+    link = await open_link(port, baud=baud)
+    return DalyBMS(
+        link, address=_parse_address(address), board=board, invert_current=invert, baud=baud, retries=retries
+    )
+
+
+def _run(coro: Any) -> Any:
+    """Run a coroutine; turn link and BMS errors into one explained line and exit status 1."""
+    import asyncio
+
+    from trackingbms.bms import BmsError
+    from trackingbms.links import LinkError
+
+    try:
+        return asyncio.run(coro)
+    except (LinkError, BmsError) as exc:
+        raise _err(str(exc)) from None
+
+
+def reading_table(reading: Reading, stats: dict[str, Any] | None = None) -> Any:
+    """A Rich renderable for one reading: pack, cells (min/max highlighted, delta), temps, faults."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    from trackingbms.daly.faults import ALARM_FAULTS, fault_text
+
+    parts: list[Any] = []
+    pack = Table(title="Pack", show_header=False, box=None, pad_edge=False)
+    pack.add_column(style="bold")
+    pack.add_column()
+
+    def row(label: str, value: Any, fmt: str = "{}") -> None:
+        pack.add_row(label, "—" if value is None else fmt.format(value))
+
+    row("Voltage", reading.voltage_v, "{:.1f} V")
+    row("Current", reading.current_a, "{:+.1f} A")
+    row("SOC", reading.soc_pct, "{:.1f} %")
+    row("Remaining", reading.remaining_ah, "{:.3f} Ah")
+    row("State", reading.state)
+    row("Cycles", reading.cycles)
+    mos = lambda v: None if v is None else ("on" if v else "OFF")  # noqa: E731
+    row("Charge MOSFET", mos(reading.charge_mos))
+    row("Discharge MOSFET", mos(reading.discharge_mos))
+    row(
+        "Charger",
+        None if reading.charger_connected is None else ("connected" if reading.charger_connected else "—"),
+    )
+    row("Load", None if reading.load_connected is None else ("connected" if reading.load_connected else "—"))
+    parts.append(pack)
+
+    if reading.cells_mv:
+        cells = reading.cells_mv
+        lo, hi = min(cells), max(cells)
+        balancing = set(reading.balancing or [])
+        t = Table(title=f"Cells  (Δ {hi - lo} mV, min {lo} mV, max {hi} mV)")
+        for _ in range(min(8, len(cells))):
+            t.add_column("#", justify="right", style="dim")
+            t.add_column("mV", justify="right")
+        line: list[Any] = []
+        for i, mv in enumerate(cells, 1):
+            style = "bold red" if mv == hi and hi != lo else "bold cyan" if mv == lo and hi != lo else ""
+            mark = "~" if i in balancing else ""
+            line += [str(i), Text(f"{mv}{mark}", style=style)]
+            if len(line) == 16:
+                t.add_row(*line)
+                line = []
+        if line:
+            t.add_row(*line, *[""] * (16 - len(line))[: 2 * min(8, len(cells)) - len(line)])
+        parts.append(t)
+        if balancing:
+            parts.append(Text(f"Balancing (~): cells {', '.join(map(str, sorted(balancing)))}"))
+        elif reading.balancing is not None:
+            parts.append(Text("Balancing: none", style="dim"))
+    if reading.temps_c:
+        parts.append(
+            Text("Temperatures: " + ", ".join(f"T{i} {t:.0f} °C" for i, t in enumerate(reading.temps_c, 1)))
+        )
+    if reading.faults is not None:
+        if reading.faults:
+            for name in reading.faults:
+                style = "bold red" if name in ALARM_FAULTS else "yellow"
+                parts.append(Text(f"Fault: {fault_text(name)} ({name})", style=style))
+        else:
+            parts.append(Text("Faults: none", style="green"))
+        if reading.fault_code:
+            parts.append(Text(f"Fault code: {reading.fault_code}", style="red"))
+    for cmd, why in (reading.errors or {}).items():
+        parts.append(Text(f"Missing {cmd}: {why}", style="yellow"))
+    if stats:
+        parts.append(
+            Text(
+                f"link: {stats['frames_good']} good / {stats['frames_bad']} bad frames, "
+                f"{stats['retries']} retries, {stats['timeouts']} timeouts",
+                style="dim",
+            )
+        )
+    return Group(*parts)
+
+
+@app.command()
+def read(
+    port: str = typer.Argument(..., help=PORT_HELP),
+    json_out: bool = typer.Option(False, "--json", help="print the reading as JSON (Sample field names)"),
+    address: str = ADDRESS_OPT,
+    board: int = BOARD_OPT,
+    invert_current: bool = INVERT_OPT,
+    baud: int = BAUD_OPT,
+    retries: int = RETRIES_OPT,
+) -> None:
+    """One full reading of a Daly BMS: pack, cells, temperatures, MOSFETs, balancing, faults."""
+
+    async def go() -> tuple[Reading, dict[str, Any]]:
+        bms = await _connect(port, address, board, invert_current, baud, retries)
+        try:
+            return await bms.snapshot(), bms.stats.as_dict()
+        finally:
+            await bms.link.close()
+
+    reading, stats = _run(go())
+    if json_out:
+        typer.echo(reading.model_dump_json(exclude_none=True))
+    else:
+        from rich.console import Console
+
+        Console().print(reading_table(reading, stats))
+    if reading.errors:
+        raise typer.Exit(EXIT_BMS)
+
+
+@app.command()
+def watch(
+    port: str = typer.Argument(..., help=PORT_HELP),
+    interval_s: float = typer.Option(1.0, "--interval", min=0.0, help="seconds between readings"),
+    address: str = ADDRESS_OPT,
+    board: int = BOARD_OPT,
+    invert_current: bool = INVERT_OPT,
+    baud: int = BAUD_OPT,
+    retries: int = RETRIES_OPT,
+) -> None:
+    """Live view of a Daly BMS, refreshing until Ctrl-C."""
+    import asyncio
+
+    from rich.console import Console
+    from rich.live import Live
+    from rich.text import Text
+
+    from trackingbms.bms import BmsError
+
+    async def go() -> None:
+        bms = await _connect(port, address, board, invert_current, baud, retries)
+        try:
+            with Live(Text(f"reading {port} …"), console=Console(), auto_refresh=False) as live:
+                while True:
+                    try:
+                        reading = await bms.snapshot()
+                        live.update(reading_table(reading, bms.stats.as_dict()), refresh=True)
+                    except BmsError as exc:  # keep watching: a sleeping BMS may wake up
+                        live.update(Text(f"{exc}  (retrying)", style="yellow"), refresh=True)
+                    await asyncio.sleep(interval_s)
+        finally:
+            await bms.link.close()
+
+    try:
+        _run(go())
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+
+
+def _on_off(value: str | None, name: str) -> bool | None:
+    if value is None:
+        return None
+    v = value.lower()
+    if v in ("on", "1", "true", "yes"):
+        return True
+    if v in ("off", "0", "false", "no"):
+        return False
+    raise typer.BadParameter(f"{name} must be on or off, got {value!r}")
+
+
+@app.command("set")
+def set_cmd(
+    port: str = typer.Argument(..., help=PORT_HELP),
+    charge_mos: str | None = typer.Option(None, "--charge-mos", help="on|off"),
+    discharge_mos: str | None = typer.Option(None, "--discharge-mos", help="on|off"),
+    soc: float | None = typer.Option(None, "--soc", min=0.0, max=100.0, help="set the BMS's SOC, %"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    address: str = ADDRESS_OPT,
+    board: int = BOARD_OPT,
+    baud: int = BAUD_OPT,
+    retries: int = RETRIES_OPT,
+) -> None:
+    """Guarded writes: switch the charge / discharge MOSFET, set the SOC; shows the state read back."""
+    chg = _on_off(charge_mos, "--charge-mos")
+    dis = _on_off(discharge_mos, "--discharge-mos")
+    if chg is None and dis is None and soc is None:
+        raise _err("nothing to set: give --charge-mos, --discharge-mos and/or --soc", EXIT_USAGE)
+    plan = []
+    if chg is not None:
+        plan.append(f"charge MOSFET {'ON' if chg else 'OFF'}")
+    if dis is not None:
+        plan.append(f"discharge MOSFET {'ON' if dis else 'OFF'}")
+    if soc is not None:
+        plan.append(f"SOC {soc:.1f} % (and the BMS clock to now)")
+    if not yes and not typer.confirm(f"Set {', '.join(plan)} on {port}?", default=False):
+        raise _err("cancelled, nothing written", EXIT_BMS)
+
+    async def go() -> Reading:
+        bms = await _connect(port, address, board, False, baud, retries)
+        try:
+            if chg is not None:
+                await bms.set_charge_mos(chg)
+            if dis is not None:
+                await bms.set_discharge_mos(dis)
+            if soc is not None:
+                await bms.set_soc(soc)
+            return await bms.snapshot(["pack", "mos", "status", "faults"])
+        finally:
+            await bms.link.close()
+
+    reading = _run(go())
+    from rich.console import Console
+
+    Console().print(reading_table(reading))
+    failed = []
+    if chg is not None and reading.charge_mos is not chg:
+        failed.append("charge MOSFET did not switch (a protection may hold it off: see faults)")
+    if dis is not None and reading.discharge_mos is not dis:
+        failed.append("discharge MOSFET did not switch (a protection may hold it off: see faults)")
+    if soc is not None and reading.soc_pct is not None and abs(reading.soc_pct - soc) > 0.5:
+        failed.append(f"SOC reads {reading.soc_pct} %, not {soc} %")
+    if failed:
+        raise _err("; ".join(failed))
+
+
+@app.command()
+def decode(
+    hex_input: list[str] = typer.Argument(
+        ..., metavar="HEX...", help="frames as hex (spaced or not), or - for stdin"
+    ),
+    cells: int | None = typer.Option(None, "--cells", min=1, max=48, help="cell count for 0x95 replies"),
+    sensors: int | None = typer.Option(
+        None, "--sensors", min=1, max=16, help="sensor count for 0x96 replies"
+    ),
+    invert_current: bool = INVERT_OPT,
+) -> None:
+    """Decode captured A5 frames: one JSON object per response (Sample field names)."""
+    import json
+
+    from trackingbms.daly.stream import HexError, decode_hex_stream, parse_hex
+
+    text = sys.stdin.read() if hex_input == ["-"] else " ".join(hex_input)
+    try:
+        data = parse_hex(text)
+    except HexError as exc:
+        raise _err(f"byte offset {exc.offset}: {exc}", EXIT_USAGE) from None
+    if not data:
+        raise _err("no bytes to decode", EXIT_USAGE)
+    objects, problems = decode_hex_stream(data, cells=cells, sensors=sensors, invert_current=invert_current)
+    for obj in objects:
+        typer.echo(json.dumps(obj))
+    for p in problems:
+        typer.echo(f"error: {p}", err=True)
+    if problems or not objects:
+        if not problems:
+            typer.echo("error: no A5 frame found in the input", err=True)
+        raise typer.Exit(EXIT_USAGE)
