@@ -1,3 +1,254 @@
-"""Commands: server (to be written)."""
+"""Commands: ``trackingbms server`` (run, migrate) and ``trackingbms admin`` (provisioning)."""
 
-from trackingbms.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from trackingbms.cli.app import app
+
+server_app = typer.Typer(help="The collection server: ingest, API, dashboard.", no_args_is_help=False)
+admin_app = typer.Typer(help="Provision tenants, users, sites, batteries and devices.", no_args_is_help=True)
+app.add_typer(server_app, name="server")
+app.add_typer(admin_app, name="admin")
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="TRACKINGBMS_DATABASE_URL", help="default: SQLite in --data-dir"),
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", envvar="TRACKINGBMS_DATA_DIR", help="where the SQLite file lives")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="tenant name")]
+
+
+def _settings(database_url: str | None, data_dir: Path | None, **kw: Any) -> Any:
+    from trackingbms.server.settings import Settings
+
+    return Settings.load(kw.pop("config", None), database_url=database_url, data_dir=data_dir, **kw)
+
+
+@server_app.callback(invoke_without_command=True)
+def server(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="address to listen on [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port [default: 8000]")] = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML file")] = None,
+    log_level: Annotated[str | None, typer.Option(help="debug, info, warning")] = None,
+) -> None:
+    """Run the collection server (applies migrations at start)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"database_url": database_url, "data_dir": data_dir, "config": config}
+        return
+    import uvicorn
+
+    from trackingbms.server.app import configure_logging, create_app
+
+    settings = _settings(database_url, data_dir, config=config, host=host, port=port, log_level=log_level)
+    configure_logging(settings.log_level)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,  # in-flight batches finish and commit before exit
+    )
+
+
+@server_app.command()
+def migrate(ctx: typer.Context, database_url: DbOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Apply database migrations and exit."""
+    from trackingbms.server.db import migrate_url
+
+    parent = ctx.obj or {}
+    settings = _settings(
+        database_url or parent.get("database_url"),
+        data_dir or parent.get("data_dir"),
+        config=parent.get("config"),
+    )
+    url = settings.resolved_database_url()
+    migrate_url(url)
+    typer.echo(f"migrated {url.split('@')[-1]}")
+
+
+def _run(coro_fn: Any, database_url: str | None, data_dir: Path | None, as_json: bool, text: Any) -> None:
+    from trackingbms.server.store import Conflict, NotFound
+
+    url = _settings(database_url, data_dir).resolved_database_url()
+    try:
+        result = asyncio.run(coro_fn(url))
+    except (Conflict, NotFound, ValueError) as e:
+        if as_json:
+            typer.echo(json.dumps({"error": str(e)}))
+        else:
+            typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        typer.echo(text(result))
+
+
+@admin_app.command("create-tenant")
+def create_tenant(
+    name: str, database_url: DbOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False
+) -> None:
+    """Create a tenant (an organisation: its sites, batteries, devices and users)."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.create_tenant(url, name),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"tenant {r['name']}",
+    )
+
+
+@admin_app.command("create-user")
+def create_user(
+    email: str,
+    tenant: TenantOpt,
+    role: Annotated[str, typer.Option(help="admin, operator or viewer")] = "viewer",
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)] = "",
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user who logs in to the dashboard / API."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.create_user(url, tenant, email, password, role),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"user {r['email']} ({r['role']})",
+    )
+
+
+@admin_app.command("create-site")
+def create_site(
+    name: str,
+    tenant: TenantOpt,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a site (a place batteries are at)."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.create_site(url, tenant, name),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"site {r['name']} (site_id {r['site_id']})",
+    )
+
+
+@admin_app.command("create-battery")
+def create_battery(
+    battery_id: str,
+    tenant: TenantOpt,
+    site: Annotated[str, typer.Option(help="site name")],
+    name: Annotated[str | None, typer.Option(help="display name")] = None,
+    device: Annotated[str | None, typer.Option(help="the device (gateway) that reports it")] = None,
+    poll_interval_s: Annotated[float | None, typer.Option(help="expected seconds between samples")] = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Register a battery pack under a site, optionally assigned to a device."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.create_battery(
+            url, tenant, site, battery_id, name=name, device=device, poll_interval_s=poll_interval_s
+        ),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: (
+            f"battery {r['battery_id']} at site {r['site_id']} reported by {r['device_id'] or '(no device)'}"
+        ),
+    )
+
+
+@admin_app.command("provision-device")
+def provision_device(
+    name: str,
+    tenant: TenantOpt,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a device (gateway) and print its token, once: it is stored hashed."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.provision_device(url, tenant, name),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"device {r['device_id']}\ntoken (shown once, keep it): {r['token']}",
+    )
+
+
+@admin_app.command("revoke-token")
+def revoke_token(
+    token: Annotated[str | None, typer.Argument(help="the full device or user token")] = None,
+    device: Annotated[str | None, typer.Option(help="revoke every token of this device instead")] = None,
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t", help="tenant of --device")] = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a token (or all tokens of a device): requests with it get 401 from now on."""
+    from trackingbms.server import provisioning as p
+
+    if device:
+        if not tenant:
+            raise typer.BadParameter("--device needs --tenant")
+
+        async def go(url: str) -> dict[str, Any]:
+            return {"revoked": await p.revoke_device_tokens(url, tenant, device)}
+    elif token:
+
+        async def go(url: str) -> dict[str, Any]:
+            return {"revoked": int(await p.revoke_token(url, token))}
+    else:
+        raise typer.BadParameter("give a TOKEN or --device")
+    _run(go, database_url, data_dir, as_json, lambda r: f"revoked {r['revoked']} token(s)")
+
+
+@admin_app.command("set-config")
+def set_config(
+    device: str,
+    tenant: TenantOpt,
+    config_json: Annotated[
+        str, typer.Argument(help='e.g. \'{"heartbeat_interval_s": 30, "batteries": {...}}\'')
+    ],
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a device's remote config (poll cadences, heartbeat interval); it gets the next config_version."""
+    from trackingbms.server import provisioning as p
+    from trackingbms.server.schemas import DeviceConfigIn
+
+    cfg = DeviceConfigIn.model_validate_json(config_json).model_dump(mode="json", exclude_none=True)
+    _run(
+        lambda url: p.set_device_config(url, tenant, device, cfg),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"config_version {r['config_version']} for {device}",
+    )

@@ -1,0 +1,143 @@
+"""The collection server application: ``create_app(Settings)`` → FastAPI app (run it with uvicorn)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from trackingbms import __version__
+from trackingbms.server.db import make_engine, migrate
+from trackingbms.server.hub import Hub
+from trackingbms.server.ratelimit import TokenBuckets
+from trackingbms.server.settings import Settings
+from trackingbms.server.store import Conflict, NotFound, Store
+
+log = logging.getLogger("trackingbms.server")
+
+__all__ = ["Settings", "create_app"]
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per line: easy to ship to a log store."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for k in ("device", "tenant", "accepted", "duplicates", "rejected"):
+            if hasattr(record, k):
+                out[k] = getattr(record, k)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(level: str = "info") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger("trackingbms")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        url = settings.resolved_database_url()
+        engine = make_engine(url)
+        if settings.migrate_on_start:
+            await migrate(engine)
+        app.state.store = Store(
+            engine,
+            default_poll_interval_s=settings.default_poll_interval_s,
+            offline_timeout_s=settings.offline_timeout_s,
+            online_grace_s=settings.online_grace_s,
+            session_ttl_s=settings.session_ttl_s,
+        )
+        log.info("server ready on %s", engine.dialect.name)
+        try:
+            yield
+        finally:
+            # uvicorn has let in-flight requests finish (their commits are done) before we get here
+            await engine.dispose()
+            log.info("server stopped")
+
+    app = FastAPI(
+        title="TrackingBMS server",
+        version=__version__,
+        description="Collection server for Daly BMS fleets: device ingest, tenancy, fleet reads, export, "
+        "live feed. Contract in docs/api.md.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.hub = Hub()
+    app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+
+    from trackingbms.server.routes import router
+
+    app.include_router(router)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def _conflict(_req: Request, exc: Conflict) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.get("/healthz", tags=["meta"], summary="liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    _install_openapi(app)
+
+    from trackingbms.server import web
+
+    web.mount(app)  # last: the dashboard may add a catch-all route
+    return app
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """Add the ingest batch schema (the route reads its body raw, for speed) to the generated document."""
+    from fastapi.openapi.utils import get_openapi
+
+    from trackingbms.server.schemas import IngestBatch
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        doc = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        batch = IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, d in batch.pop("$defs", {}).items():
+            schemas.setdefault(name, d)
+        schemas["IngestBatch"] = batch
+        app.openapi_schema = doc
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,227 @@
+"""Schema (SQLAlchemy Core), engine creation for SQLite / PostgreSQL, and migrations at start.
+
+Samples are wide, compact rows: ``(stream_id, seq, ts_ms, data)``. A *stream* is one (device, battery)
+pair, so the idempotency key (device, battery_id, seq) is ``(stream_id, seq)`` with small integers.
+``data`` is the packed measurement blob of :mod:`trackingbms.server.codec`.
+On PostgreSQL the samples table is partitioned by month on ``ts_ms``; a partitioned table's unique key
+must contain the partition key, so there it is ``(stream_id, ts_ms, seq)``: a re-sent sample carries the
+same ``ts`` (gateways re-send what they stored), so it is still recognised as a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    event,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("retention_days", Integer, nullable=True),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("password_hash", String(300), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+user_tokens = Table(
+    "user_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+sites = Table(
+    "sites",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    UniqueConstraint("tenant_id", "name"),
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("last_contact_ms", BigInteger, nullable=True),
+    Column("heartbeat_ms", BigInteger, nullable=True),
+    Column("heartbeat", Text, nullable=True),
+    Column("config", Text, nullable=True),
+    Column("config_version", Integer, nullable=False, default=0),
+    Column("reported_config_version", Integer, nullable=True),
+    UniqueConstraint("tenant_id", "name"),
+)
+
+device_tokens = Table(
+    "device_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("device_id", Integer, ForeignKey("devices.id"), nullable=False, index=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+batteries = Table(
+    "batteries",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("site_id", Integer, ForeignKey("sites.id"), nullable=False),
+    Column("device_id", Integer, ForeignKey("devices.id"), nullable=True),
+    Column("battery_id", String(64), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("poll_interval_s", Float, nullable=False, default=5.0),
+    Column("cell_count", Integer, nullable=False, default=0),
+    Column("temp_count", Integer, nullable=False, default=0),
+    # the newest sample (by ts) and when samples last arrived, kept at ingest so the fleet view is one query
+    Column("last_seq", BigInteger, nullable=True),
+    Column("last_ts_ms", BigInteger, nullable=True),
+    Column("last_data", LargeBinary, nullable=True),
+    Column("last_received_ms", BigInteger, nullable=True),
+    Column("received_ts_ms", BigInteger, nullable=True),  # ts of the newest sample of the last batch
+    UniqueConstraint("tenant_id", "battery_id"),
+)
+
+streams = Table(
+    "streams",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("device_id", Integer, ForeignKey("devices.id"), nullable=False),
+    Column("battery_id", Integer, ForeignKey("batteries.id"), nullable=False, index=True),
+    UniqueConstraint("device_id", "battery_id"),
+)
+
+# SQLite shape; PostgreSQL creates its partitioned twin in the migration (same columns)
+samples = Table(
+    "samples",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("ts_ms", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("samples_stream_ts", "stream_id", "ts_ms"),
+    sqlite_with_rowid=False,
+)
+
+PG_SAMPLES_DDL = (
+    "CREATE TABLE samples (ts_ms bigint NOT NULL, seq bigint NOT NULL, stream_id integer NOT NULL, "
+    "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms, seq)) PARTITION BY RANGE (ts_ms)"
+)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def default_sqlite_url(data_dir: Path) -> str:
+    return f"sqlite+aiosqlite:///{Path(data_dir).expanduser().resolve() / 'trackingbms.db'}"
+
+
+def normalize_url(url: str) -> str:
+    """Accept plain ``postgresql://`` / ``sqlite:///`` URLs and pick the async drivers."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return "postgresql+asyncpg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite://"):
+        return "sqlite+aiosqlite://" + url.split("://", 1)[1]
+    return url
+
+
+def is_sqlite(engine: AsyncEngine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str, *, pool_size: int = 8) -> AsyncEngine:
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before we acknowledge the batch (WAL keeps it one fsync per batch)
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=4, pool_pre_ping=False)
+
+
+def _alembic_config(connection: Any) -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration (Alembic), on either backend."""
+    from alembic import command
+
+    def run(sync_conn: Any) -> None:
+        command.upgrade(_alembic_config(sync_conn), "head")
+
+    async with engine.begin() as conn:
+        if engine.dialect.name == "postgresql":
+            # several servers starting at once against one database: one migrates, the others wait
+            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7350001)")
+        await conn.run_sync(run)
+
+
+def migrate_url(url: str) -> None:
+    """Synchronous entry point for ``trackingbms server migrate``."""
+
+    async def main() -> None:
+        engine = make_engine(url)
+        try:
+            await migrate(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())

@@ -1,0 +1,241 @@
+"""Request / response shapes for the OpenAPI document (docs/api.md is the prose version)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from trackingbms.model import Sample
+
+LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
+ConnectivityState = Literal["online", "asleep", "link-down", "offline", "backfilling"]
+
+SAMPLE_EXAMPLE: dict[str, Any] = {
+    "battery_id": "pack-1",
+    "seq": 1042,
+    "ts": "2026-11-24T10:29:25.123Z",
+    "source": "a5-uart",
+    "via": "wifi",
+    "voltage_v": 53.2,
+    "current_a": -12.5,
+    "soc_pct": 87.3,
+    "remaining_ah": 91.2,
+    "cycles": 12,
+    "state": "discharging",
+    "charge_mos": True,
+    "discharge_mos": True,
+    "charger_connected": False,
+    "load_connected": True,
+    "cells_mv": [
+        3325,
+        3326,
+        3324,
+        3327,
+        3325,
+        3326,
+        3324,
+        3325,
+        3326,
+        3327,
+        3325,
+        3324,
+        3326,
+        3325,
+        3327,
+        3326,
+    ],
+    "temps_c": [24.0, 25.0],
+    "balancing": [],
+    "faults": [],
+    "fault_code": 0,
+}
+
+
+class IngestBatch(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"samples": [SAMPLE_EXAMPLE]}]})
+    samples: list[Sample] = Field(
+        max_length=5000, description="up to 5,000 samples; gzip the body if you like"
+    )
+
+
+class Rejection(BaseModel):
+    index: int = Field(description="position of the sample in the batch")
+    error: str = Field(description="which field is wrong and why")
+
+
+class BatteryConfig(BaseModel):
+    poll_interval_s: float | None = Field(default=None, gt=0)
+    cadences_s: dict[str, float] | None = None
+
+
+class DeviceConfigIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "heartbeat_interval_s": 30,
+                    "batteries": {
+                        "pack-1": {
+                            "poll_interval_s": 1.0,
+                            "cadences_s": {"cells": 5, "temps": 10, "status": 30, "faults": 5},
+                        }
+                    },
+                }
+            ]
+        }
+    )
+    heartbeat_interval_s: float | None = Field(default=None, gt=0)
+    batteries: dict[str, BatteryConfig] = Field(default_factory=dict)
+
+
+class DeviceConfig(DeviceConfigIn):
+    config_version: int
+
+
+class IngestReply(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "accepted": 498,
+                    "duplicates": 1,
+                    "rejected": [{"index": 7, "error": "seq: must be an integer"}],
+                }
+            ]
+        }
+    )
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+    config: DeviceConfig | None = None
+
+
+class BatteryLink(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    battery_id: str
+    link_state: LinkState
+    since: str | None = None
+    frames_good: int | None = None
+    frames_bad: int | None = None
+    last_error: str | None = None
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": "0.1.0",
+                    "uptime_s": 12.5,
+                    "queue_depth": 0,
+                    "oldest_queued_ts": None,
+                    "disk_used_pct": 1.2,
+                    "uplink": "wifi",
+                    "config_version": 0,
+                    "batteries": [
+                        {
+                            "battery_id": "pack-1",
+                            "link_state": "ok",
+                            "since": "2026-11-24T10:00:00.000Z",
+                            "frames_good": 10,
+                            "frames_bad": 0,
+                            "last_error": None,
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+    version: str | None = None
+    uptime_s: float | None = None
+    queue_depth: int | None = None
+    oldest_queued_ts: str | None = None
+    disk_used_pct: float | None = None
+    uplink: str | None = None
+    config_version: int | None = None
+    batteries: list[BatteryLink] = Field(default_factory=list)
+
+
+class HeartbeatReply(BaseModel):
+    ok: bool = True
+    config: DeviceConfig | None = None
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "ops@acme.test", "password": "s3cret-pass"}]}
+    )
+    email: str = Field(max_length=320)
+    password: str = Field(max_length=1000)
+
+
+class UserOut(BaseModel):
+    email: str
+    role: Literal["admin", "operator", "viewer"]
+    tenant: str
+
+
+class LoginOut(BaseModel):
+    access_token: str
+    token_type: Literal["bearer"] = "bearer"
+    user: UserOut
+
+
+class SiteOut(BaseModel):
+    site_id: int
+    name: str
+
+
+class FleetItem(BaseModel):
+    battery_id: str
+    name: str
+    site_id: int
+    site_name: str
+    device_id: str | None
+    connectivity: ConnectivityState
+    last_seen: str | None = Field(description="when samples last arrived")
+    link_state: LinkState | None = Field(description="the gateway's word on the BMS link, from its heartbeat")
+    latest: Sample | None
+    alarms: list[str]
+    cell_min_mv: int | None
+    cell_max_mv: int | None
+    cell_delta_mv: int | None
+    power_w: float | None
+
+
+class Fleet(BaseModel):
+    batteries: list[FleetItem]
+
+
+class BatteryDetail(FleetItem):
+    cell_count: int
+    temp_count: int
+    poll_interval_s: float
+
+
+class SeriesOut(BaseModel):
+    min: list[float | None]
+    max: list[float | None]
+    mean: list[float | None]
+
+
+class HistoryOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+    battery_id: str
+    from_: str = Field(alias="from")
+    to: str
+    bucket_s: int
+    t: list[float] = Field(description="bucket starts, epoch seconds; empty buckets are left out")
+    series: dict[str, SeriesOut]
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    name: str
+    last_contact: str | None
+    heartbeat: dict[str, Any] | None
+    config_version: int
+    reported_config_version: int | None
+    config: dict[str, Any] | None

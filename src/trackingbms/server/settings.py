@@ -1,0 +1,63 @@
+"""Server settings: environment (``TRACKINGBMS_*``), an optional TOML file, then explicit overrides."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from trackingbms.server.db import default_sqlite_url, normalize_url
+
+
+class Settings(BaseSettings):
+    """Everything the server can be told. ``TRACKINGBMS_DATABASE_URL`` picks the backend."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACKINGBMS_", extra="ignore")
+
+    data_dir: Path = Field(default=Path("./trackingbms-data"), description="where the SQLite file lives")
+    database_url: str | None = Field(
+        default=None,
+        description="sqlite+aiosqlite:///… or postgresql+asyncpg://…; default: SQLite in data_dir",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+    migrate_on_start: bool = True
+    #: ingest limits (design.md): samples per batch, body size before and after gzip
+    max_batch_samples: int = 5000
+    max_body_bytes: int = 8 * 1024 * 1024
+    max_decoded_bytes: int = 32 * 1024 * 1024
+    #: per-device token bucket on ingest requests
+    ingest_rate_per_s: float = 20.0
+    ingest_burst: int = 40
+    #: connectivity (design.md): offline after this long without heartbeat or sample
+    offline_timeout_s: float = 300.0
+    #: slack added to 3 poll intervals before a battery stops being "online" (gateways upload in batches)
+    online_grace_s: float = 15.0
+    default_poll_interval_s: float = 5.0
+    session_ttl_s: float = 7 * 24 * 3600
+    history_max_points: int = 5000
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return normalize_url(self.database_url)
+        return default_sqlite_url(self.data_dir)
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Settings from a TOML file (keys as the field names, optionally under ``[server]``), then the
+        environment, then ``overrides`` (None values ignored): explicit beats environment beats file."""
+        file_values: dict[str, Any] = {}
+        if config_file is not None:
+            raw = tomllib.loads(Path(config_file).read_text())
+            file_values = raw.get("server", raw)
+        env = cls()
+        merged = {**file_values}
+        for name in cls.model_fields:
+            if name in env.model_fields_set:
+                merged[name] = getattr(env, name)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(merged) if merged else env
