@@ -1,3 +1,484 @@
-"""Commands: demo (to be written)."""
+"""Command: ``trackingbms demo`` — the whole system on one machine, in one process.
 
-from trackingbms.cli.app import app  # noqa: F401
+Six simulated Daly packs on two sites (served on TCP on 127.0.0.1, speaking the real A5 protocol),
+one gateway per site polling them, the server on SQLite in a data directory, a demo tenant, user and
+devices. Prints the dashboard URL and the login; runs until Ctrl-C.
+
+:func:`run_demo` is the asyncio core; :class:`DemoThread` runs it in a background thread (the browser
+tests use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from trackingbms.cli.app import app
+
+DEMO_TENANT = "demo"
+DEMO_EMAIL = "demo@example.com"
+DEMO_PASSWORD = "demo-battery"
+
+
+@dataclass(frozen=True)
+class DemoPack:
+    battery_id: str
+    name: str
+    story: str
+    pack: dict[str, Any]
+    quirks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DemoSite:
+    name: str
+    device: str
+    packs: tuple[DemoPack, ...]
+
+
+# Scenarios chosen so that a few minutes at --speed 60 show every dashboard state: solar charging,
+# a weak cell drifting away, a BMS falling asleep, a pack charging into its over-voltage alarm.
+SITES: tuple[DemoSite, ...] = (
+    DemoSite(
+        "Lakeside cabin",
+        "gw-cabin",
+        (
+            DemoPack(
+                "cabin-house",
+                "House bank",
+                "16S LFP 280 Ah charging from solar",
+                dict(
+                    cells=16,
+                    sensors=4,
+                    chemistry="lfp",
+                    capacity_ah=280,
+                    soc_pct=45,
+                    seed=11,
+                    scenario="solar-day",
+                ),
+            ),
+            DemoPack(
+                "cabin-weak",
+                "Old bank",
+                "16S LFP 100 Ah with a weak cell (cell 7)",
+                dict(
+                    cells=16,
+                    sensors=2,
+                    chemistry="lfp",
+                    capacity_ah=100,
+                    soc_pct=52,
+                    seed=12,
+                    scenario="constant",
+                    constant_current_a=-8.0,
+                    weak_cell=7,
+                    weak_cell_self_discharge_x=400.0,
+                    soc_spread_pct=2.0,
+                    capacity_fade_pct=12.0,
+                ),
+            ),
+            DemoPack(
+                "cabin-boat",
+                "Boat battery",
+                "8S LFP 50 Ah at rest: its BMS falls asleep",
+                dict(
+                    cells=8, sensors=1, chemistry="lfp", capacity_ah=50, soc_pct=80, seed=13, scenario="idle"
+                ),
+                dict(sleep_after_s=900.0),
+            ),
+        ),
+    ),
+    DemoSite(
+        "Workshop",
+        "gw-workshop",
+        (
+            DemoPack(
+                "shop-ebike",
+                "E-bike",
+                "13S NMC 20 Ah out on rides",
+                dict(
+                    cells=13,
+                    sensors=2,
+                    chemistry="nmc",
+                    capacity_ah=20,
+                    soc_pct=70,
+                    seed=21,
+                    scenario="ebike-ride",
+                ),
+            ),
+            DemoPack(
+                "shop-charger",
+                "Charging cart",
+                "16S LFP 100 Ah charging to full (over-voltage alarm)",
+                dict(
+                    cells=16,
+                    sensors=2,
+                    chemistry="lfp",
+                    capacity_ah=100,
+                    soc_pct=93,
+                    seed=22,
+                    scenario="charge-full",
+                ),
+            ),
+            DemoPack(
+                "shop-ups",
+                "UPS",
+                "16S LFP 200 Ah feeding a small load",
+                dict(
+                    cells=16,
+                    sensors=4,
+                    chemistry="lfp",
+                    capacity_ah=200,
+                    soc_pct=88,
+                    seed=23,
+                    scenario="constant",
+                    constant_current_a=-6.0,
+                ),
+            ),
+        ),
+    ),
+)
+
+
+@dataclass
+class DemoInfo:
+    """What a running demo tells its user (and the tests)."""
+
+    url: str
+    email: str
+    password: str
+    data_dir: Path
+    database_url: str
+    batteries: dict[str, DemoPack]
+    sim_urls: dict[str, str]
+    device_tokens: dict[str, str] = field(repr=False, default_factory=dict)
+
+
+class DemoError(RuntimeError):
+    """The demo cannot start (port taken, data dir unusable, …); the message says why."""
+
+
+async def _provision(db_url: str) -> dict[str, str]:
+    """Tenant, user, sites, devices, batteries; idempotent on a reused data dir. → {device: token}."""
+    from trackingbms.server import provisioning as p
+
+    tokens: dict[str, str] = {}
+    async with p.open_store(db_url) as store:
+        try:
+            await store.tenant_by_name(DEMO_TENANT)
+            fresh = False
+        except Exception:  # NotFound: a new data dir
+            fresh = True
+        if fresh:
+            await p.create_tenant(store, DEMO_TENANT)
+            await p.create_user(store, DEMO_TENANT, DEMO_EMAIL, DEMO_PASSWORD, "admin")
+            for site in SITES:
+                await p.create_site(store, DEMO_TENANT, site.name)
+                dev = await p.provision_device(store, DEMO_TENANT, site.device)
+                tokens[site.device] = dev["token"]
+                for pk in site.packs:
+                    await p.create_battery(
+                        store,
+                        DEMO_TENANT,
+                        site.name,
+                        pk.battery_id,
+                        name=pk.name,
+                        device=site.device,
+                        poll_interval_s=1.0,
+                    )
+        else:
+            # Tokens are stored hashed: a restarted demo issues its gateways new ones.
+            for site in SITES:
+                tokens[site.device] = (await p.new_device_token(store, DEMO_TENANT, site.device))["token"]
+    return tokens
+
+
+def _gateway_config(
+    site: DemoSite,
+    token: str,
+    server_url: str,
+    sim_urls: dict[str, str],
+    state_dir: Path,
+    poll_interval_s: float,
+) -> Any:
+    from trackingbms.gateway import GatewayConfig
+    from trackingbms.gateway.config import SLOW_COMMANDS
+
+    return GatewayConfig.from_dict(
+        {
+            "device_token": token,
+            "state_dir": str(state_dir),
+            "heartbeat_interval_s": 10.0,
+            "log_level": "warning",
+            "uplinks": [{"name": "lan", "url": server_url, "batch_max_age_s": 0.5}],
+            "local_api": {"enabled": False},
+            "bms": [
+                {
+                    "battery_id": pk.battery_id,
+                    "port": sim_urls[pk.battery_id],
+                    "source": "sim",
+                    "poll_interval_s": poll_interval_s,
+                    # every command on every poll: each sample is a full reading, so every page of the
+                    # dashboard has cells and temperatures from the first sample on
+                    "cadences_s": dict.fromkeys(SLOW_COMMANDS, 0.0),
+                    "asleep_after_s": 8.0,
+                    "reconnect_max_s": 5.0,
+                }
+                for pk in site.packs
+            ],
+        },
+        origin=f"demo gateway {site.device}",
+    )
+
+
+def _make_server(config: Any) -> Any:
+    """uvicorn's Server without its own signal handling: the demo owns Ctrl-C and shuts down in order."""
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return QuietServer(config)
+
+
+async def run_demo(
+    *,
+    port: int = 8080,
+    host: str = "127.0.0.1",
+    data_dir: Path | None = None,
+    speed: float = 60.0,
+    poll_interval_s: float = 2.0,
+    stop: asyncio.Event,
+    on_ready: Callable[[DemoInfo], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> None:
+    """Run the demo until ``stop`` is set; ``on_ready`` gets the URL and login once all parts run."""
+    import uvicorn
+
+    from trackingbms.gateway import run_gateway
+    from trackingbms.server.app import create_app
+    from trackingbms.server.db import default_sqlite_url
+    from trackingbms.server.settings import Settings
+    from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
+
+    temp_dir = data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="trackingbms-demo-")) if data_dir is None else data_dir
+    endpoints: list[Any] = []
+    gateways: list[asyncio.Task[None]] = []
+    gw_stop = asyncio.Event()
+    server: Any = None
+    server_task: asyncio.Task[None] | None = None
+    sock: socket.socket | None = None
+    try:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DemoError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from None
+        db_url = default_sqlite_url(data_dir)
+        log(f"Data dir: {data_dir}{' (temporary, removed on exit)' if temp_dir else ''}")
+        tokens = await _provision(db_url)
+
+        # the packs, each on its own TCP port as if behind a serial-to-network adapter
+        sim_urls: dict[str, str] = {}
+        batteries: dict[str, DemoPack] = {}
+        for site in SITES:
+            for pk in site.packs:
+                sim = SimulatedPack(
+                    PackConfig(pack_id=pk.battery_id, speed=speed, **pk.pack), Quirks(**pk.quirks)
+                )
+                ep = await serve_tcp(sim, host="127.0.0.1", port=0)
+                endpoints.append(ep)
+                sim_urls[pk.battery_id] = ep.url
+                batteries[pk.battery_id] = pk
+
+        settings = Settings.load(
+            data_dir=data_dir, database_url=db_url, host=host, port=port, log_level="warning"
+        )
+        # Bind here rather than in uvicorn: a taken port becomes a clear message (uvicorn would
+        # sys.exit), and port 0 picks a free one.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            sock.close()
+            raise DemoError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc} (try another --port)"
+            ) from None
+        bound_port = sock.getsockname()[1]
+        server = _make_server(
+            uvicorn.Config(create_app(settings), host=host, port=bound_port, log_level="warning")
+        )
+        server_task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-server")
+        while not server.started:
+            if server_task.done():
+                exc = server_task.exception() if not server_task.cancelled() else None
+                raise DemoError(f"the server did not start on {host}:{bound_port}: {exc!r}")
+            await asyncio.sleep(0.05)
+        url = f"http://{host}:{bound_port}"
+
+        for site in SITES:
+            config = _gateway_config(
+                site, tokens[site.device], url, sim_urls, data_dir / "gateways" / site.device, poll_interval_s
+            )
+            gateways.append(
+                asyncio.create_task(run_gateway(config, stop=gw_stop), name=f"gateway-{site.device}")
+            )
+
+        info = DemoInfo(
+            url=url + "/",
+            email=DEMO_EMAIL,
+            password=DEMO_PASSWORD,
+            data_dir=data_dir,
+            database_url=db_url,
+            batteries=batteries,
+            sim_urls=sim_urls,
+            device_tokens=tokens,
+        )
+        lines = [
+            "",
+            f"TrackingBMS demo is running: {len(batteries)} simulated packs on {len(SITES)} sites, "
+            f"simulated time x{speed:g}.",
+            "",
+            f"  Dashboard:  {info.url}",
+            f"  Email:      {DEMO_EMAIL}",
+            f"  Password:   {DEMO_PASSWORD}",
+            "",
+        ]
+        for site in SITES:
+            lines.append(f"  {site.name} (gateway {site.device}):")
+            lines += [f"    {pk.battery_id:<14} {pk.story}" for pk in site.packs]
+        lines += ["", "Press Ctrl-C to stop."]
+        log("\n".join(lines))
+        if on_ready is not None:
+            on_ready(info)
+
+        stop_wait = asyncio.create_task(stop.wait())
+        watched: set[asyncio.Task[Any]] = {stop_wait, server_task, *gateways}
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        for task in done:
+            if task is not stop_wait and not task.cancelled() and task.exception() is not None:
+                raise DemoError(f"{task.get_name()} stopped: {task.exception()!r}")
+    finally:
+        log("Stopping…")
+        gw_stop.set()
+        if gateways:
+            _, pending = await asyncio.wait(gateways, timeout=10)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*gateways, return_exceptions=True)
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(server_task, timeout=10)
+        if sock is not None:
+            sock.close()
+        for ep in endpoints:
+            with contextlib.suppress(Exception):
+                await ep.close()
+        if temp_dir:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+class DemoThread:
+    """Run the demo in a background thread with its own event loop (for tests and notebooks)::
+
+    with DemoThread(port=0, speed=120) as info:
+        print(info.url)
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+        self.info: DemoInfo | None = None
+        self.error: BaseException | None = None
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="trackingbms-demo", daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            await run_demo(stop=self._stop, on_ready=self._on_ready, log=lambda _msg: None, **self.options)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self._ready.set()
+
+    def _on_ready(self, info: DemoInfo) -> None:
+        self.info = info
+        self._ready.set()
+
+    def start(self, timeout_s: float = 60.0) -> DemoInfo:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            self.stop()
+            raise DemoError(f"the demo did not start within {timeout_s:g} s")
+        if self.info is None:
+            raise DemoError(f"the demo failed to start: {self.error!r}") from self.error
+        return self.info
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout_s)
+
+    def __enter__(self) -> DemoInfo:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@app.command()
+def demo(
+    port: int = typer.Option(8080, help="dashboard / API port on 127.0.0.1"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="keep the demo database here (default: a temp dir)"
+    ),
+    speed: float = typer.Option(60.0, min=0.1, max=10000, help="simulated time runs this many times faster"),
+    host: str = typer.Option("127.0.0.1", help="address to serve the dashboard on"),
+) -> None:
+    """Run everything on this machine: simulated packs, gateways, the server and the dashboard."""
+    import signal
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await run_demo(
+            port=port,
+            host=host,
+            data_dir=data_dir,
+            speed=speed,
+            stop=stop,
+            log=lambda msg: typer.echo(msg, err=msg == "Stopping…"),
+        )
+
+    try:
+        asyncio.run(main())
+    except DemoError as exc:
+        typer.echo(f"trackingbms demo: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        raise typer.Exit(130) from None
+    typer.echo("Stopped.")

@@ -33,8 +33,8 @@ function localInput(ms) {
 
 export async function renderPack(root, batteryId) {
   const item = await api.battery(batteryId);
-  let range = sessionStorage.getItem("tbms.range") || "24h";
-  if (range === "custom") range = "24h";
+  let range = sessionStorage.getItem("tbms.range") || "1h";
+  if (range === "custom") range = "1h";
   let custom = null; // [fromMs, toMs]
   let lastHistoryAt = 0;
   let historyTimer = null;
