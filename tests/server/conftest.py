@@ -68,8 +68,12 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Se
     started: list[ServerThread] = []
 
     def start(**overrides: Any) -> ServerThread:
-        values: dict[str, Any] = {"data_dir": tmp_path, "database_url": database_url, "ingest_burst": 10_000,
-                                  "ingest_rate_per_s": 10_000.0}
+        values: dict[str, Any] = {
+            "data_dir": tmp_path,
+            "database_url": database_url,
+            "ingest_burst": 10_000,
+            "ingest_rate_per_s": 10_000.0,
+        }
         values.update(overrides)
         s = ServerThread(Settings(**values)).start()
         started.append(s)
@@ -86,11 +90,26 @@ def ts(seconds_ago: float = 0.0) -> str:
 
 def sample(battery_id: str, seq: int, seconds_ago: float = 0.0, **fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "battery_id": battery_id, "seq": seq, "ts": ts(seconds_ago), "source": "sim", "via": "lan",
-        "voltage_v": 53.2, "current_a": -4.5, "soc_pct": 80.5, "remaining_ah": 80.0, "cycles": 3,
-        "state": "discharging", "charge_mos": True, "discharge_mos": True, "charger_connected": False,
-        "load_connected": True, "cells_mv": [3320 + i for i in range(16)], "temps_c": [24.0, 25.5],
-        "balancing": [], "faults": [], "fault_code": 0,
+        "battery_id": battery_id,
+        "seq": seq,
+        "ts": ts(seconds_ago),
+        "source": "sim",
+        "via": "lan",
+        "voltage_v": 53.2,
+        "current_a": -4.5,
+        "soc_pct": 80.5,
+        "remaining_ah": 80.0,
+        "cycles": 3,
+        "state": "discharging",
+        "charge_mos": True,
+        "discharge_mos": True,
+        "charger_connected": False,
+        "load_connected": True,
+        "cells_mv": [3320 + i for i in range(16)],
+        "temps_c": [24.0, 25.5],
+        "balancing": [],
+        "faults": [],
+        "fault_code": 0,
     }
     base.update(fields)
     return base

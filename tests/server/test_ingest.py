@@ -7,8 +7,9 @@ import gzip
 
 import orjson
 
-from .conftest import World, client, sample
 from trackingbms.server import provisioning as p
+
+from .conftest import World, client, sample
 
 
 async def _post(w: World, token: str, samples: list, **kw) -> tuple[int, dict]:
@@ -75,8 +76,16 @@ async def test_bad_samples_are_rejected_alone_and_named(world: World) -> None:
 
 async def test_stored_values_round_trip(world: World) -> None:
     a = world.a
-    s = sample(a.batteries[0], 42, current_a=12.345, temps_c=[-5.5, 61.0], balancing=[3, 15],
-               faults=["cell_voltage_high_l1"], cells_mv=[3300, 3600, 2500, 3301], errors={"0x95": "timeout"})
+    s = sample(
+        a.batteries[0],
+        42,
+        current_a=12.345,
+        temps_c=[-5.5, 61.0],
+        balancing=[3, 15],
+        faults=["cell_voltage_high_l1"],
+        cells_mv=[3300, 3600, 2500, 3301],
+        errors={"0x95": "timeout"},
+    )
     assert (await _post(world, a.device, [s]))[1]["accepted"] == 1
     async with client(world.base_url, a.admin) as c:
         latest = (await c.get(f"/api/v1/batteries/{a.batteries[0]}")).json()["latest"]
@@ -87,8 +96,11 @@ async def test_gzip_body(world: World) -> None:
     a = world.a
     raw = gzip.compress(orjson.dumps({"samples": [sample(a.batteries[0], i) for i in range(100)]}))
     async with client(world.base_url, a.device) as c:
-        r = await c.post("/api/v1/ingest", content=raw,
-                         headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+        r = await c.post(
+            "/api/v1/ingest",
+            content=raw,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
         assert r.status_code == 200 and r.json()["accepted"] == 100
         r = await c.post("/api/v1/ingest", content=b"not gzip", headers={"Content-Encoding": "gzip"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
@@ -144,7 +156,9 @@ async def test_wrong_missing_and_revoked_device_tokens(world: World) -> None:
     assert await p.revoke_token(world.database_url, a.device)
     assert (await _post(world, a.device, batch))[0] == 401
     assert await _post(world, new, [sample(a.batteries[0], 2)]) == (
-        200, {"accepted": 1, "duplicates": 0, "rejected": []})
+        200,
+        {"accepted": 1, "duplicates": 0, "rejected": []},
+    )
     assert await p.revoke_device_tokens(world.database_url, "acme", "gw-1") == 1
     assert (await _post(world, new, batch))[0] == 401
     async with client(world.base_url, a.device) as c:
@@ -164,8 +178,10 @@ async def test_rate_limit_answers_429_with_retry_after(world: World, start_serve
 
 async def test_remote_config_reaches_the_gateway_once(world: World) -> None:
     a = world.a
-    cfg = {"heartbeat_interval_s": 20, "batteries": {a.batteries[0]: {"poll_interval_s": 2.0,
-                                                                       "cadences_s": {"cells": 5}}}}
+    cfg = {
+        "heartbeat_interval_s": 20,
+        "batteries": {a.batteries[0]: {"poll_interval_s": 2.0, "cadences_s": {"cells": 5}}},
+    }
     async with client(world.base_url, a.viewer) as c:
         assert (await c.put("/api/v1/devices/gw-1/config", json=cfg)).status_code == 403
     async with client(world.base_url, a.admin) as c:

@@ -109,9 +109,15 @@ async def test_fleet_connectivity_states(world: World) -> None:
         await c.post("/api/v1/heartbeat", json={"batteries": [{"battery_id": p3, "link_state": "asleep"}]})
     # in the other tenant: a link the gateway reports disconnected → link-down; silence → offline
     async with client(world.base_url, b.device) as c:
-        await c.post("/api/v1/heartbeat", json={"batteries": [
-            {"battery_id": b.batteries[0], "link_state": "disconnected", "last_error": "timeout"},
-            {"battery_id": b.batteries[1], "link_state": "ok"}]})
+        await c.post(
+            "/api/v1/heartbeat",
+            json={
+                "batteries": [
+                    {"battery_id": b.batteries[0], "link_state": "disconnected", "last_error": "timeout"},
+                    {"battery_id": b.batteries[1], "link_state": "ok"},
+                ]
+            },
+        )
     async with client(world.base_url, a.admin) as c:
         fleet = {x["battery_id"]: x for x in (await c.get("/api/v1/fleet")).json()["batteries"]}
     assert fleet[p1]["connectivity"] == "online"
@@ -139,8 +145,10 @@ async def test_history_is_downsampled_and_keeps_spikes(world: World) -> None:
     del samples[300]["current_a"]  # a partial sample: no invented value
     await _ingest(world, a.device, samples)
     async with client(world.base_url, a.viewer) as c:
-        r = await c.get(f"/api/v1/batteries/{bid}/history",
-                        params={"from": samples[0]["ts"], "to": samples[-1]["ts"][:-1] + "9Z", "points": 50})
+        r = await c.get(
+            f"/api/v1/batteries/{bid}/history",
+            params={"from": samples[0]["ts"], "to": samples[-1]["ts"][:-1] + "9Z", "points": 50},
+        )
     h = r.json()
     assert r.status_code == 200
     assert 0 < len(h["t"]) <= 50 and h["bucket_s"] >= n // 50
@@ -153,8 +161,10 @@ async def test_history_is_downsampled_and_keeps_spikes(world: World) -> None:
     assert h["t"] == sorted(h["t"])
     # a range without samples: no buckets at all (nothing invented)
     async with client(world.base_url, a.viewer) as c:
-        r = await c.get(f"/api/v1/batteries/{bid}/history",
-                        params={"from": "2021-01-01T00:00:00Z", "to": "2021-01-02T00:00:00Z"})
+        r = await c.get(
+            f"/api/v1/batteries/{bid}/history",
+            params={"from": "2021-01-01T00:00:00Z", "to": "2021-01-02T00:00:00Z"},
+        )
         assert r.json()["t"] == [] and r.json()["series"]["voltage_v"]["max"] == []
         r = await c.get(f"/api/v1/batteries/{bid}/history", params={"from": "garbage"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "from"]
@@ -166,8 +176,16 @@ async def test_csv_export_header_and_rows(world: World) -> None:
     a = world.a
     bid = a.batteries[0]
     rows_in = [sample(bid, i, seconds_ago=100 - i) for i in range(3)]
-    rows_in[1] = sample(bid, 1, seconds_ago=99, cells_mv=[3300, 3301], temps_c=[20.5, 21.0, 22.5],
-                        faults=["cell_voltage_low_l1", "temp_high_l2"], balancing=[1, 2], charge_mos=False)
+    rows_in[1] = sample(
+        bid,
+        1,
+        seconds_ago=99,
+        cells_mv=[3300, 3301],
+        temps_c=[20.5, 21.0, 22.5],
+        faults=["cell_voltage_low_l1", "temp_high_l2"],
+        balancing=[1, 2],
+        charge_mos=False,
+    )
     del rows_in[2]["soc_pct"]
     await _ingest(world, a.device, rows_in)
     async with client(world.base_url, a.viewer) as c:
@@ -175,9 +193,24 @@ async def test_csv_export_header_and_rows(world: World) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
     table = list(csv.reader(io.StringIO(r.text)))
     header = table[0]
-    assert header[:16] == ["ts", "seq", "source", "via", "voltage_v", "current_a", "soc_pct", "remaining_ah",
-                           "cycles", "state", "charge_mos", "discharge_mos", "charger_connected",
-                           "load_connected", "fault_code", "faults"]
+    assert header[:16] == [
+        "ts",
+        "seq",
+        "source",
+        "via",
+        "voltage_v",
+        "current_a",
+        "soc_pct",
+        "remaining_ah",
+        "cycles",
+        "state",
+        "charge_mos",
+        "discharge_mos",
+        "charger_connected",
+        "load_connected",
+        "fault_code",
+        "faults",
+    ]
     assert header[16:32] == [f"cell_{i}_mv" for i in range(1, 17)]
     assert header[32:] == ["temp_1_c", "temp_2_c", "temp_3_c", "balancing"]
     rows = [dict(zip(header, row, strict=True)) for row in table[1:]]
@@ -217,9 +250,15 @@ async def test_openapi_documents_every_endpoint(world: World) -> None:
         doc = (await c.get("/openapi.json")).json()
         assert (await c.get("/docs")).status_code == 200
     paths = doc["paths"]
-    for path in ("/api/v1/ingest", "/api/v1/heartbeat", "/api/v1/auth/login", "/api/v1/fleet",
-                 "/api/v1/batteries/{battery_id}/history", "/api/v1/batteries/{battery_id}/export.csv",
-                 "/api/v1/devices/{device_id}/config"):
+    for path in (
+        "/api/v1/ingest",
+        "/api/v1/heartbeat",
+        "/api/v1/auth/login",
+        "/api/v1/fleet",
+        "/api/v1/batteries/{battery_id}/history",
+        "/api/v1/batteries/{battery_id}/export.csv",
+        "/api/v1/devices/{device_id}/config",
+    ):
         assert path in paths
     ingest = paths["/api/v1/ingest"]["post"]
     assert ingest["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("IngestBatch")
