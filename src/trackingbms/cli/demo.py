@@ -18,6 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +77,12 @@ SITES: tuple[DemoSite, ...] = (
                     sensors=2,
                     chemistry="lfp",
                     capacity_ah=100,
-                    soc_pct=52,
+                    soc_pct=35,
                     seed=12,
-                    scenario="constant",
-                    constant_current_a=-8.0,
+                    scenario="solar-day",
                     weak_cell=7,
-                    weak_cell_self_discharge_x=400.0,
+                    # exaggerated so that the weak cell drifts away within minutes of the demo
+                    weak_cell_self_discharge_x=1500.0,
                     soc_spread_pct=2.0,
                     capacity_fade_pct=12.0,
                 ),
@@ -291,11 +292,14 @@ async def run_demo(
 
         # the packs, each on its own TCP port as if behind a serial-to-network adapter
         sim_urls: dict[str, str] = {}
+        # simulated days begin at 07:30 so that the solar packs see the sun rise in the first minutes
+        sim_start = datetime.now(UTC).replace(hour=7, minute=30, second=0, microsecond=0)
         batteries: dict[str, DemoPack] = {}
         for site in SITES:
             for pk in site.packs:
                 sim = SimulatedPack(
-                    PackConfig(pack_id=pk.battery_id, speed=speed, **pk.pack), Quirks(**pk.quirks)
+                    PackConfig(pack_id=pk.battery_id, speed=speed, start=sim_start, **pk.pack),
+                    Quirks(**pk.quirks),
                 )
                 ep = await serve_tcp(sim, host="127.0.0.1", port=0)
                 endpoints.append(ep)

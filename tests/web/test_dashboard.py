@@ -1,0 +1,237 @@
+"""The dashboard as a user meets it: a real browser against the demo (server, gateways, simulated packs).
+
+No timed assertions: waits are for readiness, with deadlines generous enough for a loaded CI machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import DemoClient, login
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 60_000
+
+SNAPSHOT_JS = """() => {
+  const k = document.querySelector('.kpis');
+  const val = (id) => document.querySelector('#kpi-' + id).dataset.value;
+  return {
+    seq: k.dataset.seq, ts: k.dataset.ts,
+    voltage: val('voltage'), current: val('current'), soc: val('soc'),
+    cells: [...document.querySelectorAll('.cell')].map((c) => Number(c.dataset.mv)),
+    temps: [...document.querySelectorAll('.temp .temp-val')].map((t) => t.textContent),
+  };
+}"""
+
+
+def no_horizontal_overflow(page: Any) -> tuple[int, int]:
+    return page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+
+
+def test_wrong_password_is_refused_with_a_message(new_page: Any, demo: DemoClient) -> None:
+    page = new_page()
+    page.goto(demo.info.url)
+    page.fill("#email", demo.info.email)
+    page.fill("#password", "not-the-password")
+    page.click("#login-submit")
+    error = page.wait_for_selector("#login-error:not([hidden])")
+    assert "wrong email or password" in error.inner_text().lower()
+    assert page.locator(".pack-row").count() == 0
+
+
+def test_fleet_lists_every_pack_grouped_by_site(new_page: Any, demo: DemoClient, screenshots: Path) -> None:
+    page = new_page()
+    login(page, demo)
+    page.wait_for_function(f"document.querySelectorAll('.pack-row').length === {len(demo.info.batteries)}")
+    shown = set(page.eval_on_selector_all(".pack-row", "rows => rows.map(r => r.dataset.batteryId)"))
+    assert shown == set(demo.info.batteries)
+    sites = page.eval_on_selector_all(".site-name", "els => els.map(e => e.firstChild.textContent)")
+    assert sorted(sites) == ["Lakeside cabin", "Workshop"]
+    # every row carries the numbers an operator compares
+    row = page.locator('.pack-row[data-battery-id="cabin-weak"]')
+    assert row.locator(".c-soc").inner_text().strip().endswith("%")
+    assert "mV" in row.locator(".c-cells").inner_text()
+    assert "°C" in row.locator(".c-temp").inner_text()
+    page.screenshot(path=str(screenshots / "desktop-fleet.png"), full_page=True)
+
+
+def test_alarms_come_first_as_readable_text_and_the_rest_sorts(new_page: Any, demo: DemoClient) -> None:
+    # the charging cart charges into its over-voltage protection within a minute of simulated charging
+    demo.wait_for("an alarm on shop-charger", lambda: demo.fleet()["shop-charger"]["alarms"])
+    page = new_page()
+    login(page, demo)
+    site = page.locator('.site:has(.pack-row[data-battery-id="shop-charger"])')
+    first = site.locator(".pack-row").first
+    first.locator("[data-fault]").first.wait_for(timeout=WAIT_MS)
+    assert first.get_attribute("data-battery-id") == "shop-charger"
+    text = first.locator(".c-faults").inner_text()
+    assert "Cell voltage high" in text and "_" not in text
+
+    page.click("th >> text=SOC")  # sort by SOC, highest first
+    page.wait_for_selector("th.sorted >> text=SOC")
+    rows = page.eval_on_selector_all(
+        ".pack-row",
+        "rows => rows.map(r => [r.closest('.site').dataset.siteId, r.dataset.alarm, "
+        "parseFloat(r.querySelector('.soc-val').textContent)])",
+    )
+    for site_id in {r[0] for r in rows}:
+        in_site = [r for r in rows if r[0] == site_id]
+        flags = [r[1] for r in in_site]
+        assert flags == sorted(flags, reverse=True), "packs with alarms must come first"
+        quiet = [r[2] for r in in_site if r[1] == "0"]
+        assert quiet == sorted(quiet, reverse=True)
+
+
+def test_pack_page_shows_every_cell_with_the_values_the_api_has(
+    new_page: Any, demo: DemoClient, screenshots: Path
+) -> None:
+    battery = demo.get("/api/v1/batteries/cabin-weak")
+    page = new_page()
+    login(page, demo)
+    page.click('.pack-row[data-battery-id="cabin-weak"] .pack-link')
+    page.wait_for_selector(".cell")
+    assert page.locator(".cell").count() == battery["cell_count"] == 16
+    assert page.locator(".temp").count() == battery["temp_count"]
+    assert page.locator("#pack-name").inner_text() == battery["name"]
+
+    # What the page shows is one sample; find that very sample (by seq) through the API's CSV export.
+    shown = page.evaluate(SNAPSHOT_JS)
+    ts = datetime.fromisoformat(shown["ts"].replace("Z", "+00:00"))
+    window = [(ts + timedelta(seconds=d)).astimezone(UTC).isoformat().replace("+00:00", "Z") for d in (-5, 5)]
+    rows = {r["seq"]: r for r in csv.DictReader(io.StringIO(demo.csv("cabin-weak", *window)))}
+    row = rows[shown["seq"]]
+    assert shown["cells"] == [int(row[f"cell_{i}_mv"]) for i in range(1, 17)]
+    assert float(shown["voltage"]) == pytest.approx(float(row["voltage_v"]))
+    assert float(shown["current"]) == pytest.approx(float(row["current_a"]))
+    assert float(shown["soc"]) == pytest.approx(float(row["soc_pct"]))
+    assert [t.replace(" °C", "") for t in shown["temps"]] == [
+        f"{float(row[f'temp_{i}_c']):.0f}" for i in range(1, battery["temp_count"] + 1)
+    ]
+    # min and max cells are marked
+    assert page.locator(".cell.is-min").count() == 1 and page.locator(".cell.is-max").count() == 1
+    assert int(page.locator(".cell.is-min").get_attribute("data-mv")) == min(shown["cells"])
+    # switches and history charts
+    assert page.locator("[data-switch]").count() == 4
+    page.wait_for_selector("#chart-voltage .uplot, .no-history")
+    page.screenshot(path=str(screenshots / "desktop-pack.png"), full_page=True)
+
+
+def test_live_updates_arrive_without_reloading(new_page: Any, demo: DemoClient) -> None:
+    page = new_page()
+    login(page, demo)
+    page.goto(demo.info.url + "#/pack/shop-ups")
+    page.wait_for_selector(".cell")
+    page.evaluate("window.__sameDocument = true")
+    seq = page.eval_on_selector(".kpis", "k => k.dataset.seq")
+    page.wait_for_function(f"document.querySelector('.kpis').dataset.seq !== '{seq}'", timeout=WAIT_MS)
+    assert page.evaluate("window.__sameDocument") is True
+
+    page.goto(demo.info.url + "#/fleet")
+    row_ts = '.pack-row[data-battery-id="shop-ups"] .ago'
+    page.wait_for_selector(row_ts)
+    before = page.get_attribute(row_ts, "data-ts")
+    page.wait_for_function(f"document.querySelector('{row_ts}').dataset.ts !== '{before}'", timeout=WAIT_MS)
+    assert page.evaluate("window.__sameDocument") is True
+
+
+def test_csv_export_downloads_with_the_documented_header(new_page: Any, demo: DemoClient) -> None:
+    battery = demo.get("/api/v1/batteries/cabin-house")
+    page = new_page()
+    login(page, demo)
+    page.goto(demo.info.url + "#/pack/cabin-house")
+    page.wait_for_selector(".cell")
+    with page.expect_download(timeout=WAIT_MS) as download:
+        page.click("#export-csv")
+    assert download.value.suggested_filename.endswith(".csv")
+    text = Path(download.value.path()).read_text()
+    lines = text.splitlines()
+    cells = [f"cell_{i}_mv" for i in range(1, battery["cell_count"] + 1)]
+    temps = [f"temp_{i}_c" for i in range(1, battery["temp_count"] + 1)]
+    assert lines[0].split(",") == [
+        "ts",
+        "seq",
+        "source",
+        "via",
+        "voltage_v",
+        "current_a",
+        "soc_pct",
+        "remaining_ah",
+        "cycles",
+        "state",
+        "charge_mos",
+        "discharge_mos",
+        "charger_connected",
+        "load_connected",
+        "fault_code",
+        "faults",
+        *cells,
+        *temps,
+        "balancing",
+    ]
+    assert len(lines) > 1, "the export holds the samples of the selected range"
+
+
+def test_device_page_shows_links_and_the_sleeping_bms(
+    new_page: Any, demo: DemoClient, screenshots: Path
+) -> None:
+    page = new_page()
+    login(page, demo)
+    page.click("a[data-nav=devices]")
+    page.wait_for_selector(".device-card")
+    assert page.locator(".device-card").count() == 2
+    page.click('.device-card[data-device-id="gw-cabin"]')
+    page.wait_for_selector("#queue-backlog")
+    assert page.locator("#queue-backlog").inner_text().strip() != ""
+    # the boat's BMS has no current and falls asleep; the gateway reports it, the page shows it live
+    page.wait_for_selector('tr[data-battery-id="cabin-boat"] [data-link-state="asleep"]', timeout=WAIT_MS * 2)
+    assert "BMS asleep" in page.locator('tr[data-battery-id="cabin-boat"]').inner_text()
+    assert page.locator('tr[data-battery-id="cabin-house"] [data-link-state="ok"]').count() == 1
+    page.screenshot(path=str(screenshots / "desktop-device.png"), full_page=True)
+
+    page.goto(demo.info.url + "#/fleet")
+    page.wait_for_selector(
+        '.pack-row[data-battery-id="cabin-boat"] [data-connectivity="asleep"]', timeout=WAIT_MS
+    )
+
+
+def test_phone_width_has_no_horizontal_scrolling(new_page: Any, demo: DemoClient, screenshots: Path) -> None:
+    page = new_page(width=390, height=844, is_mobile=True, has_touch=True, device_scale_factor=2)
+    login(page, demo)
+    views = {
+        "fleet": ("#/fleet", ".pack-row"),
+        "pack": ("#/pack/cabin-weak", "#chart-voltage .uplot, .no-history"),
+        "devices": ("#/devices", ".device-card"),
+        "device": ("#/device/gw-workshop", "#queue-backlog"),
+    }
+    for name, (route, ready) in views.items():
+        page.goto(demo.info.url + route)
+        page.wait_for_selector(ready)
+        page.screenshot(path=str(screenshots / f"phone-{name}.png"), full_page=True)
+        scroll_w, inner_w = no_horizontal_overflow(page)
+        assert scroll_w <= inner_w == 390, f"{name}: content is {scroll_w} px wide on a 390 px screen"
+
+
+def test_app_shell_is_installable_and_works_offline(new_page: Any, demo: DemoClient) -> None:
+    page = new_page()
+    login(page, demo)
+    manifest = page.evaluate("fetch('/manifest.webmanifest').then(r => r.json())")
+    assert manifest["display"] == "standalone" and manifest["start_url"].startswith("/")
+    assert any(i["sizes"] == "512x512" for i in manifest["icons"])
+    page.wait_for_function("navigator.serviceWorker.ready.then(r => !!r.active)", timeout=WAIT_MS)
+    # with the network gone, the cached shell still opens (the data then says it cannot load)
+    page.reload()
+    page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=WAIT_MS)
+    page.context.set_offline(True)
+    try:
+        page.reload()
+        page.wait_for_selector("#app")
+        assert page.title() == "TrackingBMS"
+    finally:
+        page.context.set_offline(False)
