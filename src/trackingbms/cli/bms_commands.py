@@ -198,16 +198,27 @@ def watch(
 
     from trackingbms.bms import BmsError
 
+    console = Console()
+
     async def go() -> None:
         bms = await _connect(port, address, board, invert_current, baud, retries)
+
+        async def once() -> Any:
+            try:
+                reading = await bms.snapshot()
+                return reading_table(reading, bms.stats.as_dict())
+            except BmsError as exc:  # keep watching: a sleeping BMS may wake up
+                return Text(f"{exc}  (retrying)", style="yellow")
+
         try:
-            with Live(Text(f"reading {port} …"), console=Console(), auto_refresh=False) as live:
+            if not console.is_terminal:  # piped: one table per reading, flushed as it comes
                 while True:
-                    try:
-                        reading = await bms.snapshot()
-                        live.update(reading_table(reading, bms.stats.as_dict()), refresh=True)
-                    except BmsError as exc:  # keep watching: a sleeping BMS may wake up
-                        live.update(Text(f"{exc}  (retrying)", style="yellow"), refresh=True)
+                    console.print(await once())
+                    sys.stdout.flush()
+                    await asyncio.sleep(interval_s)
+            with Live(Text(f"reading {port} …"), console=console, auto_refresh=False) as live:
+                while True:
+                    live.update(await once(), refresh=True)
                     await asyncio.sleep(interval_s)
         finally:
             await bms.link.close()
