@@ -174,6 +174,7 @@ class DalyBMS:
         start = loop.time()
         deadline = start + self.first_reply_timeout_s()
         started = False
+        timed_out = False
         bad = 0
         while True:
             if poll.complete and not poll.extra_frames_possible:
@@ -186,9 +187,11 @@ class DalyBMS:
             else:
                 timeout = deadline - now
                 if timeout <= 0:
+                    timed_out = True
                     break
             chunk = await self.link.read(256, timeout)
             if not chunk:
+                timed_out = not poll.complete
                 break
             frames = parser.feed(chunk)
             for f in frames:
@@ -203,7 +206,7 @@ class DalyBMS:
                 started = True
             elif parser.garbage_bytes + parser.drops["wrong_address"] > garbage0:
                 started = True  # noise counts as "answers, but corrupt"
-        if not poll.complete:
+        if timed_out:
             self.stats.timeouts += 1
         got = started or poll.got_any or parser.garbage_bytes + parser.drops["wrong_address"] > garbage0
         return got, bad

@@ -1,0 +1,107 @@
+"""Benchmark: full A5 snapshot of a simulated 16-cell, 4-sensor pack at 9600 baud.
+
+The simulator paces every reply byte at the baud rate (10 bits a byte) and answers after its
+turnaround latency. The floor for one snapshot is the sum, over its commands, of the request's wire
+time, the reply frames' wire time and one turnaround: no client can be faster on a real line.
+``ratio`` = median snapshot time / floor. Then the same under 1 % corrupted reply frames (bad
+checksums), with the share of snapshots that came back complete.
+
+    python bench/poll.py --json [--runs 20] [--corrupt-runs 100] [--transport pty|tcp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from typing import Any
+
+from trackingbms.bms import BmsError, DalyBMS
+from trackingbms.daly.a5 import frame_time_s
+from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER, frames_sent
+from trackingbms.links import open_link
+from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_pty, serve_tcp
+
+CELLS, SENSORS, BAUD, ADDRESS = 16, 4, 9600, 0x40
+
+
+def floor_s(latency_s: float) -> tuple[float, float]:
+    """(floor, what the simulator can deliver: it receives requests instantly, so no request time)."""
+    total = replies = 0.0
+    for name in SNAPSHOT_ORDER:
+        did = COMMANDS[name].data_id
+        count = CELLS if did == 0x95 else SENSORS if did == 0x96 else None
+        n = frames_sent(did, address=ADDRESS, count=count) or 1
+        total += frame_time_s(BAUD, 1 + n) + latency_s
+        replies += frame_time_s(BAUD, n) + latency_s
+    return total, replies
+
+
+async def run(runs: int, quirks: Quirks, transport: str) -> dict[str, Any]:
+    pack = SimulatedPack(PackConfig(cells=CELLS, sensors=SENSORS, seed=1), quirks)
+    endpoint = await (serve_pty(pack) if transport == "pty" else serve_tcp(pack, host="127.0.0.1", port=0))
+    link = await open_link(endpoint.path if transport == "pty" else endpoint.url, baud=BAUD)
+    bms = DalyBMS(link, address=ADDRESS, baud=BAUD, retries=3, turnaround_s=quirks.latency_s + 0.1)
+    times: list[float] = []
+    complete = 0
+    try:
+        await bms.status()  # learn the counts once, as a long-running poller does
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            try:
+                reading = await bms.snapshot()
+                complete += not reading.errors
+            except BmsError:
+                pass
+            times.append(time.perf_counter() - t0)
+    finally:
+        await link.close()
+        await endpoint.close()
+    floor, sim_floor = floor_s(quirks.latency_s)
+    median = statistics.median(times)
+    return {
+        "floor_s": round(floor, 4),
+        "median_s": round(median, 4),
+        "ratio": round(median / floor, 3),
+        "sim_floor_s": round(sim_floor, 4),
+        "ratio_vs_sim_floor": round(median / sim_floor, 3),
+        "p90_s": round(sorted(times)[int(0.9 * (len(times) - 1))], 4),
+        "runs": runs,
+        "complete_share": round(complete / runs, 3),
+        "stats": bms.stats.as_dict(),
+    }
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="print JSON only")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--corrupt-runs", type=int, default=100)
+    ap.add_argument("--transport", choices=("pty", "tcp"), default="pty")
+    args = ap.parse_args()
+    clean = await run(args.runs, Quirks(baud=BAUD, latency_s=0.06, stale_bytes=True), args.transport)
+    corrupt = await run(
+        args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, bad_checksum=0.01), args.transport
+    )
+    result = {
+        "pack": {"cells": CELLS, "sensors": SENSORS, "baud": BAUD, "host_address": f"0x{ADDRESS:02X}"},
+        "transport": args.transport,
+        **{
+            k: clean[k]
+            for k in ("floor_s", "median_s", "ratio", "sim_floor_s", "ratio_vs_sim_floor", "p90_s")
+        },
+        "clean": clean,
+        "corrupt_1pct": corrupt,
+        "targets": {
+            "clean_ratio_le_1_15": clean["ratio"] <= 1.15,
+            "corrupt_complete_ge_0_95": corrupt["complete_share"] >= 0.95,
+            "corrupt_ratio_le_1_5": corrupt["ratio"] <= 1.5,
+        },
+    }
+    print(json.dumps(result, indent=None if args.json else 2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
