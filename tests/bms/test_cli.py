@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -85,27 +86,41 @@ def test_decode_undecodable_input_names_offset_and_reason() -> None:
     assert code == 2 and "truncated frame at end of input" in err
 
 
-@pytest.fixture
-def sim_url() -> Iterator[str]:
+@contextmanager
+def sim_in_thread(pack: Any) -> Iterator[str]:
     """A simulated pack on TCP served from its own thread (the CLI runs its own event loop)."""
     loop = asyncio.new_event_loop()
-    ready = threading.Event()
     box: dict[str, Any] = {}
 
     async def start() -> None:
-        box["ep"] = await serve_tcp(make_pack(cells=8, sensors=2), host="127.0.0.1", port=0)
-        ready.set()
+        box["ep"] = await serve_tcp(pack, host="127.0.0.1", port=0)
 
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     asyncio.run_coroutine_threadsafe(start(), loop).result(10)
-    ready.wait(10)
     try:
         yield box["ep"].url
     finally:
         asyncio.run_coroutine_threadsafe(box["ep"].close(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+        loop.close()
+
+
+@pytest.fixture
+def sim_url() -> Iterator[str]:
+    with sim_in_thread(make_pack(cells=8, sensors=2)) as url:
+        yield url
+
+
+def test_no_reply_is_explained_with_the_other_address() -> None:
+    with sim_in_thread(make_pack(hosts="0x80")) as url:
+        result = runner.invoke(app, ["read", url, "--retries", "0"])
+        assert result.exit_code == 1
+        assert "no reply from BMS at address 0x40 within" in result.stderr
+        assert "try --address 0x80" in result.stderr
+        result = runner.invoke(app, ["read", url, "--address", "0x80", "--json"])
+        assert result.exit_code == 0 and json.loads(result.stdout)["cells_mv"]
 
 
 def test_read_json_and_table(sim_url: str) -> None:

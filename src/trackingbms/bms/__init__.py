@@ -139,12 +139,13 @@ class DalyBMS:
         """Request on the wire + turnaround + the first reply frame."""
         return 2 * self.frame_s + self.turnaround_s
 
-    def _no_reply_message(self, data_id: int) -> str:
-        ms = round(self.first_reply_timeout_s() * 1000)
+    def _no_reply_message(self, data_id: int, attempts: int) -> str:
+        ms = round(self.first_reply_timeout_s() * 1000 * attempts)
         alt = 0x80 if self.address < 0x80 else 0x40
         return (
-            f"no reply from BMS at address 0x{self.address:02X} (board {self.board}) to 0x{data_id:02X} "
-            f"within {ms} ms (asleep? wrong address? try --address 0x{alt:02X})"
+            f"no reply from BMS at address 0x{self.address:02X} within {ms} ms "
+            f"(asleep? wrong address? try --address 0x{alt:02X}) "
+            f"[command 0x{data_id:02X}, board {self.board}, {attempts} attempt{'s' if attempts != 1 else ''}]"
         )
 
     # ------------------------------------------------------------------ core
@@ -215,6 +216,7 @@ class DalyBMS:
         async with self._lock:
             any_reply = False
             bad_total = 0
+            echoes0 = self._parser.drops["echo"]
             try:
                 for attempt in range(self.retries + 1):
                     if attempt:
@@ -230,8 +232,8 @@ class DalyBMS:
                 raise BmsNoReply(f"link failed: {exc}", data_id=poll.data_id) from exc
             tries = poll.attempts
             if not any_reply:
-                msg = self._no_reply_message(poll.data_id)
-                if self._parser.drops["echo"]:
+                msg = self._no_reply_message(poll.data_id, tries)
+                if self._parser.drops["echo"] > echoes0:
                     msg += "; only the echo of the request came back (BMS falling asleep? echoing adapter?)"
                 self._fail(msg)
                 raise BmsNoReply(msg, data_id=poll.data_id)
@@ -253,7 +255,13 @@ class DalyBMS:
     async def query(self, data_id: int, payload: bytes = b"") -> Record:
         """Send one command and return its decoded reply (any data id the codec knows)."""
         if data_id in (0x95, 0x96, 0x97) and self.cell_count is None:
-            await self.status()
+            try:
+                await self.status()
+            except BmsError as exc:
+                # without the counts from 0x94 the reply cannot be sized: say so under this command
+                raise type(exc)(
+                    f"needs the cell/sensor count from 0x94 first: {exc}", data_id=data_id
+                ) from exc
         rec = await self._run(self._new_poll(data_id, payload))
         if isinstance(rec, StatusInfo):
             self.cell_count, self.sensor_count = rec.cell_count, rec.temp_sensor_count
@@ -307,7 +315,7 @@ class DalyBMS:
                     raise  # nothing answers: asleep / wrong address, not a partial reading
                 errors[f"0x{cmd.data_id:02X}"] = str(exc)
             except BmsError as exc:
-                errors[f"0x{exc.data_id or cmd.data_id:02X}"] = str(exc)
+                errors[f"0x{cmd.data_id:02X}"] = str(exc)
         return to_reading(records, source=self.source, errors=errors or None)
 
     # ------------------------------------------------------------------ writes
