@@ -86,7 +86,9 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoClient]:
     _need_browser()
     from trackingbms.cli.demo import DemoThread
 
-    runner = DemoThread(port=0, speed=120.0, poll_interval_s=1.0, data_dir=tmp_path_factory.mktemp("demo"))
+    runner = DemoThread(
+        port=0, speed=120.0, poll_interval_s=1.0, history_h=2.0, data_dir=tmp_path_factory.mktemp("demo")
+    )
     info = runner.start(timeout_s=STARTUP_DEADLINE_S)
     try:
         client = DemoClient(info)

@@ -119,7 +119,11 @@ def test_pack_page_shows_every_cell_with_the_values_the_api_has(
     assert int(page.locator(".cell.is-min").get_attribute("data-mv")) == min(shown["cells"])
     # switches and history charts
     assert page.locator("[data-switch]").count() == 4
-    page.wait_for_selector("#chart-voltage .uplot, .no-history")
+    # the demo filled in past hours: the 24 h charts draw them
+    page.click('button[data-range="24h"]')
+    page.wait_for_function("/ [1-9]\\d* points/.test(document.querySelector('.hist-note').textContent)")
+    for chart in ("voltage", "current", "soc", "delta", "temps"):
+        assert page.locator(f"#chart-{chart} .uplot").count() == 1, chart
     page.screenshot(path=str(screenshots / "desktop-pack.png"), full_page=True)
 
 

@@ -30,9 +30,12 @@ def _lines(stream: object) -> queue.Queue[str | None]:
     return q
 
 
-def _start(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[str]]:
+Lines = queue.Queue[str | None]
+
+
+def _start(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], Lines]:
     proc = subprocess.Popen(
-        [*CLI, "demo", "--port", "0", "--data-dir", str(data_dir), "--speed", "120"],
+        [*CLI, "demo", "--port", "0", "--data-dir", str(data_dir), "--speed", "120", "--history-hours", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -50,26 +53,29 @@ def _start(data_dir: Path) -> tuple[subprocess.Popen[str], dict[str, str], list[
             if sep and key in ("Dashboard", "Email", "Password"):
                 fields[key] = value.strip()
             if "Press Ctrl-C" in line:
-                return proc, fields, seen
+                return proc, fields, out
     except queue.Empty:
         proc.kill()
         pytest.fail(f"demo did not report ready within {START_DEADLINE_S:g} s: {''.join(seen)}")
 
 
-def _interrupt(proc: subprocess.Popen[str]) -> tuple[int, str, str]:
+def _interrupt(proc: subprocess.Popen[str], out: Lines) -> tuple[int, str, str]:
+    """Ctrl-C; then the exit code, the rest of stdout (a thread reads it), and stderr."""
     proc.send_signal(signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"demo did not stop on Ctrl-C: {err}")
-    return proc.returncode, out, err
+        pytest.fail("demo did not stop on Ctrl-C")
+    rest: list[str] = []
+    while (line := out.get(timeout=10)) is not None:
+        rest.append(line)
+    return proc.returncode, "".join(rest), proc.stderr.read() if proc.stderr else ""
 
 
 def test_demo_prints_login_serves_dashboard_and_stops_cleanly(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo-data"
-    proc, fields, _ = _start(data_dir)
+    proc, fields, out_q = _start(data_dir)
     try:
         url = fields["Dashboard"]
         assert url.startswith("http://127.0.0.1:")
@@ -82,7 +88,7 @@ def test_demo_prints_login_serves_dashboard_and_stops_cleanly(tmp_path: Path) ->
         )
         assert login.status_code == 200, login.text
     finally:
-        code, out, err = _interrupt(proc)
+        code, out, err = _interrupt(proc, out_q)
     assert code == 0, err
     assert "Traceback" not in err and "Traceback" not in out, err
     assert "Stopped." in out
@@ -91,7 +97,7 @@ def test_demo_prints_login_serves_dashboard_and_stops_cleanly(tmp_path: Path) ->
     )
 
     # a second run on the same data dir reuses the tenant and the login
-    proc, fields2, _ = _start(data_dir)
+    proc, fields2, out_q = _start(data_dir)
     try:
         login = httpx.post(
             fields2["Dashboard"] + "api/v1/auth/login",
@@ -100,7 +106,7 @@ def test_demo_prints_login_serves_dashboard_and_stops_cleanly(tmp_path: Path) ->
         )
         assert login.status_code == 200, login.text
     finally:
-        code, _, err = _interrupt(proc)
+        code, _, err = _interrupt(proc, out_q)
     assert code == 0 and "Traceback" not in err, err
 
 

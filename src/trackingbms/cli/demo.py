@@ -18,7 +18,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ class DemoPack:
     story: str
     pack: dict[str, Any]
     quirks: dict[str, Any] = field(default_factory=dict)
+    #: prefill this pack's history (a pack "installed today" has none)
+    history: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,8 @@ SITES: tuple[DemoSite, ...] = (
                     seed=12,
                     scenario="solar-day",
                     weak_cell=7,
-                    # exaggerated so that the weak cell drifts away within minutes of the demo
-                    weak_cell_self_discharge_x=1500.0,
+                    # exaggerated so that the weak cell drifts away within the history and the first minutes
+                    weak_cell_self_discharge_x=200.0,
                     soc_spread_pct=2.0,
                     capacity_fade_pct=12.0,
                 ),
@@ -129,6 +131,7 @@ SITES: tuple[DemoSite, ...] = (
                     seed=22,
                     scenario="charge-full",
                 ),
+                history=False,
             ),
             DemoPack(
                 "shop-ups",
@@ -168,8 +171,10 @@ class DemoError(RuntimeError):
     """The demo cannot start (port taken, data dir unusable, …); the message says why."""
 
 
-async def _provision(db_url: str) -> dict[str, str]:
-    """Tenant, user, sites, devices, batteries; idempotent on a reused data dir. → {device: token}."""
+async def _provision(db_url: str) -> tuple[dict[str, str], bool]:
+    """Tenant, user, sites, devices, batteries; idempotent on a reused data dir.
+
+    → ({device: token}, whether the data dir was new)."""
     from trackingbms.server import provisioning as p
 
     tokens: dict[str, str] = {}
@@ -200,7 +205,7 @@ async def _provision(db_url: str) -> dict[str, str]:
             # Tokens are stored hashed: a restarted demo issues its gateways new ones.
             for site in SITES:
                 tokens[site.device] = (await p.new_device_token(store, DEMO_TENANT, site.device))["token"]
-    return tokens
+    return tokens, fresh
 
 
 def _gateway_config(
@@ -241,6 +246,65 @@ def _gateway_config(
     )
 
 
+def _past_samples(
+    sim: Any, battery_id: str, start: datetime, hours: float, every_s: float
+) -> list[dict[str, Any]]:
+    """Samples for the past ``hours``: the pack is read over the A5 protocol (the simulator's reply bytes,
+    decoded by the Daly codec) while its simulated time steps through them, without waiting."""
+    from trackingbms.daly import COMMANDS, SNAPSHOT_ORDER, A5Parser, CommandPoll, DecodeError, to_reading
+    from trackingbms.daly.records import StatusInfo
+    from trackingbms.model import Sample
+
+    out: list[dict[str, Any]] = []
+    cells: int | None = None
+    sensors: int | None = None
+    for k in range(int(hours * 3600 // every_s)):
+        if k:
+            sim.advance(every_s)
+        records = []
+        for name in SNAPSHOT_ORDER:
+            poll = CommandPoll(
+                COMMANDS[name].data_id, address=0x40, board=1, cell_count=cells, sensor_count=sensors
+            )
+            parser = A5Parser(board=1)
+            for emission in sim.respond(poll.start_attempt()):
+                poll.feed_all(parser.feed(emission.data))
+            if not poll.got_any:
+                continue  # asleep: only the echo of the request came back
+            try:
+                record = poll.record()
+            except DecodeError:
+                continue
+            if isinstance(record, StatusInfo):
+                cells, sensors = record.cell_count, record.temp_sensor_count
+            records.append(record)
+        if not records:
+            continue
+        ts = start + timedelta(seconds=k * every_s)
+        reading = to_reading(records, source="sim").model_copy(update={"ts": ts})
+        # seq from the time in ms, like the gateway's first seq: the gateway's later ones stay above it
+        out.append(
+            Sample.from_reading(
+                reading, battery_id=battery_id, seq=int(ts.timestamp() * 1000), via="lan"
+            ).to_wire()
+        )
+    return out
+
+
+async def _upload(url: str, token: str, samples: list[dict[str, Any]]) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        for i in range(0, len(samples), 2000):
+            resp = await http.post(
+                "/api/v1/ingest",
+                json={"samples": samples[i : i + 2000]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            if resp.status_code != 200 or resp.json().get("rejected"):
+                raise DemoError(f"the server refused the demo history: {resp.status_code} {resp.text[:300]}")
+
+
 def _make_server(config: Any) -> Any:
     """uvicorn's Server without its own signal handling: the demo owns Ctrl-C and shuts down in order."""
     import uvicorn
@@ -260,6 +324,7 @@ async def run_demo(
     data_dir: Path | None = None,
     speed: float = 60.0,
     poll_interval_s: float = 2.0,
+    history_h: float = 24.0,
     stop: asyncio.Event,
     on_ready: Callable[[DemoInfo], None] | None = None,
     log: Callable[[str], None] = print,
@@ -272,6 +337,7 @@ async def run_demo(
     from trackingbms.server.db import default_sqlite_url
     from trackingbms.server.settings import Settings
     from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
+    from trackingbms.sim.pack import ManualClock, RealTimeClock
 
     temp_dir = data_dir is None
     data_dir = Path(tempfile.mkdtemp(prefix="trackingbms-demo-")) if data_dir is None else data_dir
@@ -288,22 +354,24 @@ async def run_demo(
             raise DemoError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from None
         db_url = default_sqlite_url(data_dir)
         log(f"Data dir: {data_dir}{' (temporary, removed on exit)' if temp_dir else ''}")
-        tokens = await _provision(db_url)
+        tokens, fresh = await _provision(db_url)
 
-        # the packs, each on its own TCP port as if behind a serial-to-network adapter
-        sim_urls: dict[str, str] = {}
-        # simulated days begin at 07:30 so that the solar packs see the sun rise in the first minutes
-        sim_start = datetime.now(UTC).replace(hour=7, minute=30, second=0, microsecond=0)
+        # Simulated days begin at 07:30 so that the solar packs see the sun rise in the first minutes;
+        # packs with history start that much earlier and live through it (at once) before going live.
+        history_h = history_h if fresh else 0.0  # a reused data dir has its history already
+        morning = datetime.now(UTC).replace(hour=7, minute=30, second=0, microsecond=0)
+        sims: dict[str, Any] = {}
         batteries: dict[str, DemoPack] = {}
         for site in SITES:
             for pk in site.packs:
-                sim = SimulatedPack(
-                    PackConfig(pack_id=pk.battery_id, speed=speed, start=sim_start, **pk.pack),
+                lead_h = history_h if pk.history else 0.0
+                sims[pk.battery_id] = SimulatedPack(
+                    PackConfig(
+                        pack_id=pk.battery_id, speed=speed, start=morning - timedelta(hours=lead_h), **pk.pack
+                    ),
                     Quirks(**pk.quirks),
+                    clock=ManualClock(),
                 )
-                ep = await serve_tcp(sim, host="127.0.0.1", port=0)
-                endpoints.append(ep)
-                sim_urls[pk.battery_id] = ep.url
                 batteries[pk.battery_id] = pk
 
         settings = Settings.load(
@@ -331,6 +399,27 @@ async def run_demo(
                 raise DemoError(f"the server did not start on {host}:{bound_port}: {exc!r}")
             await asyncio.sleep(0.05)
         url = f"http://{host}:{bound_port}"
+
+        if history_h > 0:
+            log(f"Filling in {history_h:g} h of history…")
+            since = datetime.now(UTC) - timedelta(hours=history_h)
+            every_s = max(60.0, history_h * 3600 / 500)
+            for site in SITES:
+                for pk in site.packs:
+                    if pk.history:
+                        past = await asyncio.to_thread(
+                            _past_samples, sims[pk.battery_id], pk.battery_id, since, history_h, every_s
+                        )
+                        await _upload(url, tokens[site.device], past)
+
+        # the packs go live (simulated time now runs at `speed`), each on its own TCP port as if
+        # behind a serial-to-network adapter
+        sim_urls: dict[str, str] = {}
+        for battery_id, sim in sims.items():
+            sim.clock = RealTimeClock(speed)
+            ep = await serve_tcp(sim, host="127.0.0.1", port=0)
+            endpoints.append(ep)
+            sim_urls[battery_id] = ep.url
 
         for site in SITES:
             config = _gateway_config(
@@ -459,6 +548,9 @@ def demo(
     ),
     speed: float = typer.Option(60.0, min=0.1, max=10000, help="simulated time runs this many times faster"),
     host: str = typer.Option("127.0.0.1", help="address to serve the dashboard on"),
+    history_hours: float = typer.Option(
+        24.0, min=0, max=24 * 31, help="fill in this much past history on a new data dir (0: none)"
+    ),
 ) -> None:
     """Run everything on this machine: simulated packs, gateways, the server and the dashboard."""
     import signal
@@ -474,6 +566,7 @@ def demo(
             host=host,
             data_dir=data_dir,
             speed=speed,
+            history_h=history_hours,
             stop=stop,
             log=lambda msg: typer.echo(msg, err=msg == "Stopping…"),
         )

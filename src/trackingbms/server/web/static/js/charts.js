@@ -72,7 +72,9 @@ export class ChartSet {
     }
   }
 
-  update(hist) {
+  /** ``span`` = [fromMs, toMs]: the x axis always shows the whole chosen range, data or not. */
+  update(hist, span) {
+    this.xRange = span ? [span[0] / 1000, span[1] / 1000] : null;
     const hasData = (hist.t || []).length > 0;
     if (!window.uPlot) {
       this.container.replaceChildren(h("p.muted", "Charts could not load."));
@@ -108,7 +110,7 @@ export class ChartSet {
       legend: { show: true, live: true },
       cursor: { drag: { x: false, y: false } },
       scales: {
-        x: { time: true },
+        x: { time: true, range: (u, lo, hi) => this.xRange || [lo, hi] },
         y: chart.range
           ? { range: chart.range }
           : {

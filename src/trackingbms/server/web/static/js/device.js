@@ -1,7 +1,7 @@
 // Devices (gateways): link state per battery, last contact, queue backlog from the heartbeat.
 
 import { api, live } from "./api.js";
-import { ago, fmt, fmtDuration, fmtTime, h, parseTs } from "./util.js";
+import { ago, fill, fmt, fmtDuration, fmtTime, h, parseTs } from "./util.js";
 
 const LINK = {
   ok: { label: "ok", cls: "ok" },
@@ -95,9 +95,9 @@ export async function renderDevice(root, deviceId) {
   function render() {
     const hb = d.heartbeat;
     const bats = hb?.batteries || [];
-    body.replaceChildren(
+    fill(body,
       h("div.title-row", h("h1", d.name || d.device_id)),
-      h("p.muted", d.device_id),
+      d.name && d.name !== d.device_id ? h("p.muted", d.device_id) : null,
       h(
         "section.card",
         h("h2", "Gateway"),

@@ -236,7 +236,7 @@ export async function renderPack(root, batteryId) {
       const hist = await api.history(batteryId, new Date(from).toISOString(), new Date(to).toISOString(), points);
       bucketS = hist.bucket_s || 60;
       histNote.textContent = `${fmtTime(new Date(from).toISOString())} – ${fmtTime(new Date(to).toISOString())} · ${(hist.t || []).length} points, ${bucketS} s each`;
-      charts.update(hist);
+      charts.update(hist, [from, to]);
     } catch (err) {
       if (err instanceof AuthError) window.dispatchEvent(new Event("tbms:auth"));
       else histNote.textContent = `Could not load history: ${err.message}`;
