@@ -45,8 +45,6 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         body = self.uplinks.heartbeat_body()
         body.pop("batteries", None)
-        body["thinned_total"] = self.queue.thinned_total
-        body["dead_letter"] = len(self.queue.dead_letters())
         return body
 
     def _on_sample(self, sample: Sample) -> None:

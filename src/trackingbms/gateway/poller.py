@@ -92,7 +92,7 @@ class BmsPoller:
 
     async def run(self) -> None:
         from trackingbms.bms import BmsError, DalyBMS
-        from trackingbms.links import open_link
+        from trackingbms.links import LinkError, open_link
 
         cfg = self.cfg
         bid = cfg.battery_id
@@ -123,11 +123,11 @@ class BmsPoller:
                 retries=cfg.retries,
             )
             try:
-                await self._poll_loop(bms, BmsError)
+                await self._poll_loop(bms, BmsError, (*LINK_LOST, LinkError))
             except asyncio.CancelledError:
                 await _close(link)
                 raise
-            except LINK_LOST as exc:
+            except (*LINK_LOST, LinkError) as exc:  # raised by the link, or by the client with it as cause
                 err = f"link lost: {exc.__class__.__name__}: {exc}"
                 if self.state.set_link_state(bid, "disconnected", err):
                     log.warning("%s: %s", bid, err)
@@ -139,7 +139,9 @@ class BmsPoller:
             await asyncio.sleep(_jitter(backoff_s))
             backoff_s = min(backoff_s * 2, cfg.reconnect_max_s)
 
-    async def _poll_loop(self, bms: Any, bms_error: type[Exception]) -> None:
+    async def _poll_loop(
+        self, bms: Any, bms_error: type[Exception], link_lost: tuple[type[BaseException], ...]
+    ) -> None:
         bid = self.cfg.battery_id
         st = self.status
         probe_s = 0.0  # extra wait while asleep (backoff)
@@ -152,6 +154,8 @@ class BmsPoller:
                 reading = await bms.snapshot(commands)
                 error = None
             except bms_error as exc:
+                if isinstance(exc.__cause__, link_lost):
+                    raise exc.__cause__ from exc  # the byte stream is gone: reconnect, state "disconnected"
                 reading, error = None, f"{exc.__class__.__name__}: {exc}"
             self._update_stats(bms)
             got = reading.measurements() if reading is not None else {}

@@ -231,6 +231,9 @@ class DurableQueue:
         for q, reason in rejected:
             log.warning("server rejected %s seq %d: %s (kept in dead_letter)", q.battery_id, q.seq, reason)
 
+    def dead_letter_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
+
     def dead_letters(self) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT battery_id, seq, ts, reason FROM dead_letter ORDER BY id").fetchall()
         return [{"battery_id": b, "seq": s, "ts": t, "reason": r} for b, s, t, r in rows]

@@ -127,10 +127,11 @@ class Uplink:
         if first:
             self.failing_since = now
         self.failures += 1
+        changed = error != self.last_error
         self.last_error = error
         delay = min(backoff_max_s, backoff_initial_s * 2 ** min(self.failures - 1, 16))
         self.next_attempt_at = now + delay * random.uniform(0.5, 1.0)
-        if first or now - self._last_logged > 60:
+        if first or changed or now - self._last_logged > 60:
             self._last_logged = now
             log.warning(
                 "uplink %s (%s) unreachable: %s; %d samples kept in the queue, retrying with backoff",
@@ -333,11 +334,7 @@ class UplinkManager:
         if status == 422:  # a single sample the server cannot parse as a batch: it can never succeed
             self.queue.dead_letter([(batch[0], f"422: {detail}")])
             return
-        if status in (401, 403):
-            error = f"device token refused ({status}: {detail}); check device_token"
-        else:
-            error = f"HTTP {status}: {detail}"
-        up.failed(error, retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+        up.failed(_http_error(resp), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
         self._after_failure(up)
 
     # -- heartbeat ------------------------------------------------------------------------------------
@@ -351,6 +348,10 @@ class UplinkManager:
             "disk_used_pct": self.queue.disk_used_pct(),
             "uplink": self.current.name,
             "config_version": self.remote.version,
+            # beyond the contract (the server keeps extra keys): the budget policy's effect, dead letters
+            "disk_budget_mb": round(self.queue.budget_bytes / 1048576, 3),
+            "thinned_total": self.queue.thinned_total,
+            "dead_letter_count": self.queue.dead_letter_count(),
             "batteries": [b.heartbeat_entry() for b in self.state.batteries.values()],
         }
 
@@ -364,7 +365,7 @@ class UplinkManager:
         except httpx.HTTPError as exc:
             raise UplinkError(_describe(exc)) from exc
         if resp.status_code != 200:
-            raise UplinkError(f"heartbeat: HTTP {resp.status_code}: {_detail(resp)}")
+            raise UplinkError(_http_error(resp))
         with contextlib.suppress(ValueError):
             reply = resp.json()
             if isinstance(reply, dict) and reply.get("config"):
@@ -374,15 +375,25 @@ class UplinkManager:
         retry = self.config.retry
         while True:
             up = self.current
+            wait_s = self.remote.heartbeat_interval_s
             try:
                 await self._heartbeat_on(up)
                 up.ok()
             except UplinkError as exc:
                 up.failed(str(exc), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
                 self._after_failure(up)
+                # retry sooner than the interval: the server should learn of us as soon as it is back
+                wait_s = min(wait_s, max(0.5, up.next_attempt_at - time.monotonic()))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.state.link_changed.wait(), self.remote.heartbeat_interval_s)
+                await asyncio.wait_for(self.state.link_changed.wait(), wait_s)
             self.state.link_changed.clear()
+
+
+def _http_error(resp: httpx.Response) -> str:
+    what = "heartbeat" if resp.request.url.path.endswith("/heartbeat") else "ingest"
+    if resp.status_code in (401, 403):
+        return f"device token refused ({resp.status_code}: {_detail(resp)}); check device_token"
+    return f"{what}: HTTP {resp.status_code}: {_detail(resp)}"
 
 
 def _detail(resp: httpx.Response) -> str:

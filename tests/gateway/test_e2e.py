@@ -1,0 +1,335 @@
+"""End to end: simulated packs → ``trackingbms gateway`` process → ``trackingbms server`` process over HTTP.
+
+What a user would notice: every sample arrives exactly once whatever happens to the server, the uplink or
+the gateway process; link problems with the BMS are reported, not fatal; the budget policy is visible.
+Waits have generous ceilings; nothing asserts how fast something happened.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from .harness import gateway_config, gateway_seqs, wait_for
+
+BATTERIES = ["pack-1", "pack-2", "pack-3"]
+
+
+def bms_entries(packs, poll_interval_s: float, **extra) -> list[dict]:
+    return [
+        {
+            "battery_id": bid,
+            "port": packs.url(bid),
+            "source": "sim",
+            "poll_interval_s": poll_interval_s,
+            "cadences_s": {"mos": 0, "cells": 2, "temps": 5, "status": 10, "faults": 2},
+            "asleep_after_s": 2.0,
+            "reconnect_max_s": 1.0,
+            **extra,
+        }
+        for bid in packs.packs
+    ]
+
+
+def assert_exactly_once(srv, state_dir: Path, battery_ids: list[str]) -> dict[str, int]:
+    """The server holds every seq the gateway ever took, once, and nothing else; seqs are contiguous."""
+    taken = gateway_seqs(state_dir)
+    counts = {}
+    for bid in battery_ids:
+        mine = taken.get(bid, [])
+        assert mine, f"the gateway took no sample of {bid}"
+        assert mine == list(range(mine[0], mine[0] + len(mine))), f"{bid}: gap or reuse in the gateway's seqs"
+        at_server = srv.seqs(bid)
+        assert len(at_server) == len(set(at_server)), f"{bid}: a seq is stored twice at the server"
+        missing = sorted(set(mine) - set(at_server))
+        extra = sorted(set(at_server) - set(mine))
+        assert not missing, f"{bid}: {len(missing)} seqs never reached the server, e.g. {missing[:5]}"
+        assert not extra, f"{bid}: the server holds seqs the gateway never took: {extra[:5]}"
+        counts[bid] = len(mine)
+    return counts
+
+
+def drained(gw) -> bool:
+    return gw.state()["gateway"]["queue_depth"] == 0
+
+
+@pytest.mark.slow
+def test_outage_two_minutes_every_seq_arrives_once(tmp_path, server, packs, gateway) -> None:
+    sims = packs(BATTERIES)
+    srv = server(BATTERIES)
+    state_dir = tmp_path / "gw-state"
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            state_dir,
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.5}],
+            bms_entries(sims, 1.0),
+        )
+    )
+    gw.start()
+    wait_for("samples at the server", lambda: all(srv.seqs(b) for b in BATTERIES))
+    srv.stop()
+    outage_end = time.monotonic() + 120
+    while time.monotonic() < outage_end:  # the packs keep being polled; the queue grows
+        time.sleep(5)
+        assert gw.proc.poll() is None, gw.log()
+    queued = gw.state()["gateway"]["queue_depth"]
+    assert queued >= 3 * 100, f"only {queued} samples queued during a 2 minute outage"
+    assert "unreachable" in gw.log()
+    srv.start()
+    wait_for("the backlog to drain", lambda: drained(gw), timeout_s=120)
+    time.sleep(1.5)
+    assert gw.stop() == 0
+    counts = assert_exactly_once(srv, state_dir, BATTERIES)
+    assert all(n >= 120 for n in counts.values()), counts
+
+
+def test_crash_sigkill_20_times_no_seq_lost_or_duplicated(tmp_path, server, packs, gateway) -> None:
+    sims = packs(BATTERIES)
+    srv = server(BATTERIES)
+    state_dir = tmp_path / "gw-state"
+    cfg = gateway_config(
+        srv.device_token,
+        state_dir,
+        [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.2, "batch_max_samples": 20}],
+        bms_entries(sims, 0.2),
+    )
+    rng = random.Random(20)
+    gw = gateway(cfg)
+    for _ in range(20):
+        gw.start()
+        time.sleep(rng.uniform(0.5, 2.0))
+        gw.kill()
+    gw.start()
+    wait_for("the gateway's local API", lambda: gw.state(), timeout_s=30)
+    time.sleep(2)  # a few live polls after the last restart
+    wait_for("the queue to drain", lambda: drained(gw), timeout_s=60)
+    assert gw.stop() == 0
+    counts = assert_exactly_once(srv, state_dir, BATTERIES)
+    assert sum(counts.values()) > 30, counts
+
+
+def test_failover_to_cellular_and_failback(loop_thread, tmp_path, server, packs, gateway) -> None:
+    from .harness import TcpProxy
+
+    sims = packs(["pack-1"])
+    srv = server(["pack-1"])
+    wifi = TcpProxy(loop_thread, srv.port)  # the wifi route to the server; cut() drops it
+    state_dir = tmp_path / "gw-state"
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            state_dir,
+            [
+                {"name": "wifi", "url": wifi.url, "batch_max_age_s": 0.3, "timeout_s": 2},
+                {"name": "cellular", "url": srv.url, "batch_max_age_s": 2.0, "batch_max_samples": 5000},
+            ],
+            bms_entries(sims, 0.25),
+            failover={"after_s": 2.0, "probe_interval_s": 1.0},
+        )
+    )
+    gw.start()
+
+    def vias() -> list[str]:
+        return [row["via"] for row in srv.export("pack-1")]
+
+    wait_for("samples via wifi", lambda: "wifi" in vias())
+    wifi.cut()
+    wait_for("the gateway to fail over", lambda: gw.state()["gateway"]["uplink"] == "cellular")
+    wait_for("samples via cellular", lambda: "cellular" in vias())
+    wait_for(
+        "the server to hear the uplink changed",
+        lambda: (srv.device_info().get("heartbeat") or {}).get("uplink") == "cellular",
+    )
+    before = len(vias())
+    wifi.restore()
+    wait_for("the gateway to fail back", lambda: gw.state()["gateway"]["uplink"] == "wifi")
+    wait_for("new samples via wifi again", lambda: "wifi" in vias()[before:])
+    assert "switching from wifi to cellular" in gw.log()
+    assert "switching from cellular to wifi" in gw.log()
+    wait_for("the queue to drain", lambda: drained(gw))
+    assert gw.stop() == 0
+    assert_exactly_once(srv, state_dir, ["pack-1"])
+
+
+def test_bms_asleep_and_unplugged_are_reported_and_recover(tmp_path, server, packs, gateway) -> None:
+    sims = packs(["pack-1", "pack-2"])
+    srv = server(["pack-1", "pack-2"])
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            tmp_path / "gw-state",
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+            bms_entries(sims, 0.25),
+        )
+    )
+    gw.start()
+
+    def link(bid: str) -> str:
+        return next(b for b in gw.state()["batteries"] if b["battery_id"] == bid)["link_state"]
+
+    def server_link(bid: str) -> str | None:
+        hb = srv.device_info().get("heartbeat") or {}
+        return next((b["link_state"] for b in hb.get("batteries", []) if b["battery_id"] == bid), None)
+
+    wait_for("both links ok", lambda: link("pack-1") == "ok" and link("pack-2") == "ok")
+    sims.sleep("pack-1")
+    sims.unplug("pack-2")
+    wait_for("pack-1 asleep", lambda: link("pack-1") == "asleep")
+    wait_for("pack-2 disconnected", lambda: link("pack-2") == "disconnected")
+    wait_for(
+        "the server told",
+        lambda: server_link("pack-1") == "asleep" and server_link("pack-2") == "disconnected",
+    )
+    state = gw.state()["batteries"]
+    assert "no reply" in next(b for b in state if b["battery_id"] == "pack-1")["last_error"]
+    assert "cannot connect" in next(b for b in state if b["battery_id"] == "pack-2")["last_error"]
+    assert gw.proc.poll() is None  # no crash
+    n1, n2 = len(srv.seqs("pack-1")), len(srv.seqs("pack-2"))
+    sims.wake("pack-1")
+    sims.plug("pack-2")
+    wait_for("both links ok again", lambda: link("pack-1") == "ok" and link("pack-2") == "ok", timeout_s=60)
+    wait_for("the server told", lambda: server_link("pack-1") == "ok" and server_link("pack-2") == "ok")
+    wait_for("new samples from both", lambda: len(srv.seqs("pack-1")) > n1 and len(srv.seqs("pack-2")) > n2)
+    assert gw.stop() == 0
+
+
+def test_disk_budget_policy_applied_and_reported(tmp_path, server, packs, gateway) -> None:
+    sims = packs(BATTERIES)
+    srv = server(BATTERIES)
+    srv.stop()  # the server is away: the queue grows until the budget bites
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            tmp_path / "gw-state",
+            [{"name": "wifi", "url": srv.url}],
+            bms_entries(sims, 0.1, cadences_s={"cells": 0, "mos": 0, "temps": 0}),
+            disk_budget_mb=0.25,
+        )
+    )
+    gw.start()
+    wait_for("samples to be thinned", lambda: gw.state()["gateway"]["thinned_total"] > 0, timeout_s=120)
+    assert "disk budget reached" in gw.log()
+    assert gw.state()["gateway"]["disk_used_pct"] >= 80
+    newest = {b["battery_id"]: b["latest"]["seq"] for b in gw.state()["batteries"]}
+    srv.start()
+    wait_for(
+        "the heartbeat to report the budget",
+        lambda: (srv.device_info().get("heartbeat") or {}).get("thinned_total", 0) > 0,
+    )
+    hb = srv.device_info()["heartbeat"]
+    assert hb["disk_used_pct"] > 0
+    # the newest samples are never the ones dropped
+    wait_for("the newest samples at the server", lambda: all(newest[b] in srv.seqs(b) for b in BATTERIES))
+    assert gw.stop() == 0
+
+
+def test_unreachable_server_and_bad_token_give_clear_messages(tmp_path, server, packs, gateway) -> None:
+    from .harness import free_port
+
+    sims = packs(["pack-1"])
+    dead_url = f"http://127.0.0.1:{free_port()}"
+    gw = gateway(
+        gateway_config(
+            "tbms-not-a-token", tmp_path / "a", [{"name": "wifi", "url": dead_url}], bms_entries(sims, 0.5)
+        )
+    )
+    gw.start()
+    wait_for(
+        "the unreachable message", lambda: f"uplink wifi ({dead_url}) unreachable: cannot connect" in gw.log()
+    )
+    wait_for("samples kept", lambda: gw.state()["gateway"]["queue_depth"] > 0)
+    assert gw.stop() == 0
+
+    srv = server(["pack-1"])
+    gw2 = gateway(
+        gateway_config(
+            "tbms-not-a-token", tmp_path / "b", [{"name": "wifi", "url": srv.url}], bms_entries(sims, 0.5)
+        )
+    )
+    gw2.start()
+    wait_for("the bad token message", lambda: "device token refused (401" in gw2.log())
+    assert "check device_token" in gw2.log()
+    assert gw2.stop() == 0
+
+
+def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, server, packs, gateway) -> None:
+    sims = packs(["pack-1"])
+    srv = server(["pack-1"])
+    state_dir = tmp_path / "gw-state"
+    cfg = gateway_config(
+        srv.device_token,
+        state_dir,
+        [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+        bms_entries(sims, 0.5),
+    )
+    cfg["local_api"]["token"] = "lan-secret"
+    gw = gateway(cfg)
+    gw.start()
+    base = gw.local_url
+    auth = {"Authorization": "Bearer lan-secret"}
+    wait_for("the local API", lambda: httpx.get(base + "/local/v1/state", headers=auth).status_code == 200)
+    assert httpx.get(base + "/local/v1/state").status_code == 401
+    assert httpx.get(base + "/local/v1/state?token=wrong").status_code == 401
+
+    page = httpx.get(base + "/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "<script src=" not in page.text and "https://" not in page.text  # self-contained, no internet
+
+    wait_for(
+        "a sample", lambda: httpx.get(base + "/local/v1/state", headers=auth).json()["batteries"][0]["latest"]
+    )
+    state = httpx.get(base + "/local/v1/state", headers=auth).json()
+    pack = state["batteries"][0]
+    assert pack["battery_id"] == "pack-1" and pack["link_state"] == "ok"
+    assert pack["latest"]["voltage_v"] > 0 and pack["latest"]["source"] == "sim"
+
+    with ws_connect(base.replace("http", "ws") + "/local/v1/live?token=lan-secret") as ws:
+        first = orjson.loads(ws.recv(timeout=10))
+        assert first["type"] == "state"
+        seen = orjson.loads(ws.recv(timeout=10))
+        while seen["type"] != "sample":
+            seen = orjson.loads(ws.recv(timeout=10))
+        assert seen["battery_id"] == "pack-1" and seen["sample"]["seq"] > pack["latest"]["seq"] - 1
+    since = pack["latest"]["ts"]
+    wait_for(
+        "history after since",
+        lambda: (
+            len(
+                httpx.get(base + "/local/v1/history", params={"since": since}, headers=auth).json()["samples"]
+            )
+            >= 2
+        ),
+    )
+    hist = httpx.get(base + "/local/v1/history", params={"since": since}, headers=auth).json()["samples"]
+    assert all(s["ts"] >= since for s in hist)
+    assert [s["seq"] for s in hist] == sorted(s["seq"] for s in hist)
+    assert (
+        httpx.get(base + "/local/v1/history", params={"since": "yesterday"}, headers=auth).status_code == 400
+    )
+
+    # remote configuration: the server hands new cadences; the gateway applies, persists and echoes them
+    version = srv.set_config(
+        {
+            "heartbeat_interval_s": 1.0,
+            "batteries": {"pack-1": {"poll_interval_s": 0.3, "cadences_s": {"cells": 1}}},
+        }
+    )["config_version"]
+
+    def applied() -> bool:
+        st = httpx.get(base + "/local/v1/state", headers=auth).json()
+        return st["gateway"]["config_version"] == version and st["batteries"][0]["poll_interval_s"] == 0.3
+
+    wait_for("the remote config applied", applied)
+    wait_for("the version echoed", lambda: srv.device_info().get("reported_config_version") == version)
+    assert gw.stop() == 0
+    gw.start()  # persisted: the restarted gateway runs the remote config before hearing from the server
+    wait_for("restart", lambda: httpx.get(base + "/local/v1/state", headers=auth).status_code == 200)
+    assert applied()
+    assert gw.stop() == 0
