@@ -68,7 +68,7 @@ def _run(coro: Any) -> Any:
         raise _err(str(exc)) from None
 
 
-def reading_table(reading: Reading, stats: dict[str, Any] | None = None) -> Any:
+def reading_table(reading: Reading, stats: dict[str, Any] | None = None, width: int = 120) -> Any:
     """A Rich renderable for one reading: pack, cells (min/max highlighted, delta), temps, faults."""
     from rich.console import Group
     from rich.table import Table
@@ -105,19 +105,20 @@ def reading_table(reading: Reading, stats: dict[str, Any] | None = None) -> Any:
         lo, hi = min(cells), max(cells)
         balancing = set(reading.balancing or [])
         t = Table(title=f"Cells  (Δ {hi - lo} mV, min {lo} mV, max {hi} mV)")
-        for _ in range(min(8, len(cells))):
-            t.add_column("#", justify="right", style="dim")
-            t.add_column("mV", justify="right")
+        per_row = max(2, min(8, (width - 4) // 14))  # "#" + "mV" columns need ~14 characters a cell
+        for _ in range(min(per_row, len(cells))):
+            t.add_column("#", justify="right", style="dim", no_wrap=True)
+            t.add_column("mV", justify="right", min_width=5, no_wrap=True)
         line: list[Any] = []
         for i, mv in enumerate(cells, 1):
             style = "bold red" if mv == hi and hi != lo else "bold cyan" if mv == lo and hi != lo else ""
             mark = "~" if i in balancing else ""
             line += [str(i), Text(f"{mv}{mark}", style=style)]
-            if len(line) == 16:
+            if len(line) == 2 * per_row:
                 t.add_row(*line)
                 line = []
         if line:
-            t.add_row(*line, *[""] * (16 - len(line))[: 2 * min(8, len(cells)) - len(line)])
+            t.add_row(*line)
         parts.append(t)
         if balancing:
             parts.append(Text(f"Balancing (~): cells {', '.join(map(str, sorted(balancing)))}"))
@@ -174,7 +175,8 @@ def read(
     else:
         from rich.console import Console
 
-        Console().print(reading_table(reading, stats))
+        console = Console()
+        console.print(reading_table(reading, stats, console.width))
     if reading.errors:
         raise typer.Exit(EXIT_BMS)
 
@@ -206,7 +208,7 @@ def watch(
         async def once() -> Any:
             try:
                 reading = await bms.snapshot()
-                return reading_table(reading, bms.stats.as_dict())
+                return reading_table(reading, bms.stats.as_dict(), console.width)
             except BmsError as exc:  # keep watching: a sleeping BMS may wake up
                 return Text(f"{exc}  (retrying)", style="yellow")
 
@@ -283,7 +285,8 @@ def set_cmd(
     reading = _run(go())
     from rich.console import Console
 
-    Console().print(reading_table(reading))
+    console = Console()
+    console.print(reading_table(reading, None, console.width))
     failed = []
     if chg is not None and reading.charge_mos is not chg:
         failed.append("charge MOSFET did not switch (a protection may hold it off: see faults)")
