@@ -174,6 +174,9 @@ class DalyBMS:
         await self.link.write(request)
         start = loop.time()
         deadline = start + self.first_reply_timeout_s()
+        # even a line that never goes quiet (noise) ends the attempt once the whole expected reply
+        # has had time to arrive, with room for a retransmission-free margin
+        hard_deadline = start + self.turnaround_s + 1.5 * poll.expected_wire_s(self.baud) + self.gap_s
         started = False
         timed_out = False
         bad = 0
@@ -184,7 +187,11 @@ class DalyBMS:
                 break  # the BMS is done sending; re-ask at once
             now = loop.time()
             if started:
-                timeout = self.gap_s  # a burst in progress: a quiet line means it ended
+                # a burst in progress: a quiet line means it ended
+                timeout = min(self.gap_s, hard_deadline - now)
+                if timeout <= 0:
+                    timed_out = not poll.complete
+                    break
             else:
                 timeout = deadline - now
                 if timeout <= 0:
