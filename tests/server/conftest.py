@@ -84,11 +84,21 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Se
         s.stop()
 
 
-def ts(seconds_ago: float = 0.0) -> str:
-    return format_ts(datetime.now(UTC) - timedelta(seconds=seconds_ago))
+_last_ms = 0
 
 
-def sample(battery_id: str, seq: int, seconds_ago: float = 0.0, **fields: Any) -> dict[str, Any]:
+def ts(seconds_ago: float | None = None) -> str:
+    """RFC 3339 time ``seconds_ago`` ago; by default now, but never the same ms twice (two samples of one
+    battery cannot share a ts)."""
+    global _last_ms
+    if seconds_ago is not None:
+        return format_ts(datetime.now(UTC) - timedelta(seconds=seconds_ago))
+    ms = max(int(time.time() * 1000), _last_ms + 1)
+    _last_ms = ms
+    return format_ts(datetime.fromtimestamp(ms / 1000, UTC))
+
+
+def sample(battery_id: str, seq: Any, seconds_ago: float | None = None, **fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "battery_id": battery_id,
         "seq": seq,

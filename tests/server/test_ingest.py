@@ -30,12 +30,31 @@ async def test_batch_is_stored_once_and_duplicates_are_counted(world: World) -> 
     batch = [sample(a.batteries[0], seq, seconds_ago=10 - seq) for seq in range(5)]
     assert await _post(world, a.device, batch) == (200, {"accepted": 5, "duplicates": 0, "rejected": []})
     # the gateway re-sends after a lost reply, plus two new ones (and one twice inside the batch)
-    again = [*batch, sample(a.batteries[0], 5), sample(a.batteries[0], 6), sample(a.batteries[0], 6)]
+    s5, s6 = sample(a.batteries[0], 5), sample(a.batteries[0], 6)
+    again = [*batch, s5, s6, s6]
     status, body = await _post(world, a.device, again)
     assert status == 200
     assert body["accepted"] == 2 and body["duplicates"] == 6 and body["rejected"] == []
     rows = await _export(world, a.admin, a.batteries[0])
     assert [r[1] for r in rows[1:]] == ["0", "1", "2", "3", "4", "5", "6"]
+
+
+async def test_a_ts_already_taken_by_another_sample_is_refused(world: World) -> None:
+    a = world.a
+    first = sample(a.batteries[0], 10)
+    assert (await _post(world, a.device, [first]))[1]["accepted"] == 1
+    clash = {**first, "seq": 11, "voltage_v": 40.0}  # same battery, same ts, another seq
+    fresh = sample(a.batteries[0], 12)
+    status, body = await _post(world, a.device, [fresh, clash, first])
+    assert status == 200
+    assert body["accepted"] == 1 and body["duplicates"] == 1
+    assert body["rejected"] == [
+        {"index": 1, "error": "ts: another sample of this battery (seq 10) has the same ts"}
+    ]
+    rows = await _export(world, a.admin, a.batteries[0])
+    assert [(r[1], r[4]) for r in rows[1:]] == [("10", "53.2"), ("12", "53.2")]
+    # the same ts for another battery is fine
+    assert (await _post(world, a.device, [{**first, "battery_id": a.batteries[1]}]))[1]["accepted"] == 1
 
 
 async def test_bad_samples_are_rejected_alone_and_named(world: World) -> None:

@@ -75,13 +75,20 @@ class SampleError(ValueError):
     """A sample that can never be stored; the message names the field."""
 
 
+_NUMBER = (int, float)
+_INT_ONLY = frozenset((int,))
+_NUMBER_TYPES = frozenset((int, float))
+
+
 def _num(d: dict[str, Any], key: str, scale: int, lo: int, hi: int) -> int:
     v = d[key]
-    if type(v) is bool or not isinstance(v, int | float):
+    t = type(v)
+    if t is not float and t is not int:
         raise SampleError(f"{key}: must be a number")
-    if isinstance(v, float) and not math.isfinite(v):
-        raise SampleError(f"{key}: must be finite")
-    x = round(v * scale)
+    try:
+        x = round(v * scale)
+    except (OverflowError, ValueError):
+        raise SampleError(f"{key}: must be finite") from None
     if x < lo or x > hi:
         raise SampleError(f"{key}: {v} is out of range ({lo / scale} to {hi / scale})")
     return x
@@ -94,6 +101,59 @@ def _int(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
     if v < lo or v > hi:
         raise SampleError(f"{key}: {v} is out of range ({lo} to {hi})")
     return v
+
+
+_CELLS_COMPACT: dict[int, struct.Struct] = {}
+_CELLS_RAW: dict[int, struct.Struct] = {}
+_TEMPS: dict[int, struct.Struct] = {}
+
+
+def _cached(cache: dict[int, struct.Struct], n: int, fmt: str) -> struct.Struct:
+    st = cache.get(n)
+    if st is None:
+        st = cache[n] = struct.Struct(fmt)
+    return st
+
+
+def _pack_cells(cells: Any) -> bytes:
+    if type(cells) is not list or len(cells) > 255:
+        raise SampleError("cells_mv: must be a list of at most 255 integers")
+    n = len(cells)
+    if n == 0:
+        return b"\x00\x00"
+    # fast path: C-level checks; the slow loop below only runs to name the bad element
+    if _INT_ONLY.issuperset(map(type, cells)):
+        lo = min(cells)
+        hi = max(cells)
+        if lo >= 0 and hi <= 65535:
+            first = cells[0]
+            if hi - first <= 127 and first - lo <= 128:
+                st = _CELLS_COMPACT.get(n) or _cached(_CELLS_COMPACT, n, f"<BBH{n - 1}b")
+                return st.pack(n, 0, first, *[c - first for c in cells[1:]])
+            st = _CELLS_RAW.get(n) or _cached(_CELLS_RAW, n, f"<BB{n}H")
+            return st.pack(n, 1, *cells)
+    for i, c in enumerate(cells):
+        if type(c) is not int or c < 0 or c > 65535:
+            raise SampleError(f"cells_mv.{i}: must be an integer 0 to 65535")
+    raise SampleError("cells_mv: invalid")  # pragma: no cover
+
+
+def _pack_temps(temps: Any) -> bytes:
+    if type(temps) is not list or len(temps) > 255:
+        raise SampleError("temps_c: must be a list of at most 255 numbers")
+    n = len(temps)
+    if _NUMBER_TYPES.issuperset(map(type, temps)):
+        try:
+            vals = [round(t * 10) for t in temps]
+        except (OverflowError, ValueError):
+            vals = None
+        if vals is not None and (n == 0 or (min(vals) >= -32768 and max(vals) <= 32767)):
+            st = _TEMPS.get(n) or _cached(_TEMPS, n, f"<B{n}h")
+            return st.pack(n, *vals)
+    for i, t in enumerate(temps):
+        if type(t) not in _NUMBER or not math.isfinite(t) or not -3276.8 <= t <= 3276.7:
+            raise SampleError(f"temps_c.{i}: must be a number from -3276.8 to 3276.7")
+    raise SampleError("temps_c: invalid")  # pragma: no cover
 
 
 def parse_ts_ms(v: Any, key: str = "ts") -> int:
@@ -112,9 +172,8 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     """Check one wire sample and pack it: ``(battery_id, seq, ts_ms, data)``, or raise SampleError."""
     if type(d) is not dict:
         raise SampleError("sample: must be an object")
-    for k in d:
-        if k not in _KNOWN:
-            raise SampleError(f"{k}: unknown field")
+    if not _KNOWN.issuperset(d):
+        raise SampleError(f"{next(k for k in d if k not in _KNOWN)}: unknown field")
     bid = d.get("battery_id")
     if not isinstance(bid, str) or not _BATTERY_ID.match(bid) or bid.endswith("\n"):
         raise SampleError("battery_id: must match [A-Za-z0-9._-]{1,64}")
@@ -180,36 +239,12 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
         parts.append(_U8.pack(flags))
     cells = g("cells_mv")
     if cells is not None:
-        if type(cells) is not list or len(cells) > 255:
-            raise SampleError("cells_mv: must be a list of at most 255 integers")
-        n = len(cells)
-        for i, c in enumerate(cells):
-            if type(c) is not int or c < 0 or c > 65535:
-                raise SampleError(f"cells_mv.{i}: must be an integer 0 to 65535")
         mask |= B_CELLS
-        if n == 0:
-            parts.append(b"\x00\x00")
-        else:
-            first = cells[0]
-            deltas = [c - first for c in cells[1:]]
-            if all(-128 <= x <= 127 for x in deltas):
-                parts.append(struct.pack(f"<BBH{n - 1}b", n, 0, first, *deltas))
-            else:
-                parts.append(struct.pack(f"<BB{n}H", n, 1, *cells))
+        parts.append(_pack_cells(cells))
     temps = g("temps_c")
     if temps is not None:
-        if type(temps) is not list or len(temps) > 255:
-            raise SampleError("temps_c: must be a list of at most 255 numbers")
-        vals = []
-        for i, t in enumerate(temps):
-            if type(t) is bool or not isinstance(t, int | float) or not math.isfinite(t):
-                raise SampleError(f"temps_c.{i}: must be a number")
-            x = round(t * 10)
-            if x < -32768 or x > 32767:
-                raise SampleError(f"temps_c.{i}: {t} is out of range")
-            vals.append(x)
         mask |= B_TEMPS
-        parts.append(struct.pack(f"<B{len(vals)}h", len(vals), *vals))
+        parts.append(_pack_temps(temps))
     bal = g("balancing")
     if bal is not None:
         if type(bal) is not list or len(bal) > 255:

@@ -3,9 +3,14 @@
 Samples are wide, compact rows: ``(stream_id, seq, ts_ms, data)``. A *stream* is one (device, battery)
 pair, so the idempotency key (device, battery_id, seq) is ``(stream_id, seq)`` with small integers.
 ``data`` is the packed measurement blob of :mod:`trackingbms.server.codec`.
-On PostgreSQL the samples table is partitioned by month on ``ts_ms``; a partitioned table's unique key
-must contain the partition key, so there it is ``(stream_id, ts_ms, seq)``: a re-sent sample carries the
-same ``ts`` (gateways re-send what they stored), so it is still recognised as a duplicate.
+A stream's samples are unique by ``seq`` and by ``ts_ms``: a re-sent sample (same seq and ts) is a
+duplicate; a different sample with a ts already stored for the stream is refused.
+On PostgreSQL the samples table is partitioned by month on ``ts_ms``. A partitioned table's unique key
+must contain the partition key, and a btree key of at most 16 bytes lets PostgreSQL split index pages at
+the insertion point for per-stream ascending inserts (pages stay ~90 % full instead of ~50 %), so there
+the key is ``(stream_id, ts_ms)``: re-sends are recognised by (stream, ts) and checked against the
+seq. A seq re-used with a *different* ts cannot be detected there (gateways re-send what they stored,
+with its ts); SQLite also keeps ``(stream_id, seq)`` unique.
 """
 
 from __future__ import annotations
@@ -140,13 +145,13 @@ samples = Table(
     Column("seq", BigInteger, primary_key=True),
     Column("ts_ms", BigInteger, nullable=False),
     Column("data", LargeBinary, nullable=False),
-    Index("samples_stream_ts", "stream_id", "ts_ms"),
+    Index("samples_stream_ts", "stream_id", "ts_ms", unique=True),
     sqlite_with_rowid=False,
 )
 
 PG_SAMPLES_DDL = (
     "CREATE TABLE samples (ts_ms bigint NOT NULL, seq bigint NOT NULL, stream_id integer NOT NULL, "
-    "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms, seq)) PARTITION BY RANGE (ts_ms)"
+    "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms)) PARTITION BY RANGE (ts_ms)"
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

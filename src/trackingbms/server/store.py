@@ -268,8 +268,7 @@ class Store:
         async with self.write() as conn:
             assigned = {r[0]: (r[1], r[2]) for r in (await conn.execute(assigned_q)).all()}
             rows: list[tuple[int, int, int, bytes]] = []
-            # per battery: (newest ts, its seq, its data, max cells, max temps)
-            newest: dict[str, list[Any]] = {}
+            kept: list[tuple[int, str, dict[str, Any]]] = []  # (batch index, battery_id, wire dict) per row
             for i, bid, seq, ts, data, d in parsed:
                 ids = assigned.get(bid)
                 if ids is None:
@@ -278,22 +277,35 @@ class Store:
                     )
                     continue
                 rows.append((ids[0], seq, ts, data))
-                n_cells = len(d.get("cells_mv") or ())
-                n_temps = len(d.get("temps_c") or ())
-                cur = newest.get(bid)
-                if cur is None:
-                    newest[bid] = [ts, seq, data, n_cells, n_temps]
-                else:
-                    if ts >= cur[0]:
-                        cur[0], cur[1], cur[2] = ts, seq, data
-                    cur[3] = max(cur[3], n_cells)
-                    cur[4] = max(cur[4], n_temps)
-            res.rejected.sort(key=lambda r: r["index"])
+                kept.append((i, bid, d))
             if rows:
                 res.accepted = await self._insert_samples(conn, rows)
-                res.duplicates = len(rows) - res.accepted
+                clashes: dict[int, str] = {}
+                if res.accepted < len(rows):
+                    clashes = await self._clashes(conn, rows)
+                    for k, err in clashes.items():
+                        res.rejected.append({"index": kept[k][0], "error": err})
+                res.duplicates = len(rows) - res.accepted - len(clashes)
+                # per battery: [newest ts, its seq, its data, max cells, max temps]
+                newest: dict[str, list[Any]] = {}
+                for k, (_stream, seq, ts, data) in enumerate(rows):
+                    if k in clashes:
+                        continue
+                    bid, d = kept[k][1], kept[k][2]
+                    n_cells = len(d.get("cells_mv") or ())
+                    n_temps = len(d.get("temps_c") or ())
+                    cur = newest.get(bid)
+                    if cur is None:
+                        newest[bid] = [ts, seq, data, n_cells, n_temps]
+                    else:
+                        if ts >= cur[0]:
+                            cur[0], cur[1], cur[2] = ts, seq, data
+                        cur[3] = max(cur[3], n_cells)
+                        cur[4] = max(cur[4], n_temps)
+                b = batteries.c
                 for bid, (ts, seq, data, n_cells, n_temps) in newest.items():
-                    b = batteries.c
+                    newer = or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts)
+                    # one statement per battery: arrival figures always, "latest" only if this one is newer
                     await conn.execute(
                         update(batteries)
                         .where(b.id == assigned[bid][1])
@@ -302,18 +314,18 @@ class Store:
                             received_ts_ms=ts,
                             cell_count=case((b.cell_count < n_cells, n_cells), else_=b.cell_count),
                             temp_count=case((b.temp_count < n_temps, n_temps), else_=b.temp_count),
+                            last_seq=case((newer, seq), else_=b.last_seq),
+                            last_data=case((newer, data), else_=b.last_data),
+                            last_ts_ms=case((newer, ts), else_=b.last_ts_ms),
                         )
                     )
-                    await conn.execute(
-                        update(batteries)
-                        .where(b.id == assigned[bid][1], or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts))
-                        .values(last_ts_ms=ts, last_seq=seq, last_data=data)
-                    )
                     res.latest[bid] = codec.to_sample(bid, seq, ts, data)
+            res.rejected.sort(key=lambda r: r["index"])
             await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
         return res
 
     async def _insert_samples(self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]) -> int:
+        """Insert, skipping rows whose (stream, ts) is already stored; returns how many were inserted."""
         if self.sqlite:
             r = await conn.exec_driver_sql(
                 "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES (?, ?, ?, ?)", rows
@@ -330,6 +342,44 @@ class Store:
             [r[3] for r in rows],
         )
         return int(status.rsplit(" ", 1)[1])
+
+    async def _clashes(
+        self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]
+    ) -> dict[int, str]:
+        """Rows that were skipped but are not re-sends: another sample of the stream holds their ts
+        (both backends), or their seq with another ts (SQLite, which can afford the second index)."""
+        by_stream: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            by_stream.setdefault(r[0], []).append(k)
+        out: dict[int, str] = {}
+        s = samples.c
+        for stream_id, ks in by_stream.items():
+            tss = [rows[k][2] for k in ks]
+            stored_by_ts = dict(
+                (
+                    await conn.execute(
+                        select(s.ts_ms, s.seq).where(s.stream_id == stream_id, s.ts_ms.in_(tss))
+                    )
+                ).all()
+            )
+            stored_by_seq: dict[int, int] = {}
+            if self.sqlite:
+                seqs = [rows[k][1] for k in ks]
+                stored_by_seq = dict(
+                    (
+                        await conn.execute(
+                            select(s.seq, s.ts_ms).where(s.stream_id == stream_id, s.seq.in_(seqs))
+                        )
+                    ).all()
+                )
+            for k in ks:
+                _, seq, ts, _ = rows[k]
+                other_seq = stored_by_ts.get(ts)
+                if other_seq is not None and other_seq != seq:
+                    out[k] = f"ts: another sample of this battery (seq {other_seq}) has the same ts"
+                elif self.sqlite and stored_by_seq.get(seq, ts) != ts:
+                    out[k] = f"seq: {seq} was already stored with another ts"
+        return out
 
     async def heartbeat(
         self, device: DeviceRef, body: dict[str, Any], received_ms: int | None = None

@@ -1,0 +1,264 @@
+"""Ingest benchmark: 16S samples in batches of 500 over real HTTP to `trackingbms server` (uvicorn, one
+process), into SQLite and into PostgreSQL. The load generator runs on the same machine.
+
+    python bench/ingest.py --json                 # both backends (PostgreSQL if reachable)
+    python bench/ingest.py --json --samples 100000 --backends sqlite
+
+Prints one JSON object per backend:
+{"backend", "samples_per_s", "p50_ms", "p99_ms", "bytes_per_sample", ...}. ``bytes_per_sample`` is the
+on-disk size of the samples table and its indexes (SQLite: dbstat pages; PostgreSQL: all partitions,
+pg_total_relation_size) divided by the rows stored. Targets (issue 4): ≥ 20,000 samples/s SQLite,
+≥ 30,000 PostgreSQL, ≤ 160 bytes per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+PG_ADMIN_URL = os.environ.get("TRACKINGBMS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_batches(devices: int, batteries_per_device: int, total: int, batch: int) -> list[tuple[int, bytes]]:
+    """Pre-serialised batches (device index, JSON body); each device's batteries interleaved at 1 Hz."""
+    per_device = total // devices
+    per: list[list[tuple[int, bytes]]] = []
+    now = datetime.now(UTC)
+    for d in range(devices):
+        samples: list[dict[str, Any]] = []
+        steps = per_device // batteries_per_device
+        for step in range(steps):
+            ts = now - timedelta(seconds=steps - step)
+            tstr = ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+            for b in range(batteries_per_device):
+                k = step + b
+                samples.append(
+                    {
+                        "battery_id": f"d{d}-b{b}",
+                        "seq": step,
+                        "ts": tstr,
+                        "source": "a5-uart",
+                        "via": "wifi",
+                        "voltage_v": round(52.0 + (k % 50) * 0.02, 1),
+                        "current_a": round(-10 + (k % 200) * 0.1, 1),
+                        "soc_pct": round(50 + (k % 500) * 0.1, 1),
+                        "remaining_ah": 100.0,
+                        "cycles": 42,
+                        "state": "discharging",
+                        "charge_mos": True,
+                        "discharge_mos": True,
+                        "charger_connected": False,
+                        "load_connected": True,
+                        "cells_mv": [3300 + ((k * 7 + c * 13) % 40) for c in range(16)],
+                        "temps_c": [24.0 + (k % 5), 25.0, 23.0, 26.0],
+                        "balancing": [],
+                        "faults": [],
+                        "fault_code": 0,
+                    }
+                )
+        per.append(
+            [(d, orjson.dumps({"samples": samples[i : i + batch]})) for i in range(0, len(samples), batch)]
+        )
+    # round-robin over devices so that concurrent requests come from different gateways, each in seq order
+    return [b for group in zip(*per, strict=False) for b in group]
+
+
+async def provision(url: str, devices: int, batteries_per_device: int) -> list[str]:
+    from trackingbms.server import provisioning as p
+
+    tokens = []
+    async with p.open_store(url) as store:
+        await p.create_tenant(store, "bench")
+        await p.create_site(store, "bench", "site")
+        for d in range(devices):
+            tokens.append((await p.provision_device(store, "bench", f"gw-{d}"))["token"])
+            for b in range(batteries_per_device):
+                await p.create_battery(store, "bench", "site", f"d{d}-b{b}", device=f"gw-{d}")
+    return tokens
+
+
+async def sizes(url: str) -> tuple[int, int]:
+    from sqlalchemy import func, select
+
+    from trackingbms.server.db import make_engine, samples
+    from trackingbms.server.store import Store
+
+    engine = make_engine(url)
+    try:
+        async with engine.connect() as conn:
+            rows = (await conn.execute(select(func.count()).select_from(samples))).scalar_one()
+            if engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                await conn.commit()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("VACUUM ANALYZE samples")  # only to settle the visibility map
+        return rows, await Store(engine).samples_bytes()
+    finally:
+        await engine.dispose()
+
+
+async def load(base_url: str, tokens: list[str], batches: list[tuple[int, bytes]], concurrency: int) -> Any:
+    latencies: list[float] = []
+    queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+    for b in batches:
+        queue.put_nowait(b)
+    stored = 0
+
+    async def worker(c: httpx.AsyncClient) -> None:
+        nonlocal stored
+        while not queue.empty():
+            d, body = queue.get_nowait()
+            t0 = time.perf_counter()
+            r = await c.post(
+                "/api/v1/ingest",
+                content=body,
+                headers={"Authorization": f"Bearer {tokens[d]}", "Content-Type": "application/json"},
+            )
+            latencies.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                raise RuntimeError(f"ingest answered {r.status_code}: {r.text[:200]}")
+            stored += r.json()["accepted"]
+
+    limits = httpx.Limits(max_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as c:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return stored, elapsed, latencies
+
+
+def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
+    admin_db = None
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / 'bench.db'}"
+    else:
+        import asyncpg
+
+        admin_db = "tbms_bench_" + uuid.uuid4().hex[:8]
+
+        async def admin(sql: str) -> None:
+            conn = await asyncpg.connect(PG_ADMIN_URL)
+            try:
+                await conn.execute(sql)
+            finally:
+                await conn.close()
+
+        asyncio.run(admin(f'CREATE DATABASE "{admin_db}"'))
+        url = f"postgresql+asyncpg://postgres@127.0.0.1:5432/{admin_db}"
+    try:
+        tokens = asyncio.run(provision(url, args.devices, args.batteries))
+        batches = make_batches(args.devices, args.batteries, args.samples, args.batch)
+        port = free_port()
+        env = {
+            **os.environ,
+            "TRACKINGBMS_INGEST_RATE_PER_S": "1000000",
+            "TRACKINGBMS_INGEST_BURST": "1000000",
+        }
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "from trackingbms.cli import main; main()",
+                "server",
+                "--port",
+                str(port),
+                "--database-url",
+                url,
+                "--data-dir",
+                str(tmp),
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("server did not start")
+                time.sleep(0.1)
+            # warm-up: one batch per device, not measured (first partition, caches)
+            warm = [b for b in batches[: args.devices]]
+            asyncio.run(load(base, tokens, warm, args.concurrency))
+            stored, elapsed, lat = asyncio.run(load(base, tokens, batches[args.devices :], args.concurrency))
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        rows, nbytes = asyncio.run(sizes(url))
+        lat_ms = sorted(x * 1000 for x in lat)
+        return {
+            "backend": "postgresql" if backend == "postgres" else "sqlite",
+            "samples_per_s": round(stored / elapsed),
+            "p50_ms": round(statistics.median(lat_ms), 1),
+            "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))], 1),
+            "bytes_per_sample": round(nbytes / rows, 1) if rows else None,
+            "samples": stored,
+            "rows": rows,
+            "batch": args.batch,
+            "concurrency": args.concurrency,
+            "cells": 16,
+        }
+    finally:
+        if admin_db:
+            asyncio.run(admin(f'DROP DATABASE IF EXISTS "{admin_db}" WITH (FORCE)'))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true", help="print JSON lines only")
+    ap.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
+    ap.add_argument("--samples", type=int, default=200_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--devices", type=int, default=4)
+    ap.add_argument("--batteries", type=int, default=4, help="per device")
+    ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    args = ap.parse_args()
+    for backend in args.backends.split(","):
+        backend = backend.strip()
+        if backend == "postgres":
+            try:
+                socket.create_connection(("127.0.0.1", 5432), timeout=1).close()
+            except OSError:
+                print(json.dumps({"backend": "postgresql", "skipped": "not reachable on 127.0.0.1:5432"}))
+                continue
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_backend(backend, args, Path(tmp))
+        print(
+            json.dumps(result)
+            if args.json
+            else f"{result['backend']:>10}: {result['samples_per_s']:>8} samples/s  "
+            f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  {result['bytes_per_sample']} B/sample"
+        )
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
