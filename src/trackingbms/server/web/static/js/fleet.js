@@ -69,8 +69,18 @@ export async function renderFleet(root) {
   }
 
   function setItems(list) {
+    const old = new Map(items);
     items.clear();
-    for (const it of list) items.set(it.battery_id, it);
+    for (const it of list) {
+      // A gateway polls cells and temperatures less often than the pack values, so the latest sample
+      // may be partial: keep what we already know until it is measured again.
+      const prev = old.get(it.battery_id);
+      if (prev?.latest && it.latest) {
+        it.latest = { ...prev.latest, ...it.latest };
+        for (const [k, v] of Object.entries(derive(it.latest))) if (it[k] == null) it[k] = v;
+      }
+      items.set(it.battery_id, it);
+    }
   }
 
   function sorted(list) {

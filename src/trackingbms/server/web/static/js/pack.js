@@ -235,6 +235,8 @@ export async function renderPack(root, batteryId) {
       const points = Math.min(1000, Math.max(120, Math.floor(chartsEl.clientWidth || 600)));
       const hist = await api.history(batteryId, new Date(from).toISOString(), new Date(to).toISOString(), points);
       bucketS = hist.bucket_s || 60;
+      histNote.dataset.from = new Date(from).toISOString();
+      histNote.dataset.to = new Date(to).toISOString();
       histNote.textContent = `${fmtTime(new Date(from).toISOString())} – ${fmtTime(new Date(to).toISOString())} · ${(hist.t || []).length} points, ${bucketS} s each`;
       charts.update(hist, [from, to]);
     } catch (err) {
