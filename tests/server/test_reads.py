@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import subprocess
+import sys
 
 import httpx
 import orjson
@@ -264,3 +266,46 @@ async def test_openapi_documents_every_endpoint(world: World) -> None:
     assert ingest["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("IngestBatch")
     assert "examples" in doc["components"]["schemas"]["IngestBatch"]
     assert {"401", "413", "422", "429"} <= set(ingest["responses"])
+
+
+def _schemathesis(base_url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            f"{base_url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "30",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--workers",
+            "1",
+            "--seed",
+            "1",
+            "--no-color",
+            "--generation-database",
+            "none",
+            "--suppress-health-check",
+            "all",
+            "-H",
+            f"Authorization: Bearer {token}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_schemathesis_finds_no_server_errors(world: World) -> None:
+    a = world.a
+    await _ingest(world, a.device, [sample(a.batteries[0], 1)])
+    # user endpoints with a user token, device endpoints with a device token
+    for token, tag in ((a.admin, "fleet,devices,user"), (a.device, "device")):
+        args = [arg for t in tag.split(",") for arg in ("--include-tag", t)]
+        r = await asyncio.to_thread(_schemathesis, world.base_url, token, *args)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -213,6 +213,10 @@ async def heartbeat(
     request: Request, body: Heartbeat, device: Annotated[DeviceRef, Depends(device_auth)]
 ) -> Response:
     data = body.model_dump(mode="json")
+    try:
+        orjson.dumps(data)
+    except TypeError:  # e.g. an integer beyond 64 bits in a field we do not know
+        raise _err422(["body"], "numbers must fit in 64 bits", "value_error") from None
     await get_store(request).heartbeat(device, data)
     request.app.state.hub.publish(
         device.tenant_id, {"type": "heartbeat", "device_id": device.name, "heartbeat": data}

@@ -116,8 +116,8 @@ class BatteryLink(BaseModel):
     battery_id: str
     link_state: LinkState
     since: str | None = None
-    frames_good: int | None = None
-    frames_bad: int | None = None
+    frames_good: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    frames_bad: int | None = Field(default=None, ge=0, le=2**63 - 1)
     last_error: str | None = None
 
 
@@ -150,11 +150,11 @@ class Heartbeat(BaseModel):
     )
     version: str | None = None
     uptime_s: float | None = None
-    queue_depth: int | None = None
+    queue_depth: int | None = Field(default=None, ge=0, le=2**63 - 1)
     oldest_queued_ts: str | None = None
     disk_used_pct: float | None = None
     uplink: str | None = None
-    config_version: int | None = None
+    config_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
     batteries: list[BatteryLink] = Field(default_factory=list)
 
 
