@@ -15,6 +15,7 @@ back" (:class:`BmsNoReply`) from "something came back, but corrupt" (:class:`Bms
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -49,6 +50,8 @@ from trackingbms.daly.records import (
 )
 from trackingbms.links import ByteLink, LinkError
 from trackingbms.model import Reading, Source
+
+log = logging.getLogger(__name__)
 
 
 class BmsError(Exception):
@@ -216,6 +219,17 @@ class DalyBMS:
                 started = True  # noise counts as "answers, but corrupt"
         if timed_out:
             self.stats.timeouts += 1
+            log.debug(
+                "0x%02X attempt %d timed out after %.0f ms: started=%s got=%s missing=%s bad=%d pending=%d",
+                poll.data_id,
+                poll.attempts,
+                (loop.time() - start) * 1000,
+                started,
+                poll.got_any,
+                poll.missing_frames,
+                bad,
+                parser.pending,
+            )
         got = started or poll.got_any or parser.garbage_bytes + parser.drops["wrong_address"] > garbage0
         return got, bad
 
