@@ -4,7 +4,8 @@ The simulator paces every reply byte at the baud rate (10 bits a byte) and answe
 turnaround latency. The floor for one snapshot is the sum, over its commands, of the request's wire
 time, the reply frames' wire time and one turnaround: no client can be faster on a real line.
 ``ratio`` = median snapshot time / floor. Then the same under 1 % corrupted reply frames (bad
-checksums), with the share of snapshots that came back complete.
+checksums), with the share of snapshots that came back complete; and under 1 % of frames cut short
+inside bursts plus 1 % junk bytes before replies.
 
     python bench/poll.py --json [--runs 20] [--corrupt-runs 100] [--transport pty|tcp]
 """
@@ -85,6 +86,10 @@ async def main() -> None:
     corrupt = await run(
         args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, bad_checksum=0.01), args.transport
     )
+    # harsher extra: 1 % of frames cut short inside bursts (Q4) plus 1 % junk before replies
+    lossy = await run(
+        args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, loss=0.01, garbage=0.01), args.transport
+    )
     result = {
         "pack": {"cells": CELLS, "sensors": SENSORS, "baud": BAUD, "host_address": f"0x{ADDRESS:02X}"},
         "transport": args.transport,
@@ -94,6 +99,7 @@ async def main() -> None:
         },
         "clean": clean,
         "corrupt_1pct": corrupt,
+        "truncated_1pct_garbage_1pct": lossy,
         "targets": {
             "clean_ratio_le_1_15": clean["ratio"] <= 1.15,
             "corrupt_complete_ge_0_95": corrupt["complete_share"] >= 0.95,
