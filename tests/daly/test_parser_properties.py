@@ -12,6 +12,7 @@ data_ids = st.integers(0, 255)
 boards = st.integers(1, 16)
 
 
+@settings(deadline=None)
 @given(
     address=st.integers(0, 255), data_id=data_ids, payload=st.binary(max_size=8), filler=st.integers(0, 255)
 )
@@ -24,7 +25,7 @@ def test_encode_then_parse_round_trip(address: int, data_id: int, payload: bytes
 
 
 @given(st.lists(st.binary(max_size=40), max_size=20))
-@settings(suppress_health_check=[HealthCheck.too_slow])
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
 def test_no_byte_stream_makes_the_parser_raise(chunks: list[bytes]) -> None:
     parser = A5Parser(board=1)
     for c in chunks:
@@ -36,6 +37,7 @@ def test_no_byte_stream_makes_the_parser_raise(chunks: list[bytes]) -> None:
     parser.reset()
 
 
+@settings(deadline=None)
 @given(st.one_of(st.integers(), st.text(), st.none(), st.lists(st.integers())))
 def test_non_bytes_input_raises_only_its_own_error(value: object) -> None:
     try:
@@ -50,7 +52,7 @@ def test_non_bytes_input_raises_only_its_own_error(value: object) -> None:
     st.integers(1, 17),
     boards,
 )
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 def test_valid_frames_embedded_in_garbage_are_all_recovered(
     parts: list[tuple[bytes, int, bytes]], tail: bytes, chunk: int, board: int
 ) -> None:
@@ -78,6 +80,7 @@ def test_valid_frames_embedded_in_garbage_are_all_recovered(
     assert all(any(w == g for g in it) for w in want), (want, got)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(data_ids, payloads), min_size=1, max_size=10), boards)
 def test_echoes_of_requests_are_never_taken_for_replies(replies: list[tuple[int, bytes]], board: int) -> None:
     stream = b""
@@ -89,6 +92,7 @@ def test_echoes_of_requests_are_never_taken_for_replies(replies: list[tuple[int,
     assert parser.drops["echo"] == len(replies)
 
 
+@settings(deadline=None)
 @given(st.lists(st.tuples(data_ids, payloads), min_size=2, max_size=10), st.data())
 def test_a_frame_cut_mid_burst_costs_only_that_frame(
     replies: list[tuple[int, bytes]], data: st.DataObject

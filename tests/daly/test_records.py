@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackingbms.daly import FAULT_TEXT, fault_text
@@ -56,6 +56,7 @@ def test_fault_names_follow_the_reference_table() -> None:
     assert "Undocumented" in fault_text("reserved_byte3_bit7")
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=7, max_size=7))
 def test_fault_bits_round_trip(flags: bytes) -> None:
     assert encode_fault_bits(decode_fault_bits(flags)) == flags
@@ -67,6 +68,7 @@ def test_balancing_bitmap_is_lsb_first_per_byte() -> None:
     assert balancing_cells(bytes([0xFF, 0xFF, 0, 0, 0, 0, 0, 0]), cell_count=12) == list(range(1, 13))
 
 
+@settings(deadline=None)
 @given(st.integers(0, 65535), st.booleans())
 def test_current_convention_round_trips(raw: int, invert: bool) -> None:
     amps = current_from_raw(raw, invert_current=invert)
