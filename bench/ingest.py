@@ -40,6 +40,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux), -1 if unknown."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
+
+
 def make_batches(devices: int, batteries_per_device: int, total: int, batch: int) -> list[tuple[int, bytes]]:
     """Pre-serialised batches (device index, JSON body); each device's batteries interleaved at 1 Hz."""
     per_device = total // devices
@@ -208,7 +217,9 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             # warm-up: one batch per device, not measured (first partition, caches)
             warm = [b for b in batches[: args.devices]]
             asyncio.run(load(base, tokens, warm, args.concurrency))
+            cpu0 = proc_cpu_s(proc.pid)
             stored, elapsed, lat = asyncio.run(load(base, tokens, batches[args.devices :], args.concurrency))
+            server_cpu_s = proc_cpu_s(proc.pid) - cpu0
         finally:
             proc.terminate()
             proc.wait(30)
@@ -221,6 +232,7 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))], 1),
             "bytes_per_sample": round(nbytes / rows, 1) if rows else None,
             "samples": stored,
+            "server_cpu_pct": round(100 * server_cpu_s / elapsed) if server_cpu_s >= 0 else None,
             "rows": rows,
             "batch": args.batch,
             "concurrency": args.concurrency,
