@@ -153,13 +153,13 @@ class LoopThread:
 class Packs:
     """Simulated packs on TCP (one endpoint each), served from a :class:`LoopThread`."""
 
-    def __init__(self, loop: LoopThread, battery_ids: list[str]):
+    def __init__(self, loop: LoopThread, battery_ids: list[str], cells: int = 8, sensors: int = 2):
         from trackingbms.sim import PackConfig, Quirks, SimulatedPack
 
         self.loop = loop
         self.packs = {
             bid: SimulatedPack(
-                PackConfig(pack_id=bid, cells=8, sensors=2, seed=i + 1, scenario="idle"),
+                PackConfig(pack_id=bid, cells=cells, sensors=sensors, seed=i + 1, scenario="idle"),
                 Quirks(latency_s=0.005),
             )
             for i, bid in enumerate(battery_ids)

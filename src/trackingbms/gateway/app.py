@@ -18,6 +18,7 @@ from trackingbms.model import Sample
 log = logging.getLogger("trackingbms.gateway")
 
 HOUSEKEEPING_S = 60.0
+FLUSH_ON_STOP_S = 5.0
 
 
 class Gateway:
@@ -69,13 +70,14 @@ class Gateway:
         self.queue.enforce_budget()
         if self.local is not None:
             await self.local.start()
-        tasks = [
+        pollers = [
             asyncio.create_task(
                 BmsPoller(b, self.queue, self.state, self._on_sample).run(), name=f"poll-{b.battery_id}"
             )
             for b in self.config.bms
         ]
-        tasks += [
+        tasks = [
+            *pollers,
             asyncio.create_task(self.uplinks.run_sender(), name="sender"),
             asyncio.create_task(self.uplinks.run_heartbeat(), name="heartbeat"),
             asyncio.create_task(self.uplinks.run_failback_probe(), name="failback"),
@@ -87,6 +89,13 @@ class Gateway:
             for task in done:
                 if task is not stopper and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
+            # clean stop: no new samples, then a short chance to send what is queued (it stays on disk anyway)
+            for task in pollers:
+                task.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            left = await self.uplinks.flush(FLUSH_ON_STOP_S)
+            if left:
+                log.info("%d samples stay queued for the next start", left)
         finally:
             for task in [*tasks, stopper]:
                 task.cancel()

@@ -179,6 +179,8 @@ class UplinkManager:
         self.inflight: set[int] = set()
         self.sent_total = 0
         self.acked_total = 0
+        #: stopping: send what is queued now, whatever its age
+        self.flushing = False
 
     @property
     def current(self) -> Uplink:
@@ -248,7 +250,7 @@ class UplinkManager:
                     if batch:
                         oldest = min(q.ts for q in batch)
                         age_s = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
-                        if len(batch) >= limit or age_s >= up.cfg.batch_max_age_s:
+                        if len(batch) >= limit or age_s >= up.cfg.batch_max_age_s or self.flushing:
                             self.inflight.update(q.id for q in batch)
                             task = asyncio.create_task(self._send(up, batch))
                             tasks.add(task)
@@ -261,6 +263,19 @@ class UplinkManager:
         finally:
             for task in tasks:
                 task.cancel()
+
+    async def flush(self, timeout_s: float) -> int:
+        """On a clean stop (pollers already stopped): give the queue ``timeout_s`` to reach the server while
+        the uplink works. What is left stays on disk for the next start. Returns the samples left."""
+        self.flushing = True
+        self.wake.set()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            left = self.queue.pending_count()
+            if left == 0 or self.current.failing_since is not None:
+                return left
+            await asyncio.sleep(0.05)
+        return self.queue.pending_count()
 
     async def _send(self, up: Uplink, batch: list[QueuedSample]) -> None:
         try:
@@ -281,7 +296,7 @@ class UplinkManager:
     async def _send_batch(self, up: Uplink, batch: list[QueuedSample]) -> None:
         retry = self.config.retry
         body = await asyncio.to_thread(self._body, up, batch) if len(batch) > 200 else self._body(up, batch)
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", "X-Config-Version": str(self.remote.version)}
         if up.cfg.gzip:
             headers["Content-Encoding"] = "gzip"
         self.sent_total += len(batch)
