@@ -355,6 +355,8 @@ async def run_demo(
         db_url = default_sqlite_url(data_dir)
         log(f"Data dir: {data_dir}{' (temporary, removed on exit)' if temp_dir else ''}")
         tokens, fresh = await _provision(db_url)
+        if stop.is_set():
+            return
 
         # Simulated days begin at 07:30 so that the solar packs see the sun rise in the first minutes;
         # packs with history start that much earlier and live through it (at once) before going live.
@@ -406,6 +408,8 @@ async def run_demo(
             every_s = max(60.0, history_h * 3600 / 500)
             for site in SITES:
                 for pk in site.packs:
+                    if stop.is_set():
+                        return  # Ctrl-C while starting
                     if pk.history:
                         past = await asyncio.to_thread(
                             _past_samples, sims[pk.battery_id], pk.battery_id, since, history_h, every_s
