@@ -400,7 +400,11 @@ async def run_demo(
                 exc = server_task.exception() if not server_task.cancelled() else None
                 raise DemoError(f"the server did not start on {host}:{bound_port}: {exc!r}")
             await asyncio.sleep(0.05)
-        url = f"http://{host}:{bound_port}"
+        # a wildcard address is where to listen, not where to connect
+        near = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+            host, f"[{host}]" if ":" in host else host
+        )
+        url = f"http://{near}:{bound_port}"
 
         if history_h > 0:
             log(f"Filling in {history_h:g} h of history…")
