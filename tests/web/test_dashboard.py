@@ -260,3 +260,14 @@ def test_custom_history_range(new_page: Any, demo: DemoClient) -> None:
     assert page.get_attribute(".hist-note", "data-to").startswith(end.strftime("%Y-%m-%dT%H:%M"))
     page.wait_for_selector("#chart-soc .uplot")
     assert page.locator(".no-history").count() == 0
+
+
+def test_a_refused_session_returns_to_the_login_form(new_page: Any, demo: DemoClient) -> None:
+    page = new_page()
+    login(page, demo)
+    page.evaluate(
+        "() => { for (const s of [localStorage, sessionStorage]) s.setItem('tbms.token', 'tbu_revoked') }"
+    )
+    page.reload()
+    page.wait_for_selector("#login-submit")
+    assert page.evaluate("localStorage.getItem('tbms.token') || sessionStorage.getItem('tbms.token')") is None

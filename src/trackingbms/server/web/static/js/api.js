@@ -150,11 +150,17 @@ export class Live {
         }
       }
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
       if (this.ws !== ws) return;
       this.ws = null;
       this.#setState("closed");
       if (this.stopped) return;
+      if (ev.code === 4401) {
+        // the server refused the token (expired or revoked): sign in again rather than retry forever
+        this.stop();
+        window.dispatchEvent(new Event("tbms:auth"));
+        return;
+      }
       this.timer = setTimeout(() => this.#connect(), this.retryMs);
       this.retryMs = Math.min(this.retryMs * 2, 30000);
     };

@@ -76,6 +76,8 @@ export async function renderFleet(root) {
       // may be partial: keep what we already know until it is measured again.
       const prev = old.get(it.battery_id);
       if (prev?.latest && it.latest) {
+        // the server's alarms are the latest sample's faults: a sample that did not read them says nothing
+        if (!Array.isArray(it.latest.faults)) it.alarms = prev.alarms;
         it.latest = { ...prev.latest, ...it.latest };
         for (const [k, v] of Object.entries(derive(it.latest))) if (it[k] == null) it[k] = v;
       }
