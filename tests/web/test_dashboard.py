@@ -27,6 +27,7 @@ SNAPSHOT_JS = """() => {
     voltage: val('voltage'), current: val('current'), soc: val('soc'),
     cells: [...document.querySelectorAll('.cell')].map((c) => Number(c.dataset.mv)),
     temps: [...document.querySelectorAll('.temp .temp-val')].map((t) => t.textContent),
+    balancing: [...document.querySelectorAll('.cell.is-bal')].map((c) => Number(c.dataset.cell)),
   };
 }"""
 
@@ -271,3 +272,20 @@ def test_a_refused_session_returns_to_the_login_form(new_page: Any, demo: DemoCl
     page.reload()
     page.wait_for_selector("#login-submit")
     assert page.evaluate("localStorage.getItem('tbms.token') || sessionStorage.getItem('tbms.token')") is None
+
+
+def test_balancing_cells_are_marked(new_page: Any, demo: DemoClient, screenshots: Path) -> None:
+    # the charging cart balances its high cells once it is nearly full
+    demo.wait_for(
+        "shop-charger balancing", lambda: (demo.fleet()["shop-charger"].get("latest") or {}).get("balancing")
+    )
+    page = new_page()
+    login(page, demo)
+    page.goto(demo.info.url + "#/pack/shop-charger")
+    page.wait_for_selector(".cell.is-bal .cell-bal", timeout=WAIT_MS)
+    shown = page.evaluate(SNAPSHOT_JS)
+    ts = datetime.fromisoformat(shown["ts"].replace("Z", "+00:00"))
+    window = [(ts + timedelta(seconds=d)).astimezone(UTC).isoformat().replace("+00:00", "Z") for d in (-5, 5)]
+    row = {r["seq"]: r for r in csv.DictReader(io.StringIO(demo.csv("shop-charger", *window)))}[shown["seq"]]
+    assert shown["balancing"] == [int(c) for c in row["balancing"].split(";") if c]
+    page.locator(".cells-card").screenshot(path=str(screenshots / "desktop-balancing.png"))
