@@ -1,3 +1,191 @@
-"""Commands: simulate (to be written)."""
+"""Command: ``trackingbms simulate`` — virtual Daly packs on TCP ports or ptys until Ctrl-C."""
 
-from trackingbms.cli.app import app  # noqa: F401
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from trackingbms.cli.app import app
+
+
+def _link_for(link: str, index: int, packs: int) -> str:
+    if "{n}" in link:
+        return link.replace("{n}", str(index))
+    return link if packs == 1 else f"{link}-{index}"
+
+
+@app.command()
+def simulate(
+    packs: Annotated[int, typer.Option(min=1, max=64, help="Number of packs.")] = 1,
+    cells: Annotated[int, typer.Option(min=3, max=48, help="Cells in series per pack.")] = 16,
+    sensors: Annotated[int, typer.Option(min=1, max=16, help="Temperature sensors per pack.")] = 4,
+    chemistry: Annotated[str, typer.Option(help="lfp, nmc or lto.")] = "lfp",
+    capacity_ah: Annotated[float, typer.Option("--capacity-ah", help="Rated capacity (Ah).")] = 100.0,
+    soc: Annotated[float, typer.Option(help="Initial state of charge (%).")] = 60.0,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            help="idle, constant, solar-day, ebike-ride, charge-full, or schedule (with --schedule)."
+        ),
+    ] = "idle",
+    schedule: Annotated[
+        Path | None, typer.Option(help="Schedule file (.toml or .csv) for --scenario schedule.")
+    ] = None,
+    current: Annotated[float, typer.Option(help="Current (A, + = charging) for --scenario constant.")] = 0.0,
+    speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seed of pack 1 (pack n uses seed + n - 1).")] = 1,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="Wire quirks, e.g. 'loss=0.01,sleep_after=3600,bad_checksum=0.001,garbage=0.01,latency=0.06,"
+            "baud=9600,echo=1,hosts=both,frames=auto,invert_current=0,stale=1,heartbeat=1'."
+        ),
+    ] = "",
+    weak_cell: Annotated[int | None, typer.Option(help="Cell (1-based) with high self-discharge.")] = None,
+    capacity_fade: Annotated[float, typer.Option(help="Capacity fade of every cell (%).")] = 0.0,
+    resistance_growth: Annotated[float, typer.Option(help="Resistance growth of every cell (%).")] = 0.0,
+    tcp_port_base: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="TCP port of pack 1 (pack n: base + n - 1); default: any."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address the TCP servers listen on.")] = "127.0.0.1",
+    pty: Annotated[bool, typer.Option("--pty", help="Serve each pack on a pty instead of TCP.")] = False,
+    link: Annotated[
+        str | None,
+        typer.Option(help="With --pty: stable symlink (PATH, or PATH-n / PATH with {n} for several)."),
+    ] = None,
+    bus: Annotated[
+        bool, typer.Option("--bus", help="All packs on one shared line (boards 1..N, host 0x40 + board - 1).")
+    ] = False,
+    truth_port: Annotated[
+        int | None, typer.Option(min=0, max=65535, help="Serve the ground truth at http://HOST:PORT/truth.")
+    ] = None,
+    truth_file: Annotated[
+        Path | None, typer.Option(help="Also write the ground truth to this JSON file.")
+    ] = None,
+) -> None:
+    """Virtual Daly BMS packs with battery physics, speaking the real A5 protocol, until Ctrl-C."""
+    import asyncio
+    import contextlib
+    import signal
+
+    from trackingbms.sim import PackConfig, SimConfigError, SimulatedPack, parse_faults
+    from trackingbms.sim.config import Quirks
+
+    if link is not None and not pty:
+        raise typer.BadParameter("--link needs --pty", param_hint="--link")
+    if pty and tcp_port_base is not None:
+        raise typer.BadParameter("choose --pty or --tcp-port-base, not both", param_hint="--pty")
+    if bus and packs > 16:
+        raise typer.BadParameter("a shared bus holds at most 16 boards", param_hint="--packs")
+    if tcp_port_base and not bus and tcp_port_base + packs - 1 > 65535:
+        raise typer.BadParameter("ports would run past 65535", param_hint="--tcp-port-base")
+    try:
+        base_quirks = parse_faults(faults)
+    except SimConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--faults") from None
+    sim_packs: list[SimulatedPack] = []
+    for n in range(1, packs + 1):
+        try:
+            config = PackConfig(
+                pack_id=f"sim-{n}",
+                cells=cells,
+                sensors=sensors,
+                chemistry=chemistry.lower(),  # type: ignore[arg-type]
+                capacity_ah=capacity_ah,
+                soc_pct=soc,
+                seed=seed + n - 1,
+                scenario=scenario,
+                schedule=schedule,
+                constant_current_a=current,
+                speed=speed,
+                weak_cell=weak_cell,
+                capacity_fade_pct=capacity_fade,
+                resistance_growth_pct=resistance_growth,
+            )
+            quirks = Quirks(**{**base_quirks.__dict__, "board": n if bus else base_quirks.board})
+            sim_packs.append(SimulatedPack(config, quirks))
+        except SimConfigError as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    try:
+        asyncio.run(
+            _run(
+                sim_packs,
+                pty=pty,
+                link=link,
+                bus=bus,
+                host=host,
+                tcp_port_base=tcp_port_base,
+                truth_port=truth_port,
+                truth_file=truth_file,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    with contextlib.suppress(Exception):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+async def _run(
+    sim_packs: list,  # list[SimulatedPack]; kept loose so the module imports nothing heavy
+    *,
+    pty: bool,
+    link: str | None,
+    bus: bool,
+    host: str,
+    tcp_port_base: int | None,
+    truth_port: int | None,
+    truth_file: Path | None,
+) -> None:
+    import asyncio
+    import signal
+
+    from trackingbms.sim import serve_pty, serve_tcp, serve_truth, write_truth_file
+
+    groups = [sim_packs] if bus else [[p] for p in sim_packs]
+    endpoints: list = []
+    truth = None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        for i, group in enumerate(groups, start=1):
+            if pty:
+                ep = await serve_pty(group, link=_link_for(link, i, len(groups)) if link else None)
+                where = ep.path if not link else f"{ep.path} -> {ep.tty_path}"
+            else:
+                port = tcp_port_base + i - 1 if tcp_port_base else 0
+                ep = await serve_tcp(group, host=host, port=port)
+                where = ep.url
+            endpoints.append(ep)
+            for pack in group:
+                board = f"  board {pack.board} (host 0x{0x40 + pack.board - 1:02X})" if bus else ""
+                typer.echo(f"{pack.id}  {where}{board}")
+        if truth_port is not None:
+            truth = await serve_truth(sim_packs, host=host, port=truth_port)
+            typer.echo(f"truth  {truth.url}")
+        typer.echo("running; Ctrl-C to stop", err=True)
+        while not stop.is_set():
+            if truth_file is not None:
+                write_truth_file(sim_packs, truth_file)
+            else:
+                for pack in sim_packs:
+                    pack.sync()  # keep physics current so no single request pays for a long catch-up
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    finally:
+        for ep in endpoints:
+            await ep.close()
+        if truth is not None:
+            await truth.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
