@@ -105,7 +105,7 @@ def bench_idle(work: Path, loop: LoopThread, warmup_s: float, measure_s: float) 
         packs.close()
 
 
-def prefill(state_dir: Path, ids: list[str], per_pack: int) -> float:
+def prefill(state_dir: Path, ids: list[str], per_pack: int) -> tuple[float, dict[str, int]]:
     from trackingbms.gateway.queue import DurableQueue
     from trackingbms.model import Reading
 
@@ -140,14 +140,15 @@ def prefill(state_dir: Path, ids: list[str], per_pack: int) -> float:
                     for i in range(i0, min(per_pack, i0 + chunk))
                 ],
             )
+    first_live = {bid: q.next_seq(bid) or 0 for bid in ids}
     q.close()
-    return time.monotonic() - t0
+    return time.monotonic() - t0, first_live
 
 
 def bench_drain(work: Path, loop: LoopThread, per_pack: int) -> dict[str, Any]:
     ids = ["pack-1", "pack-2", "pack-3"]
     state_dir = work / "drain-gw"
-    prefill_s = prefill(state_dir, ids, per_pack)
+    prefill_s, first_live = prefill(state_dir, ids, per_pack)
     total = per_pack * len(ids)
     packs = Packs(loop, ids, cells=16, sensors=4)
     srv = ServerProcess(work / "drain-server", ids)
@@ -167,10 +168,11 @@ def bench_drain(work: Path, loop: LoopThread, per_pack: int) -> dict[str, Any]:
                     continue
                 if msg.get("type") != "sample":
                     continue
-                ts = datetime.fromisoformat(msg["sample"]["ts"])
-                late_s = (datetime.now(UTC) - ts).total_seconds()
-                if late_s < 600:  # a live sample (the backlog is hours old)
-                    lateness.append(late_s)
+                sample = msg["sample"]
+                if sample["seq"] < first_live[msg["battery_id"]]:
+                    continue  # the newest backlog sample of a batch without a live one
+                late_s = (datetime.now(UTC) - datetime.fromisoformat(sample["ts"])).total_seconds()
+                lateness.append(late_s)
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -199,11 +201,14 @@ def bench_drain(work: Path, loop: LoopThread, per_pack: int) -> dict[str, Any]:
         gw.start()
         wait_for("the gateway", gw.state, timeout_s=30, every_s=0.05)
         t_up = time.monotonic()
+        assert gw.proc is not None and srv.proc is not None
+        cpu_gw0, cpu_srv0 = proc_cpu_s(gw.proc.pid), proc_cpu_s(srv.proc.pid)
         depth = gw.state()["gateway"]["queue_depth"]
         while depth > 0:
             time.sleep(0.25)
             depth = gw.state()["gateway"]["queue_depth"]
         t_done = time.monotonic()
+        cpu_gw, cpu_srv = proc_cpu_s(gw.proc.pid) - cpu_gw0, proc_cpu_s(srv.proc.pid) - cpu_srv0
         time.sleep(3)  # live samples after the drain too
         stop_ws.set()
         watcher.join(5)
@@ -216,6 +221,8 @@ def bench_drain(work: Path, loop: LoopThread, per_pack: int) -> dict[str, Any]:
             "drain_s": round(drain_s, 2),
             "drain_samples_per_s": round(total / drain_s),
             "samples_at_server": at_server,
+            "cpu_s_gateway": round(cpu_gw, 1),
+            "cpu_s_server": round(cpu_srv, 1),
             "live_samples_seen": len(lateness),
             "live_late_s_median": round(statistics.median(lateness), 3) if lateness else None,
             "live_late_s_max": round(max(lateness), 3) if lateness else None,

@@ -298,6 +298,9 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
             seen = orjson.loads(ws.recv(timeout=10))
         assert seen["battery_id"] == "pack-1" and seen["sample"]["seq"] > pack["latest"]["seq"] - 1
     since = pack["latest"]["ts"]
+    whole_second = since[:19] + "Z"  # no milliseconds: still compared as a time
+    older = httpx.get(base + "/local/v1/history", params={"since": whole_second}, headers=auth).json()
+    assert pack["latest"]["seq"] in [s["seq"] for s in older["samples"]]
     wait_for(
         "history after since",
         lambda: (
@@ -333,3 +336,31 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
     wait_for("restart", lambda: httpx.get(base + "/local/v1/state", headers=auth).status_code == 200)
     assert applied()
     assert gw.stop() == 0
+
+
+def test_rejected_samples_go_to_dead_letter_with_the_reason(tmp_path, server, packs, gateway) -> None:
+    import sqlite3
+
+    sims = packs(["pack-1", "pack-x"])
+    srv = server(["pack-1"])  # pack-x is not assigned to this device: the server rejects its samples
+    state_dir = tmp_path / "gw-state"
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            state_dir,
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+            bms_entries(sims, 0.5),
+        )
+    )
+    gw.start()
+    wait_for("dead letters", lambda: gw.state()["gateway"]["dead_letter_count"] >= 3)
+    wait_for("pack-1 samples at the server", lambda: len(srv.seqs("pack-1")) >= 3)
+    wait_for("the queue to drain", lambda: drained(gw))  # rejected samples do not block the queue
+    assert gw.stop() == 0
+    db = sqlite3.connect(state_dir / "queue.sqlite3")
+    rows = db.execute("SELECT DISTINCT battery_id, reason FROM dead_letter").fetchall()
+    db.close()
+    assert {bid for bid, _ in rows} == {"pack-x"}
+    assert all("pack-x" in reason or "assigned" in reason for _, reason in rows), rows
+    assert "server rejected pack-x" in gw.log()
+    assert_exactly_once(srv, state_dir, ["pack-1"])

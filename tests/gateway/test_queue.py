@@ -111,3 +111,15 @@ def test_acked_samples_go_first_when_over_budget(tmp_path: Path) -> None:
     q.enforce_budget()
     assert q.thinned_total == 0 or q.pending_count() < 1500
     assert q.pending_count() + q.thinned_total == 1500  # unsent samples are only ever thinned, and counted
+
+
+def test_one_gateway_per_state_dir(tmp_path: Path) -> None:
+    import pytest
+
+    from trackingbms.gateway.queue import StateDirBusy
+
+    q = DurableQueue(tmp_path)
+    with pytest.raises(StateDirBusy, match="another gateway is running"):
+        DurableQueue(tmp_path)
+    q.close()
+    DurableQueue(tmp_path).close()  # free again once the first one is gone

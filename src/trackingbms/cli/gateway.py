@@ -46,6 +46,7 @@ def gateway_command(
     logging.getLogger("websockets").setLevel(logging.WARNING)
 
     from trackingbms.gateway import run_gateway
+    from trackingbms.gateway.queue import StateDirBusy
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -56,6 +57,6 @@ def gateway_command(
 
     try:
         asyncio.run(main())
-    except OSError as exc:  # e.g. the local API port is taken, the state dir is not writable
+    except (OSError, StateDirBusy) as exc:  # e.g. the local API port is taken, state dir not writable
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

@@ -18,6 +18,7 @@ import contextlib
 import hmac
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +32,7 @@ from websockets.http11 import Request, Response
 from trackingbms.gateway.config import LocalApiConfig
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import GatewayState
+from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.local")
 
@@ -112,8 +114,14 @@ class LocalApi:
                 limit = min(10000, max(1, int((query.get("limit") or ["1000"])[0])))
             except ValueError:
                 return _json(400, {"detail": "limit must be an integer"})
-            if since is not None and not since[:4].isdigit():
-                return _json(400, {"detail": "since must be an RFC 3339 time, e.g. 2026-11-24T10:00:00Z"})
+            if since is not None:
+                try:
+                    when = datetime.fromisoformat(since.replace("Z", "+00:00").replace(" ", "+"))
+                    if when.tzinfo is None:
+                        raise ValueError("no timezone")
+                except ValueError:
+                    return _json(400, {"detail": "since must be an RFC 3339 time, e.g. 2026-11-24T10:00:00Z"})
+                since = format_ts(when)  # the stored form, so text order is time order
             samples = self.queue.history(since=since, battery_id=battery_id, limit=limit)
             return _json(200, {"samples": samples})
         return _json(404, {"detail": f"no such path: {url.path}"})

@@ -22,6 +22,7 @@ Above 80 % of the budget a warning is logged (at most once a minute) and the hea
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sqlite3
@@ -66,6 +67,10 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 _CHUNK = 900  # bound variables per statement
 
 
+class StateDirBusy(RuntimeError):
+    pass
+
+
 @dataclass(slots=True)
 class QueuedSample:
     id: int
@@ -87,6 +92,13 @@ class DurableQueue:
 
     def __init__(self, state_dir: Path, *, disk_budget_mb: float = 200.0, local_history_h: float = 24.0):
         state_dir.mkdir(parents=True, exist_ok=True)
+        # one gateway per state dir: two would both send the same queue (the lock dies with the process)
+        self._lock = (state_dir / "gateway.lock").open("w")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise StateDirBusy(f"another gateway is running with state_dir {state_dir}") from None
         self.path = state_dir / "queue.sqlite3"
         self.budget_bytes = int(disk_budget_mb * 1024 * 1024)
         self.local_history_h = local_history_h
@@ -108,6 +120,7 @@ class DurableQueue:
         except sqlite3.Error:
             pass
         self.db.close()
+        self._lock.close()
 
     # -- writing ------------------------------------------------------------------------------------
 
