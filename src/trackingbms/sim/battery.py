@@ -116,6 +116,8 @@ class Cell:
     soc: float
     balancing: bool = False
     voltage_mv: float = 0.0
+    #: resistance now (SOC and temperature dependent), cached by Battery._update_voltages
+    r_mohm: float = 0.0
 
 
 @dataclass
@@ -157,6 +159,8 @@ class Battery:
         self.t_s = 0.0
         _, self.ambient_c = self.scenario.demand(0.0, PackView(True, True, 0.0))
         self.temp_c = self.ambient_c
+        for c in self.cells:
+            c.voltage_mv = self.chem.ocv_mv(c.soc)
         self.current_a = 0.0
         self.requested_a = 0.0
         self.user_charge_mos = True
@@ -168,7 +172,7 @@ class Battery:
         self.initial_cycles = cfg.cycles
         self.quiet_s = 0.0
         self.fault_code = 0
-        self._update_voltages()
+        self._settle()
 
     # ---- derived values -------------------------------------------------------------------------
     @property
@@ -188,8 +192,9 @@ class Battery:
 
     def cell_r_mohm(self, cell: Cell) -> float:
         """Resistance rises near empty/full (where polarisation dominates) and in the cold."""
-        edge = 300 * (max(0.0, cell.soc - 0.95) + max(0.0, 0.05 - cell.soc))
-        cold = 0.02 * max(0.0, 25.0 - self.temp_c)
+        soc = cell.soc
+        edge = 300 * (soc - 0.95) if soc > 0.95 else (300 * (0.05 - soc) if soc < 0.05 else 0.0)
+        cold = 0.02 * (25.0 - self.temp_c) if self.temp_c < 25.0 else 0.0
         return cell.r0_mohm * (1 + edge + cold)
 
     @property
@@ -251,13 +256,8 @@ class Battery:
 
     # ---- time ---------------------------------------------------------------------------------
     def step(self, dt: float) -> None:
-        view = PackView(self.charge_mos, self.discharge_mos, max(c.voltage_mv for c in self.cells))
-        requested, self.ambient_c = self.scenario.demand(self.t_s, view)
-        self.requested_a = requested
-        current = requested
-        if (current > 0 and not self.charge_mos) or (current < 0 and not self.discharge_mos):
-            current = 0.0
-        self.current_a = current
+        """Integrate ``dt`` seconds at the current that flows now, then look at the new state."""
+        current = self.current_a
         factor = self.capacity_factor()
         heat_w = 0.0
         for c in self.cells:
@@ -265,7 +265,7 @@ class Battery:
             cap = c.capacity0_ah * factor
             c.soc += (current - bleed) * dt / 3600 / cap - c.self_discharge_per_s * dt
             c.soc = min(1.0, max(0.0, c.soc))
-            heat_w += current * current * self.cell_r_mohm(c) / 1000
+            heat_w += current * current * c.r_mohm / 1000
         self.temp_c += (
             dt * (heat_w - self.cooling_w_k * (self.temp_c - self.ambient_c)) / self.heat_capacity_j_k
         )
@@ -276,20 +276,34 @@ class Battery:
         measured = self.measured_current_a()
         if abs(measured) >= self.cfg.soc_count_threshold_a:
             self.bms_soc_pct = min(100.0, max(0.0, self.bms_soc_pct + measured * dt / 36 / self.rated_ah))
-        self.quiet_s = self.quiet_s + dt if abs(requested) < WAKE_CURRENT_A else 0.0
+        self.quiet_s = self.quiet_s + dt if abs(self.requested_a) < WAKE_CURRENT_A else 0.0
         self.t_s += dt
+        self._settle()
+
+    def _settle(self) -> None:
+        """The state at ``t_s``: the current asked for now (unless a MOSFET refuses it), voltages, alarms."""
+        view = PackView(self.charge_mos, self.discharge_mos, max(c.voltage_mv for c in self.cells))
+        self.requested_a, self.ambient_c = self.scenario.demand(self.t_s, view)
+        self.current_a = self._allowed(self.requested_a)
         self._update_voltages()
         self._update_balancing()
         self._update_alarms()
-        if (current > 0 and not self.charge_mos) or (current < 0 and not self.discharge_mos):
+        if self._allowed(self.current_a) != self.current_a:
             # the MOSFET opens within milliseconds: nobody sees the current that tripped it still flowing
             self.current_a = 0.0
             self._update_voltages()
 
+    def _allowed(self, current: float) -> float:
+        if (current > 0 and not self.charge_mos) or (current < 0 and not self.discharge_mos):
+            return 0.0
+        return current
+
     def _update_voltages(self) -> None:
         ocv = self.chem.ocv_mv
+        current = self.current_a
         for c in self.cells:
-            c.voltage_mv = ocv(c.soc) + self.current_a * self.cell_r_mohm(c)
+            c.r_mohm = self.cell_r_mohm(c)
+            c.voltage_mv = ocv(c.soc) + current * c.r_mohm
 
     def _update_balancing(self) -> None:
         volts = [c.voltage_mv for c in self.cells]
@@ -340,17 +354,16 @@ class Battery:
     ) -> None:
         """Set each level at its threshold; clear it only once ``hyst`` (L1, L2) back on the safe side."""
         a = self.alarms[name]
-        sign = 1 if high else -1
-        for level, limit, back in ((1, limits[0], hyst[0]), (2, limits[1], hyst[1])):
-            over = sign * (value - limit)
-            on = getattr(a, f"l{level}")
-            tripped = over > 0 if strict else over >= 0
-            if not on and tripped:
-                setattr(a, f"l{level}", True)
-                if level == 2:
-                    a.l2_since_s = self.t_s
-            elif on and over < -back:
-                setattr(a, f"l{level}", False)
+        over1 = value - limits[0] if high else limits[0] - value
+        over2 = value - limits[1] if high else limits[1] - value
+        if a.l1:
+            a.l1 = over1 >= -hyst[0]
+        else:
+            a.l1 = over1 > 0 if strict else over1 >= 0
+        if a.l2:
+            a.l2 = over2 >= -hyst[1]
+        elif over2 > 0 if strict else over2 >= 0:
+            a.l2, a.l2_since_s = True, self.t_s
 
     def _overcurrent(self, name: str, current: float, limits: tuple[float, float]) -> None:
         a = self.alarms[name]
@@ -366,6 +379,7 @@ class Battery:
             self.user_charge_mos = charge
         if discharge is not None:
             self.user_discharge_mos = discharge
+        self._settle()  # the switch acts at once: current stops (or flows again) now
 
     def set_soc(self, soc_pct: float) -> None:
         self.bms_soc_pct = min(100.0, max(0.0, soc_pct))
@@ -374,7 +388,7 @@ class Battery:
         """0x00: a restart re-enables the MOSFETs and re-evaluates every alarm from scratch."""
         self.user_charge_mos = self.user_discharge_mos = True
         self.alarms = {name: _Alarm() for name, _, _ in ALARMS}
-        self._update_alarms()
+        self._settle()
 
     def truth(self) -> dict[str, object]:
         cells = []

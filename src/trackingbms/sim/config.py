@@ -66,7 +66,7 @@ class PackConfig:
     soc_count_threshold_a: float = 2.5
     balance_current_a: float = 0.05
     #: physics integration step in simulated seconds (the result does not depend on how time is sliced)
-    step_s: float = 2.0
+    step_s: float = 5.0
     # thresholds: None = chemistry default (see chemistry.py)
     cell_ov_mv: tuple[int, int] | None = None
     cell_uv_mv: tuple[int, int] | None = None
@@ -151,6 +151,10 @@ class Quirks:
             raise SimConfigError(f"sleep_after must be > 0 seconds, got {self.sleep_after_s}")
         if self.max_request_bytes < 13:
             raise SimConfigError("max_request_bytes must be >= 13")
+
+    def frame_wire_s(self) -> float:
+        """Wire time of one 13-byte frame at ``baud`` (10 bits per byte: 13.5 ms at 9600); 0 = unpaced."""
+        return 13 * 10 / self.baud if self.baud else 0.0
 
     def accepted_hosts(self) -> frozenset[int]:
         """Host addresses this board answers (0x40 + board - 1 on RS485, 0x80 + board - 1 on UART)."""

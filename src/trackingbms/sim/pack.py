@@ -115,7 +115,7 @@ class SimulatedPack:
                 self.wake()
             elif self.quirks.echo_when_asleep:
                 self.stats["echoes"] += 1
-                return [Emission(ECHO_DELAY_S, request)]
+                return [Emission(self.quirks.frame_wire_s() + ECHO_DELAY_S, request)]
             else:
                 self.stats["ignored"] += 1
                 return []

@@ -3,9 +3,10 @@
 Payload layouts are written from reference/daly-protocol.md §2, independently of the client's decoders,
 so a test that decodes simulator output with ``trackingbms.daly`` checks both sides.
 
-Timing is in wall-clock seconds after the request was received: first byte after ``latency_s``, each
-13-byte frame then takes 10 bits per byte at ``baud`` (13.5 ms at 9600), so an emission is scheduled
-at the moment its last byte would leave a real UART.
+Timing is in wall-clock seconds after the request's bytes arrived: the request's own wire time (a real
+line delivers its last byte 13.5 ms after the first at 9600 baud), then ``latency_s``, then each 13-byte
+frame takes 10 bits per byte at ``baud``; an emission is scheduled when its last byte would leave a
+real UART.
 """
 
 from __future__ import annotations
@@ -347,8 +348,10 @@ class A5Responder:
             return []
         self.heartbeat = (self.heartbeat + 1) & 0xFF
         q, rng = self.quirks, self.rng
-        wire_s = FRAME_LEN * 10 / q.baud if q.baud else 0.0
-        latency = q.latency_s + (rng.uniform(0, q.latency_jitter_s) if q.latency_jitter_s else 0.0)
+        wire_s = q.frame_wire_s()
+        # delays count from the moment the request's bytes reached the endpoint; on a real line its last
+        # byte arrives one frame time after the first, so that is added too
+        latency = wire_s + q.latency_s + (rng.uniform(0, q.latency_jitter_s) if q.latency_jitter_s else 0.0)
         out: list[Emission] = []
         for k, payload in enumerate(payloads):
             frame = bytearray(encode_frame(q.board, data_id, self._fill(payload)))
