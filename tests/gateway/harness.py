@@ -175,6 +175,13 @@ class Packs:
         self.endpoints[bid] = self.loop.run(serve_tcp(self.packs[bid], "127.0.0.1", self.ports.get(bid, 0)))
         self.ports[bid] = self.endpoints[bid].port
 
+    def plug_pty(self, bid: str) -> str:
+        """Serve the pack on a pseudo-terminal instead (the serial-port path); returns its device path."""
+        from trackingbms.sim import serve_pty
+
+        self.endpoints[bid] = self.loop.run(serve_pty(self.packs[bid]))
+        return self.endpoints[bid].path
+
     def unplug(self, bid: str) -> None:
         self.loop.run(self.endpoints.pop(bid).close())
 
@@ -270,7 +277,9 @@ class ServerProcess:
 
         self.device_token = asyncio.run(provision())
         self.port = free_port()
-        self.env = env_with(TRACKINGBMS_INGEST_RATE_PER_S="1000", TRACKINGBMS_INGEST_BURST="1000", **env)
+        self.env = env_with(
+            **{"TRACKINGBMS_INGEST_RATE_PER_S": "1000", "TRACKINGBMS_INGEST_BURST": "1000", **env}
+        )
         self.log_path = data_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._user_token: str | None = None

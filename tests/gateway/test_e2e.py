@@ -364,3 +364,48 @@ def test_rejected_samples_go_to_dead_letter_with_the_reason(tmp_path, server, pa
     assert all("pack-x" in reason or "assigned" in reason for _, reason in rows), rows
     assert "server rejected pack-x" in gw.log()
     assert_exactly_once(srv, state_dir, ["pack-1"])
+
+
+def test_rate_limited_429_retry_after_honoured_nothing_lost(tmp_path, server, packs, gateway) -> None:
+    sims = packs(BATTERIES)
+    srv = server(BATTERIES, TRACKINGBMS_INGEST_RATE_PER_S="2", TRACKINGBMS_INGEST_BURST="2")
+    state_dir = tmp_path / "gw-state"
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            state_dir,
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.0, "batch_max_samples": 10}],
+            bms_entries(sims, 0.1),
+        )
+    )
+    gw.start()
+    wait_for("rate limiting", lambda: "rate limited" in gw.log())
+    wait_for("samples still arriving", lambda: all(len(srv.seqs(b)) > 5 for b in BATTERIES))
+    for bid in BATTERIES:  # no new samples: the queue can empty at the pace the server allows
+        sims.unplug(bid)
+    wait_for("the queue to drain under rate limiting", lambda: drained(gw), timeout_s=120)
+    assert gw.stop() == 0
+    assert_exactly_once(srv, state_dir, BATTERIES)
+
+
+def test_serial_port_pty(tmp_path, server, packs, gateway) -> None:
+    sims = packs(["pack-1"])
+    sims.unplug("pack-1")
+    path = sims.plug_pty("pack-1")
+    srv = server(["pack-1"])
+    entries = bms_entries(sims, 0.3)
+    entries[0]["port"] = path
+    entries[0]["source"] = "a5-uart"
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            tmp_path / "gw",
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+            entries,
+        )
+    )
+    gw.start()
+    wait_for("samples over the pty", lambda: len(srv.seqs("pack-1")) >= 3)
+    rows = srv.export("pack-1")
+    assert rows[-1]["source"] == "a5-uart" and float(rows[-1]["voltage_v"]) > 0
+    assert gw.stop() == 0

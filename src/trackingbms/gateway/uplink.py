@@ -37,6 +37,7 @@ from trackingbms.gateway.state import GatewayState
 log = logging.getLogger("trackingbms.gateway.uplink")
 
 LIVE_LANE = 100  # newest samples in every batch
+HEARTBEAT_MIN_SPACING_S = 1.0
 
 
 class UplinkError(Exception):
@@ -312,8 +313,13 @@ class UplinkManager:
         if status == 200:
             try:
                 reply = resp.json()
+                if not isinstance(reply, dict) or "accepted" not in reply:
+                    raise ValueError("not an ingest reply")
             except ValueError:
-                up.failed("ingest reply is not JSON", retry.backoff_initial_s, retry.backoff_max_s, 0)
+                # e.g. a captive portal answering 200: nothing was stored, so nothing leaves the queue
+                error = f"ingest: 200 but not an ingest reply ({resp.text[:80]!r})"
+                up.failed(error, retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+                self._after_failure(up)
                 return
             rejected: dict[int, str] = {}
             for item in reply.get("rejected") or []:
@@ -401,6 +407,8 @@ class UplinkManager:
                 wait_s = min(wait_s, max(0.5, up.next_attempt_at - time.monotonic()))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.state.link_changed.wait(), wait_s)
+            # a flapping link must not turn into a heartbeat per poll: changes are batched a moment
+            await asyncio.sleep(min(HEARTBEAT_MIN_SPACING_S, self.remote.heartbeat_interval_s))
             self.state.link_changed.clear()
 
 
