@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -147,8 +148,16 @@ def test_set_asks_then_writes_and_shows_state(sim_url: str) -> None:
 def test_user_facing_errors_are_explained() -> None:
     result = runner.invoke(app, ["read", "/dev/ttyNOPE0"])
     assert result.exit_code == 1 and "/dev/ttyNOPE0 does not exist" in result.stderr
-    result = runner.invoke(app, ["read", "tcp://127.0.0.1:1"])
-    assert result.exit_code == 1 and "cannot connect to tcp://127.0.0.1:1" in result.stderr
+    port = _closed_port()
+    result = runner.invoke(app, ["read", f"tcp://127.0.0.1:{port}"])
+    assert result.exit_code == 1 and f"cannot connect to tcp://127.0.0.1:{port}" in result.stderr
+
+
+def _closed_port() -> int:
+    """A local TCP port nobody listens on (just released by us)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def test_help_lists_the_commands() -> None:

@@ -19,7 +19,8 @@ boards = st.integers(1, 16)
 def test_encode_then_parse_round_trip(address: int, data_id: int, payload: bytes, filler: int) -> None:
     raw = encode_frame(address, data_id, payload, filler=filler)
     assert len(raw) == 13
-    frames = A5Parser(board=None).feed(raw)
+    parser = A5Parser(board=None)
+    frames = parser.feed(raw) + parser.flush()
     assert frames == [Frame(address, data_id, payload + bytes((filler,)) * (8 - len(payload)))]
     assert frames[0].to_bytes() == raw
 
@@ -76,6 +77,7 @@ def test_valid_frames_embedded_in_garbage_are_all_recovered(
     got: list[Frame] = []
     for i in range(0, len(stream), chunk):
         got += parser.feed(stream[i : i + chunk])
+    got += parser.flush()
     it = iter(got)
     assert all(any(w == g for g in it) for w in want), (want, got)
 
@@ -87,7 +89,7 @@ def test_echoes_of_requests_are_never_taken_for_replies(replies: list[tuple[int,
     for did, payload in replies:
         stream += encode_request(did, address=0x40 + board - 1) + encode_frame(board, did, payload)
     parser = A5Parser(board=board)
-    got = parser.feed(stream)
+    got = parser.feed(stream) + parser.flush()
     assert [(f.data_id, f.payload) for f in got] == replies
     assert parser.drops["echo"] == len(replies)
 
@@ -104,7 +106,29 @@ def test_a_frame_cut_mid_burst_costs_only_that_frame(
     # payloads may contain 0xA5 … 08 patterns that fake a header; the property is about real frames
     frames[victim] = frames[victim][:keep]
     parser = A5Parser(board=1)
-    got = parser.feed(b"".join(frames))
+    got = parser.feed(b"".join(frames)) + parser.flush()
     want = [Frame(1, d, p) for i, (d, p) in enumerate(replies) if i != victim]
     it = iter(got)
     assert all(any(w == g for g in it) for w in want)
+
+
+def test_a_cut_frame_whose_checksum_matches_by_chance_does_not_eat_the_next_reply() -> None:
+    # found by hypothesis: frame 2 cut to its 4 header bytes; those plus the start of frame 3 sum right
+    replies = [
+        (161, b"\x00\xa4\x08\xa5\xa5\xa5\x00\x00"),
+        (154, b"\x01\xa5W\x01\x9b\x00\x01\xa5"),
+        (8, b"\x08\x01\x00\x01\x08\x17\x08\xda"),
+    ]
+    frames = [encode_frame(1, d, p) for d, p in replies]
+    stream = frames[0] + frames[1][:4] + frames[2]
+    parser = A5Parser(board=1)
+    got = parser.feed(stream) + parser.flush()
+    assert got == [Frame(1, *replies[0]), Frame(1, *replies[2])]
+    assert parser.drops["truncated"] >= 1
+
+
+def test_noise_that_checks_out_with_a_foreign_address_does_not_eat_a_reply() -> None:
+    real = encode_frame(1, 0x08, b"\x00\x00\x01\x00\x01\xeb\x00\x48")
+    parser = A5Parser(board=1)
+    got = parser.feed(b"\xa5" + real) + parser.flush()
+    assert got == [Frame.from_bytes(real)]

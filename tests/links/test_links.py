@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tty
 
 import pytest
@@ -69,8 +70,11 @@ async def test_pty_serial_link_and_reset_input() -> None:
 async def test_missing_port_and_refused_tcp_are_explained() -> None:
     with pytest.raises(LinkError, match=r"serial port /dev/ttyDOESNOTEXIST does not exist"):
         await open_link("/dev/ttyDOESNOTEXIST")
-    with pytest.raises(LinkError, match=r"cannot connect to tcp://127\.0\.0\.1:1"):
-        await open_link("tcp://127.0.0.1:1")
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(LinkError, match=rf"cannot connect to tcp://127\.0\.0\.1:{port}"):
+        await open_link(f"tcp://127.0.0.1:{port}")
     with pytest.raises(LinkError, match="tcp://host:port"):
         await open_link("tcp://nohostport")
     with pytest.raises(LinkError, match="unsupported port"):

@@ -201,8 +201,22 @@ class DalyBMS:
                     timed_out = True
                     break
             chunk = await self.link.read(256, timeout)
+            if not chunk and parser.pending:
+                held = parser.flush()  # quiet line: settle a frame held back by the parser
+                for f in held:
+                    if poll.feed(f):
+                        self.stats.frames_good += 1
+                if held:
+                    started = True
+                    continue
             if not chunk:
-                timed_out = not poll.complete
+                if started and parser.pending and not poll.complete:
+                    # the line went quiet inside a frame: it lost bytes (a corrupt frame, not silence)
+                    bad += 1
+                    poll.note_bad()
+                    self.stats.frames_bad += 1
+                else:
+                    timed_out = not poll.complete
                 break
             frames = parser.feed(chunk)
             for f in frames:

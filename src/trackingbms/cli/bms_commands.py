@@ -160,7 +160,10 @@ def read(
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,
 ) -> None:
-    """One full reading of a Daly BMS: pack, cells, temperatures, MOSFETs, balancing, faults."""
+    """One full reading of a Daly BMS: pack, cells, temperatures, MOSFETs, balancing, faults.
+
+    Exit status 1 when the BMS did not answer or the reading is partial (what failed is shown).
+    """
 
     async def go() -> tuple[Reading, dict[str, Any]]:
         bms = await _connect(port, address, board, invert_current, baud, retries)

@@ -129,12 +129,14 @@ class CommandPoll:
         self._frames: dict[int, Frame] = {}
         self.attempts = 0
         self._slots = 0  # frames of this attempt seen (good or corrupt)
+        self._last_no = 0  # highest frame number seen in this attempt
         self.unexpected = 0  # valid frames of another data id (stale bursts)
 
     def start_attempt(self) -> bytes:
         """Begin (another) attempt; returns the request bytes to send."""
         self.attempts += 1
         self._slots = 0
+        self._last_no = 0
         return self.request
 
     def feed(self, frame: Frame) -> bool:
@@ -147,6 +149,7 @@ class CommandPoll:
         if self.multi and not 1 <= key <= MULTI_FRAME[self.data_id][1]:
             return False  # frame number 0 or beyond the maximum: not ours to invent a place for
         self._frames[key] = frame
+        self._last_no = max(self._last_no, key)
         return True
 
     def feed_all(self, frames: Iterable[Frame]) -> None:
@@ -180,7 +183,11 @@ class CommandPoll:
     def burst_over(self) -> bool:
         """The BMS has sent as many frames as it will for this attempt (good or corrupt)."""
         exp = self.frames_expected
-        return exp is not None and self._slots >= exp
+        if exp is None:
+            return False
+        # a BMS sends a burst in frame order: once the last frame is in, nothing more is coming, even
+        # if a damaged frame went unnoticed (bytes lost from its header look like line noise)
+        return self._slots >= exp or (self.multi and self._last_no >= exp)
 
     @property
     def extra_frames_possible(self) -> bool:

@@ -114,7 +114,7 @@ def decode_hex_stream(
         problems.append(Problem(offset, length, _REASONS.get(reason) or reason))
 
     parser = A5Parser(board=None, on_drop=on_drop)
-    found = parser.feed_with_offsets(data)
+    found = parser.feed_with_offsets(data, final=True)
     if parser.pending:
         problems.append(
             Problem(
