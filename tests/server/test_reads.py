@@ -7,13 +7,14 @@ import csv
 import io
 import subprocess
 import sys
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import websockets
 
-from .conftest import World, client, sample
+from .conftest import World, client, sample, ts
 
 
 async def _ingest(w: World, token: str, samples: list) -> dict:
@@ -174,6 +175,37 @@ async def test_history_is_downsampled_and_keeps_spikes(world: World) -> None:
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", "points"]
 
 
+async def test_long_range_history_comes_from_rollups_and_counts_each_sample_once(world: World) -> None:
+    a = world.a
+    bid = a.batteries[1]
+    n = 1800  # 30 minutes at 1 Hz
+    samples = [sample(bid, i, seconds_ago=n - i, voltage_v=52.0 + (i % 5) * 0.1) for i in range(n)]
+    samples[1000]["voltage_v"] = 61.5
+    samples[1500]["temps_c"] = [-12.5, 24.0]
+    for s in samples[200:260]:  # a minute of partial samples: no current, so no power either
+        del s["current_a"]
+    params = {"from": samples[0]["ts"], "to": ts(), "points": 6}  # 5-minute buckets → rollups
+
+    async def history() -> dict:
+        async with client(world.base_url, a.viewer) as c:
+            r = await c.get(f"/api/v1/batteries/{bid}/history", params=params)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    for start in range(0, n, 500):
+        await _ingest(world, a.device, samples[start : start + 500])
+    h = await history()
+    assert h["bucket_s"] % 60 == 0 and h["bucket_s"] >= 300 and 0 < len(h["t"]) <= 6
+    assert all(t % h["bucket_s"] == 0 for t in h["t"])
+    v = h["series"]["voltage_v"]
+    assert max(v["max"]) == 61.5 and min(v["min"]) == 52.0
+    assert min(h["series"]["temp_min_c"]["min"]) == -12.5
+    assert all(m is not None for m in h["series"]["power_w"]["mean"])
+    # the gateway re-sends half of it: nothing changes
+    assert (await _ingest(world, a.device, samples[:900]))["duplicates"] == 900
+    assert await history() == h
+
+
 async def test_csv_export_header_and_rows(world: World) -> None:
     a = world.a
     bid = a.batteries[0]
@@ -268,7 +300,7 @@ async def test_openapi_documents_every_endpoint(world: World) -> None:
     assert {"401", "413", "422", "429"} <= set(ingest["responses"])
 
 
-def _schemathesis(base_url: str, token: str, *extra: str) -> subprocess.CompletedProcess[str]:
+def _schemathesis(base_url: str, token: str, cwd: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
@@ -298,14 +330,15 @@ def _schemathesis(base_url: str, token: str, *extra: str) -> subprocess.Complete
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=cwd,  # it keeps a cache directory in the working directory
     )
 
 
-async def test_schemathesis_finds_no_server_errors(world: World) -> None:
+async def test_schemathesis_finds_no_server_errors(world: World, tmp_path: Path) -> None:
     a = world.a
     await _ingest(world, a.device, [sample(a.batteries[0], 1)])
     # user endpoints with a user token, device endpoints with a device token
     for token, tag in ((a.admin, "fleet,devices,user"), (a.device, "device")):
         args = [arg for t in tag.split(",") for arg in ("--include-tag", t)]
-        r = await asyncio.to_thread(_schemathesis, world.base_url, token, *args)
+        r = await asyncio.to_thread(_schemathesis, world.base_url, token, tmp_path, *args)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

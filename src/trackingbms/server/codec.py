@@ -71,6 +71,21 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
 
+#: the series of the history view, in this order in ``stats`` and in the rollup table
+SERIES: tuple[str, ...] = (
+    "voltage_v",
+    "current_a",
+    "soc_pct",
+    "power_w",
+    "cell_min_mv",
+    "cell_max_mv",
+    "cell_delta_mv",
+    "temp_max_c",
+    "temp_min_c",
+)
+Stats = tuple[float | None, ...]
+
+
 class SampleError(ValueError):
     """A sample that can never be stored; the message names the field."""
 
@@ -168,8 +183,9 @@ def parse_ts_ms(v: Any, key: str = "ts") -> int:
     return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
 
-def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int, bytes]:
-    """Check one wire sample and pack it: ``(battery_id, seq, ts_ms, data)``, or raise SampleError."""
+def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int, bytes, Stats]:
+    """Check one wire sample and pack it: ``(battery_id, seq, ts_ms, data, stats)``, or raise SampleError.
+    ``stats`` holds the sample's values of :data:`SERIES` (None where absent)."""
     if type(d) is not dict:
         raise SampleError("sample: must be an object")
     if not _KNOWN.issuperset(d):
@@ -204,15 +220,19 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
         if c is None:
             raise SampleError(f"via: must be one of {', '.join(VIAS)}")
         sv |= c << 4
+    volt = curr = soc = None
     if g("voltage_v") is not None:
         mask |= B_VOLT
-        parts.append(_U32.pack(_num(d, "voltage_v", 1000, 0, 2**32 - 1)))
+        volt = _num(d, "voltage_v", 1000, 0, 2**32 - 1)
+        parts.append(_U32.pack(volt))
     if g("current_a") is not None:
         mask |= B_CURR
-        parts.append(_I32.pack(_num(d, "current_a", 1000, -(2**31), 2**31 - 1)))
+        curr = _num(d, "current_a", 1000, -(2**31), 2**31 - 1)
+        parts.append(_I32.pack(curr))
     if g("soc_pct") is not None:
         mask |= B_SOC
-        parts.append(_U16.pack(_num(d, "soc_pct", 100, 0, 65535)))
+        soc = _num(d, "soc_pct", 100, 0, 65535)
+        parts.append(_U16.pack(soc))
     if g("remaining_ah") is not None:
         mask |= B_REM
         parts.append(_U32.pack(_num(d, "remaining_ah", 1000, 0, 2**32 - 1)))
@@ -280,7 +300,27 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
             raise SampleError("errors: too long")
         mask |= B_ERRORS
         parts.append(_U16.pack(len(raw)) + raw)
-    return bid, seq, ts_ms, _HDR.pack(mask, sv) + b"".join(parts)
+    # the figures the history view aggregates (same values a decoded row gives, see SERIES)
+    v = volt / 1000 if volt is not None else None
+    i = curr / 1000 if curr is not None else None
+    cmin = cmax = cdelta = tmax = tmin = None
+    if cells:
+        cmin, cmax = min(cells), max(cells)
+        cdelta = cmax - cmin
+    if temps:
+        tmin, tmax = round(min(temps) * 10) / 10, round(max(temps) * 10) / 10
+    stats = (
+        v,
+        i,
+        soc / 100 if soc is not None else None,
+        round(v * i, 3) if v is not None and i is not None else None,
+        cmin,
+        cmax,
+        cdelta,
+        tmax,
+        tmin,
+    )
+    return bid, seq, ts_ms, _HDR.pack(mask, sv) + b"".join(parts), stats
 
 
 def ms_to_ts(ts_ms: int) -> str:
@@ -354,6 +394,30 @@ def unpack(data: bytes) -> dict[str, Any]:
         out["errors"] = orjson.loads(bytes(data[off + 2 : off + 2 + n]))
         off += 2 + n
     return out
+
+
+def series_values(data: bytes) -> Stats:
+    """The :data:`SERIES` values of a packed row (None where absent)."""
+    m = unpack(data)
+    v, i = m.get("voltage_v"), m.get("current_a")
+    cells, temps = m.get("cells_mv"), m.get("temps_c")
+    cmin = cmax = cdelta = tmax = tmin = None
+    if cells:
+        cmin, cmax = min(cells), max(cells)
+        cdelta = cmax - cmin
+    if temps:
+        tmin, tmax = min(temps), max(temps)
+    return (
+        v,
+        i,
+        m.get("soc_pct"),
+        round(v * i, 3) if v is not None and i is not None else None,
+        cmin,
+        cmax,
+        cdelta,
+        tmax,
+        tmin,
+    )
 
 
 def to_sample(battery_id: str, seq: int, ts_ms: int, data: bytes) -> dict[str, Any]:

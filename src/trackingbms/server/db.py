@@ -137,6 +137,38 @@ streams = Table(
     UniqueConstraint("device_id", "battery_id"),
 )
 
+#: per series in the 1-minute rollup: count, min, max, sum (partial samples make counts differ)
+ROLLUP_SERIES: tuple[str, ...] = (
+    "voltage_v",
+    "current_a",
+    "soc_pct",
+    "power_w",
+    "cell_min_mv",
+    "cell_max_mv",
+    "cell_delta_mv",
+    "temp_max_c",
+    "temp_min_c",
+)
+ROLLUP_PARTS: tuple[str, ...] = ("n", "min", "max", "sum")
+
+
+def rollup_columns() -> list[Column]:
+    return [
+        Column(f"{name}_{part}", Integer if part == "n" else Float, nullable=True)
+        for name in ROLLUP_SERIES
+        for part in ROLLUP_PARTS
+    ]
+
+
+#: one row per stream and minute, kept at ingest from the rows actually inserted (re-sends never count twice)
+rollup_1m = Table(
+    "rollup_1m",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("bucket_ms", BigInteger, primary_key=True),
+    *rollup_columns(),
+)
+
 # SQLite shape; PostgreSQL creates its partitioned twin in the migration (same columns)
 samples = Table(
     "samples",

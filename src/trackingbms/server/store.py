@@ -20,13 +20,14 @@ from sqlalchemy import and_, case, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from trackingbms.analytics.cells import cell_stats, derived, power_w
+from trackingbms.analytics.cells import cell_stats, power_w
 from trackingbms.analytics.connectivity import connectivity
 from trackingbms.server import codec, security
 from trackingbms.server.db import (
     batteries,
     device_tokens,
     devices,
+    rollup_1m,
     samples,
     sites,
     streams,
@@ -104,6 +105,7 @@ class Store:
         # SQLite has one writer: queue writers here instead of spinning on SQLITE_BUSY
         self._write_lock = asyncio.Lock()
         self._partitions: set[str] = set()
+        self._rollup_stmt: Any = None
         self.default_poll_interval_s = default_poll_interval_s
         self.offline_timeout_s = offline_timeout_s
         self.online_grace_s = online_grace_s
@@ -224,12 +226,16 @@ class Store:
 
     # ---------------------------------------------------------------- ingest (device scope)
 
-    async def _ensure_partitions(self, ts_values: set[int]) -> None:
+    async def _ensure_partitions(self, min_ts: int, max_ts: int) -> None:
         needed = {}
-        for ts in ts_values:
+        ts = min_ts
+        while True:
             lo, hi, name = _month_bounds(ts)
             if name not in self._partitions:
                 needed[name] = (lo, hi)
+            if hi > max_ts:
+                break
+            ts = hi
         for name, (lo, hi) in needed.items():
             try:
                 async with self.engine.begin() as conn:
@@ -248,18 +254,18 @@ class Store:
         """Validate, store (idempotent) and commit a batch; returns only after the commit."""
         t_now = received_ms or now_ms()
         res = IngestResult()
-        parsed: list[tuple[int, str, int, int, bytes, Any]] = []
+        parsed: list[tuple[int, str, int, int, bytes, Any, codec.Stats]] = []
         for i, d in enumerate(batch):
             try:
-                bid, seq, ts, data = codec.validate_and_pack(d, t_now)
+                bid, seq, ts, data, stats = codec.validate_and_pack(d, t_now)
             except codec.SampleError as e:
                 res.rejected.append({"index": i, "error": str(e)})
                 continue
-            parsed.append((i, bid, seq, ts, data, d))
+            parsed.append((i, bid, seq, ts, data, d, stats))
         if not parsed:
             return res
         if not self.sqlite:
-            await self._ensure_partitions({p[3] for p in parsed})
+            await self._ensure_partitions(min(p[3] for p in parsed), max(p[3] for p in parsed))
         assigned_q = (
             select(batteries.c.battery_id, streams.c.id, batteries.c.id)
             .join(streams, and_(streams.c.battery_id == batteries.c.id, streams.c.device_id == device.id))
@@ -268,8 +274,9 @@ class Store:
         async with self.write() as conn:
             assigned = {r[0]: (r[1], r[2]) for r in (await conn.execute(assigned_q)).all()}
             rows: list[tuple[int, int, int, bytes]] = []
-            kept: list[tuple[int, str, dict[str, Any]]] = []  # (batch index, battery_id, wire dict) per row
-            for i, bid, seq, ts, data, d in parsed:
+            # per row: (batch index, battery_id, wire dict, series values)
+            kept: list[tuple[int, str, dict[str, Any], codec.Stats]] = []
+            for i, bid, seq, ts, data, d, stats in parsed:
                 ids = assigned.get(bid)
                 if ids is None:
                     res.rejected.append(
@@ -277,9 +284,10 @@ class Store:
                     )
                     continue
                 rows.append((ids[0], seq, ts, data))
-                kept.append((i, bid, d))
+                kept.append((i, bid, d, stats))
             if rows:
-                res.accepted = await self._insert_samples(conn, rows)
+                inserted = await self._insert_samples(conn, rows)
+                res.accepted = len(inserted)
                 clashes: dict[int, str] = {}
                 if res.accepted < len(rows):
                     clashes = await self._clashes(conn, rows)
@@ -288,9 +296,13 @@ class Store:
                 res.duplicates = len(rows) - res.accepted - len(clashes)
                 # per battery: [newest ts, its seq, its data, max cells, max temps]
                 newest: dict[str, list[Any]] = {}
-                for k, (_stream, seq, ts, data) in enumerate(rows):
+                rollups: dict[tuple[int, int], list[Any]] = {}
+                for k, (stream, seq, ts, data) in enumerate(rows):
                     if k in clashes:
                         continue
+                    if (stream, ts, seq) in inserted:
+                        inserted.discard((stream, ts, seq))  # an exact re-send inside the batch counts once
+                        _accumulate(rollups, stream, ts, kept[k][3])
                     bid, d = kept[k][1], kept[k][2]
                     n_cells = len(d.get("cells_mv") or ())
                     n_temps = len(d.get("temps_c") or ())
@@ -302,6 +314,8 @@ class Store:
                             cur[0], cur[1], cur[2] = ts, seq, data
                         cur[3] = max(cur[3], n_cells)
                         cur[4] = max(cur[4], n_temps)
+                if rollups:
+                    await self._upsert_rollups(conn, rollups)
                 b = batteries.c
                 for bid, (ts, seq, data, n_cells, n_temps) in newest.items():
                     newer = or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts)
@@ -324,24 +338,69 @@ class Store:
             await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
         return res
 
-    async def _insert_samples(self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]) -> int:
-        """Insert, skipping rows whose (stream, ts) is already stored; returns how many were inserted."""
+    async def _insert_samples(
+        self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]
+    ) -> set[tuple[int, int, int]]:
+        """Insert, skipping rows whose key is already stored; returns the (stream, ts, seq) inserted."""
         if self.sqlite:
-            r = await conn.exec_driver_sql(
-                "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES (?, ?, ?, ?)", rows
-            )
-            return r.rowcount
+            out: set[tuple[int, int, int]] = set()
+            for start in range(0, len(rows), 5000):  # SQLite allows 32,766 parameters per statement
+                chunk = rows[start : start + 5000]
+                sql = _sqlite_insert_sql(len(chunk))
+                params = tuple(x for r in chunk for x in r)
+                out.update((await conn.exec_driver_sql(sql, params)).all())
+            return out
         raw = await conn.get_raw_connection()
         apg = raw.driver_connection
-        status = await apg.execute(
+        got = await apg.fetch(
             "INSERT INTO samples (stream_id, seq, ts_ms, data) "
-            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) ON CONFLICT DO NOTHING",
+            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) ON CONFLICT DO NOTHING "
+            "RETURNING stream_id, ts_ms, seq",
             [r[0] for r in rows],
             [r[1] for r in rows],
             [r[2] for r in rows],
             [r[3] for r in rows],
         )
-        return int(status.rsplit(" ", 1)[1])
+        return {tuple(r) for r in got}
+
+    async def _upsert_rollups(self, conn: AsyncConnection, rollups: dict[tuple[int, int], list[Any]]) -> None:
+        params = []
+        for (stream, bucket), acc in rollups.items():
+            row: dict[str, Any] = {"stream_id": stream, "bucket_ms": bucket}
+            for j, name in enumerate(codec.SERIES):
+                n, lo, hi, total = acc[4 * j : 4 * j + 4]
+                row[f"{name}_n"] = n
+                row[f"{name}_min"] = lo
+                row[f"{name}_max"] = hi
+                row[f"{name}_sum"] = total
+            params.append(row)
+        await conn.execute(self._rollup_upsert(), params)
+
+    def _rollup_upsert(self) -> Any:
+        if self._rollup_stmt is not None:
+            return self._rollup_stmt
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+
+            def least(a: Any, b: Any) -> Any:
+                return func.min(func.coalesce(a, b), func.coalesce(b, a))
+
+            def greatest(a: Any, b: Any) -> Any:
+                return func.max(func.coalesce(a, b), func.coalesce(b, a))
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+
+            least, greatest = func.least, func.greatest  # both skip NULLs on PostgreSQL
+        stmt = dialect_insert(rollup_1m)
+        r, ex = rollup_1m.c, stmt.excluded
+        set_: dict[str, Any] = {}
+        for name in codec.SERIES:
+            set_[f"{name}_n"] = r[f"{name}_n"] + ex[f"{name}_n"]
+            set_[f"{name}_min"] = least(r[f"{name}_min"], ex[f"{name}_min"])
+            set_[f"{name}_max"] = greatest(r[f"{name}_max"], ex[f"{name}_max"])
+            set_[f"{name}_sum"] = func.coalesce(r[f"{name}_sum"], 0.0) + func.coalesce(ex[f"{name}_sum"], 0.0)
+        self._rollup_stmt = stmt.on_conflict_do_update(index_elements=["stream_id", "bucket_ms"], set_=set_)
+        return self._rollup_stmt
 
     async def _clashes(
         self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]
@@ -438,6 +497,35 @@ class Store:
                     )
                 ).scalar()
             )
+
+
+def _sqlite_insert_sql(n: int) -> str:
+    return (
+        "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES "
+        + ",".join(["(?, ?, ?, ?)"] * n)
+        + " RETURNING stream_id, ts_ms, seq"
+    )
+
+
+def _accumulate(rollups: dict[tuple[int, int], list[Any]], stream: int, ts: int, stats: codec.Stats) -> None:
+    """Fold one sample's series values into its (stream, minute) accumulator: n, min, max, sum per series."""
+    key = (stream, ts - ts % 60_000)
+    acc = rollups.get(key)
+    if acc is None:
+        acc = rollups[key] = [0, None, None, 0.0] * len(codec.SERIES)
+    for j, v in enumerate(stats):
+        if v is None:
+            continue
+        o = 4 * j
+        if acc[o] == 0:
+            acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = 1, v, v, v
+        else:
+            acc[o] += 1
+            if v < acc[o + 1]:
+                acc[o + 1] = v
+            if v > acc[o + 2]:
+                acc[o + 2] = v
+            acc[o + 3] += v
 
 
 def _fleet_query(tenant_id: int) -> Any:
@@ -753,74 +841,90 @@ class TenantStore:
         return b, list(sids)
 
     async def history(self, battery_id: str, from_ms: int, to_ms: int, points: int) -> dict[str, Any]:
-        """Min / max / mean per time bucket (at most ``points`` buckets), so that spikes survive."""
+        """Min / max / mean per time bucket (at most ``points`` buckets), so that spikes survive.
+
+        Buckets of a minute or more are served from the 1-minute rollups (bucket edges on whole minutes),
+        shorter ones from the raw samples."""
         span_ms = max(1, to_ms - from_ms)
         points = max(1, points)
         bucket_ms = -(-max(1000, -(-span_ms // points)) // 1000) * 1000  # whole seconds
+        use_rollups = bucket_ms >= 60_000
+        if use_rollups:
+            bucket_ms = -(-bucket_ms // 60_000) * 60_000
         # buckets on round times (multiples of the bucket) when that still fits in `points`
         base_ms = from_ms - from_ms % bucket_ms
         if (to_ms - 1 - base_ms) // bucket_ms + 1 > points:
-            base_ms = from_ms
+            base_ms = from_ms - from_ms % 60_000 if use_rollups else from_ms
+            while (to_ms - 1 - base_ms) // bucket_ms + 1 > points:
+                bucket_ms += 60_000 if use_rollups else 1000
+        n_series = len(codec.SERIES)
+        # per bucket: n, min, max, sum for each series (the rollup layout)
+        buckets: dict[int, list[Any]] = {}
         async with self.engine.connect() as conn:
             _, sids = await self._battery_streams(conn, battery_id)
-            rows = []
-            if sids:
-                rows = (
-                    await conn.execute(
-                        select(samples.c.ts_ms, samples.c.data)
-                        .where(
-                            samples.c.stream_id.in_(sids), samples.c.ts_ms >= from_ms, samples.c.ts_ms < to_ms
-                        )
-                        .order_by(samples.c.ts_ms)
-                    )
-                ).all()
-        names = (
-            "voltage_v",
-            "current_a",
-            "soc_pct",
-            "power_w",
-            "cell_min_mv",
-            "cell_max_mv",
-            "cell_delta_mv",
-            "temp_max_c",
-            "temp_min_c",
-        )
-        buckets: dict[int, dict[str, list[float]]] = {}
-        for ts, data in rows:
-            k = (ts - base_ms) // bucket_ms
-            acc = buckets.get(k)
-            if acc is None:
-                acc = buckets[k] = {}
-            for name, v in derived(codec.unpack(data)).items():
-                if v is None:
-                    continue
-                a = acc.get(name)
-                if a is None:
-                    acc[name] = [v, v, v, 1]
-                else:
-                    if v < a[0]:
-                        a[0] = v
-                    if v > a[1]:
-                        a[1] = v
-                    a[2] += v
-                    a[3] += 1
+            if sids and use_rollups:
+                q = select(rollup_1m).where(
+                    rollup_1m.c.stream_id.in_(sids),
+                    rollup_1m.c.bucket_ms >= from_ms - from_ms % 60_000,
+                    rollup_1m.c.bucket_ms < to_ms,
+                )
+                for row in (await conn.execute(q)).all():
+                    k = (row.bucket_ms - base_ms) // bucket_ms
+                    acc = buckets.get(k)
+                    if acc is None:
+                        acc = buckets[k] = [0, None, None, 0.0] * n_series
+                    vals = row[2:]
+                    for o in range(0, 4 * n_series, 4):
+                        n = vals[o]
+                        if not n:
+                            continue
+                        if acc[o] == 0:
+                            acc[o : o + 4] = [n, vals[o + 1], vals[o + 2], vals[o + 3]]
+                        else:
+                            acc[o] += n
+                            acc[o + 1] = min(acc[o + 1], vals[o + 1])
+                            acc[o + 2] = max(acc[o + 2], vals[o + 2])
+                            acc[o + 3] += vals[o + 3]
+            elif sids:
+                q = select(samples.c.ts_ms, samples.c.data).where(
+                    samples.c.stream_id.in_(sids), samples.c.ts_ms >= from_ms, samples.c.ts_ms < to_ms
+                )
+                for ts, data in (await conn.execute(q)).all():
+                    k = (ts - base_ms) // bucket_ms
+                    acc = buckets.get(k)
+                    if acc is None:
+                        acc = buckets[k] = [0, None, None, 0.0] * n_series
+                    for j, v in enumerate(codec.series_values(data)):
+                        if v is None:
+                            continue
+                        o = 4 * j
+                        if acc[o] == 0:
+                            acc[o : o + 4] = [1, v, v, v]
+                        else:
+                            acc[o] += 1
+                            if v < acc[o + 1]:
+                                acc[o + 1] = v
+                            if v > acc[o + 2]:
+                                acc[o + 2] = v
+                            acc[o + 3] += v
         keys = sorted(buckets)
-        series: dict[str, dict[str, list[float | None]]] = {
-            n: {"min": [], "max": [], "mean": []} for n in names
-        }
-        for k in keys:
-            acc = buckets[k]
-            for n in names:
-                a = acc.get(n)
-                s = series[n]
-                if a is None:
-                    s["min"].append(None)
-                    s["max"].append(None)
-                    s["mean"].append(None)
+        series: dict[str, dict[str, list[float | None]]] = {}
+        for j, name in enumerate(codec.SERIES):
+            o = 4 * j
+            mins: list[float | None] = []
+            maxs: list[float | None] = []
+            means: list[float | None] = []
+            for k in keys:
+                acc = buckets[k]
+                if acc[o]:
+                    mins.append(acc[o + 1])
+                    maxs.append(acc[o + 2])
+                    means.append(round(acc[o + 3] / acc[o], 4))
                 else:
-                    s["min"].append(a[0])
-                    s["max"].append(a[1])
-                    s["mean"].append(round(a[2] / a[3], 4))
+                    mins.append(None)
+                    maxs.append(None)
+                    means.append(None)
+            series[name] = {"min": mins, "max": maxs, "mean": means}
         return {
             "battery_id": battery_id,
             "from": codec.ms_to_ts(from_ms),
