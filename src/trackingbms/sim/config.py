@@ -119,6 +119,9 @@ class Quirks:
     hosts: HostPolicy = "both"
     frames: FramePolicy = "auto"
     stale_bytes: bool = True
+    #: unused cell slots of the last real 0x95 frame: zero (mpp-solar capture) or stale buffer content
+    #: (dbus-serialbattery#160 showed old cell voltages there)
+    stale_cell_slots: bool = False
     heartbeat: bool = True
     latency_s: float = 0.06
     latency_jitter_s: float = 0.0
@@ -188,6 +191,7 @@ FAULT_KEYS: dict[str, tuple[str, type]] = {
     "wake_on_request": ("wake_on_request", bool),
     "invert_current": ("invert_current", bool),
     "stale": ("stale_bytes", bool),
+    "stale_cell_slots": ("stale_cell_slots", bool),
     "heartbeat": ("heartbeat", bool),
     "hosts": ("hosts", str),
     "frames": ("frames", str),

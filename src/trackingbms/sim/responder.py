@@ -299,23 +299,25 @@ class A5Responder:
                     pass
         return [[1 if ok else 0, None, None, None, None, None, None, None]]
 
-    def _frame_count(self, address: int, needed: int, all_frames: int) -> int:
+    def _frame_count(self, address: int, needed: int, all_frames: int, auto_0x80: int) -> int:
         policy = self.quirks.frames
-        if policy == "all" or (policy == "auto" and address >= 0x80):
+        if policy == "all":
             return max(needed, all_frames)
+        if policy == "auto" and address >= 0x80:
+            return max(needed, auto_0x80)
         return needed
 
     def _cell_frames(self, address: int) -> list[Payload]:
         cells = self.battery.cells_mv()
         needed = math.ceil(len(cells) / 3)
         frames: list[Payload] = []
-        for k in range(self._frame_count(address, needed, 16)):
+        for k in range(self._frame_count(address, needed, 16, 16)):
             if k < needed:
                 slots: Payload = []
                 for cell in cells[3 * k : 3 * k + 3]:
                     slots += _u16(cell)
-                # unused slots of the last real frame keep whatever was in the buffer (reference §2.1)
-                slots += [None] * (6 - len(slots))
+                # unused slots of the last real frame: zero, or old buffer content on some units (§2.1)
+                slots += [None if self.quirks.stale_cell_slots else 0] * (6 - len(slots))
             else:
                 slots = [0] * 6
             frames.append([k + 1, *slots, None])
@@ -325,7 +327,8 @@ class A5Responder:
         temps = self.battery.temps_c()
         needed = math.ceil(len(temps) / 7)
         frames: list[Payload] = []
-        for k in range(self._frame_count(address, needed, 3)):
+        # host 0x80: a real 1-sensor unit sent one extra all-zero frame (mpp-solar capture), not all 3
+        for k in range(self._frame_count(address, needed, 3, min(3, needed + 1))):
             part = [_temp(t) for t in temps[7 * k : 7 * k + 7]]
             frames.append([k + 1, *part, *[0] * (7 - len(part))])
         return frames
@@ -343,10 +346,12 @@ class A5Responder:
         address, data_id = request[1], request[2]
         if address not in self.accepted:
             return []
+        if data_id not in SUPPORTED_IDS:
+            return []
+        self.heartbeat = (self.heartbeat + 1) & 0xFF  # free-running: moves on with every reply
         payloads = self.payloads(data_id, address, request)
         if payloads is None:
             return []
-        self.heartbeat = (self.heartbeat + 1) & 0xFF
         q, rng = self.quirks, self.rng
         wire_s = q.frame_wire_s()
         # delays count from the moment the request's bytes reached the endpoint; on a real line its last
@@ -358,9 +363,9 @@ class A5Responder:
             if q.bad_checksum and rng.random() < q.bad_checksum:
                 frame[12] = (frame[12] + 1 + rng.randrange(255)) & 0xFF
             if q.loss and data_id in MULTI_FRAME and rng.random() < q.loss:
-                cut = rng.randrange(1, 7)
-                at = rng.randrange(1, FRAME_LEN - cut + 1)
-                del frame[at : at + cut]
+                # the frame loses its tail (dbus-serialbattery#165: 4 bytes incl. the checksum); the next
+                # frame follows straight on
+                del frame[FRAME_LEN - rng.randrange(1, 7) :]
             if k == 0 and q.garbage and rng.random() < q.garbage:
                 frame[:0] = bytes(
                     rng.choice((0x00, 0xFF, rng.randrange(256))) for _ in range(rng.randint(1, 4))
