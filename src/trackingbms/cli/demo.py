@@ -171,18 +171,19 @@ class DemoError(RuntimeError):
     """The demo cannot start (port taken, data dir unusable, …); the message says why."""
 
 
-async def _provision(db_url: str) -> tuple[dict[str, str], bool]:
+async def _provision(db_url: str, poll_interval_s: float) -> tuple[dict[str, str], bool]:
     """Tenant, user, sites, devices, batteries; idempotent on a reused data dir.
 
     → ({device: token}, whether the data dir was new)."""
     from trackingbms.server import provisioning as p
+    from trackingbms.server.store import NotFound
 
     tokens: dict[str, str] = {}
     async with p.open_store(db_url) as store:
         try:
             await store.tenant_by_name(DEMO_TENANT)
             fresh = False
-        except Exception:  # NotFound: a new data dir
+        except NotFound:  # a new data dir
             fresh = True
         if fresh:
             await p.create_tenant(store, DEMO_TENANT)
@@ -199,7 +200,7 @@ async def _provision(db_url: str) -> tuple[dict[str, str], bool]:
                         pk.battery_id,
                         name=pk.name,
                         device=site.device,
-                        poll_interval_s=1.0,
+                        poll_interval_s=poll_interval_s,
                     )
         else:
             # Tokens are stored hashed: a restarted demo issues its gateways new ones.
@@ -354,7 +355,7 @@ async def run_demo(
             raise DemoError(f"cannot use data dir {data_dir}: {exc.strerror or exc}") from None
         db_url = default_sqlite_url(data_dir)
         log(f"Data dir: {data_dir}{' (temporary, removed on exit)' if temp_dir else ''}")
-        tokens, fresh = await _provision(db_url)
+        tokens, fresh = await _provision(db_url, poll_interval_s)
         if stop.is_set():
             return
 
