@@ -136,6 +136,13 @@ async def test_malformed_bodies_are_422_with_the_field_path(world: World) -> Non
         r = await c.post("/api/v1/heartbeat", json={"batteries": [{"battery_id": "p", "link_state": "fine"}]})
         assert r.status_code == 422
         assert r.json()["detail"][0]["loc"] == ["body", "batteries", 0, "link_state"]
+    async with client(world.base_url, world.a.admin) as c:
+        r = await c.put(
+            "/api/v1/devices/gw-1/config", content=b"\xff{", headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body"]
+        r = await c.put("/api/v1/devices/gw-1/config", json={"heartbeat_interval_s": -1})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "heartbeat_interval_s"]
     async with client(world.base_url) as c:
         r = await c.post("/api/v1/auth/login", json={"email": "x@y.z"})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "password"]

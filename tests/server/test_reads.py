@@ -309,7 +309,7 @@ def _schemathesis(base_url: str, token: str, cwd: Path, *extra: str) -> subproce
             "run",
             f"{base_url}/openapi.json",
             "--checks",
-            "not_a_server_error",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance",
             "--max-examples",
             "30",
             "--phases",

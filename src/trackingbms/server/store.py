@@ -348,7 +348,8 @@ class Store:
                 chunk = rows[start : start + 5000]
                 sql = _sqlite_insert_sql(len(chunk))
                 params = tuple(x for r in chunk for x in r)
-                out.update((await conn.exec_driver_sql(sql, params)).all())
+                result = await conn.exec_driver_sql(sql, params)
+                out.update((a, b, c) for a, b, c in result.all())  # plain tuples: cheaper to hash than Rows
             return out
         raw = await conn.get_raw_connection()
         apg = raw.driver_connection
