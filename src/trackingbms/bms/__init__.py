@@ -182,6 +182,7 @@ class DalyBMS:
         hard_deadline = start + self.turnaround_s + 1.5 * poll.expected_wire_s(self.baud) + self.gap_s
         started = False
         timed_out = False
+        fed = False
         bad = 0
         while True:
             if poll.complete and not poll.extra_frames_possible:
@@ -206,6 +207,7 @@ class DalyBMS:
                 for f in held:
                     if poll.feed(f):
                         self.stats.frames_good += 1
+                        fed = True
                 if held:
                     started = True
                     continue
@@ -222,12 +224,13 @@ class DalyBMS:
             for f in frames:
                 if poll.feed(f):
                     self.stats.frames_good += 1
+                    fed = True
             new_bad = parser.drops["bad_checksum"] + parser.drops["truncated"] - bad0 - bad
             if new_bad:
                 bad += new_bad
                 poll.note_bad(new_bad)
                 self.stats.frames_bad += new_bad
-            if poll.got_any or bad:
+            if fed or bad:  # this attempt's reply (frames merged from earlier attempts do not count)
                 started = True
             elif parser.garbage_bytes + parser.drops["wrong_address"] > garbage0:
                 started = True  # noise counts as "answers, but corrupt"
@@ -244,7 +247,7 @@ class DalyBMS:
                 bad,
                 parser.pending,
             )
-        got = started or poll.got_any or parser.garbage_bytes + parser.drops["wrong_address"] > garbage0
+        got = started or fed or parser.garbage_bytes + parser.drops["wrong_address"] > garbage0
         return got, bad
 
     async def _run(self, poll: CommandPoll) -> Record:

@@ -332,4 +332,9 @@ def decode(
     if problems or not objects:
         if not problems:
             typer.echo("error: no A5 frame found in the input", err=True)
+        if not objects and (data[0] == 0xD2 or 0x51 <= data[0] <= 0x60 or 0x81 <= data[0] <= 0x90):
+            typer.echo(
+                "hint: this looks like a Daly D2 / 0x81 (Modbus-style) frame; decode reads A5 frames only",
+                err=True,
+            )
         raise typer.Exit(EXIT_USAGE)
