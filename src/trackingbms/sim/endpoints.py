@@ -12,49 +12,56 @@ import json
 import os
 import termios
 import tty
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trackingbms.sim.pack import Bus, SimulatedPack
-from trackingbms.sim.responder import Emission, RequestParser
+from trackingbms.sim.responder import RequestParser
 
 Packs = SimulatedPack | Sequence[SimulatedPack] | Bus
 
 
 class _Session:
-    """One byte stream (a TCP connection or a pty): parse requests, schedule replies in order."""
+    """One byte stream (a TCP connection or a pty): parse requests, send replies at their times, in order."""
 
     def __init__(self, bus: Bus, write: Callable[[bytes], None]) -> None:
         self.bus = bus
         self.parser = RequestParser(bus.max_request_bytes)
         self.write = write
         self.loop = asyncio.get_running_loop()
-        self._handles: set[asyncio.TimerHandle] = set()
-        #: replies never overtake earlier ones (one UART line)
-        self._busy_until = 0.0
+        #: (when, bytes) in sending order: one UART line, so a reply never overtakes an earlier one
+        self._queue: deque[tuple[float, bytes]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
 
     def data_received(self, data: bytes) -> None:
         now = self.loop.time()
         for request in self.parser.feed(data):
             for emission in self.bus.respond(request):
-                self._schedule(now, emission)
+                at = now + emission.delay_s
+                if self._queue and at < self._queue[-1][0]:
+                    at = self._queue[-1][0]
+                self._queue.append((at, emission.data))
+        self._arm()
 
-    def _schedule(self, now: float, emission: Emission) -> None:
-        at = max(now + emission.delay_s, self._busy_until)
-        self._busy_until = at
+    def _arm(self) -> None:
+        if self._timer is None and self._queue:
+            self._timer = self.loop.call_at(self._queue[0][0], self._fire)
 
-        def fire() -> None:
-            self._handles.discard(handle)
+    def _fire(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        while self._queue and self._queue[0][0] <= now:
+            _, data = self._queue.popleft()
             with contextlib.suppress(OSError, RuntimeError):
-                self.write(emission.data)
-
-        handle = self.loop.call_at(at, fire)
-        self._handles.add(handle)
+                self.write(data)
+        self._arm()
 
     def close(self) -> None:
-        for handle in self._handles:
-            handle.cancel()
-        self._handles.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
 
 
 class TcpEndpoint:
