@@ -7,12 +7,15 @@ import csv
 import io
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 import websockets
+
+from trackingbms.server import provisioning as p
 
 from .conftest import World, client, sample, ts
 
@@ -342,3 +345,31 @@ async def test_schemathesis_finds_no_server_errors(world: World, tmp_path: Path)
         args = [arg for t in tag.split(",") for arg in ("--include-tag", t)]
         r = await asyncio.to_thread(_schemathesis, world.base_url, token, tmp_path, *args)
         assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+
+async def test_retention_drops_old_raw_samples_of_that_tenant_only(world: World) -> None:
+    a, b = world.a, world.b
+    old_a = [sample(a.batteries[0], i, seconds_ago=3 * 86400 - i) for i in range(120)]
+    new_a = [sample(a.batteries[0], 1000 + i, seconds_ago=120 - i) for i in range(10)]
+    old_b = [sample(b.batteries[0], i, seconds_ago=3 * 86400 - i) for i in range(120)]
+    await _ingest(world, a.device, old_a + new_a)
+    await _ingest(world, b.device, old_b)
+    assert await p.set_retention(world.database_url, "acme", 1) == {"tenant": "acme", "retention_days": 1}
+    assert await p.apply_retention(world.database_url) == 120
+
+    async def export(token: str, battery_id: str) -> list[str]:
+        async with client(world.base_url, token) as c:
+            r = await c.get(f"/api/v1/batteries/{battery_id}/export.csv", params={"from": ts(4 * 86400)})
+            return [line.split(",")[1] for line in r.text.splitlines()[1:]]
+
+    assert await export(a.admin, a.batteries[0]) == [str(1000 + i) for i in range(10)]
+    assert len(await export(b.admin, b.batteries[0])) == 120
+    # the long view still shows the old days: it is served from the rollups, which stay
+    async with client(world.base_url, a.admin) as c:
+        h = (
+            await c.get(
+                f"/api/v1/batteries/{a.batteries[0]}/history", params={"from": ts(4 * 86400), "points": 100}
+            )
+        ).json()
+    assert h["t"][0] < datetime.now(UTC).timestamp() - 2 * 86400
+    assert await p.set_retention(world.database_url, "acme", 0) == {"tenant": "acme", "retention_days": None}

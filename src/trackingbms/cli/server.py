@@ -258,3 +258,26 @@ def set_config(
         as_json,
         lambda r: f"config_version {r['config_version']} for {device}",
     )
+
+
+@admin_app.command("set-retention")
+def set_retention(
+    tenant: str,
+    days: Annotated[int, typer.Argument(help="days of raw samples to keep; 0 keeps them forever")],
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep a tenant's raw samples DAYS long (1-minute rollups, which serve long history views, stay)."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.set_retention(url, tenant, days or None),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: (
+            f"tenant {tenant}: raw samples kept "
+            + (f"{r['retention_days']} days" if r["retention_days"] else "forever")
+        ),
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -55,6 +56,17 @@ def configure_logging(level: str = "info") -> None:
     root.propagate = False
 
 
+async def _retention_loop(store: Store, every_s: float) -> None:
+    while True:
+        try:
+            deleted = await store.apply_retention()
+            if deleted:
+                log.info("retention: deleted %d raw samples", deleted)
+        except Exception:  # a failed pass is retried next time; the server keeps serving
+            log.exception("retention pass failed")
+        await asyncio.sleep(every_s)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -72,9 +84,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_ttl_s=settings.session_ttl_s,
         )
         log.info("server ready on %s", engine.dialect.name)
+        retention = None
+        if settings.retention_interval_s > 0:
+            retention = asyncio.create_task(_retention_loop(app.state.store, settings.retention_interval_s))
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await retention
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
             await engine.dispose()
             log.info("server stopped")

@@ -106,3 +106,19 @@ async def revoke_device_tokens(db: Db, tenant: str | int, device: str) -> int:
 async def set_device_config(db: Db, tenant: str | int, device: str, config: dict[str, Any]) -> dict[str, Any]:
     async with open_store(db) as store:
         return await (await _tenant(store, tenant)).set_device_config(device, config)
+
+
+async def set_retention(db: Db, tenant: str | int, days: int | None) -> dict[str, Any]:
+    """Keep ``tenant``'s raw samples ``days`` long (None or 0: forever); 1-minute rollups stay."""
+    if days is not None and days < 0:
+        raise ValueError("days must be ≥ 0")
+    async with open_store(db) as store:
+        tid = tenant if isinstance(tenant, int) else await store.tenant_by_name(tenant)
+        await store.set_retention(tid, days)
+    return {"tenant": tenant, "retention_days": days or None}
+
+
+async def apply_retention(db: Db) -> int:
+    """Delete raw samples past each tenant's retention now (the server also does this every hour)."""
+    async with open_store(db) as store:
+        return await store.apply_retention()

@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     default_poll_interval_s: float = 5.0
     session_ttl_s: float = 7 * 24 * 3600
     history_max_points: int = 5000
+    #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
+    retention_interval_s: float = 3600.0
 
     def resolved_database_url(self) -> str:
         if self.database_url:
