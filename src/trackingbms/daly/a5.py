@@ -156,9 +156,9 @@ class A5Parser:
             self.garbage_bytes += n
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """Add bytes, return the frames completed. A frame whose payload looks like the start of the
-        next reply is held back until the next bytes show which reading is right; call
-        :meth:`flush` when the line goes quiet."""
+        """Add bytes, return the frames completed. A frame that contains a whole reply header is held
+        back until the next bytes show which reading is right (rare: a cut frame, or a payload that
+        contains ``A5 <board> <id> 08``); call :meth:`flush` when the line goes quiet."""
         if not isinstance(data, bytes | bytearray | memoryview):
             raise FrameError(f"parser needs bytes, got {type(data).__name__}")
         self._buf += data
@@ -178,13 +178,15 @@ class A5Parser:
 
     def _inner_reply(self, buf: bytearray, final: bool) -> int:
         """For the frame at the start of ``buf``: 1 if a valid reply starts inside it, 0 if none does,
-        -1 if more bytes are needed to tell (a header near its end, or a candidate not yet complete)."""
+        -1 if a whole reply header (A5, board, id, 08) sits inside it but its frame is not complete yet
+        (rare for a real frame: its payload would have to contain such a header)."""
         undecided = False
         for k in range(1, FRAME_LEN):
             if buf[k] != START:
                 continue
             if len(buf) <= k + 3:
-                undecided = True
+                # the header is not all here yet: do not hold the frame for it (a checksum byte of
+                # 0xA5 alone would stall 1 frame in 256); a cut frame matching by chance stays possible
                 continue
             if buf[k + 3] != DATA_LEN or (self.board is not None and buf[k + 1] != self.board):
                 continue
