@@ -21,6 +21,8 @@ Public API (stable)::
 
 Time: a pack's simulated time is ``clock.now() + advanced``; the default clock runs at
 ``PackConfig.speed`` × real time. Pass ``clock=ManualClock()`` to stop time except for ``advance``.
+Physics moves in fixed steps of ``PackConfig.step_s`` (5 s simulated), computed when someone looks, so
+a run does not depend on how often it is polled.
 Current sign inside the simulator and in ``truth()``: positive = charging. On the wire the A5
 convention applies (raw above 30000 = discharging) unless ``Quirks(invert_current=True)``.
 
@@ -35,10 +37,17 @@ cycles, BMS current-sensor error (the reported SOC drifts; currents < soc_count_
 not counted), thresholds (cell_ov_mv, cell_uv_mv, charge_oc_a, discharge_oc_a as (L1, L2)).
 
 Quirks (wire): board, hosts "both"|"0x40"|"0x80", frames "auto"|"needed"|"all" (0x95/0x96 count;
-auto = all 16/3 for host 0x80), stale_bytes, heartbeat (0x93 byte 3), latency_s, latency_jitter_s,
-baud (0 = no pacing), sleep_after_s (simulated seconds without current), echo_when_asleep,
-wake_on_request, loss / bad_checksum / garbage (probabilities), invert_current, max_request_bytes.
+auto = needed frames for host 0x40, all 16 cell frames and one extra temperature frame for host 0x80,
+as real captures show), stale_bytes (reserved bytes carry the previous reply's), stale_cell_slots,
+heartbeat (0x93 byte 3), latency_s, latency_jitter_s, baud (replies wait the request's wire time, then
+latency, then 13.5 ms per frame at 9600; 0 = no pacing), sleep_after_s (simulated seconds without
+current, then silent or echoing the request), echo_when_asleep, wake_on_request, loss (frames of
+multi-frame bursts lose their tail) / bad_checksum / garbage (probabilities per frame / reply),
+invert_current, max_request_bytes (bigger chunks are ignored whole).
 ``parse_faults("loss=0.01,sleep_after=3600")`` builds Quirks from the CLI's ``--faults`` text.
+
+Ground truth over HTTP: ``await serve_truth(packs, port=0)`` → ``GET /truth`` and ``/truth/<id>``;
+or ``write_truth_file(packs, path)``. ``pack.stats`` counts requests, replies, echoes, ignored.
 
 Sans-I/O core: :class:`SimulatedPack.respond` takes one 13-byte request and returns
 :class:`Emission` (delay_s, bytes) items; :class:`RequestParser` cuts a byte stream into requests.
