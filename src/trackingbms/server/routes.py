@@ -248,6 +248,17 @@ async def login(request: Request, body: LoginIn) -> Response:
     )
 
 
+@router.post("/auth/logout", tags=["user"], responses=E401, summary="Revoke the access token used")
+async def logout(
+    request: Request,
+    _user: Annotated[UserRef, Depends(user_auth)],
+    cred: Annotated[HTTPAuthorizationCredentials | None, Depends(user_bearer)],
+) -> Response:
+    assert cred is not None  # user_auth has checked it
+    await get_store(request).revoke_token(cred.credentials)
+    return json_response({"ok": True})
+
+
 @router.get("/me", response_model=UserOut, tags=["user"], responses=E401)
 async def me(user: Annotated[UserRef, Depends(user_auth)]) -> Response:
     return json_response({"email": user.email, "role": user.role, "tenant": user.tenant})

@@ -159,6 +159,21 @@ class Heartbeat(BaseModel):
 
 
 class HeartbeatReply(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"ok": True},
+                {
+                    "ok": True,
+                    "config": {
+                        "config_version": 3,
+                        "heartbeat_interval_s": 30,
+                        "batteries": {"pack-1": {"poll_interval_s": 1.0}},
+                    },
+                },
+            ]
+        }
+    )
     ok: bool = True
     config: DeviceConfig | None = None
 
@@ -172,23 +187,57 @@ class LoginIn(BaseModel):
 
 
 class UserOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"email": "ops@acme.test", "role": "admin", "tenant": "acme"}]}
+    )
     email: str
     role: Literal["admin", "operator", "viewer"]
     tenant: str
 
 
 class LoginOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "access_token": "tbu_…",
+                    "token_type": "bearer",
+                    "user": {"email": "ops@acme.test", "role": "admin", "tenant": "acme"},
+                }
+            ]
+        }
+    )
     access_token: str
     token_type: Literal["bearer"] = "bearer"
     user: UserOut
 
 
 class SiteOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"site_id": 1, "name": "depot"}]})
     site_id: int
     name: str
 
 
+FLEET_ITEM_EXAMPLE: dict[str, Any] = {
+    "battery_id": "pack-1",
+    "name": "Forklift 1",
+    "site_id": 1,
+    "site_name": "depot",
+    "device_id": "gw-1",
+    "connectivity": "online",
+    "last_seen": "2026-11-24T10:29:26.002Z",
+    "link_state": "ok",
+    "latest": SAMPLE_EXAMPLE,
+    "alarms": [],
+    "cell_min_mv": 3324,
+    "cell_max_mv": 3327,
+    "cell_delta_mv": 3,
+    "power_w": -665.0,
+}
+
+
 class FleetItem(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [FLEET_ITEM_EXAMPLE]})
     battery_id: str
     name: str
     site_id: int
@@ -210,6 +259,11 @@ class Fleet(BaseModel):
 
 
 class BatteryDetail(FleetItem):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**FLEET_ITEM_EXAMPLE, "cell_count": 16, "temp_count": 2, "poll_interval_s": 5.0}]
+        }
+    )
     cell_count: int
     temp_count: int
     poll_interval_s: float
@@ -222,7 +276,24 @@ class SeriesOut(BaseModel):
 
 
 class HistoryOut(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
+    model_config = ConfigDict(
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "battery_id": "pack-1",
+                    "from": "2026-11-24T00:00:00.000Z",
+                    "to": "2026-11-24T00:03:00.000Z",
+                    "bucket_s": 60,
+                    "t": [1795478400, 1795478460],
+                    "series": {
+                        "voltage_v": {"min": [53.1, 53.0], "max": [53.4, 58.8], "mean": [53.2, 53.3]},
+                        "current_a": {"min": [-12.5, -13.0], "max": [-12.1, -12.0], "mean": [-12.3, -12.4]},
+                    },
+                }
+            ]
+        },
+    )
     battery_id: str
     from_: str = Field(alias="from")
     to: str
@@ -232,6 +303,27 @@ class HistoryOut(BaseModel):
 
 
 class DeviceOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "device_id": "gw-1",
+                    "name": "gw-1",
+                    "last_contact": "2026-11-24T10:29:26.002Z",
+                    "heartbeat": {
+                        "version": "0.1.0",
+                        "uptime_s": 12.5,
+                        "queue_depth": 0,
+                        "uplink": "wifi",
+                        "batteries": [{"battery_id": "pack-1", "link_state": "ok"}],
+                    },
+                    "config_version": 1,
+                    "reported_config_version": 1,
+                    "config": {"config_version": 1, "heartbeat_interval_s": 30, "batteries": {}},
+                }
+            ]
+        }
+    )
     device_id: str
     name: str
     last_contact: str | None
