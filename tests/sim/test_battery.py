@@ -201,7 +201,9 @@ def test_ageing_knobs_show_in_the_truth() -> None:
 
 
 def test_cycles_count_and_fade_per_cycle() -> None:
-    pack = make_pack(scenario="ebike-ride", soc_pct=100, fade_per_cycle_pct=1.0, capacity_ah=20, cycles=10)
+    pack = make_pack(
+        scenario="ebike-ride", soc_pct=100, fade_per_cycle_pct=1.0, capacity_ah=20, cycles=10, step_s=15
+    )
     start_capacity = pack.truth()["capacity_ah"]
     pack.advance(3 * 86400)
     t = pack.truth()
