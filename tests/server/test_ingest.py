@@ -226,5 +226,7 @@ async def test_remote_config_reaches_the_gateway_once(world: World) -> None:
         assert "config" not in r.json()
     async with client(world.base_url, a.admin) as c:
         dev = (await c.get("/api/v1/devices/gw-1")).json()
+        detail = (await c.get(f"/api/v1/batteries/{a.batteries[0]}")).json()
+    assert detail["poll_interval_s"] == 2.0
     assert dev["config_version"] == 1 and dev["reported_config_version"] == 1
     assert dev["heartbeat"]["version"] == "0.1.0" and dev["last_contact"] is not None

@@ -243,8 +243,11 @@ class Store:
                         f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples "
                         f"FOR VALUES FROM ({lo}) TO ({hi})"
                     )
-            except Exception as e:  # another server created it at the same moment
-                if "already exists" not in str(e):
+            except Exception:
+                # another server may have created it at the same moment; anything else is a real error
+                async with self.engine.connect() as conn:
+                    exists = (await conn.exec_driver_sql(f"SELECT to_regclass('{name}')")).scalar()
+                if exists is None:
                     raise
             self._partitions.add(name)
 
@@ -781,6 +784,18 @@ class TenantStore:
                 .where(devices.c.id == row.id)
                 .values(config=orjson.dumps(body).decode(), config_version=version)
             )
+            # connectivity judges freshness by the poll interval the gateway is told to use
+            for battery_id, bcfg in (body.get("batteries") or {}).items():
+                if bcfg.get("poll_interval_s"):
+                    await conn.execute(
+                        update(batteries)
+                        .where(
+                            batteries.c.tenant_id == self.tenant_id,
+                            batteries.c.device_id == row.id,
+                            batteries.c.battery_id == battery_id,
+                        )
+                        .values(poll_interval_s=bcfg["poll_interval_s"])
+                    )
         return body
 
     # ---------------------------------------------------------------- reads
