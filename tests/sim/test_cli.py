@@ -138,3 +138,18 @@ def test_bad_options_are_clear_errors_with_exit_code_2(args: list[str], words: s
     assert result.exit_code == 2
     assert words in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run(
+            [*CMD, "--tcp-port-base", str(port)], capture_output=True, text=True, timeout=60
+        )
+    assert proc.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}: address already in use" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -10,6 +10,12 @@ import typer
 from trackingbms.cli.app import app
 
 
+def _reason(exc: OSError) -> str:
+    import os
+
+    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
+
+
 def _link_for(link: str, index: int, packs: int) -> str:
     if "{n}" in link:
         return link.replace("{n}", str(index))
@@ -162,14 +168,22 @@ async def _run(
                 where = ep.path if not link else f"{ep.path} -> {ep.tty_path}"
             else:
                 port = tcp_port_base + i - 1 if tcp_port_base else 0
-                ep = await serve_tcp(group, host=host, port=port)
+                try:
+                    ep = await serve_tcp(group, host=host, port=port)
+                except OSError as exc:
+                    raise OSError(f"cannot listen on {host}:{port}: {_reason(exc)}") from None
                 where = ep.url
             endpoints.append(ep)
             for pack in group:
                 board = f"  board {pack.board} (host 0x{0x40 + pack.board - 1:02X})" if bus else ""
                 typer.echo(f"{pack.id}  {where}{board}")
         if truth_port is not None:
-            truth = await serve_truth(sim_packs, host=host, port=truth_port)
+            try:
+                truth = await serve_truth(sim_packs, host=host, port=truth_port)
+            except OSError as exc:
+                raise OSError(
+                    f"cannot serve the truth on {host}:{truth_port}: {exc.strerror or exc}"
+                ) from None
             typer.echo(f"truth  {truth.url}")
         typer.echo("running; Ctrl-C to stop", err=True)
         while not stop.is_set():
