@@ -83,7 +83,8 @@ class LocalApi:
         if self.server is not None:
             self.server.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 2)
+                async with asyncio.timeout(2):
+                    await self.server.wait_closed()
 
     def _authorized(self, request: Request, query: dict[str, list[str]]) -> bool:
         if not self.cfg.token:

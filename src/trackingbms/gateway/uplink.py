@@ -40,6 +40,14 @@ LIVE_LANE = 100  # newest samples in every batch
 HEARTBEAT_MIN_SPACING_S = 1.0
 
 
+async def wait_event(event: asyncio.Event, timeout_s: float | None) -> None:
+    """Wait for ``event`` at most ``timeout_s``. (Not ``asyncio.wait_for``: on Python 3.11 it can swallow a
+    cancellation that arrives as the event fires, and the task then never stops.)"""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await event.wait()
+
+
 class UplinkError(Exception):
     pass
 
@@ -251,7 +259,9 @@ class UplinkManager:
                     if batch:
                         oldest = min(q.ts for q in batch)
                         age_s = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
-                        if len(batch) >= limit or age_s >= up.cfg.batch_max_age_s or self.flushing:
+                        # age < 0: the clock was stepped back; send rather than wait for the clock to catch up
+                        ready = age_s >= up.cfg.batch_max_age_s or age_s < 0 or self.flushing
+                        if len(batch) >= limit or ready:
                             self.inflight.update(q.id for q in batch)
                             task = asyncio.create_task(self._send(up, batch))
                             tasks.add(task)
@@ -259,8 +269,7 @@ class UplinkManager:
                             task.add_done_callback(lambda _t: self.wake.set())
                             continue
                         timeout = up.cfg.batch_max_age_s - age_s
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), timeout)
+                await wait_event(self.wake, timeout)
         finally:
             for task in tasks:
                 task.cancel()
@@ -405,8 +414,7 @@ class UplinkManager:
                 self._after_failure(up)
                 # retry sooner than the interval: the server should learn of us as soon as it is back
                 wait_s = min(wait_s, max(0.5, up.next_attempt_at - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.state.link_changed.wait(), wait_s)
+            await wait_event(self.state.link_changed, wait_s)
             # a flapping link must not turn into a heartbeat per poll: changes are batched a moment
             await asyncio.sleep(min(HEARTBEAT_MIN_SPACING_S, self.remote.heartbeat_interval_s))
             self.state.link_changed.clear()
