@@ -9,7 +9,7 @@ import pytest
 
 from trackingbms.sim import PackConfig, SimConfigError
 
-from .conftest import decode, make_pack
+from .conftest import decode, make_pack, request
 
 
 def test_same_seed_same_run_different_seed_different_pack() -> None:
@@ -160,6 +160,28 @@ def test_cold_blocks_charging_but_not_discharging() -> None:
     assert "charge_temp_low_l2" in t["faults"]
     assert not t["charge_mos"] and t["discharge_mos"] and t["current_a"] == 0.0
     assert "charge_temp_low_l2" in decode(pack, 0x98).faults
+
+
+def test_heat_blocks_charging_first_then_discharging() -> None:
+    pack = make_pack(scenario="constant", constant_current_a=20.0, ambient_c=61)
+    t = pack.truth()
+    assert {"charge_temp_high_l2", "discharge_temp_high_l1"} <= set(t["faults"])
+    assert "discharge_temp_high_l2" not in t["faults"]
+    assert not t["charge_mos"] and t["discharge_mos"]
+    hot = make_pack(scenario="constant", constant_current_a=-20.0, ambient_c=66)
+    t = hot.truth()
+    assert "discharge_temp_high_l2" in t["faults"] and not t["discharge_mos"] and t["current_a"] == 0.0
+    assert "discharge_temp_high_l2" in decode(hot, 0x98).faults
+
+
+def test_low_reported_soc_warns() -> None:
+    pack = make_pack(soc_pct=8)
+    assert "soc_low_l1" in pack.truth()["faults"] and "soc_low_l2" not in pack.truth()["faults"]
+    pack.respond(request(0x21, 0x40, bytes(6) + (30).to_bytes(2, "big")))  # the BMS now says 3.0 %
+    assert decode(pack, 0x90).soc_pct == 3.0
+    pack.advance(5)
+    assert {"soc_low_l1", "soc_low_l2"} <= set(decode(pack, 0x98).faults)
+    assert pack.truth()["discharge_mos"]  # a SOC alarm warns, it does not cut off
 
 
 def test_pack_overvoltage_and_cell_delta_bits() -> None:
