@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import logging
 import math
 import zlib
 from collections.abc import AsyncIterator
@@ -36,6 +37,7 @@ from trackingbms.server.schemas import (
 from trackingbms.server.store import DeviceRef, Store, TenantStore, UserRef, now_ms
 
 router = APIRouter(prefix="/api/v1")
+log = logging.getLogger("trackingbms.server.ingest")
 
 device_bearer = HTTPBearer(
     auto_error=False,
@@ -183,6 +185,21 @@ async def ingest(request: Request, device: Annotated[DeviceRef, Depends(device_a
         raise HTTPException(413, f"at most {settings.max_batch_samples} samples per batch, got {len(batch)}")
     received = now_ms()
     res = await app.state.store.ingest(device, batch, received)
+    if res.rejected:
+        log.info(
+            "device %s: %d of %d samples rejected, first: %s",
+            device.name,
+            len(res.rejected),
+            len(batch),
+            res.rejected[0]["error"],
+            extra={
+                "device": device.name,
+                "tenant": device.tenant_id,
+                "accepted": res.accepted,
+                "duplicates": res.duplicates,
+                "rejected": len(res.rejected),
+            },
+        )
     hub = app.state.hub
     for bid, sample in res.latest.items():
         hub.publish(
