@@ -306,3 +306,27 @@ def test_missing_schedule_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_bad_pack_config_is_a_clear_error(kwargs: dict, words: str) -> None:
     with pytest.raises(SimConfigError, match=words):
         PackConfig(**kwargs)
+
+
+def test_bundled_example_schedules_load_by_name() -> None:
+    day = make_pack(scenario="schedule", schedule=Path("workshop-day"))
+    day.advance(8 * 3600)  # 08:00: tools running
+    assert day.truth()["current_a"] == -35.0
+    day.advance(24 * 3600)  # repeats every 24 h
+    assert day.truth()["current_a"] == -35.0
+    pulse = make_pack(scenario="schedule", schedule=Path("pulse-test.csv"))
+    pulse.advance(630)
+    assert pulse.truth()["current_a"] == -50.0
+    with pytest.raises(SimConfigError, match="bundled examples: pulse-test, workshop-day"):
+        make_pack(scenario="schedule", schedule=Path("no-such-day"))
+
+
+def test_schedule_period_must_cover_the_steps(tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text(
+        "repeat = true\nperiod_s = 50\n"
+        "[[step]]\nat_s = 0\ncurrent_a = 1\n"
+        "[[step]]\nat_s = 60\ncurrent_a = 2\n"
+    )
+    with pytest.raises(SimConfigError, match="period_s"):
+        make_pack(scenario="schedule", schedule=path)

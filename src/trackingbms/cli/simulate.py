@@ -37,7 +37,8 @@ def simulate(
         ),
     ] = "idle",
     schedule: Annotated[
-        Path | None, typer.Option(help="Schedule file (.toml or .csv) for --scenario schedule.")
+        Path | None,
+        typer.Option(help="Schedule (.toml or .csv file, or a bundled one: workshop-day, pulse-test)."),
     ] = None,
     current: Annotated[float, typer.Option(help="Current (A, + = charging) for --scenario constant.")] = 0.0,
     speed: Annotated[float, typer.Option(help="Simulated seconds per real second.")] = 1.0,

@@ -120,11 +120,34 @@ class EbikeRide:
         return 0.0, self.ambient_c
 
 
+#: example schedules shipped with the package (``--schedule workshop-day`` finds them by name)
+BUNDLED_DIR = Path(__file__).parent
+
+
+def bundled_schedules() -> list[str]:
+    return sorted(p.stem for p in BUNDLED_DIR.iterdir() if p.suffix in (".toml", ".csv"))
+
+
+def resolve_schedule(path: str | Path) -> Path:
+    """A schedule path as given, or the name of a bundled example (with or without its suffix)."""
+    path = Path(path)
+    if path.exists() or path.parent != Path("."):
+        return path
+    for candidate in (
+        BUNDLED_DIR / path.name,
+        BUNDLED_DIR / f"{path.name}.toml",
+        BUNDLED_DIR / f"{path.name}.csv",
+    ):
+        if candidate.is_file():
+            return candidate
+    raise SimConfigError(f"no schedule file {path} (bundled examples: {', '.join(bundled_schedules())})")
+
+
 class Schedule:
     """Steps of (at_s, current_a[, ambient_c]); each holds until the next. ``repeat`` loops the schedule.
 
-    TOML: ``repeat = true`` then ``[[step]]`` tables with ``at_s``, ``current_a``, optional ``ambient_c``.
-    CSV: a header with ``at_s`` (or ``t_s``), ``current_a`` and optional ``ambient_c``.
+    TOML: ``repeat = true`` (optional ``period_s``) then ``[[step]]`` tables with ``at_s``, ``current_a``,
+    optional ``ambient_c``. CSV: a header with ``at_s`` (or ``t_s``), ``current_a``, optional ``ambient_c``.
     """
 
     def __init__(self, steps: list[tuple[float, float, float]], repeat: bool, period_s: float) -> None:
@@ -133,7 +156,8 @@ class Schedule:
 
     @classmethod
     def load(cls, path: Path, ambient_c: float) -> Schedule:
-        path = Path(path)
+        path = resolve_schedule(path)
+        period: float | None = None
         try:
             text = path.read_text()
         except OSError as exc:
@@ -144,6 +168,7 @@ class Schedule:
             if path.suffix.lower() == ".toml":
                 data = tomllib.loads(text)
                 repeat = bool(data.get("repeat", False))
+                period = data.get("period_s")
                 rows = list(data.get("step", []))
             elif path.suffix.lower() == ".csv":
                 rows = list(csv.DictReader(line for line in text.splitlines() if not line.startswith("#")))
@@ -170,8 +195,11 @@ class Schedule:
             raise SimConfigError(f"schedule {path} has no steps")
         if any(b[0] <= a[0] for a, b in itertools.pairwise(steps)) or steps[0][0] < 0:
             raise SimConfigError(f"schedule {path}: at_s must start >= 0 and increase strictly")
-        period = steps[-1][0] + (steps[-1][0] - steps[-2][0] if len(steps) > 1 else 3600.0)
-        return cls(steps, repeat, period)
+        if period is None:
+            period = steps[-1][0] + (steps[-1][0] - steps[-2][0] if len(steps) > 1 else 3600.0)
+        elif not isinstance(period, int | float) or period <= steps[-1][0]:
+            raise SimConfigError(f"schedule {path}: period_s must be a number beyond the last step's at_s")
+        return cls(steps, repeat, float(period))
 
     def demand(self, t_s: float, view: PackView) -> tuple[float, float]:
         if self.repeat:
