@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -132,3 +134,25 @@ def test_noise_that_checks_out_with_a_foreign_address_does_not_eat_a_reply() -> 
     parser = A5Parser(board=1)
     got = parser.feed(b"\xa5" + real) + parser.flush()
     assert got == [Frame.from_bytes(real)]
+
+
+BROKEN_BURST = bytes.fromhex(
+    "a5019508010d290d330d329089a5019508020d2f0d2e0d33908ca5019508030d330d330d339096"
+    "a5019508040d330d320d2f9092a5019508050d300d34a5019508060d320d340d319097a5019008021c000076560286b0"
+)
+
+
+@settings(deadline=None)
+@given(st.lists(st.integers(1, len(BROKEN_BURST)), max_size=12), st.binary(max_size=20))
+def test_dbus_serialbattery_165_burst_whatever_the_chunking(cuts: list[int], noise: bytes) -> None:
+    """The real broken burst (frame 5 lost 4 bytes, a 0x90 reply follows), split anywhere and
+    preceded by line noise: frames 1–4 and 6 of 0x95 and the 0x90 reply always come out."""
+    stream = noise.replace(b"\xa5", b"\x5a") + BROKEN_BURST
+    bounds = sorted({0, len(stream), *(c + len(noise) for c in cuts)})
+    parser = A5Parser(board=1)
+    got: list[Frame] = []
+    for a, b in pairwise(bounds):
+        got += parser.feed(stream[a:b])
+    got += parser.flush()
+    assert [(f.data_id, f.frame_no) for f in got] == [(0x95, n) for n in (1, 2, 3, 4, 6)] + [(0x90, 2)]
+    assert parser.drops["truncated"] == 1
