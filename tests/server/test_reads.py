@@ -378,3 +378,39 @@ async def test_retention_drops_old_raw_samples_of_that_tenant_only(world: World)
         ).json()
     assert h["t"][0] < datetime.now(UTC).timestamp() - 2 * 86400
     assert await p.set_retention(world.database_url, "acme", 0) == {"tenant": "acme", "retention_days": None}
+
+
+async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: World) -> None:
+    """Driven by the OpenAPI document, so a new endpoint is covered the day it appears."""
+    a, b = world.a, world.b
+    await p.provision_device(world.database_url, "globex", "gw-globex")
+    await _ingest(world, b.device, [sample(b.batteries[0], 1, voltage_v=77.7)])
+    async with httpx.AsyncClient(base_url=world.base_url) as c:
+        doc = (await c.get("/openapi.json")).json()
+    public = {"/api/v1/auth/login", "/healthz"}
+    ids = {"battery_id": b.batteries[0], "device_id": "gw-globex"}
+    checked = 0
+    for path, ops in doc["paths"].items():
+        if not path.startswith("/api/") or path in public:
+            continue
+        url = path.format(**ids)
+        for method in ops:
+            body = {} if method in ("post", "put") else None
+            async with client(world.base_url) as c:
+                r = await c.request(method, url, json=body)
+                assert r.status_code == 401, (method, path, r.status_code)
+            if "{" not in path:
+                continue
+            ghost_url = path.format(battery_id="no-such-pack", device_id="no-such-gw")
+            for token in (a.admin, a.viewer, a.device):
+                async with client(world.base_url, token) as c:
+                    r = await c.request(method, url, json=body)
+                    ghost = await c.request(method, ghost_url, json=body)
+                assert r.status_code in (401, 403, 404), (method, path, r.status_code)
+                # another tenant's id answers exactly like an id that exists nowhere
+                seen = r.text.replace(ids["battery_id"], "X").replace(ids["device_id"], "X")
+                assert r.status_code == ghost.status_code
+                assert seen == ghost.text.replace("no-such-pack", "X").replace("no-such-gw", "X")
+                assert "77.7" not in r.text
+                checked += 1
+    assert checked >= 15
