@@ -218,6 +218,10 @@ def test_ageing_knobs_show_in_the_truth() -> None:
     fresh = make_pack(seed=9).truth()
     aged = make_pack(seed=9, capacity_fade_pct=20, resistance_growth_pct=50).truth()
     assert aged["capacity_ah"] == pytest.approx(fresh["capacity_ah"] * 0.8, rel=1e-3)
+    assert aged["soh_pct"] == pytest.approx(fresh["soh_pct"] * 0.8, rel=1e-3)
+    assert aged["resistance_mohm"] == pytest.approx(
+        sum(c["resistance_mohm"] for c in aged["cells"]), rel=1e-3
+    )
     for f, a in zip(fresh["cells"], aged["cells"], strict=True):
         assert a["resistance0_mohm"] == pytest.approx(f["resistance0_mohm"] * 1.5, rel=1e-3)
 

@@ -413,6 +413,9 @@ class Battery:
             "bms_soc_pct": round(self.bms_soc_pct, 3),
             "capacity_ah": round(min(self.cell_capacity_ah(c) for c in self.cells), 4),
             "rated_capacity_ah": self.rated_ah,
+            # state of health as an estimator should find it: the weakest cell limits the pack
+            "soh_pct": round(100 * min(self.cell_capacity_ah(c) for c in self.cells) / self.rated_ah, 3),
+            "resistance_mohm": round(sum(self.cell_r_mohm(c) for c in self.cells), 5),
             "current_a": round(self.current_a, 4),
             "requested_current_a": round(self.requested_a, 4),
             "measured_current_a": round(self.measured_current_a(), 4),
