@@ -144,3 +144,14 @@ async def test_board_number_on_a_shared_bus() -> None:
 def test_board_number_is_checked() -> None:
     with pytest.raises(ValueError):
         DalyBMS(None, board=0)  # type: ignore[arg-type]
+
+
+async def test_info_reads_identity_and_thresholds() -> None:
+    async with served(make_pack(cells=8, sensors=1)) as bms:
+        info = await bms.info()
+    assert "errors" not in info
+    assert info["rated_capacity_ah"] == 100.0
+    assert info["cells_per_board"][0] == 8
+    assert isinstance(info["serial"], str) and info["serial"]
+    assert info["software_version"] and info["hardware_version"]
+    assert info["cell_high_l2_mv"] > info["cell_high_l1_mv"] > info["cell_low_l1_mv"] > info["cell_low_l2_mv"]

@@ -334,6 +334,23 @@ class DalyBMS:
     async def faults(self) -> Faults:
         return await self.query(0x98)  # type: ignore[return-value]
 
+    async def info(self) -> dict[str, object]:
+        """Identity and settings: rated capacity, board layout, battery info, serial, firmware and
+        hardware versions, RTC and the alarm thresholds (0x50–0x63). What a unit does not answer is
+        left out (many firmwares lack some of these undocumented reads); errors are under "errors"."""
+        out: dict[str, object] = {}
+        errors: dict[str, str] = {}
+        for data_id in (0x50, 0x51, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F):
+            try:
+                out.update((await self.query(data_id)).fields())
+            except BmsError as exc:
+                errors[f"0x{data_id:02X}"] = str(exc)
+        for key in ("frames", "missing_frames"):
+            out.pop(key, None)
+        if errors:
+            out["errors"] = errors
+        return out
+
     async def snapshot(self, commands: Collection[str] | None = None) -> Reading:
         """One reading from the named commands (None = all). A failed command leaves its fields absent
         and its reason in ``Reading.errors`` (``{"0x95": "..."}``). If the BMS does not answer at all,
