@@ -38,6 +38,9 @@ INVERT_OPT = typer.Option(
 )
 BAUD_OPT = typer.Option(9600, "--baud", help="serial baud rate")
 RETRIES_OPT = typer.Option(2, "--retries", min=0, help="retries per command")
+TURNAROUND_OPT = typer.Option(
+    0.2, "--turnaround", min=0.0, help="seconds the BMS may take to start answering (raise for slow bridges)"
+)
 
 
 def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
@@ -45,13 +48,21 @@ def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
     return typer.Exit(code)
 
 
-async def _connect(port: str, address: str, board: int, invert: bool, baud: int, retries: int) -> DalyBMS:
+async def _connect(
+    port: str, address: str, board: int, invert: bool, baud: int, retries: int, turnaround_s: float = 0.2
+) -> DalyBMS:
     from trackingbms.bms import DalyBMS
     from trackingbms.links import open_link
 
     link = await open_link(port, baud=baud)
     return DalyBMS(
-        link, address=_parse_address(address), board=board, invert_current=invert, baud=baud, retries=retries
+        link,
+        address=_parse_address(address),
+        board=board,
+        invert_current=invert,
+        baud=baud,
+        retries=retries,
+        turnaround_s=turnaround_s,
     )
 
 
@@ -159,6 +170,7 @@ def read(
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,
+    turnaround: float = TURNAROUND_OPT,
 ) -> None:
     """One full reading of a Daly BMS: pack, cells, temperatures, MOSFETs, balancing, faults.
 
@@ -166,7 +178,7 @@ def read(
     """
 
     async def go() -> tuple[Reading, dict[str, Any]]:
-        bms = await _connect(port, address, board, invert_current, baud, retries)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
         try:
             return await bms.snapshot(), bms.stats.as_dict()
         finally:
@@ -193,6 +205,7 @@ def watch(
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,
+    turnaround: float = TURNAROUND_OPT,
 ) -> None:
     """Live view of a Daly BMS, refreshing until Ctrl-C."""
     import asyncio
@@ -206,7 +219,7 @@ def watch(
     console = Console()
 
     async def go() -> None:
-        bms = await _connect(port, address, board, invert_current, baud, retries)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
 
         async def once() -> Any:
             try:
@@ -256,6 +269,7 @@ def set_cmd(
     board: int = BOARD_OPT,
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,
+    turnaround: float = TURNAROUND_OPT,
 ) -> None:
     """Guarded writes: switch the charge / discharge MOSFET, set the SOC; shows the state read back."""
     chg = _on_off(charge_mos, "--charge-mos")
@@ -273,7 +287,7 @@ def set_cmd(
         raise _err("cancelled, nothing written", EXIT_BMS)
 
     async def go() -> Reading:
-        bms = await _connect(port, address, board, False, baud, retries)
+        bms = await _connect(port, address, board, False, baud, retries, turnaround)
         try:
             if chg is not None:
                 await bms.set_charge_mos(chg)
