@@ -311,3 +311,8 @@ async def test_truth_over_http_and_as_a_file(tmp_path: Path) -> None:
     path = tmp_path / "truth.json"
     write_truth_file(packs, path)
     assert set(json.loads(path.read_text())["packs"]) == {"a", "b"}
+
+
+async def test_pty_link_in_a_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(OSError, match=r"cannot create link .*/missing/daly: no such file or directory"):
+        await serve_pty(make_pack(), link=tmp_path / "missing" / "daly")

@@ -201,13 +201,18 @@ async def serve_pty(packs: Packs, link: str | os.PathLike[str] | None = None) ->
     link_path: Path | None = None
     if link is not None:
         link_path = Path(link)
-        if link_path.is_symlink():
-            link_path.unlink()
-        elif link_path.exists():
+        try:
+            if link_path.is_symlink():
+                link_path.unlink()
+            elif link_path.exists():
+                raise FileExistsError(f"{link_path} exists and is not a symlink; not replacing it")
+            link_path.symlink_to(tty_path)
+        except OSError as exc:
             os.close(master)
             os.close(slave)
-            raise FileExistsError(f"{link_path} exists and is not a symlink; not replacing it")
-        link_path.symlink_to(tty_path)
+            if isinstance(exc, FileExistsError) and exc.errno is None:
+                raise
+            raise OSError(f"cannot create link {link_path}: {(exc.strerror or str(exc)).lower()}") from None
     endpoint = PtyEndpoint(bus, master, slave, tty_path, link_path)
     asyncio.get_running_loop().add_reader(master, endpoint._readable)
     return endpoint
