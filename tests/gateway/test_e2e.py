@@ -210,7 +210,7 @@ def test_disk_budget_policy_applied_and_reported(tmp_path, server, packs, gatewa
             tmp_path / "gw-state",
             [{"name": "wifi", "url": srv.url}],
             bms_entries(sims, 0.1, cadences_s={"cells": 0, "mos": 0, "temps": 0}),
-            disk_budget_mb=0.25,
+            disk_budget_mb=0.07,
         )
     )
     gw.start()
