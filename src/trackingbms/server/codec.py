@@ -118,6 +118,20 @@ def _int(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
     return v
 
 
+def _range(key: str, v: Any, scale: int, lo: int, hi: int) -> SampleError:
+    return SampleError(f"{key}: {v} is out of range ({lo / scale} to {hi / scale})")
+
+
+_SCALAR_FMT = ((B_VOLT, "I"), (B_CURR, "i"), (B_SOC, "H"), (B_REM, "I"), (B_CYC, "H"), (B_STATE, "B"))
+_SCALARS: dict[int, struct.Struct] = {}
+
+
+def _scalar_struct(mask: int) -> struct.Struct:
+    fmt = "<" + "".join(f for bit, f in _SCALAR_FMT if mask & bit) + ("B" if mask & 0x3C0 else "")
+    st = _SCALARS[mask] = struct.Struct(fmt)
+    return st
+
+
 _CELLS_COMPACT: dict[int, struct.Struct] = {}
 _CELLS_RAW: dict[int, struct.Struct] = {}
 _TEMPS: dict[int, struct.Struct] = {}
@@ -130,12 +144,13 @@ def _cached(cache: dict[int, struct.Struct], n: int, fmt: str) -> struct.Struct:
     return st
 
 
-def _pack_cells(cells: Any) -> bytes:
+def _pack_cells(cells: Any) -> tuple[bytes, int | None, int | None]:
+    """Packed cells and their (min, max) in mV."""
     if type(cells) is not list or len(cells) > 255:
         raise SampleError("cells_mv: must be a list of at most 255 integers")
     n = len(cells)
     if n == 0:
-        return b"\x00\x00"
+        return b"\x00\x00", None, None
     # fast path: C-level checks; the slow loop below only runs to name the bad element
     if _INT_ONLY.issuperset(map(type, cells)):
         lo = min(cells)
@@ -144,27 +159,32 @@ def _pack_cells(cells: Any) -> bytes:
             first = cells[0]
             if hi - first <= 127 and first - lo <= 128:
                 st = _CELLS_COMPACT.get(n) or _cached(_CELLS_COMPACT, n, f"<BBH{n - 1}b")
-                return st.pack(n, 0, first, *[c - first for c in cells[1:]])
+                return st.pack(n, 0, first, *[c - first for c in cells[1:]]), lo, hi
             st = _CELLS_RAW.get(n) or _cached(_CELLS_RAW, n, f"<BB{n}H")
-            return st.pack(n, 1, *cells)
+            return st.pack(n, 1, *cells), lo, hi
     for i, c in enumerate(cells):
         if type(c) is not int or c < 0 or c > 65535:
             raise SampleError(f"cells_mv.{i}: must be an integer 0 to 65535")
     raise SampleError("cells_mv: invalid")  # pragma: no cover
 
 
-def _pack_temps(temps: Any) -> bytes:
+def _pack_temps(temps: Any) -> tuple[bytes, float | None, float | None]:
+    """Packed temperatures and their (min, max) in °C at the stored resolution."""
     if type(temps) is not list or len(temps) > 255:
         raise SampleError("temps_c: must be a list of at most 255 numbers")
     n = len(temps)
+    if n == 0:
+        return b"\x00", None, None
     if _NUMBER_TYPES.issuperset(map(type, temps)):
         try:
             vals = [round(t * 10) for t in temps]
         except (OverflowError, ValueError):
             vals = None
-        if vals is not None and (n == 0 or (min(vals) >= -32768 and max(vals) <= 32767)):
-            st = _TEMPS.get(n) or _cached(_TEMPS, n, f"<B{n}h")
-            return st.pack(n, *vals)
+        if vals is not None:
+            lo, hi = min(vals), max(vals)
+            if lo >= -32768 and hi <= 32767:
+                st = _TEMPS.get(n) or _cached(_TEMPS, n, f"<B{n}h")
+                return st.pack(n, *vals), lo / 10, hi / 10
     for i, t in enumerate(temps):
         if type(t) not in _NUMBER or not math.isfinite(t) or not -3276.8 <= t <= 3276.7:
             raise SampleError(f"temps_c.{i}: must be a number from -3276.8 to 3276.7")
@@ -204,88 +224,138 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     if ts_ms < MIN_TS_MS or ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
         raise SampleError(f"ts: {d['ts']} is out of range (after 2000, at most a day ahead of the server)")
 
-    mask = 0
-    parts: list[bytes] = []
     g = d.get
-    src = g("source")
-    via = g("via")
+    mask = 0
     sv = 0
+    src = g("source")
     if src is not None:
-        c = _SOURCE_CODE.get(src) if isinstance(src, str) else None
+        c = _SOURCE_CODE.get(src) if type(src) is str else None
         if c is None:
             raise SampleError(f"source: must be one of {', '.join(SOURCES)}")
         sv = c
+    via = g("via")
     if via is not None:
-        c = _VIA_CODE.get(via) if isinstance(via, str) else None
+        c = _VIA_CODE.get(via) if type(via) is str else None
         if c is None:
             raise SampleError(f"via: must be one of {', '.join(VIAS)}")
         sv |= c << 4
+
+    # scalars, inlined (this runs for every sample of every batch); one struct for all of them
+    vals: list[int] = []
     volt = curr = soc = None
-    if g("voltage_v") is not None:
-        mask |= B_VOLT
-        volt = _num(d, "voltage_v", 1000, 0, 2**32 - 1)
-        parts.append(_U32.pack(volt))
-    if g("current_a") is not None:
-        mask |= B_CURR
-        curr = _num(d, "current_a", 1000, -(2**31), 2**31 - 1)
-        parts.append(_I32.pack(curr))
-    if g("soc_pct") is not None:
-        mask |= B_SOC
-        soc = _num(d, "soc_pct", 100, 0, 65535)
-        parts.append(_U16.pack(soc))
-    if g("remaining_ah") is not None:
-        mask |= B_REM
-        parts.append(_U32.pack(_num(d, "remaining_ah", 1000, 0, 2**32 - 1)))
-    if g("cycles") is not None:
+    key = "voltage_v"
+    try:
+        v = g("voltage_v")
+        if v is not None:
+            if type(v) not in _NUMBER:
+                raise SampleError("voltage_v: must be a number")
+            volt = round(v * 1000)
+            if not 0 <= volt <= 4294967295:
+                raise _range("voltage_v", v, 1000, 0, 4294967295)
+            mask = B_VOLT
+            vals.append(volt)
+        key = "current_a"
+        v = g("current_a")
+        if v is not None:
+            if type(v) not in _NUMBER:
+                raise SampleError("current_a: must be a number")
+            curr = round(v * 1000)
+            if not -2147483648 <= curr <= 2147483647:
+                raise _range("current_a", v, 1000, -2147483648, 2147483647)
+            mask |= B_CURR
+            vals.append(curr)
+        key = "soc_pct"
+        v = g("soc_pct")
+        if v is not None:
+            if type(v) not in _NUMBER:
+                raise SampleError("soc_pct: must be a number")
+            soc = round(v * 100)
+            if not 0 <= soc <= 65535:
+                raise _range("soc_pct", v, 100, 0, 65535)
+            mask |= B_SOC
+            vals.append(soc)
+        key = "remaining_ah"
+        v = g("remaining_ah")
+        if v is not None:
+            if type(v) not in _NUMBER:
+                raise SampleError("remaining_ah: must be a number")
+            x = round(v * 1000)
+            if not 0 <= x <= 4294967295:
+                raise _range("remaining_ah", v, 1000, 0, 4294967295)
+            mask |= B_REM
+            vals.append(x)
+    except SampleError:
+        raise
+    except (OverflowError, ValueError):  # inf / nan
+        raise SampleError(f"{key}: must be finite") from None
+    v = g("cycles")
+    if v is not None:
         mask |= B_CYC
-        parts.append(_U16.pack(_int(d, "cycles", 0, 65535)))
+        vals.append(_int(d, "cycles", 0, 65535))
     st = g("state")
     if st is not None:
-        c = _STATE_CODE.get(st) if isinstance(st, str) else None
+        c = _STATE_CODE.get(st) if type(st) is str else None
         if c is None:
             raise SampleError(f"state: must be one of {', '.join(STATES)}")
         mask |= B_STATE
-        parts.append(_U8.pack(c))
+        vals.append(c)
     flags = 0
-    for i, key in enumerate(_BOOLS):
-        v = g(key)
+    for i, bkey in enumerate(_BOOLS):
+        v = g(bkey)
         if v is not None:
             if type(v) is not bool:
-                raise SampleError(f"{key}: must be true or false")
+                raise SampleError(f"{bkey}: must be true or false")
             mask |= _BOOL_BITS[i]
             if v:
                 flags |= 1 << i
     if mask & 0x3C0:
-        parts.append(_U8.pack(flags))
+        vals.append(flags)
+    scalar = _SCALARS.get(mask)
+    if scalar is None:
+        scalar = _scalar_struct(mask)
+    parts = [scalar.pack(*vals)]
+
+    cmin = cmax = cdelta = tmax = tmin = None
     cells = g("cells_mv")
     if cells is not None:
         mask |= B_CELLS
-        parts.append(_pack_cells(cells))
+        packed, cmin, cmax = _pack_cells(cells)
+        parts.append(packed)
+        if cmin is not None:
+            cdelta = cmax - cmin
     temps = g("temps_c")
     if temps is not None:
         mask |= B_TEMPS
-        parts.append(_pack_temps(temps))
+        packed, tmin, tmax = _pack_temps(temps)
+        parts.append(packed)
     bal = g("balancing")
     if bal is not None:
         if type(bal) is not list or len(bal) > 255:
             raise SampleError("balancing: must be a list of cell numbers")
-        for i, c in enumerate(bal):
-            if type(c) is not int or c < 1 or c > 255:
-                raise SampleError(f"balancing.{i}: must be a cell number 1 to 255")
+        if bal:
+            if not (_INT_ONLY.issuperset(map(type, bal)) and min(bal) >= 1 and max(bal) <= 255):
+                for i, c in enumerate(bal):
+                    if type(c) is not int or c < 1 or c > 255:
+                        raise SampleError(f"balancing.{i}: must be a cell number 1 to 255")
+            parts.append(bytes((len(bal), *bal)))
+        else:
+            parts.append(b"\x00")
         mask |= B_BAL
-        parts.append(struct.pack(f"<B{len(bal)}B", len(bal), *bal))
     faults = g("faults")
     if faults is not None:
         if type(faults) is not list:
             raise SampleError("faults: must be a list of fault names")
-        for i, f in enumerate(faults):
-            if not isinstance(f, str) or not f or "," in f:
-                raise SampleError(f"faults.{i}: must be a fault name")
-        raw = ",".join(faults).encode()
-        if len(raw) > 255 or (faults and not raw):
-            raise SampleError("faults: too long")
+        if faults:
+            for i, f in enumerate(faults):
+                if type(f) is not str or not f or "," in f:
+                    raise SampleError(f"faults.{i}: must be a fault name")
+            raw = ",".join(faults).encode()
+            if len(raw) > 255:
+                raise SampleError("faults: too long")
+            parts.append(_U8.pack(len(raw)) + raw)
+        else:
+            parts.append(b"\x00")
         mask |= B_FAULTS
-        parts.append(_U8.pack(len(raw)) + raw)
     if g("fault_code") is not None:
         mask |= B_FCODE
         parts.append(_U8.pack(_int(d, "fault_code", 0, 255)))
@@ -300,20 +370,14 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
             raise SampleError("errors: too long")
         mask |= B_ERRORS
         parts.append(_U16.pack(len(raw)) + raw)
-    # the figures the history view aggregates (same values a decoded row gives, see SERIES)
-    v = volt / 1000 if volt is not None else None
-    i = curr / 1000 if curr is not None else None
-    cmin = cmax = cdelta = tmax = tmin = None
-    if cells:
-        cmin, cmax = min(cells), max(cells)
-        cdelta = cmax - cmin
-    if temps:
-        tmin, tmax = round(min(temps) * 10) / 10, round(max(temps) * 10) / 10
+    # the figures the history view aggregates (the values a decoded row gives, see SERIES)
+    vv = volt / 1000 if volt is not None else None
+    ii = curr / 1000 if curr is not None else None
     stats = (
-        v,
-        i,
+        vv,
+        ii,
         soc / 100 if soc is not None else None,
-        round(v * i, 3) if v is not None and i is not None else None,
+        round(vv * ii, 3) if vv is not None and ii is not None else None,
         cmin,
         cmax,
         cdelta,
