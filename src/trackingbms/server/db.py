@@ -240,15 +240,24 @@ def _alembic_config(connection: Any) -> Any:
 async def migrate(engine: AsyncEngine) -> None:
     """Bring the schema to the newest migration (Alembic), on either backend."""
     from alembic import command
+    from sqlalchemy.exc import OperationalError
 
     def run(sync_conn: Any) -> None:
         command.upgrade(_alembic_config(sync_conn), "head")
 
-    async with engine.begin() as conn:
-        if engine.dialect.name == "postgresql":
-            # several servers starting at once against one database: one migrates, the others wait
-            await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7350001)")
-        await conn.run_sync(run)
+    for attempt in range(5):
+        try:
+            async with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    # several servers starting at once against one database: one migrates, the others wait
+                    await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7350001)")
+                await conn.run_sync(run)
+            return
+        except OperationalError:
+            # SQLite: another process migrated the same file at the same moment; look again
+            if engine.dialect.name != "sqlite" or attempt == 4:
+                raise
+            await asyncio.sleep(0.2 * (attempt + 1))
 
 
 def migrate_url(url: str) -> None:
