@@ -1,4 +1,4 @@
-"""Simulator benchmark: ``python -m trackingbms.sim.bench`` prints JSON.
+"""Simulator benchmark: ``python bench/sim.py --json`` prints JSON.
 
 physics: wall time to simulate a 24 h solar day (16S, default 5 s steps) and the resulting speed-up;
 responder: sans-I/O replies per second; tcp: request → complete reply over a real socket at 9600 baud
