@@ -16,7 +16,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, func, insert, or_, select, update
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    LargeBinary,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -319,23 +331,24 @@ class Store:
                         cur[4] = max(cur[4], n_temps)
                 if rollups:
                     await self._upsert_rollups(conn, rollups)
-                b = batteries.c
-                for bid, (ts, seq, data, n_cells, n_temps) in newest.items():
-                    newer = or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts)
-                    # one statement per battery: arrival figures always, "latest" only if this one is newer
+                if newest:
+                    # one executemany for the batch: arrival figures always, "latest" only if newer
                     await conn.execute(
-                        update(batteries)
-                        .where(b.id == assigned[bid][1])
-                        .values(
-                            last_received_ms=t_now,
-                            received_ts_ms=ts,
-                            cell_count=case((b.cell_count < n_cells, n_cells), else_=b.cell_count),
-                            temp_count=case((b.temp_count < n_temps, n_temps), else_=b.temp_count),
-                            last_seq=case((newer, seq), else_=b.last_seq),
-                            last_data=case((newer, data), else_=b.last_data),
-                            last_ts_ms=case((newer, ts), else_=b.last_ts_ms),
-                        )
+                        _BATTERY_SEEN,
+                        [
+                            {
+                                "b_id": assigned[bid][1],
+                                "t_now": t_now,
+                                "b_ts": ts,
+                                "b_seq": seq,
+                                "b_data": data,
+                                "n_cells": n_cells,
+                                "n_temps": n_temps,
+                            }
+                            for bid, (ts, seq, data, n_cells, n_temps) in newest.items()
+                        ],
                     )
+                for bid, (ts, seq, data, _, _) in newest.items():
                     res.latest[bid] = codec.to_sample(bid, seq, ts, data)
             res.rejected.sort(key=lambda r: r["index"])
             await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
@@ -536,6 +549,30 @@ class Store:
                     )
                 ).scalar()
             )
+
+
+def _battery_seen() -> Any:
+    b = batteries.c
+    ts = bindparam("b_ts", type_=BigInteger)
+    n_cells = bindparam("n_cells", type_=Integer)
+    n_temps = bindparam("n_temps", type_=Integer)
+    newer = or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts)
+    return (
+        update(batteries)
+        .where(b.id == bindparam("b_id"))
+        .values(
+            last_received_ms=bindparam("t_now", type_=BigInteger),
+            received_ts_ms=ts,
+            cell_count=case((b.cell_count < n_cells, n_cells), else_=b.cell_count),
+            temp_count=case((b.temp_count < n_temps, n_temps), else_=b.temp_count),
+            last_seq=case((newer, bindparam("b_seq", type_=BigInteger)), else_=b.last_seq),
+            last_data=case((newer, bindparam("b_data", type_=LargeBinary)), else_=b.last_data),
+            last_ts_ms=case((newer, ts), else_=b.last_ts_ms),
+        )
+    )
+
+
+_BATTERY_SEEN = _battery_seen()
 
 
 def _sqlite_insert_sql(n: int) -> str:
