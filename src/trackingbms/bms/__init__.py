@@ -266,8 +266,9 @@ class DalyBMS:
                         self.stats.consecutive_failures = 0
                         return poll.record()
             except LinkError as exc:
+                # the byte stream itself is gone: not an answer of the BMS; the caller reopens the link
                 self._fail(str(exc))
-                raise BmsNoReply(f"link failed: {exc}", data_id=poll.data_id) from exc
+                raise
             tries = poll.attempts
             if not any_reply:
                 msg = self._no_reply_message(poll.data_id, tries)

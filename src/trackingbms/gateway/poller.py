@@ -123,11 +123,11 @@ class BmsPoller:
                 retries=cfg.retries,
             )
             try:
-                await self._poll_loop(bms, BmsError, (*LINK_LOST, LinkError))
+                await self._poll_loop(bms, BmsError)
             except asyncio.CancelledError:
                 await _close(link)
                 raise
-            except (*LINK_LOST, LinkError) as exc:  # raised by the link, or by the client with it as cause
+            except (*LINK_LOST, LinkError) as exc:  # the byte stream is gone
                 err = f"link lost: {exc.__class__.__name__}: {exc}"
                 if self.state.set_link_state(bid, "disconnected", err):
                     log.warning("%s: %s", bid, err)
@@ -139,9 +139,7 @@ class BmsPoller:
             await asyncio.sleep(_jitter(backoff_s))
             backoff_s = min(backoff_s * 2, cfg.reconnect_max_s)
 
-    async def _poll_loop(
-        self, bms: Any, bms_error: type[Exception], link_lost: tuple[type[BaseException], ...]
-    ) -> None:
+    async def _poll_loop(self, bms: Any, bms_error: type[Exception]) -> None:
         bid = self.cfg.battery_id
         st = self.status
         probe_s = 0.0  # extra wait while asleep (backoff)
@@ -153,9 +151,7 @@ class BmsPoller:
             try:
                 reading = await bms.snapshot(commands)
                 error = None
-            except bms_error as exc:
-                if isinstance(exc.__cause__, link_lost):
-                    raise exc.__cause__ from exc  # the byte stream is gone: reconnect, state "disconnected"
+            except bms_error as exc:  # a LinkError passes through: reconnect, state "disconnected"
                 reading, error = None, f"{exc.__class__.__name__}: {exc}"
             self._update_stats(bms)
             got = reading.measurements() if reading is not None else {}
