@@ -219,6 +219,8 @@ async def test_remote_config_reaches_the_gateway_once(world: World) -> None:
         assert r.json()["config"]["batteries"][a.batteries[0]]["poll_interval_s"] == 2.0
         r = await c.post("/api/v1/ingest", json={"samples": []}, headers={"X-Config-Version": "0"})
         assert r.json()["config"]["heartbeat_interval_s"] == 20
+        r = await c.post("/api/v1/ingest", json={"samples": []}, headers={"X-Config-Version": "1"})
+        assert "config" not in r.json()
         # once the gateway runs version 1, replies stop carrying it
         r = await c.post("/api/v1/heartbeat", json={"version": "0.1.0", "config_version": 1})
         assert r.json() == {"ok": True}

@@ -211,9 +211,12 @@ async def ingest(request: Request, device: Annotated[DeviceRef, Depends(device_a
                 "connectivity": app.state.store.live_connectivity(sample, received),
             },
         )
-    reported = request.headers.get("x-config-version")
+    header = request.headers.get("x-config-version", "")
+    reported = int(header) if header.isdigit() and len(header) < 10 else None
+    if reported is not None and reported != device.reported_config_version:
+        await app.state.store.note_config_version(device, reported)
     reply: dict[str, Any] = {"accepted": res.accepted, "duplicates": res.duplicates, "rejected": res.rejected}
-    cfg = _pending_config(device, int(reported) if reported and reported.isdigit() else None)
+    cfg = _pending_config(device, reported)
     if cfg is not None:
         reply["config"] = cfg
     return json_response(reply)
