@@ -73,6 +73,8 @@ def start_server(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Se
             "database_url": database_url,
             "ingest_burst": 10_000,
             "ingest_rate_per_s": 10_000.0,
+            # generous, so a slow shared machine cannot turn "online" into "link-down" mid-test
+            "online_grace_s": 120.0,
         }
         values.update(overrides)
         s = ServerThread(Settings(**values)).start()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -263,6 +264,26 @@ async def test_csv_export_header_and_rows(world: World) -> None:
     assert rows[2]["soc_pct"] == "" and rows[0]["soc_pct"] == "80.5"
 
 
+async def _heartbeat(w: World, token: str, version: str) -> None:
+    async with client(w.base_url, token) as c:
+        assert (await c.post("/api/v1/heartbeat", json={"version": version})).status_code == 200
+
+
+async def _until_subscribed(w: World, ws: Any) -> None:
+    """The server subscribes just after the handshake: probe with heartbeats until one comes through,
+    then read up to a marker so that nothing of the probing is left in the socket."""
+    while True:
+        await _heartbeat(w, w.a.device2, "probe")
+        try:
+            await asyncio.wait_for(ws.recv(), 1)
+            break
+        except TimeoutError:
+            continue
+    await _heartbeat(w, w.a.device2, "marker")
+    while orjson.loads(await asyncio.wait_for(ws.recv(), 30))["heartbeat"]["version"] != "marker":
+        pass
+
+
 async def test_live_feed_is_tenant_scoped(world: World) -> None:
     a, b = world.a, world.b
     url = world.base_url.replace("http", "ws") + "/api/v1/live"
@@ -270,7 +291,7 @@ async def test_live_feed_is_tenant_scoped(world: World) -> None:
         async with websockets.connect(f"{url}?token=wrong"):
             pass
     async with websockets.connect(f"{url}?token={a.viewer}") as ws:
-        await asyncio.sleep(0.2)  # subscription registered (the handshake completes before)
+        await _until_subscribed(world, ws)
         # the other tenant's traffic first: it must never arrive here
         await _ingest(world, b.device, [sample(b.batteries[0], 1)])
         async with client(world.base_url, b.device) as c:
