@@ -360,8 +360,9 @@ class Store:
         """Insert, skipping rows whose key is already stored; returns the (stream, ts, seq) inserted."""
         if self.sqlite:
             out: set[tuple[int, int, int]] = set()
-            for start in range(0, len(rows), 5000):  # SQLite allows 32,766 parameters per statement
-                chunk = rows[start : start + 5000]
+            # 240 rows x 4 = 960 parameters: under the 999 that SQLite builds before 3.32 allow
+            for start in range(0, len(rows), 240):
+                chunk = rows[start : start + 240]
                 sql = _sqlite_insert_sql(len(chunk))
                 params = tuple(x for r in chunk for x in r)
                 result = await conn.exec_driver_sql(sql, params)
