@@ -124,8 +124,7 @@ def test_admin_commands_then_ingest_then_graceful_stop(database_url: str, tmp_pa
     async def stored() -> int:
         async with p.open_store(url) as store:
             ts = store.tenant(await store.tenant_by_name("acme"))
-            _, _, sids = await ts.export_info("pack-1")
-            return sum([len(page) async for page in ts.export_rows(sids, 0, 2**62)])
+            return sum([len(page) async for page in ts.export_rows("pack-1", 0, 2**62)])
 
     assert asyncio.run(stored()) == 5001
     code, out = admin(url, "revoke-token", dev["token"])

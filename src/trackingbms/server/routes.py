@@ -399,13 +399,13 @@ async def export_csv(battery_id: str, ts: Tenant, from_: FromQ = None, to: ToQ =
     """All samples in the range, oldest first, one row each: cells and temperatures as columns
     (as many as the battery has reported), lists joined with `;`, absent values empty."""
     from_ms, to_ms = _range(from_, to, timedelta(days=7))
-    n_cells, n_temps, sids = await ts.export_info(battery_id)
+    n_cells, n_temps = await ts.export_info(battery_id)
 
     async def rows() -> AsyncIterator[str]:
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(_csv_header(n_cells, n_temps))
-        async for page in ts.export_rows(sids, from_ms, to_ms):
+        async for page in ts.export_rows(battery_id, from_ms, to_ms):
             for ts_ms, seq, data in page:
                 m = codec.unpack(data)
                 cells = m.get("cells_mv") or []

@@ -1023,16 +1023,18 @@ class TenantStore:
             "series": series,
         }
 
-    async def export_info(self, battery_id: str) -> tuple[int, int, list[int]]:
-        """(cell columns, temp columns, stream ids) for an export; raises NotFound before streaming starts."""
+    async def export_info(self, battery_id: str) -> tuple[int, int]:
+        """(cell columns, temp columns) for an export; raises NotFound before streaming starts."""
         async with self.engine.connect() as conn:
-            b, sids = await self._battery_streams(conn, battery_id)
-        return b.cell_count, b.temp_count, sids
+            b, _ = await self._battery_streams(conn, battery_id)
+        return b.cell_count, b.temp_count
 
     async def export_rows(
-        self, sids: list[int], from_ms: int, to_ms: int, page: int = 5000
+        self, battery_id: str, from_ms: int, to_ms: int, page: int = 5000
     ) -> AsyncIterator[list[tuple[int, int, bytes]]]:
         """Pages of (ts_ms, seq, data) in time order, each page its own short query (no long-held cursor)."""
+        async with self.engine.connect() as conn:
+            _, sids = await self._battery_streams(conn, battery_id)
         if not sids:
             return
         s = samples.c
