@@ -6,7 +6,8 @@ import typer
 
 app = typer.Typer(
     name="trackingbms",
-    help="Track fleets of Daly BMS battery packs: read a BMS, simulate packs, run a gateway, a server, a demo.",
+    help="Track fleets of Daly BMS battery packs: read a BMS, simulate packs, run a gateway, a server, "
+    "a demo.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
     add_completion=False,
