@@ -147,6 +147,8 @@ def test_thresholds_and_info_decoders() -> None:
     assert f["rtc"] == "2024-03-05T13:07:09"
     f = decode_payload(0x53, bytes([0, 1, 22, 8, 10, 0, 60, 0])).fields()
     assert f["production_date"] == "2022-08-10"
+    f = decode_payload(0x52, bytes.fromhex("0000012c00000064")).fields()
+    assert f == {"cumulative_charge_ah": 300, "cumulative_discharge_ah": 100}
 
 
 def test_poll_counts_frames_and_merges_retries() -> None:

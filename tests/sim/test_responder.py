@@ -90,6 +90,12 @@ def test_answers_decode_to_the_simulated_state() -> None:
     assert (rated.rated_capacity_ah, rated.nominal_cell_mv) == (100.0, 3200)
     board = decode(pack, 0x51)
     assert (board.boards, board.cells_per_board[0], board.ntc_per_board[0]) == (1, 16, 4)
+    cumulative = decode(pack, 0x52)
+    assert (cumulative.cumulative_charge_ah, cumulative.cumulative_discharge_ah) == (
+        round(truth["charge_ah"]),
+        round(truth["discharge_ah"]),
+    )
+    assert cumulative.cumulative_discharge_ah > 0  # the pack has been discharging
     assert decode(pack, 0x53).battery_type == 0  # LiFePO4
     assert decode(pack, 0x57).serial.startswith("TBMS-LFP-16S100AH")
     assert decode(pack, 0x62).software_version

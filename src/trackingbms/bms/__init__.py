@@ -341,7 +341,8 @@ class DalyBMS:
         left out (many firmwares lack some of these undocumented reads); errors are under "errors"."""
         out: dict[str, object] = {}
         errors: dict[str, str] = {}
-        for data_id in (0x50, 0x51, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F):
+        info_ids = (0x50, 0x51, 0x52, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F)
+        for data_id in info_ids:
             try:
                 out.update((await self.query(data_id)).fields())
             except BmsError as exc:

@@ -159,6 +159,13 @@ class BoardConfig(Record):  # 0x51
 
 
 @dataclass(frozen=True)
+class CumulativeCapacity(Record):  # 0x52
+    # reference §2.3: two u32, unit "probably Ah" (one CAN decode uses factor 1); medium confidence
+    cumulative_charge_ah: int
+    cumulative_discharge_ah: int
+
+
+@dataclass(frozen=True)
 class BatteryInfo(Record):  # 0x53
     operating_mode: int
     battery_type: int
@@ -300,6 +307,11 @@ def decode_rated(p: bytes) -> RatedParams:
 def decode_board_config(p: bytes) -> BoardConfig:
     p = _check(p)
     return BoardConfig(0x51, p[0], list(p[1:4]), list(p[4:7]))
+
+
+def decode_cumulative(p: bytes) -> CumulativeCapacity:
+    p = _check(p)
+    return CumulativeCapacity(0x52, _u32(p, 0), _u32(p, 4))
 
 
 def _date(yy: int, mm: int, dd: int) -> str | None:
@@ -450,6 +462,7 @@ SINGLE_DECODERS: dict[int, Callable[[bytes], Record]] = {
     0x98: decode_faults,
     0x50: decode_rated,
     0x51: decode_board_config,
+    0x52: decode_cumulative,
     0x53: decode_battery_info,
     0x54: decode_firmware_index,
     0x61: decode_rtc,
