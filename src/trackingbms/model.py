@@ -8,19 +8,20 @@ carries it failed: a partial reading stays partial, it is never filled with zero
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
 BATTERY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
-SOURCES = ("a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim")
-VIAS = ("lan", "wifi", "cellular", "mqtt", "phone", "ble")
-STATES = ("idle", "charging", "discharging")
-
+# The order of these values is part of the server's storage format (stored as small codes): append only.
 Source = Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim"]
 Via = Literal["lan", "wifi", "cellular", "mqtt", "phone", "ble"]
 PackState = Literal["idle", "charging", "discharging"]
+
+SOURCES: tuple[str, ...] = get_args(Source)
+VIAS: tuple[str, ...] = get_args(Via)
+STATES: tuple[str, ...] = get_args(PackState)
 
 #: measurement fields, in wire order; everything a reading can carry besides identity and time
 MEASUREMENT_FIELDS: tuple[str, ...] = (
