@@ -127,7 +127,7 @@ class A5Parser:
         self.on_drop = on_drop
         self._buf = bytearray()
         self._consumed = 0  # stream offset of _buf[0], for error messages
-        self.drops: Counter[str] = Counter()
+        self.drops: Counter[str] = Counter(dict.fromkeys(DROP_REASONS, 0))
         self.garbage_bytes = 0
         self.frames_good = 0
 

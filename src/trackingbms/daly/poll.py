@@ -21,7 +21,7 @@ from datetime import datetime
 from trackingbms.daly.a5 import HOST_UART, Frame, encode_request, frame_time_s
 from trackingbms.daly.records import (
     MULTI_FRAME,
-    MultiFrame,
+    DecodeError,
     Record,
     assemble,
     decode_payload,
@@ -207,8 +207,6 @@ class CommandPoll:
         if self.multi:
             return assemble(self.data_id, self._frames.values(), self.count)
         if not self._frames:
-            from trackingbms.daly.records import DecodeError
-
             raise DecodeError(f"no reply frame for 0x{self.data_id:02X}")
         return decode_payload(
             self.data_id,
@@ -217,7 +215,3 @@ class CommandPoll:
             cell_count=self.cell_count,
         )
 
-    def partial_record(self) -> MultiFrame | None:
-        return (
-            assemble(self.data_id, self._frames.values(), self.count) if self.multi and self._frames else None
-        )

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from trackingbms.daly.a5 import A5Parser, DalyError, Frame, is_host_address
-from trackingbms.daly.faults import decode_fault_bits
 from trackingbms.daly.records import (
     KNOWN_IDS,
     MULTI_FRAME,
@@ -187,4 +186,4 @@ def _coalesce(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-__all__ = ["HexError", "Problem", "decode_fault_bits", "decode_hex_stream", "parse_hex"]
+__all__ = ["HexError", "Problem", "decode_hex_stream", "parse_hex"]
