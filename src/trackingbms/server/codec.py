@@ -36,6 +36,31 @@ B_CHG, B_DSG, B_CHARGER, B_LOAD = 64, 128, 256, 512
 B_CELLS, B_TEMPS, B_BAL, B_FAULTS, B_FCODE, B_ERRORS = 1024, 2048, 4096, 8192, 16384, 32768
 _BOOL_BITS = (B_CHG, B_DSG, B_CHARGER, B_LOAD)
 
+#: the measurement fields and their presence bits (what a battery's last known state is made of)
+FIELD_BITS: tuple[tuple[str, int], ...] = (
+    ("voltage_v", B_VOLT),
+    ("current_a", B_CURR),
+    ("soc_pct", B_SOC),
+    ("remaining_ah", B_REM),
+    ("cycles", B_CYC),
+    ("state", B_STATE),
+    ("charge_mos", B_CHG),
+    ("discharge_mos", B_DSG),
+    ("charger_connected", B_CHARGER),
+    ("load_connected", B_LOAD),
+    ("cells_mv", B_CELLS),
+    ("temps_c", B_TEMPS),
+    ("balancing", B_BAL),
+    ("faults", B_FAULTS),
+    ("fault_code", B_FCODE),
+)
+
+
+def presence_mask(data: bytes) -> int:
+    """The presence mask of a packed row (which fields it carries), without unpacking it."""
+    return data[0] | data[1] << 8
+
+
 #: samples older than this are refused (a wrong clock, not a reading); newer than now + skew too
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
 MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000

@@ -123,9 +123,49 @@ batteries = Table(
     Column("last_seq", BigInteger, nullable=True),
     Column("last_ts_ms", BigInteger, nullable=True),
     Column("last_data", LargeBinary, nullable=True),
-    Column("last_received_ms", BigInteger, nullable=True),
+    Column("last_received_ms", BigInteger, nullable=True),  # arrival time: connectivity needs it
     Column("received_ts_ms", BigInteger, nullable=True),  # ts of the newest sample of the last batch
     UniqueConstraint("tenant_id", "battery_id"),
+)
+
+#: the measurement fields of the last known state, with their column types (lists are JSON text)
+STATE_FIELDS: tuple[tuple[str, Any], ...] = (
+    ("voltage_v", Float),
+    ("current_a", Float),
+    ("soc_pct", Float),
+    ("remaining_ah", Float),
+    ("cycles", Integer),
+    ("state", String(16)),
+    ("charge_mos", Boolean),
+    ("discharge_mos", Boolean),
+    ("charger_connected", Boolean),
+    ("load_connected", Boolean),
+    ("cells_mv", Text),
+    ("temps_c", Text),
+    ("balancing", Text),
+    ("faults", Text),
+    ("fault_code", Integer),
+)
+#: the fields of STATE_FIELDS stored as JSON text
+STATE_JSON_FIELDS = frozenset(("cells_mv", "temps_c", "balancing", "faults"))
+
+
+def state_columns() -> list[Column]:
+    """Per field its last known value and the ts (ms) of the sample it came from."""
+    cols: list[Column] = []
+    for name, type_ in STATE_FIELDS:
+        cols.append(Column(name, type_, nullable=True))
+        cols.append(Column(f"{name}_ts", BigInteger, nullable=True))
+    return cols
+
+
+#: per battery the last known value of each measurement field (gateways poll field groups on their own
+#: cadences, so most samples are partial); merged at ingest field by field, only forward in ts
+battery_state = Table(
+    "battery_state",
+    metadata,
+    Column("battery_id", Integer, ForeignKey("batteries.id"), primary_key=True),
+    *state_columns(),
 )
 
 streams = Table(

@@ -225,9 +225,18 @@ FLEET_ITEM_EXAMPLE: dict[str, Any] = {
     "site_name": "depot",
     "device_id": "gw-1",
     "connectivity": "online",
-    "last_seen": "2026-11-24T10:29:26.002Z",
+    "last_seen": "2026-11-24T10:29:25.123Z",
+    "last_received": "2026-11-24T10:29:26.002Z",
     "link_state": "ok",
     "latest": SAMPLE_EXAMPLE,
+    "latest_ts": {
+        **{k: "2026-11-24T10:29:25.123Z" for k in ("voltage_v", "current_a", "soc_pct")},
+        **{
+            k: "2026-11-24T10:29:21.120Z"
+            for k in SAMPLE_EXAMPLE
+            if k not in ("battery_id", "seq", "ts", "source", "via", "voltage_v", "current_a", "soc_pct")
+        },
+    },
     "alarms": [],
     "cell_min_mv": 3324,
     "cell_max_mv": 3327,
@@ -244,10 +253,17 @@ class FleetItem(BaseModel):
     site_name: str
     device_id: str | None
     connectivity: ConnectivityState
-    last_seen: str | None = Field(description="when samples last arrived")
+    last_seen: str | None = Field(description="the newest sample's ts (when the pack was last read)")
+    last_received: str | None = Field(description="when samples last arrived at the server")
     link_state: LinkState | None = Field(description="the gateway's word on the BMS link, from its heartbeat")
-    latest: Sample | None
-    alarms: list[str]
+    latest: Sample | None = Field(
+        description="last known state: each measurement field from the newest sample that carried it; "
+        "seq, ts, source, via and errors are the newest sample's"
+    )
+    latest_ts: dict[str, str] = Field(
+        description="per measurement field in latest, the ts of the sample it comes from (its age)"
+    )
+    alarms: list[str] = Field(description="faults of the newest sample that carried faults")
     cell_min_mv: int | None
     cell_max_mv: int | None
     cell_delta_mv: int | None

@@ -36,7 +36,10 @@ from trackingbms.analytics.cells import cell_stats, power_w
 from trackingbms.analytics.connectivity import connectivity
 from trackingbms.server import codec, security
 from trackingbms.server.db import (
+    STATE_FIELDS,
+    STATE_JSON_FIELDS,
     batteries,
+    battery_state,
     device_tokens,
     devices,
     rollup_1m,
@@ -91,7 +94,8 @@ class IngestResult:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
-    #: newest sample per battery in this batch, for the live feed: battery_id → wire sample
+    #: newest sample per battery in this batch, for the live feed: battery_id → wire sample (left out
+    #: when the battery already had a newer sample stored)
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -118,6 +122,7 @@ class Store:
         self._write_lock = asyncio.Lock()
         self._partitions: set[str] = set()
         self._rollup_stmt: Any = None
+        self._state_stmt: Any = None
         self.default_poll_interval_s = default_poll_interval_s
         self.offline_timeout_s = offline_timeout_s
         self.online_grace_s = online_grace_s
@@ -282,12 +287,13 @@ class Store:
         if not self.sqlite:
             await self._ensure_partitions(min(p[3] for p in parsed), max(p[3] for p in parsed))
         assigned_q = (
-            select(batteries.c.battery_id, streams.c.id, batteries.c.id)
+            select(batteries.c.battery_id, streams.c.id, batteries.c.id, batteries.c.last_ts_ms)
             .join(streams, and_(streams.c.battery_id == batteries.c.id, streams.c.device_id == device.id))
             .where(batteries.c.tenant_id == device.tenant_id, batteries.c.device_id == device.id)
         )
         async with self.write() as conn:
-            assigned = {r[0]: (r[1], r[2]) for r in (await conn.execute(assigned_q)).all()}
+            # battery_id → (stream, battery pk, newest ts stored so far)
+            assigned = {r[0]: (r[1], r[2], r[3]) for r in (await conn.execute(assigned_q)).all()}
             rows: list[tuple[int, int, int, bytes]] = []
             # per row: (batch index, battery_id, wire dict, series values)
             kept: list[tuple[int, str, dict[str, Any], codec.Stats]] = []
@@ -309,7 +315,8 @@ class Store:
                     for k, err in clashes.items():
                         res.rejected.append({"index": kept[k][0], "error": err})
                 res.duplicates = len(rows) - res.accepted - len(clashes)
-                # per battery: [newest ts, its seq, its data, max cells, max temps]
+                # per battery: [newest ts, its seq, its data, max cells, max temps,
+                #               {presence mask: (newest ts, data) of the samples with that mask}]
                 newest: dict[str, list[Any]] = {}
                 rollups: dict[tuple[int, int], list[Any]] = {}
                 for k, (stream, seq, ts, data) in enumerate(rows):
@@ -321,17 +328,25 @@ class Store:
                     bid, d = kept[k][1], kept[k][2]
                     n_cells = len(d.get("cells_mv") or ())
                     n_temps = len(d.get("temps_c") or ())
+                    mask = codec.presence_mask(data)
                     cur = newest.get(bid)
                     if cur is None:
-                        newest[bid] = [ts, seq, data, n_cells, n_temps]
+                        newest[bid] = [ts, seq, data, n_cells, n_temps, {mask: (ts, data)}]
                     else:
                         if ts >= cur[0]:
                             cur[0], cur[1], cur[2] = ts, seq, data
                         cur[3] = max(cur[3], n_cells)
                         cur[4] = max(cur[4], n_temps)
+                        # a batch holds few distinct masks (one per poll cadence mix): cheap to keep
+                        by_mask = cur[5]
+                        prev = by_mask.get(mask)
+                        if prev is None or ts >= prev[0]:
+                            by_mask[mask] = (ts, data)
                 if rollups:
                     await self._upsert_rollups(conn, rollups)
                 if newest:
+                    # in battery order, so that concurrent batches (PostgreSQL) lock rows in one order
+                    order = sorted(newest, key=lambda b: assigned[b][1])
                     # one executemany for the batch: arrival figures always, "latest" only if newer
                     await conn.execute(
                         _BATTERY_SEEN,
@@ -339,16 +354,24 @@ class Store:
                             {
                                 "b_id": assigned[bid][1],
                                 "t_now": t_now,
-                                "b_ts": ts,
-                                "b_seq": seq,
-                                "b_data": data,
-                                "n_cells": n_cells,
-                                "n_temps": n_temps,
+                                "b_ts": newest[bid][0],
+                                "b_seq": newest[bid][1],
+                                "b_data": newest[bid][2],
+                                "n_cells": newest[bid][3],
+                                "n_temps": newest[bid][4],
                             }
-                            for bid, (ts, seq, data, n_cells, n_temps) in newest.items()
+                            for bid in order
                         ],
                     )
-                for bid, (ts, seq, data, _, _) in newest.items():
+                    # the last known state: each field merged in SQL, so concurrent batches cannot race
+                    await conn.execute(
+                        self._state_upsert(),
+                        [_state_row(assigned[bid][1], newest[bid][5]) for bid in order],
+                    )
+                for bid, (ts, seq, data, _, _, _) in newest.items():
+                    stored_ts = assigned[bid][2]
+                    if stored_ts is not None and ts < stored_ts:
+                        continue  # a backfill: live clients would take it for the pack's present state
                     res.latest[bid] = codec.to_sample(bid, seq, ts, data)
             res.rejected.sort(key=lambda r: r["index"])
             await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
@@ -419,6 +442,26 @@ class Store:
             set_[f"{name}_sum"] = func.coalesce(r[f"{name}_sum"], 0.0) + func.coalesce(ex[f"{name}_sum"], 0.0)
         self._rollup_stmt = stmt.on_conflict_do_update(index_elements=["stream_id", "bucket_ms"], set_=set_)
         return self._rollup_stmt
+
+    def _state_upsert(self) -> Any:
+        """Insert a battery's state, or merge it field by field: a field moves only to a value read at
+        the same ts or later (a backfill of old samples never overwrites newer values)."""
+        if self._state_stmt is not None:
+            return self._state_stmt
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = dialect_insert(battery_state)
+        st, ex = battery_state.c, stmt.excluded
+        set_: dict[str, Any] = {}
+        for name, _ in STATE_FIELDS:
+            # NULL when this batch did not carry the field: then the stored value stays
+            newer = ex[f"{name}_ts"] >= func.coalesce(st[f"{name}_ts"], ex[f"{name}_ts"])
+            set_[name] = case((newer, ex[name]), else_=st[name])
+            set_[f"{name}_ts"] = case((newer, ex[f"{name}_ts"]), else_=st[f"{name}_ts"])
+        self._state_stmt = stmt.on_conflict_do_update(index_elements=["battery_id"], set_=set_)
+        return self._state_stmt
 
     async def _clashes(
         self, conn: AsyncConnection, rows: list[tuple[int, int, int, bytes]]
@@ -576,6 +619,32 @@ def _battery_seen() -> Any:
 _BATTERY_SEEN = _battery_seen()
 
 
+def _state_row(battery_pk: int, by_mask: dict[int, tuple[int, bytes]]) -> dict[str, Any]:
+    """A battery's state row from one batch: per field the value of the newest sample carrying it."""
+    best: dict[str, tuple[int, bytes]] = {}
+    for mask, (ts, data) in by_mask.items():
+        for name, bit in codec.FIELD_BITS:
+            if mask & bit:
+                b = best.get(name)
+                if b is None or ts > b[0]:
+                    best[name] = (ts, data)
+    row: dict[str, Any] = {"battery_id": battery_pk}
+    decoded: dict[bytes, dict[str, Any]] = {}  # few distinct samples: unpack each once
+    for name, _ in codec.FIELD_BITS:
+        b = best.get(name)
+        if b is None:
+            row[name] = row[f"{name}_ts"] = None
+            continue
+        ts, data = b
+        fields = decoded.get(data)
+        if fields is None:
+            fields = decoded[data] = codec.unpack(data)
+        v = fields[name]
+        row[name] = orjson.dumps(v).decode() if name in STATE_JSON_FIELDS else v
+        row[f"{name}_ts"] = ts
+    return row
+
+
 def _sqlite_insert_sql(n: int) -> str:
     return (
         "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES "
@@ -625,12 +694,39 @@ def _fleet_query(tenant_id: int) -> Any:
             b.received_ts_ms,
             d.heartbeat_ms,
             d.heartbeat,
+            battery_state.c.battery_id.label("state_battery_id"),
+            *(c for c in battery_state.c if c.name != "battery_id"),
         )
         .join(sites, and_(sites.c.id == b.site_id, sites.c.tenant_id == tenant_id))
         .outerjoin(devices, and_(devices.c.id == b.device_id, devices.c.tenant_id == tenant_id))
+        .outerjoin(battery_state, battery_state.c.battery_id == b.id)
         .where(b.tenant_id == tenant_id)
         .order_by(s.name, b.battery_id)
     )
+
+
+def _last_known(r: Any) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """(latest, latest_ts) of a fleet row: ``seq``, ``ts``, ``source``, ``via`` and ``errors`` of the
+    newest sample, each measurement field its last known value; ``latest_ts`` the ts of each."""
+    if not r.last_data:
+        return None, {}
+    newest = codec.to_sample(r.battery_id, r.last_seq, r.last_ts_ms, r.last_data)
+    if r.state_battery_id is None:
+        # no state row (cannot happen after migration 0003 and an ingest): the newest sample alone
+        ts = newest["ts"]
+        return newest, {name: ts for name, _ in STATE_FIELDS if name in newest}
+    latest = {k: newest[k] for k in ("battery_id", "seq", "ts", "source", "via") if k in newest}
+    latest_ts: dict[str, str] = {}
+    m = r._mapping
+    for name, _ in STATE_FIELDS:
+        v = m[name]
+        if v is None:
+            continue
+        latest[name] = orjson.loads(v) if name in STATE_JSON_FIELDS else v
+        latest_ts[name] = codec.ms_to_ts(m[f"{name}_ts"])
+    if "errors" in newest:  # what the newest sample could not read, and why
+        latest["errors"] = newest["errors"]
+    return latest, latest_ts
 
 
 def _epoch_s(ms: int) -> int | float:
@@ -855,7 +951,7 @@ class TenantStore:
             for b in orjson.loads(r.heartbeat).get("batteries") or ():
                 if b.get("battery_id") == r.battery_id:
                     link_state = b.get("link_state")
-        latest = codec.to_sample(r.battery_id, r.last_seq, r.last_ts_ms, r.last_data) if r.last_data else None
+        latest, latest_ts = _last_known(r)
         lo, hi, delta = cell_stats(latest.get("cells_mv") if latest else None)
         conn_state = connectivity(
             t_now,
@@ -874,9 +970,12 @@ class TenantStore:
             "site_name": r.site_name,
             "device_id": r.device_name,
             "connectivity": conn_state,
-            "last_seen": codec.ms_to_ts(r.last_received_ms) if r.last_received_ms else None,
+            "last_seen": codec.ms_to_ts(r.last_ts_ms) if r.last_ts_ms is not None else None,
+            "last_received": codec.ms_to_ts(r.last_received_ms) if r.last_received_ms else None,
             "link_state": link_state,
             "latest": latest,
+            "latest_ts": latest_ts,
+            # from the newest sample that read the faults: one that did not says nothing about them
             "alarms": list(latest.get("faults") or []) if latest else [],
             "cell_min_mv": lo,
             "cell_max_mv": hi,
