@@ -409,3 +409,42 @@ def test_serial_port_pty(tmp_path, server, packs, gateway) -> None:
     rows = srv.export("pack-1")
     assert rows[-1]["source"] == "a5-uart" and float(rows[-1]["voltage_v"]) > 0
     assert gw.stop() == 0
+
+
+def test_local_state_keeps_every_field_between_full_readings(tmp_path, server, packs, gateway) -> None:
+    """Most polls read only "pack"; the local state must still show the newest cells, temps and faults."""
+    sims = packs(["pack-1"])
+    srv = server(["pack-1"])
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            tmp_path / "gw-state",
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+            bms_entries(sims, 0.2, cadences_s={"cells": 2, "temps": 2, "faults": 2}),
+        )
+    )
+    gw.start()
+    base = gw.local_url
+
+    def latest() -> dict:
+        return gw.state()["batteries"][0]["latest"] or {}
+
+    wait_for("a full reading", lambda: "cells_mv" in latest() and "faults" in latest())
+    seen = []
+    for _ in range(20):  # spans several partial polls between two full readings
+        state = latest()
+        assert len(state["cells_mv"]) == 8 and state["temps_c"] and state["faults"] == [], state
+        seen.append(state)
+        time.sleep(0.15)
+    history = httpx.get(base + "/local/v1/history", params={"limit": 10000}).json()["samples"]
+    by_seq = {s["seq"]: s for s in history}
+    # the polls in between really were partial: without merging, the state would have lost these fields
+    assert any("cells_mv" not in by_seq[s["seq"]] for s in seen if s["seq"] in by_seq)
+    for s in seen:  # ts (and seq) are the newest sample's
+        assert by_seq[s["seq"]]["ts"] == s["ts"]
+    with ws_connect(base.replace("http", "ws") + "/local/v1/live") as ws:
+        event = orjson.loads(ws.recv(timeout=10))
+        while event["type"] != "sample" or "cells_mv" in event["sample"]:
+            event = orjson.loads(ws.recv(timeout=10))
+        assert event["latest"]["seq"] == event["sample"]["seq"] and len(event["latest"]["cells_mv"]) == 8
+    assert gw.stop() == 0

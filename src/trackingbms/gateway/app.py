@@ -50,7 +50,11 @@ class Gateway:
 
     def _on_sample(self, sample: Sample) -> None:
         self.uplinks.notify()
-        self.state.publish({"type": "sample", "battery_id": sample.battery_id, "sample": sample.to_wire()})
+        # "sample" is this sample as taken (maybe partial); "latest" the merged state the page shows
+        latest = self.state.batteries[sample.battery_id].latest
+        self.state.publish(
+            {"type": "sample", "battery_id": sample.battery_id, "sample": sample.to_wire(), "latest": latest}
+        )
 
     async def _housekeeping(self) -> None:
         while True:

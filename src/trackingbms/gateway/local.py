@@ -6,7 +6,11 @@ gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
 - ``GET /`` — the live page (no external assets: works with no internet);
 - ``GET /local/v1/state`` — gateway status and, per battery, link state and the latest sample;
 - ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=`` — samples taken here (sent or not);
-- ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", ...}`` and ``{"type": "link", ...}`` events.
+- ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", "sample": <as taken>, "latest": <merged>}`` and
+  ``{"type": "link", ...}`` events.
+
+``latest`` (in the state and the live events) is merged field by field: the newest value of each field, so
+the partial samples of most polls (no cells, temps or faults) do not blank what the last full one showed.
 
 With ``local_api.token`` set, every route needs ``Authorization: Bearer <token>`` or ``?token=<token>``.
 """
@@ -209,7 +213,8 @@ function connect(){
         `uplink ${g.uplink} · queue ${g.queue_depth} · disk ${g.disk_used_pct}%`+
         ` · up ${Math.round(g.uptime_s)} s`;
     } else if(m.type==="sample"){
-      const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id}); p.latest=m.sample;
+      const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id});
+      p.latest=m.latest||m.sample;  // merged: a partial sample does not blank cells / temps / faults
     }
     else if(m.type==="link"){
       Object.assign(packs[m.battery_id]||(packs[m.battery_id]={}), m.status);

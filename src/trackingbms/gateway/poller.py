@@ -26,7 +26,7 @@ from typing import Any
 
 from trackingbms.gateway.config import BmsConfig
 from trackingbms.gateway.queue import DurableQueue
-from trackingbms.gateway.state import GatewayState
+from trackingbms.gateway.state import GatewayState, merge_latest
 from trackingbms.model import Reading, Sample
 
 log = logging.getLogger("trackingbms.gateway.poller")
@@ -163,7 +163,7 @@ class BmsPoller:
                     if COMMAND_IDS.get(name) not in failed:
                         self._last_run[name] = now
                 sample = self.queue.put(bid, reading)
-                st.latest = sample.to_wire()
+                st.latest = merge_latest(st.latest, sample.to_wire())
                 st.last_reply_ts = st.latest["ts"]
                 self.on_sample(sample)
                 if failed:

@@ -21,6 +21,22 @@ def now_ts() -> str:
     return format_ts(datetime.now(UTC))
 
 
+#: per-sample fields: they describe one sample only, so they are never carried over from an older one
+_PER_SAMPLE = ("errors",)
+
+
+def merge_latest(latest: dict[str, Any] | None, sample: dict[str, Any]) -> dict[str, Any]:
+    """The newest value of each field, given the previous merged state and a new (maybe partial) wire sample.
+
+    Most polls read only "pack" (cells, temps, faults come every few seconds), so replacing the state with
+    each sample would make those fields blink. A field present in ``sample`` wins, even when empty (an
+    explicit ``faults: []`` clears the faults); ``battery_id``, ``seq``, ``ts`` come from the newest sample.
+    """
+    merged = {k: v for k, v in (latest or {}).items() if k not in _PER_SAMPLE}
+    merged.update(sample)
+    return merged
+
+
 @dataclass
 class BatteryStatus:
     battery_id: str

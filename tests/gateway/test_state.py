@@ -1,0 +1,24 @@
+"""Merging partial samples into the latest state shown by the local API."""
+
+from __future__ import annotations
+
+from trackingbms.gateway.state import merge_latest
+
+
+def test_merge_keeps_fields_a_partial_sample_lacks_and_takes_the_newest() -> None:
+    full = {
+        "battery_id": "pack-1",
+        "seq": 1,
+        "ts": "2026-11-24T10:00:00.000Z",
+        "voltage_v": 52.0,
+        "cells_mv": [3300, 3301],
+        "faults": ["cell_voltage_high_l1"],
+        "errors": {"0x96": "timeout"},
+    }
+    partial = {"battery_id": "pack-1", "seq": 2, "ts": "2026-11-24T10:00:01.000Z", "voltage_v": 52.1}
+    merged = merge_latest(merge_latest(None, full), partial)
+    assert merged["seq"] == 2 and merged["ts"] == partial["ts"] and merged["voltage_v"] == 52.1
+    assert merged["cells_mv"] == [3300, 3301] and merged["faults"] == ["cell_voltage_high_l1"]
+    assert "errors" not in merged  # errors describe one sample, not the merged state
+    cleared = merge_latest(merged, {**partial, "seq": 3, "faults": []})
+    assert cleared["faults"] == []  # an explicit empty list clears the faults
