@@ -48,7 +48,7 @@ from trackingbms.daly.records import (
     TempRange,
     WriteAck,
 )
-from trackingbms.links import ByteLink, LinkError
+from trackingbms.links import ByteLink, LinkError, open_link
 from trackingbms.model import Reading, Source
 
 log = logging.getLogger(__name__)
@@ -427,13 +427,18 @@ def _ranges(numbers: list[int]) -> str:
     return ", ".join(out)
 
 
+# re-exported so that the gateway reaches the BMS through this package only (design.md layers)
 __all__ = [
+    "COMMANDS",
     "COMMAND_BY_ID",
+    "SNAPSHOT_ORDER",
     "BmsCorrupt",
     "BmsError",
     "BmsNoReply",
     "BmsWriteError",
     "DalyBMS",
+    "LinkError",
     "LinkStats",
     "MultiFrame",
+    "open_link",
 ]

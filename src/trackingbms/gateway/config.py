@@ -13,10 +13,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from trackingbms.bms import COMMANDS
 from trackingbms.model import BATTERY_ID_PATTERN
 
-#: commands the poller may issue besides "pack" (which runs at the poll interval)
-SLOW_COMMANDS = ("cell_range", "temp_range", "mos", "status", "cells", "temps", "balancing", "faults")
+#: commands the poller may issue besides "pack" (which runs at the poll interval); the client's table
+SLOW_COMMANDS = tuple(name for name in COMMANDS if name != "pack")
 
 DEFAULT_CADENCES_S: dict[str, float] = {
     "mos": 5.0,

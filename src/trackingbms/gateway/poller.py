@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from trackingbms.bms import COMMANDS, BmsError, DalyBMS, LinkError, open_link
 from trackingbms.gateway.config import BmsConfig
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import GatewayState, merge_latest
@@ -31,17 +32,8 @@ from trackingbms.model import Reading, Sample
 
 log = logging.getLogger("trackingbms.gateway.poller")
 
-COMMAND_IDS = {
-    "pack": "0x90",
-    "cell_range": "0x91",
-    "temp_range": "0x92",
-    "mos": "0x93",
-    "status": "0x94",
-    "cells": "0x95",
-    "temps": "0x96",
-    "balancing": "0x97",
-    "faults": "0x98",
-}
+#: command name → the key its failure has in ``Reading.errors`` ("0x95"), from the client's own table
+COMMAND_IDS = {name: f"0x{cmd.data_id:02X}" for name, cmd in COMMANDS.items()}
 
 #: errors that mean the byte stream itself is gone (port unplugged, TCP peer closed)
 LINK_LOST = (OSError, EOFError, asyncio.IncompleteReadError, ConnectionError)
@@ -91,9 +83,6 @@ class BmsPoller:
         return commands
 
     async def run(self) -> None:
-        from trackingbms.bms import BmsError, DalyBMS
-        from trackingbms.links import LinkError, open_link
-
         cfg = self.cfg
         bid = cfg.battery_id
         backoff_s = 1.0
