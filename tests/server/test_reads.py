@@ -17,6 +17,7 @@ import pytest
 import websockets
 
 from trackingbms.server import provisioning as p
+from trackingbms.server.store import RAW_HISTORY_MAX_ROWS
 
 from .conftest import World, client, sample, ts
 
@@ -212,6 +213,59 @@ async def test_long_range_history_comes_from_rollups_and_counts_each_sample_once
     # the gateway re-sends half of it: nothing changes
     assert (await _ingest(world, a.device, samples[:900]))["duplicates"] == 900
     assert await history() == h
+
+
+async def test_year_long_history_answers_in_at_most_points_buckets(world: World) -> None:
+    a = world.a
+    bid = a.batteries[2]
+    year = 365 * 86400
+    # a year at one sample every 4 hours, with one spike and one cold sensor somewhere in it
+    samples = [sample(bid, i, seconds_ago=year - 60 - i * 4 * 3600) for i in range(365 * 6)]
+    samples[1000]["voltage_v"] = 60.25
+    samples[1700]["temps_c"] = [-20.5, 24.0]
+    for start in range(0, len(samples), 1000):
+        await _ingest(world, a.device2, samples[start : start + 1000])
+    async with client(world.base_url, a.viewer) as c:
+        for points in (1, 100, 5000):
+            r = await c.get(
+                f"/api/v1/batteries/{bid}/history", params={"from": ts(year), "to": ts(), "points": points}
+            )
+            assert r.status_code == 200, r.text
+            h = r.json()
+            assert 0 < len(h["t"]) <= points and h["bucket_s"] % 60 == 0
+            assert h["t"] == sorted(h["t"]) and h["t"][-1] - h["t"][0] < year
+            assert max(h["series"]["voltage_v"]["max"]) == 60.25
+            assert min(h["series"]["voltage_v"]["min"]) == 53.2
+            assert min(h["series"]["temp_min_c"]["min"]) == -20.5
+            assert all(len(s[k]) == len(h["t"]) for s in h["series"].values() for k in ("min", "max", "mean"))
+        # absurd requests are refused, naming the parameter
+        for params, loc in (
+            ({"from": ts(60), "to": ts(120)}, "from"),
+            ({"from": ts(3 * year), "to": ts()}, "from"),
+            ({"points": 5001}, "points"),
+        ):
+            r = await c.get(f"/api/v1/batteries/{bid}/history", params=params)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", loc], r.text
+
+
+async def test_short_buckets_over_dense_raw_data_come_from_the_rollups(world: World) -> None:
+    """Asking 1-second buckets over more raw samples than the server decodes per request: the
+    minute rollups answer instead (bucket_s 60), still at most `points` buckets."""
+    a = world.a
+    bid = a.batteries[0]
+    n = RAW_HISTORY_MAX_ROWS + 1200  # 1 Hz
+    samples = [sample(bid, i, seconds_ago=n + 5 - i) for i in range(n)]
+    samples[n // 2]["voltage_v"] = 59.5
+    for start in range(0, n, 5000):
+        await _ingest(world, a.device, samples[start : start + 5000])
+    async with client(world.base_url, a.viewer) as c:
+        r = await c.get(
+            f"/api/v1/batteries/{bid}/history",
+            params={"from": samples[0]["ts"], "to": ts(), "points": 5000},
+        )
+    h = r.json()
+    assert r.status_code == 200 and h["bucket_s"] == 60 and 0 < len(h["t"]) <= 5000
+    assert max(h["series"]["voltage_v"]["max"]) == 59.5
 
 
 async def test_csv_export_header_and_rows(world: World) -> None:

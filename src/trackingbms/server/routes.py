@@ -314,6 +314,10 @@ def _range(from_: str | None, to: str | None, default: timedelta) -> tuple[int, 
     return from_ms, to_ms
 
 
+#: the longest history span one request may ask for
+HISTORY_MAX_SPAN_DAYS = 731
+HISTORY_MAX_SPAN_MS = HISTORY_MAX_SPAN_DAYS * 86_400_000
+
 FromQ = Annotated[
     str | None,
     Query(
@@ -336,8 +340,14 @@ async def history(
     to: ToQ = None,
     points: Annotated[int, Query(ge=1, le=5000)] = 500,
 ) -> Response:
-    """Downsampled on the server: at most `points` buckets, each with min / max / mean, so spikes survive."""
+    """Downsampled on the server: at most `points` buckets, each with min / max / mean, so spikes survive.
+    The span may be at most 2 years (`from` before `to`)."""
     from_ms, to_ms = _range(from_, to, timedelta(hours=24))
+    if to_ms - from_ms > HISTORY_MAX_SPAN_MS:
+        # even aggregated in SQL, the database scans every minute of the span: bound it
+        raise _err422(
+            ["query", "from"], f"the span may be at most {HISTORY_MAX_SPAN_DAYS} days", "value_error"
+        )
     return json_response(await ts.history(battery_id, from_ms, to_ms, points))
 
 
