@@ -7,6 +7,7 @@ Waits have generous ceilings; nothing asserts how fast something happened.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -338,12 +339,77 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
     assert gw.stop() == 0
 
 
-def test_rejected_samples_go_to_dead_letter_with_the_reason(tmp_path, server, packs, gateway) -> None:
+def test_unassigned_battery_parked_then_delivered_invalid_sample_dead_lettered(
+    tmp_path, server, packs, gateway
+) -> None:
     import sqlite3
+    from datetime import UTC, datetime, timedelta
+
+    from trackingbms.gateway.queue import DurableQueue
+    from trackingbms.model import Reading
+    from trackingbms.server import provisioning as p
 
     sims = packs(["pack-1", "pack-x"])
-    srv = server(["pack-1"])  # pack-x is not assigned to this device: the server rejects its samples
+    srv = server(["pack-1"])  # pack-x is not assigned to this device yet: the server rejects its samples
     state_dir = tmp_path / "gw-state"
+    # a sample that can never be valid (ts beyond what the server accepts), taken before this start
+    q = DurableQueue(state_dir)
+    bad_seq = q.put("pack-1", Reading(ts=datetime.now(UTC) + timedelta(days=3), voltage_v=52.0)).seq
+    q.close()
+    gw = gateway(
+        gateway_config(
+            srv.device_token,
+            state_dir,
+            [{"name": "wifi", "url": srv.url, "batch_max_age_s": 0.3}],
+            bms_entries(sims, 0.5),
+            parked_retry_s=1.0,
+        )
+    )
+    gw.start()
+    wait_for("parked samples", lambda: gw.state()["gateway"]["parked_count"] >= 3)
+    wait_for("pack-1 samples at the server", lambda: len(srv.seqs("pack-1")) >= 3)
+    wait_for("the queue to drain", lambda: drained(gw))  # parked samples do not block the queue
+    wait_for(
+        "the heartbeat to report them", lambda: (srv.device_info().get("heartbeat") or {}).get("parked_count")
+    )
+    assert gw.state()["gateway"]["dead_letter_count"] == 1
+    assert "server rejected pack-x: battery_id: 'pack-x' is not assigned" in gw.log()
+    assert "parked" in gw.log()
+
+    # the operator assigns the battery while the gateway runs: every parked sample arrives
+    asyncio.run(p.create_battery(srv.db_url, "acme", "depot", "pack-x", device=srv.device))
+    wait_for("parked samples delivered", lambda: gw.state()["gateway"]["parked_count"] == 0)
+    wait_for("pack-x samples at the server", lambda: len(srv.seqs("pack-x")) >= 3)
+    wait_for("the queue to drain", lambda: drained(gw))
+    assert gw.stop() == 0
+    db = sqlite3.connect(state_dir / "queue.sqlite3")
+    rows = db.execute("SELECT battery_id, seq, reason FROM dead_letter").fetchall()
+    db.close()
+    assert [(bid, seq) for bid, seq, _ in rows] == [("pack-1", bad_seq)]
+    assert rows[0][2].startswith("ts:"), rows
+    assert f"server rejected pack-1 seq {bad_seq}: ts:" in gw.log()
+    assert_exactly_once(srv, state_dir, ["pack-1", "pack-x"])
+
+
+def test_replay_dead_letters_sends_them_exactly_once(tmp_path, server, packs, gateway) -> None:
+    import subprocess
+    from datetime import UTC, datetime, timedelta
+
+    from trackingbms.gateway.queue import DurableQueue
+    from trackingbms.model import Reading
+
+    from .harness import CLI
+
+    sims = packs(["pack-1"])
+    srv = server(["pack-1"])
+    state_dir = tmp_path / "gw-state"
+    # what an older gateway did with samples taken before the battery was assigned: dead letters
+    q = DurableQueue(state_dir)
+    start = datetime.now(UTC) - timedelta(seconds=10)
+    seqs = [q.put("pack-1", Reading(ts=start + timedelta(seconds=i), voltage_v=52.0)).seq for i in range(3)]
+    reason = "battery_id: 'pack-1' is not assigned to this device"
+    q.dead_letter([(r, reason) for r in q.fetch(newest=0, oldest=10)])
+    q.close()
     gw = gateway(
         gateway_config(
             srv.device_token,
@@ -352,17 +418,17 @@ def test_rejected_samples_go_to_dead_letter_with_the_reason(tmp_path, server, pa
             bms_entries(sims, 0.5),
         )
     )
+    replay = [*CLI, "gateway", "-c", str(gw.config_path), "--replay-dead-letters"]
+    out = subprocess.run(replay, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 dead-letter samples moved back to the queue" in out.stdout
     gw.start()
-    wait_for("dead letters", lambda: gw.state()["gateway"]["dead_letter_count"] >= 3)
-    wait_for("pack-1 samples at the server", lambda: len(srv.seqs("pack-1")) >= 3)
-    wait_for("the queue to drain", lambda: drained(gw))  # rejected samples do not block the queue
+    wait_for("the replayed samples at the server", lambda: set(seqs) <= set(srv.seqs("pack-1")))
+    wait_for("the queue to drain", lambda: drained(gw))
+    assert gw.state()["gateway"]["dead_letter_count"] == 0
+    busy = subprocess.run(replay, capture_output=True, text=True, timeout=60)  # not under a running gateway
+    assert busy.returncode == 1 and "another gateway is running" in busy.stderr
     assert gw.stop() == 0
-    db = sqlite3.connect(state_dir / "queue.sqlite3")
-    rows = db.execute("SELECT DISTINCT battery_id, reason FROM dead_letter").fetchall()
-    db.close()
-    assert {bid for bid, _ in rows} == {"pack-x"}
-    assert all("pack-x" in reason or "assigned" in reason for _, reason in rows), rows
-    assert "server rejected pack-x" in gw.log()
     assert_exactly_once(srv, state_dir, ["pack-1"])
 
 

@@ -123,3 +123,30 @@ def test_one_gateway_per_state_dir(tmp_path: Path) -> None:
         DurableQueue(tmp_path)
     q.close()
     DurableQueue(tmp_path).close()  # free again once the first one is gone
+
+
+def test_parked_samples_wait_out_of_the_queue_and_come_back(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    b = q.put_many("pack-x", [reading(i) for i in range(5)])[0].seq
+    q.put("pack-1", reading())
+    batch = q.fetch(newest=0, oldest=10)
+    q.settle(acked=[batch[5].id], parked=batch[:5])
+    assert q.pending_count() == 0 and q.parked_count() == 5 and q.parked_batteries() == {"pack-x"}
+    assert q.unpark(probe=True) == 1  # one probe per battery: the oldest
+    assert [r.seq - b for r in q.fetch(newest=0, oldest=10)] == [0]
+    assert q.unpark("pack-x") == 4
+    assert [r.seq - b for r in q.fetch(newest=0, oldest=10)] == [0, 1, 2, 3, 4]
+    assert q.parked_count() == 0
+
+
+def test_replay_dead_letters_moves_them_back_once(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    b = q.put_many("pack-1", [reading(i) for i in range(3)])[0].seq
+    q.dead_letter(
+        [(r, "battery_id: 'pack-1' is not assigned to this device") for r in q.fetch(newest=0, oldest=3)]
+    )
+    assert q.pending_count() == 0 and q.dead_letter_count() == 3
+    assert q.replay_dead_letters() == 3
+    assert q.dead_letter_count() == 0
+    assert [r.seq - b for r in q.fetch(newest=0, oldest=10)] == [0, 1, 2]  # same seqs, same order
+    assert q.replay_dead_letters() == 0

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from trackingbms.cli.app import app
+
+if TYPE_CHECKING:
+    from trackingbms.gateway.config import GatewayConfig
 
 
 @app.command("gateway")
@@ -17,6 +21,12 @@ def gateway_command(
     ),
     log_level: str = typer.Option(
         None, "--log-level", help="override log_level: debug, info, warning, error"
+    ),
+    replay_dead_letters: bool = typer.Option(
+        False,
+        "--replay-dead-letters",
+        help="move the samples the server rejected (dead letters) back to the queue and exit; "
+        "they are sent on the next start (the gateway must be stopped)",
     ),
 ) -> None:
     """Run the gateway: poll BMSs, queue samples durably, send them to the server, serve the LAN API."""
@@ -33,6 +43,9 @@ def gateway_command(
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+    if replay_dead_letters:
+        _replay_dead_letters(cfg)
+        raise typer.Exit(0)
 
     import asyncio
     import logging
@@ -60,3 +73,18 @@ def gateway_command(
     except (OSError, StateDirBusy) as exc:  # e.g. the local API port is taken, state dir not writable
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
+
+
+def _replay_dead_letters(cfg: GatewayConfig) -> None:
+    from trackingbms.gateway.queue import DurableQueue, StateDirBusy
+
+    try:
+        queue = DurableQueue(cfg.state_dir, disk_budget_mb=cfg.disk_budget_mb)
+    except StateDirBusy as exc:  # a running gateway owns the queue: replaying under it would race
+        typer.echo(f"error: {exc}; stop it first", err=True)
+        raise typer.Exit(1) from None
+    try:
+        n = queue.replay_dead_letters()
+    finally:
+        queue.close()
+    typer.echo(f"{n} dead-letter samples moved back to the queue in {cfg.state_dir}; sent on the next start")

@@ -8,10 +8,10 @@ Public API::
 
 The configuration schema is :data:`trackingbms.gateway.config.EXAMPLE_CONFIG` (also printed by
 ``trackingbms gateway --example-config``): ``device_token``, ``state_dir``, ``disk_budget_mb``,
-``local_history_h``, ``heartbeat_interval_s``, ``[[uplinks]]`` in priority order (``name`` wifi / cellular /
-lan, ``url``, batching), ``[failover]``, ``[retry]``, ``[local_api]`` and one ``[[bms]]`` per pack
-(``battery_id``, ``port``, ``family``, ``address``, ``board``, ``invert_current``, ``poll_interval_s``,
-``[bms.cadences_s]``).
+``local_history_h``, ``heartbeat_interval_s``, ``parked_retry_s``, ``[[uplinks]]`` in priority order
+(``name`` wifi / cellular / lan, ``url``, batching), ``[failover]``, ``[retry]``, ``[local_api]`` and one
+``[[bms]]`` per pack (``battery_id``, ``port``, ``family``, ``address``, ``board``, ``invert_current``,
+``poll_interval_s``, ``[bms.cadences_s]``).
 """
 
 from __future__ import annotations

@@ -85,6 +85,7 @@ class Gateway:
             asyncio.create_task(self.uplinks.run_sender(), name="sender"),
             asyncio.create_task(self.uplinks.run_heartbeat(), name="heartbeat"),
             asyncio.create_task(self.uplinks.run_failback_probe(), name="failback"),
+            asyncio.create_task(self.uplinks.run_parked_retry(), name="parked-retry"),
             asyncio.create_task(self._housekeeping(), name="housekeeping"),
         ]
         stopper = asyncio.create_task(stop.wait())

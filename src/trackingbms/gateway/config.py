@@ -131,6 +131,9 @@ class GatewayConfig(_Strict):
     #: acknowledged samples are kept this long for the local history API
     local_history_h: float = Field(24.0, ge=0)
     heartbeat_interval_s: float = Field(30.0, gt=0)
+    #: samples rejected for a fixable reason (battery not assigned to this device yet) are parked and
+    #: retried this often (one probe sample per battery; when it is taken, the rest follow at once)
+    parked_retry_s: float = Field(300.0, gt=0)
     uplinks: list[UplinkConfig] = Field(min_length=1)
     bms: list[BmsConfig] = Field(min_length=1)
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
@@ -196,6 +199,7 @@ state_dir = "/var/lib/trackingbms"   # required: durable queue (SQLite) and remo
 disk_budget_mb = 200                 # queue DB budget; at 100 % the oldest samples are thinned (see docs)
 local_history_h = 24                 # acknowledged samples kept for the local history API
 heartbeat_interval_s = 30            # also sent at once when a BMS link changes state
+parked_retry_s = 300                 # retry samples parked because the battery was not assigned (yet)
 log_level = "info"                   # debug | info | warning | error
 
 # Uplinks in priority order; `name` is also the Sample's `via`.

@@ -8,13 +8,18 @@ A battery's first seq is the Unix time in milliseconds: if the state directory i
 replaced), the new counter still starts above every seq sent before (the server would otherwise take the
 new samples for duplicates and drop them), as long as a battery is read less than 1000 times a second.
 
-Acknowledged samples stay (flag ``acked``) for the local history API until ``local_history_h`` passes.
+The ``acked`` column is a sample's state: ``PENDING`` (to send), ``ACKED`` (the server has it; kept for the
+local history API until ``local_history_h`` passes) or ``PARKED`` (rejected for a reason an operator can fix,
+e.g. the battery is not yet assigned to this device: kept, out of the sending queue, and retried slowly).
+Samples rejected as invalid go to the ``dead_letter`` table with the reason;
+:meth:`DurableQueue.replay_dead_letters` moves them back (``trackingbms gateway --replay-dead-letters``).
 
 Disk budget policy (checked after writes and periodically):
 
 1. acknowledged samples are deleted oldest first (they are safe on the server);
-2. if still over budget, the oldest *unsent* samples are thinned: every other one in the oldest quarter of
-   the queue is dropped (counted in ``thinned_total``, logged as a warning, reported in the heartbeat).
+2. if still over budget, the oldest *unsent* (pending or parked) samples are thinned: every other one in the
+   oldest quarter of the queue is dropped (counted in ``thinned_total``, logged as a warning, reported in
+   the heartbeat).
    The newest samples are never dropped; a thinned backlog keeps its time span at half the resolution.
 
 Above 80 % of the budget a warning is logged (at most once a minute) and the heartbeat reports the use.
@@ -52,6 +57,7 @@ CREATE TABLE IF NOT EXISTS samples (
 );
 CREATE INDEX IF NOT EXISTS samples_pending ON samples (id) WHERE acked = 0;
 CREATE INDEX IF NOT EXISTS samples_ts ON samples (ts);
+CREATE INDEX IF NOT EXISTS samples_parked ON samples (battery_id, id) WHERE acked = 2;
 CREATE TABLE IF NOT EXISTS dead_letter (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     battery_id TEXT NOT NULL,
@@ -65,6 +71,9 @@ CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 _CHUNK = 900  # bound variables per statement
+
+# values of samples.acked
+PENDING, ACKED, PARKED = 0, 1, 2
 
 
 class StateDirBusy(RuntimeError):
@@ -207,42 +216,92 @@ class DurableQueue:
 
     def ack(self, ids: Iterable[int]) -> None:
         """The server has these samples (accepted or duplicate): they leave the queue."""
-        ids = list(ids)
-        if not ids:
+        self.settle(acked=ids)
+
+    def dead_letter(self, rejected: Sequence[tuple[QueuedSample, str]]) -> None:
+        """Samples the server rejected as invalid go to ``dead_letter`` with the reason."""
+        self.settle(dead=rejected)
+
+    def settle(
+        self,
+        *,
+        acked: Iterable[int] = (),
+        parked: Sequence[QueuedSample] = (),
+        dead: Sequence[tuple[QueuedSample, str]] = (),
+    ) -> None:
+        """Apply the server's verdict on a batch in one transaction (one fsync): acked samples leave the
+        queue (kept for the local history), parked ones wait for a retry, dead ones go to ``dead_letter``."""
+        ids = list(acked)
+        if not ids and not parked and not dead:
             return
         keep = self.local_history_h > 0
-        self.db.execute("BEGIN IMMEDIATE")
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
         try:
             for i in range(0, len(ids), _CHUNK):
                 chunk = ids[i : i + _CHUNK]
                 marks = ",".join("?" * len(chunk))
                 if keep:
-                    self.db.execute(f"UPDATE samples SET acked = 1 WHERE id IN ({marks})", chunk)
+                    db.execute(f"UPDATE samples SET acked = {ACKED} WHERE id IN ({marks})", chunk)
                 else:
-                    self.db.execute(f"DELETE FROM samples WHERE id IN ({marks})", chunk)
-            self.db.execute("COMMIT")
+                    db.execute(f"DELETE FROM samples WHERE id IN ({marks})", chunk)
+            if parked:
+                db.executemany(f"UPDATE samples SET acked = {PARKED} WHERE id = ?", [(q.id,) for q in parked])
+            if dead:
+                now = format_ts(datetime.now(UTC))
+                db.executemany(
+                    "INSERT INTO dead_letter (battery_id, seq, ts, body, reason, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(q.battery_id, q.seq, q.ts, q.body, reason, now) for q, reason in dead],
+                )
+                db.executemany("DELETE FROM samples WHERE id = ?", [(q.id,) for q, _ in dead])
+            db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-
-    def dead_letter(self, rejected: Sequence[tuple[QueuedSample, str]]) -> None:
-        """Samples the server rejected as invalid go to ``dead_letter`` with the reason."""
-        if not rejected:
-            return
-        now = format_ts(datetime.now(UTC))
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            self.db.executemany(
-                "INSERT INTO dead_letter (battery_id, seq, ts, body, reason, at) VALUES (?, ?, ?, ?, ?, ?)",
-                [(q.battery_id, q.seq, q.ts, q.body, reason, now) for q, reason in rejected],
-            )
-            self.db.executemany("DELETE FROM samples WHERE id = ?", [(q.id,) for q, _ in rejected])
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        for q, reason in rejected:
+        for q, reason in dead:
             log.warning("server rejected %s seq %d: %s (kept in dead_letter)", q.battery_id, q.seq, reason)
+
+    # -- parked samples (rejected for a reason an operator can fix) -------------------------------------
+
+    def parked_count(self) -> int:
+        return self.db.execute(f"SELECT count(*) FROM samples WHERE acked = {PARKED}").fetchone()[0]
+
+    def parked_batteries(self) -> set[str]:
+        rows = self.db.execute(f"SELECT DISTINCT battery_id FROM samples WHERE acked = {PARKED}")
+        return {r[0] for r in rows}
+
+    def unpark(self, battery_id: str | None = None, *, probe: bool = False) -> int:
+        """Put parked samples back in the sending queue: all of ``battery_id``'s (or every battery's), or with
+        ``probe`` only the oldest one of each battery (a cheap test of whether the server now takes them)."""
+        where = f"acked = {PARKED}" + (" AND battery_id = ?" if battery_id else "")
+        args: tuple[str, ...] = (battery_id,) if battery_id else ()
+        if probe:
+            sql = (
+                f"UPDATE samples SET acked = {PENDING} WHERE id IN "
+                f"(SELECT min(id) FROM samples WHERE {where} GROUP BY battery_id)"
+            )
+        else:
+            sql = f"UPDATE samples SET acked = {PENDING} WHERE {where}"
+        return self.db.execute(sql, args).rowcount  # autocommit: durable on return
+
+    def replay_dead_letters(self) -> int:
+        """Move every dead letter back to the sending queue (same battery_id and seq: the server's
+        idempotency makes a replay safe). Returns how many."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            # ordered by seq per battery so that replayed samples keep their order
+            n = db.execute(
+                "INSERT OR IGNORE INTO samples (battery_id, seq, ts, body) "
+                "SELECT battery_id, seq, ts, body FROM dead_letter ORDER BY battery_id, seq"
+            ).rowcount
+            db.execute("DELETE FROM dead_letter")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
 
     def dead_letter_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM dead_letter").fetchone()[0]
@@ -315,16 +374,17 @@ class DurableQueue:
                 removed["acked"] += cur.rowcount
                 self.acked_pruned_for_budget += cur.rowcount
                 continue
-            pending = self.pending_count()
-            if pending < 8:
+            # unsent = pending or parked (parked samples must not fill the disk either)
+            unsent = self.db.execute(f"SELECT count(*) FROM samples WHERE acked != {ACKED}").fetchone()[0]
+            if unsent < 8:
                 break  # nothing sensible left to thin; the newest samples are never dropped
-            n_oldest = max(2, pending // 4)
+            n_oldest = max(2, unsent // 4)
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 ids = [
                     r[0]
                     for r in self.db.execute(
-                        "SELECT id FROM samples WHERE acked = 0 ORDER BY id LIMIT ?", (n_oldest,)
+                        f"SELECT id FROM samples WHERE acked != {ACKED} ORDER BY id LIMIT ?", (n_oldest,)
                     )
                 ]
                 drop = ids[1::2]  # every other one: the span stays covered at half the resolution

@@ -5,8 +5,12 @@ pending samples), so a backlog drains at full speed (``max_in_flight`` concurren
 ``batch_max_samples``) while live samples still go out with the next request. A batch leaves when it is
 full or its oldest sample is ``batch_max_age_s`` old (the secondary uplink uses larger, older batches).
 
-Replies: accepted and duplicate samples are acknowledged (they leave the queue); rejected ones go to the
-dead-letter table with the server's reason. 413 halves the batch; 429 waits ``Retry-After``; network errors
+Replies: accepted and duplicate samples are acknowledged (they leave the queue). Rejected ones are *parked*
+when an operator can fix the cause (the server's error starts with ``battery_id:``, e.g. the battery is not
+assigned to this device yet): every ``parked_retry_s`` the oldest parked sample of each battery is sent again,
+and once the server takes one, the rest of that battery's parked samples follow at once. Any other rejection
+(``ts: …``, ``cells_mv: …``) means the sample can never be valid: it goes to the dead-letter table with the
+server's reason. 413 halves the batch; 429 waits ``Retry-After``; network errors
 and 5xx back off exponentially with jitter. When the active uplink has failed for ``failover.after_s``, the
 next one takes over; while failed over, the primary is probed with a heartbeat every
 ``failover.probe_interval_s`` and takes back over on success.
@@ -38,6 +42,12 @@ log = logging.getLogger("trackingbms.gateway.uplink")
 
 LIVE_LANE = 100  # newest samples in every batch
 HEARTBEAT_MIN_SPACING_S = 1.0
+#: rejections an operator can fix (assign the battery): the server's errors start with the field path
+FIXABLE_FIELDS = ("battery_id:",)
+
+
+def fixable(reason: str) -> bool:
+    return reason.startswith(FIXABLE_FIELDS)
 
 
 async def wait_event(event: asyncio.Event, timeout_s: float | None) -> None:
@@ -190,6 +200,8 @@ class UplinkManager:
         self.acked_total = 0
         #: stopping: send what is queued now, whatever its age
         self.flushing = False
+        #: batteries with parked samples (a sample of one of them taken by the server unparks the rest)
+        self.parked_batteries = queue.parked_batteries()
 
     @property
     def current(self) -> Uplink:
@@ -274,6 +286,38 @@ class UplinkManager:
             for task in tasks:
                 task.cancel()
 
+    def _note_parked(
+        self,
+        parked: list[QueuedSample],
+        rejected: dict[int, str],
+        batch: list[QueuedSample],
+        acked: list[QueuedSample],
+    ) -> None:
+        for q in parked:
+            if q.battery_id not in self.parked_batteries:  # log once per battery, not per sample
+                self.parked_batteries.add(q.battery_id)
+                reason = rejected[batch.index(q)]
+                log.warning(
+                    "server rejected %s: %s; its samples are kept (parked) and retried every %.0f s",
+                    q.battery_id,
+                    reason,
+                    self.config.parked_retry_s,
+                )
+        # the server takes this battery's samples now (e.g. it was just assigned): its parked ones follow
+        for bid in {q.battery_id for q in acked} & self.parked_batteries:
+            self.parked_batteries.discard(bid)
+            n = self.queue.unpark(bid)
+            if n:
+                log.info("server accepts %s now: %d parked samples queued again", bid, n)
+                self.wake.set()
+
+    async def run_parked_retry(self) -> None:
+        """Every ``parked_retry_s``, send the oldest parked sample of each battery again (a probe)."""
+        while True:
+            await asyncio.sleep(self.config.parked_retry_s)
+            if self.parked_batteries and self.queue.unpark(probe=True):
+                self.wake.set()
+
     async def flush(self, timeout_s: float) -> int:
         """On a clean stop (pollers already stopped): give the queue ``timeout_s`` to reach the server while
         the uplink works. What is left stays on disk for the next start. Returns the samples left."""
@@ -334,11 +378,14 @@ class UplinkManager:
             for item in reply.get("rejected") or []:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
                     rejected[int(item["index"])] = str(item.get("error", "rejected"))
-            dead = [(q, rejected[i]) for i, q in enumerate(batch) if i in rejected]
-            acked = [q.id for i, q in enumerate(batch) if i not in rejected]
-            self.queue.ack(acked)
-            self.queue.dead_letter(dead)
+            parked = [q for i, q in enumerate(batch) if i in rejected and fixable(rejected[i])]
+            dead = [
+                (q, rejected[i]) for i, q in enumerate(batch) if i in rejected and not fixable(rejected[i])
+            ]
+            acked = [q for i, q in enumerate(batch) if i not in rejected]
+            self.queue.settle(acked=[q.id for q in acked], parked=parked, dead=dead)
             self.acked_total += len(acked)
+            self._note_parked(parked, rejected, batch, acked)
             up.ok()
             if up.batch_limit < up.cfg.batch_max_samples:
                 up.batch_limit = min(up.cfg.batch_max_samples, up.batch_limit * 2)
@@ -378,10 +425,12 @@ class UplinkManager:
             "disk_used_pct": self.queue.disk_used_pct(),
             "uplink": self.current.name,
             "config_version": self.remote.version,
-            # beyond the contract (the server keeps extra keys): the budget policy's effect, dead letters
+            # beyond the contract (the server keeps extra keys): the budget policy's effect, dead letters,
+            # samples parked until the server takes them (battery not assigned yet)
             "disk_budget_mb": round(self.queue.budget_bytes / 1048576, 3),
             "thinned_total": self.queue.thinned_total,
             "dead_letter_count": self.queue.dead_letter_count(),
+            "parked_count": self.queue.parked_count(),
             "batteries": [b.heartbeat_entry() for b in self.state.batteries.values()],
         }
 
