@@ -202,6 +202,14 @@ async def test_rate_limit_answers_429_with_retry_after(world: World, start_serve
         assert (await c.post("/api/v1/ingest", json={"samples": []})).status_code == 200
 
 
+async def test_a_zero_rate_or_burst_means_no_limit(world: World, start_server) -> None:
+    for rate, burst in ((0.0, 2), (0.01, 0), (0.0, 0)):
+        unlimited = await asyncio.to_thread(start_server, ingest_burst=burst, ingest_rate_per_s=rate)
+        async with client(unlimited.base_url, world.a.device) as c:
+            codes = [(await c.post("/api/v1/ingest", json={"samples": []})).status_code for _ in range(5)]
+        assert codes == [200] * 5, (rate, burst)
+
+
 async def test_remote_config_reaches_the_gateway_once(world: World) -> None:
     a = world.a
     cfg = {

@@ -26,3 +26,11 @@ def test_default_database_is_sqlite_in_the_data_dir(tmp_path: Path, monkeypatch:
     monkeypatch.delenv("TRACKINGBMS_DATABASE_URL", raising=False)
     url = Settings.load(None, data_dir=tmp_path).resolved_database_url()
     assert url == f"sqlite+aiosqlite:///{tmp_path.resolve() / 'trackingbms.db'}"
+
+
+def test_negative_ingest_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="ingest_rate_per_s"):
+        Settings(ingest_rate_per_s=-1)
+    with pytest.raises(ValueError, match="ingest_burst"):
+        Settings(ingest_burst=-1)
+    assert Settings(ingest_rate_per_s=0, ingest_burst=0).ingest_burst == 0  # 0: no limit

@@ -30,9 +30,9 @@ class Settings(BaseSettings):
     max_batch_samples: int = 5000
     max_body_bytes: int = 8 * 1024 * 1024
     max_decoded_bytes: int = 32 * 1024 * 1024
-    #: per-device token bucket on ingest requests
-    ingest_rate_per_s: float = 20.0
-    ingest_burst: int = 40
+    #: per-device token bucket on ingest requests; 0 (either) = no limit
+    ingest_rate_per_s: float = Field(default=20.0, ge=0)
+    ingest_burst: int = Field(default=40, ge=0)
     #: connectivity (design.md): offline after this long without heartbeat or sample
     offline_timeout_s: float = 300.0
     #: slack added to 3 poll intervals before a battery stops being "online" (gateways upload in batches)
