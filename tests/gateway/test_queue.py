@@ -150,3 +150,27 @@ def test_replay_dead_letters_moves_them_back_once(tmp_path: Path) -> None:
     assert q.dead_letter_count() == 0
     assert [r.seq - b for r in q.fetch(newest=0, oldest=10)] == [0, 1, 2]  # same seqs, same order
     assert q.replay_dead_letters() == 0
+
+
+def test_async_wrappers_commit_on_the_queue_thread(tmp_path: Path) -> None:
+    import asyncio
+    import sqlite3
+    import threading
+
+    async def main() -> None:
+        q = DurableQueue(tmp_path)
+        sample = await q.aput("pack-1", reading())
+        # taken = committed: another connection sees it as soon as aput returns
+        other = sqlite3.connect(tmp_path / "queue.sqlite3")
+        assert other.execute("SELECT seq FROM samples").fetchall() == [(sample.seq,)]
+        other.close()
+        worker = await q.run(lambda: threading.current_thread().name)
+        assert worker.startswith("tbms-queue") and worker != threading.current_thread().name
+        batch = await q.afetch(newest=1, oldest=0)
+        await q.asettle(acked=[batch[0].id])
+        assert (await q.astatus())["queue_depth"] == 0
+        assert [s["seq"] for s in await q.ahistory(since=None)] == [sample.seq]
+        await q.aclose()
+
+    asyncio.run(main())
+    DurableQueue(tmp_path).close()  # the lock was released

@@ -43,8 +43,8 @@ class Gateway:
         if config.local_api.enabled:
             self.local = LocalApi(config.local_api, self.state, self.queue, self.status)
 
-    def status(self) -> dict[str, Any]:
-        body = self.uplinks.heartbeat_body()
+    async def status(self) -> dict[str, Any]:
+        body = await self.uplinks.heartbeat_body()
         body.pop("batteries", None)
         return body
 
@@ -60,8 +60,7 @@ class Gateway:
         while True:
             await asyncio.sleep(HOUSEKEEPING_S)
             with contextlib.suppress(Exception):
-                self.queue.prune_history()
-                self.queue.enforce_budget()
+                await self.queue.ahousekeeping()  # on the queue's thread: may checkpoint and delete a lot
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info(
@@ -69,9 +68,9 @@ class Gateway:
             len(self.config.bms),
             ", ".join(f"{u.name}={u.url}" for u in self.config.uplinks),
             self.config.state_dir,
-            self.queue.pending_count(),
+            await self.queue.apending_count(),
         )
-        self.queue.enforce_budget()
+        await self.queue.run(self.queue.enforce_budget)
         if self.local is not None:
             await self.local.start()
         pollers = [
@@ -108,7 +107,7 @@ class Gateway:
             if self.local is not None:
                 await self.local.stop()
             await self.uplinks.aclose()
-            self.queue.close()
+            await self.queue.aclose()
             log.info("gateway stopped")
 
 

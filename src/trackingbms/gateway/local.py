@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -59,7 +59,7 @@ class LocalApi:
         cfg: LocalApiConfig,
         state: GatewayState,
         queue: DurableQueue,
-        gateway_status: Callable[[], dict[str, Any]],
+        gateway_status: Callable[[], Awaitable[dict[str, Any]]],
     ):
         self.cfg = cfg
         self.state = state
@@ -99,7 +99,7 @@ class LocalApi:
             given = auth[7:].strip()
         return hmac.compare_digest(given.encode(), self.cfg.token.encode())
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path = url.path.rstrip("/") or "/"
@@ -111,7 +111,7 @@ class LocalApi:
         if path == "/local/v1/live":
             return None  # WebSocket handshake proceeds
         if path == "/local/v1/state":
-            return _json(200, self.state_body())
+            return _json(200, await self.state_body())
         if path == "/local/v1/history":
             since = (query.get("since") or [None])[0]
             battery_id = (query.get("battery_id") or [None])[0]
@@ -127,13 +127,14 @@ class LocalApi:
                 except ValueError:
                     return _json(400, {"detail": "since must be an RFC 3339 time, e.g. 2026-11-24T10:00:00Z"})
                 since = format_ts(when)  # the stored form, so text order is time order
-            samples = self.queue.history(since=since, battery_id=battery_id, limit=limit)
+            # up to 10,000 rows to read and decode: on the queue's thread, not the event loop
+            samples = await self.queue.ahistory(since=since, battery_id=battery_id, limit=limit)
             return _json(200, {"samples": samples})
         return _json(404, {"detail": f"no such path: {url.path}"})
 
-    def state_body(self) -> dict[str, Any]:
+    async def state_body(self) -> dict[str, Any]:
         return {
-            "gateway": self.gateway_status(),
+            "gateway": await self.gateway_status(),
             "batteries": [
                 {
                     **b.heartbeat_entry(),
@@ -148,7 +149,7 @@ class LocalApi:
     async def _ws_handler(self, ws: ServerConnection) -> None:
         q = self.state.subscribe()
         try:
-            await ws.send(orjson.dumps({"type": "state", **self.state_body()}).decode())
+            await ws.send(orjson.dumps({"type": "state", **(await self.state_body())}).decode())
             while True:
                 event = await q.get()
                 await ws.send(orjson.dumps(event).decode())

@@ -151,7 +151,7 @@ class BmsPoller:
                 for name in commands:
                     if COMMAND_IDS.get(name) not in failed:
                         self._last_run[name] = now
-                sample = self.queue.put(bid, reading)
+                sample = await self.queue.aput(bid, reading)  # committed (fsynced) off the event loop
                 st.latest = merge_latest(st.latest, sample.to_wire())
                 st.last_reply_ts = st.latest["ts"]
                 self.on_sample(sample)

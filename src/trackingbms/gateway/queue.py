@@ -23,26 +23,36 @@ Disk budget policy (checked after writes and periodically):
    The newest samples are never dropped; a thinned backlog keeps its time span at half the resolution.
 
 Above 80 % of the budget a warning is logged (at most once a minute) and the heartbeat reports the use.
+
+Threading: the synchronous methods do the work. Inside the running gateway every call goes through the
+``a*`` coroutines (or :meth:`DurableQueue.run`), which run it on the queue's one worker thread: an fsync, a
+budget pass or a 10,000-row history read never stalls the event loop, and with a single thread no two
+transactions ever interleave on the connection. :meth:`aput` returns only once the sample is committed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import functools
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from trackingbms.model import Reading, Sample, format_ts
 
 log = logging.getLogger("trackingbms.gateway.queue")
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seqs (battery_id TEXT PRIMARY KEY, next_seq INTEGER NOT NULL);
@@ -97,7 +107,8 @@ def encode_sample(sample: Sample) -> bytes:
 
 
 class DurableQueue:
-    """Synchronous SQLite queue; every method is short (one transaction), safe to call from the event loop."""
+    """SQLite queue: synchronous methods for direct use (tests, CLI, benches), ``a*`` coroutines that run them
+    on the queue's own worker thread for the event loop (see the module docstring)."""
 
     def __init__(self, state_dir: Path, *, disk_budget_mb: float = 200.0, local_history_h: float = 24.0):
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -122,14 +133,84 @@ class DurableQueue:
         self.acked_pruned_for_budget = 0
         self._last_budget_warning = 0.0
         self._puts_since_budget_check = 0
+        # the one thread that touches the connection while the gateway runs (see the module docstring)
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tbms-queue")
 
-    def close(self) -> None:
+    def _close_db(self) -> None:
         try:
             self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         except sqlite3.Error:
             pass
         self.db.close()
+
+    def close(self) -> None:
+        self._worker.shutdown(wait=True)  # let queued work finish before the connection goes
+        self._close_db()
         self._lock.close()
+
+    # -- async wrappers: the same work, on the worker thread --------------------------------------------
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` (a method of this queue) on the worker thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker, functools.partial(fn, *args, **kwargs))
+
+    async def aclose(self) -> None:
+        await self.run(self._close_db)
+        self._worker.shutdown(wait=False)
+        self._lock.close()
+
+    async def aput(self, battery_id: str, reading: Reading) -> Sample:
+        """Returns once the sample is committed (it counts as taken only then)."""
+        return await self.run(self.put, battery_id, reading)
+
+    async def afetch(
+        self, *, newest: int, oldest: int, exclude: set[int] | frozenset[int] = frozenset()
+    ) -> list[QueuedSample]:
+        return await self.run(self.fetch, newest=newest, oldest=oldest, exclude=frozenset(exclude))
+
+    async def asettle(
+        self,
+        *,
+        acked: Iterable[int] = (),
+        parked: Sequence[QueuedSample] = (),
+        dead: Sequence[tuple[QueuedSample, str]] = (),
+    ) -> None:
+        await self.run(self.settle, acked=list(acked), parked=parked, dead=dead)
+
+    async def apending_count(self) -> int:
+        return await self.run(self.pending_count)
+
+    async def aunpark(self, battery_id: str | None = None, *, probe: bool = False) -> int:
+        return await self.run(self.unpark, battery_id, probe=probe)
+
+    async def ahistory(
+        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000
+    ) -> list[dict]:
+        return await self.run(self.history, since=since, battery_id=battery_id, limit=limit)
+
+    async def aset_kv(self, key: str, value: str) -> None:
+        await self.run(self.set_kv, key, value)
+
+    async def ahousekeeping(self) -> None:
+        await self.run(self._housekeeping)
+
+    def _housekeeping(self) -> None:
+        self.prune_history()
+        self.enforce_budget()
+
+    async def astatus(self) -> dict[str, Any]:
+        """The heartbeat's queue figures, read in one trip to the worker."""
+        return await self.run(self.status)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "queue_depth": self.pending_count(),
+            "oldest_queued_ts": self.oldest_pending_ts(),
+            "disk_used_pct": self.disk_used_pct(),
+            "dead_letter_count": self.dead_letter_count(),
+            "parked_count": self.parked_count(),
+        }
 
     # -- writing ------------------------------------------------------------------------------------
 

@@ -76,9 +76,9 @@ class RemoteConfig:
         stored = queue.get_kv(self.KEY)
         if stored:
             with contextlib.suppress(ValueError, TypeError):
-                self._apply(orjson.loads(stored), persist=False)
+                self._apply(orjson.loads(stored))
 
-    def apply(self, cfg: Any) -> None:
+    async def apply(self, cfg: Any) -> None:
         if not isinstance(cfg, dict):
             return
         try:
@@ -88,9 +88,11 @@ class RemoteConfig:
             return
         if version <= self.version:
             return
-        self._apply(cfg, persist=True)
+        self._apply(cfg)
+        await self.queue.aset_kv(self.KEY, orjson.dumps(cfg).decode())
+        log.info("applied remote config version %d", self.version)
 
-    def _apply(self, cfg: dict[str, Any], *, persist: bool) -> None:
+    def _apply(self, cfg: dict[str, Any]) -> None:
         hb = cfg.get("heartbeat_interval_s")
         if isinstance(hb, int | float) and hb > 0:
             self.heartbeat_interval_s = float(hb)
@@ -110,9 +112,6 @@ class RemoteConfig:
                     else:
                         log.warning("remote config: ignoring cadence %r=%r for %s", name, every_s, bid)
         self.version = int(cfg.get("config_version", 0))
-        if persist:
-            self.queue.set_kv(self.KEY, orjson.dumps(cfg).decode())
-            log.info("applied remote config version %d", self.version)
         self.changed.set()
 
 
@@ -246,7 +245,7 @@ class UplinkManager:
                 try:
                     await self._heartbeat_on(up)
                 except UplinkError as exc:
-                    up.failed(str(exc), 1.0, 1.0, self.queue.pending_count())
+                    up.failed(str(exc), 1.0, 1.0, await self.queue.apending_count())
                     continue
                 up.ok()
                 self._switch(index, f"{up.name} answers again")
@@ -267,7 +266,7 @@ class UplinkManager:
                 elif len(tasks) < up.cfg.max_in_flight:
                     limit = up.batch_limit
                     live = min(LIVE_LANE, max(1, limit // 10))
-                    batch = self.queue.fetch(newest=live, oldest=limit - live, exclude=self.inflight)
+                    batch = await self.queue.afetch(newest=live, oldest=limit - live, exclude=self.inflight)
                     if batch:
                         oldest = min(q.ts for q in batch)
                         age_s = (datetime.now(UTC) - datetime.fromisoformat(oldest)).total_seconds()
@@ -286,7 +285,7 @@ class UplinkManager:
             for task in tasks:
                 task.cancel()
 
-    def _note_parked(
+    async def _note_parked(
         self,
         parked: list[QueuedSample],
         rejected: dict[int, str],
@@ -306,7 +305,7 @@ class UplinkManager:
         # the server takes this battery's samples now (e.g. it was just assigned): its parked ones follow
         for bid in {q.battery_id for q in acked} & self.parked_batteries:
             self.parked_batteries.discard(bid)
-            n = self.queue.unpark(bid)
+            n = await self.queue.aunpark(bid)
             if n:
                 log.info("server accepts %s now: %d parked samples queued again", bid, n)
                 self.wake.set()
@@ -315,7 +314,7 @@ class UplinkManager:
         """Every ``parked_retry_s``, send the oldest parked sample of each battery again (a probe)."""
         while True:
             await asyncio.sleep(self.config.parked_retry_s)
-            if self.parked_batteries and self.queue.unpark(probe=True):
+            if self.parked_batteries and await self.queue.aunpark(probe=True):
                 self.wake.set()
 
     async def flush(self, timeout_s: float) -> int:
@@ -325,11 +324,11 @@ class UplinkManager:
         self.wake.set()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            left = self.queue.pending_count()
+            left = await self.queue.apending_count()
             if left == 0 or self.current.failing_since is not None:
                 return left
             await asyncio.sleep(0.05)
-        return self.queue.pending_count()
+        return await self.queue.apending_count()
 
     async def _send(self, up: Uplink, batch: list[QueuedSample]) -> None:
         try:
@@ -338,7 +337,7 @@ class UplinkManager:
             raise
         except Exception as exc:  # keep the sender alive whatever happens; samples stay queued
             log.exception("uplink %s: unexpected error sending a batch", up.name)
-            up.failed(f"{exc.__class__.__name__}: {exc}", 1.0, 5.0, self.queue.pending_count())
+            up.failed(f"{exc.__class__.__name__}: {exc}", 1.0, 5.0, await self.queue.apending_count())
         finally:
             self.inflight.difference_update(q.id for q in batch)
 
@@ -358,7 +357,10 @@ class UplinkManager:
             resp = await up.client.post("/api/v1/ingest", content=body, headers=headers)
         except httpx.HTTPError as exc:
             up.failed(
-                _describe(exc), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count()
+                _describe(exc),
+                retry.backoff_initial_s,
+                retry.backoff_max_s,
+                await self.queue.apending_count(),
             )
             self._after_failure(up)
             return
@@ -371,7 +373,9 @@ class UplinkManager:
             except ValueError:
                 # e.g. a captive portal answering 200: nothing was stored, so nothing leaves the queue
                 error = f"ingest: 200 but not an ingest reply ({resp.text[:80]!r})"
-                up.failed(error, retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+                up.failed(
+                    error, retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
+                )
                 self._after_failure(up)
                 return
             rejected: dict[int, str] = {}
@@ -383,14 +387,14 @@ class UplinkManager:
                 (q, rejected[i]) for i, q in enumerate(batch) if i in rejected and not fixable(rejected[i])
             ]
             acked = [q for i, q in enumerate(batch) if i not in rejected]
-            self.queue.settle(acked=[q.id for q in acked], parked=parked, dead=dead)
+            await self.queue.asettle(acked=[q.id for q in acked], parked=parked, dead=dead)
             self.acked_total += len(acked)
-            self._note_parked(parked, rejected, batch, acked)
+            await self._note_parked(parked, rejected, batch, acked)
             up.ok()
             if up.batch_limit < up.cfg.batch_max_samples:
                 up.batch_limit = min(up.cfg.batch_max_samples, up.batch_limit * 2)
             if reply.get("config"):
-                self.remote.apply(reply["config"])
+                await self.remote.apply(reply["config"])
             return
         detail = _detail(resp)
         if status == 429:
@@ -409,28 +413,32 @@ class UplinkManager:
             )
             return
         if status == 422:  # a single sample the server cannot parse as a batch: it can never succeed
-            self.queue.dead_letter([(batch[0], f"422: {detail}")])
+            await self.queue.asettle(dead=[(batch[0], f"422: {detail}")])
             return
-        up.failed(_http_error(resp), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+        up.failed(
+            _http_error(resp), retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
+        )
         self._after_failure(up)
 
     # -- heartbeat ------------------------------------------------------------------------------------
 
-    def heartbeat_body(self) -> dict[str, Any]:
+    async def heartbeat_body(self) -> dict[str, Any]:
+        # one trip to the queue's thread: depth, oldest ts, disk use, dead-letter and parked counts
+        queue = await self.queue.astatus()
         return {
             "version": __version__,
             "uptime_s": self.state.uptime_s(),
-            "queue_depth": self.queue.pending_count(),
-            "oldest_queued_ts": self.queue.oldest_pending_ts(),
-            "disk_used_pct": self.queue.disk_used_pct(),
+            "queue_depth": queue["queue_depth"],
+            "oldest_queued_ts": queue["oldest_queued_ts"],
+            "disk_used_pct": queue["disk_used_pct"],
             "uplink": self.current.name,
             "config_version": self.remote.version,
             # beyond the contract (the server keeps extra keys): the budget policy's effect, dead letters,
             # samples parked until the server takes them (battery not assigned yet)
             "disk_budget_mb": round(self.queue.budget_bytes / 1048576, 3),
             "thinned_total": self.queue.thinned_total,
-            "dead_letter_count": self.queue.dead_letter_count(),
-            "parked_count": self.queue.parked_count(),
+            "dead_letter_count": queue["dead_letter_count"],
+            "parked_count": queue["parked_count"],
             "batteries": [b.heartbeat_entry() for b in self.state.batteries.values()],
         }
 
@@ -438,7 +446,7 @@ class UplinkManager:
         try:
             resp = await up.client.post(
                 "/api/v1/heartbeat",
-                content=orjson.dumps(self.heartbeat_body()),
+                content=orjson.dumps(await self.heartbeat_body()),
                 headers={"Content-Type": "application/json"},
             )
         except httpx.HTTPError as exc:
@@ -448,7 +456,7 @@ class UplinkManager:
         with contextlib.suppress(ValueError):
             reply = resp.json()
             if isinstance(reply, dict) and reply.get("config"):
-                self.remote.apply(reply["config"])
+                await self.remote.apply(reply["config"])
 
     async def run_heartbeat(self) -> None:
         retry = self.config.retry
@@ -459,7 +467,9 @@ class UplinkManager:
                 await self._heartbeat_on(up)
                 up.ok()
             except UplinkError as exc:
-                up.failed(str(exc), retry.backoff_initial_s, retry.backoff_max_s, self.queue.pending_count())
+                up.failed(
+                    str(exc), retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
+                )
                 self._after_failure(up)
                 # retry sooner than the interval: the server should learn of us as soon as it is back
                 wait_s = min(wait_s, max(0.5, up.next_attempt_at - time.monotonic()))
