@@ -37,6 +37,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from trackingbms.model import MEASUREMENT_FIELDS
+from trackingbms.server.codec import SERIES
+
 metadata = MetaData()
 
 tenants = Table(
@@ -146,6 +149,10 @@ STATE_FIELDS: tuple[tuple[str, Any], ...] = (
     ("faults", Text),
     ("fault_code", Integer),
 )
+# The columns of battery_state (changing them takes a migration), so they stay spelled out with their types
+# rather than derived from the model; a field added to the model without its column fails here, at import.
+if tuple(name for name, _ in STATE_FIELDS) != MEASUREMENT_FIELDS:
+    raise ImportError("db.STATE_FIELDS does not match trackingbms.model.MEASUREMENT_FIELDS")
 #: the fields of STATE_FIELDS stored as JSON text
 STATE_JSON_FIELDS = frozenset(("cells_mv", "temps_c", "balancing", "faults"))
 
@@ -178,17 +185,7 @@ streams = Table(
 )
 
 #: per series in the 1-minute rollup: count, min, max, sum (partial samples make counts differ)
-ROLLUP_SERIES: tuple[str, ...] = (
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "power_w",
-    "cell_min_mv",
-    "cell_max_mv",
-    "cell_delta_mv",
-    "temp_max_c",
-    "temp_min_c",
-)
+ROLLUP_SERIES: tuple[str, ...] = SERIES  # in the order codec computes them (migrations keep a frozen copy)
 ROLLUP_PARTS: tuple[str, ...] = ("n", "min", "max", "sum")
 
 
@@ -295,7 +292,7 @@ async def migrate(engine: AsyncEngine) -> None:
             return
         except OperationalError:
             # SQLite: another process migrated the same file at the same moment; look again
-            if engine.dialect.name != "sqlite" or attempt == 4:
+            if not is_sqlite(engine) or attempt == 4:
                 raise
             await asyncio.sleep(0.2 * (attempt + 1))
 

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from trackingbms.model import MEASUREMENT_FIELDS, SAMPLE_FIELDS
 from trackingbms.server import codec
 from trackingbms.server.schemas import (
     BatteryDetail,
@@ -351,23 +352,21 @@ async def history(
     return json_response(await ts.history(battery_id, from_ms, to_ms, points))
 
 
+#: model fields the CSV writes in columns of their own (lists expanded or joined) or not at all (battery_id
+#: is the file's name; errors is not exported yet); everything else is a scalar column, in the model's order
+_CSV_SPECIAL = ("battery_id", "seq", "ts", "cells_mv", "temps_c", "balancing", "faults", "errors")
+_SCALARS = ("source", "via", *(f for f in MEASUREMENT_FIELDS if f not in _CSV_SPECIAL))
+# a new list-valued model field needs a decision here (expand? join?): fail at import rather than drop it
+if set(_SCALARS) | set(_CSV_SPECIAL) != set(SAMPLE_FIELDS):
+    raise ImportError("routes: the CSV columns do not cover trackingbms.model.SAMPLE_FIELDS")
+
+
 def _csv_header(n_cells: int, n_temps: int) -> list[str]:
+    # the published column order (docs/api.md): ts, seq, the scalars, faults, cells, temps, balancing
     return [
         "ts",
         "seq",
-        "source",
-        "via",
-        "voltage_v",
-        "current_a",
-        "soc_pct",
-        "remaining_ah",
-        "cycles",
-        "state",
-        "charge_mos",
-        "discharge_mos",
-        "charger_connected",
-        "load_connected",
-        "fault_code",
+        *_SCALARS,
         "faults",
         *(f"cell_{i}_mv" for i in range(1, n_cells + 1)),
         *(f"temp_{i}_c" for i in range(1, n_temps + 1)),
@@ -381,23 +380,6 @@ def _csv_val(v: Any) -> Any:
     if isinstance(v, bool):
         return "true" if v else "false"
     return v
-
-
-_SCALARS = (
-    "source",
-    "via",
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "remaining_ah",
-    "cycles",
-    "state",
-    "charge_mos",
-    "discharge_mos",
-    "charger_connected",
-    "load_connected",
-    "fault_code",
-)
 
 
 @router.get(

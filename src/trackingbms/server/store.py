@@ -43,6 +43,7 @@ from trackingbms.server.db import (
     battery_state,
     device_tokens,
     devices,
+    is_sqlite,
     rollup_1m,
     samples,
     sites,
@@ -118,7 +119,7 @@ class Store:
         session_ttl_s: float = 7 * 24 * 3600,
     ) -> None:
         self.engine = engine
-        self.sqlite = engine.dialect.name == "sqlite"
+        self.sqlite = is_sqlite(engine)
         # SQLite has one writer: queue writers here instead of spinning on SQLITE_BUSY
         self._write_lock = asyncio.Lock()
         self._partitions: set[str] = set()
@@ -1222,11 +1223,3 @@ class TenantStore:
         if r is None:
             raise NotFound(f"no device {name!r}")
         return self._device_item(r)
-
-    async def battery_count(self) -> int:
-        async with self.engine.connect() as conn:
-            return (
-                await conn.execute(
-                    select(func.count()).select_from(batteries).where(batteries.c.tenant_id == self.tenant_id)
-                )
-            ).scalar_one()
