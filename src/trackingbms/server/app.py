@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,6 +57,38 @@ def configure_logging(level: str = "info") -> None:
     root.propagate = False
 
 
+#: a query parameter whose name ends in "token", up to the next separator
+_TOKEN_IN_QUERY = re.compile(r"([?&][^=&\s\"]*token=)[^&#\s\"]*", re.IGNORECASE)
+#: uvicorn writes request lines (HTTP to .access, WebSocket handshakes to .error) with the query string
+_REQUEST_LOGGERS = ("uvicorn.access", "uvicorn.error")
+
+
+def redact_tokens(text: str) -> str:
+    return _TOKEN_IN_QUERY.sub(r"\1[redacted]", text)
+
+
+class RedactTokens(logging.Filter):
+    """Blank ``token=…`` values in log lines: the live WebSocket takes its access token in the query
+    string (browsers cannot set headers on it), and a token in a log file is a stolen session."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and "token=" in record.msg.lower():
+            record.msg = redact_tokens(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                redact_tokens(a) if isinstance(a, str) and "token=" in a.lower() else a for a in record.args
+            )
+        return True
+
+
+def install_log_redaction() -> None:
+    """Put :class:`RedactTokens` on uvicorn's request loggers, once (logging config keeps filters)."""
+    for name in _REQUEST_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactTokens) for f in logger.filters):
+            logger.addFilter(RedactTokens())
+
+
 async def _retention_loop(store: Store, every_s: float) -> None:
     while True:
         try:
@@ -69,9 +102,11 @@ async def _retention_loop(store: Store, every_s: float) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    install_log_redaction()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_log_redaction()  # idempotent: covers a logging setup that reset filters after create_app
         url = settings.resolved_database_url()
         engine = make_engine(url)
         if settings.migrate_on_start:
