@@ -42,7 +42,7 @@ MEASUREMENT_FIELDS: tuple[str, ...] = (
     "fault_code",
 )
 
-#: every field of a Sample, in wire order (also the CSV export column order before cells are expanded)
+#: every field of a Sample, in wire order
 SAMPLE_FIELDS: tuple[str, ...] = ("battery_id", "seq", "ts", "source", "via", *MEASUREMENT_FIELDS, "errors")
 
 

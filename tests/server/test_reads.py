@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -281,6 +282,7 @@ async def test_csv_export_header_and_rows(world: World) -> None:
         faults=["cell_voltage_low_l1", "temp_high_l2"],
         balancing=[1, 2],
         charge_mos=False,
+        errors={"0x95": "frame(s) 6 of 6 never arrived intact"},
     )
     del rows_in[2]["soc_pct"]
     await _ingest(world, a.device, rows_in)
@@ -308,7 +310,7 @@ async def test_csv_export_header_and_rows(world: World) -> None:
         "faults",
     ]
     assert header[16:32] == [f"cell_{i}_mv" for i in range(1, 17)]
-    assert header[32:] == ["temp_1_c", "temp_2_c", "temp_3_c", "balancing"]
+    assert header[32:] == ["temp_1_c", "temp_2_c", "temp_3_c", "balancing", "errors"]
     rows = [dict(zip(header, row, strict=True)) for row in table[1:]]
     assert [r["seq"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["ts"] == rows_in[0]["ts"] and rows[0]["cell_16_mv"] == "3335" and rows[0]["temp_3_c"] == ""
@@ -316,6 +318,8 @@ async def test_csv_export_header_and_rows(world: World) -> None:
     assert rows[1]["cell_2_mv"] == "3301" and rows[1]["cell_3_mv"] == "" and rows[1]["temp_3_c"] == "22.5"
     assert rows[1]["charge_mos"] == "false" and rows[0]["state"] == "discharging"
     assert rows[2]["soc_pct"] == "" and rows[0]["soc_pct"] == "80.5"
+    assert json.loads(rows[1]["errors"]) == {"0x95": "frame(s) 6 of 6 never arrived intact"}
+    assert rows[0]["errors"] == ""
 
 
 async def _heartbeat(w: World, token: str, version: str) -> None:

@@ -179,6 +179,7 @@ def test_csv_export_downloads_with_the_documented_header(new_page: Any, demo: De
         *cells,
         *temps,
         "balancing",
+        "errors",
     ]
     assert len(lines) > 1, "the export holds the samples of the selected range"
 

@@ -352,8 +352,8 @@ async def history(
     return json_response(await ts.history(battery_id, from_ms, to_ms, points))
 
 
-#: model fields the CSV writes in columns of their own (lists expanded or joined) or not at all (battery_id
-#: is the file's name; errors is not exported yet); everything else is a scalar column, in the model's order
+#: model fields the CSV writes in columns of their own (lists expanded or joined, errors as JSON) or not
+#: at all (battery_id is the file's name); everything else is a scalar column, in the model's order
 _CSV_SPECIAL = ("battery_id", "seq", "ts", "cells_mv", "temps_c", "balancing", "faults", "errors")
 _SCALARS = ("source", "via", *(f for f in MEASUREMENT_FIELDS if f not in _CSV_SPECIAL))
 # a new list-valued model field needs a decision here (expand? join?): fail at import rather than drop it
@@ -362,7 +362,7 @@ if set(_SCALARS) | set(_CSV_SPECIAL) != set(SAMPLE_FIELDS):
 
 
 def _csv_header(n_cells: int, n_temps: int) -> list[str]:
-    # the published column order (docs/api.md): ts, seq, the scalars, faults, cells, temps, balancing
+    # the published column order (docs/api.md): ts, seq, the scalars, faults, cells, temps, balancing, errors
     return [
         "ts",
         "seq",
@@ -371,6 +371,7 @@ def _csv_header(n_cells: int, n_temps: int) -> list[str]:
         *(f"cell_{i}_mv" for i in range(1, n_cells + 1)),
         *(f"temp_{i}_c" for i in range(1, n_temps + 1)),
         "balancing",
+        "errors",
     ]
 
 
@@ -411,6 +412,8 @@ async def export_csv(battery_id: str, ts: Tenant, from_: FromQ = None, to: ToQ =
                         *(cells[i] if i < len(cells) else "" for i in range(n_cells)),
                         *(temps[i] if i < len(temps) else "" for i in range(n_temps)),
                         ";".join(map(str, m["balancing"])) if "balancing" in m else "",
+                        # why a partial sample is partial: {"0x95": "reason"} as JSON text
+                        orjson.dumps(m["errors"]).decode() if m.get("errors") else "",
                     ]
                 )
             yield buf.getvalue()
