@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from trackingbms.daly.a5 import frame_time_s
+
 Chemistry = Literal["lfp", "nmc", "lto"]
 HostPolicy = Literal["both", "0x40", "0x80"]
 FramePolicy = Literal["auto", "needed", "all"]
@@ -157,7 +159,7 @@ class Quirks:
 
     def frame_wire_s(self) -> float:
         """Wire time of one 13-byte frame at ``baud`` (10 bits per byte: 13.5 ms at 9600); 0 = unpaced."""
-        return 13 * 10 / self.baud if self.baud else 0.0
+        return frame_time_s(self.baud) if self.baud else 0.0  # the codec's own wire-time rule
 
     def accepted_hosts(self) -> frozenset[int]:
         """Host addresses this board answers (0x40 + board - 1 on RS485, 0x80 + board - 1 on UART)."""
