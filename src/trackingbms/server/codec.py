@@ -106,10 +106,8 @@ Stats = tuple[float | None, ...]
 class SampleError(ValueError):
     """A sample that can never be stored; the message names the field."""
 
-
-_NUMBER = (int, float)
 _INT_ONLY = frozenset((int,))
-_NUMBER_TYPES = frozenset((int, float))
+_NUMBER = frozenset((int, float))  # exact types: bool is an int subclass and is refused
 
 
 def _int(d: dict[str, Any], key: str, lo: int, hi: int) -> int:
@@ -178,7 +176,7 @@ def _pack_temps(temps: Any) -> tuple[bytes, float | None, float | None]:
     n = len(temps)
     if n == 0:
         return b"\x00", None, None
-    if _NUMBER_TYPES.issuperset(map(type, temps)):
+    if _NUMBER.issuperset(map(type, temps)):
         try:
             vals = [round(t * 10) for t in temps]
         except (OverflowError, ValueError):
