@@ -106,6 +106,7 @@ Stats = tuple[float | None, ...]
 class SampleError(ValueError):
     """A sample that can never be stored; the message names the field."""
 
+
 _INT_ONLY = frozenset((int,))
 _NUMBER = frozenset((int, float))  # exact types: bool is an int subclass and is refused
 
