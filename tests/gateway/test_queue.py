@@ -101,16 +101,58 @@ def test_disk_budget_thins_oldest_unsent_never_the_newest(tmp_path: Path, caplog
     assert q.put("pack-1", reading()).seq == b + 4000
 
 
-def test_acked_samples_go_first_when_over_budget(tmp_path: Path) -> None:
-    q = DurableQueue(tmp_path, disk_budget_mb=0.5)
-    for _ in range(10):
-        q.put_many("pack-1", [reading(i) for i in range(100)])
-    q.ack([r.id for r in q.fetch(newest=0, oldest=1000)])
-    for _ in range(15):
-        q.put_many("pack-1", [reading(i) for i in range(100)])
-    q.enforce_budget()
-    assert q.thinned_total == 0 or q.pending_count() < 1500
-    assert q.pending_count() + q.thinned_total == 1500  # unsent samples are only ever thinned, and counted
+def _filled(tmp_path: Path, acked: int, pending: int) -> tuple[int, int]:
+    """A queue of ``acked`` acknowledged then ``pending`` unsent samples, under no budget; returns the first
+    seq and the bytes used once checkpointed (what a budget is compared with)."""
+    q = DurableQueue(tmp_path, disk_budget_mb=1000)
+    b = q.put_many("pack-1", [reading(i) for i in range(acked)])[0].seq
+    q.ack([r.id for r in q.fetch(newest=0, oldest=acked)])
+    q.put_many("pack-1", [reading(i) for i in range(pending)])
+    q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    used = q.disk_used_bytes()
+    q.close()
+    return b, used
+
+
+def _rows(q: DurableQueue) -> dict[int, int]:
+    """seq → acked state of every row still in the queue."""
+    return dict(q.db.execute("SELECT seq, acked FROM samples ORDER BY seq").fetchall())
+
+
+def test_acked_samples_go_first_and_alone_when_that_is_enough(tmp_path: Path) -> None:
+    b, used = _filled(tmp_path, acked=600, pending=300)
+    q = DurableQueue(tmp_path, disk_budget_mb=used * 0.8 / 1048576)  # 600 of 900 rows would free ~2/3
+    removed = q.enforce_budget()
+    assert q.disk_used_bytes() <= q.budget_bytes
+    assert removed["thinned"] == 0 and q.thinned_total == 0, "unsent samples thinned while acked ones remained"
+    rows = _rows(q)
+    assert [s - b for s, st in rows.items() if st == 0] == list(range(600, 900))  # every unsent one kept
+    deleted = sorted(set(range(b, b + 600)) - set(rows))
+    assert removed["acked"] == len(deleted) > 0
+    # oldest acknowledged first: whatever acked rows remain are newer than every deleted one
+    assert all(s > deleted[-1] for s, st in rows.items() if st == 1)
+
+
+def test_nothing_unsent_is_thinned_while_an_acked_sample_remains(tmp_path: Path) -> None:
+    b, used = _filled(tmp_path, acked=300, pending=900)
+    q = DurableQueue(tmp_path, disk_budget_mb=used * 0.45 / 1048576)  # the acked quarter is not enough
+    removed = q.enforce_budget()
+    assert q.disk_used_bytes() <= q.budget_bytes
+    rows = _rows(q)
+    assert removed["acked"] == 300 and not [s for s, st in rows.items() if st == 1]  # every acked one went
+    assert q.thinned_total == removed["thinned"] > 0
+    # reconcile what is left with the documented policy, pass by pass: each pass drops every other one of
+    # the oldest quarter of the unsent samples (the oldest one stays); the count is thinned_total
+    expected = list(range(b + 300, b + 1200))
+    dropped = 0
+    while dropped < q.thinned_total:
+        oldest = expected[: max(2, len(expected) // 4)]
+        gone = set(oldest[1::2])
+        expected = [s for s in expected if s not in gone]
+        dropped += len(gone)
+    assert dropped == q.thinned_total
+    assert [s for s, st in rows.items() if st == 0] == expected
+    assert expected[-300:] == list(range(b + 900, b + 1200))  # the newest third untouched
 
 
 def test_one_gateway_per_state_dir(tmp_path: Path) -> None:
