@@ -257,13 +257,22 @@ class ServerProcess:
 
     EMAIL, PASSWORD = "ops@acme.test", "s3cret-pass"
 
-    def __init__(self, data_dir: Path, battery_ids: list[str], device: str = "gw-1", **env: str):
+    def __init__(
+        self,
+        data_dir: Path,
+        battery_ids: list[str],
+        device: str = "gw-1",
+        db_url: str | None = None,
+        **env: str,
+    ):
         from trackingbms.server import provisioning as p
         from trackingbms.server.db import default_sqlite_url
 
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_url = default_sqlite_url(data_dir)
+        self.db_url = db_url or default_sqlite_url(data_dir)
+        if db_url:  # PostgreSQL (or another file): the server is told by its environment variable
+            env = {"TRACKINGBMS_DATABASE_URL": db_url, **env}
         self.device = device
 
         async def provision() -> str:
@@ -309,6 +318,12 @@ class ServerProcess:
         wait_for(
             "the server to answer", lambda: httpx.get(self.url + "/api/v1/me", timeout=2).status_code == 401
         )
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (what a crash or the OOM killer does)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

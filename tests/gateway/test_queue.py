@@ -124,7 +124,9 @@ def test_acked_samples_go_first_and_alone_when_that_is_enough(tmp_path: Path) ->
     q = DurableQueue(tmp_path, disk_budget_mb=used * 0.8 / 1048576)  # 600 of 900 rows would free ~2/3
     removed = q.enforce_budget()
     assert q.disk_used_bytes() <= q.budget_bytes
-    assert removed["thinned"] == 0 and q.thinned_total == 0, "unsent samples thinned while acked ones remained"
+    assert removed["thinned"] == 0 and q.thinned_total == 0, (
+        "unsent samples thinned while acked ones remained"
+    )
     rows = _rows(q)
     assert [s - b for s, st in rows.items() if st == 0] == list(range(600, 900))  # every unsent one kept
     deleted = sorted(set(range(b, b + 600)) - set(rows))
