@@ -7,7 +7,7 @@ time, the reply frames' wire time and one turnaround: no client can be faster on
 checksums), with the share of snapshots that came back complete; and under 1 % of frames cut short
 inside bursts plus 1 % junk bytes before replies.
 
-    python bench/poll.py --json [--runs 20] [--corrupt-runs 100] [--transport pty|tcp]
+    python bench/poll.py --json [--runs 20] [--corrupt-runs 100] [--transport pty|tcp] [--no-check]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import statistics
 import time
 from typing import Any
 
+from _check import Target, add_check_argument, check_targets
 from trackingbms.bms import BmsError, DalyBMS
 from trackingbms.daly.a5 import frame_time_s
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER, frames_sent
@@ -78,6 +79,7 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--corrupt-runs", type=int, default=100)
     ap.add_argument("--transport", choices=("pty", "tcp"), default="pty")
+    add_check_argument(ap)
     args = ap.parse_args()
     clean = await run(args.runs, Quirks(baud=BAUD, latency_s=0.06, stale_bytes=True), args.transport)
     corrupt = await run(
@@ -101,6 +103,14 @@ async def main() -> None:
         },
     }
     print(json.dumps(result, indent=None if args.json else 2))
+    check_targets(
+        [
+            Target("clean ratio to the wire-time floor", clean["ratio"], "<=", 1.15),
+            Target("1 % corrupt: complete share", corrupt["complete_share"], ">=", 0.95),
+            Target("1 % corrupt: ratio to the floor", corrupt["ratio"], "<=", 1.5),
+        ],
+        check=not args.no_check,
+    )
 
 
 if __name__ == "__main__":
