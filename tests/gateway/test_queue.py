@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from trackingbms.gateway.queue import DurableQueue
-from trackingbms.model import Reading
+from trackingbms.model import Reading, format_ts
 
 
 def reading(i: int = 0, **extra) -> Reading:
@@ -218,3 +218,50 @@ def test_async_wrappers_commit_on_the_queue_thread(tmp_path: Path) -> None:
 
     asyncio.run(main())
     DurableQueue(tmp_path).close()  # the lock was released
+
+
+def test_every_async_wrapper_passes_its_arguments_through(tmp_path: Path) -> None:
+    """The gateway only ever uses the a* coroutines: each must reach the same work with the same arguments."""
+    import asyncio
+
+    async def main() -> None:
+        q = DurableQueue(tmp_path, local_history_h=1)
+        now = datetime.now(UTC)
+        b = (await q.aput("pack-1", reading(0, ts=now - timedelta(seconds=30)))).seq
+        for i in range(1, 4):
+            await q.aput("pack-1", reading(i, ts=now - timedelta(seconds=30 - i)))
+        await q.aput("pack-2", reading(9, ts=now - timedelta(seconds=20)))
+        assert q.next_seq("pack-1") == b + 4 and q.next_seq("nobody") is None
+        assert await q.apending_count() == 5
+        assert q.oldest_pending_ts() == format_ts(now - timedelta(seconds=30))
+        first = await q.afetch(newest=0, oldest=1)
+        assert [r.seq for r in await q.afetch(newest=1, oldest=1, exclude={first[0].id})] == [
+            q.next_seq("pack-2") - 1,
+            b + 1,
+        ]
+        # the server's verdict: one acked, two parked (pack-1), one dead
+        batch = await q.afetch(newest=0, oldest=5)
+        await q.asettle(acked=[batch[0].id], parked=batch[1:3], dead=[(batch[3], "cells_mv: too many")])
+        status = await q.astatus()
+        assert status == {
+            "queue_depth": 1,
+            "oldest_queued_ts": batch[4].ts,
+            "disk_used_pct": q.disk_used_pct(),
+            "dead_letter_count": 1,
+            "parked_count": 2,
+        }
+        assert 0 < status["disk_used_pct"] == round(100 * q.disk_used_bytes() / q.budget_bytes, 2)
+        assert await q.aunpark("pack-2") == 0 and await q.aunpark("pack-1", probe=True) == 1
+        assert await q.aunpark("pack-1") == 1
+        since = format_ts(now - timedelta(seconds=29))
+        assert [s["seq"] - b for s in await q.ahistory(since=since, battery_id="pack-1", limit=1)] == [1]
+        assert [s["seq"] - b for s in await q.ahistory(since=since, battery_id="pack-1")] == [1, 2]
+        assert len(await q.ahistory(since=since)) == 3  # and pack-2's
+        assert len(await q.ahistory(since=None)) == 4  # the dead one left the samples table
+        await q.aset_kv("config_version", "7")
+        assert q.get_kv("config_version") == "7"
+        await q.ahousekeeping()
+        assert q.seqs_of("pack-1") == [b, b + 1, b + 2]
+        await q.aclose()
+
+    asyncio.run(main())
