@@ -50,6 +50,7 @@ def server(
     import uvicorn
 
     from trackingbms.server.app import configure_logging, create_app
+    from trackingbms.server.guard import uvicorn_options
 
     settings = _settings(database_url, data_dir, config=config, host=host, port=port, log_level=log_level)
     configure_logging(settings.log_level)
@@ -65,6 +66,7 @@ def server(
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,  # in-flight batches finish and commit before exit
+        **uvicorn_options(settings),
     )
 
 

@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
 from trackingbms.server.db import make_engine, migrate
+from trackingbms.server.guard import Guard
 from trackingbms.server.hub import Hub
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.settings import Settings
@@ -139,10 +140,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Collection server for Daly BMS fleets: device ingest, tenancy, fleet reads, export, "
         "live feed. Contract in docs/api.md.",
         lifespan=lifespan,
+        docs_url=None,  # served by trackingbms.server.web without a CDN (and under the CSP)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.hub = Hub()
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+
+    def body_limit(_method: str, path: str) -> int | None:
+        if path == "/api/v1/ingest":
+            return None  # streamed and bounded by the route (before and after gzip)
+        if path == "/api/v1/auth/login":
+            return settings.max_login_body_bytes
+        return settings.max_request_body_bytes
+
+    app.add_middleware(Guard, body_limit=body_limit)
 
     from trackingbms.server.routes import router
 

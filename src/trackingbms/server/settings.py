@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     max_batch_samples: int = 5000
     max_body_bytes: int = 8 * 1024 * 1024
     max_decoded_bytes: int = 32 * 1024 * 1024
+    #: every other request body (login, heartbeat, config: JSON of a few KB), checked before parsing
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_login_body_bytes: int = Field(default=4 * 1024, ge=256)
+    #: the request line and headers together, and how many headers (refused with 431 before parsing ends)
+    max_header_bytes: int = Field(default=32 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=16)
     #: per-device token bucket on ingest requests; 0 (either) = no limit
     ingest_rate_per_s: float = Field(default=20.0, ge=0)
     ingest_burst: int = Field(default=40, ge=0)
