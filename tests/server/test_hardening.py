@@ -107,7 +107,9 @@ async def test_security_headers_and_strict_csp(world: World) -> None:
         # the explorer runs from this server (no CDN) and with no inline script
         page = (await c.get("/docs")).text
         assert "cdn" not in page.lower() and "<script>" not in page
-        for src in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css", "/static/js/docs.js"):
+        assets = ["/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css"]
+        assets.append("/static/docs/explorer.js")
+        for src in assets:
             assert src in page
             assert (await c.get(src)).status_code == 200, src
         assert "script-src 'self';" in (await c.get("/docs")).headers["content-security-policy"]

@@ -53,7 +53,7 @@ def mount(app: FastAPI) -> None:
 
     @app.get("/docs", include_in_schema=False)
     async def api_docs() -> FileResponse:
-        return FileResponse(STATIC_DIR / "docs.html", media_type="text/html", headers=_NO_CACHE)
+        return FileResponse(STATIC_DIR / "docs" / "index.html", media_type="text/html", headers=_NO_CACHE)
 
     app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")
