@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
-from trackingbms.server.db import make_engine, migrate
+from trackingbms.server.db import describe_url, make_engine, migrate
 from trackingbms.server.guard import Guard
 from trackingbms.server.hub import Hub
 from trackingbms.server.ratelimit import TokenBuckets
@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
-        log.info("server ready on %s", engine.dialect.name)
+        log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
             retention = asyncio.create_task(_retention_loop(app.state.store, settings.retention_interval_s))
