@@ -194,7 +194,7 @@ EXAMPLE_CONFIG = """\
 # TrackingBMS gateway configuration (trackingbms gateway -c gateway.toml)
 # Every key not marked "required" shows its default.
 
-device_token = "tbd_..."             # required: printed once by `trackingbms admin provision-device`
+device_token = "tbd_PASTE_IT_HERE"   # required: printed once by `trackingbms admin provision-device`
 state_dir = "/var/lib/trackingbms"   # required: durable queue (SQLite) and remote config live here
 disk_budget_mb = 200                 # queue DB budget; at 100 % the oldest samples are thinned (see docs)
 local_history_h = 24                 # acknowledged samples kept for the local history API
