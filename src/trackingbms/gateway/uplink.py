@@ -427,6 +427,7 @@ class UplinkManager:
         queue = await self.queue.astatus()
         return {
             "version": __version__,
+            "ts": format_ts(datetime.now(UTC)),  # the server measures this clock's offset from it
             "uptime_s": self.state.uptime_s(),
             "queue_depth": queue["queue_depth"],
             "oldest_queued_ts": queue["oldest_queued_ts"],
