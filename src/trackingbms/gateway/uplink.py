@@ -37,6 +37,7 @@ from trackingbms import __version__
 from trackingbms.gateway.config import SLOW_COMMANDS, GatewayConfig, UplinkConfig
 from trackingbms.gateway.queue import DurableQueue, QueuedSample
 from trackingbms.gateway.state import GatewayState
+from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.uplink")
 
