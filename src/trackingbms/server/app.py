@@ -18,12 +18,15 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
+from trackingbms.server import security
 from trackingbms.server.db import describe_url, make_engine, migrate
 from trackingbms.server.guard import Guard
-from trackingbms.server.hub import Hub
+from trackingbms.server.hub import Hub, LiveSessions
 from trackingbms.server.ratelimit import TokenBuckets
+from trackingbms.server.security import PasswordChecker
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
+from trackingbms.server.throttle import MemoryLoginThrottle, ThrottlePolicy
 
 log = logging.getLogger("trackingbms.server")
 
@@ -108,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_log_redaction()  # idempotent: covers a logging setup that reset filters after create_app
+        # computed now, so that the first login with an unknown email costs no more than any other
+        await asyncio.to_thread(security.dummy_hash)
         url = settings.resolved_database_url()
         engine = make_engine(url)
         if settings.migrate_on_start:
@@ -146,6 +151,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.hub = Hub()
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    app.state.heartbeat_limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    app.state.live_sessions = LiveSessions()
+    app.state.login_throttle = MemoryLoginThrottle(
+        {
+            key: ThrottlePolicy(free, settings.login_base_delay_s, settings.login_max_delay_s)
+            for key, free in (
+                ("account", settings.login_free_failures_account),
+                ("address", settings.login_free_failures_address),
+            )
+        }
+    )
+    app.state.password_checker = PasswordChecker(settings.login_hash_concurrency, settings.login_hash_queue)
 
     def body_limit(_method: str, path: str) -> int | None:
         if path == "/api/v1/ingest":
