@@ -248,7 +248,7 @@ async def test_live_sockets_close_when_their_token_is_revoked(
 
 async def test_csv_cells_cannot_become_spreadsheet_formulas(world: World) -> None:
     a = world.a
-    evil = ['=HYPERLINK("http://evil.example","x")', "=1+1", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3", "\tx"]
+    evil = ['=HYPERLINK("http://evil.example")', "=1+1", "@SUM(A1)", "+cmd|' /C calc'!A0", "-2+3", "\tx"]
     batch = [sample(a.batteries[0], i, faults=[f], current_a=-4.5) for i, f in enumerate(evil)]
     async with client(world.base_url, a.device) as c:
         r = await c.post("/api/v1/ingest", json={"samples": batch})
