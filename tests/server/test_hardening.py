@@ -263,7 +263,7 @@ async def test_csv_cells_cannot_become_spreadsheet_formulas(world: World) -> Non
 async def test_heartbeats_are_validated_bounded_and_rate_limited(
     start_server: Callable[..., ServerThread], database_url: str
 ) -> None:
-    w = await _world_with(start_server, database_url, ingest_rate_per_s=0.01, ingest_burst=3)
+    w = await _world_with(start_server, database_url, ingest_rate_per_s=0.01, ingest_burst=6)
     async with client(w.base_url, w.a.device) as c:
         hb = {
             "version": "1.0",
@@ -280,6 +280,7 @@ async def test_heartbeats_are_validated_bounded_and_rate_limited(
         ):
             r = await c.post("/api/v1/heartbeat", content=bad, headers={"content-type": "application/json"})
             assert r.status_code == 422, bad[:60]
+        # 6 requests so far, malformed ones included: the bucket (burst 6) is empty
         r = await c.post("/api/v1/heartbeat", json={"version": "1.0"})
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
     async with client(w.base_url, w.a.admin) as c:
