@@ -22,6 +22,7 @@ from trackingbms.server import security
 from trackingbms.server.db import describe_url, make_engine, migrate
 from trackingbms.server.guard import Guard
 from trackingbms.server.hub import Hub, LiveSessions
+from trackingbms.server.ingest import IngestService
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.security import PasswordChecker
 from trackingbms.server.settings import Settings
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
+        app.state.ingest = IngestService(app.state.store, app.state.hub)
         log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
@@ -173,7 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(Guard, body_limit=body_limit)
 
-    from trackingbms.server.routes import router
+    from trackingbms.server.api import router
 
     app.include_router(router)
 
