@@ -125,7 +125,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
-        app.state.ingest = IngestService(app.state.store, app.state.hub)
+        app.state.ingest = IngestService(
+            app.state.store, app.state.hub, max_future_ms=int(settings.max_clock_skew_s * 1000)
+        )
         log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
