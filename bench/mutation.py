@@ -43,7 +43,12 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
         ["tests/daly/test_records.py", "tests/daly/test_reference_frames.py"],
     ),
     "gateway.queue": (["src/trackingbms/gateway/queue.py"], ["tests/gateway/test_queue.py"]),
-    "server.codec": (["src/trackingbms/server/codec.py"], ["tests/server/test_codec.py"]),
+    "server.packing": (["src/trackingbms/server/store/packing.py"], ["tests/server/test_packing.py"]),
+    # the ingest service over HTTP on SQLite (uvicorn runs in the test process, so the mutants are live there)
+    "server.ingest": (
+        ["src/trackingbms/server/store/ingest.py", "src/trackingbms/server/ingest.py"],
+        ["tests/server/test_ingest.py", "-k", "sqlite"],
+    ),
 }
 
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
