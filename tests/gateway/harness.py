@@ -349,7 +349,7 @@ class ServerProcess:
                     and httpx.get(self.url + "/api/v1/me", timeout=2).status_code == 401
                 )
 
-            wait_for("the server to answer", up)
+            wait_for("the server to answer", up, timeout_s=180)  # migrations on a loaded 2-core machine
             if proc.poll() is None:
                 self._started = True
                 return
