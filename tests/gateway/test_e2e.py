@@ -94,6 +94,14 @@ def test_outage_two_minutes_every_seq_arrives_once(tmp_path, server, packs, gate
     assert all(n >= 120 for n in counts.values()), counts
 
 
+#: both backends; PostgreSQL's run is marked slow (the same test again, on the backend keyed (stream, ts))
+SQLITE_AND_SLOW_POSTGRES = pytest.mark.parametrize(
+    "database",
+    ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, pytest.mark.slow])],
+    indirect=True,
+)
+
+
 def readings_given(sims) -> dict[str, int]:
     """Per pack, the 0x90 readings the simulated BMS gave out (replies to a client's retry not counted)."""
 
@@ -122,6 +130,7 @@ KILLS = 12
 
 
 @pytest.mark.timeout(600)  # twelve gateway lifetimes on a loaded 2-core machine
+@SQLITE_AND_SLOW_POSTGRES
 def test_crash_sigkill_12_times_no_reading_lost_or_duplicated(
     tmp_path, database, server, packs, gateway
 ) -> None:
@@ -193,6 +202,7 @@ def test_crash_sigkill_12_times_no_reading_lost_or_duplicated(
 
 
 @pytest.mark.timeout(600)  # three server restarts on a loaded 2-core machine
+@SQLITE_AND_SLOW_POSTGRES
 def test_server_sigkilled_during_uploads_keeps_every_sample_it_acknowledged(
     tmp_path, database, server, packs, gateway
 ) -> None:
