@@ -12,7 +12,7 @@ from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import BatteryStatus, GatewayState
-from trackingbms.gateway.uplink import RemoteConfig, UplinkManager
+from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
 
 log = logging.getLogger("trackingbms.gateway")

@@ -37,23 +37,45 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class UplinkConfig(_Strict):
-    """One HTTP(S) uplink; listed in priority order (the first is the primary)."""
+UPLINK_SCHEMES = ("http://", "https://", "mqtt://", "mqtts://")
 
-    name: Literal["wifi", "cellular", "lan"] = Field(description="also the Sample's `via`")
-    url: str = Field(description="server base URL, e.g. https://tbms.example.com")
+
+class UplinkConfig(_Strict):
+    """One uplink (HTTP(S) or MQTT); listed in priority order (the first is the primary)."""
+
+    name: Literal["wifi", "cellular", "lan", "mqtt"] = Field(description="also the Sample's `via`")
+    url: str = Field(
+        description="server base URL (https://tbms.example.com) or MQTT broker(s) "
+        "(mqtts://broker:8883, or mqtt://node1:1883,node2:1883 for a cluster: tried in turn)"
+    )
     batch_max_samples: int = Field(1000, ge=1, le=5000)
     batch_max_age_s: float = Field(1.0, ge=0)
+    #: HTTP: request timeout; MQTT: how long to wait for the server's acknowledgement of a batch
     timeout_s: float = Field(15.0, gt=0)
     max_in_flight: int = Field(2, ge=1, le=8)
     gzip: bool = True
+    #: MQTT only: the device's broker user name, also its topic (tbms/<username>/...), printed by
+    #: `trackingbms admin mqtt-device`; the password is device_token
+    username: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    #: MQTT only: CA bundle for mqtts:// (default: the system's)
+    ca_file: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if not url.startswith(UPLINK_SCHEMES):
+            raise ValueError("must start with http://, https://, mqtt:// or mqtts://")
         return url.rstrip("/")
+
+    @property
+    def is_mqtt(self) -> bool:
+        return self.url.startswith(("mqtt://", "mqtts://"))
+
+    @model_validator(mode="after")
+    def _mqtt(self) -> UplinkConfig:
+        if self.is_mqtt and not self.username:
+            raise ValueError("username: required for an mqtt:// uplink (see trackingbms admin mqtt-device)")
+        return self
 
 
 class BmsConfig(_Strict):
@@ -202,10 +224,10 @@ heartbeat_interval_s = 30            # also sent at once when a BMS link changes
 parked_retry_s = 300                 # retry samples parked because the battery was not assigned (yet)
 log_level = "info"                   # debug | info | warning | error
 
-# Uplinks in priority order; `name` is also the Sample's `via`.
+# Uplinks in priority order; `name` is also the Sample's `via` (wifi | cellular | lan | mqtt).
 [[uplinks]]
-name = "wifi"                        # required: wifi | cellular | lan
-url = "https://tbms.example.com"     # required: server base URL
+name = "wifi"                        # required: wifi | cellular | lan | mqtt
+url = "https://tbms.example.com"     # required: server base URL, or mqtt(s)://broker[:port][,broker2...]
 batch_max_samples = 1000             # send when this many samples wait ...
 batch_max_age_s = 1.0                # ... or when the oldest waiting sample is this old
 timeout_s = 15
@@ -217,6 +239,15 @@ name = "cellular"                    # secondary: larger batches, less often, to
 url = "https://tbms.example.com"
 batch_max_samples = 5000
 batch_max_age_s = 60
+
+# An MQTT uplink (QoS 1, persistent session; a sample leaves the queue only when the server's
+# acknowledgement arrives on tbms/<username>/ack). Password: device_token.
+# [[uplinks]]
+# name = "mqtt"
+# url = "mqtts://broker.example.com:8883"   # several brokers (a cluster): mqtt://n1:1883,n2:1883
+# username = "t1-gw-1"                      # printed by `trackingbms admin mqtt-device`
+# batch_max_samples = 500
+# timeout_s = 15                            # no acknowledgement this long: the batch is sent again
 
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long
