@@ -102,7 +102,7 @@ class NatsCluster:
                 f'jetstream {{ store_dir: "{workdir / f"js{i}"}" }}\n'
                 f'cluster {{ name: "tbms", listen: "127.0.0.1:{self.cluster_ports[i]}",\n'
                 f"  routes: [{routes}] }}\n"
-                f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}" }}\n'
+                f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}", stream_replicas: 3 }}\n'
             )
 
     def start(self, i: int | None = None) -> None:
@@ -113,6 +113,20 @@ class NatsCluster:
                 )
         for n in [i] if i is not None else range(self.size):
             wait_for(f"nats node {n}", lambda n=n: port_open(self.mqtt_ports[n]), 60)
+        wait_for("JetStream (a meta leader elected)", self.jetstream_ready, 60, every_s=0.5)
+
+    def jetstream_ready(self) -> bool:
+        async def go() -> bool:
+            import nats
+
+            nc = await nats.connect(servers=self.nats_urls.split(","), connect_timeout=2, allow_reconnect=False)
+            try:
+                await nc.jetstream(timeout=2).account_info()
+                return True
+            finally:
+                await nc.close()
+
+        return asyncio.run(go())
 
     def kill(self, i: int) -> None:
         proc = self.procs[i]
