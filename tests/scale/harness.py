@@ -119,7 +119,8 @@ class NatsCluster:
         async def go() -> bool:
             import nats
 
-            nc = await nats.connect(servers=self.nats_urls.split(","), connect_timeout=2, allow_reconnect=False)
+            servers = self.nats_urls.split(",")
+            nc = await nats.connect(servers=servers, connect_timeout=2, allow_reconnect=False)
             try:
                 await nc.jetstream(timeout=2).account_info()
                 return True
