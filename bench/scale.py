@@ -42,13 +42,12 @@ PG_ADMIN_URL = os.environ.get("TRACKINGBMS_TEST_PG", "postgresql://postgres@127.
 CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
 
 
-def sample(bid: str, seq: int, rng: random.Random) -> bytes:
-    now = datetime.now(UTC)
+def sample(bid: str, seq: int, ts_ms: int, rng: random.Random) -> bytes:
+    now = datetime.fromtimestamp(ts_ms / 1000, UTC)
     return orjson.dumps(
         {
             "battery_id": bid,
             "seq": seq,
-            # ms resolution and unique per (battery, seq): seq spaces them 1 ms apart at worst
             "ts": now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z",
             "source": "sim",
             "voltage_v": round(52 + rng.random(), 2),
@@ -73,11 +72,13 @@ class SimGateway:
         )
         self.batteries = batteries
         self.seq = dict.fromkeys(batteries, 0)
+        self.last_ts_ms = dict.fromkeys(batteries, 0)  # a battery's samples need distinct ts
         self.pending: dict[tuple[str, int], tuple[float, bytes]] = {}
         self.inflight: set[tuple[str, int]] = set()
         self.generated: dict[str, list[int]] = {b: [] for b in batteries}
         self.latencies_s: list[float] = []
         self.acked = 0
+        self.rejected = 0
         self.rng = random.Random(key)
         self.transport: Any = None
         self.new_transport()
@@ -100,7 +101,9 @@ class SimGateway:
             bid = self.batteries[self.rng.randrange(len(self.batteries))]
             self.seq[bid] += 1
             seq = self.seq[bid]
-            self.pending[(bid, seq)] = (time.monotonic(), sample(bid, seq, self.rng))
+            ts_ms = max(int(time.time() * 1000), self.last_ts_ms[bid] + 1)
+            self.last_ts_ms[bid] = ts_ms
+            self.pending[(bid, seq)] = (time.monotonic(), sample(bid, seq, ts_ms, self.rng))
             self.generated[bid].append(seq)
 
     async def send_once(self) -> None:
@@ -118,12 +121,13 @@ class SimGateway:
             if isinstance(outcome, Reply) and transport is self.transport:
                 now = time.monotonic()
                 rejected = {int(r["index"]) for r in outcome.body.get("rejected") or []}
-                if rejected:
-                    print(f"rejected: {outcome.body['rejected'][:2]}", file=sys.stderr)
+                if rejected and not self.rejected:
+                    print(f"{self.key}: rejected {outcome.body['rejected'][:1]}", file=sys.stderr)
+                self.rejected += len(rejected)
                 for i, k in enumerate(keys):
+                    created, _ = self.pending.pop(k)
                     if i in rejected:
                         continue
-                    created, _ = self.pending.pop(k)
                     self.latencies_s.append(now - created)
                     self.acked += 1
             else:
@@ -142,7 +146,7 @@ class SimGateway:
 async def create_db() -> str:
     import asyncpg
 
-    name = "tbms_bench_" + uuid.uuid4().hex[:10]
+    name = "tbms_scale_" + uuid.uuid4().hex[:10]
     conn = await asyncpg.connect(PG_ADMIN_URL)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -362,6 +366,7 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "lost": lost,
                 "duplicated": duplicated,
                 "unacknowledged_after_drain": sum(len(g.pending) for g in gws),
+                "rejected": sum(g.rejected for g in gws),
                 "faults_total": faults_total,
                 "load_note": "shared 2-core machine, generator + 3 NATS nodes + workers + PostgreSQL",
             }
@@ -396,6 +401,12 @@ def main() -> None:
     if args.soak and args.phase_s == 30.0:
         args.phase_s = 120.0
         args.fault_every_s = 12.0  # 10 worker/server restarts (and NATS node kills) over the soak
+    import signal
+
+    def on_term(*_: Any) -> None:
+        raise KeyboardInterrupt  # run()'s finally stops the workers and NATS nodes, drops the database
+
+    signal.signal(signal.SIGTERM, on_term)
     results = asyncio.run(run(args))
     for r in results:
         print(json.dumps(r) if args.json else r)
