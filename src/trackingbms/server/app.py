@@ -118,6 +118,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
+        relay = None
+        if not app.state.store.sqlite:  # other API processes and ingest workers may share this database
+            from trackingbms.server.live import PgRelay
+
+            relay = PgRelay(engine, app.state.hub)
+            await relay.start()
         log.info("server ready on %s", engine.dialect.name)
         retention = None
         if settings.retention_interval_s > 0:
@@ -129,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            if relay is not None:
+                await relay.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
             await engine.dispose()
             log.info("server stopped")

@@ -103,7 +103,15 @@ class IngestHandler:
                 "status": 413,
                 "error": f"at most {self.max_batch_samples} samples per batch, got {len(batch)}",
             }
-        res = await self.store.ingest(device, batch, now_ms())  # returns after the commit
+        received = now_ms()
+        res = await self.store.ingest(device, batch, received)  # returns after the commit
+        if not self.store.sqlite:  # to the API processes' live WebSockets
+            for bid, sample in res.latest.items():
+                connectivity = self.store.live_connectivity(sample, received)
+                await self._live(
+                    device.tenant_id,
+                    {"type": "sample", "battery_id": bid, "sample": sample, "connectivity": connectivity},
+                )
         self.stats.batches += 1
         self.stats.accepted += res.accepted
         self.stats.duplicates += res.duplicates
@@ -135,7 +143,18 @@ class IngestHandler:
             return None
         await self.store.heartbeat(device, data)
         self.stats.heartbeats += 1
+        if not self.store.sqlite:
+            message = {"type": "heartbeat", "device_id": device.name, "heartbeat": data}
+            await self._live(device.tenant_id, message)
         return None
+
+    async def _live(self, tenant_id: int, message: dict[str, Any]) -> None:
+        from trackingbms.server.live import notify
+
+        try:
+            await notify(self.store.engine, tenant_id, message)
+        except Exception as exc:  # the live feed is best effort: the batch is stored and acknowledged anyway
+            log.warning("live notify failed: %s", exc)
 
 
 def pending_config(device: DeviceRef, reported: int | None) -> dict[str, Any] | None:
