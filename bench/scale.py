@@ -68,7 +68,7 @@ class SimGateway:
         self.key = key
         self.token = token
         self.cfg = UplinkConfig(
-            name="mqtt", url=mqtt_url, username=key, timeout_s=5.0, batch_max_samples=200, max_in_flight=2
+            name="mqtt", url=mqtt_url, username=key, timeout_s=15.0, batch_max_samples=200, max_in_flight=2
         )
         self.batteries = batteries
         self.seq = dict.fromkeys(batteries, 0)
@@ -219,7 +219,7 @@ class Workers:
                 "--database-url",
                 self.db_url,
                 "--log-level",
-                "warning",
+                "info",
             ],
             stdout=log,
             stderr=log,
@@ -274,6 +274,18 @@ async def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             SimGateway(key, token, cluster.mqtt_url, bids)
             for key, token, bids in await provision(db_url, args.gateways, args.batteries)
         ]
+        workers.start_one()
+
+        def stream_ready() -> bool:
+            try:
+                return cluster.stream_info() is not None
+            except Exception:
+                return False
+
+        for _ in range(120):  # the first worker creates the stream
+            if await asyncio.to_thread(stream_ready):
+                break
+            await asyncio.sleep(0.5)
         stop = asyncio.Event()
         senders = [asyncio.create_task(g.run_sender(stop)) for g in gws]
         faults_total = 0
