@@ -7,6 +7,7 @@ greater than 0``.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +76,8 @@ class UplinkConfig(_Strict):
     def _mqtt(self) -> UplinkConfig:
         if self.is_mqtt and not self.username:
             raise ValueError("username: required for an mqtt:// uplink (see trackingbms admin mqtt-device)")
+        if self.is_mqtt and importlib.util.find_spec("aiomqtt") is None:
+            raise ValueError("url: mqtt:// uplinks need aiomqtt: pip install 'trackingbms[mqtt]'")
         return self
 
 

@@ -329,14 +329,22 @@ async def run_jetstream(
     async def on_error(exc: Exception) -> None:
         log.warning("ingest worker: NATS: %s", exc)
 
-    nc = await nats.connect(
-        servers=servers,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        connect_timeout=2,
-        error_cb=on_error,
-        name=f"tbms-worker-{uuid.uuid4().hex[:8]}",
-    )
+    while True:  # the first connection too: a worker may start before its cluster
+        try:
+            nc = await nats.connect(
+                servers=servers,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                error_cb=on_error,
+                name=f"tbms-worker-{uuid.uuid4().hex[:8]}",
+            )
+            break
+        except Exception as exc:  # NoServersError, DNS, refused: say so once a try, keep trying
+            log.warning("ingest worker: cannot reach NATS at %s (%s); retrying", ", ".join(servers), exc)
+            await _sleep_or_stop(stop, 2.0)
+            if stop.is_set():
+                return
     try:
         js = nc.jetstream(timeout=5)
         while True:  # the cluster may still be electing its meta leader
