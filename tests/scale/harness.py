@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import shutil
 import signal
 import subprocess
@@ -83,7 +84,7 @@ class Mosquitto:
 class NatsCluster:
     """Three ``nats-server`` processes: one cluster, JetStream on each, MQTT listener on each."""
 
-    def __init__(self, workdir: Path, size: int = 3):
+    def __init__(self, workdir: Path, size: int = 3, users_file: Path | None = None):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.size = size
@@ -91,19 +92,27 @@ class NatsCluster:
         self.cluster_ports = [free_port() for _ in range(size)]
         self.mqtt_ports = [free_port() for _ in range(size)]
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
+        #: nats-py connect() keywords when the cluster has users (a worker user's)
+        self.admin_credentials: dict[str, str] = {}
         for i in range(size):
             routes = ", ".join(
                 f'"nats-route://127.0.0.1:{p}"' for j, p in enumerate(self.cluster_ports) if j != i
             )
-            (workdir / f"n{i}.conf").write_text(
+            conf = (
                 f'server_name: "n{i}"\n'
                 f'listen: "127.0.0.1:{self.client_ports[i]}"\n'
                 "max_payload: 8MB\n"
                 f'jetstream {{ store_dir: "{workdir / f"js{i}"}" }}\n'
-                f'cluster {{ name: "tbms", listen: "127.0.0.1:{self.cluster_ports[i]}",\n'
-                f"  routes: [{routes}] }}\n"
-                f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}", stream_replicas: 3 }}\n'
+                f'mqtt {{ listen: "127.0.0.1:{self.mqtt_ports[i]}", stream_replicas: {min(3, size)} }}\n'
             )
+            if size > 1:
+                conf += (
+                    f'cluster {{ name: "tbms", listen: "127.0.0.1:{self.cluster_ports[i]}",\n'
+                    f"  routes: [{routes}] }}\n"
+                )
+            if users_file is not None:  # written by `trackingbms admin mqtt-device --nats-users`
+                conf += f'include "{os.path.relpath(users_file, workdir)}"\n'  # relative to this file
+            (workdir / f"n{i}.conf").write_text(conf)
 
     def start(self, i: int | None = None) -> None:
         for n in [i] if i is not None else range(self.size):
@@ -120,7 +129,9 @@ class NatsCluster:
             import nats
 
             servers = self.nats_urls.split(",")
-            nc = await nats.connect(servers=servers, connect_timeout=2, allow_reconnect=False)
+            nc = await nats.connect(
+                servers=servers, connect_timeout=2, allow_reconnect=False, **self.admin_credentials
+            )
             try:
                 await nc.jetstream(timeout=2).account_info()
                 return True
@@ -157,7 +168,9 @@ class NatsCluster:
         async def go() -> Any:
             import nats
 
-            nc = await nats.connect(servers=self.nats_urls.split(","), connect_timeout=2)
+            nc = await nats.connect(
+                servers=self.nats_urls.split(","), connect_timeout=2, **self.admin_credentials
+            )
             try:
                 return await nc.jetstream().stream_info("TBMS_SAMPLES")
             finally:

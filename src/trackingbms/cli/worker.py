@@ -13,8 +13,17 @@ import typer
 from trackingbms.cli.app import app
 from trackingbms.cli.server import DataDirOpt, DbOpt, JsonOpt, TenantOpt, _run, _settings, admin_app
 
-PasswdOpt = Annotated[Path, typer.Option("--passwd", help="Mosquitto password_file to update")]
-AclOpt = Annotated[Path, typer.Option("--acl", help="Mosquitto acl_file to (re)write")]
+PasswdOpt = Annotated[Path | None, typer.Option("--passwd", help="Mosquitto password_file to update")]
+AclOpt = Annotated[Path | None, typer.Option("--acl", help="Mosquitto acl_file to (re)write")]
+NatsOpt = Annotated[
+    Path | None, typer.Option("--nats-users", help="NATS authorization include file to update")
+]
+
+
+def _need_files(passwd: Path | None, acl: Path | None, nats_users: Path | None) -> None:
+    if nats_users is None and (passwd is None or acl is None):
+        typer.echo("error: give --passwd and --acl (Mosquitto) and/or --nats-users (NATS)", err=True)
+        raise typer.Exit(2)
 
 
 @app.command("ingest-worker")
@@ -25,10 +34,13 @@ def ingest_worker(
     ] = None,
     nats: Annotated[
         str | None,
-        typer.Option(help="consume from NATS JetStream: nats://host:port[,nats://host2:port...]"),
+        typer.Option(help="consume from NATS JetStream: nats://[user@]host:port[,nats://host2:port...]"),
     ] = None,
     mqtt_password: Annotated[
-        str | None, typer.Option(envvar="TRACKINGBMS_MQTT_PASSWORD", help="the worker user's password")
+        str | None,
+        typer.Option(
+            envvar="TRACKINGBMS_MQTT_PASSWORD", help="the worker user's broker password (MQTT or NATS)"
+        ),
     ] = None,
     replicas: Annotated[int, typer.Option(help="JetStream stream replicas when creating it")] = 3,
     database_url: DbOpt = None,
@@ -61,7 +73,7 @@ def ingest_worker(
             else:
                 assert nats
                 servers = [s.strip() for s in nats.split(",")]
-                await run_jetstream(handler, servers, replicas=replicas, stop=stop)
+                await run_jetstream(handler, servers, password=mqtt_password, replicas=replicas, stop=stop)
         finally:
             await engine.dispose()
 
@@ -79,40 +91,48 @@ def ingest_worker(
 def mqtt_device(
     device: str,
     tenant: TenantOpt,
-    passwd: PasswdOpt,
-    acl: AclOpt,
+    passwd: PasswdOpt = None,
+    acl: AclOpt = None,
+    nats_users: NatsOpt = None,
     remove: Annotated[bool, typer.Option("--remove", help="remove the device from the broker")] = False,
     database_url: DbOpt = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Give a device MQTT credentials: a new device token (also valid over HTTP) as its password, its
-    user name t<tenant>-<device>, and the ACL limiting it to its own topics. Then SIGHUP Mosquitto."""
+    user name t<tenant>-<device>, and the ACL limiting it to its own topics. Then reload the broker."""
     from trackingbms.server import brokers
     from trackingbms.server import provisioning as p
+
+    _need_files(passwd, acl, nats_users)
+
+    def write(key: str, token: str | None) -> None:
+        if passwd is not None and acl is not None:
+            brokers.set_mosquitto_user(passwd, key, token)
+            brokers.write_mosquitto_acl(acl)
+        if nats_users is not None:
+            brokers.set_nats_user(nats_users, key, token)
 
     async def go(url: str) -> dict[str, Any]:
         async with p.open_store(url) as store:
             tid = await store.tenant_by_name(tenant)
             key = brokers.device_key(tid, device)
             if remove:
-                brokers.set_mosquitto_user(passwd, key, None)
-                brokers.write_mosquitto_acl(acl)
+                write(key, None)
                 return {"username": key, "removed": True}
             issued = await store.tenant(tid).new_device_token(device)
-        brokers.set_mosquitto_user(passwd, key, issued["token"])
-        brokers.write_mosquitto_acl(acl)
+        write(key, issued["token"])
         return {"device_id": device, "username": key, "token": issued["token"]}
 
     def text(r: dict[str, Any]) -> str:
         if r.get("removed"):
-            return f"removed {r['username']} from {passwd}; reload Mosquitto (SIGHUP)"
+            return f"removed {r['username']} from the broker files; reload the broker"
         return (
             f"MQTT user {r['username']} (topics tbms/{r['username']}/...)\n"
             f"token (shown once; the gateway's device_token): {r['token']}\n"
             f'gateway.toml:\n  [[uplinks]]\n  name = "mqtt"\n  url = "mqtts://BROKER:8883"\n'
             f'  username = "{r["username"]}"\n'
-            "reload Mosquitto (SIGHUP) to apply"
+            "reload the broker to apply (Mosquitto: SIGHUP; NATS: nats-server --signal reload)"
         )
 
     _run(go, database_url, data_dir, as_json, text)
@@ -121,14 +141,16 @@ def mqtt_device(
 @admin_app.command("mqtt-worker")
 def mqtt_worker(
     name: str,
-    passwd: PasswdOpt,
-    acl: AclOpt,
+    passwd: PasswdOpt = None,
+    acl: AclOpt = None,
+    nats_users: NatsOpt = None,
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Add (or re-key) an ingest worker's broker user: it reads every device's samples, writes acks."""
     from trackingbms.server import brokers
 
+    _need_files(passwd, acl, nats_users)
     if not brokers.worker_name_ok(name):
         msg = f"error: {name!r}: use letters, digits, '_' and '-', not the devices' form t<N>-…"
         typer.echo(msg, err=True)
@@ -136,9 +158,12 @@ def mqtt_worker(
     if len(password) < 12:
         typer.echo("error: the worker password must be at least 12 characters", err=True)
         raise typer.Exit(2)
-    brokers.set_mosquitto_user(passwd, name, password)
-    workers = brokers.write_mosquitto_acl(acl, [name])
+    if passwd is not None and acl is not None:
+        brokers.set_mosquitto_user(passwd, name, password)
+        brokers.write_mosquitto_acl(acl, [name])
+    if nats_users is not None:
+        brokers.set_nats_user(nats_users, name, password, device=False)
     if as_json:
-        typer.echo(json.dumps({"username": name, "workers": workers}))
+        typer.echo(json.dumps({"username": name}))
     else:
-        typer.echo(f"worker user {name} written; reload Mosquitto (SIGHUP) to apply")
+        typer.echo(f"worker user {name} written; reload the broker to apply")

@@ -102,3 +102,39 @@ def write_mosquitto_acl(acl_file: Path, workers: list[str] | None = None) -> lis
 
 def worker_name_ok(name: str) -> bool:
     return bool(NAME_OK.match(name)) and DEVICE_KEY.match(name) is None
+
+
+# --------------------------------------------------------------------------------------------------- NATS
+
+NATS_HEADER = """\
+# Written by `trackingbms admin mqtt-device` / `mqtt-worker` (one user per line); include it from the
+# nats-server configuration (`include tbms-users.conf`) and reload (nats-server --signal reload).
+authorization {
+  users = [
+"""
+
+
+def nats_device_permissions(key: str) -> str:
+    # $MQTT.sub.> : NATS delivers a QoS 1 subscription through an internal subject of that name
+    return (
+        f'{{ publish: ["tbms.{key}.samples", "tbms.{key}.heartbeat"], '
+        f'subscribe: ["tbms.{key}.ack", "$MQTT.sub.>"] }}'
+    )
+
+
+def set_nats_user(users_file: Path, user: str, password: str | None, *, device: bool = True) -> None:
+    """Add or replace ``user`` in a NATS authorization include file (password stored as a bcrypt hash; a
+    device may publish only its own samples and heartbeats and read only its own acks; a worker is
+    unrestricted); ``password=None`` removes it."""
+    import bcrypt
+
+    marker = f'    {{ user: "{user}",'
+    entries = [
+        ln for ln in _read_lines(users_file) if ln.startswith('    { user: "') and not ln.startswith(marker)
+    ]
+    if password is not None:
+        # "2a": the Go bcrypt in nats-server refuses the newer "2b" prefix (same algorithm)
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(11, prefix=b"2a")).decode()
+        perms = f", permissions: {nats_device_permissions(user)}" if device else ""
+        entries.append(f'{marker} password: "{hashed}"{perms} }}')
+    _write_atomic(users_file, NATS_HEADER + "".join(e + "\n" for e in entries) + "  ]\n}\n")

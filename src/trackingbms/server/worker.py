@@ -313,6 +313,7 @@ async def run_jetstream(
     handler: IngestHandler,
     servers: list[str],
     *,
+    password: str | None = None,
     replicas: int = 3,
     batch: int = 32,
     ack_wait_s: float = 10.0,
@@ -320,11 +321,17 @@ async def run_jetstream(
     ready: Callable[[], None] | None = None,
 ) -> None:
     """Pull from the durable consumer ``ingest`` and ack each message after its commit, until ``stop``."""
+    from urllib.parse import unquote, urlsplit
+
     import nats
     from nats.errors import TimeoutError as NatsTimeout
     from nats.js.api import AckPolicy, ConsumerConfig
 
     stop = stop or asyncio.Event()
+    user = urlsplit(servers[0]).username
+    credentials = {"user": unquote(user), "password": password or ""} if user and password else {}
+    if credentials:  # the password comes from the environment, not the command line
+        servers = [s.split("://", 1)[0] + "://" + s.split("://", 1)[1].rsplit("@", 1)[-1] for s in servers]
 
     async def on_error(exc: Exception) -> None:
         log.warning("ingest worker: NATS: %s", exc)
@@ -338,6 +345,7 @@ async def run_jetstream(
                 connect_timeout=2,
                 error_cb=on_error,
                 name=f"tbms-worker-{uuid.uuid4().hex[:8]}",
+                **credentials,
             )
             break
         except Exception as exc:  # NoServersError, DNS, refused: say so once a try, keep trying
