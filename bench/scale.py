@@ -79,6 +79,7 @@ class SimGateway:
         self.latencies_s: list[float] = []
         self.acked = 0
         self.rejected = 0
+        self.backoff_s = 0.0
         self.rng = random.Random(key)
         self.transport: Any = None
         self.new_transport()
@@ -130,8 +131,10 @@ class SimGateway:
                         continue
                     self.latencies_s.append(now - created)
                     self.acked += 1
-            else:
-                await asyncio.sleep(0.2)
+                self.backoff_s = 0.0
+            else:  # like the gateway's policy: jittered exponential backoff, not a retry storm
+                self.backoff_s = min(30.0, max(1.0, self.backoff_s * 2))
+                await asyncio.sleep(self.backoff_s * self.rng.uniform(0.5, 1.0))
         finally:
             self.inflight.difference_update(keys)
 

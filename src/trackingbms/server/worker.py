@@ -9,7 +9,8 @@ Gateways publish the ingest API's batch JSON on ``tbms/<device key>/samples`` (p
 - **JetStream** (NATS, e.g. its MQTT listener, where the same topics become subjects ``tbms.<key>.…``):
   the samples land in a replicated stream; workers share one durable pull consumer and ack each message
   explicitly, only after the commit. A worker killed mid-batch leaves its messages unacked: JetStream
-  redelivers them to another worker after ``ack_wait``.
+  redelivers them to another worker after ``ack_wait`` (30 s; a few messages are fetched at a time so that a
+  slow database does not make healthy workers' messages look abandoned).
 
 Each batch goes through the same ingest path as ``POST /api/v1/ingest`` (one validation, one dedup,
 one storage path); the reply ``{"batch_id", "accepted", "duplicates", "rejected", "config"?}`` is
@@ -315,8 +316,8 @@ async def run_jetstream(
     *,
     password: str | None = None,
     replicas: int = 3,
-    batch: int = 32,
-    ack_wait_s: float = 10.0,
+    batch: int = 8,
+    ack_wait_s: float = 30.0,
     stop: asyncio.Event | None = None,
     ready: Callable[[], None] | None = None,
 ) -> None:
