@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trackingbms import __version__
 from trackingbms.server.db import make_engine, migrate
 from trackingbms.server.hub import Hub
+from trackingbms.server.ingest import IngestService
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
+        app.state.ingest = IngestService(app.state.store, app.state.hub)
         relay = None
         if not app.state.store.sqlite:  # other API processes and ingest workers may share this database
             from trackingbms.server.live import PgRelay
@@ -152,7 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = Hub()
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
 
-    from trackingbms.server.routes import router
+    from trackingbms.server.api import router
 
     app.include_router(router)
 

@@ -12,10 +12,11 @@ Gateways publish the ingest API's batch JSON on ``tbms/<device key>/samples`` (p
   redelivers them to another worker after ``ack_wait`` (30 s; a few messages are fetched at a time so that a
   slow database does not make healthy workers' messages look abandoned).
 
-Each batch goes through the same ingest path as ``POST /api/v1/ingest`` (one validation, one dedup,
-one storage path); the reply ``{"batch_id", "accepted", "duplicates", "rejected", "config"?}`` is
-published on ``tbms/<key>/ack`` *after* the commit. A redelivered or re-sent batch is answered with its
-samples counted as duplicates, so the gateway can always delete what the server has.
+Each batch goes through the same :class:`~trackingbms.server.ingest.IngestService` as
+``POST /api/v1/ingest`` (one validation, one dedup, one storage path); the reply ``{"batch_id", "accepted",
+"duplicates", "rejected", "config"?}`` is published on ``tbms/<key>/ack`` *after* the commit. A
+redelivered or re-sent batch is answered with its samples counted as duplicates, so the gateway can always
+delete what the server has.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ from sqlalchemy import select
 
 from trackingbms.server.brokers import parse_device_key, parse_topic
 from trackingbms.server.db import devices
+from trackingbms.server.hub import Hub
+from trackingbms.server.ingest import IngestService
+from trackingbms.server.live import PgRelay
 from trackingbms.server.store import DeviceRef, Store, now_ms
 
 log = logging.getLogger("trackingbms.server.worker")
@@ -60,6 +64,12 @@ class IngestHandler:
         self.store = store
         self.max_batch_samples = max_batch_samples
         self.stats = WorkerStats()
+        # the same ingest service as POST /api/v1/ingest; its live messages reach the API processes'
+        # WebSockets through PostgreSQL NOTIFY (a worker has no WebSockets of its own)
+        self.hub = Hub()
+        if not store.sqlite:
+            self.hub.relay = PgRelay(store.engine, self.hub).relay
+        self.service = IngestService(store, self.hub)
 
     async def device(self, key: str) -> DeviceRef | None:
         parsed = parse_device_key(key)
@@ -104,15 +114,7 @@ class IngestHandler:
                 "status": 413,
                 "error": f"at most {self.max_batch_samples} samples per batch, got {len(batch)}",
             }
-        received = now_ms()
-        res = await self.store.ingest(device, batch, received)  # returns after the commit
-        if not self.store.sqlite:  # to the API processes' live WebSockets
-            for bid, sample in res.latest.items():
-                connectivity = self.store.live_connectivity(sample, received)
-                await self._live(
-                    device.tenant_id,
-                    {"type": "sample", "battery_id": bid, "sample": sample, "connectivity": connectivity},
-                )
+        res = await self.service.ingest(device, batch, now_ms())  # returns after the commit
         self.stats.batches += 1
         self.stats.accepted += res.accepted
         self.stats.duplicates += res.duplicates
@@ -127,7 +129,7 @@ class IngestHandler:
         reported = reported if isinstance(reported, int) and 0 <= reported < 2**31 else None
         if reported is not None and reported != device.reported_config_version:
             await self.store.note_config_version(device, reported)
-        cfg = pending_config(device, reported)
+        cfg = device.pending_config(reported)
         if cfg is not None:
             reply["config"] = cfg
         return reply
@@ -144,27 +146,8 @@ class IngestHandler:
             return None
         await self.store.heartbeat(device, data)
         self.stats.heartbeats += 1
-        if not self.store.sqlite:
-            message = {"type": "heartbeat", "device_id": device.name, "heartbeat": data}
-            await self._live(device.tenant_id, message)
+        self.hub.publish(device.tenant_id, {"type": "heartbeat", "device_id": device.name, "heartbeat": data})
         return None
-
-    async def _live(self, tenant_id: int, message: dict[str, Any]) -> None:
-        from trackingbms.server.live import notify
-
-        try:
-            await notify(self.store.engine, tenant_id, message)
-        except Exception as exc:  # the live feed is best effort: the batch is stored and acknowledged anyway
-            log.warning("live notify failed: %s", exc)
-
-
-def pending_config(device: DeviceRef, reported: int | None) -> dict[str, Any] | None:
-    if device.config is None or device.config_version <= 0:
-        return None
-    known = reported if reported is not None else device.reported_config_version
-    if known is not None and known >= device.config_version:
-        return None
-    return orjson.loads(device.config)
 
 
 # -------------------------------------------------------------------------------------------- MQTT
