@@ -115,7 +115,7 @@ class RemoteConfig:
 
 
 def make_transport(cfg: UplinkConfig, token: str) -> Transport:
-    if cfg.url.startswith(("mqtt://", "mqtts://")):
+    if cfg.is_mqtt:
         from trackingbms.gateway.uplinks.mqtt import MqttTransport
 
         return MqttTransport(cfg, token)
