@@ -74,7 +74,8 @@ def test_handler_acks_after_storing_and_refuses_what_it_must(tmp_path: Path) -> 
     assert r["too_many"] == {"batch_id": "c", "status": 413, "error": "at most 3 samples per batch, got 4"}
     assert r["not_a_batch"]["status"] == 422
     assert r["not_json"] is None  # nothing to answer: the gateway's timeout sends it again
-    assert r["heartbeat"] is None
+    # the gateway reported config 0 with its batch: the heartbeat's answer carries the newer config
+    assert r["heartbeat"] == {"batch_id": None, "config": {"config_version": 1, "heartbeat_interval_s": 10}}
     assert r["device"]["heartbeat"]["uptime_s"] == 5
 
 

@@ -134,7 +134,9 @@ class IngestHandler:
             reply["config"] = cfg
         return reply
 
-    async def _heartbeat(self, device: DeviceRef, obj: Any) -> None:
+    async def _heartbeat(self, device: DeviceRef, obj: Any) -> dict[str, Any] | None:
+        """Stored like ``POST /api/v1/heartbeat``; a newer remote config than the one the gateway reports
+        is answered on its ack topic (``{"batch_id": null, "config": …}``), as the HTTP reply carries it."""
         from pydantic import ValidationError
 
         from trackingbms.server.schemas import Heartbeat
@@ -147,7 +149,9 @@ class IngestHandler:
         await self.store.heartbeat(device, data)
         self.stats.heartbeats += 1
         self.hub.publish(device.tenant_id, {"type": "heartbeat", "device_id": device.name, "heartbeat": data})
-        return None
+        reported = data.get("config_version")
+        cfg = device.pending_config(reported if reported is not None else -1)
+        return {"batch_id": None, "config": cfg} if cfg is not None else None
 
 
 # -------------------------------------------------------------------------------------------- MQTT

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import ssl
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiomqtt
@@ -65,6 +66,9 @@ class MqttTransport:
         self.waiters: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
         self.last_error = "not connected yet"
         self._task: asyncio.Task[None] | None = None
+        #: called with a remote config the server sends unasked (its answer to a heartbeat)
+        self.on_config: Callable[[Any], Awaitable[None]] | None = None
+        self._applying: set[asyncio.Task[None]] = set()
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
@@ -125,6 +129,11 @@ class MqttTransport:
         fut = self.waiters.get(str(reply.get("batch_id")))
         if fut is not None and not fut.done():
             fut.set_result(reply)
+            return
+        if reply.get("batch_id") is None and reply.get("config") and self.on_config is not None:
+            task = asyncio.get_running_loop().create_task(self.on_config(reply["config"]))
+            self._applying.add(task)
+            task.add_done_callback(self._applying.discard)
         # else: the ack of a batch we stopped waiting for (timed out, or before a restart): it is sent
         # again and counted as duplicates by the server
 

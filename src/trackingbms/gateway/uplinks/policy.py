@@ -177,6 +177,9 @@ class UplinkManager:
         self.state = state
         self.remote = remote
         self.uplinks = [Uplink(u, config.device_token) for u in config.uplinks]
+        for up in self.uplinks:
+            if hasattr(up.transport, "on_config"):  # MQTT: config answers a heartbeat on the ack topic
+                up.transport.on_config = remote.apply
         self.active = 0
         self.state.uplink = self.uplinks[0].name
         self.wake = asyncio.Event()
