@@ -121,6 +121,30 @@ class LocalApiConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class HomeAssistantConfig(_Strict):
+    """Optional local MQTT output with Home Assistant discovery (trackingbms.gateway.homeassistant)."""
+
+    #: mqtt://[user:password@]host[:port] or mqtts:// (TLS)
+    broker: str
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: state, availability and command topics: <topic_prefix>/<battery_id>/...
+    topic_prefix: str = Field("trackingbms", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: publish each pack's state at most this often (and at once when its link or a MOSFET changes)
+    publish_interval_s: float = Field(5.0, ge=0)
+    #: one (disabled by default) sensor per cell besides min / max / delta
+    cell_entities: bool = True
+    #: battery ids whose charge / discharge MOSFETs Home Assistant may switch (none by default)
+    mosfet_switches: list[str] = Field(default_factory=list)
+    client_id: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, broker: str) -> str:
+        if not broker.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://, e.g. mqtt://homeassistant.local:1883")
+        return broker
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration (see :data:`EXAMPLE_CONFIG`)."""
 
@@ -139,6 +163,7 @@ class GatewayConfig(_Strict):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
+    home_assistant: HomeAssistantConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -150,6 +175,10 @@ class GatewayConfig(_Strict):
         names = [u.name for u in self.uplinks]
         if len(set(names)) != len(names):
             raise ValueError("uplinks: each uplink name may appear once")
+        unknown = sorted(set(self.home_assistant.mosfet_switches) - set(ids)) if self.home_assistant else []
+        if unknown:
+            names = ", ".join(unknown)
+            raise ValueError(f"home_assistant.mosfet_switches: {names} is not a [[bms]] battery_id")
         return self
 
     @classmethod
@@ -230,6 +259,15 @@ backoff_max_s = 60
 enabled = true
 listen = "0.0.0.0:8081"
 # token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
+
+# Optional: Home Assistant MQTT discovery (each pack appears as a device with its sensors).
+# [home_assistant]
+# broker = "mqtt://user:password@homeassistant.local:1883"   # mqtts:// for TLS
+# discovery_prefix = "homeassistant"
+# topic_prefix = "trackingbms"       # state / availability / command topics: trackingbms/<battery_id>/...
+# publish_interval_s = 5             # state at most this often (link and MOSFET changes at once)
+# cell_entities = true               # one sensor per cell (disabled in HA until you enable it)
+# mosfet_switches = ["pack-1"]       # packs whose charge / discharge MOSFETs HA may switch (none by default)
 
 # One [[bms]] table per BMS.
 [[bms]]
