@@ -51,7 +51,9 @@ class Gateway:
             )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
-            self.local = LocalApi(config.local_api, self.state, self.queue, self.status)
+            self.local = LocalApi(
+                config.local_api, self.state, self.queue, self.status, [u.name for u in config.uplinks]
+            )
 
     async def status(self) -> dict[str, Any]:
         body = await self.uplinks.heartbeat_body()
