@@ -64,10 +64,7 @@ def test_gateway_metrics_show_queue_links_polls_and_uplink(tmp_path, packs, gate
     inf = m["trackingbms_gateway_bms_poll_duration_seconds_bucket"][(("battery_id", "m-2"), ("le", "+Inf"))]
     assert inf == m["trackingbms_gateway_bms_poll_duration_seconds_count"][(("battery_id", "m-2"),)]
     assert 0 <= m["trackingbms_gateway_disk_budget_used_ratio"][()] <= 1
-    assert (
-        m["trackingbms_gateway_info"][(("version", m and next(iter(m["trackingbms_gateway_info"]))[0][1]),)]
-        == 1
-    )
+    assert list(m["trackingbms_gateway_info"].values()) == [1]
 
     sims.unplug("m-2")  # the BMS link drops: the metric says so
     key = (("battery_id", "m-2"), ("state", "disconnected"))
