@@ -188,3 +188,24 @@ def test_state_payload_derives_power_cells_and_fault_texts() -> None:
     keys = set(state_payload({"cells_mv": [1, 2], "temps_c": [20.0]}, "ok"))
     for cfg in sensors(2, 1, True).values():
         assert cfg["value_template"].split("value_json.")[1].split()[0] in keys
+
+
+def test_home_assistant_config_errors_name_the_key() -> None:
+    from trackingbms.gateway.config import ConfigError, GatewayConfig
+
+    base = {
+        "device_token": "tok-12345678",
+        "state_dir": "/tmp/x",
+        "uplinks": [{"name": "wifi", "url": "http://127.0.0.1:1"}],
+        "bms": [{"battery_id": "p1", "port": "tcp://127.0.0.1:1"}],
+    }
+    with pytest.raises(
+        ConfigError, match=r"home_assistant\.mosfet_switches: p9 is not a \[\[bms\]\] battery_id"
+    ):
+        GatewayConfig.from_dict({**base, "home_assistant": {"broker": "mqtt://h", "mosfet_switches": ["p9"]}})
+    with pytest.raises(ConfigError, match=r"home_assistant\.broker: must start with mqtt://"):
+        GatewayConfig.from_dict({**base, "home_assistant": {"broker": "http://h"}})
+    cfg = GatewayConfig.from_dict({**base, "home_assistant": {"broker": "mqtt://h"}})
+    assert (
+        cfg.home_assistant is not None and cfg.home_assistant.mosfet_switches == []
+    )  # no switches by default
