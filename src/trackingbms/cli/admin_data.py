@@ -84,3 +84,78 @@ def backup(
     except (sqlite3.Error, OSError) as exc:
         raise _fail(f"backup of {source} failed: {exc}") from None
     typer.echo(f"backed up {source} to {out} ({size / 1048576:.1f} MiB, integrity ok)")
+
+
+@admin_app.command("export")
+def export(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="tenant name")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="directory of the dataset (created)")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="parquet (a dataset partitioned by battery and day)")
+    ] = "parquet",
+    from_: Annotated[str | None, typer.Option("--from", help="RFC 3339 start; default: everything")] = None,
+    to: Annotated[str | None, typer.Option("--to", help="RFC 3339 end (exclusive); default: now")] = None,
+    battery: Annotated[
+        list[str] | None, typer.Option("--battery", "-b", help="only this battery (repeat)")
+    ] = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Export a tenant's samples as a Parquet dataset: OUT/battery_id=<id>/day=<YYYY-MM-DD>/part-0.parquet.
+
+    Read it with pandas.read_parquet(OUT) or DuckDB: SELECT * FROM read_parquet('OUT/**/*.parquet',
+    hive_partitioning = true). A day already exported is replaced, never duplicated.
+    """
+    import asyncio
+
+    from trackingbms.server import parquet
+
+    if fmt != "parquet":
+        raise _fail(f"unknown --format {fmt!r}: parquet (CSV is per battery: GET …/export.csv)", EXIT_USAGE)
+    try:
+        parquet.require()
+    except parquet.ParquetUnavailable as exc:
+        raise _fail(str(exc)) from None
+    from_ms, to_ms = _span(from_, to)
+    url = _settings(database_url, data_dir).resolved_database_url()
+    source = sqlite_path(url)
+    if source is not None and not source.is_file():
+        raise _fail(f"no database at {source} (set --data-dir or --database-url)")
+
+    async def go() -> dict[str, object]:
+        from trackingbms.server import provisioning as p
+        from trackingbms.server.codec import unpack
+
+        async with p.open_store(url) as store:
+            ts = store.tenant(await store.tenant_by_name(tenant))
+            return await parquet.export_dataset(ts, out, from_ms, to_ms, unpack, battery)
+
+    from trackingbms.server.store import NotFound
+
+    try:
+        result = asyncio.run(go())
+    except NotFound as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {out}: {exc}") from None
+    n, b, f = result["samples"], result["batteries"], result["files"]
+    typer.echo(f"{n} samples of {b} batteries in {f} files under {out}")
+
+
+def _span(from_: str | None, to: str | None) -> tuple[int, int]:
+    from datetime import UTC, datetime
+
+    def ms(text: str, name: str) -> int:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise _fail(f"--{name} must be an RFC 3339 time, e.g. 2026-11-24T00:00:00Z", EXIT_USAGE) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return int(when.timestamp() * 1000)
+
+    to_ms = ms(to, "to") if to else int(datetime.now(UTC).timestamp() * 1000) + 1
+    from_ms = ms(from_, "from") if from_ else 0
+    if from_ms >= to_ms:
+        raise _fail("--from must be before --to", EXIT_USAGE)
+    return from_ms, to_ms
