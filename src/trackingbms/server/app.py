@@ -148,6 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(router)
 
+    from trackingbms.server import metrics
+
+    metrics.install(app)
+
     @app.exception_handler(NotFound)
     async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)

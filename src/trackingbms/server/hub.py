@@ -21,6 +21,10 @@ class Hub:
                     q.get_nowait()
             q.put_nowait(message)
 
+    def subscriber_count(self) -> int:
+        """Open live connections (the metrics' live sockets)."""
+        return sum(len(subs) for subs in self._subs.values())
+
     @contextlib.contextmanager
     def subscribe(self, tenant_id: int) -> Iterator[asyncio.Queue[dict[str, Any]]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._queue_size)
