@@ -43,7 +43,7 @@ class ApiTokenCreated(ApiTokenOut):
 
 def _session_user(user: CurrentUser, cred: UserCredentials) -> CurrentUser:
     if cred is not None and is_api_token(cred.credentials):
-        raise HTTPException(403, "API tokens cannot manage tokens: log in to the dashboard or use the admin CLI")
+        raise HTTPException(403, "an API token cannot manage tokens: log in, or use the admin CLI")
     return user
 
 
