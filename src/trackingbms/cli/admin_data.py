@@ -8,8 +8,9 @@ PostgreSQL is backed up with its own ``pg_dump``.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -159,3 +160,103 @@ def _span(from_: str | None, to: str | None) -> tuple[int, int]:
     if from_ms >= to_ms:
         raise _fail("--from must be before --to", EXIT_USAGE)
     return from_ms, to_ms
+
+
+def _tokens_run(
+    coro_fn: Callable[[Any], Awaitable[Any]], database_url: str | None, data_dir: Path | None
+) -> Any:
+    import asyncio
+
+    from trackingbms.server import provisioning as p
+    from trackingbms.server.store import Conflict, NotFound
+
+    url = _settings(database_url, data_dir).resolved_database_url()
+    source = sqlite_path(url)
+    if source is not None and not source.is_file():
+        raise _fail(f"no database at {source} (set --data-dir or --database-url)")
+
+    async def go() -> Any:
+        async with p.open_store(url) as store:
+            return await coro_fn(store)
+
+    try:
+        return asyncio.run(go())
+    except (NotFound, Conflict, ValueError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def _when(ms: int | None) -> str:
+    from datetime import UTC, datetime
+
+    return "never" if ms is None else datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@admin_app.command("create-api-token")
+def create_api_token(
+    email: Annotated[str, typer.Argument(help="the user the token acts for")],
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="tenant name")],
+    name: Annotated[str, typer.Option("--name", help="what it is for, e.g. grafana")],
+    scope: Annotated[str, typer.Option("--scope", help="read or read-write")] = "read",
+    expires_days: Annotated[int, typer.Option("--expires-days", help="1 to 366")] = 90,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Create a personal access token for an integration; printed once (stored hashed)."""
+    import json
+
+    async def go(store: Any) -> Any:
+        ts = store.tenant(await store.tenant_by_name(tenant))
+        return await ts.create_api_token(email, name, scope, expires_days)
+
+    r = _tokens_run(go, database_url, data_dir)
+    if as_json:
+        typer.echo(json.dumps(r))
+        return
+    typer.echo(
+        f"API token {r['id']} ({r['name']}, {r['scope']}) for {r['user']}, expires {_when(r['expires_ms'])}"
+    )
+    typer.echo(f"token (shown once, keep it): {r['token']}")
+
+
+@admin_app.command("list-api-tokens")
+def list_api_tokens(
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="tenant name")],
+    user: Annotated[str | None, typer.Option("--user", help="only this user's tokens")] = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """List a tenant's API tokens (never the tokens themselves)."""
+    import json
+
+    async def go(store: Any) -> Any:
+        return await store.tenant(await store.tenant_by_name(tenant)).list_api_tokens(user)
+
+    rows = _tokens_run(go, database_url, data_dir)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(
+            f"{r['id']:>5}  {r['status']:<8} {r['scope']:<10} {r['user']:<30} {r['name']:<20} "
+            f"expires {_when(r['expires_ms'])}, last used {_when(r['last_used_ms'])}"
+        )
+    if not rows:
+        typer.echo("no API tokens")
+
+
+@admin_app.command("revoke-api-token")
+def revoke_api_token(
+    token_id: Annotated[int, typer.Argument(help="the token's id (list-api-tokens)")],
+    tenant: Annotated[str, typer.Option("--tenant", "-t", help="tenant name")],
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Revoke an API token: requests with it get 401 from now on."""
+
+    async def go(store: Any) -> Any:
+        return await store.tenant(await store.tenant_by_name(tenant)).revoke_api_token(token_id)
+
+    r = _tokens_run(go, database_url, data_dir)
+    typer.echo(f"revoked API token {r['id']} ({r['name']}) of {r['user']}")
