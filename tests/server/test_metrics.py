@@ -52,6 +52,12 @@ async def test_metrics_show_ingest_requests_fleet_alarms_and_live_sockets(world:
     assert m["trackingbms_active_alarms"][(("tenant", "acme"),)] == 1
     assert m["trackingbms_active_alarms"][(("tenant", "globex"),)] == 0
 
+    # ingest: samples by outcome, rejections by the field at fault, batch latency
+    outcome = {dict(k)["outcome"]: v for k, v in m["trackingbms_ingest_samples_total"].items()}
+    assert outcome == {"accepted": 2, "duplicate": 1, "rejected": 1}
+    assert m["trackingbms_ingest_rejected_samples_total"] == {(("reason", "battery_id"),): 1}
+    assert m["trackingbms_ingest_batch_duration_seconds_count"][(("transport", "http"),)] == 2
+
     # request latencies by route template, not raw path
     req = m["trackingbms_http_request_duration_seconds_count"]
     assert req[(("code", "200"), ("method", "GET"), ("route", "/api/v1/batteries/{battery_id}"))] == 1

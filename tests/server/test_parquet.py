@@ -14,7 +14,7 @@ import pytest
 from trackingbms.server import provisioning as p
 from trackingbms.server.settings import Settings
 
-from .conftest import ServerThread, sample
+from .conftest import ServerThread, login, sample
 
 pa = pytest.importorskip("pyarrow")
 duckdb = pytest.importorskip("duckdb")
@@ -135,3 +135,39 @@ def test_admin_export_errors_are_one_line(loaded, tmp_path: Path) -> None:
     assert r.returncode == 2 and "unknown --format" in r.stderr
     r = cli("admin", "export", "-t", "other", "--out", str(tmp_path / "o"), "--data-dir", str(data))
     assert r.returncode == 0 and "0 samples" in r.stdout  # a tenant sees only its own batteries
+
+
+def test_export_parquet_has_the_csv_content_typed(loaded, tmp_path: Path) -> None:
+    import csv
+    import io
+
+    import pyarrow.parquet as pq
+
+    srv, _ = loaded
+    user = asyncio.run(login(srv.base_url, "admin@acme.test", "admin-pass-1"))
+    auth = {"Authorization": f"Bearer {user}"}
+    span = {"from": "2000-01-01T00:00:00Z"}
+    base = f"{srv.base_url}/api/v1/batteries/px-1"
+    r = httpx.get(f"{base}/export.parquet", headers=auth, params=span)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/vnd.apache.parquet"
+    t = pq.read_table(io.BytesIO(r.content))
+    rows = list(csv.DictReader(io.StringIO(httpx.get(f"{base}/export.csv", headers=auth, params=span).text)))
+    assert t.num_rows == len(rows) == 51
+    assert t.schema.field("ts").type == pa.timestamp("ms", tz="UTC")
+    got = t.to_pylist()
+    for row, rec in zip(rows, got, strict=True):
+        assert int(row["seq"]) == rec["seq"]
+        assert row["ts"] == rec["ts"].strftime("%Y-%m-%dT%H:%M:%S.") + f"{rec['ts'].microsecond // 1000:03d}Z"
+        assert (float(row["voltage_v"]) if row["voltage_v"] else None) == rec["voltage_v"]
+        cells = [int(row[f"cell_{i}_mv"]) for i in range(1, 17) if row[f"cell_{i}_mv"]]
+        assert cells == (rec["cells_mv"] or [])
+        assert row["charge_mos"] == ("" if rec["charge_mos"] is None else str(rec["charge_mos"]).lower())
+        assert (row["errors"] or None) == rec["errors"]
+    # DuckDB reads the downloaded file as it is
+    path = tmp_path / "px-1.parquet"
+    path.write_bytes(r.content)
+    assert duckdb.connect().execute(f"SELECT count(*), max(seq) FROM '{path}'").fetchone() == (51, 200)
+
+    assert httpx.get(f"{srv.base_url}/api/v1/batteries/nope/export.parquet", headers=auth).status_code == 404
+    assert httpx.get(f"{base}/export.parquet").status_code == 401

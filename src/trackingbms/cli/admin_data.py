@@ -125,7 +125,7 @@ def export(
 
     async def go() -> dict[str, object]:
         from trackingbms.server import provisioning as p
-        from trackingbms.server.codec import unpack
+        from trackingbms.server.store.packing import unpack
 
         async with p.open_store(url) as store:
             ts = store.tenant(await store.tenant_by_name(tenant))

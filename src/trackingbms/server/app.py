@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
-        app.state.ingest = IngestService(app.state.store, app.state.hub)
+        app.state.ingest = IngestService(app.state.store, app.state.hub, app.state.metrics)
         log.info("server ready on %s", engine.dialect.name)
         retention = None
         if settings.retention_interval_s > 0:

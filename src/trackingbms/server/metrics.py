@@ -91,14 +91,8 @@ class ServerMetrics:
         now = time.monotonic()
         if self._fleet_cache is not None and now - self._fleet_cache[0] < FLEET_CACHE_S:
             return self._fleet_cache[1]
-        from sqlalchemy import select
-
-        from trackingbms.server.db import tenants
-
-        async with store.engine.connect() as conn:
-            rows = (await conn.execute(select(tenants.c.id, tenants.c.name).order_by(tenants.c.id))).all()
         out = []
-        for tenant_id, name in rows:
+        for tenant_id, name in await store.tenants():
             counts = dict.fromkeys(CONNECTIVITY, 0)
             alarms = 0
             for b in await store.tenant(tenant_id).fleet():
@@ -139,6 +133,21 @@ class _Snapshot:
         yield alarms
 
 
+def route_template(scope: dict[str, Any]) -> str:
+    """The matched route's template with the prefixes of the routers it sits in
+    (``/api/v1/batteries/{battery_id}``); nested routers leave only the innermost part in the scope."""
+    route = scope.get("route")
+    inner = getattr(route, "path", None)
+    if not inner:
+        return "unmatched"
+    path = scope.get("path", "")
+    try:
+        rendered = getattr(route, "path_format", inner).format(**scope.get("path_params", {}))
+    except (KeyError, IndexError, ValueError):
+        return inner
+    return path[: -len(rendered)] + inner if rendered and path.endswith(rendered) else inner
+
+
 class MetricsMiddleware:
     """Times every HTTP request by its route template (``/api/v1/batteries/{battery_id}``), not the raw
     path, so the label set stays bounded."""
@@ -162,11 +171,9 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_status)
         finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope.get("method", ""), template, str(status["code"])).observe(
-                time.perf_counter() - started
-            )
+            self.metrics.requests.labels(
+                scope.get("method", ""), route_template(scope), str(status["code"])
+            ).observe(time.perf_counter() - started)
 
 
 def authorized(settings: Any, client_host: str | None, authorization: str | None) -> tuple[bool, str]:
