@@ -1,0 +1,141 @@
+"""CAN frame link through python-can: ``can://<interface>/<channel>?bitrate=250000``.
+
+Any python-can interface works: ``can://socketcan/can0``, ``can://slcan/dev/ttyACM0`` (a serial device
+path keeps its leading slash), ``can://virtual/bench`` (python-can's in-process bus: tests, simulator),
+``can://pcan/PCAN_USBBUS1``… Other query parameters are passed to ``can.Bus`` as they are (numbers
+converted), e.g. ``can://slcan/dev/ttyACM0?bitrate=250000&sleep_after_open=0``.
+
+The link moves whole frames, not bytes: ``send(arbitration_id, data)`` and ``recv(timeout_s)`` →
+``(arbitration_id, data, extended)`` or None on timeout. It knows nothing of Daly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from trackingbms.links import LinkError
+
+#: interfaces whose channel is a serial device path (the URL's path keeps its leading slash)
+SERIAL_INTERFACES = frozenset({"slcan", "serial", "robotell", "seeedstudio", "canalystii", "slcan-serial"})
+DEFAULT_BITRATE = 250_000
+
+CanMessage = tuple[int, bytes, bool]
+
+
+def parse_can_url(url: str) -> tuple[str, str, dict[str, Any]]:
+    """``can://iface/channel?k=v`` → (interface, channel, keyword arguments for ``can.Bus``)."""
+    parts = urlsplit(url)
+    if parts.scheme != "can" or not parts.netloc:
+        raise LinkError(f"bad CAN port {url!r}: expected can://<interface>/<channel>, e.g. can://socketcan/can0")
+    interface = parts.netloc
+    channel = parts.path if interface in SERIAL_INTERFACES else parts.path.lstrip("/")
+    if not channel:
+        raise LinkError(f"bad CAN port {url!r}: no channel after the interface (can://{interface}/<channel>)")
+    kwargs: dict[str, Any] = {"bitrate": DEFAULT_BITRATE}
+    for key, value in parse_qsl(parts.query):
+        kwargs[key] = _number(value)
+    return interface, channel, kwargs
+
+
+def _number(text: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(text, 0) if conv is int else conv(text)  # type: ignore[call-arg]
+        except ValueError:
+            continue
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+class CanLink:
+    """One python-can bus, read through a :class:`can.Notifier` into an asyncio queue."""
+
+    def __init__(self, url: str, bus: Any) -> None:
+        import can
+
+        self.url = url
+        self.bus = bus
+        self._reader = can.AsyncBufferedReader()
+        self._notifier = can.Notifier(bus, [self._reader], loop=asyncio.get_running_loop())
+        self._closed = False
+        self.frames_in = 0
+        self.frames_out = 0
+
+    async def send(self, arbitration_id: int, data: bytes, *, extended: bool = True) -> None:
+        import can
+
+        if self._closed:
+            raise LinkError(f"{self.url}: link closed")
+        msg = can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=extended)
+        try:
+            if _slow_send(self.bus):
+                await asyncio.to_thread(self.bus.send, msg, 0.5)
+            else:
+                self.bus.send(msg)
+        except can.CanError as exc:
+            raise LinkError(f"{self.url}: cannot send CAN frame ({exc}); is the bus up and terminated?") from None
+        self.frames_out += 1
+
+    async def recv(self, timeout_s: float) -> CanMessage | None:
+        """The next frame, or None when none came within ``timeout_s``."""
+        if self._closed:
+            raise LinkError(f"{self.url}: link closed")
+        try:
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                msg = await self._reader.get_message()
+        except TimeoutError:
+            return None
+        if msg.is_error_frame or msg.is_remote_frame:
+            return await self.recv(0)  # bus errors are the controller's business; skip them
+        self.frames_in += 1
+        return msg.arbitration_id, bytes(msg.data), bool(msg.is_extended_id)
+
+    def reset_input(self) -> None:
+        """Drop frames received and not yet read."""
+        buffer = getattr(self._reader, "buffer", None)
+        if buffer is not None:
+            while not buffer.empty():
+                buffer.get_nowait()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._notifier.stop(timeout=1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(self.bus.shutdown)
+
+    def __repr__(self) -> str:
+        return f"<CanLink {self.url}>"
+
+
+def _slow_send(bus: Any) -> bool:
+    """Interfaces that may block on send (a serial adapter) run it off the event loop."""
+    return type(bus).__name__ not in ("VirtualBus", "SocketcanBus")
+
+
+async def open_can_link(url: str) -> CanLink:
+    """Open ``can://interface/channel``; :class:`LinkError` says what to do when it fails."""
+    interface, channel, kwargs = parse_can_url(url)
+    try:
+        import can
+    except ImportError:
+        raise LinkError("CAN needs python-can: pip install 'trackingbms[can]'") from None
+    if interface == "virtual":
+        kwargs.pop("bitrate", None)  # the virtual bus has no bit timing
+    try:
+        bus = await asyncio.to_thread(can.Bus, interface=interface, channel=channel, **kwargs)
+    except can.CanInterfaceNotImplementedError as exc:
+        raise LinkError(f"CAN interface {interface!r} is not available here: {exc}") from None
+    except (can.CanError, OSError, ValueError, TypeError) as exc:
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LinkError(f"cannot open {url}: {text}") from None
+    return CanLink(url, bus)
+
+
+__all__ = ["CanLink", "CanMessage", "open_can_link", "parse_can_url"]
