@@ -29,7 +29,9 @@ def parse_can_url(url: str) -> tuple[str, str, dict[str, Any]]:
     """``can://iface/channel?k=v`` → (interface, channel, keyword arguments for ``can.Bus``)."""
     parts = urlsplit(url)
     if parts.scheme != "can" or not parts.netloc:
-        raise LinkError(f"bad CAN port {url!r}: expected can://<interface>/<channel>, e.g. can://socketcan/can0")
+        raise LinkError(
+            f"bad CAN port {url!r}: expected can://<interface>/<channel>, e.g. can://socketcan/can0"
+        )
     interface = parts.netloc
     channel = parts.path if interface in SERIAL_INTERFACES else parts.path.lstrip("/")
     if not channel:
@@ -77,7 +79,9 @@ class CanLink:
             else:
                 self.bus.send(msg)
         except can.CanError as exc:
-            raise LinkError(f"{self.url}: cannot send CAN frame ({exc}); is the bus up and terminated?") from None
+            raise LinkError(
+                f"{self.url}: cannot send CAN frame ({exc}); is the bus up and terminated?"
+            ) from None
         self.frames_out += 1
 
     async def recv(self, timeout_s: float) -> CanMessage | None:
