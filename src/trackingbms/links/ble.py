@@ -205,7 +205,7 @@ async def open_bumble_link(
             write = peer.get_characteristics_by_uuid(_bumble_uuid(write_uuid))
             if notify and write:
                 link = _BumbleLink(url, service=service, peer=peer, write_char=write[0], owned=owned)
-                connection.on("disconnection", lambda *_: link._on_disconnect("the BMS disconnected"))
+                connection.on("disconnection", lambda *_, lk=link: lk._on_disconnect("the BMS disconnected"))
                 async with asyncio.timeout(timeout_s):
                     await peer.subscribe(notify[0], link._on_notify)
                 return link
@@ -291,7 +291,9 @@ async def open_bleak_link(
     for service, notify_uuid, write_uuid in DALY_GATT:
         if full_uuid(notify_uuid) in uuids and full_uuid(write_uuid) in uuids:
             link = _BleakLink(url, service=service, client=client, write_uuid=full_uuid(write_uuid))
-            await client.start_notify(full_uuid(notify_uuid), lambda _c, data: link._on_notify(bytes(data)))
+            await client.start_notify(
+                full_uuid(notify_uuid), lambda _c, data, lk=link: lk._on_notify(bytes(data))
+            )
             return link
     await client.disconnect()
     raise LinkError(f"{target} has no Daly UART service (fff0 or ff00): is it a Daly BMS?")
