@@ -228,7 +228,12 @@ class HkmsAssembler:
         """What a complete reading still lacks, by name."""
         out = [
             name
-            for name, msg in (("pack", HKMS_INFO_0), ("mos", HKMS_STATS_0), ("status", HKMS_STATS_2))
+            for name, msg in (
+                ("pack", HKMS_INFO_0),
+                ("mos", HKMS_STATS_0),
+                ("status", HKMS_STATS_2),
+                ("balancing", HKMS_BALANCE),
+            )
             if msg not in self.seen
         ]
         if self.cell_count is not None:
