@@ -11,7 +11,9 @@ import pytest
 from trackingbms.sim import PackConfig, Quirks, SimulatedPack
 
 
-def make_pack(*, cells: int = 16, sensors: int = 4, seed: int = 1, board: int = 1, **cfg: Any) -> SimulatedPack:
+def make_pack(
+    *, cells: int = 16, sensors: int = 4, seed: int = 1, board: int = 1, **cfg: Any
+) -> SimulatedPack:
     quirk_keys = {f for f in Quirks.__dataclass_fields__}  # type: ignore[attr-defined]
     quirks = {k: cfg.pop(k) for k in list(cfg) if k in quirk_keys}
     quirks.setdefault("latency_s", 0.005)
