@@ -190,7 +190,15 @@ async def open_bumble_link(
             async with asyncio.timeout(timeout_s):
                 await device.power_on()
         try:
-            connection = await device.connect(target, timeout=timeout_s)
+            # our own deadline as well: after its timeout bumble cancels the connection attempt and
+            # waits for the controller to confirm, which a virtual controller never does
+            async with asyncio.timeout(timeout_s + 1.0):
+                connection = await device.connect(target, timeout=timeout_s)
+        except TimeoutError:
+            raise LinkError(
+                f"cannot connect to {target} over Bluetooth: not found within {timeout_s:.0f} s "
+                "(out of range? another phone or app connected? the BMS's Bluetooth asleep?)"
+            ) from None
         except Exception as exc:
             raise LinkError(
                 f"cannot connect to {target} over Bluetooth: {exc or type(exc).__name__} "

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -60,6 +61,8 @@ class BleEndpoint:
         self.packs: list[SimulatedPack] = []
         self.layout = "fff0"
         self.notifications = 0
+        #: notification payload size → count (20-byte notifications carry parts of frames)
+        self.notification_sizes: Counter[int] = Counter()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closers: list[Callable[[], Any]] = []
 
@@ -129,6 +132,7 @@ async def serve_ble(
     sock.bind((host, port))
     transport = await open_tcp_server_transport_with_socket(sock)
     ep._closers.append(transport.close)
+    ep._closers.append(transport.server.close)  # type: ignore[attr-defined]  # stop accepting hosts
     Controller("client", host_source=transport.source, host_sink=transport.sink, link=link)
     ep.hci = f"tcp-client:{host}:{sock.getsockname()[1]}"
 
@@ -148,8 +152,10 @@ async def serve_ble(
         await asyncio.sleep(max(0.0, emissions[0].delay_s - (loop.time() - start)))
         data = b"".join(e.data for e in emissions)
         for i in range(0, len(data), chunk):
-            await device.notify_subscribers(notify_char, data[i : i + chunk])
+            part = data[i : i + chunk]
+            await device.notify_subscribers(notify_char, part)
             ep.notifications += 1
+            ep.notification_sizes[len(part)] += 1
             if notify_interval_s:
                 await asyncio.sleep(notify_interval_s)
 
