@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_valid
 BATTERY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 
 # The order of these values is part of the server's storage format (stored as small codes): append only.
-Source = Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim"]
+Source = Literal[
+    "a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim", "p81-rs485", "hkms-can"
+]
 Via = Literal["lan", "wifi", "cellular", "mqtt", "phone", "ble"]
 PackState = Literal["idle", "charging", "discharging"]
 
