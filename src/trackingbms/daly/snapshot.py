@@ -24,7 +24,7 @@ from trackingbms.daly.exchange import Done, Event, Exchange, Failed, Failure
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER
 from trackingbms.daly.reading import to_reading
 from trackingbms.daly.records import Record, StatusInfo
-from trackingbms.model import Reading, Source
+from trackingbms.model import MEASUREMENT_FIELDS, Reading, Source
 
 #: what a reading is made of, family-neutral (A5 command names; the order a full A5 reading asks them in)
 GROUPS: tuple[str, ...] = SNAPSHOT_ORDER
@@ -163,3 +163,44 @@ class A5Snapshot(SnapshotPlan):
             assert isinstance(ev, Done)
             self.counts.learn(ev.value)
             self.records.append(ev.value)
+
+
+@dataclass(frozen=True)
+class BlockRead:
+    """One register block of a Modbus-shaped family and the groups its registers carry."""
+
+    start: int
+    count: int
+    groups: frozenset[str]
+
+
+class RegisterSnapshot(SnapshotPlan):
+    """D2 / 0x81: a few register blocks (usually one) carry every group. Each block asked for once if any
+    of its groups is; ``decode(start, values)`` turns a reply into fields. A block that fails names its
+    groups; silence on the first block means no reading at all."""
+
+    def __init__(
+        self,
+        groups: Collection[str] | None,
+        *,
+        blocks: Iterable[BlockRead],
+        new_exchange: Callable[[int, int], Exchange],
+        decode: Callable[[int, list[int]], dict[str, Any]],
+    ) -> None:
+        super().__init__(groups)
+        self.blocks = [b for b in blocks if b.groups & set(self.groups)]
+        self.new_exchange = new_exchange
+        self.decode = decode
+        self.extras: dict[str, Any] = {}
+
+    def _steps(self) -> Step:
+        for block in self.blocks:
+            ev = yield self.new_exchange(block.start, block.count)
+            if isinstance(ev, Failed):
+                if not self._fail(ev.failure, block.groups & set(self.groups)):
+                    return
+                continue
+            assert isinstance(ev, Done)
+            decoded = self.decode(block.start, ev.value)
+            for k, v in decoded.items():
+                (self.fields if k in MEASUREMENT_FIELDS else self.extras)[k] = v
