@@ -229,8 +229,8 @@ def decode_block(start: int, values: Sequence[int], *, invert_current: bool = Fa
         if start == 0x3E:
             if (v := regs.get(0x40)) is not None:
                 out["balance_current_a"] = round((v - CURRENT_OFFSET) / 1000, 3)
-            if (v := regs.get(0x42)) is not None:
-                out["mos_temp_c"] = _temp(v)
+            if (v := regs.get(0x42)) is not None and (t := _temp(v)) is not None:
+                out["mos_temp_c"] = t
     elif start < VERSION_START:
         out.update(decode_settings(regs))
     elif start < 0xC9:
