@@ -27,10 +27,12 @@ class RegisterClient(BmsClient):
     REG_SOC: ClassVar[int | None] = None
     #: register blocks read by info(): (start, count)
     INFO_BLOCKS: ClassVar[tuple[tuple[int, int], ...]] = ()
+    #: reply addresses of other boards on the same bus (their replies are skipped whole)
+    BUS_ADDRESSES: ClassVar[frozenset[int] | None] = None
 
     def __init__(self, link: Any, **options: Any) -> None:
         super().__init__(link, **options)
-        self._parser = ReplyParser(self.reply_address)
+        self._parser = ReplyParser(self.reply_address, addresses=self.BUS_ADDRESSES)
 
     @property
     def request_address(self) -> int:

@@ -25,6 +25,7 @@ class P81Client(RegisterClient):
     REG_DISCHARGE_MOS = p81.REG_DISCHARGE_MOS
     REG_SOC = None
     INFO_BLOCKS = ((p81.SETTINGS_BASE, 41),)
+    BUS_ADDRESSES = p81.REPLY_ADDRESSES
 
     @property
     def request_address(self) -> int:

@@ -80,6 +80,8 @@ def _reply_json(raw: bytes, start: int, invert_current: bool) -> dict[str, Any]:
         out["byte_count"] = frame.byte_count
         decode = d2.decode_block if fam == "d2" else p81.decode_block
         out.update(decode(start, list(frame.registers), invert_current=invert_current))
+        if len(frame.registers) <= 8:
+            out.setdefault("values", list(frame.registers))  # short reads: the raw values too
     else:
         key = "register" if frame.function == WRITE_SINGLE else "start_register"
         out[key] = f"0x{frame.register or 0:04X}"

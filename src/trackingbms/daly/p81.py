@@ -37,6 +37,10 @@ def reply_address(board: int) -> int:
     return REPLY_BASE + board
 
 
+#: every address a reply on a 0x81 bus can come from: a parser skips other boards' replies whole
+REPLY_ADDRESSES = frozenset(range(REPLY_BASE + 1, REPLY_BASE + 17))
+
+
 def board_of(address: int) -> int | None:
     """The board number of a request (0x81–0x90) or reply (0x51–0x60) address."""
     if REQUEST_BASE + 1 <= address <= REQUEST_BASE + 16:
