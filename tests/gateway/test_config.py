@@ -42,7 +42,7 @@ def test_defaults(tmp_path: Path) -> None:
         (lambda d: d.pop("device_token"), "device_token", "required"),
         (lambda d: d["bms"][0].update(poll_interval_s=0), "bms[0].poll_interval_s", "greater than 0"),
         (lambda d: d["bms"][0].update(battery_id="bad id!"), "bms[0].battery_id", "pattern"),
-        (lambda d: d["bms"][0].update(family="d2"), "bms[0].family", "'a5'"),
+        (lambda d: d["bms"][0].update(family="x9"), "bms[0].family", "unknown family 'x9'"),
         (lambda d: d["bms"][0].update(cadences_s={"cellz": 5}), "bms[0].cadences_s", "unknown command"),
         (lambda d: d["uplinks"][0].update(url="ftp://x"), "uplinks[0].url", "http://"),
         (lambda d: d["uplinks"][0].update(name="satellite"), "uplinks[0].name", "wifi"),

@@ -13,7 +13,7 @@ import typer
 from trackingbms.cli.app import app
 
 if TYPE_CHECKING:
-    from trackingbms.bms import DalyBMS
+    from trackingbms.bms import BmsClient
     from trackingbms.model import Reading
 
 EXIT_BMS = 1
@@ -30,7 +30,12 @@ def _parse_address(text: str) -> int:
     return value
 
 
-PORT_HELP = "serial device (/dev/ttyUSB0) or tcp://host:port"
+PORT_HELP = "serial device (/dev/ttyUSB0), tcp://host:port, can://iface/channel or ble://address"
+FAMILY_OPT = typer.Option(
+    "a5",
+    "--family",
+    help="a5 | d2 | p81 | a5-can | hkms-can, or auto (probes A5 at 0x40/0x80, D2, 0x81 boards 1–16)",
+)
 ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
 INVERT_OPT = typer.Option(
@@ -49,34 +54,65 @@ def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
 
 
 async def _connect(
-    port: str, address: str, board: int, invert: bool, baud: int, retries: int, turnaround_s: float = 0.2
-) -> DalyBMS:
-    from trackingbms.bms import DalyBMS
+    port: str,
+    address: str,
+    board: int,
+    invert: bool,
+    baud: int,
+    retries: int,
+    turnaround_s: float = 0.2,
+    family: str = "a5",
+) -> BmsClient:
+    from trackingbms.bms import FAMILIES, BmsNoReply, open_bms
     from trackingbms.links import open_link
 
-    link = await open_link(port, baud=baud)
-    return DalyBMS(
-        link,
-        address=_parse_address(address),
-        board=board,
-        invert_current=invert,
-        baud=baud,
-        retries=retries,
-        turnaround_s=turnaround_s,
-    )
+    options: dict[str, Any] = {
+        "board": board,
+        "invert_current": invert,
+        "retries": retries,
+        "turnaround_s": turnaround_s,
+    }
+    if family == "auto":
+        from trackingbms.bms.probe import probe
+
+        link = await open_link(port, baud=baud)
+        try:
+            found = await probe(link, first_only=True, baud=baud, invert_current=invert)
+        except BaseException:
+            await link.close()
+            raise
+        if not found:
+            await link.close()
+            raise BmsNoReply(
+                f"no BMS answered on {port}: tried A5 at 0x40 and 0x80, D2 at 0xD2 and 0x81 boards 1–16 "
+                "(asleep? wiring? baud?)"
+            )
+        hit = found[0]
+        typer.echo(f"auto: {hit.family} answered at {hit.address} (board {hit.board})", err=True)
+        options.update(hit.options, board=hit.board)
+        bms = await open_bms(port, hit.family, link=link, baud=baud, **options)
+        bms.owns_link = True
+        return bms
+    if family not in FAMILIES:
+        raise _err(f"unknown family {family!r}: use auto, {', '.join(FAMILIES)}", EXIT_USAGE)
+    if family == "a5":
+        options["address"] = _parse_address(address)
+    return await open_bms(port, family, baud=baud, **options)
 
 
 def _run(coro: Any) -> Any:
     """Run a coroutine; turn link and BMS errors into one explained line and exit status 1."""
     import asyncio
 
-    from trackingbms.bms import BmsError
+    from trackingbms.bms import BmsError, UnknownFamily
     from trackingbms.links import LinkError
 
     try:
         return asyncio.run(coro)
     except (LinkError, BmsError) as exc:
         raise _err(str(exc)) from None
+    except UnknownFamily as exc:
+        raise _err(str(exc), EXIT_USAGE) from None
 
 
 def reading_table(reading: Reading, stats: dict[str, Any] | None = None, width: int = 120) -> Any:
@@ -165,6 +201,7 @@ def reading_table(reading: Reading, stats: dict[str, Any] | None = None, width: 
 def read(
     port: str = typer.Argument(..., help=PORT_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the reading as JSON (Sample field names)"),
+    family: str = FAMILY_OPT,
     address: str = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
@@ -178,11 +215,11 @@ def read(
     """
 
     async def go() -> tuple[Reading, dict[str, Any]]:
-        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround, family)
         try:
             return await bms.snapshot(), bms.stats.as_dict()
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     reading, stats = _run(go())
     if json_out:
@@ -200,6 +237,7 @@ def read(
 def watch(
     port: str = typer.Argument(..., help=PORT_HELP),
     interval_s: float = typer.Option(1.0, "--interval", min=0.0, help="seconds between readings"),
+    family: str = FAMILY_OPT,
     address: str = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
@@ -219,7 +257,7 @@ def watch(
     console = Console()
 
     async def go() -> None:
-        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround, family)
 
         async def once() -> Any:
             try:
@@ -239,7 +277,7 @@ def watch(
                     live.update(await once(), refresh=True)
                     await asyncio.sleep(interval_s)
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     try:
         _run(go())
@@ -265,6 +303,7 @@ def set_cmd(
     discharge_mos: str | None = typer.Option(None, "--discharge-mos", help="on|off"),
     soc: float | None = typer.Option(None, "--soc", min=0.0, max=100.0, help="set the BMS's SOC, %"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    family: str = FAMILY_OPT,
     address: str = ADDRESS_OPT,
     board: int = BOARD_OPT,
     baud: int = BAUD_OPT,
@@ -287,17 +326,18 @@ def set_cmd(
         raise _err("cancelled, nothing written", EXIT_BMS)
 
     async def go() -> Reading:
-        bms = await _connect(port, address, board, False, baud, retries, turnaround)
+        bms = await _connect(port, address, board, False, baud, retries, turnaround, family)
         try:
+            # each write is read back by the client; a write that did not take raises BmsWriteError
             if chg is not None:
-                await bms.set_charge_mos(chg)
+                await bms.set_mosfet("charge", chg)
             if dis is not None:
-                await bms.set_discharge_mos(dis)
+                await bms.set_mosfet("discharge", dis)
             if soc is not None:
                 await bms.set_soc(soc)
             return await bms.snapshot(["pack", "mos", "status", "faults"])
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     reading = _run(go())
     from rich.console import Console
@@ -325,10 +365,18 @@ def decode(
         None, "--sensors", min=1, max=16, help="sensor count for 0x96 replies"
     ),
     invert_current: bool = INVERT_OPT,
+    start: str | None = typer.Option(
+        None,
+        "--start",
+        help="D2 / 0x81 read replies: the register the read started at (a reply does not carry it); "
+        "default: from the request before it in the input, else 0x0000",
+    ),
 ) -> None:
-    """Decode captured A5 frames: one JSON object per response (Sample field names)."""
+    """Decode captured frames: A5, D2 and 0x81 (Modbus-style); one JSON object per frame or response
+    (Sample field names). D2 / 0x81: paste the request and the reply together, or give --start."""
     import json
 
+    from trackingbms.daly.modbus_stream import decode_modbus, looks_modbus
     from trackingbms.daly.stream import HexError, decode_hex_stream, parse_hex
 
     text = sys.stdin.read() if hex_input == ["-"] else " ".join(hex_input)
@@ -338,6 +386,27 @@ def decode(
         raise _err(f"byte offset {exc.offset}: {exc}", EXIT_USAGE) from None
     if not data:
         raise _err("no bytes to decode", EXIT_USAGE)
+    start_reg = None
+    if start is not None:
+        try:
+            start_reg = int(start, 0)
+        except ValueError:
+            raise _err(
+                f"--start {start!r} is not a register number (e.g. 0x0080 or 128)", EXIT_USAGE
+            ) from None
+        if not 0 <= start_reg <= 0xFFFF:
+            raise _err("--start must be a register number 0–0xFFFF", EXIT_USAGE)
+    if start_reg is not None or looks_modbus(data):
+        mobjects, mproblems = decode_modbus(data, start=start_reg, invert_current=invert_current)
+        for obj in mobjects:
+            typer.echo(json.dumps(obj))
+        for p in mproblems:
+            typer.echo(f"error: {p}", err=True)
+        if mproblems or not mobjects:
+            if not mobjects:
+                typer.echo("error: no D2 / 0x81 frame with a good CRC found in the input", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        return
     objects, problems = decode_hex_stream(data, cells=cells, sensors=sensors, invert_current=invert_current)
     for obj in objects:
         typer.echo(json.dumps(obj))
@@ -346,9 +415,41 @@ def decode(
     if problems or not objects:
         if not problems:
             typer.echo("error: no A5 frame found in the input", err=True)
-        if not objects and (data[0] == 0xD2 or 0x51 <= data[0] <= 0x60 or 0x81 <= data[0] <= 0x90):
-            typer.echo(
-                "hint: this looks like a Daly D2 / 0x81 (Modbus-style) frame; decode reads A5 frames only",
-                err=True,
-            )
         raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def probe(
+    port: str = typer.Argument(..., help=PORT_HELP),
+    json_out: bool = typer.Option(False, "--json", help="one JSON object per BMS found"),
+    baud: int = BAUD_OPT,
+    turnaround: float = typer.Option(0.15, "--turnaround", min=0.0, help="seconds each probe waits"),
+) -> None:
+    """List every BMS that answers on a wire: family, address / board, cells, firmware.
+
+    Probes A5 at host 0x40 and 0x80 (and boards 2–16), D2 at 0xD2 and 0x81 boards 1–16, one at a time.
+    Exit status 1 when nothing answers."""
+    import json
+
+    from trackingbms.bms.probe import Found
+
+    async def go() -> list[Found]:
+        from trackingbms.bms.probe import probe as run_probe
+        from trackingbms.links import open_link
+
+        link = await open_link(port, baud=baud)
+        try:
+            return await run_probe(link, baud=baud, turnaround_s=turnaround)
+        finally:
+            await link.close()
+
+    found = _run(go())
+    for f in found:
+        if json_out:
+            typer.echo(json.dumps(f.as_dict()))
+        else:
+            extra = f", {f.cells} cells" if f.cells is not None else ""
+            extra += f", firmware {f.firmware}" if f.firmware else ""
+            typer.echo(f"{f.family:4} board {f.board:2} at {f.address}{extra}")
+    if not found:
+        raise _err(f"no BMS answered on {port} (A5 at 0x40/0x80, D2, 0x81 boards 1–16 tried)")

@@ -72,8 +72,12 @@ def simulate(
     truth_file: Annotated[
         Path | None, typer.Option(help="Also write the ground truth to this JSON file.")
     ] = None,
+    protocol: Annotated[
+        str, typer.Option(help="Protocol the packs speak: a5, d2 (fixed address 0xD2) or p81 (boards 1–16).")
+    ] = "a5",
+    wire: Annotated[str | None, typer.Option(help="serial (a pty, same as --pty) or tcp (default).")] = None,
 ) -> None:
-    """Virtual Daly BMS packs with battery physics, speaking the real A5 protocol, until Ctrl-C."""
+    """Virtual Daly BMS packs with battery physics, speaking a real Daly protocol, until Ctrl-C."""
     import asyncio
     import contextlib
     import signal
@@ -81,6 +85,20 @@ def simulate(
     from trackingbms.sim import PackConfig, SimConfigError, SimulatedPack, parse_faults
     from trackingbms.sim.config import Quirks
 
+    if protocol not in ("a5", "d2", "p81"):
+        raise typer.BadParameter(f"{protocol!r}: use a5, d2 or p81", param_hint="--protocol")
+    if wire is not None:
+        if wire == "serial":
+            pty = True
+        elif wire != "tcp":
+            raise typer.BadParameter(
+                f"{wire!r}: this simulator serves serial (pty) and tcp wires", param_hint="--wire"
+            )
+    if protocol == "d2" and bus and packs > 1:
+        raise typer.BadParameter(
+            "D2 boards all answer at 0xD2: one per bus (use --protocol p81 or a5 for several)",
+            param_hint="--bus",
+        )
     if link is not None and not pty:
         raise typer.BadParameter("--link needs --pty", param_hint="--link")
     if pty and tcp_port_base is not None:
@@ -112,7 +130,9 @@ def simulate(
                 capacity_fade_pct=capacity_fade,
                 resistance_growth_pct=resistance_growth,
             )
-            quirks = Quirks(**{**base_quirks.__dict__, "board": n if bus else base_quirks.board})
+            quirks = Quirks(
+                **{**base_quirks.__dict__, "board": n if bus else base_quirks.board, "protocol": protocol}
+            )
             sim_packs.append(SimulatedPack(config, quirks))
         except SimConfigError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -176,8 +196,10 @@ async def _run(
                 where = ep.url
             endpoints.append(ep)
             for pack in group:
-                board = f"  board {pack.board} (host 0x{0x40 + pack.board - 1:02X})" if bus else ""
-                typer.echo(f"{pack.id}  {where}{board}")
+                asked_at = min(pack.responder.accepted)  # A5: host 0x40 + board - 1; 0x81: 0x80 + board
+                board = f"  board {pack.board} (address 0x{asked_at:02X})" if bus else ""
+                proto = f"  {pack.quirks.protocol}" if pack.quirks.protocol != "a5" else ""
+                typer.echo(f"{pack.id}  {where}{board}{proto}")
         if truth_port is not None:
             try:
                 truth = await serve_truth(sim_packs, host=host, port=truth_port)
