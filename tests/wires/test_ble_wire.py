@@ -34,9 +34,9 @@ async def test_a5_over_ble_reads_the_pack(layout: str) -> None:
     try:
         assert link.service == layout  # type: ignore[attr-defined]
         # the app's host address: every cell frame comes back, in notifications that split frames
-        bms = DalyBMS(link, address=0x80, source="a5-ble", turnaround_s=TURNAROUND_S)
+        bms = DalyBMS(link, address=0x80, turnaround_s=TURNAROUND_S)
         reading = await bms.snapshot()
-        mos = await bms.set_charge_mos(False)
+        mos = await bms.set_mosfet("charge", False)
     finally:
         await link.close()
         await ep.close()

@@ -2,108 +2,94 @@
 
 These boards broadcast their data on their own once a host sends the keep-alive ``0x0400FF80``
 every 2 s (reference §4.2). A snapshot sends the keep-alive when it is due and listens until one full
-round of the board's broadcasts is in (:class:`trackingbms.daly.can.HkmsAssembler`), or until
-``listen_s`` passes: then the reading is partial and ``errors`` names what never came. The message ids
-come from one community component and are unverified on hardware; the fault pages are not decoded
-(readings carry no ``faults``). Writes (MOSFETs, SOC) are refused: their CAN registers are unverified.
+round of the board's broadcasts is in (:class:`trackingbms.daly.can.HkmsListen`), or until ``listen_s``
+passes: then the reading is partial and ``errors`` names what never came. The message ids come from one
+community component and are unverified on hardware; the fault pages are not decoded (readings carry no
+``faults``), and there is no state, charger or load flag in the broadcast. Writes (MOSFETs, SOC) are
+refused: their CAN registers are unverified too.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Collection
 from typing import Any
 
-from trackingbms.bms import BmsError, BmsNoReply, LinkStats
+from trackingbms.bms.base import BmsClient, BmsError, MosFet
 from trackingbms.daly import can as dcan
-from trackingbms.links import LinkError
-from trackingbms.model import Reading
+from trackingbms.daly.exchange import Done, Failed
+from trackingbms.daly.snapshot import SnapshotPlan, Step
+from trackingbms.model import Reading, Source
+
+#: which Sample fields each broadcast group carries (for the partial-reading errors)
+_GROUP_OF = {"pack": "pack", "mos": "mos", "status": "status", "cells": "cells", "temps": "temps"}
 
 
-class HkmsCanBMS:
+class HkmsSnapshot(SnapshotPlan):
+    """One listen per reading; what did not come is named under the broadcast it belongs to."""
+
+    def __init__(self, groups: Collection[str] | None, *, new_listen: Any) -> None:
+        super().__init__(groups)
+        self.new_listen = new_listen
+
+    def _steps(self) -> Step:
+        listen = self.new_listen()
+        ev = yield listen
+        if isinstance(ev, Failed):
+            self._fail(ev.failure, self.groups)
+            return
+        assert isinstance(ev, Done)
+        self.fields.update(ev.value)
+        for name in listen.asm.missing:
+            self.errors[name] = f"no {name} broadcast within {listen.listen_s:g} s"
+            self.failed_groups.add(_GROUP_OF.get(name, name))
+
+
+class HkmsCanClient(BmsClient):
     """Listen-only client for one H/K/M/S board (``board`` = the low byte of its CAN ids)."""
 
     family = "hkms-can"
+    SOURCES: dict[str, Source] = {"can": "hkms-can"}
+    NOT_CARRIED = frozenset({"state", "faults", "fault_code", "charger_connected", "load_connected"})
 
-    def __init__(
-        self, link: Any, *, board: int = 1, invert_current: bool = False, listen_s: float = 5.0
-    ) -> None:
-        if not 1 <= board <= 0x7F:
-            raise ValueError(f"board number must be 1–127, got {board}")
-        self.link = link
-        self.board = board
-        self.invert_current = invert_current
+    def __init__(self, link: Any, *, listen_s: float = 5.0, **options: Any) -> None:
+        options.pop("address", None)
+        super().__init__(link, **options)
         self.listen_s = listen_s
-        self.source = "hkms-can"
-        self.stats = LinkStats()
         self._last_keepalive: float | None = None
-        self._lock = asyncio.Lock()
 
-    async def _keepalive(self) -> None:
-        now = asyncio.get_running_loop().time()
+    def _keepalive_due(self, now: float) -> bool:
         if self._last_keepalive is None or now - self._last_keepalive >= dcan.KEEPALIVE_INTERVAL_S:
-            ka = dcan.keepalive_frame()
-            await self.link.send(ka.arbitration_id, ka.data)
-            self._last_keepalive = now
+            self._last_keepalive = now  # the exchange sends it right after saying so
+            return True
+        return False
+
+    def new_listen(self) -> dcan.HkmsListen:
+        return dcan.HkmsListen(
+            dcan.HkmsAssembler(board=self.board, invert_current=self.invert_current),
+            listen_s=self.listen_s,
+            keepalive_due=self._keepalive_due,
+            stats=self.stats,
+            bus_name=getattr(self.link, "url", "the CAN bus"),
+        )
+
+    def plan(self, groups: Collection[str] | None) -> HkmsSnapshot:
+        return HkmsSnapshot(groups, new_listen=self.new_listen)
 
     async def snapshot(self, groups: Collection[str] | None = None) -> Reading:
-        """One reading from a full round of broadcasts (``groups`` is ignored: the board sends all)."""
-        async with self._lock:
-            loop = asyncio.get_running_loop()
-            asm = dcan.HkmsAssembler(board=self.board, invert_current=self.invert_current)
-            deadline = loop.time() + self.listen_s
-            try:
-                await self._keepalive()
-                while not asm.complete or not asm.seen:
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    msg = await self.link.recv(min(remaining, dcan.KEEPALIVE_INTERVAL_S / 2))
-                    await self._keepalive()  # keep the board talking through a long listen
-                    if msg is None:
-                        continue
-                    if asm.feed(dcan.CanFrame(*msg)):
-                        self.stats.frames_good += 1
-            except LinkError as exc:
-                self._fail(str(exc))
-                raise
-            if not asm.seen:
-                msg = (
-                    f"no broadcast from H/K/M/S board {self.board} on {getattr(self.link, 'url', 'CAN')} "
-                    f"within {self.listen_s:.0f} s of the keep-alive (wrong board number? an A5-CAN "
-                    "board? try --family a5-can) [experimental family]"
-                )
-                self.stats.timeouts += 1
-                self._fail(msg)
-                raise BmsNoReply(msg)
-            errors = {name: f"no broadcast within {self.listen_s:.0f} s" for name in asm.missing} or None
-            if errors:
-                self._fail(f"partial reading: {', '.join(asm.missing)} missing")
-            else:
-                self.stats.consecutive_failures = 0
-            return Reading(source="hkms-can", errors=errors, **asm.fields())
+        """One full round of broadcasts (the board sends everything; ``groups`` only checks names)."""
+        return await super().snapshot(groups)
 
-    def _fail(self, msg: str) -> None:
-        self.stats.last_error = msg
-        self.stats.consecutive_failures += 1
+    async def _refuse(self, what: str) -> Reading:
+        raise BmsError(f"hkms-can is listen-only (experimental): {what} is not supported on this family")
 
-    async def _refuse(self, *_: Any, **__: Any) -> Any:
-        raise BmsError("hkms-can is listen-only (experimental): writes are not supported on this family")
+    async def set_mosfet(self, which: MosFet, on: bool) -> Reading:
+        return await self._refuse(f"switching the {which} MOSFET")
 
-    set_charge_mos = set_discharge_mos = set_soc = _refuse
+    async def set_soc(self, soc_pct: float) -> Reading:
+        return await self._refuse("setting the SOC")
 
     async def info(self) -> dict[str, object]:
-        return {"family": "hkms-can", "board": self.board, "experimental": True}
-
-    async def aclose(self) -> None:
-        await self.link.close()
+        return {"family": self.family, "board": self.board, "experimental": True}
 
 
-async def open_hkms_can(url: str, **options: Any) -> HkmsCanBMS:
-    from trackingbms.links.can import open_can_link
-
-    link = await open_can_link(url)
-    return HkmsCanBMS(link, **options)
-
-
-__all__ = ["HkmsCanBMS", "open_hkms_can"]
+__all__ = ["HkmsCanClient", "HkmsSnapshot"]

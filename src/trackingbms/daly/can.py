@@ -21,10 +21,24 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trackingbms.daly.a5 import DATA_LEN, HOST_RS485, DalyError, Frame
+from trackingbms.daly.a5 import DATA_LEN, HOST_RS485, A5Parser, DalyError, Frame
+from trackingbms.daly.exchange import (
+    A5Exchange,
+    Counters,
+    Done,
+    Event,
+    ExchangeCounters,
+    Failed,
+    Failure,
+    Send,
+    Timing,
+    Wait,
+)
+from trackingbms.daly.poll import CommandPoll
 from trackingbms.daly.records import CURRENT_OFFSET, TEMP_OFFSET
 
 BITRATE = 250_000
@@ -420,9 +434,11 @@ def hkms_fields(frame: CanFrame) -> dict[str, Any]:
 __all__ = [
     "BITRATE",
     "KEEPALIVE_ID",
+    "A5CanExchange",
     "CanError",
     "CanFrame",
     "HkmsAssembler",
+    "HkmsListen",
     "describe",
     "encode_reply",
     "encode_request",
@@ -437,3 +453,124 @@ __all__ = [
     "split_legacy_id",
     "to_a5",
 ]
+
+
+# ---------------------------------------------------------------------------------------- exchanges
+
+
+class A5CanExchange(A5Exchange):
+    """One A5 command over legacy Daly CAN, sans-I/O (drive it with ``receive_frame``).
+
+    The A5 exchange's rules hold (retries keep the frames already in; a burst ends when the last frame
+    number is in or the bus has been quiet for a few frame times); only the framing differs: the request
+    is one CAN frame, each reply frame is converted to the A5 frame it stands for. A corrupt frame never
+    reaches us on CAN (the controller drops it on its CRC): it simply goes missing.
+    """
+
+    def __init__(
+        self,
+        poll: CommandPoll,
+        *,
+        host: int = HOST_RS485,
+        bitrate: int = BITRATE,
+        timing: Timing = Timing(),
+        stats: Counters | None = None,
+        bus_name: str = "the CAN bus",
+    ) -> None:
+        super().__init__(poll, parser=A5Parser(board=poll.board), timing=timing, stats=stats)
+        self.host = host
+        self.bitrate = bitrate
+        self.bus_name = bus_name
+
+    @property
+    def frame_s(self) -> float:
+        return frame_time_s(self.bitrate)
+
+    def next_event(self, now: float) -> Event:
+        ev = super().next_event(now)
+        if isinstance(ev, Send) and ev.frame_id is None:
+            req = encode_request(
+                self.poll.data_id, board=self.poll.board, host=self.host, payload=ev.data[4:12]
+            )
+            return Send(req.data, frame_id=req.arbitration_id)
+        return ev
+
+    def receive_frame(self, frame_id: int, data: bytes, now: float) -> None:
+        if self._state != "wait":
+            return
+        a5 = to_a5(CanFrame(frame_id, bytes(data)), host=self.host)
+        if a5 is not None and self.poll.feed(a5):
+            self.stats.frames_good += 1
+            self._fed = self._started = True
+
+    def _failure(self) -> Failure:
+        failure = super()._failure()
+        if failure.kind != "no_reply":
+            return failure
+        poll, tries = self.poll, self.poll.attempts
+        ms = round(self.first_reply_timeout_s() * 1000 * tries)
+        msg = (
+            f"no reply from board {poll.board} on {self.bus_name} within {ms} ms (asleep? wrong board "
+            f"number? bus at {self.bitrate // 1000} kbit/s and terminated?) [command 0x{poll.data_id:02X}, "
+            f"{tries} attempt{'s' if tries != 1 else ''}]"
+        )
+        return Failure("no_reply", msg, self.key, poll.data_id)
+
+
+class HkmsListen:
+    """One H/K/M/S reading, sans-I/O: send the keep-alive when it is due, then listen until a full round
+    of broadcasts is in (Done with the fields), or ``listen_s`` passed (Done with what came and
+    :attr:`missing`), or nothing came at all (Failed, no_reply)."""
+
+    key = "broadcast"
+
+    def __init__(
+        self,
+        assembler: HkmsAssembler,
+        *,
+        listen_s: float,
+        keepalive_due: Callable[[float], bool],
+        stats: Counters | None = None,
+        bus_name: str = "the CAN bus",
+    ) -> None:
+        self.asm = assembler
+        self.listen_s = listen_s
+        self.keepalive_due = keepalive_due
+        self.stats: Counters = stats if stats is not None else ExchangeCounters()
+        self.bus_name = bus_name
+        self._deadline: float | None = None
+        self._result: Event | None = None
+
+    def next_event(self, now: float) -> Event:
+        if self._result is not None:
+            return self._result
+        if self._deadline is None:
+            self._deadline = now + self.listen_s
+        if self.keepalive_due(now):
+            ka = keepalive_frame()
+            return Send(ka.data, frame_id=ka.arbitration_id)
+        if self.asm.complete and self.asm.seen:
+            self._result = Done(self.asm.fields())
+            return self._result
+        remaining = self._deadline - now
+        if remaining <= 0:
+            if not self.asm.seen:
+                self.stats.timeouts += 1
+                msg = (
+                    f"no broadcast from H/K/M/S board {self.asm.board} on {self.bus_name} within "
+                    f"{self.listen_s:g} s of the keep-alive (wrong board number? an A5-CAN board? try "
+                    "--family a5-can) [experimental family]"
+                )
+                self._result = Failed(Failure("no_reply", msg, self.key))
+            else:
+                self._result = Done(self.asm.fields())
+            return self._result
+        # wake up in time for the next keep-alive even if the bus stays quiet
+        return Wait(min(remaining, KEEPALIVE_INTERVAL_S / 2))
+
+    def receive(self, data: bytes, now: float) -> None:
+        """A quiet bus (``b""``): nothing to do, the deadline decides."""
+
+    def receive_frame(self, frame_id: int, data: bytes, now: float) -> None:
+        if self._result is None and self.asm.feed(CanFrame(frame_id, bytes(data))):
+            self.stats.frames_good += 1

@@ -63,9 +63,12 @@ class BleLink:
     """Notifications in, writes out, as a byte stream. Backend-neutral: a backend calls
     :meth:`_on_notify` and provides ``_write(bytes)`` and ``_close()``."""
 
+    wire = "ble"
+
     def __init__(self, url: str, *, service: str) -> None:
         self.url = url
         self.service = service
+        self.lock = asyncio.Lock()
         self._buf = bytearray()
         self._event = asyncio.Event()
         self._closed: str | None = None
@@ -307,14 +310,18 @@ async def open_bleak_link(
     raise LinkError(f"{target} has no Daly UART service (fff0 or ff00): is it a Daly BMS?")
 
 
-async def open_ble_link(url: str) -> BleLink:
-    """Open ``ble://address-or-name[?hci=transport]`` (bumble with ``hci``, bleak without)."""
+async def open_ble(url: str, *, baud: int | None = None, **_: Any) -> BleLink:
+    """Open ``ble://address-or-name[?hci=transport]`` (bumble with ``hci``, bleak without); ``baud`` (the
+    serial links' rate) does not apply."""
     target, options = parse_ble_url(url)
     timeout_s = float(options.get("timeout", CONNECT_TIMEOUT_S))
     if "hci" in options:
         return await open_bumble_link(target, hci=options["hci"], url=url, timeout_s=timeout_s)
     return await open_bleak_link(target, url=url, timeout_s=timeout_s)
 
+
+#: the old name
+open_ble_link = open_ble
 
 __all__ = [
     "DALY_GATT",
@@ -323,6 +330,7 @@ __all__ = [
     "bluez_available",
     "chunks",
     "full_uuid",
+    "open_ble",
     "open_ble_link",
     "open_bleak_link",
     "open_bumble_link",

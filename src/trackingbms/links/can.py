@@ -5,8 +5,9 @@ path keeps its leading slash), ``can://virtual/bench`` (python-can's in-process 
 ``can://pcan/PCAN_USBBUS1``… Other query parameters are passed to ``can.Bus`` as they are (numbers
 converted), e.g. ``can://slcan/dev/ttyACM0?bitrate=250000&sleep_after_open=0``.
 
-The link moves whole frames, not bytes: ``send(arbitration_id, data)`` and ``recv(timeout_s)`` →
-``(arbitration_id, data, extended)`` or None on timeout. It knows nothing of Daly.
+The link moves whole frames, not bytes (:class:`~trackingbms.links.FrameLink`): ``send(frame_id, data)``
+and ``recv(timeout_s)`` → ``(frame_id, data)`` or None on timeout; ids above 0x7FF go out as 29-bit
+extended ids. Error and remote frames are skipped. It knows nothing of Daly.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from trackingbms.links import LinkError
 SERIAL_INTERFACES = frozenset({"slcan", "serial", "robotell", "seeedstudio", "canalystii", "slcan-serial"})
 DEFAULT_BITRATE = 250_000
 
-CanMessage = tuple[int, bytes, bool]
+CanMessage = tuple[int, bytes]
 
 
 def parse_can_url(url: str) -> tuple[str, str, dict[str, Any]]:
@@ -56,10 +57,14 @@ def _number(text: str) -> Any:
 class CanLink:
     """One python-can bus, read through a :class:`can.Notifier` into an asyncio queue."""
 
+    wire = "can"
+
     def __init__(self, url: str, bus: Any) -> None:
         import can
 
         self.url = url
+        #: one exchange on the bus at a time for the clients sharing this link (several boards)
+        self.lock = asyncio.Lock()
         self.bus = bus
         self._reader = can.AsyncBufferedReader()
         self._notifier = can.Notifier(bus, [self._reader], loop=asyncio.get_running_loop())
@@ -67,12 +72,12 @@ class CanLink:
         self.frames_in = 0
         self.frames_out = 0
 
-    async def send(self, arbitration_id: int, data: bytes, *, extended: bool = True) -> None:
+    async def send(self, frame_id: int, data: bytes) -> None:
         import can
 
         if self._closed:
             raise LinkError(f"{self.url}: link closed")
-        msg = can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=extended)
+        msg = can.Message(arbitration_id=frame_id, data=data, is_extended_id=frame_id > 0x7FF)
         try:
             if _slow_send(self.bus):
                 await asyncio.to_thread(self.bus.send, msg, 0.5)
@@ -96,7 +101,7 @@ class CanLink:
         if msg.is_error_frame or msg.is_remote_frame:
             return await self.recv(0)  # bus errors are the controller's business; skip them
         self.frames_in += 1
-        return msg.arbitration_id, bytes(msg.data), bool(msg.is_extended_id)
+        return msg.arbitration_id, bytes(msg.data)
 
     def reset_input(self) -> None:
         """Drop frames received and not yet read."""
@@ -123,8 +128,9 @@ def _slow_send(bus: Any) -> bool:
     return type(bus).__name__ not in ("VirtualBus", "SocketcanBus")
 
 
-async def open_can_link(url: str) -> CanLink:
-    """Open ``can://interface/channel``; :class:`LinkError` says what to do when it fails."""
+async def open_can(url: str, *, baud: int | None = None, **_: Any) -> CanLink:
+    """Open ``can://interface/channel``; :class:`LinkError` says what to do when it fails. (``baud`` is
+    the serial rate of the other links; a CAN bit rate comes with the URL's ``bitrate``.)"""
     interface, channel, kwargs = parse_can_url(url)
     try:
         import can
@@ -142,4 +148,7 @@ async def open_can_link(url: str) -> CanLink:
     return CanLink(url, bus)
 
 
-__all__ = ["CanLink", "CanMessage", "open_can_link", "parse_can_url"]
+#: the old name
+open_can_link = open_can
+
+__all__ = ["CanLink", "CanMessage", "open_can", "open_can_link", "parse_can_url"]

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from trackingbms.sim.pack import Bus, SimulatedPack
-from trackingbms.sim.responder import Emission, RequestParser
+from trackingbms.sim.responder import Emission
 
 DALY_LAYOUTS = {"fff0": ("FFF0", "FFF1", "FFF2"), "ff00": ("FF00", "FF01", "FF02")}
 
@@ -37,12 +37,12 @@ class StreamResponder(Protocol):
     def respond(self, request: bytes) -> list[Emission]: ...
 
 
-class A5StreamResponder:
-    """A5 requests (13-byte frames) answered by the packs on the bus."""
+class BusResponder:
+    """Requests in the packs' own protocol (A5, D2 or 0x81, ``Quirks.protocol``) answered by the bus."""
 
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
-        self.parser = RequestParser(bus.max_request_bytes)
+        self.parser = bus.request_parser()
 
     def feed(self, data: bytes) -> list[bytes]:
         return self.parser.feed(data)
@@ -101,7 +101,8 @@ async def serve_ble(
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> BleEndpoint:
-    """Advertise a Daly BLE module for ``packs`` (A5 unless ``responder`` speaks another protocol).
+    """Advertise a Daly BLE module for ``packs``, speaking their protocol (A5, or D2 as the newer built-in
+    modules do: ``Quirks(protocol="d2")``).
 
     ``port`` = the TCP port of the client-side HCI (0 = any free one). ``notify_interval_s`` spaces the
     notifications of one reply (a connection interval; 0 = back to back).
@@ -118,7 +119,7 @@ async def serve_ble(
     if layout not in DALY_LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(DALY_LAYOUTS)}, got {layout!r}")
     bus = Bus.of(packs)
-    proto = responder or A5StreamResponder(bus)
+    proto = responder or BusResponder(bus)
     ep = BleEndpoint()
     ep.packs = bus.packs
     ep.layout = layout
@@ -186,4 +187,4 @@ async def serve_ble(
     return ep
 
 
-__all__ = ["A5StreamResponder", "BleEndpoint", "StreamResponder", "serve_ble"]
+__all__ = ["BleEndpoint", "BusResponder", "StreamResponder", "serve_ble"]
