@@ -67,7 +67,7 @@ class CanLink:
         self.lock = asyncio.Lock()
         self.bus = bus
         self._reader = can.AsyncBufferedReader()
-        self._notifier = can.Notifier(bus, [self._reader], loop=asyncio.get_running_loop())
+        self._notifier = can.Notifier(bus, [self._reader], timeout=0.05, loop=asyncio.get_running_loop())
         self._closed = False
         self.frames_in = 0
         self.frames_out = 0

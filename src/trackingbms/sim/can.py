@@ -182,7 +182,7 @@ class CanEndpoint:
         self.bus = bus
         self.url = url
         self._sched = _Scheduler(responder, self._send)
-        self._notifier = can.Notifier(bus, [self._on_message], loop=asyncio.get_running_loop())
+        self._notifier = can.Notifier(bus, [self._on_message], timeout=0.05, loop=asyncio.get_running_loop())
 
     @property
     def packs(self) -> list[SimulatedPack]:
