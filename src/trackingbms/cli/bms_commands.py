@@ -34,7 +34,8 @@ PORT_HELP = "serial device (/dev/ttyUSB0), tcp://host:port, can://iface/channel 
 FAMILY_OPT = typer.Option(
     "a5",
     "--family",
-    help="a5 | d2 | p81 | a5-can | hkms-can, or auto (probes A5 at 0x40/0x80, D2, 0x81 boards 1–16)",
+    help="a5 | d2 | p81 | a5-can | hkms-can, or auto (probes A5 at 0x40/0x80, D2, 0x81 boards 1–16; "
+    "on CAN: A5-CAN boards 1–16 and H/K/M/S broadcasts); a5 on a can:// port means a5-can",
 )
 ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
@@ -95,6 +96,14 @@ async def _connect(
         return bms
     if family not in FAMILIES:
         raise _err(f"unknown family {family!r}: use auto, {', '.join(FAMILIES)}", EXIT_USAGE)
+    from trackingbms.links import link_scheme
+
+    if link_scheme(port) == "can" and family == "a5":
+        family = "a5-can"  # A5 on a CAN bus is the legacy Daly CAN protocol
+    elif link_scheme(port) != "can" and family in ("a5-can", "hkms-can"):
+        raise _err(
+            f"--family {family} needs a CAN port (can://<interface>/<channel>), not {port}", EXIT_USAGE
+        )
     if family == "a5":
         options["address"] = _parse_address(address)
     return await open_bms(port, family, baud=baud, **options)
@@ -379,7 +388,10 @@ def decode(
     from trackingbms.daly.modbus_stream import decode_modbus, looks_modbus
     from trackingbms.daly.stream import HexError, decode_hex_stream, parse_hex
 
-    text = sys.stdin.read() if hex_input == ["-"] else " ".join(hex_input)
+    text = sys.stdin.read() if hex_input == ["-"] else "\n".join(hex_input)
+    if "#" in text or "[" in text:
+        _decode_candump(text, cells, sensors, invert_current)
+        return
     try:
         data = parse_hex(text)
     except HexError as exc:
@@ -418,6 +430,59 @@ def decode(
         raise typer.Exit(EXIT_USAGE)
 
 
+def _decode_candump(text: str, cells: int | None, sensors: int | None, invert_current: bool) -> None:
+    """CAN frames in candump form: legacy Daly replies decode as their A5 frames (multi-frame replies
+    grouped, 0x94 sizing what follows), requests and H/K/M/S broadcasts are named."""
+    import json
+
+    from trackingbms.daly import can as dcan
+    from trackingbms.daly.stream import decode_hex_stream
+
+    try:
+        frames = dcan.parse_candump(text)
+    except dcan.CanError as exc:
+        raise _err(str(exc), EXIT_USAGE) from None
+    if not frames:
+        raise _err("no CAN frame to decode", EXIT_USAGE)
+    problems = 0
+    pending: list[bytes] = []  # legacy replies, as A5 frames, decoded together (bursts, counts)
+
+    def flush() -> None:
+        nonlocal problems
+        if not pending:
+            return
+        objects, issues = decode_hex_stream(
+            b"".join(pending), cells=cells, sensors=sensors, invert_current=invert_current
+        )
+        for obj in objects:
+            obj.pop("board", None)
+            typer.echo(json.dumps({"wire": "can", **obj}))
+        for issue in issues:
+            problems += 1
+            typer.echo(f"error: {issue.reason}", err=True)
+        pending.clear()
+
+    for frame in frames:
+        info = dcan.describe(frame)
+        a5 = dcan.to_a5(frame)
+        if a5 is not None and info.get("direction") == "response":
+            pending.append(a5.to_bytes())
+            continue
+        flush()
+        if info.get("direction") == "request" or info.get("kind") == "hkms-keepalive":
+            typer.echo(json.dumps({"wire": "can", **info}))
+        elif info.get("kind") == "hkms-broadcast":
+            typer.echo(json.dumps({"wire": "can", **info, **dcan.hkms_fields(frame)}))
+        else:
+            problems += 1
+            typer.echo(
+                f"error: {frame.candump()}: not a Daly CAN frame (legacy 0x18xxxxxx or H/K/M/S)", err=True
+            )
+    flush()
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
 @app.command()
 def probe(
     port: str = typer.Argument(..., help=PORT_HELP),
@@ -452,4 +517,11 @@ def probe(
             extra += f", firmware {f.firmware}" if f.firmware else ""
             typer.echo(f"{f.family:4} board {f.board:2} at {f.address}{extra}")
     if not found:
-        raise _err(f"no BMS answered on {port} (A5 at 0x40/0x80, D2, 0x81 boards 1–16 tried)")
+        from trackingbms.links import link_scheme
+
+        tried = (
+            "A5-CAN boards 1–16, H/K/M/S broadcasts"
+            if link_scheme(port) == "can"
+            else "A5 at 0x40/0x80, D2, 0x81 boards 1–16"
+        )
+        raise _err(f"no BMS answered on {port} ({tried} tried)")
