@@ -1,13 +1,14 @@
-"""Benchmark: full A5 snapshot of a simulated 16-cell, 4-sensor pack at 9600 baud.
+"""Benchmark: full snapshot of a simulated 16-cell, 4-sensor pack at 9600 baud, per family (a5, d2, p81).
 
 The simulator paces every reply byte at the baud rate (10 bits a byte) and answers after its
 turnaround latency. The floor for one snapshot is the sum, over its commands, of the request's wire
-time, the reply frames' wire time and one turnaround: no client can be faster on a real line.
+time, the reply frames' wire time and one turnaround: no client can be faster on a real line. For D2 and
+0x81 a snapshot is one register block (D2: 80 registers, 165 reply bytes; 0x81: 93 registers, 191 bytes).
 ``ratio`` = median snapshot time / floor. Then the same under 1 % corrupted reply frames (bad
 checksums), with the share of snapshots that came back complete; and under 1 % of frames cut short
 inside bursts plus 1 % junk bytes before replies.
 
-    python bench/poll.py --json [--runs 20] [--corrupt-runs 100] [--transport pty|tcp]
+    python bench/poll.py --json [--family a5|d2|p81] [--runs 20] [--corrupt-runs 100] [--transport pty|tcp]
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import statistics
 import time
 from typing import Any
 
-from trackingbms.bms import BmsError, DalyBMS
+from trackingbms.bms import BmsError, DalyBMS, open_bms
+from trackingbms.daly import d2, p81
 from trackingbms.daly.a5 import frame_time_s
+from trackingbms.daly.modbus import wire_time_s
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER, frames_sent
 from trackingbms.links import open_link
 from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_pty, serve_tcp
@@ -28,8 +31,14 @@ from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_pty, serve_
 CELLS, SENSORS, BAUD, ADDRESS = 16, 4, 9600, 0x40
 
 
-def floor_s(latency_s: float) -> float:
+#: registers of a full snapshot's one block, per Modbus-shaped family
+BLOCK_REGISTERS = {"d2": d2.STATUS_REGISTERS_LONG, "p81": p81.STATUS_REGISTERS}
+
+
+def floor_s(latency_s: float, family: str = "a5") -> float:
     """Request + reply wire time + one turnaround, summed over the snapshot's commands."""
+    if family in BLOCK_REGISTERS:
+        return wire_time_s(BAUD, 8) + wire_time_s(BAUD, 5 + 2 * BLOCK_REGISTERS[family]) + latency_s
     total = 0.0
     for name in SNAPSHOT_ORDER:
         did = COMMANDS[name].data_id
@@ -39,15 +48,20 @@ def floor_s(latency_s: float) -> float:
     return total
 
 
-async def run(runs: int, quirks: Quirks, transport: str) -> dict[str, Any]:
+async def run(runs: int, quirks: Quirks, transport: str, family: str = "a5") -> dict[str, Any]:
+    quirks.protocol = family
     pack = SimulatedPack(PackConfig(cells=CELLS, sensors=SENSORS, seed=1), quirks)
     endpoint = await (serve_pty(pack) if transport == "pty" else serve_tcp(pack, host="127.0.0.1", port=0))
     link = await open_link(endpoint.path if transport == "pty" else endpoint.url, baud=BAUD)
-    bms = DalyBMS(link, address=ADDRESS, baud=BAUD, retries=3, turnaround_s=quirks.latency_s + 0.1)
+    options: dict[str, Any] = {"baud": BAUD, "retries": 3, "turnaround_s": quirks.latency_s + 0.1}
+    if family == "a5":
+        options["address"] = ADDRESS
+    bms = await open_bms("bench", family, link=link, **options)
     times: list[float] = []
     complete = 0
     try:
-        await bms.status()  # learn the counts once, as a long-running poller does
+        if isinstance(bms, DalyBMS):
+            await bms.status()  # learn the counts once, as a long-running poller does
         for _ in range(runs):
             t0 = time.perf_counter()
             try:
@@ -59,7 +73,7 @@ async def run(runs: int, quirks: Quirks, transport: str) -> dict[str, Any]:
     finally:
         await link.close()
         await endpoint.close()
-    floor = floor_s(quirks.latency_s)
+    floor = floor_s(quirks.latency_s, family)
     median = statistics.median(times)
     return {
         "floor_s": round(floor, 4),
@@ -78,17 +92,21 @@ async def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--corrupt-runs", type=int, default=100)
     ap.add_argument("--transport", choices=("pty", "tcp"), default="pty")
+    ap.add_argument("--family", choices=("a5", "d2", "p81"), default="a5")
     args = ap.parse_args()
-    clean = await run(args.runs, Quirks(baud=BAUD, latency_s=0.06, stale_bytes=True), args.transport)
-    corrupt = await run(
-        args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, bad_checksum=0.01), args.transport
-    )
-    # harsher extra: 1 % of frames cut short inside bursts (Q4) plus 1 % junk before replies
-    lossy = await run(
-        args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, loss=0.01, garbage=0.01), args.transport
-    )
+    fam, tr = args.family, args.transport
+    clean = await run(args.runs, Quirks(baud=BAUD, latency_s=0.06, stale_bytes=True), tr, fam)
+    corrupt = await run(args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, bad_checksum=0.01), tr, fam)
+    # harsher extra: 1 % of frames cut short (A5: inside bursts, Q4) plus 1 % junk before replies
+    lossy = await run(args.corrupt_runs, Quirks(baud=BAUD, latency_s=0.06, loss=0.01, garbage=0.01), tr, fam)
+    pack_info: dict[str, Any] = {"cells": CELLS, "sensors": SENSORS, "baud": BAUD}
+    if fam == "a5":
+        pack_info["host_address"] = f"0x{ADDRESS:02X}"
+    else:
+        pack_info["registers"] = BLOCK_REGISTERS[fam]
     result = {
-        "pack": {"cells": CELLS, "sensors": SENSORS, "baud": BAUD, "host_address": f"0x{ADDRESS:02X}"},
+        "family": fam,
+        "pack": pack_info,
         "transport": args.transport,
         **{k: clean[k] for k in ("floor_s", "median_s", "ratio", "p90_s")},
         "clean": clean,

@@ -3,10 +3,11 @@ the exchange (one request, its reply, its retries). Reference §5.3 and §6.
 
 Hand-written instead of pymodbus on purpose: these boards only *look* like Modbus RTU. D2 answers from
 slave address 0xD2 (outside the legal 1–247 range), 0x81 boards are asked at 0x80 + board and answer from
-0x50 + board, and function 16 requests carry no byte-count field. pymodbus' RTU framer checks the reply's
-slave id against the request's and its function-16 encoder always writes a byte count, so it would drop
-every 0x81 reply and send D2 writes the boards do not understand; patching its framer would be more code
-than this module, and would still need its client's I/O, which our sans-I/O exchange replaces.
+0x50 + board, and function 16 requests carry no byte-count field. Checked against pymodbus 3.16: its
+transaction manager rejects a reply whose device id is not the request's ("request uses device id=129 but
+received 81"), so every 0x81 reply is dropped, and its WriteMultipleRegistersRequest always encodes a byte
+count, which Daly boards do not expect. Working around both means subclassing its framer and PDUs and still
+using its client's I/O, which our sans-I/O exchange replaces; the framing itself is 100 lines.
 
 Frames: read ``A 03 start count CRC`` → ``A' 03 n <n bytes> CRC``; write single ``A 06 reg value CRC`` →
 echo; write multiple ``A 10 start count <2·count bytes> CRC`` (no byte count) → ``A' 10 start count CRC``;
