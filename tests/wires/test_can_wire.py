@@ -152,3 +152,19 @@ async def test_hkms_can_says_when_nothing_broadcasts(channel: str) -> None:
     finally:
         await bms.aclose()
         await ep.close()
+
+
+async def test_a_lost_adapter_is_a_link_error_not_silence() -> None:
+    """The USB-CAN adapter goes away (the pty closes): the client says so, so the gateway reconnects
+    instead of calling the BMS asleep."""
+    pack = make_pack()
+    ep = await serve_slcan_pty(pack)
+    bms = await open_bms(ep.url, "a5-can", turnaround_s=TURNAROUND_S)
+    try:
+        assert (await bms.snapshot(["pack"])).voltage_v is not None
+        await ep.close()
+        with pytest.raises(LinkError, match=r"cannot send CAN frame|CAN adapter lost"):
+            for _ in range(3):  # the first send may still be buffered by the pty
+                await bms.snapshot(["pack"])
+    finally:
+        await bms.aclose()

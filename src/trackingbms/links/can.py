@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -55,28 +56,49 @@ def _number(text: str) -> Any:
 
 
 class CanLink:
-    """One python-can bus, read through a :class:`can.Notifier` into an asyncio queue."""
+    """One python-can bus, read by a thread of its own into an asyncio queue.
+
+    Hand-written instead of ``can.Notifier``: for buses with a file descriptor (slcan, socketcan) the
+    Notifier reads from the event loop and an adapter that goes away raises inside an asyncio callback,
+    logged as a traceback on every readable event; this reader stops and the next ``recv`` says why.
+    """
 
     wire = "can"
+    POLL_S = 0.05
 
     def __init__(self, url: str, bus: Any) -> None:
-        import can
-
         self.url = url
         #: one exchange on the bus at a time for the clients sharing this link (several boards)
         self.lock = asyncio.Lock()
         self.bus = bus
-        self._reader = can.AsyncBufferedReader()
-        self._notifier = can.Notifier(bus, [self._reader], timeout=0.05, loop=asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._error: Exception | None = None
         self._closed = False
+        self._stop = threading.Event()
         self.frames_in = 0
         self.frames_out = 0
+        self._thread = threading.Thread(target=self._read_thread, name=f"can-reader {url}", daemon=True)
+        self._thread.start()
+
+    def _read_thread(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msg = self.bus.recv(self.POLL_S)
+            except Exception as exc:  # python-can's errors for a lost adapter come in several types
+                if not self._stop.is_set():
+                    self._error = exc
+                    with contextlib.suppress(RuntimeError):  # the loop is closing
+                        self._loop.call_soon_threadsafe(self._queue.put_nowait, None)
+                return
+            if msg is not None and not (msg.is_error_frame or msg.is_remote_frame):
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._queue.put_nowait, msg)
 
     async def send(self, frame_id: int, data: bytes) -> None:
         import can
 
-        if self._closed:
-            raise LinkError(f"{self.url}: link closed")
+        self._check()
         msg = can.Message(arbitration_id=frame_id, data=data, is_extended_id=frame_id > 0x7FF)
         try:
             if _slow_send(self.bus):
@@ -89,33 +111,44 @@ class CanLink:
             ) from None
         self.frames_out += 1
 
-    async def recv(self, timeout_s: float) -> CanMessage | None:
-        """The next frame, or None when none came within ``timeout_s``."""
+    def _check(self) -> None:
         if self._closed:
             raise LinkError(f"{self.url}: link closed")
+        exc = self._error  # the reader thread died: the adapter went away
+        if exc is not None:
+            raise LinkError(
+                f"{self.url}: CAN adapter lost ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+            )
+
+    async def recv(self, timeout_s: float) -> CanMessage | None:
+        """The next frame, or None when none came within ``timeout_s``."""
+        self._check()
         try:
             async with asyncio.timeout(max(0.0, timeout_s)):
-                msg = await self._reader.get_message()
+                msg = await self._queue.get()
         except TimeoutError:
+            self._check()
             return None
-        if msg.is_error_frame or msg.is_remote_frame:
-            return await self.recv(0)  # bus errors are the controller's business; skip them
+        if msg is None:
+            self._check()
+            return None
         self.frames_in += 1
         return msg.arbitration_id, bytes(msg.data)
 
     def reset_input(self) -> None:
         """Drop frames received and not yet read."""
-        buffer = getattr(self._reader, "buffer", None)
-        if buffer is not None:
-            while not buffer.empty():
-                buffer.get_nowait()
+        while not self._queue.empty():
+            msg = self._queue.get_nowait()
+            if msg is None:  # keep the news of a lost adapter for the next recv
+                self._queue.put_nowait(None)
+                break
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(Exception):
-            self._notifier.stop(timeout=1.0)
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 1.0)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self.bus.shutdown)
 
