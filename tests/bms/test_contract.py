@@ -193,12 +193,17 @@ class _BleCase(FamilyContract):
 
 
 class TestA5Ble(_BleCase):
-    """A5 over BLE: the app's host address 0x80, every cell frame (reference Q5, Q12)."""
+    """A5 over BLE: the app's host address 0x80 (the default on a BLE link), every cell frame (Q5, Q12)."""
 
     family, protocol = "a5", "a5"
 
-    def client_options(self) -> dict[str, Any]:
-        return {"address": 0x80}
+    async def test_the_app_address_and_every_cell_frame(self) -> None:
+        pack = self.make_pack(cells=7)
+        async with self.client([pack]) as bms:
+            reading = await bms.snapshot(["cells"])
+            assert bms.address == 0x80  # type: ignore[attr-defined]
+        assert reading.cells_mv == pack.battery.cells_mv()
+        assert pack.stats["replies"] >= 1 and bms.stats.frames_good >= 16 + 1  # 0x94, then 16 cell frames
 
 
 class TestD2Ble(_BleCase):

@@ -25,7 +25,8 @@ def test_example_config_is_valid_and_commented() -> None:
     cfg = GatewayConfig.from_dict(tomllib.loads(EXAMPLE_CONFIG))
     assert [u.name for u in cfg.uplinks] == ["wifi", "cellular"]
     assert cfg.uplinks[1].batch_max_samples > cfg.uplinks[0].batch_max_samples
-    assert cfg.bms[0].address == 0x40 and cfg.bms[0].cadences_s["cells"] == 5
+    # no address: the client's default (0x80 over BLE, else 0x40)
+    assert cfg.bms[0].address is None and cfg.bms[0].cadences_s["cells"] == 5
     assert EXAMPLE_CONFIG.count("#") > 20
 
 

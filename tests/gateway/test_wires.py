@@ -67,8 +67,6 @@ def test_can_and_ble_batteries_reach_the_server(tmp_path: Path, loop_thread, ser
                 "cadences_s": {"cells": 0},
                 "reconnect_max_s": 1.0,
             }
-            if bid == "ble-a5":
-                entry["address"] = 0x80  # the app's host address over Bluetooth
             bms.append(entry)
         gw = gateway(
             gateway_config(srv.device_token, tmp_path / "gw", [{"name": "lan", "url": srv.url}], bms)

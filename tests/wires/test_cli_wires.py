@@ -90,7 +90,7 @@ def test_wrong_family_for_the_port_is_a_usage_error() -> None:
 def test_read_a5_and_d2_over_ble_in_another_process() -> None:
     pytest.importorskip("bumble")
     with simulator("--wire", "ble", "--cells", "8") as (a5_url,):
-        a5 = cli("read", a5_url, "--address", "0x80", "--json")
+        a5 = cli("read", a5_url, "--json")  # A5 over BLE: host 0x80 by default
     with simulator("--wire", "ble", "--protocol", "d2", "--cells", "10") as (d2_url,):
         d2 = cli("read", d2_url, "--family", "d2", "--json")
     assert a5.returncode == 0, a5.stderr

@@ -40,6 +40,7 @@ from trackingbms.daly.records import (
     WriteAck,
 )
 from trackingbms.daly.snapshot import A5Counts, A5Snapshot
+from trackingbms.links import link_wire
 from trackingbms.model import Reading, Source
 
 INFO_IDS = (0x50, 0x51, 0x52, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F)
@@ -48,8 +49,9 @@ INFO_IDS = (0x50, 0x51, 0x52, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x
 class DalyBMS(BmsClient):
     """Async client for one A5-family Daly BMS on a byte link.
 
-    ``address``: host address (0x40 PC/RS485, 0x80 UART/app); ``board``: the BMS board number on a
-    shared RS485 bus (replies carry it; with ``address=0x40`` the request goes to 0x40 + board − 1).
+    ``address``: host address (0x40 PC/RS485, 0x80 UART/app; default 0x80 over BLE, else 0x40);
+    ``board``: the BMS board number on a shared RS485 bus (replies carry it; with ``address=0x40`` the
+    request goes to 0x40 + board − 1).
     ``turnaround_s`` is how long the BMS may take to start answering (real units: 50–80 ms).
     """
 
@@ -61,7 +63,7 @@ class DalyBMS(BmsClient):
         self,
         link: Any,
         *,
-        address: int = HOST_RS485,
+        address: int | None = None,
         board: int = 1,
         invert_current: bool = False,
         source: Source | None = None,
@@ -81,6 +83,9 @@ class DalyBMS(BmsClient):
             turnaround_s=turnaround_s,
             owns_link=owns_link,
         )
+        if address is None:
+            # the Bluetooth app's host address over BLE (units send every cell frame to it), else RS485's
+            address = HOST_UART if link_wire(link) == "ble" else HOST_RS485
         if address in (HOST_RS485, HOST_UART) and board > 1:
             address += board - 1  # reference §1: board n answers host 0x40 + n − 1
         self.address = address

@@ -37,7 +37,11 @@ FAMILY_OPT = typer.Option(
     help="a5 | d2 | p81 | a5-can | hkms-can, or auto (probes A5 at 0x40/0x80, D2, 0x81 boards 1–16; "
     "on CAN: A5-CAN boards 1–16 and H/K/M/S broadcasts); a5 on a can:// port means a5-can",
 )
-ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
+ADDRESS_OPT = typer.Option(
+    None,
+    "--address",
+    help="A5 host address: 0x40 (RS485/PC) or 0x80 (UART/app); default 0x80 on ble://, else 0x40",
+)
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
 INVERT_OPT = typer.Option(
     False, "--invert-current", help="flip the current sign (firmware that reports it inverted)"
@@ -56,7 +60,7 @@ def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
 
 async def _connect(
     port: str,
-    address: str,
+    address: str | None,
     board: int,
     invert: bool,
     baud: int,
@@ -105,7 +109,8 @@ async def _connect(
             f"--family {family} needs a CAN port (can://<interface>/<channel>), not {port}", EXIT_USAGE
         )
     if family == "a5":
-        options["address"] = _parse_address(address)
+        if address is not None:
+            options["address"] = _parse_address(address)
     return await open_bms(port, family, baud=baud, **options)
 
 
@@ -211,7 +216,7 @@ def read(
     port: str = typer.Argument(..., help=PORT_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the reading as JSON (Sample field names)"),
     family: str = FAMILY_OPT,
-    address: str = ADDRESS_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
@@ -247,7 +252,7 @@ def watch(
     port: str = typer.Argument(..., help=PORT_HELP),
     interval_s: float = typer.Option(1.0, "--interval", min=0.0, help="seconds between readings"),
     family: str = FAMILY_OPT,
-    address: str = ADDRESS_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
@@ -313,7 +318,7 @@ def set_cmd(
     soc: float | None = typer.Option(None, "--soc", min=0.0, max=100.0, help="set the BMS's SOC, %"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
     family: str = FAMILY_OPT,
-    address: str = ADDRESS_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,

@@ -67,8 +67,8 @@ class BmsConfig(_Strict):
     )
     #: the BMS protocol family (trackingbms.bms.FAMILIES); several BMS on one port share its link
     family: str = "a5"
-    #: A5 only: host address (0x40 RS485/PC, 0x80 UART/app)
-    address: int = Field(0x40, ge=0, le=255)
+    #: A5 only: host address (0x40 RS485/PC, 0x80 UART/app); default 0x80 on ble://, else 0x40
+    address: int | None = Field(None, ge=0, le=255)
     board: int = Field(1, ge=1, le=16)
     baud: int = Field(9600, gt=0)
     invert_current: bool = False
@@ -248,9 +248,9 @@ listen = "0.0.0.0:8081"
 # One [[bms]] table per BMS.
 [[bms]]
 battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
-port = "/dev/ttyUSB0"                # required: serial device or tcp://host:port (ser2net, simulator)
+port = "/dev/ttyUSB0"                # required: serial device, tcp://host:port, can://iface/chan, ble://addr
 family = "a5"                        # a5 | d2 | p81 | a5-can | hkms-can
-address = 0x40                       # A5 host address: 0x40 (UART/RS485) or 0x80
+# address = 0x40                     # A5 host address: 0x40 (UART/RS485) or 0x80; default 0x80 on ble://
 board = 1                            # board number (several BMSs on one RS485 bus)
 baud = 9600
 invert_current = false               # some firmware reports the current with the opposite sign

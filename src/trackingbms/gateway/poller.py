@@ -196,7 +196,7 @@ class BmsPoller:
             "source": cfg.source,
             "retries": cfg.retries,
         }
-        if cfg.family == "a5":
+        if cfg.family == "a5" and cfg.address is not None:
             options["address"] = cfg.address
         return options
 
