@@ -386,8 +386,9 @@ def decode(
         "default: from the request before it in the input, else 0x0000",
     ),
 ) -> None:
-    """Decode captured frames: A5, D2 and 0x81 (Modbus-style); one JSON object per frame or response
-    (Sample field names). D2 / 0x81: paste the request and the reply together, or give --start."""
+    """Decode captured frames: A5, D2 and 0x81 (Modbus-style), and CAN frames in candump form
+    (18904001#0214..., one per argument or line); one JSON object per frame or response (Sample field
+    names). D2 / 0x81: paste the request and the reply together, or give --start."""
     import json
 
     from trackingbms.daly.modbus_stream import decode_modbus, looks_modbus

@@ -15,6 +15,8 @@ low byte. :class:`HkmsAssembler` collects one full set of broadcasts into a read
 
 candump text (``18904001#0214000075450378``, also ``can0  18904001   [8]  02 14 ...`` and the log form
 ``(1700000000.000000) can0 18904001#...``) is parsed by :func:`parse_candump` for ``trackingbms decode``.
+Hand-written: python-can's ``CanutilsLogReader`` reads only the ``candump -L`` log form, from a file;
+users paste the screen form (``can0  18904001   [8]  02 14 ...``) as often, and a sans-I/O codec reads text.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ frame. A sleeping board is silent (no echo on CAN). Timing: the pack's latency, 
 
 Endpoints: :func:`serve_can` on any python-can interface (``virtual`` in-process for tests), and
 :func:`serve_slcan_pty`, a pty speaking the slcan (Lawicel) ASCII protocol as a USB-CAN adapter does,
-so a client in another process opens ``can://slcan/dev/pts/N?sleep_after_open=0``.
+so a client in another process opens ``can://slcan/dev/pts/N?sleep_after_open=0``. The adapter's side of
+slcan is hand-written (a few Lawicel commands): python-can implements only the host side.
 """
 
 from __future__ import annotations
