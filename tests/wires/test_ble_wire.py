@@ -68,3 +68,11 @@ async def test_bleak_reaches_a_real_adapter() -> None:
     # with an adapter but no Daly in range, opening an absent address is a clear error, not a traceback
     with pytest.raises(LinkError):
         await open_ble_link("ble://C0:DA:17:00:00:99?timeout=3")
+
+
+async def test_without_bluez_bleak_says_so_and_names_the_dongle_alternative() -> None:
+    if await bluez_available() is None:
+        pytest.skip("BlueZ is available here: this checks the message where it is not")
+    with pytest.raises(LinkError, match=r"Bluetooth is not available here.*hci=usb:0") as info:
+        await open_ble_link("ble://C0:DA:17:00:00:99?timeout=3")
+    assert "\n" not in str(info.value)

@@ -292,6 +292,13 @@ async def open_bleak_link(
         await client.connect()
     except LinkError:
         raise
+    except (FileNotFoundError, ConnectionRefusedError):
+        # bleak talks to BlueZ over the system D-Bus: its socket is missing or nobody listens
+        raise LinkError(
+            f"cannot reach {target}: Bluetooth is not available here (no BlueZ on the system D-Bus: is "
+            "bluetoothd running, is there an adapter?); a USB dongle also works without BlueZ: "
+            f"ble://{target}?hci=usb:0"
+        ) from None
     except (BleakError, OSError, TimeoutError) as exc:
         raise LinkError(
             f"cannot connect to {target} over Bluetooth: {str(exc) or type(exc).__name__}"
