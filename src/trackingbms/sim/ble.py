@@ -89,6 +89,52 @@ class BleEndpoint:
         await self.close()
 
 
+class VirtualRadio:
+    """A bumble :class:`~bumble.link.LocalLink` with one virtual controller reachable over HCI on TCP
+    (:attr:`hci`, a bumble transport spec such as ``tcp-client:127.0.0.1:PORT``) for a host in this or
+    another process, and :meth:`local_device` for peripherals whose host runs in this process. Reusable
+    for any GATT peripheral under test (the gateway's service for phones, too)."""
+
+    def __init__(self, link: Any, hci: str, transport: Any) -> None:
+        self.link = link
+        self.hci = hci
+        self._transport = transport
+
+    def local_device(self, name: str, address: str) -> Any:
+        """A bumble ``Device`` on its own virtual controller on this radio (call ``power_on`` on it)."""
+        from bumble.controller import Controller
+        from bumble.device import Device
+        from bumble.hci import Address
+        from bumble.host import Host
+        from bumble.transport.common import AsyncPipeSink
+
+        ctrl = Controller(name, link=self.link)
+        return Device(name=name, address=Address(address), host=Host(ctrl, AsyncPipeSink(ctrl)))
+
+    async def close(self) -> None:
+        self._transport.server.close()  # stop accepting hosts
+        with contextlib.suppress(Exception):
+            res = self._transport.close()
+            if asyncio.iscoroutine(res):
+                await res
+
+
+async def virtual_radio(host: str = "127.0.0.1", port: int = 0) -> VirtualRadio:
+    """Open a :class:`VirtualRadio`; ``port`` 0 = any free one."""
+    from bumble.controller import Controller
+    from bumble.link import LocalLink
+    from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
+
+    link = LocalLink()
+    # the host-side controller speaks H4 over TCP, as a USB or serial dongle does over its wire
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    transport = await open_tcp_server_transport_with_socket(sock)
+    Controller("host", host_source=transport.source, host_sink=transport.sink, link=link)
+    return VirtualRadio(link, f"tcp-client:{host}:{sock.getsockname()[1]}", transport)
+
+
 async def serve_ble(
     packs: SimulatedPack | Sequence[SimulatedPack] | Bus,
     *,
@@ -107,14 +153,7 @@ async def serve_ble(
     ``port`` = the TCP port of the client-side HCI (0 = any free one). ``notify_interval_s`` spaces the
     notifications of one reply (a connection interval; 0 = back to back).
     """
-    from bumble.controller import Controller
-    from bumble.device import Device
     from bumble.gatt import Characteristic, CharacteristicValue, Service
-    from bumble.hci import Address
-    from bumble.host import Host
-    from bumble.link import LocalLink
-    from bumble.transport.common import AsyncPipeSink
-    from bumble.transport.tcp_server import open_tcp_server_transport_with_socket
 
     if layout not in DALY_LAYOUTS:
         raise ValueError(f"layout must be one of {sorted(DALY_LAYOUTS)}, got {layout!r}")
@@ -126,20 +165,10 @@ async def serve_ble(
     ep.address = address
     ep.name = name or f"DL-SIM-{bus.packs[0].id}"[:29]
 
-    link = LocalLink()
-    # the client's controller, reachable over HCI on TCP (H4 packets, as a USB/serial dongle speaks)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    transport = await open_tcp_server_transport_with_socket(sock)
-    ep._closers.append(transport.close)
-    ep._closers.append(transport.server.close)  # type: ignore[attr-defined]  # stop accepting hosts
-    Controller("client", host_source=transport.source, host_sink=transport.sink, link=link)
-    ep.hci = f"tcp-client:{host}:{sock.getsockname()[1]}"
-
-    # the BMS side: controller + bumble host in this process
-    ctrl = Controller("daly", link=link)
-    device = Device(name=ep.name, address=Address(address), host=Host(ctrl, AsyncPipeSink(ctrl)))
+    radio = await virtual_radio(host, port)
+    ep._closers.append(radio.close)
+    ep.hci = radio.hci
+    device = radio.local_device(ep.name, address)  # the BMS side: its host runs in this process
     service_uuid, notify_uuid, write_uuid = DALY_LAYOUTS[layout]
     loop = asyncio.get_running_loop()
 
@@ -187,4 +216,4 @@ async def serve_ble(
     return ep
 
 
-__all__ = ["BleEndpoint", "BusResponder", "StreamResponder", "serve_ble"]
+__all__ = ["BleEndpoint", "BusResponder", "StreamResponder", "VirtualRadio", "serve_ble", "virtual_radio"]
