@@ -8,6 +8,7 @@ from pathlib import Path
 import trackingbms
 
 SRC = Path(trackingbms.__file__).parent
+BMS_MAY = ("trackingbms.bms", "trackingbms.daly", "trackingbms.links", "trackingbms.model")
 RULES = {
     # module: (allowed trackingbms packages, forbidden top-level modules)
     "links/can.py": (("trackingbms.links",), ()),
