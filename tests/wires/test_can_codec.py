@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from trackingbms.daly import can as dcan
@@ -82,6 +82,11 @@ def test_candump_garbage_names_the_line() -> None:
     assert not dcan.looks_like_candump("a5 01 90 08")
 
 
+#: no deadline: a shared, loaded machine must not fail a property on time
+SETTINGS = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@SETTINGS
 @given(st.integers(0, 0xFF), st.integers(1, 16), st.binary(min_size=8, max_size=8))
 def test_request_and_reply_ids_round_trip(data_id: int, board: int, payload: bytes) -> None:
     req = dcan.encode_request(data_id, board=board, payload=payload)
@@ -92,6 +97,7 @@ def test_request_and_reply_ids_round_trip(data_id: int, board: int, payload: byt
     assert dcan.parse_candump(rep.candump()) == [rep]
 
 
+@SETTINGS
 @given(st.lists(st.tuples(st.integers(0, 0x1FFFFFFF), st.binary(max_size=8)), max_size=30))
 def test_hkms_assembler_never_raises_on_foreign_frames(frames: list[tuple[int, bytes]]) -> None:
     asm = dcan.HkmsAssembler(board=1)
