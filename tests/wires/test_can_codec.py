@@ -131,3 +131,14 @@ def test_hkms_round_assembles_to_a_reading() -> None:
         if not (f.arbitration_id >> 16 == dcan.HKMS_CELL_VOLTS and f.data[0] == 2):
             partial.feed(f)
     assert partial.missing == ["cells"] and "cells_mv" not in partial.fields()
+
+
+@SETTINGS
+@given(st.text(max_size=200))
+def test_candump_parser_never_raises_anything_but_its_error(text: str) -> None:
+    try:
+        frames = dcan.parse_candump(text)
+    except dcan.CanError as exc:
+        assert str(exc).startswith("line ")
+    else:
+        assert all(len(f.data) <= 8 for f in frames)
