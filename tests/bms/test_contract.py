@@ -56,6 +56,16 @@ class TestD2Status62(FamilyContract):
         return out
 
 
+class TestD2OldFirmwareFound(TestD2Status62):
+    """Older firmware is silent on an 80-register read: the client falls back to 62 by itself."""
+
+    def quirks(self, **overrides: Any) -> Any:
+        return super().quirks(d2_status_registers=62, **overrides)
+
+    def client_options(self) -> dict[str, Any]:
+        return {}
+
+
 class TestP81Tcp(FamilyContract):
     family, protocol, wire = "p81", "p81", "tcp"
     can_set_soc = False

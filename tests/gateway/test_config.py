@@ -50,6 +50,22 @@ def test_defaults(tmp_path: Path) -> None:
         (lambda d: d.update(uplinks=[]), "uplinks", "at least 1"),
         (lambda d: d.update(bms_list=[]), "bms_list", "unknown key"),
         (lambda d: d["bms"].append(dict(d["bms"][0])), "bms", "more than once"),
+        (lambda d: d["bms"].append({**d["bms"][0], "battery_id": "b2"}), "bms", "its own board number"),
+        (
+            lambda d: d["bms"].append({**d["bms"][0], "battery_id": "b2", "board": 2, "family": "p81"}),
+            "bms",
+            "same family",
+        ),
+        (
+            lambda d: d["bms"].extend(
+                [
+                    {**d["bms"][0], "battery_id": f"d{n}", "port": "/dev/x", "family": "d2", "board": n}
+                    for n in (1, 2)
+                ]
+            ),
+            "bms",
+            "one per bus",
+        ),
         (lambda d: d.update(local_api={"listen": "8081"}), "local_api.listen", "host:port"),
     ],
 )

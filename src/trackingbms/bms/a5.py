@@ -190,13 +190,16 @@ class DalyBMS(BmsClient):
         assert isinstance(rec, WriteAck)
         return rec
 
-    async def _set_mos(self, data_id: int, on: bool) -> MosStatus:
+    async def _write_mos(self, data_id: int, on: bool) -> None:
         ack = await self._write(data_id, mos_payload(on))
         if ack.value != (1 if on else 0):
             name = "charge" if data_id == WRITE_CHARGE_MOS else "discharge"
             msg = f"BMS answered the {name} MOSFET write with {ack.value}, not {int(on)}: not switched"
             self._fail(msg)
             raise BmsWriteError(msg, data_id=data_id)
+
+    async def _set_mos(self, data_id: int, on: bool) -> MosStatus:
+        await self._write_mos(data_id, on)
         return await self.mos()
 
     async def set_charge_mos(self, on: bool) -> MosStatus:
@@ -208,7 +211,7 @@ class DalyBMS(BmsClient):
         return await self._set_mos(WRITE_DISCHARGE_MOS, on)
 
     async def set_mosfet(self, which: MosFet, on: bool) -> Reading:
-        await self._set_mos(WRITE_CHARGE_MOS if which == "charge" else WRITE_DISCHARGE_MOS, on)
+        await self._write_mos(WRITE_CHARGE_MOS if which == "charge" else WRITE_DISCHARGE_MOS, on)
         reading = await self.snapshot(["mos"])
         check_readback(reading, f"{which}_mos", on, f"{which} MOSFET {'on' if on else 'off'}")
         return reading

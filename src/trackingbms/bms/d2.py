@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any, ClassVar
 
-from trackingbms.bms.base import BmsClient, BmsError, MosFet, check_readback
+from trackingbms.bms.base import BmsClient, BmsError, BmsNoReply, MosFet, check_readback
 from trackingbms.daly import d2
 from trackingbms.daly.modbus import ModbusExchange, ModbusRequest, ReplyParser
 from trackingbms.daly.snapshot import GROUPS, BlockRead, RegisterSnapshot
@@ -110,8 +110,9 @@ class RegisterClient(BmsClient):
 
 
 class D2Client(RegisterClient):
-    """One D2 board. Reads the 80-register status block (older firmware answers 62 registers only: pass
-    ``status_registers=62``; the balance bitmap is then absent)."""
+    """One D2 board. Reads the 80-register status block; older firmware answers 62 registers only and
+    stays silent on a longer read: the first time that happens the client tries 62 and keeps to it if the
+    board answers (or pass ``status_registers=62``). With 62 the balance bitmap is absent."""
 
     family = "d2"
     LABEL = "D2"
@@ -127,8 +128,27 @@ class D2Client(RegisterClient):
     ) -> None:
         if status_registers not in (d2.STATUS_REGISTERS, d2.STATUS_REGISTERS_LONG):
             raise ValueError("status_registers must be 62 or 80")
-        self.BLOCKS = (BlockRead(d2.STATUS_START, status_registers, ALL_GROUPS),)  # type: ignore[misc]
+        self._set_status_registers(status_registers)
+        self._fallback_tried = status_registers == d2.STATUS_REGISTERS
         super().__init__(link, **options)
+
+    def _set_status_registers(self, n: int) -> None:
+        self.status_registers = n
+        self.BLOCKS = (BlockRead(d2.STATUS_START, n, ALL_GROUPS),)  # type: ignore[misc]
+
+    async def snapshot(self, groups: Collection[str] | None = None) -> Reading:
+        try:
+            return await super().snapshot(groups)
+        except BmsNoReply:
+            if self._fallback_tried:
+                raise
+            self._fallback_tried = True  # once per client: a sleeping board must not cost double forever
+            self._set_status_registers(d2.STATUS_REGISTERS)
+            try:
+                return await super().snapshot(groups)
+            except BmsNoReply:
+                self._set_status_registers(d2.STATUS_REGISTERS_LONG)
+                raise
 
     @property
     def request_address(self) -> int:

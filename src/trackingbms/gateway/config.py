@@ -164,6 +164,21 @@ class GatewayConfig(_Strict):
         names = [u.name for u in self.uplinks]
         if len(set(names)) != len(names):
             raise ValueError("uplinks: each uplink name may appear once")
+        # BMS on one port share its link (an RS485 bus): one family, one baud, a board number each
+        by_port: dict[str, list[BmsConfig]] = {}
+        for b in self.bms:
+            by_port.setdefault(b.port, []).append(b)
+        for port, group in by_port.items():
+            if len(group) < 2:
+                continue
+            who = ", ".join(b.battery_id for b in group)
+            if len({b.family for b in group}) > 1 or len({b.baud for b in group}) > 1:
+                raise ValueError(f"bms: {who} share port {port}: they must have the same family and baud")
+            if group[0].family == "d2":
+                raise ValueError(f"bms: {who} share port {port}: D2 boards all answer at 0xD2, one per bus")
+            boards = [b.board for b in group]
+            if len(set(boards)) != len(boards):
+                raise ValueError(f"bms: {who} share port {port}: give each its own board number")
         return self
 
     @classmethod

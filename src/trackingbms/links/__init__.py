@@ -1,13 +1,13 @@
 """Async links: byte streams and frame streams, chosen by the port's URL scheme (:data:`LINKS`).
 
-=============================================  ======================================================
-port                                           link
-=============================================  ======================================================
-``/dev/ttyUSB0``, ``COM3`` (no scheme)         :class:`SerialLink` (UART, RS485 adapters, ptys)
-``tcp://host:port``                            :class:`TcpLink` (ser2net-style adapters, the simulator)
+==============================================  ===========================================================
+port                                            link
+==============================================  ===========================================================
+``/dev/ttyUSB0``, ``COM3`` (no scheme)          :class:`SerialLink` (UART, RS485 adapters, ptys)
+``tcp://host:port``                             :class:`TcpLink` (ser2net-style adapters, the simulator)
 ``can://<interface>/<channel>?bitrate=250000``  a frame link through python-can (``trackingbms.links.can``)
-``ble://<address or name>``                    a byte link over Bluetooth LE (``trackingbms.links.ble``)
-=============================================  ======================================================
+``ble://<address or name>``                     a byte link over Bluetooth LE (``trackingbms.links.ble``)
+==============================================  ===========================================================
 
 Links know nothing of Daly: byte links move bytes (:class:`ByteLink`), frame links move CAN frames
 (:class:`FrameLink`). Each link has a ``wire`` name (the Sample's source depends on it) and an

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from trackingbms import __version__
 from trackingbms.server.db import make_engine, migrate
 from trackingbms.server.hub import Hub
+from trackingbms.server.ingest import IngestService
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
+        app.state.ingest = IngestService(app.state.store, app.state.hub)
         log.info("server ready on %s", engine.dialect.name)
         retention = None
         if settings.retention_interval_s > 0:
@@ -144,7 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = Hub()
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
 
-    from trackingbms.server.routes import router
+    from trackingbms.server.api import router
 
     app.include_router(router)
 

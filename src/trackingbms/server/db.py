@@ -2,7 +2,7 @@
 
 Samples are wide, compact rows: ``(stream_id, seq, ts_ms, data)``. A *stream* is one (device, battery)
 pair, so the idempotency key (device, battery_id, seq) is ``(stream_id, seq)`` with small integers.
-``data`` is the packed measurement blob of :mod:`trackingbms.server.codec`.
+``data`` is the packed measurement blob of :mod:`trackingbms.server.store.packing`.
 A stream's samples are unique by ``seq`` and by ``ts_ms``: a re-sent sample (same seq and ts) is a
 duplicate; a different sample with a ts already stored for the stream is refused.
 On PostgreSQL the samples table is partitioned by month on ``ts_ms``. A partitioned table's unique key
@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from trackingbms.analytics.cells import SERIES
 from trackingbms.model import MEASUREMENT_FIELDS
-from trackingbms.server.codec import SERIES
 
 metadata = MetaData()
 
@@ -185,7 +185,7 @@ streams = Table(
 )
 
 #: per series in the 1-minute rollup: count, min, max, sum (partial samples make counts differ)
-ROLLUP_SERIES: tuple[str, ...] = SERIES  # in the order codec computes them (migrations keep a frozen copy)
+ROLLUP_SERIES: tuple[str, ...] = SERIES  # in the order packing computes them (migrations keep a frozen copy)
 ROLLUP_PARTS: tuple[str, ...] = ("n", "min", "max", "sum")
 
 

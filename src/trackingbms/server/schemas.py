@@ -6,10 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trackingbms.model import Sample
-
-LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
-ConnectivityState = Literal["online", "asleep", "link-down", "offline", "backfilling"]
+from trackingbms.model import Connectivity, LinkState, Sample
 
 SAMPLE_EXAMPLE: dict[str, Any] = {
     "battery_id": "pack-1",
@@ -252,7 +249,7 @@ class FleetItem(BaseModel):
     site_id: int
     site_name: str
     device_id: str | None
-    connectivity: ConnectivityState
+    connectivity: Connectivity
     last_seen: str | None = Field(description="the newest sample's ts (when the pack was last read)")
     last_received: str | None = Field(description="when samples last arrived at the server")
     link_state: LinkState | None = Field(description="the gateway's word on the BMS link, from its heartbeat")

@@ -159,10 +159,14 @@ class ModbusResponder:
         r[0x39] = _clip(abs(volts * b.measured_current_a()))  # unsigned magnitude
         for i, v in enumerate(self._fault_regs()):
             r[0x3A + i] = v
-        r[0x3E], r[0x3F] = self._bitmap(2)
-        r[0x40] = 30000
-        r[0x42] = _temp(max(temps))  # MOS temperature
-        r[0x43] = 0xFFFF  # no board sensor
+        if self.quirks.d2_status_registers == 80:
+            r[0x3E], r[0x3F] = self._bitmap(2)
+            r[0x40] = 30000
+            r[0x42] = _temp(max(temps))  # MOS temperature
+            r[0x43] = 0xFFFF  # no board sensor
+        else:  # older firmware: the block ends at 0x3D
+            for reg in range(0x3E, 0x50):
+                del r[reg]
         r.update(self._settings(0x80))
         for i, v in enumerate(_ascii_regs(SOFTWARE_VERSION, 16) + _ascii_regs(HARDWARE_VERSION, 16)):
             r[0xA9 + i] = v

@@ -1,4 +1,8 @@
-"""The ingest hot path: validate wire samples without per-sample pydantic, and pack them into compact rows.
+"""Storage packing (not a Daly codec): the ingest hot path validates wire samples without per-sample pydantic
+and packs each into a compact binary row; reads unpack them.
+
+Hand-written rather than a serialisation library: a presence mask and wire resolutions give ~57 bytes for a
+16S sample, and validating while packing avoids building a pydantic object per sample.
 
 A stored sample is ``(stream_id, seq, ts_ms, data)`` where ``data`` is a small binary blob: a presence mask
 says which measurement fields are there, so a partial sample stays partial (absent is never stored as zero).
@@ -15,7 +19,6 @@ faults (u8 length, comma-joined UTF-8), fault_code u8, errors (u16 length, JSON 
 from __future__ import annotations
 
 import math
-import re
 import struct
 import time
 from datetime import UTC, datetime
@@ -23,17 +26,18 @@ from typing import Any
 
 import orjson
 
+from trackingbms.analytics.cells import SeriesPoint, series_of, series_point
 from trackingbms.model import (
-    BATTERY_ID_PATTERN,
+    BATTERY_ID_RULE,
     MEASUREMENT_FIELDS,
     SAMPLE_FIELDS,
     SOURCES,
     STATES,
     VIAS,
     format_ts,
+    is_battery_id,
 )
 
-_BATTERY_ID = re.compile(BATTERY_ID_PATTERN)
 _SOURCE_CODE = {s: i + 1 for i, s in enumerate(SOURCES)}
 _VIA_CODE = {s: i + 1 for i, s in enumerate(VIAS)}
 _STATE_CODE = {s: i for i, s in enumerate(STATES)}
@@ -66,7 +70,7 @@ FIELD_BITS: tuple[tuple[str, int], ...] = (
 # than derived from the model's order; a field added to the model must get its bit (and a migration story)
 # here, and this check says so at import instead of letting such a field be dropped silently.
 if tuple(name for name, _ in FIELD_BITS) != MEASUREMENT_FIELDS:
-    raise ImportError("codec.FIELD_BITS does not match trackingbms.model.MEASUREMENT_FIELDS")
+    raise ImportError("packing.FIELD_BITS does not match trackingbms.model.MEASUREMENT_FIELDS")
 
 
 def presence_mask(data: bytes) -> int:
@@ -88,19 +92,8 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
 
-#: the series of the history view, in this order in ``stats`` and in the rollup table
-SERIES: tuple[str, ...] = (
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "power_w",
-    "cell_min_mv",
-    "cell_max_mv",
-    "cell_delta_mv",
-    "temp_max_c",
-    "temp_min_c",
-)
-Stats = tuple[float | None, ...]
+#: a sample's values of the history series (:data:`trackingbms.analytics.cells.SERIES`)
+Stats = SeriesPoint
 
 
 class SampleError(ValueError):
@@ -213,8 +206,8 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     if not _KNOWN.issuperset(d):
         raise SampleError(f"{next(k for k in d if k not in _KNOWN)}: unknown field")
     bid = d.get("battery_id")
-    if not isinstance(bid, str) or not _BATTERY_ID.match(bid) or bid.endswith("\n"):
-        raise SampleError("battery_id: must match [A-Za-z0-9._-]{1,64}")
+    if not is_battery_id(bid):
+        raise SampleError(f"battery_id: must match {BATTERY_ID_RULE}")
     if "seq" not in d:
         raise SampleError("seq: field required")
     seq = _int(d, "seq", 0, 2**63 - 1)
@@ -317,14 +310,12 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
         scalar = _scalar_struct(mask)
     parts = [scalar.pack(*vals)]
 
-    cmin = cmax = cdelta = tmax = tmin = None
+    cmin = cmax = tmax = tmin = None
     cells = g("cells_mv")
     if cells is not None:
         mask |= B_CELLS
         packed, cmin, cmax = _pack_cells(cells)
         parts.append(packed)
-        if cmin is not None:
-            cdelta = cmax - cmin
     temps = g("temps_c")
     if temps is not None:
         mask |= B_TEMPS
@@ -372,19 +363,15 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
             raise SampleError("errors: too long")
         mask |= B_ERRORS
         parts.append(_U16.pack(len(raw)) + raw)
-    # the figures the history view aggregates (the values a decoded row gives, see SERIES)
-    vv = volt / 1000 if volt is not None else None
-    ii = curr / 1000 if curr is not None else None
-    stats = (
-        vv,
-        ii,
+    # the figures the history view aggregates, as a decoded row gives them (stored resolution)
+    stats = series_point(
+        volt / 1000 if volt is not None else None,
+        curr / 1000 if curr is not None else None,
         soc / 100 if soc is not None else None,
-        round(vv * ii, 3) if vv is not None and ii is not None else None,
         cmin,
         cmax,
-        cdelta,
-        tmax,
         tmin,
+        tmax,
     )
     return bid, seq, ts_ms, _HDR.pack(mask, sv) + b"".join(parts), stats
 
@@ -464,26 +451,7 @@ def unpack(data: bytes) -> dict[str, Any]:
 
 def series_values(data: bytes) -> Stats:
     """The :data:`SERIES` values of a packed row (None where absent)."""
-    m = unpack(data)
-    v, i = m.get("voltage_v"), m.get("current_a")
-    cells, temps = m.get("cells_mv"), m.get("temps_c")
-    cmin = cmax = cdelta = tmax = tmin = None
-    if cells:
-        cmin, cmax = min(cells), max(cells)
-        cdelta = cmax - cmin
-    if temps:
-        tmin, tmax = min(temps), max(temps)
-    return (
-        v,
-        i,
-        m.get("soc_pct"),
-        round(v * i, 3) if v is not None and i is not None else None,
-        cmin,
-        cmax,
-        cdelta,
-        tmax,
-        tmin,
-    )
+    return series_of(unpack(data))
 
 
 def to_sample(battery_id: str, seq: int, ts_ms: int, data: bytes) -> dict[str, Any]:
