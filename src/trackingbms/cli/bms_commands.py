@@ -40,7 +40,8 @@ FAMILY_OPT = typer.Option(
 ADDRESS_OPT = typer.Option(
     None,
     "--address",
-    help="A5 host address: 0x40 (RS485/PC) or 0x80 (UART/app); default 0x80 on ble://, else 0x40",
+    help="A5 host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app; default 0x80 on ble://, "
+    "else 0x40",
 )
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
 INVERT_OPT = typer.Option(
