@@ -266,7 +266,7 @@ listen = "0.0.0.0:8081"
 battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
 port = "/dev/ttyUSB0"                # required: serial device, tcp://host:port, can://iface/chan, ble://addr
 family = "a5"                        # a5 | d2 | p81 | a5-can | hkms-can
-# address = 0x40                     # A5 host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app;
+# address = 0x40                     # A5 host: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app;
 #                                    # default 0x80 on ble://, else 0x40
 board = 1                            # board number (several BMSs on one RS485 bus)
 baud = 9600
