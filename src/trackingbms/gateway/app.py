@@ -9,7 +9,7 @@ from typing import Any
 
 from trackingbms.gateway.config import GatewayConfig
 from trackingbms.gateway.local import LocalApi
-from trackingbms.gateway.poller import BmsPoller
+from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplink import RemoteConfig, UplinkManager
@@ -39,8 +39,10 @@ class Gateway:
             )
         self.remote = RemoteConfig(self.queue, self.state, config)
         self.uplinks = UplinkManager(config, self.queue, self.state, self.remote)
+        self.links = SharedLinks()  # boards on one port (an RS485 bus) share its link
         self.pollers = {
-            b.battery_id: BmsPoller(b, self.queue, self.state, self._on_sample) for b in config.bms
+            b.battery_id: BmsPoller(b, self.queue, self.state, self._on_sample, self.links)
+            for b in config.bms
         }
         self.home_assistant: Any = None
         if config.home_assistant is not None:

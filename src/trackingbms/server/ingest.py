@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 
 
 class IngestService:
-    def __init__(self, store: Store, hub: Hub | None = None, metrics: ServerMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub | None = None,
+        max_future_ms: int = packing.MAX_FUTURE_SKEW_MS,
+        metrics: ServerMetrics | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
+        #: samples further ahead of the server's clock are rejected (a wrong device clock)
+        self.max_future_ms = max_future_ms
         self.metrics = metrics
 
     async def ingest(
@@ -41,7 +49,7 @@ class IngestService:
         parsed: list[PackedSample] = []
         for i, d in enumerate(raw_samples):
             try:
-                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now)
+                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now, self.max_future_ms)
             except packing.SampleError as e:
                 rejected.append({"index": i, "error": str(e)})
                 continue
