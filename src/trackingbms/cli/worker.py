@@ -67,7 +67,12 @@ def ingest_worker(
         engine = make_engine(settings.resolved_database_url())
         try:
             await migrate(engine)
-            handler = IngestHandler(Store(engine), settings.max_batch_samples)
+            handler = IngestHandler(
+                Store(engine),
+                settings.max_batch_samples,
+                max_future_ms=int(settings.max_clock_skew_s * 1000),
+                transport="mqtt" if mqtt else "jetstream",
+            )
             if mqtt:
                 await run_mqtt(handler, mqtt, password=mqtt_password, stop=stop)
             else:

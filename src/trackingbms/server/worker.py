@@ -60,7 +60,13 @@ class WorkerStats:
 class IngestHandler:
     """Transport-independent: (device key, kind, payload) → the acknowledgement to publish, or None."""
 
-    def __init__(self, store: Store, max_batch_samples: int = 5000) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_batch_samples: int = 5000,
+        max_future_ms: int | None = None,
+        transport: str = "mqtt",
+    ) -> None:
         self.store = store
         self.max_batch_samples = max_batch_samples
         self.stats = WorkerStats()
@@ -69,7 +75,12 @@ class IngestHandler:
         self.hub = Hub()
         if not store.sqlite:
             self.hub.relay = PgRelay(store.engine, self.hub).relay
-        self.service = IngestService(store, self.hub)
+        self.transport = transport  # the ingest metrics' label
+        self.service = (
+            IngestService(store, self.hub)
+            if max_future_ms is None
+            else IngestService(store, self.hub, max_future_ms=max_future_ms)
+        )
 
     async def device(self, key: str) -> DeviceRef | None:
         parsed = parse_device_key(key)
@@ -114,7 +125,7 @@ class IngestHandler:
                 "status": 413,
                 "error": f"at most {self.max_batch_samples} samples per batch, got {len(batch)}",
             }
-        res = await self.service.ingest(device, batch, now_ms())  # returns after the commit
+        res = await self.service.ingest(device, batch, now_ms(), self.transport)  # returns after the commit
         self.stats.batches += 1
         self.stats.accepted += res.accepted
         self.stats.duplicates += res.duplicates

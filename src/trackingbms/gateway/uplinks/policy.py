@@ -40,6 +40,7 @@ from trackingbms.gateway.config import SLOW_COMMANDS, GatewayConfig, UplinkConfi
 from trackingbms.gateway.queue import DurableQueue, QueuedSample
 from trackingbms.gateway.state import GatewayState
 from trackingbms.gateway.uplinks.base import Failed, Reply, TooLarge, Transport, TransportError, Wait
+from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.uplink")
 
@@ -388,6 +389,7 @@ class UplinkManager:
         queue = await self.queue.astatus()
         return {
             "version": __version__,
+            "ts": format_ts(datetime.now(UTC)),  # the server measures this clock's offset from it
             "uptime_s": self.state.uptime_s(),
             "queue_depth": queue["queue_depth"],
             "oldest_queued_ts": queue["oldest_queued_ts"],
