@@ -260,12 +260,13 @@ class Cluster:
         self.procs.append(proc)
         return proc.start()
 
-    def api(self) -> tuple[Proc, str]:
+    def api(self, **env: str) -> tuple[Proc, str]:
         n = len(self.procs)
         port = free_port()
         proc = Proc(
             ["server", "--port", str(port), "--database-url", self.db_url, "--log-level", "warning"],
             self.workdir / f"proc{n}-api.log",
+            env_with(**env),
         )
         self.procs.append(proc)
         proc.start()

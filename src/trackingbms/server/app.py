@@ -137,6 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             relay = PgRelay(engine, app.state.hub)
             await relay.start()
+            from trackingbms.server.pg_throttle import PgLoginThrottle
+
+            # failed logins counted by any process lock the account in every process
+            app.state.login_throttle = PgLoginThrottle(engine, app.state.login_throttle.policies)
         log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:

@@ -192,6 +192,17 @@ battery_state = Table(
     *state_columns(),
 )
 
+#: failed logins per key ("account:<email>", "address:<host>") when several processes share PostgreSQL
+#: (trackingbms.server.pg_throttle); times are epoch seconds
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", Float, nullable=False),
+    Column("last_failure", Float, nullable=False),
+)
+
 streams = Table(
     "streams",
     metadata,
