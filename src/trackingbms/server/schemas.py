@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trackingbms.model import Connectivity, LinkState, Sample
+from trackingbms.model import HEARTBEAT_TEXT_MAX_CHARS, Connectivity, LinkState, Sample
 
 SAMPLE_EXAMPLE: dict[str, Any] = {
     "battery_id": "pack-1",
@@ -110,7 +110,7 @@ class IngestReply(BaseModel):
 
 #: a heartbeat is validated field by field and bounded, and unknown fields are dropped (not stored): it is
 #: shown to every user of the tenant, so a device must not be able to put megabytes or NaN in it
-_HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=200)
+_HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=HEARTBEAT_TEXT_MAX_CHARS)
 U64 = 2**63 - 1
 
 
@@ -121,7 +121,7 @@ class BatteryLink(BaseModel):
     since: str | None = Field(default=None, max_length=40)
     frames_good: int | None = Field(default=None, ge=0, le=U64)
     frames_bad: int | None = Field(default=None, ge=0, le=U64)
-    last_error: str | None = Field(default=None, max_length=200)
+    last_error: str | None = Field(default=None, max_length=HEARTBEAT_TEXT_MAX_CHARS)
 
 
 class Heartbeat(BaseModel):
