@@ -33,7 +33,7 @@ def simulate(
     scenario: Annotated[
         str,
         typer.Option(
-            help="idle, constant, solar-day, ebike-ride, charge-full, or schedule (with --schedule)."
+            help="idle, constant, solar-day, ebike-ride, charge-full, ups, or schedule (with --schedule)."
         ),
     ] = "idle",
     schedule: Annotated[
