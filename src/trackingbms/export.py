@@ -16,7 +16,11 @@ from trackingbms.model import MEASUREMENT_FIELDS, SAMPLE_FIELDS
 
 #: fields with columns of their own (lists expanded or joined, errors as JSON) or none (battery_id)
 SPECIAL_FIELDS = ("battery_id", "seq", "ts", "cells_mv", "temps_c", "balancing", "faults", "errors")
-SCALAR_FIELDS: tuple[str, ...] = ("source", "via", *(f for f in MEASUREMENT_FIELDS if f not in SPECIAL_FIELDS))
+SCALAR_FIELDS: tuple[str, ...] = (
+    "source",
+    "via",
+    *(f for f in MEASUREMENT_FIELDS if f not in SPECIAL_FIELDS),
+)
 if set(SCALAR_FIELDS) | set(SPECIAL_FIELDS) != set(SAMPLE_FIELDS):
     raise ImportError("export: the CSV columns do not cover trackingbms.model.SAMPLE_FIELDS")
 
@@ -123,5 +127,9 @@ def read_rows(rows: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
 
 
 def _numbered(head: list[str], prefix: str, suffix: str) -> list[str]:
-    cols = [c for c in head if c.startswith(prefix) and c.endswith(suffix) and c[len(prefix) : -len(suffix)].isdigit()]
+    cols = [
+        c
+        for c in head
+        if c.startswith(prefix) and c.endswith(suffix) and c[len(prefix) : -len(suffix)].isdigit()
+    ]
     return sorted(cols, key=lambda c: int(c[len(prefix) : -len(suffix)]))

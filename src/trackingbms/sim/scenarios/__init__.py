@@ -146,7 +146,8 @@ class Ups:
 
     def demand(self, t_s: float, view: PackView) -> tuple[float, float]:
         self._extend(t_s)
-        ambient = self.ambient_mean_c + 2.0 * math.cos(2 * math.pi * (_hour_of_day(self.start, t_s) - 15) / 24)
+        hour = _hour_of_day(self.start, t_s)
+        ambient = self.ambient_mean_c + 2.0 * math.cos(2 * math.pi * (hour - 15) / 24)
         for begin, end in reversed(self.outages):
             if begin <= t_s < end:
                 self.charge_a = 0.1 * self.capacity_ah
