@@ -35,6 +35,7 @@ Methods, and where they come from:
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -44,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from trackingbms.analytics.ocv import CURVES, MIN_SLOPE_MV_PER_PCT, guess_chemistry
-from trackingbms.analytics.regression import deming, deming_columns, theil_sen
+from trackingbms.analytics.regression import deming, deming_columns
 
 STATE_VERSION = 1
 _DAY_S = 86400.0
@@ -81,6 +82,7 @@ class EstimatorConfig:
     max_window_soc_drift: float = 0.03
     min_r2: float = 0.8
     r_temp_coeff_per_c: float = 0.02
+    min_windows: int = 3
     r_soc_range_pct: tuple[float, float] = (15.0, 85.0)
     resistance_days: float = 7.0
     # weak cells
@@ -88,10 +90,16 @@ class EstimatorConfig:
     drift_min_span_s: float = 24 * 3600.0
     drift_min_drop_pct: float = 0.15
     drift_days: float = 7.0
+    drift_max_dq_c: float = 0.02
+    #: floor of the cells' spread of drift rates (%/month) in the robust z-score
+    drift_noise_pct_month: float = 0.5
+    drift_min_z: float = 5.0
     low_capacity_ratio: float = 0.9
     high_resistance_ratio: float = 1.5
     #: suggest correcting the BMS's SOC beyond this disagreement (points)
     soc_suggest_pct: float = 5.0
+    #: without a capacity estimate, SOC is given only this far (fraction of rated) from its anchor
+    soc_uncounted_c: float = 0.1
 
 
 @dataclass
@@ -218,7 +226,9 @@ class BatteryEstimator:
             return
         cap = self._capacity_ref()
         # ---- rest tracking
-        if abs(i) <= cfg.rest_current_c * cap and (self.rest_since is None or abs(i - self.rest_i) <= 0.02 * cap):
+        if abs(i) <= cfg.rest_current_c * cap and (
+            self.rest_since is None or abs(i - self.rest_i) <= 0.02 * cap
+        ):
             if self.rest_since is None:
                 self.rest_since, self.rest_i = t, i
             elif t - self.rest_since >= cfg.rest_min_s:
@@ -386,7 +396,9 @@ class BatteryEstimator:
         if hours < 2:
             return
         cap = self._capacity_ref()
-        pairs = [(s0, s1) for s0, s1 in zip(a["socs"], b["socs"], strict=True) if s0 is not None and s1 is not None]
+        pairs = [
+            (s0, s1) for s0, s1 in zip(a["socs"], b["socs"], strict=True) if s0 is not None and s1 is not None
+        ]
         if len(pairs) * 2 < len(a["socs"]):
             return
         bleed = median(b["bleed"][k] - a["bleed"][k] for k in range(self.n_cells))
@@ -402,42 +414,67 @@ class BatteryEstimator:
 
     # ---- weak cells --------------------------------------------------------------------------------
     def _observe(self, t: float, socs: list[float | None]) -> None:
+        """Record each cell's SOC deviation from the pack median (bleed added back), with the charge
+        counted so far: only observations a little charge apart are compared (see :meth:`_drift_rates`)."""
         known = [s for s in socs if s is not None]
         med = median(known)
         cap = self._capacity_ref()
         devs = [
-            None if s is None else round(100 * (s - med + self.bleed_ah[k] / cap), 4) for k, s in enumerate(socs)
+            None if s is None else round(100 * (s - med + self.bleed_ah[k] / cap), 4)
+            for k, s in enumerate(socs)
         ]
-        self.observations.append([t, devs])
+        self.observations.append([t, self.q_ah, self.chain, devs])
         horizon = t - self.cfg.drift_days * _DAY_S
         while self.observations and self.observations[0][0] < horizon:
             self.observations.pop(0)
         del self.observations[:-400]
 
     def _drift_rates(self) -> list[dict[str, Any] | None]:
-        """Per cell: the Theil–Sen slope of its (bleed-adjusted) deviation from the median, %/month."""
+        """Per cell: how fast its deviation from the median falls, in % SOC per month.
+
+        Only pairs of consecutive observations whose counted charge differs by at most
+        ``drift_max_dq_c`` of C are used (a rest watched hour by hour, or a full-to-full cycle): a cell
+        of lower capacity moves further per Ah, and that must not read as self-discharge. The drop is the
+        sum of those pairs' changes over the sum of their durations; a cell stands out when it falls
+        faster than ``self_discharge_flag_pct_month`` and far outside the other cells' spread.
+        """
+        cfg = self.cfg
+        n = self.n_cells
+        drop = [0.0] * n
+        span = [0.0] * n
+        pairs = [0] * n
+        limit = cfg.drift_max_dq_c * self._capacity_ref()
         obs = self.observations
+        for a, b in itertools.pairwise(obs):
+            if a[2] != b[2] or abs(b[1] - a[1]) > limit:
+                continue
+            dt = b[0] - a[0]
+            for k in range(n):
+                da, db = a[3][k], b[3][k]
+                if da is not None and db is not None:
+                    drop[k] += db - da
+                    span[k] += dt
+                    pairs[k] += 1
         out: list[dict[str, Any] | None] = []
-        for k in range(self.n_cells):
-            pts = [(t, d[k]) for t, d in obs if d[k] is not None]
-            if len(pts) < 3 or pts[-1][0] - pts[0][0] < self.cfg.drift_min_span_s:
+        for k in range(n):
+            if span[k] < cfg.drift_min_span_s:
                 out.append(None)
                 continue
-            # thin to at most 60 points so the pairwise median stays cheap
-            step = max(1, len(pts) // 60)
-            pts = pts[::step] + ([pts[-1]] if (len(pts) - 1) % step else [])
-            ts, ys = [p[0] for p in pts], [p[1] for p in pts]
-            slope = theil_sen(ts, ys)
             out.append(
                 {
-                    "rate_pct_month": slope * _MONTH_S,
-                    "drop_pct": slope * (ts[-1] - ts[0]),
-                    "span_h": (ts[-1] - ts[0]) / 3600,
-                    "points": len(pts),
-                    "first": [_utc(ts[0]), ys[0]],
-                    "last": [_utc(ts[-1]), ys[-1]],
+                    "rate_pct_month": drop[k] / span[k] * _MONTH_S,
+                    "drop_pct": drop[k],
+                    "observed_h": span[k] / 3600,
+                    "pairs": pairs[k],
                 }
             )
+        rates = [d["rate_pct_month"] for d in out if d is not None]
+        if len(rates) >= 4:
+            m = median(rates)
+            mad = 1.4826 * median(abs(r - m) for r in rates)
+            for d in out:
+                if d is not None:
+                    d["z"] = (d["rate_pct_month"] - m) / max(mad, cfg.drift_noise_pct_month)
         return out
 
     # ---- resistance --------------------------------------------------------------------------------
@@ -497,6 +534,8 @@ class BatteryEstimator:
         if a is None or a["chain"] != self.chain:
             return None
         cap = self._capacity_ref()
+        if self.cap_est is None and abs(self.q_ah - a["q"]) > self.cfg.soc_uncounted_c * cap:
+            return None  # the capacity could be off by a third: that much counted charge could be 3 points
         return min(100.0, max(0.0, 100 * a["soc"] + 100 * (self.q_ah - a["q"]) / cap))
 
     def health(self) -> dict[str, Any]:
@@ -541,7 +580,7 @@ class BatteryEstimator:
         }
         # resistance
         rw = self.r_windows
-        if rw:
+        if len(rw) >= cfg.min_windows:
             out["resistance_mohm"] = round(median(w[2] for w in rw), 3)
             out["resistance"] = {
                 "windows": len(rw),
@@ -551,18 +590,23 @@ class BatteryEstimator:
             }
         else:
             out["resistance_mohm"] = None
-            out["resistance"] = {"windows": 0}
+            out["resistance"] = {"windows": len(rw)}
             reasons["resistance_mohm"] = (
-                "no window with enough current steps yet (needs samples at most "
+                f"{len(rw)} of {cfg.min_windows} windows with enough current steps so far "
+                f"(needs samples at most "
                 f"{cfg.max_spacing_s:g} s apart and current changes of ~{cfg.min_excitation_c:g} C)"
             )
-        cell_r = self._cell_r_mohm()
+        cell_r = self._cell_r_mohm() if len(rw) >= cfg.min_windows else None
         # SOC
         soc = self.soc_estimate()
         out["soc_pct"] = round(soc, 1) if soc is not None else None
         out["bms_soc_pct"] = self.bms_soc
         if soc is None:
-            reasons["soc_pct"] = "no anchor since counting began (a rest on a steep part of the OCV curve)"
+            reasons["soc_pct"] = (
+                "no anchor since counting began (a rest on a steep part of the OCV curve)"
+                if self.soc_anchor is None or self.soc_anchor["chain"] != self.chain
+                else "capacity not estimated yet and too much charge counted since the last anchor"
+            )
             out["bms_soc_error_pct"] = None
         elif self.bms_soc is None:
             out["bms_soc_error_pct"] = None
@@ -588,7 +632,9 @@ class BatteryEstimator:
             )
         # weak cells
         drift = self._drift_rates()
-        med_cap = median([c for c in cell_caps if c is not None]) if any(c is not None for c in cell_caps) else None
+        med_cap = (
+            median([c for c in cell_caps if c is not None]) if any(c is not None for c in cell_caps) else None
+        )
         med_r = median(cell_r) if cell_r else None
         for k in range(self.n_cells):
             d = drift[k] if k < len(drift) else None
@@ -596,27 +642,36 @@ class BatteryEstimator:
                 d is not None
                 and d["rate_pct_month"] <= -cfg.self_discharge_flag_pct_month
                 and d["drop_pct"] <= -cfg.drift_min_drop_pct
+                and d.get("z", 0.0) <= -cfg.drift_min_z
             ):
                 findings.append(
                     Finding(
                         "weak_cell_self_discharge",
                         "warning",
                         f"cell {k + 1} self-discharges {-d['rate_pct_month']:.1f} %/month faster than the "
-                        f"pack median (down {-d['drop_pct']:.2f} % SOC over {d['span_h']:.0f} h at rest)",
+                        f"pack median (down {-d['drop_pct']:.2f} % SOC in {d['observed_h']:.0f} h observed)",
                         cell=k + 1,
                         evidence={key: (round(v, 3) if isinstance(v, float) else v) for key, v in d.items()},
                     )
                 )
             c = cell_caps[k] if k < len(cell_caps) else None
-            if c is not None and med_cap and c < cfg.low_capacity_ratio * med_cap and len(self.cell_caps[k]) >= 2:
+            if (
+                c is not None
+                and med_cap
+                and c < cfg.low_capacity_ratio * med_cap
+                and len(self.cell_caps[k]) >= 2
+            ):
                 findings.append(
                     Finding(
                         "weak_cell_low_capacity",
                         "warning",
-                        f"cell {k + 1} holds {c:.1f} Ah, {100 * (1 - c / med_cap):.0f} % under the pack median",
+                        f"cell {k + 1} holds {c:.1f} Ah, {100 * (1 - c / med_cap):.0f} % under the median",
                         cell=k + 1,
-                        evidence={"capacity_ah": round(c, 2), "median_ah": round(med_cap, 2),
-                                  "segments": len(self.cell_caps[k])},
+                        evidence={
+                            "capacity_ah": round(c, 2),
+                            "median_ah": round(med_cap, 2),
+                            "segments": len(self.cell_caps[k]),
+                        },
                     )
                 )
             if cell_r and med_r and cell_r[k] > cfg.high_resistance_ratio * med_r and len(rw) >= 3:
@@ -626,8 +681,11 @@ class BatteryEstimator:
                         "warning",
                         f"cell {k + 1} has {cell_r[k]:.2f} mΩ, {cell_r[k] / med_r:.1f}× the pack median",
                         cell=k + 1,
-                        evidence={"resistance_mohm": round(cell_r[k], 3), "median_mohm": round(med_r, 3),
-                                  "windows": len(rw)},
+                        evidence={
+                            "resistance_mohm": round(cell_r[k], 3),
+                            "median_mohm": round(med_r, 3),
+                            "windows": len(rw),
+                        },
                     )
                 )
         out["weak_cells"] = sorted({f.cell for f in findings if f.cell is not None})
@@ -657,7 +715,11 @@ class BatteryEstimator:
 
     def to_state(self) -> dict[str, Any]:
         """Everything needed to resume, as plain JSON types (config included)."""
-        return {"version": STATE_VERSION, "config": asdict(self.cfg), **{k: getattr(self, k) for k in self._STATE}}
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.cfg),
+            **{k: getattr(self, k) for k in self._STATE},
+        }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> BatteryEstimator:

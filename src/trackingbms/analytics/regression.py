@@ -43,7 +43,10 @@ def deming_columns(x: np.ndarray, ys: np.ndarray, ratio: float) -> list[float]:
 def theil_sen(ts: list[float], ys: list[float]) -> float:
     """Median of the pairwise slopes (at most a few hundred points in practice)."""
     slopes = [
-        (ys[j] - ys[i]) / (ts[j] - ts[i]) for i in range(len(ts)) for j in range(i + 1, len(ts)) if ts[j] > ts[i]
+        (ys[j] - ys[i]) / (ts[j] - ts[i])
+        for i in range(len(ts))
+        for j in range(i + 1, len(ts))
+        if ts[j] > ts[i]
     ]
     return median(slopes) if slopes else math.nan
 
