@@ -35,7 +35,6 @@ Methods, and where they come from:
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -86,14 +85,15 @@ class EstimatorConfig:
     r_soc_range_pct: tuple[float, float] = (15.0, 85.0)
     resistance_days: float = 7.0
     # weak cells
-    self_discharge_flag_pct_month: float = 2.0
+    self_discharge_flag_pct_month: float = 2.5
     drift_min_span_s: float = 24 * 3600.0
     drift_min_drop_pct: float = 0.15
     drift_days: float = 7.0
     drift_max_dq_c: float = 0.02
+    drift_max_link_s: float = 36 * 3600.0
     #: floor of the cells' spread of drift rates (%/month) in the robust z-score
     drift_noise_pct_month: float = 0.5
-    drift_min_z: float = 5.0
+    drift_min_z: float = 3.5
     low_capacity_ratio: float = 0.9
     high_resistance_ratio: float = 1.5
     #: suggest correcting the BMS's SOC beyond this disagreement (points)
@@ -288,6 +288,7 @@ class BatteryEstimator:
         curve = CURVES[self.chemistry or "lfp"]
         r = self._cell_r_mohm() if i else None
         socs: list[float | None] = []
+        res: list[float] = []  # % SOC per mV where each cell sits: the reading's resolution
         top = False
         for k, mv in enumerate(cells):
             ocv = mv - i * r[k] if r else mv
@@ -297,7 +298,12 @@ class BatteryEstimator:
                     # polarisation grows at the top of the curve: I·R from mid-SOC windows is not enough
                     socs.append(None)
                     continue
-            socs.append(curve.soc(ocv) if curve.slope_mv_per_pct(ocv) >= MIN_SLOPE_MV_PER_PCT else None)
+            slope = curve.slope_mv_per_pct(ocv)
+            if slope >= MIN_SLOPE_MV_PER_PCT:
+                socs.append(curve.soc(ocv))
+                res.append(1.0 / slope)
+            else:
+                socs.append(None)
         known = [s for s in socs if s is not None]
         anchor = {
             "t": t,
@@ -317,7 +323,7 @@ class BatteryEstimator:
                 "chain": self.chain,
                 "soc": sum(known) / len(known),
             }
-            self._observe(t, socs)
+            self._observe(t, socs, median(res))
         if self.rest_entry is None:
             self.rest_entry = anchor
             if known:
@@ -413,17 +419,14 @@ class BatteryEstimator:
             self.offset_a = median(self.offset_estimates)
 
     # ---- weak cells --------------------------------------------------------------------------------
-    def _observe(self, t: float, socs: list[float | None]) -> None:
+    def _observe(self, t: float, socs: list[float | None], res_pct_per_mv: float) -> None:
         """Record each cell's SOC deviation from the pack median (bleed added back), with the charge
         counted so far: only observations a little charge apart are compared (see :meth:`_drift_rates`)."""
-        known = [s for s in socs if s is not None]
-        med = median(known)
         cap = self._capacity_ref()
-        devs = [
-            None if s is None else round(100 * (s - med + self.bleed_ah[k] / cap), 4)
-            for k, s in enumerate(socs)
-        ]
-        self.observations.append([t, self.q_ah, self.chain, devs])
+        adjusted = [None if s is None else s + self.bleed_ah[k] / cap for k, s in enumerate(socs)]
+        med = median(a for a in adjusted if a is not None)
+        devs = [None if a is None else round(100 * (a - med), 4) for a in adjusted]
+        self.observations.append([t, self.q_ah, self.chain, devs, round(res_pct_per_mv, 4)])
         horizon = t - self.cfg.drift_days * _DAY_S
         while self.observations and self.observations[0][0] < horizon:
             self.observations.pop(0)
@@ -444,17 +447,26 @@ class BatteryEstimator:
         span = [0.0] * n
         pairs = [0] * n
         limit = cfg.drift_max_dq_c * self._capacity_ref()
+        res = [0.0] * n
+        # a greedy chain of links: from the last linked observation to the next one with a similar
+        # charge count (the next hour of a rest, or the same point of the next cycle)
         obs = self.observations
-        for a, b in itertools.pairwise(obs):
-            if a[2] != b[2] or abs(b[1] - a[1]) > limit:
+        a = obs[0] if obs else None
+        for b in obs[1:]:
+            if b[2] != a[2] or b[0] - a[0] > cfg.drift_max_link_s:  # type: ignore[index]
+                a = b
                 continue
-            dt = b[0] - a[0]
+            if abs(b[1] - a[1]) > limit:  # type: ignore[index]
+                continue
+            dt = b[0] - a[0]  # type: ignore[index]
             for k in range(n):
-                da, db = a[3][k], b[3][k]
+                da, db = a[3][k], b[3][k]  # type: ignore[index]
                 if da is not None and db is not None:
                     drop[k] += db - da
                     span[k] += dt
                     pairs[k] += 1
+                    res[k] = max(res[k], a[4], b[4])  # type: ignore[index]
+            a = b
         out: list[dict[str, Any] | None] = []
         for k in range(n):
             if span[k] < cfg.drift_min_span_s:
@@ -466,6 +478,8 @@ class BatteryEstimator:
                     "drop_pct": drop[k],
                     "observed_h": span[k] / 3600,
                     "pairs": pairs[k],
+                    # two readings, each ±0.5 mV: the drop must clear twice their rounding
+                    "resolution_pct": 2 * res[k],
                 }
             )
         rates = [d["rate_pct_month"] for d in out if d is not None]
@@ -641,7 +655,7 @@ class BatteryEstimator:
             if (
                 d is not None
                 and d["rate_pct_month"] <= -cfg.self_discharge_flag_pct_month
-                and d["drop_pct"] <= -cfg.drift_min_drop_pct
+                and d["drop_pct"] <= -max(cfg.drift_min_drop_pct, d["resolution_pct"])
                 and d.get("z", 0.0) <= -cfg.drift_min_z
             ):
                 findings.append(
