@@ -163,6 +163,7 @@ class BatteryEstimator:
         # capacity segments: per cell lists of Ah
         self.cell_caps: list[list[float]] = []
         self.segments: list[dict[str, Any]] = []
+        self.cell_spread_mv: int | None = None  # at the last anchor (a rest: no I·R in it)
         self.cap_est: float | None = None  # _pack_capacity(), kept current by _segment
         # self-discharge observations: [t, [adjusted deviation % per cell or None]]
         self.observations: list[list[Any]] = []
@@ -305,6 +306,7 @@ class BatteryEstimator:
             else:
                 socs.append(None)
         known = [s for s in socs if s is not None]
+        self.cell_spread_mv = max(cells) - min(cells)
         anchor = {
             "t": t,
             "q": self.q_ah,
@@ -584,6 +586,9 @@ class BatteryEstimator:
             spread = 100 * 1.4826 * median(abs(v - m) for v in vals) / m if len(vals) > 1 else None
         out["capacity_ah"] = round(cap, 2) if cap is not None else None
         out["soh_pct"] = round(100 * cap / rated, 1) if cap is not None and rated else None
+        out["fade_pct"] = round(100 - out["soh_pct"], 1) if out["soh_pct"] is not None else None
+        out["cell_count"] = self.n_cells
+        out["cell_spread_mv"] = self.cell_spread_mv
         if cap is not None and not rated:
             reasons["soh_pct"] = "rated capacity unknown: pass --capacity-ah"
         out["capacity"] = {
@@ -724,7 +729,8 @@ class BatteryEstimator:
         "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "offset_a", "offset_estimates",
         "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
-        "cell_caps", "cap_est", "segments", "observations", "win", "win_start", "win_exc", "r_windows",
+        "cell_caps", "cell_spread_mv", "cap_est", "segments", "observations", "win", "win_start", "win_exc",
+        "r_windows",
     )  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:
