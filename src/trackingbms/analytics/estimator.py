@@ -287,6 +287,7 @@ class BatteryEstimator:
 
     def _rest_anchor(self, t: float, i: float, cells: list[int]) -> None:
         curve = CURVES[self.chemistry or "lfp"]
+        cap = self._capacity_ref()
         r = self._cell_r_mohm() if i else None
         socs: list[float | None] = []
         res: list[float] = []  # % SOC per mV where each cell sits: the reading's resolution
@@ -295,7 +296,7 @@ class BatteryEstimator:
             ocv = mv - i * r[k] if r else mv
             if ocv >= curve.top_knee_mv:
                 top = True
-                if i:
+                if abs(i) > 0.01 * cap:
                     # polarisation grows at the top of the curve: I·R from mid-SOC windows is not enough
                     socs.append(None)
                     continue
