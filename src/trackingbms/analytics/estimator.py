@@ -446,41 +446,57 @@ class BatteryEstimator:
         """
         cfg = self.cfg
         n = self.n_cells
-        drop = [0.0] * n
-        span = [0.0] * n
-        pairs = [0] * n
         limit = cfg.drift_max_dq_c * self._capacity_ref()
-        res = [0.0] * n
+        # a cell of lower capacity moves further per Ah counted: with capacities known, take that out
+        caps = self._cell_capacities()
+        inv = [1 / c if c else None for c in caps]
+        known_inv = [x for x in inv if x is not None]
+        inv_med = median(known_inv) if len(known_inv) * 2 >= n else None
         # a greedy chain of links: from the last linked observation to the next one with a similar
         # charge count (the next hour of a rest, or the same point of the next cycle)
+        links: list[list[float | None]] = [[] for _ in range(n)]  # type: ignore[misc]
+        res = [0.0] * n
         obs = self.observations
         a = obs[0] if obs else None
         for b in obs[1:]:
             if b[2] != a[2] or b[0] - a[0] > cfg.drift_max_link_s:  # type: ignore[index]
                 a = b
                 continue
-            if abs(b[1] - a[1]) > limit:  # type: ignore[index]
+            dq = b[1] - a[1]  # type: ignore[index]
+            if abs(dq) > limit:
                 continue
             dt = b[0] - a[0]  # type: ignore[index]
             for k in range(n):
                 da, db = a[3][k], b[3][k]  # type: ignore[index]
                 if da is not None and db is not None:
-                    drop[k] += db - da
-                    span[k] += dt
-                    pairs[k] += 1
+                    change = db - da
+                    if inv_med is not None and inv[k] is not None:
+                        change -= 100 * dq * (inv[k] - inv_med)  # type: ignore[operator]
+                    links[k].append((change, dt))  # type: ignore[arg-type]
                     res[k] = max(res[k], a[4], b[4])  # type: ignore[index]
             a = b
         out: list[dict[str, Any] | None] = []
         for k in range(n):
-            if span[k] < cfg.drift_min_span_s:
+            span = sum(dt for _, dt in links[k])  # type: ignore[misc]
+            if span < cfg.drift_min_span_s:
                 out.append(None)
                 continue
+            drop = sum(c for c, _ in links[k])  # type: ignore[misc]
+            # the same drift must show in both halves of the record, not in one odd step
+            acc, first = 0.0, 0.0
+            for c, dt in links[k]:  # type: ignore[misc]
+                if acc >= span / 2:
+                    break
+                acc += dt
+                first += c
             out.append(
                 {
-                    "rate_pct_month": drop[k] / span[k] * _MONTH_S,
-                    "drop_pct": drop[k],
-                    "observed_h": span[k] / 3600,
-                    "pairs": pairs[k],
+                    "rate_pct_month": drop / span * _MONTH_S,
+                    "drop_pct": drop,
+                    "first_half_drop_pct": first,
+                    "second_half_drop_pct": drop - first,
+                    "observed_h": span / 3600,
+                    "pairs": len(links[k]),
                     # two readings, each ±0.5 mV: the drop must clear twice their rounding
                     "resolution_pct": 2 * res[k],
                 }
@@ -662,6 +678,7 @@ class BatteryEstimator:
                 d is not None
                 and d["rate_pct_month"] <= -cfg.self_discharge_flag_pct_month
                 and d["drop_pct"] <= -max(cfg.drift_min_drop_pct, d["resolution_pct"])
+                and max(d["first_half_drop_pct"], d["second_half_drop_pct"]) <= -d["resolution_pct"] / 4
                 and d.get("z", 0.0) <= -cfg.drift_min_z
             ):
                 findings.append(
