@@ -11,7 +11,9 @@ and their samples go through :class:`trackingbms.analytics.BatteryEstimator` as 
 * ``resistance``: e-bike and UPS packs sampled every 5 s for 4 days: pack resistance (at 25 °C) against
   the truth's sum of cell resistances.
 * ``weak``: packs with one cell self-discharging 3–30 %/month more than the rest: hours until the engine
-  names that cell (checked every 3 h, at most 72 h).
+  names that cell (checked every 3 h, at most 72 h), on the profiles where rests or repeated cycles make
+  self-discharge observable (UPS, NMC e-bike and solar); LFP solar / e-bike packs are run and reported
+  apart, not checked (their only anchors are full charges; see docs/analytics.md).
 * ``speed``: engine samples/s on one core over a recorded 16S e-bike series, against the bare cost of
   reading the same samples (parsing ``ts``, fetching fields) in the same run.
 
@@ -144,14 +146,22 @@ def run_resistance(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def weak_specs(n: int, base: int) -> list[dict[str, Any]]:
+#: where a cell's self-discharge is observable in the data (see docs/analytics.md): the check covers these
+WEAK_COVERED = (("lfp", "ups"), ("nmc", "ups"), ("nmc", "ebike-ride"), ("nmc", "solar-day"))
+#: measured and reported, not checked: LFP packs whose only anchors are full charges that end clipped
+WEAK_UNCOVERED = (("lfp", "solar-day"), ("lfp", "ebike-ride"))
+
+
+def weak_specs(
+    n: int, base: int, profiles: tuple[tuple[str, str], ...] = WEAK_COVERED
+) -> list[dict[str, Any]]:
     return [
         {
             "seed": base + 800 + k,
-            "chemistry": ("lfp", "nmc")[k % 2],
-            "scenario": PROFILES[(k // 2) % 3],
+            "chemistry": profiles[k % len(profiles)][0],
+            "scenario": profiles[k % len(profiles)][1],
             "weak_cell": 1 + (k * 5) % 16,
-            "weak_cell_extra_self_discharge_pct_month": (3.0, 5.0, 10.0, 30.0)[k % 4],
+            "weak_cell_extra_self_discharge_pct_month": (3.0, 5.0, 10.0, 30.0)[(k // len(profiles)) % 4],
             "current_noise_a": (0.0, 0.2)[k % 2],
             "soc_pct": 80.0,
         }
@@ -215,6 +225,9 @@ def main() -> int:
     ap.add_argument("--healthy", type=int, default=54, help="healthy packs (30 days each)")
     ap.add_argument("--resistance", type=int, default=8, help="packs for the resistance check (4 days, 5 s)")
     ap.add_argument("--weak", type=int, default=12, help="packs with a self-discharging cell (72 h)")
+    ap.add_argument(
+        "--weak-uncovered", type=int, default=2, help="weak-cell packs on LFP solar / e-bike (reported only)"
+    )
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--details", action="store_true", help="include every pack's result")
     args = ap.parse_args()
@@ -224,6 +237,9 @@ def main() -> int:
         health = list(pool.map(run_health, health_specs(args.healthy, args.seed_base)))
         resistance = list(pool.map(run_resistance, resistance_specs(args.resistance, args.seed_base)))
         weak = list(pool.map(run_weak, weak_specs(args.weak, args.seed_base)))
+        uncovered = list(
+            pool.map(run_weak, weak_specs(args.weak_uncovered, args.seed_base + 50, WEAK_UNCOVERED))
+        )
 
     soh_errors = [abs(r["soh_error"]) for r in health if r["soh_error"] is not None]
     soc_errors = [abs(e) for r in health for e in r["soc_errors"]]
@@ -275,6 +291,12 @@ def main() -> int:
             "other_cells_flagged": [
                 {"spec": r["spec"], "cells": r["other_cells_flagged"]} for r in wrong_cells
             ],
+            "profiles": [f"{c}/{p}" for c, p in WEAK_COVERED],
+            "not_covered_lfp_solar_ebike": {
+                "packs": len(uncovered),
+                "flagged_within_72h": sum(1 for r in uncovered if r["flagged_after_h"] is not None),
+                "other_cells_flagged": sum(1 for r in uncovered if r["other_cells_flagged"]),
+            },
         },
         "false_alarms": {
             "healthy_packs": len(health),
