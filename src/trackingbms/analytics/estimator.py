@@ -497,8 +497,8 @@ class BatteryEstimator:
                     "second_half_drop_pct": drop - first,
                     "observed_h": span / 3600,
                     "pairs": len(links[k]),
-                    # two readings, each ±0.5 mV: the drop must clear twice their rounding
-                    "resolution_pct": 2 * res[k],
+                    # two readings, each ±0.5 mV, and the I·R left in quasi-rests: 2.5 mV's worth
+                    "resolution_pct": 2.5 * res[k],
                 }
             )
         rates = [d["rate_pct_month"] for d in out if d is not None]
