@@ -165,6 +165,7 @@ class BatteryEstimator:
         self.segments: list[dict[str, Any]] = []
         self.cell_spread_mv: int | None = None  # at the last anchor (a rest: no I·R in it)
         self.cap_est: float | None = None  # _pack_capacity(), kept current by _segment
+        self.cap_median: float | None = None  # the median cell's: what moves the mean SOC per Ah
         # self-discharge observations: [t, [adjusted deviation % per cell or None]]
         self.observations: list[list[Any]] = []
         # resistance
@@ -377,6 +378,8 @@ class BatteryEstimator:
                 del self.cell_caps[k][:-50]
         good = [c for c in caps if c is not None]
         self.cap_est = self._pack_capacity()
+        known_caps = [c for c in self._cell_capacities() if c is not None]
+        self.cap_median = median(known_caps) if self.cap_est is not None else None
         self.segments.append(
             {
                 "from": _utc(prev["t"]),
@@ -569,6 +572,7 @@ class BatteryEstimator:
         cap = self._capacity_ref()
         if self.cap_est is None and abs(self.q_ah - a["q"]) > self.cfg.soc_uncounted_c * cap:
             return None  # the capacity could be off by a third: that much counted charge could be 3 points
+        cap = self.cap_median or cap
         return min(100.0, max(0.0, 100 * a["soc"] + 100 * (self.q_ah - a["q"]) / cap))
 
     def health(self) -> dict[str, Any]:
@@ -747,8 +751,8 @@ class BatteryEstimator:
         "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "offset_a", "offset_estimates",
         "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
-        "cell_caps", "cell_spread_mv", "cap_est", "segments", "observations", "win", "win_start", "win_exc",
-        "r_windows",
+        "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "win",
+        "win_start", "win_exc", "r_windows",
     )  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:
