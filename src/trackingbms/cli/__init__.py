@@ -5,7 +5,7 @@ Each module registers its commands on :data:`trackingbms.cli.app.app`.
 
 from __future__ import annotations
 
-from trackingbms.cli import bms_commands, demo, gateway, server, simulate  # noqa: F401  (registration)
+from trackingbms.cli import analyze, bms_commands, demo, gateway, server, simulate  # noqa: F401  (registration)
 from trackingbms.cli.app import app
 
 
