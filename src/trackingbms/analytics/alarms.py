@@ -136,12 +136,58 @@ BUILTIN_RULES: tuple[Rule, ...] = (
     Rule("weak_cell", "finding:weak_cell", ">", 0.5, 0.5, 0, 86400, "warning", title="weak cell suspected"),
     Rule("soc_drift", "finding:soc_drift", ">", 0.5, 0.5, 0, 0, "info", title="BMS SOC drifted"),
     Rule("capacity_low", "soh_pct", "<", 70, 72, 0, 0, "warning", title="capacity below 70 %"),
+    Rule(
+        "resistance_rising",
+        "resistance_rise_pct",
+        ">",
+        50,
+        40,
+        0,
+        0,
+        "warning",
+        title="resistance up 50 % since first measured",
+    ),
 )
 
 
-def fault_rule(name: str, severity: Severity = "critical") -> Rule:
+def fault_severity(name: str) -> Severity:
+    """Daly's level-1 bits are warnings, level-2 bits (protection acts) and unlevelled faults critical."""
+    return "warning" if name.endswith("_l1") else "critical"
+
+
+def fault_rule(name: str, severity: Severity | None = None) -> Rule:
     """The rule for one BMS fault bit, by its name in the fault table (e.g. ``cell_voltage_high_l2``)."""
-    return Rule(f"fault:{name}", f"fault:{name}", ">", 0.5, 0.5, 0, 0, severity, title=name.replace("_", " "))
+    return Rule(
+        f"fault:{name}",
+        f"fault:{name}",
+        ">",
+        0.5,
+        0.5,
+        0,
+        0,
+        severity or fault_severity(name),
+        title=name.replace("_", " "),
+    )
+
+
+#: the fields of a rule a tenant may override (the rest, ``id`` and ``metric``, name it)
+RULE_FIELDS: tuple[str, ...] = (
+    "op", "set", "clear", "set_delay_s", "clear_delay_s", "severity", "repeat_s", "notify_on_clear", "title",
+)  # fmt: skip
+
+
+def builtin_rule(rule_id: str) -> Rule | None:
+    """The built-in rule of that id (``fault:<name>`` for any fault bit), None for a tenant's own rule."""
+    if rule_id.startswith("fault:"):
+        return fault_rule(rule_id.removeprefix("fault:"))
+    return next((r for r in BUILTIN_RULES if r.id == rule_id), None)
+
+
+def override(rule: Rule, changes: dict[str, Any]) -> Rule:
+    """``rule`` with the non-None values of ``changes`` (fields of :data:`RULE_FIELDS`); ValueError if the
+    result is not a valid rule (e.g. ``clear`` on the wrong side of ``set``)."""
+    values = {**asdict(rule), **{k: v for k, v in changes.items() if k in RULE_FIELDS and v is not None}}
+    return Rule(**values)
 
 
 def sample_metrics(sample: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
@@ -163,6 +209,32 @@ def sample_metrics(sample: dict[str, Any]) -> tuple[dict[str, float], dict[str, 
     if sample.get("faults") is not None:
         for name in sample["faults"]:
             metrics[f"fault:{name}"] = 1.0
+            # Daly's cell-voltage bits do not say which cell; the extreme cell of the same sample does
+            if name.startswith("cell_voltage_high") and "max_cell_mv" in where:
+                where[f"fault:{name}"] = where["max_cell_mv"]
+            elif name.startswith("cell_voltage_low") and "min_cell_mv" in where:
+                where[f"fault:{name}"] = where["min_cell_mv"]
+    return metrics, where
+
+
+def health_metrics(
+    health: dict[str, Any], resistance_baseline_mohm: float | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
+    """(metrics, cell per metric) from :meth:`BatteryEstimator.health`: ``finding:weak_cell`` (naming the
+    first weak cell), ``finding:soc_drift``, ``soh_pct`` and ``resistance_rise_pct`` against a baseline."""
+    metrics: dict[str, float] = {}
+    where: dict[str, int] = {}
+    findings = health.get("findings") or []
+    weak = sorted(f["cell"] for f in findings if f.get("kind", "").startswith("weak_cell") and f.get("cell"))
+    metrics["finding:weak_cell"] = 1.0 if weak else 0.0
+    if weak:
+        where["finding:weak_cell"] = weak[0]
+    metrics["finding:soc_drift"] = 1.0 if any(f.get("kind") == "soc_drift" for f in findings) else 0.0
+    if health.get("soh_pct") is not None:
+        metrics["soh_pct"] = float(health["soh_pct"])
+    r = health.get("resistance_mohm")
+    if r is not None and resistance_baseline_mohm:
+        metrics["resistance_rise_pct"] = 100.0 * (r / resistance_baseline_mohm - 1.0)
     return metrics, where
 
 
@@ -224,6 +296,12 @@ class AlarmEvaluator:
                 events.append(self._event("repeat", rule, t, value, True, track.cell))
         return events
 
+    def add_rule(self, rule: Rule) -> None:
+        """Add a rule met on the way (a fault bit seen for the first time); an existing one is kept."""
+        if rule.id not in self.rules:
+            self.rules[rule.id] = rule
+            self.tracks[rule.id] = _Track()
+
     def acknowledge(self, rule_id: str, by: str, t: float) -> AlarmEvent | None:
         """Acknowledge an active alarm (no more reminders); None when it is not active."""
         track = self.tracks.get(rule_id)
@@ -265,9 +343,23 @@ class AlarmEvaluator:
             raise ValueError(f"alarm state version {state.get('version')!r}, expected {STATE_VERSION}")
         ev = cls(rules)
         for rid, tr in state["tracks"].items():
+            if rid not in ev.tracks and rid.startswith("fault:"):
+                ev.add_rule(fault_rule(rid.removeprefix("fault:")))  # met on the way, kept with its state
             if rid in ev.tracks:  # a rule deleted since is dropped with its state
                 ev.tracks[rid] = _Track(**tr)
         return ev
 
 
-__all__ = ["BUILTIN_RULES", "AlarmEvaluator", "AlarmEvent", "Rule", "fault_rule", "sample_metrics"]
+__all__ = [
+    "BUILTIN_RULES",
+    "RULE_FIELDS",
+    "AlarmEvaluator",
+    "AlarmEvent",
+    "Rule",
+    "builtin_rule",
+    "fault_rule",
+    "fault_severity",
+    "health_metrics",
+    "override",
+    "sample_metrics",
+]

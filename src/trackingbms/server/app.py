@@ -18,9 +18,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
+from trackingbms.server.alarms import AlarmService
 from trackingbms.server.db import make_engine, migrate
 from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
+from trackingbms.server.notify import Notifier
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
@@ -119,7 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
-        app.state.ingest = IngestService(app.state.store, app.state.hub)
+        notifier = Notifier(app.state.store, group_s=settings.notify_group_s)
+        app.state.alarms = AlarmService(
+            app.state.store, interval_s=settings.alarm_interval_s, notifier=notifier
+        )
+        app.state.alarms.start()
+        app.state.ingest = IngestService(app.state.store, app.state.hub, app.state.alarms)
         log.info("server ready on %s", engine.dialect.name)
         retention = None
         if settings.retention_interval_s > 0:
@@ -131,6 +138,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            await app.state.alarms.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
             await engine.dispose()
             log.info("server stopped")

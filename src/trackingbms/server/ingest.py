@@ -1,15 +1,19 @@
 """The ingest service, independent of the transport: HTTP today, MQTT / JetStream workers through the same
 door. One call validates a batch sample by sample, stores it idempotently (dedup on stream and seq), merges
-the last known state, commits, and then publishes the newest sample per battery to live subscribers.
+the last known state, commits, then publishes the newest sample per battery to live subscribers and
+hands the accepted samples to the alarm service (evaluated off the request).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.server.hub import Hub
 from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Store, now_ms, packing
+
+if TYPE_CHECKING:
+    from trackingbms.server.alarms import AlarmService
 
 __all__ = ["IngestResult", "IngestService"]
 
@@ -17,9 +21,10 @@ log = logging.getLogger(__name__)
 
 
 class IngestService:
-    def __init__(self, store: Store, hub: Hub | None = None) -> None:
+    def __init__(self, store: Store, hub: Hub | None = None, alarms: AlarmService | None = None) -> None:
         self.store = store
         self.hub = hub
+        self.alarms = alarms
 
     async def ingest(
         self, device: DeviceRef, raw_samples: list[Any], received_ms: int | None = None
@@ -54,6 +59,9 @@ class IngestService:
                     "rejected": len(res.rejected),
                 },
             )
+        if self.alarms is not None and res.accepted:
+            refused = {r["index"] for r in res.rejected}
+            self.alarms.submit(device.tenant_id, [p.wire for p in parsed if p.index not in refused])
         if self.hub is not None:
             for bid, sample in res.latest.items():
                 self.hub.publish(
