@@ -125,8 +125,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.alarms = AlarmService(
             app.state.store, interval_s=settings.alarm_interval_s, notifier=notifier
         )
-        app.state.alarms.start()
-        app.state.ingest = IngestService(app.state.store, app.state.hub, app.state.alarms)
+        if settings.alarms_enabled:
+            app.state.alarms.start()
+        app.state.ingest = IngestService(
+            app.state.store, app.state.hub, app.state.alarms if settings.alarms_enabled else None
+        )
         log.info("server ready on %s", engine.dialect.name)
         retention = None
         if settings.retention_interval_s > 0:

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     session_ttl_s: float = 7 * 24 * 3600
     #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
     retention_interval_s: float = 3600.0
+    #: evaluate alarm rules and the analytics engine on ingested samples (off: storage only)
+    alarms_enabled: bool = True
     #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved
     alarm_interval_s: float = Field(default=30.0, gt=0)
     #: alarm transitions are held this long and sent as one message per target (a burst is one message)
