@@ -43,7 +43,7 @@ export async function renderAlarms(root) {
         : null;
     return h(
       `tr.alarm.sev-${a.severity}`,
-      { dataset: { alarmId: String(a.id), status: a.status } },
+      { dataset: { alarmId: String(a.id), status: a.status, rule: a.rule_id } },
       h("td", h(`span.badge.sev-${a.severity}`, a.severity)),
       h("td", h("a", { href: `#/pack/${encodeURIComponent(a.battery_id)}` }, a.battery_name || a.battery_id)),
       h("td", a.site),
