@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-
 from tests.server.conftest import ServerThread, World, client, provision, sample
+
 from trackingbms.server import provisioning as p
 
 
@@ -37,7 +37,9 @@ async def ingest(w: World, token: str, samples: list[dict[str, Any]]) -> None:
         assert not r.json().get("rejected"), r.text
 
 
-async def wait_for(fetch: Callable[[], Any], ok: Callable[[Any], bool], what: str, limit_s: float = 60) -> Any:
+async def wait_for(
+    fetch: Callable[[], Any], ok: Callable[[Any], bool], what: str, limit_s: float = 60
+) -> Any:
     """Poll until ``ok`` (evaluation runs off the request path); the limit only stops a hung test."""
     deadline = time.monotonic() + limit_s
     while True:
@@ -127,12 +129,16 @@ async def test_threshold_rule_with_override_and_filters(fast_world: World) -> No
         bad = await c.post("/api/v1/alarm-rules", json={"rule_id": "mine", "set": 1})
         assert bad.status_code == 422 and "metric" in bad.text
         # another tenant's battery does not exist here
-        r = await c.post("/api/v1/alarm-rules", json={"rule_id": "cell_spread", "battery_id": w.b.batteries[0]})
+        r = await c.post(
+            "/api/v1/alarm-rules", json={"rule_id": "cell_spread", "battery_id": w.b.batteries[0]}
+        )
         assert r.status_code == 404
     spread = cells_with(3, 3370)  # 70 mV
     await ingest(w, a.device, [sample(p1, 1, cells_mv=spread), sample(p2, 1, cells_mv=spread)])
     got = await wait_for(lambda: alarms(w, a.viewer, active="true"), lambda x: len(x) == 1, "spread alarm")
-    assert got[0]["battery_id"] == p1 and got[0]["rule_id"] == "cell_spread" and got[0]["severity"] == "warning"
+    assert (
+        got[0]["battery_id"] == p1 and got[0]["rule_id"] == "cell_spread" and got[0]["severity"] == "warning"
+    )
     assert await alarms(w, a.viewer, severity="critical") == []
     assert len(await alarms(w, a.viewer, severity="warning", site="depot")) == 1
     assert await alarms(w, a.viewer, site="elsewhere") == []
@@ -189,7 +195,7 @@ class Inbox:
     def __init__(self) -> None:
         self.messages: list[str] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 (aiosmtpd)
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.messages.append(envelope.content.decode("utf-8", "replace"))
         return "250 OK"
 
@@ -213,7 +219,7 @@ def webhook() -> Iterator[tuple[list[dict[str, Any]], int]]:
     received: list[dict[str, Any]] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 (http.server)
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
             received.append(json.loads(body))
             self.send_response(200)

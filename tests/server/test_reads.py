@@ -466,7 +466,9 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
     await _ingest(world, b.device, [sample(b.batteries[0], 1, voltage_v=77.7, faults=["soc_low_l2"])])
     # one of each of the other tenant's numbered things: an alarm, a rules override, a notification target
     async with client(world.base_url, b.admin) as c:
-        rule = (await c.post("/api/v1/alarm-rules", json={"rule_id": "soc_low", "set": 7.7, "clear": 9})).json()
+        rule = (
+            await c.post("/api/v1/alarm-rules", json={"rule_id": "soc_low", "set": 7.7, "clear": 9})
+        ).json()
         target = (await c.post("/api/v1/notify-targets", json={"url": "json://127.0.0.1:9/x"})).json()
         for _ in range(600):  # alarms are evaluated just after the ingest reply
             b_alarms = (await c.get("/api/v1/alarms")).json()

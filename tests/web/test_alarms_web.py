@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.web.conftest import DemoClient, login
 
 pytestmark = pytest.mark.browser
@@ -26,7 +25,9 @@ def test_alarm_raised_acknowledged_in_the_page_then_cleared_to_history(
     assert r.status_code == 201, r.text
     rule_pk = r.json()["id"]
     try:
-        demo.wait_for("the rule's alarms", lambda: [a for a in demo.get("/api/v1/alarms") if a["rule_id"] == RULE])
+        demo.wait_for(
+            "the rule's alarms", lambda: [a for a in demo.get("/api/v1/alarms") if a["rule_id"] == RULE]
+        )
         page = new_page()
         login(page, demo)
         # the fleet counts active alarms per pack
