@@ -66,11 +66,23 @@ def _split(rules: list[Rule]) -> tuple[list[Rule], list[Rule]]:
 
 
 class AlarmService:
-    def __init__(self, store: Store, *, interval_s: float = 30.0, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval_s: float = 30.0,
+        notifier: Notifier | None = None,
+        max_backlog: int = 500_000,
+    ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.notifier = notifier
         self.queue: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
+        #: samples waiting for evaluation, bounded: past it a burst (a gateway draining days of backlog
+        #: faster than the engine runs) is stored but not analysed, and counted in ``skipped``
+        self.backlog = 0
+        self.max_backlog = max_backlog
+        self.skipped = 0
         self.batteries: dict[tuple[int, str], _Battery] = {}
         self._rules: dict[int, list[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,24 +108,35 @@ class AlarmService:
     # ---- input ------------------------------------------------------------------------------------
     def submit(self, tenant_id: int, samples: list[dict[str, Any]]) -> None:
         """Samples the ingest service stored (wire form); evaluated soon after, off the request."""
-        if samples:
-            self.queue.put_nowait((tenant_id, samples))
+        if not samples:
+            return
+        if self.backlog + len(samples) > self.max_backlog:
+            if not self.skipped:
+                log.warning(
+                    "alarm evaluation behind by %d samples: newer ones skipped meanwhile", self.backlog
+                )
+            self.skipped += len(samples)
+            return
+        self.backlog += len(samples)
+        self.queue.put_nowait((tenant_id, samples))
 
     async def _worker(self) -> None:
         while True:
             item = await self.queue.get()
             try:
                 await self._process([item])
-                await self._drain()
             except Exception:  # evaluation must never stop; the next batch is tried afresh
                 log.exception("alarm evaluation failed")
+            finally:
+                self.backlog -= len(item[1])
 
     async def _drain(self) -> None:
-        items = []
         while not self.queue.empty():
-            items.append(self.queue.get_nowait())
-        if items:
-            await self._process(items)
+            item = self.queue.get_nowait()
+            try:
+                await self._process([item])
+            finally:
+                self.backlog -= len(item[1])
 
     async def _ticker(self) -> None:
         while True:
@@ -221,6 +244,7 @@ class AlarmService:
                 events = self._feed(b, samples)
                 if events:
                     await self._record(b, events)
+                await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
 
     def _feed(self, b: _Battery, samples: list[dict[str, Any]]) -> list[AlarmEvent]:
         events: list[AlarmEvent] = []
