@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -23,6 +24,9 @@ def minimal(tmp_path: Path) -> dict:
 
 def test_example_config_is_valid_and_commented() -> None:
     cfg = GatewayConfig.from_dict(tomllib.loads(EXAMPLE_CONFIG))
+    assert [u.name for u in cfg.uplinks] == ["wifi"]  # one to edit; a second one is commented out
+    second = re.sub(r"(?m)^# (\[\[uplinks\]\]|name|url|batch_max)", r"\1", EXAMPLE_CONFIG)
+    cfg = GatewayConfig.from_dict(tomllib.loads(second))
     assert [u.name for u in cfg.uplinks] == ["wifi", "cellular"]
     assert cfg.uplinks[1].batch_max_samples > cfg.uplinks[0].batch_max_samples
     assert cfg.bms[0].address == 0x40 and cfg.bms[0].cadences_s["cells"] == 5

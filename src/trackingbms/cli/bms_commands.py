@@ -31,7 +31,9 @@ def _parse_address(text: str) -> int:
 
 
 PORT_HELP = "serial device (/dev/ttyUSB0) or tcp://host:port"
-ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
+ADDRESS_OPT = typer.Option(
+    "0x40", "--address", help="host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app"
+)
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
 INVERT_OPT = typer.Option(
     False, "--invert-current", help="flip the current sign (firmware that reports it inverted)"

@@ -336,6 +336,7 @@ async def run_demo(
     from trackingbms.gateway import run_gateway
     from trackingbms.server.app import create_app
     from trackingbms.server.db import default_sqlite_url
+    from trackingbms.server.guard import uvicorn_options
     from trackingbms.server.settings import Settings
     from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
     from trackingbms.sim.pack import ManualClock, RealTimeClock
@@ -398,7 +399,13 @@ async def run_demo(
             ) from None
         bound_port = sock.getsockname()[1]
         server = _make_server(
-            uvicorn.Config(create_app(settings), host=host, port=bound_port, log_level="warning")
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=bound_port,
+                log_level="warning",
+                **uvicorn_options(settings),
+            )
         )
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-server")
         while not server.started:

@@ -194,7 +194,7 @@ EXAMPLE_CONFIG = """\
 # TrackingBMS gateway configuration (trackingbms gateway -c gateway.toml)
 # Every key not marked "required" shows its default.
 
-device_token = "tbms_dev_..."        # required: printed once by `trackingbms admin provision-device`
+device_token = "tbd_PASTE_IT_HERE"   # required: printed once by `trackingbms admin provision-device`
 state_dir = "/var/lib/trackingbms"   # required: durable queue (SQLite) and remote config live here
 disk_budget_mb = 200                 # queue DB budget; at 100 % the oldest samples are thinned (see docs)
 local_history_h = 24                 # acknowledged samples kept for the local history API
@@ -212,11 +212,12 @@ timeout_s = 15
 max_in_flight = 2                    # concurrent requests while draining a backlog
 gzip = true
 
-[[uplinks]]
-name = "cellular"                    # secondary: larger batches, less often, to save data
-url = "https://tbms.example.com"
-batch_max_samples = 5000
-batch_max_age_s = 60
+# A second uplink, used when the first fails (uncomment to add one):
+# [[uplinks]]
+# name = "cellular"                  # secondary: larger batches, less often, to save data
+# url = "https://tbms.example.com"
+# batch_max_samples = 5000
+# batch_max_age_s = 60
 
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long
@@ -236,7 +237,7 @@ listen = "0.0.0.0:8081"
 battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
 port = "/dev/ttyUSB0"                # required: serial device or tcp://host:port (ser2net, simulator)
 family = "a5"
-address = 0x40                       # host address: 0x40 (UART/RS485) or 0x80
+address = 0x40                       # host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app
 board = 1                            # board number (several BMSs on one RS485 bus)
 baud = 9600
 invert_current = false               # some firmware reports the current with the opposite sign

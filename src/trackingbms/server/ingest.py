@@ -21,9 +21,17 @@ log = logging.getLogger(__name__)
 
 
 class IngestService:
-    def __init__(self, store: Store, hub: Hub | None = None, alarms: AlarmService | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub | None = None,
+        max_future_ms: int = packing.MAX_FUTURE_SKEW_MS,
+        alarms: AlarmService | None = None,
+    ) -> None:
         self.store = store
         self.hub = hub
+        #: samples further ahead of the server's clock are rejected (a wrong device clock)
+        self.max_future_ms = max_future_ms
         self.alarms = alarms
 
     async def ingest(
@@ -36,7 +44,7 @@ class IngestService:
         parsed: list[PackedSample] = []
         for i, d in enumerate(raw_samples):
             try:
-                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now)
+                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now, self.max_future_ms)
             except packing.SampleError as e:
                 rejected.append({"index": i, "error": str(e)})
                 continue

@@ -26,11 +26,19 @@ def err422(loc: list[Any], msg: str, typ: str) -> HTTPException:
 FromQ = Annotated[
     str | None,
     Query(
-        alias="from", description="RFC 3339; default: `to` minus 24 h", examples=["2026-11-24T00:00:00.000Z"]
+        alias="from",
+        description="RFC 3339; default: `to` minus 24 h",
+        examples=["2026-11-24T00:00:00.000Z"],
+        json_schema_extra={"format": "date-time"},
     ),
 ]
 ToQ = Annotated[
-    str | None, Query(description="RFC 3339; default: now", examples=["2026-11-25T00:00:00.000Z"])
+    str | None,
+    Query(
+        description="RFC 3339; default: now",
+        examples=["2026-11-25T00:00:00.000Z"],
+        json_schema_extra={"format": "date-time"},
+    ),
 ]
 
 

@@ -47,7 +47,16 @@ _INGEST_BODY = {
     "requestBody": {
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IngestBatch"}}},
-    }
+    },
+    "parameters": [
+        {
+            "name": "X-Config-Version",
+            "in": "header",
+            "required": False,
+            "description": "the config version the gateway runs (anything else is ignored)",
+            "schema": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        }
+    ],
 }
 
 
@@ -91,7 +100,8 @@ async def ingest(request: Request, device: CurrentDevice, service: Ingest, store
         raise HTTPException(413, f"at most {settings.max_batch_samples} samples per batch, got {len(batch)}")
     res = await service.ingest(device, batch, now_ms())
     header = request.headers.get("x-config-version", "")
-    reported = int(header) if header.isdigit() and len(header) < 10 else None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (after the commit!)
+    reported = int(header) if header.isascii() and header.isdigit() and len(header) < 10 else None
     if reported is not None and reported != device.reported_config_version:
         await store.note_config_version(device, reported)
     reply: dict[str, Any] = {"accepted": res.accepted, "duplicates": res.duplicates, "rejected": res.rejected}

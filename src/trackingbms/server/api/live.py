@@ -8,6 +8,7 @@ import contextlib
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from trackingbms.server import security
 from trackingbms.server.store import Store
 
 router = APIRouter()
@@ -22,22 +23,40 @@ async def live(websocket: WebSocket, token: str = "") -> None:
         await websocket.close(code=4401, reason="unknown, expired or revoked access token")
         return
     await websocket.accept()
-    with websocket.app.state.hub.subscribe(user.tenant_id) as q:
+    state = websocket.app.state
+    with (
+        state.hub.subscribe(user.tenant_id) as q,
+        state.live_sessions.open(security.token_hash(token)) as ended,
+    ):
         receiver = asyncio.create_task(_drain(websocket))
+        watcher = asyncio.create_task(_watch(store, token, ended, state.settings.live_token_recheck_s))
         try:
-            while not receiver.done():
+            while not receiver.done() and not watcher.done():
                 getter = asyncio.create_task(q.get())
-                done, _ = await asyncio.wait({getter, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({getter, receiver, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     break
                 await websocket.send_text(orjson.dumps(getter.result()).decode())
+            if watcher.done():  # the token was revoked or has expired: the session is over
+                await websocket.close(code=4401, reason="access token revoked or expired")
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
-            receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await receiver
+            for task in (receiver, watcher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+async def _watch(store: Store, token: str, ended: asyncio.Event, every_s: float) -> None:
+    """Return when the session ends: a logout here sets ``ended``; a revocation elsewhere (admin command,
+    another server process) or the expiry is seen at the next re-check."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), every_s)
+        if ended.is_set() or await store.user_for_token(token) is None:
+            return
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -14,6 +13,9 @@ from trackingbms.server.store.base import Conflict, DeviceRef, NotFound, StoreCo
 
 
 class AuthStore(StoreCore):
+    #: for callers that pass none (provisioning, tests): unbounded queue, two at once
+    _default_checker = security.PasswordChecker(2, 1 << 30)
+
     async def create_tenant(self, name: str) -> dict[str, Any]:
         async with self.write() as conn:
             try:
@@ -67,18 +69,21 @@ class AuthStore(StoreCore):
             row = (await conn.execute(q)).first()
         return UserRef(*row) if row else None
 
-    async def login(self, email: str, password: str) -> tuple[str, UserRef] | None:
+    async def login(
+        self, email: str, password: str, checker: security.PasswordChecker | None = None
+    ) -> tuple[str, UserRef] | None:
+        """A new access token for this email and password, or None. An unknown email costs the same one
+        scrypt as a wrong password (timing does not tell which emails exist); ``checker`` bounds how many
+        run at once (it raises :class:`~trackingbms.server.security.Busy` when too many wait)."""
+        checker = checker or self._default_checker
         q = select(
             users.c.id, users.c.tenant_id, tenants.c.name, users.c.email, users.c.role, users.c.password_hash
         ).join(tenants, tenants.c.id == users.c.tenant_id)
         async with self.engine.connect() as conn:
             row = (await conn.execute(q.where(users.c.email == email.strip().lower()))).first()
-        if row is None:
-            # same work either way, so timing does not tell which emails exist
-            await asyncio.to_thread(security.verify_password, password, security.hash_password("x"))
+        if not await checker.verify(password, row.password_hash if row is not None else None):
             return None
-        if not await asyncio.to_thread(security.verify_password, password, row.password_hash):
-            return None
+        assert row is not None  # verify() is False without a stored hash
         token = security.new_token(security.USER_TOKEN_PREFIX)
         t = now_ms()
         async with self.write() as conn:

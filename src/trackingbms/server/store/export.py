@@ -38,11 +38,23 @@ def csv_header(n_cells: int, n_temps: int) -> list[str]:
     ]
 
 
+#: a text cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV injection")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    """Text as a spreadsheet will show it, never evaluate it: a leading ``'`` before a formula start.
+    Only for text: numbers (negative ones included) are written as numbers and never pass here."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
 def _csv_val(v: Any) -> Any:
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str):
+        return spreadsheet_text(v)
     return v
 
 
@@ -55,12 +67,12 @@ def csv_row(ts_ms: int, seq: int, data: bytes, n_cells: int, n_temps: int) -> li
         packing.ms_to_ts(ts_ms),
         seq,
         *(_csv_val(m.get(k)) for k in _SCALARS),
-        ";".join(m["faults"]) if "faults" in m else "",
+        spreadsheet_text(";".join(m["faults"])) if "faults" in m else "",
         *(cells[i] if i < len(cells) else "" for i in range(n_cells)),
         *(temps[i] if i < len(temps) else "" for i in range(n_temps)),
         ";".join(map(str, m["balancing"])) if "balancing" in m else "",
         # why a partial sample is partial: {"0x95": "reason"} as JSON text
-        orjson.dumps(m["errors"]).decode() if m.get("errors") else "",
+        spreadsheet_text(orjson.dumps(m["errors"]).decode()) if m.get("errors") else "",
     ]
 
 

@@ -78,9 +78,12 @@ def presence_mask(data: bytes) -> int:
     return data[0] | data[1] << 8
 
 
-#: samples older than this are refused (a wrong clock, not a reading); newer than now + skew too
+#: samples older than this are refused (a wrong clock, not a reading); newer than now + skew too. A
+#: sample from the future would stand as the battery's latest value until the clock catches up, so the
+#: default window is small: a gateway's clock must be roughly right (NTP); the server setting
+#: ``max_clock_skew_s`` changes it
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
-MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
 
 #: the fields a wire sample may carry
 _KNOWN = frozenset(SAMPLE_FIELDS)
@@ -195,10 +198,25 @@ def parse_ts_ms(v: Any, key: str = "ts") -> int:
         raise SampleError(f"{key}: {v!r} is not an RFC 3339 time") from None
     if dt.tzinfo is None:
         raise SampleError(f"{key}: must carry a timezone (e.g. 2026-11-24T10:00:00.000Z)")
+    try:
+        dt = dt.astimezone(UTC)  # 0001-01-01T00:00+23:59 is in year 0: no datetime can hold it
+    except OverflowError:
+        raise SampleError(f"{key}: {v!r} is out of range (years 1 to 9999 in UTC)") from None
     return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
 
-def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int, bytes, Stats]:
+def _duration(s: float) -> str:
+    s = int(s)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def validate_and_pack(
+    d: Any, now_ms: int | None = None, max_future_ms: int = MAX_FUTURE_SKEW_MS
+) -> tuple[str, int, int, bytes, Stats]:
     """Check one wire sample and pack it: ``(battery_id, seq, ts_ms, data, stats)``, or raise SampleError.
     ``stats`` holds the sample's values of :data:`SERIES` (None where absent)."""
     if type(d) is not dict:
@@ -216,8 +234,13 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     ts_ms = parse_ts_ms(d["ts"])
     if now_ms is None:
         now_ms = int(time.time() * 1000)
-    if ts_ms < MIN_TS_MS or ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
-        raise SampleError(f"ts: {d['ts']} is out of range (after 2000, at most a day ahead of the server)")
+    if ts_ms < MIN_TS_MS:
+        raise SampleError(f"ts: {d['ts']} is before 2000: the device's clock is not set")
+    if ts_ms > now_ms + max_future_ms:
+        raise SampleError(
+            f"ts: {d['ts']} is {_duration((ts_ms - now_ms) / 1000)} ahead of the server's clock "
+            f"(at most {_duration(max_future_ms / 1000)} allowed): check the device's clock (NTP)"
+        )
 
     g = d.get
     mask = 0
