@@ -64,7 +64,7 @@ def test_rules_page_changes_a_threshold_for_the_tenant(new_page: Any, demo: Demo
     row.wait_for()
     row.locator("input.rule-set").fill("95")
     row.locator("button.save").click()
-    page.locator("#rules-note:has-text('Saved cell_spread')").wait_for()
+    page.locator("#rules-note:has-text('Saved cell_spread')").wait_for()  # set once the table is redrawn
     overrides = demo.get("/api/v1/alarm-rules")["overrides"]
     mine = [o for o in overrides if o["rule_id"] == "cell_spread" and o["scope"] == "tenant"]
     assert len(mine) == 1 and mine[0]["set"] == 95

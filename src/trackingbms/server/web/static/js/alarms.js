@@ -67,13 +67,14 @@ export async function renderAlarms(root) {
   }
 
   async function acknowledge(id) {
+    let message = "";
     try {
       await api.ack(id);
-      note.textContent = "";
     } catch (err) {
-      note.textContent = `Could not acknowledge: ${err.message}`;
+      message = `Could not acknowledge: ${err.message}`;
     }
     await load();
+    note.textContent = message;
   }
 
   siteSel.addEventListener("change", load);

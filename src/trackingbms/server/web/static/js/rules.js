@@ -68,24 +68,28 @@ export async function renderRules(root) {
       const v = inputs[k].value.trim();
       if (v !== "" && Number(v) !== r[k]) change[k] = Number(v);
     }
+    let message;
     try {
       if (o) await api.updateRule(o.id, change);
       else await api.createRule({ rule_id: r.id, ...change });
-      note.textContent = `Saved ${r.id}.`;
+      message = `Saved ${r.id}.`;
     } catch (err) {
-      note.textContent = `Not saved: ${err.message}`;
+      message = `Not saved: ${err.message}`;
     }
-    await load();
+    await load(); // the message after the table is redrawn: what it says is what the table shows
+    note.textContent = message;
   }
 
   async function remove(id) {
+    let message;
     try {
       await api.deleteRule(id);
-      note.textContent = "Override removed.";
+      message = "Override removed.";
     } catch (err) {
-      note.textContent = `Not removed: ${err.message}`;
+      message = `Not removed: ${err.message}`;
     }
     await load();
+    note.textContent = message;
   }
 
   await load();
