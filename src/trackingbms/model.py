@@ -25,7 +25,9 @@ def is_battery_id(value: object) -> bool:
 
 
 # The order of these values is part of the server's storage format (stored as small codes): append only.
-Source = Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim"]
+Source = Literal[
+    "a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim", "p81-rs485", "hkms-can"
+]
 Via = Literal["lan", "wifi", "cellular", "mqtt", "phone", "ble"]
 PackState = Literal["idle", "charging", "discharging"]
 #: the gateway's word on a BMS link (heartbeat ``link_state``)

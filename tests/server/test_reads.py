@@ -478,12 +478,16 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
     async with httpx.AsyncClient(base_url=world.base_url) as c:
         doc = (await c.get("/openapi.json")).json()
     public = {"/api/v1/auth/login", "/healthz"}
+    async with p.open_store(world.database_url) as store:  # an API token of the other tenant
+        globex = store.tenant(await store.tenant_by_name("globex"))
+        token_id = (await globex.create_api_token("admin@globex.test", "ci", "read", 30))["id"]
     ids = {
         "battery_id": b.batteries[0],
         "device_id": "gw-globex",
         "alarm_id": str(b_alarms[0]["id"]),
         "rule_pk": str(rule["id"]),
         "target_id": str(target["id"]),
+        "token_id": str(token_id),
     }
     ghosts = {
         "battery_id": "no-such-pack",
@@ -491,6 +495,7 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
         "alarm_id": "987654",
         "rule_pk": "987654",
         "target_id": "987654",
+        "token_id": "987654",
     }
     checked = 0
     for path, ops in doc["paths"].items():

@@ -203,6 +203,8 @@ def test_device_page_shows_links_and_the_sleeping_bms(
     page.wait_for_selector('tr[data-battery-id="cabin-boat"] [data-link-state="asleep"]', timeout=WAIT_MS * 2)
     assert "BMS asleep" in page.locator('tr[data-battery-id="cabin-boat"]').inner_text()
     assert page.locator('tr[data-battery-id="cabin-house"] [data-link-state="ok"]').count() == 1
+    # the gateway's clock, measured at each heartbeat: the demo's runs on this machine's clock
+    assert page.locator("#clock-skew .clock-ok").count() == 1, page.locator("#clock-skew").inner_text()
     page.screenshot(path=str(screenshots / "desktop-device.png"), full_page=True)
 
     page.goto(demo.info.url + "#/fleet")

@@ -7,17 +7,19 @@ greater than 0``.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trackingbms.bms import COMMANDS
-from trackingbms.model import BATTERY_ID_PATTERN
+from trackingbms.bms import FAMILIES, GROUPS
+from trackingbms.model import BATTERY_ID_PATTERN, Source
 
-#: commands the poller may issue besides "pack" (which runs at the poll interval); the client's table
-SLOW_COMMANDS = tuple(name for name in COMMANDS if name != "pack")
+#: groups the poller may read on their own cadence besides "pack" (read at the poll interval); one
+#: definition for every family (trackingbms.daly.snapshot.GROUPS)
+SLOW_COMMANDS = tuple(name for name in GROUPS if name != "pack")
 
 DEFAULT_CADENCES_S: dict[str, float] = {
     "mos": 5.0,
@@ -37,36 +39,66 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class UplinkConfig(_Strict):
-    """One HTTP(S) uplink; listed in priority order (the first is the primary)."""
+UPLINK_SCHEMES = ("http://", "https://", "mqtt://", "mqtts://")
 
-    name: Literal["wifi", "cellular", "lan"] = Field(description="also the Sample's `via`")
-    url: str = Field(description="server base URL, e.g. https://tbms.example.com")
+
+class UplinkConfig(_Strict):
+    """One uplink (HTTP(S) or MQTT); listed in priority order (the first is the primary)."""
+
+    name: Literal["wifi", "cellular", "lan", "mqtt"] = Field(description="also the Sample's `via`")
+    url: str = Field(
+        description="server base URL (https://tbms.example.com) or MQTT broker(s) "
+        "(mqtts://broker:8883, or mqtt://node1:1883,node2:1883 for a cluster: tried in turn)"
+    )
     batch_max_samples: int = Field(1000, ge=1, le=5000)
     batch_max_age_s: float = Field(1.0, ge=0)
+    #: HTTP: request timeout; MQTT: how long to wait for the server's acknowledgement of a batch
     timeout_s: float = Field(15.0, gt=0)
     max_in_flight: int = Field(2, ge=1, le=8)
     gzip: bool = True
+    #: MQTT only: the device's broker user name, also its topic (tbms/<username>/...), printed by
+    #: `trackingbms admin mqtt-device`; the password is device_token
+    username: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    #: MQTT only: CA bundle for mqtts:// (default: the system's)
+    ca_file: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if not url.startswith(UPLINK_SCHEMES):
+            raise ValueError("must start with http://, https://, mqtt:// or mqtts://")
         return url.rstrip("/")
+
+    @property
+    def is_mqtt(self) -> bool:
+        return self.url.startswith(("mqtt://", "mqtts://"))
+
+    @model_validator(mode="after")
+    def _mqtt(self) -> UplinkConfig:
+        if self.is_mqtt and not self.username:
+            raise ValueError("username: required for an mqtt:// uplink (see trackingbms admin mqtt-device)")
+        if self.is_mqtt and importlib.util.find_spec("aiomqtt") is None:
+            raise ValueError("url: mqtt:// uplinks need aiomqtt: pip install 'trackingbms[mqtt]'")
+        return self
 
 
 class BmsConfig(_Strict):
     """One BMS polled by this gateway."""
 
     battery_id: str = Field(pattern=BATTERY_ID_PATTERN)
-    port: str = Field(min_length=1, description="device path (/dev/ttyUSB0) or tcp://host:port")
-    family: Literal["a5"] = "a5"
-    address: int = Field(0x40, ge=0, le=255)
+    port: str = Field(
+        min_length=1,
+        description="device path (/dev/ttyUSB0), tcp://host:port, can://iface/channel, ble://address",
+    )
+    #: the BMS protocol family (trackingbms.bms.FAMILIES); several BMS on one port share its link
+    family: str = "a5"
+    #: A5 only: host address (0x40 RS485/PC, 0x80 UART/app); default 0x80 on ble://, else 0x40
+    address: int | None = Field(None, ge=0, le=255)
     board: int = Field(1, ge=1, le=16)
     baud: int = Field(9600, gt=0)
     invert_current: bool = False
-    source: Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "sim"] = "a5-uart"
+    #: the Sample's source; default: from the family and the wire (a5 on serial → a5-uart, d2 → d2-rs485...)
+    source: Source | None = None
     retries: int = Field(2, ge=0, le=10)
     poll_interval_s: float = Field(1.0, gt=0)
     cadences_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_CADENCES_S))
@@ -74,6 +106,13 @@ class BmsConfig(_Strict):
     asleep_after_s: float = Field(10.0, gt=0)
     #: reconnect / wake-probe backoff ceiling
     reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        return family
 
     @field_validator("cadences_s")
     @classmethod
@@ -121,6 +160,30 @@ class LocalApiConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class HomeAssistantConfig(_Strict):
+    """Optional local MQTT output with Home Assistant discovery (trackingbms.gateway.homeassistant)."""
+
+    #: mqtt://[user:password@]host[:port] or mqtts:// (TLS)
+    broker: str
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: state, availability and command topics: <topic_prefix>/<battery_id>/...
+    topic_prefix: str = Field("trackingbms", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: publish each pack's state at most this often (and at once when its link or a MOSFET changes)
+    publish_interval_s: float = Field(5.0, ge=0)
+    #: one (disabled by default) sensor per cell besides min / max / delta
+    cell_entities: bool = True
+    #: battery ids whose charge / discharge MOSFETs Home Assistant may switch (none by default)
+    mosfet_switches: list[str] = Field(default_factory=list)
+    client_id: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, broker: str) -> str:
+        if not broker.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://, e.g. mqtt://homeassistant.local:1883")
+        return broker
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration (see :data:`EXAMPLE_CONFIG`)."""
 
@@ -139,6 +202,7 @@ class GatewayConfig(_Strict):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
+    home_assistant: HomeAssistantConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -150,6 +214,25 @@ class GatewayConfig(_Strict):
         names = [u.name for u in self.uplinks]
         if len(set(names)) != len(names):
             raise ValueError("uplinks: each uplink name may appear once")
+        # BMS on one port share its link (an RS485 bus): one family, one baud, a board number each
+        by_port: dict[str, list[BmsConfig]] = {}
+        for b in self.bms:
+            by_port.setdefault(b.port, []).append(b)
+        for port, group in by_port.items():
+            if len(group) < 2:
+                continue
+            who = ", ".join(b.battery_id for b in group)
+            if len({b.family for b in group}) > 1 or len({b.baud for b in group}) > 1:
+                raise ValueError(f"bms: {who} share port {port}: they must have the same family and baud")
+            if group[0].family == "d2":
+                raise ValueError(f"bms: {who} share port {port}: D2 boards all answer at 0xD2, one per bus")
+            boards = [b.board for b in group]
+            if len(set(boards)) != len(boards):
+                raise ValueError(f"bms: {who} share port {port}: give each its own board number")
+        unknown = sorted(set(self.home_assistant.mosfet_switches) - set(ids)) if self.home_assistant else []
+        if unknown:
+            names = ", ".join(unknown)
+            raise ValueError(f"home_assistant.mosfet_switches: {names} is not a [[bms]] battery_id")
         return self
 
     @classmethod
@@ -202,10 +285,10 @@ heartbeat_interval_s = 30            # also sent at once when a BMS link changes
 parked_retry_s = 300                 # retry samples parked because the battery was not assigned (yet)
 log_level = "info"                   # debug | info | warning | error
 
-# Uplinks in priority order; `name` is also the Sample's `via`.
+# Uplinks in priority order; `name` is also the Sample's `via` (wifi | cellular | lan | mqtt).
 [[uplinks]]
-name = "wifi"                        # required: wifi | cellular | lan
-url = "https://tbms.example.com"     # required: server base URL
+name = "wifi"                        # required: wifi | cellular | lan | mqtt
+url = "https://tbms.example.com"     # required: server base URL, or mqtt(s)://broker[:port][,broker2...]
 batch_max_samples = 1000             # send when this many samples wait ...
 batch_max_age_s = 1.0                # ... or when the oldest waiting sample is this old
 timeout_s = 15
@@ -218,6 +301,15 @@ gzip = true
 # url = "https://tbms.example.com"
 # batch_max_samples = 5000
 # batch_max_age_s = 60
+
+# An MQTT uplink (QoS 1, persistent session; a sample leaves the queue only when the server's
+# acknowledgement arrives on tbms/<username>/ack). Password: device_token.
+# [[uplinks]]
+# name = "mqtt"
+# url = "mqtts://broker.example.com:8883"   # several brokers (a cluster): mqtt://n1:1883,n2:1883
+# username = "t1-gw-1"                      # printed by `trackingbms admin mqtt-device`
+# batch_max_samples = 500
+# timeout_s = 15                            # no acknowledgement this long: the batch is sent again
 
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long
@@ -232,16 +324,26 @@ enabled = true
 listen = "0.0.0.0:8081"
 # token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
 
+# Optional: Home Assistant MQTT discovery (each pack appears as a device with its sensors).
+# [home_assistant]
+# broker = "mqtt://user:password@homeassistant.local:1883"   # mqtts:// for TLS
+# discovery_prefix = "homeassistant"
+# topic_prefix = "trackingbms"       # state / availability / command topics: trackingbms/<battery_id>/...
+# publish_interval_s = 5             # state at most this often (link and MOSFET changes at once)
+# cell_entities = true               # one sensor per cell (disabled in HA until you enable it)
+# mosfet_switches = ["pack-1"]       # packs whose charge / discharge MOSFETs HA may switch (none by default)
+
 # One [[bms]] table per BMS.
 [[bms]]
 battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
-port = "/dev/ttyUSB0"                # required: serial device or tcp://host:port (ser2net, simulator)
-family = "a5"
-address = 0x40                       # host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app
+port = "/dev/ttyUSB0"                # required: serial device, tcp://host:port, can://iface/chan, ble://addr
+family = "a5"                        # a5 | d2 | p81 | a5-can | hkms-can
+# address = 0x40                     # A5 host: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app;
+#                                    # default 0x80 on ble://, else 0x40
 board = 1                            # board number (several BMSs on one RS485 bus)
 baud = 9600
 invert_current = false               # some firmware reports the current with the opposite sign
-source = "a5-uart"                   # a5-uart | a5-rs485 | a5-can | a5-ble | sim
+# source = "a5-uart"                 # default from family and wire: a5-uart, d2-rs485, p81-rs485, a5-can...
 retries = 2
 poll_interval_s = 1.0                # "pack" (0x90: voltage, current, SOC) every poll
 asleep_after_s = 10                  # no reply at all this long -> link state "asleep"

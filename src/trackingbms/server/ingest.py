@@ -7,6 +7,7 @@ hands the accepted samples to the alarm service (evaluated off the request).
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from trackingbms.server.hub import Hub
@@ -14,6 +15,7 @@ from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Stor
 
 if TYPE_CHECKING:
     from trackingbms.server.alarms import AlarmService
+    from trackingbms.server.metrics import ServerMetrics
 
 __all__ = ["IngestResult", "IngestService"]
 
@@ -27,18 +29,25 @@ class IngestService:
         hub: Hub | None = None,
         max_future_ms: int = packing.MAX_FUTURE_SKEW_MS,
         alarms: AlarmService | None = None,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         #: samples further ahead of the server's clock are rejected (a wrong device clock)
         self.max_future_ms = max_future_ms
         self.alarms = alarms
+        self.metrics = metrics
 
     async def ingest(
-        self, device: DeviceRef, raw_samples: list[Any], received_ms: int | None = None
+        self,
+        device: DeviceRef,
+        raw_samples: list[Any],
+        received_ms: int | None = None,
+        transport: str = "http",
     ) -> IngestResult:
         """Samples are checked one by one: one that can never be valid is rejected with its index and the
         field at fault, the rest is stored. Returns after the commit (then a device may drop its copy)."""
+        started = time.perf_counter()
         t_now = received_ms or now_ms()
         rejected: list[dict[str, Any]] = []
         parsed: list[PackedSample] = []
@@ -66,6 +75,11 @@ class IngestService:
                     "duplicates": res.duplicates,
                     "rejected": len(res.rejected),
                 },
+            )
+        if self.metrics is not None:
+            errors = [r["error"] for r in res.rejected]
+            self.metrics.observe_ingest(
+                res.accepted, res.duplicates, errors, time.perf_counter() - started, transport
             )
         if self.alarms is not None and res.accepted:
             refused = {r["index"] for r in res.rejected}

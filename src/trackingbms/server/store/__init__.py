@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 from trackingbms.server.store.alarms import AlarmsScope, AlarmStore
+from trackingbms.server.store.api_tokens import ApiTokenScope, ApiTokenStore
 from trackingbms.server.store.auth import AuthStore
 from trackingbms.server.store.base import ROLES, Conflict, DeviceRef, NotFound, UserRef, now_ms
 from trackingbms.server.store.export import ExportScope
@@ -39,11 +40,11 @@ __all__ = [
 ]
 
 
-class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, AlarmsScope):
+class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope, AlarmsScope):
     """Everything one tenant may see or change (see the module docstring)."""
 
 
-class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, AlarmStore):
+class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ApiTokenStore, AlarmStore):
     """The server-wide store; :meth:`tenant` opens one tenant's scope."""
 
     def tenant(self, tenant_id: int) -> TenantStore:

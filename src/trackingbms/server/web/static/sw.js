@@ -13,6 +13,7 @@ const SHELL = [
   "/static/js/pack.js",
   "/static/js/charts.js",
   "/static/js/device.js",
+  "/static/js/tokens.js",
   "/static/js/alarms.js",
   "/static/js/health.js",
   "/static/js/rules.js",

@@ -7,6 +7,7 @@ import { renderDevice, renderDevices } from "./device.js";
 import { renderFleet } from "./fleet.js";
 import { renderLogin } from "./login.js";
 import { renderPack } from "./pack.js";
+import { renderTokens } from "./tokens.js";
 import { h, loadFaultTexts } from "./util.js";
 
 const root = document.getElementById("app");
@@ -21,6 +22,7 @@ const routes = [
   [/^#\/rules$/, () => renderRules(root)],
   [/^#\/devices$/, () => renderDevices(root)],
   [/^#\/device\/([^/]+)$/, (m) => renderDevice(root, decodeURIComponent(m[1]))],
+  [/^#\/tokens$/, () => renderTokens(root)],
 ];
 
 function go(hash) {
