@@ -353,9 +353,9 @@ def test_disk_budget_policy_applied_and_reported(tmp_path, server, packs, gatewa
     )
     hb = srv.device_info()["heartbeat"]
     assert hb["disk_used_pct"] > 0
-    # the newest samples are never the ones dropped: what was newest when the budget bit reaches the server, or
-    # (when the budget bit again while the server came back and that sample had become one of the oldest) a newer
-    # one does, and the server ends up with everything the gateway reads from now on
+    # the newest samples are never the ones dropped: what was newest when the budget bit reaches the
+    # server, or (when the budget bit again while the server came back and that sample had become one of
+    # the oldest) a newer one does, and the server ends up with everything the gateway reads from now on
     wait_for(
         "the newest samples at the server",
         lambda: all(max(srv.seqs(b), default=-1) >= newest[b] for b in BATTERIES),
