@@ -237,6 +237,15 @@ class SiteOut(BaseModel):
     name: str
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class HealthSummary(BaseModel):
+    soh_pct: float | None
+    weak_cells: list[int]
+    findings: int
+
+
 FLEET_ITEM_EXAMPLE: dict[str, Any] = {
     "battery_id": "pack-1",
     "name": "Forklift 1",
@@ -287,6 +296,9 @@ class FleetItem(BaseModel):
     cell_max_mv: int | None
     cell_delta_mv: int | None
     power_w: float | None
+    active_alarms: int = Field(default=0, description="alarms raised or acknowledged, not yet cleared")
+    worst_severity: Severity | None = Field(default=None, description="of the active alarms")
+    health: HealthSummary | None = Field(default=None, description="from the analytics engine")
 
 
 class Fleet(BaseModel):
@@ -366,3 +378,141 @@ class DeviceOut(BaseModel):
     config_version: int
     reported_config_version: int | None
     config: dict[str, Any] | None
+
+
+class AlarmOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "battery_id": "pack-1",
+                    "battery_name": "Forklift 1",
+                    "site": "depot",
+                    "rule_id": "cell_voltage_high",
+                    "severity": "critical",
+                    "status": "acknowledged",
+                    "active": True,
+                    "cell": 3,
+                    "value": 3652.0,
+                    "message": "cell 3 cell over-voltage (max_cell_mv 3652, set > 3600)",
+                    "raised_at": "2026-11-24T10:29:25.123Z",
+                    "acknowledged_at": "2026-11-24T10:31:02.000Z",
+                    "acknowledged_by": "ops@acme.test",
+                    "cleared_at": None,
+                    "clear_message": None,
+                }
+            ]
+        }
+    )
+    id: int
+    battery_id: str
+    battery_name: str
+    site: str
+    rule_id: str
+    severity: Severity
+    status: Literal["raised", "acknowledged", "cleared"]
+    active: bool
+    cell: int | None = Field(description="1-based cell (or sensor) the alarm names, where known")
+    value: float | None
+    message: str
+    raised_at: str
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+    cleared_at: str | None
+    clear_message: str | None
+
+
+class HealthOut(BaseModel):
+    battery_id: str
+    updated_at: str | None
+    health: dict[str, Any] | None = Field(
+        description="the analytics engine's report: capacity_ah, soh_pct (+ capacity.confidence, segments), "
+        "resistance_mohm, soc_pct, bms_soc_error_pct, weak_cells, findings with evidence, per-cell figures, "
+        "reasons for what it cannot tell yet"
+    )
+    reason: str | None
+    alarms: list[AlarmOut] = Field(description="active alarms of this battery")
+
+
+class RuleFields(BaseModel):
+    """Fields of an alarm rule; null / absent: inherited from the level below."""
+
+    metric: str | None = Field(default=None, max_length=100, description="only for a rule of your own")
+    op: Literal[">", "<"] | None = None
+    set: float | None = Field(default=None, description="threshold that raises the alarm")
+    clear: float | None = Field(default=None, description="threshold on the safe side that clears it")
+    set_delay_s: float | None = Field(default=None, ge=0, le=30 * 86400)
+    clear_delay_s: float | None = Field(default=None, ge=0, le=30 * 86400)
+    severity: Severity | None = None
+    repeat_s: float | None = Field(default=None, gt=0, le=365 * 86400)
+    notify_on_clear: bool | None = None
+    title: str | None = Field(default=None, max_length=200)
+    enabled: bool | None = Field(default=None, description="false switches the rule off at this level")
+
+
+class RuleIn(RuleFields):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"rule_id": "cell_spread", "site": "depot", "set": 120, "clear": 60}]}
+    )
+    rule_id: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_:.-]+$",
+        description="a built-in rule id, fault:<name>, or a new id of your own",
+    )
+    site: str | None = Field(default=None, description="override for this site only")
+    battery_id: str | None = Field(default=None, description="override for this battery only")
+
+
+class RuleOut(BaseModel):
+    id: int
+    rule_id: str
+    scope: Literal["tenant", "site", "battery"]
+    site: str | None
+    battery_id: str | None
+    metric: str | None
+    enabled: bool
+    op: str | None
+    set: float | None
+    clear: float | None
+    set_delay_s: float | None
+    clear_delay_s: float | None
+    severity: str | None
+    repeat_s: float | None
+    notify_on_clear: bool | None
+    title: str | None
+    updated_at: str
+
+
+class RulesOut(BaseModel):
+    builtin: list[dict[str, Any]]
+    fault_rule: str
+    overrides: list[RuleOut]
+
+
+class NotifyTargetIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "mailto://smtp.example.com:587?from=bms@example.com&to=ops@example.com",
+                    "severities": ["warning", "critical"],
+                    "recovery": True,
+                }
+            ]
+        }
+    )
+    url: str = Field(
+        min_length=3, max_length=2000, description="an apprise URL (mailto://, json://, ntfy://…)"
+    )
+    severities: list[Severity] = Field(default=["warning", "critical"], min_length=1)
+    recovery: bool = Field(default=True, description="also send a message when an alarm clears")
+
+
+class NotifyTargetOut(BaseModel):
+    id: int
+    url: str
+    severities: list[Severity]
+    recovery: bool
+    created_at: str
