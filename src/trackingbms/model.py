@@ -7,17 +7,33 @@ carries it failed: a partial reading stays partial, it is never filled with zero
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
 
-BATTERY_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+#: the battery-id rule (design.md): what a ``battery_id`` may be, for messages and for pydantic
+BATTERY_ID_RULE = "[A-Za-z0-9._-]{1,64}"
+BATTERY_ID_PATTERN = rf"^{BATTERY_ID_RULE}$"
+_BATTERY_ID_RE = re.compile(BATTERY_ID_RULE)
+
+
+def is_battery_id(value: object) -> bool:
+    """True if ``value`` is a valid battery id (a trailing newline is not: fullmatch, not ``$``)."""
+    return isinstance(value, str) and _BATTERY_ID_RE.fullmatch(value) is not None
+
 
 # The order of these values is part of the server's storage format (stored as small codes): append only.
-Source = Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim"]
+Source = Literal[
+    "a5-uart", "a5-rs485", "a5-can", "a5-ble", "d2-rs485", "d2-ble", "sim", "p81-rs485", "hkms-can"
+]
 Via = Literal["lan", "wifi", "cellular", "mqtt", "phone", "ble"]
 PackState = Literal["idle", "charging", "discharging"]
+#: the gateway's word on a BMS link (heartbeat ``link_state``)
+LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
+#: a battery's connectivity as users see it (design.md "Connectivity"), computed by the server
+Connectivity = Literal["online", "asleep", "link-down", "offline", "backfilling"]
 
 SOURCES: tuple[str, ...] = get_args(Source)
 VIAS: tuple[str, ...] = get_args(Via)

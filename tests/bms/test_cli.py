@@ -85,8 +85,8 @@ def test_decode_undecodable_input_names_offset_and_reason() -> None:
     assert code == 2 and "byte offset 0" in err and "bad checksum" in err
     code, objs, err = _decode("a5019008023a00")
     assert code == 2 and "truncated frame at end of input" in err
-    code, objs, err = _decode("d203020001fc56")  # a D2 Modbus reply: told, not crashed on
-    assert code == 2 and objs == [] and "D2" in err
+    code, objs, err = _decode("d203020001fc56")  # a D2 Modbus reply: decoded as D2
+    assert code == 0 and objs[0]["protocol"] == "d2" and objs[0]["values"] == [1]
 
 
 @contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
@@ -23,9 +24,13 @@ def minimal(tmp_path: Path) -> dict:
 
 def test_example_config_is_valid_and_commented() -> None:
     cfg = GatewayConfig.from_dict(tomllib.loads(EXAMPLE_CONFIG))
+    assert [u.name for u in cfg.uplinks] == ["wifi"]  # one to edit; a second one is commented out
+    second = re.sub(r"(?m)^# (\[\[uplinks\]\]|name|url|batch_max)", r"\1", EXAMPLE_CONFIG)
+    cfg = GatewayConfig.from_dict(tomllib.loads(second))
     assert [u.name for u in cfg.uplinks] == ["wifi", "cellular"]
     assert cfg.uplinks[1].batch_max_samples > cfg.uplinks[0].batch_max_samples
-    assert cfg.bms[0].address == 0x40 and cfg.bms[0].cadences_s["cells"] == 5
+    # no address: the client's default (0x80 over BLE, else 0x40)
+    assert cfg.bms[0].address is None and cfg.bms[0].cadences_s["cells"] == 5
     assert EXAMPLE_CONFIG.count("#") > 20
 
 
@@ -42,13 +47,29 @@ def test_defaults(tmp_path: Path) -> None:
         (lambda d: d.pop("device_token"), "device_token", "required"),
         (lambda d: d["bms"][0].update(poll_interval_s=0), "bms[0].poll_interval_s", "greater than 0"),
         (lambda d: d["bms"][0].update(battery_id="bad id!"), "bms[0].battery_id", "pattern"),
-        (lambda d: d["bms"][0].update(family="d2"), "bms[0].family", "'a5'"),
+        (lambda d: d["bms"][0].update(family="x9"), "bms[0].family", "unknown family 'x9'"),
         (lambda d: d["bms"][0].update(cadences_s={"cellz": 5}), "bms[0].cadences_s", "unknown command"),
         (lambda d: d["uplinks"][0].update(url="ftp://x"), "uplinks[0].url", "http://"),
         (lambda d: d["uplinks"][0].update(name="satellite"), "uplinks[0].name", "wifi"),
         (lambda d: d.update(uplinks=[]), "uplinks", "at least 1"),
         (lambda d: d.update(bms_list=[]), "bms_list", "unknown key"),
         (lambda d: d["bms"].append(dict(d["bms"][0])), "bms", "more than once"),
+        (lambda d: d["bms"].append({**d["bms"][0], "battery_id": "b2"}), "bms", "its own board number"),
+        (
+            lambda d: d["bms"].append({**d["bms"][0], "battery_id": "b2", "board": 2, "family": "p81"}),
+            "bms",
+            "same family",
+        ),
+        (
+            lambda d: d["bms"].extend(
+                [
+                    {**d["bms"][0], "battery_id": f"d{n}", "port": "/dev/x", "family": "d2", "board": n}
+                    for n in (1, 2)
+                ]
+            ),
+            "bms",
+            "one per bus",
+        ),
         (lambda d: d.update(local_api={"listen": "8081"}), "local_api.listen", "host:port"),
     ],
 )

@@ -6,9 +6,8 @@ import ast
 from pathlib import Path
 
 import trackingbms.gateway
-from trackingbms.bms import COMMANDS
+from trackingbms.bms import GROUPS
 from trackingbms.gateway.config import SLOW_COMMANDS
-from trackingbms.gateway.poller import COMMAND_IDS
 
 ALLOWED = ("trackingbms.gateway", "trackingbms.bms", "trackingbms.model")
 
@@ -28,7 +27,5 @@ def test_gateway_imports_only_bms_and_model() -> None:
     assert not bad, bad
 
 
-def test_command_table_comes_from_the_client() -> None:
-    assert set(COMMAND_IDS) == set(COMMANDS)
-    assert set(SLOW_COMMANDS) == set(COMMANDS) - {"pack"}
-    assert COMMAND_IDS["cells"] == "0x95"  # the key a failed command has in Reading.errors
+def test_cadence_groups_come_from_the_bms_interface() -> None:
+    assert set(SLOW_COMMANDS) == set(GROUPS) - {"pack"}

@@ -21,6 +21,7 @@ import uvicorn
 from trackingbms.model import format_ts
 from trackingbms.server import provisioning as p
 from trackingbms.server.app import create_app
+from trackingbms.server.guard import uvicorn_options
 from trackingbms.server.settings import Settings
 
 
@@ -38,7 +39,9 @@ class ServerThread:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            create_app(settings), log_level="warning", lifespan="on", **uvicorn_options(settings)
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

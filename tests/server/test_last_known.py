@@ -14,8 +14,9 @@ import websockets
 from alembic import command
 from sqlalchemy import insert
 
-from trackingbms.server import codec, db
+from trackingbms.server import db
 from trackingbms.server import provisioning as p
+from trackingbms.server.store import packing
 
 from .conftest import ServerThread, World, client, login, sample, ts
 from .test_reads import _until_subscribed
@@ -188,7 +189,7 @@ async def test_migration_seeds_the_state_from_the_newest_stored_sample(
             await conn.run_sync(lambda c: command.upgrade(db._alembic_config(c), "0002"))
             s = sample("old-1", 9, 60, faults=["cell_voltage_high_l1"])
             del s["temps_c"]
-            _, seq, ts_ms, data, _ = codec.validate_and_pack(s)
+            _, seq, ts_ms, data, _ = packing.validate_and_pack(s)
             tid = (
                 await conn.execute(
                     insert(db.tenants).values(name="legacy", created_ms=0).returning(db.tenants.c.id)

@@ -110,7 +110,7 @@ def test_simulate_bus_prints_board_addresses(tmp_path: Path) -> None:
     proc = start("--packs", "2", "--bus", "--truth-file", str(tmp_path / "t.json"))
     try:
         lines = read_lines(proc, 2)
-        assert "board 2 (host 0x41)" in lines[1]
+        assert "board 2 (address 0x41)" in lines[1]
         assert lines[0].split()[1] == lines[1].split()[1]  # one endpoint for the shared line
     finally:
         code, err = stop(proc)

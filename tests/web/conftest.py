@@ -129,7 +129,8 @@ def browser(demo: DemoClient) -> Iterator[Any]:
 
 @pytest.fixture
 def new_page(browser: Any, demo: DemoClient) -> Iterator[Any]:
-    """``new_page(width=1280, height=900)`` → a fresh page (own storage); page errors fail the test."""
+    """``new_page(width=1280, height=900)`` → a fresh page (own storage); page errors and CSP violations
+    fail the test."""
     contexts: list[Any] = []
     errors: list[str] = []
 
@@ -141,6 +142,11 @@ def new_page(browser: Any, demo: DemoClient) -> Iterator[Any]:
         page = ctx.new_page()
         page.set_default_timeout(30_000)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        # the server's Content-Security-Policy forbids inline script and style: a violation is a bug
+        page.on(
+            "console",
+            lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None,
+        )
         return page
 
     yield make

@@ -50,7 +50,9 @@ def test_wrong_password_is_refused_with_a_message(new_page: Any, demo: DemoClien
 def test_fleet_lists_every_pack_grouped_by_site(new_page: Any, demo: DemoClient, screenshots: Path) -> None:
     page = new_page()
     login(page, demo)
-    page.wait_for_function(f"document.querySelectorAll('.pack-row').length === {len(demo.info.batteries)}")
+    page.wait_for_function(
+        f"() => document.querySelectorAll('.pack-row').length === {len(demo.info.batteries)}"
+    )
     shown = set(page.eval_on_selector_all(".pack-row", "rows => rows.map(r => r.dataset.batteryId)"))
     assert shown == set(demo.info.batteries)
     sites = page.eval_on_selector_all(".site-name", "els => els.map(e => e.firstChild.textContent)")
@@ -122,7 +124,7 @@ def test_pack_page_shows_every_cell_with_the_values_the_api_has(
     assert page.locator("[data-switch]").count() == 4
     # the demo filled in past hours: the 24 h charts draw them
     page.click('button[data-range="24h"]')
-    page.wait_for_function("/ [1-9]\\d* points/.test(document.querySelector('.hist-note').textContent)")
+    page.wait_for_function("() => / [1-9]\\d* points/.test(document.querySelector('.hist-note').textContent)")
     for chart in ("voltage", "current", "soc", "delta", "temps"):
         assert page.locator(f"#chart-{chart} .uplot").count() == 1, chart
     page.screenshot(path=str(screenshots / "desktop-pack.png"), full_page=True)
@@ -135,14 +137,16 @@ def test_live_updates_arrive_without_reloading(new_page: Any, demo: DemoClient) 
     page.wait_for_selector(".cell")
     page.evaluate("window.__sameDocument = true")
     seq = page.eval_on_selector(".kpis", "k => k.dataset.seq")
-    page.wait_for_function(f"document.querySelector('.kpis').dataset.seq !== '{seq}'", timeout=WAIT_MS)
+    page.wait_for_function(f"() => document.querySelector('.kpis').dataset.seq !== '{seq}'", timeout=WAIT_MS)
     assert page.evaluate("window.__sameDocument") is True
 
     page.goto(demo.info.url + "#/fleet")
     row_ts = '.pack-row[data-battery-id="shop-ups"] .ago'
     page.wait_for_selector(row_ts)
     before = page.get_attribute(row_ts, "data-ts")
-    page.wait_for_function(f"document.querySelector('{row_ts}').dataset.ts !== '{before}'", timeout=WAIT_MS)
+    page.wait_for_function(
+        f"() => document.querySelector('{row_ts}').dataset.ts !== '{before}'", timeout=WAIT_MS
+    )
     assert page.evaluate("window.__sameDocument") is True
 
 
@@ -199,6 +203,8 @@ def test_device_page_shows_links_and_the_sleeping_bms(
     page.wait_for_selector('tr[data-battery-id="cabin-boat"] [data-link-state="asleep"]', timeout=WAIT_MS * 2)
     assert "BMS asleep" in page.locator('tr[data-battery-id="cabin-boat"]').inner_text()
     assert page.locator('tr[data-battery-id="cabin-house"] [data-link-state="ok"]').count() == 1
+    # the gateway's clock, measured at each heartbeat: the demo's runs on this machine's clock
+    assert page.locator("#clock-skew .clock-ok").count() == 1, page.locator("#clock-skew").inner_text()
     page.screenshot(path=str(screenshots / "desktop-device.png"), full_page=True)
 
     page.goto(demo.info.url + "#/fleet")
@@ -230,10 +236,10 @@ def test_app_shell_is_installable_and_works_offline(new_page: Any, demo: DemoCli
     manifest = page.evaluate("fetch('/manifest.webmanifest').then(r => r.json())")
     assert manifest["display"] == "standalone" and manifest["start_url"].startswith("/")
     assert any(i["sizes"] == "512x512" for i in manifest["icons"])
-    page.wait_for_function("navigator.serviceWorker.ready.then(r => !!r.active)", timeout=WAIT_MS)
+    page.wait_for_function("() => navigator.serviceWorker.ready.then(r => !!r.active)", timeout=WAIT_MS)
     # with the network gone, the cached shell still opens (the data then says it cannot load)
     page.reload()
-    page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=WAIT_MS)
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null", timeout=WAIT_MS)
     page.context.set_offline(True)
     try:
         page.reload()
@@ -290,3 +296,14 @@ def test_balancing_cells_are_marked(new_page: Any, demo: DemoClient, screenshots
     row = {r["seq"]: r for r in csv.DictReader(io.StringIO(demo.csv("shop-charger", *window)))}[shown["seq"]]
     assert shown["balancing"] == [int(c) for c in row["balancing"].split(";") if c]
     page.locator(".cells-card").screenshot(path=str(screenshots / "desktop-balancing.png"))
+
+
+def test_api_explorer_works_offline_under_the_csp(new_page: Any, demo: DemoClient) -> None:
+    page = new_page()
+    outside: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(demo.base) else outside.append(r.url))
+    page.goto(demo.base + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=WAIT_MS)
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/v1/ingest" in p for p in paths)
+    assert outside == []  # no CDN: everything came from the server

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import get_args
 
-Connectivity = Literal["online", "asleep", "link-down", "offline", "backfilling"]
-CONNECTIVITY_STATES: tuple[str, ...] = ("online", "asleep", "link-down", "offline", "backfilling")
+from trackingbms.model import Connectivity
+
+CONNECTIVITY_STATES: tuple[str, ...] = get_args(Connectivity)
 
 
 def connectivity(

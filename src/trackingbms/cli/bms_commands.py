@@ -13,7 +13,7 @@ import typer
 from trackingbms.cli.app import app
 
 if TYPE_CHECKING:
-    from trackingbms.bms import DalyBMS
+    from trackingbms.bms import BmsClient
     from trackingbms.model import Reading
 
 EXIT_BMS = 1
@@ -30,8 +30,19 @@ def _parse_address(text: str) -> int:
     return value
 
 
-PORT_HELP = "serial device (/dev/ttyUSB0) or tcp://host:port"
-ADDRESS_OPT = typer.Option("0x40", "--address", help="host address: 0x40 (RS485/PC) or 0x80 (UART/app)")
+PORT_HELP = "serial device (/dev/ttyUSB0), tcp://host:port, can://iface/channel or ble://address"
+FAMILY_OPT = typer.Option(
+    "a5",
+    "--family",
+    help="a5 | d2 | p81 | a5-can | hkms-can, or auto (probes A5 at 0x40/0x80, D2, 0x81 boards 1–16; "
+    "on CAN: A5-CAN boards 1–16 and H/K/M/S broadcasts); a5 on a can:// port means a5-can",
+)
+ADDRESS_OPT = typer.Option(
+    None,
+    "--address",
+    help="A5 host address: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app; default 0x80 on ble://, "
+    "else 0x40",
+)
 BOARD_OPT = typer.Option(1, "--board", min=1, max=16, help="board number on a shared RS485 bus")
 INVERT_OPT = typer.Option(
     False, "--invert-current", help="flip the current sign (firmware that reports it inverted)"
@@ -49,34 +60,74 @@ def _err(msg: str, code: int = EXIT_BMS) -> typer.Exit:
 
 
 async def _connect(
-    port: str, address: str, board: int, invert: bool, baud: int, retries: int, turnaround_s: float = 0.2
-) -> DalyBMS:
-    from trackingbms.bms import DalyBMS
+    port: str,
+    address: str | None,
+    board: int,
+    invert: bool,
+    baud: int,
+    retries: int,
+    turnaround_s: float = 0.2,
+    family: str = "a5",
+) -> BmsClient:
+    from trackingbms.bms import FAMILIES, BmsNoReply, open_bms
     from trackingbms.links import open_link
 
-    link = await open_link(port, baud=baud)
-    return DalyBMS(
-        link,
-        address=_parse_address(address),
-        board=board,
-        invert_current=invert,
-        baud=baud,
-        retries=retries,
-        turnaround_s=turnaround_s,
-    )
+    options: dict[str, Any] = {
+        "board": board,
+        "invert_current": invert,
+        "retries": retries,
+        "turnaround_s": turnaround_s,
+    }
+    if family == "auto":
+        from trackingbms.bms.probe import probe
+
+        link = await open_link(port, baud=baud)
+        try:
+            found = await probe(link, first_only=True, baud=baud, invert_current=invert)
+        except BaseException:
+            await link.close()
+            raise
+        if not found:
+            await link.close()
+            raise BmsNoReply(
+                f"no BMS answered on {port}: tried A5 at 0x40 and 0x80, D2 at 0xD2 and 0x81 boards 1–16 "
+                "(asleep? wiring? baud?)"
+            )
+        hit = found[0]
+        typer.echo(f"auto: {hit.family} answered at {hit.address} (board {hit.board})", err=True)
+        options.update(hit.options, board=hit.board)
+        bms = await open_bms(port, hit.family, link=link, baud=baud, **options)
+        bms.owns_link = True
+        return bms
+    if family not in FAMILIES:
+        raise _err(f"unknown family {family!r}: use auto, {', '.join(FAMILIES)}", EXIT_USAGE)
+    from trackingbms.links import link_scheme
+
+    if link_scheme(port) == "can" and family == "a5":
+        family = "a5-can"  # A5 on a CAN bus is the legacy Daly CAN protocol
+    elif link_scheme(port) != "can" and family in ("a5-can", "hkms-can"):
+        raise _err(
+            f"--family {family} needs a CAN port (can://<interface>/<channel>), not {port}", EXIT_USAGE
+        )
+    if family == "a5":
+        if address is not None:
+            options["address"] = _parse_address(address)
+    return await open_bms(port, family, baud=baud, **options)
 
 
 def _run(coro: Any) -> Any:
     """Run a coroutine; turn link and BMS errors into one explained line and exit status 1."""
     import asyncio
 
-    from trackingbms.bms import BmsError
+    from trackingbms.bms import BmsError, UnknownFamily
     from trackingbms.links import LinkError
 
     try:
         return asyncio.run(coro)
     except (LinkError, BmsError) as exc:
         raise _err(str(exc)) from None
+    except UnknownFamily as exc:
+        raise _err(str(exc), EXIT_USAGE) from None
 
 
 def reading_table(reading: Reading, stats: dict[str, Any] | None = None, width: int = 120) -> Any:
@@ -165,7 +216,8 @@ def reading_table(reading: Reading, stats: dict[str, Any] | None = None, width: 
 def read(
     port: str = typer.Argument(..., help=PORT_HELP),
     json_out: bool = typer.Option(False, "--json", help="print the reading as JSON (Sample field names)"),
-    address: str = ADDRESS_OPT,
+    family: str = FAMILY_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
@@ -178,11 +230,11 @@ def read(
     """
 
     async def go() -> tuple[Reading, dict[str, Any]]:
-        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround, family)
         try:
             return await bms.snapshot(), bms.stats.as_dict()
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     reading, stats = _run(go())
     if json_out:
@@ -200,7 +252,8 @@ def read(
 def watch(
     port: str = typer.Argument(..., help=PORT_HELP),
     interval_s: float = typer.Option(1.0, "--interval", min=0.0, help="seconds between readings"),
-    address: str = ADDRESS_OPT,
+    family: str = FAMILY_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     invert_current: bool = INVERT_OPT,
     baud: int = BAUD_OPT,
@@ -219,7 +272,7 @@ def watch(
     console = Console()
 
     async def go() -> None:
-        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround)
+        bms = await _connect(port, address, board, invert_current, baud, retries, turnaround, family)
 
         async def once() -> Any:
             try:
@@ -239,7 +292,7 @@ def watch(
                     live.update(await once(), refresh=True)
                     await asyncio.sleep(interval_s)
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     try:
         _run(go())
@@ -265,7 +318,8 @@ def set_cmd(
     discharge_mos: str | None = typer.Option(None, "--discharge-mos", help="on|off"),
     soc: float | None = typer.Option(None, "--soc", min=0.0, max=100.0, help="set the BMS's SOC, %"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
-    address: str = ADDRESS_OPT,
+    family: str = FAMILY_OPT,
+    address: str | None = ADDRESS_OPT,
     board: int = BOARD_OPT,
     baud: int = BAUD_OPT,
     retries: int = RETRIES_OPT,
@@ -287,17 +341,18 @@ def set_cmd(
         raise _err("cancelled, nothing written", EXIT_BMS)
 
     async def go() -> Reading:
-        bms = await _connect(port, address, board, False, baud, retries, turnaround)
+        bms = await _connect(port, address, board, False, baud, retries, turnaround, family)
         try:
+            # each write is read back by the client; a write that did not take raises BmsWriteError
             if chg is not None:
-                await bms.set_charge_mos(chg)
+                await bms.set_mosfet("charge", chg)
             if dis is not None:
-                await bms.set_discharge_mos(dis)
+                await bms.set_mosfet("discharge", dis)
             if soc is not None:
                 await bms.set_soc(soc)
             return await bms.snapshot(["pack", "mos", "status", "faults"])
         finally:
-            await bms.link.close()
+            await bms.aclose()
 
     reading = _run(go())
     from rich.console import Console
@@ -325,19 +380,52 @@ def decode(
         None, "--sensors", min=1, max=16, help="sensor count for 0x96 replies"
     ),
     invert_current: bool = INVERT_OPT,
+    start: str | None = typer.Option(
+        None,
+        "--start",
+        help="D2 / 0x81 read replies: the register the read started at (a reply does not carry it); "
+        "default: from the request before it in the input, else 0x0000",
+    ),
 ) -> None:
-    """Decode captured A5 frames: one JSON object per response (Sample field names)."""
+    """Decode captured frames: A5, D2 and 0x81 (Modbus-style), and CAN frames in candump form
+    (18904001#0214..., one per argument or line); one JSON object per frame or response (Sample field
+    names). D2 / 0x81: paste the request and the reply together, or give --start."""
     import json
 
+    from trackingbms.daly.modbus_stream import decode_modbus, looks_modbus
     from trackingbms.daly.stream import HexError, decode_hex_stream, parse_hex
 
-    text = sys.stdin.read() if hex_input == ["-"] else " ".join(hex_input)
+    text = sys.stdin.read() if hex_input == ["-"] else "\n".join(hex_input)
+    if "#" in text or "[" in text:
+        _decode_candump(text, cells, sensors, invert_current)
+        return
     try:
         data = parse_hex(text)
     except HexError as exc:
         raise _err(f"byte offset {exc.offset}: {exc}", EXIT_USAGE) from None
     if not data:
         raise _err("no bytes to decode", EXIT_USAGE)
+    start_reg = None
+    if start is not None:
+        try:
+            start_reg = int(start, 0)
+        except ValueError:
+            raise _err(
+                f"--start {start!r} is not a register number (e.g. 0x0080 or 128)", EXIT_USAGE
+            ) from None
+        if not 0 <= start_reg <= 0xFFFF:
+            raise _err("--start must be a register number 0–0xFFFF", EXIT_USAGE)
+    if start_reg is not None or looks_modbus(data):
+        mobjects, mproblems = decode_modbus(data, start=start_reg, invert_current=invert_current)
+        for obj in mobjects:
+            typer.echo(json.dumps(obj))
+        for p in mproblems:
+            typer.echo(f"error: {p}", err=True)
+        if mproblems or not mobjects:
+            if not mobjects:
+                typer.echo("error: no D2 / 0x81 frame with a good CRC found in the input", err=True)
+            raise typer.Exit(EXIT_USAGE)
+        return
     objects, problems = decode_hex_stream(data, cells=cells, sensors=sensors, invert_current=invert_current)
     for obj in objects:
         typer.echo(json.dumps(obj))
@@ -346,9 +434,101 @@ def decode(
     if problems or not objects:
         if not problems:
             typer.echo("error: no A5 frame found in the input", err=True)
-        if not objects and (data[0] == 0xD2 or 0x51 <= data[0] <= 0x60 or 0x81 <= data[0] <= 0x90):
-            typer.echo(
-                "hint: this looks like a Daly D2 / 0x81 (Modbus-style) frame; decode reads A5 frames only",
-                err=True,
-            )
         raise typer.Exit(EXIT_USAGE)
+
+
+def _decode_candump(text: str, cells: int | None, sensors: int | None, invert_current: bool) -> None:
+    """CAN frames in candump form: legacy Daly replies decode as their A5 frames (multi-frame replies
+    grouped, 0x94 sizing what follows), requests and H/K/M/S broadcasts are named."""
+    import json
+
+    from trackingbms.daly import can as dcan
+    from trackingbms.daly.stream import decode_hex_stream
+
+    try:
+        frames = dcan.parse_candump(text)
+    except dcan.CanError as exc:
+        raise _err(str(exc), EXIT_USAGE) from None
+    if not frames:
+        raise _err("no CAN frame to decode", EXIT_USAGE)
+    problems = 0
+    pending: list[bytes] = []  # legacy replies, as A5 frames, decoded together (bursts, counts)
+
+    def flush() -> None:
+        nonlocal problems
+        if not pending:
+            return
+        objects, issues = decode_hex_stream(
+            b"".join(pending), cells=cells, sensors=sensors, invert_current=invert_current
+        )
+        for obj in objects:
+            obj.pop("board", None)
+            typer.echo(json.dumps({"wire": "can", **obj}))
+        for issue in issues:
+            problems += 1
+            typer.echo(f"error: {issue.reason}", err=True)
+        pending.clear()
+
+    for frame in frames:
+        info = dcan.describe(frame)
+        a5 = dcan.to_a5(frame)
+        if a5 is not None and info.get("direction") == "response":
+            pending.append(a5.to_bytes())
+            continue
+        flush()
+        if info.get("direction") == "request" or info.get("kind") == "hkms-keepalive":
+            typer.echo(json.dumps({"wire": "can", **info}))
+        elif info.get("kind") == "hkms-broadcast":
+            typer.echo(json.dumps({"wire": "can", **info, **dcan.hkms_fields(frame)}))
+        else:
+            problems += 1
+            typer.echo(
+                f"error: {frame.candump()}: not a Daly CAN frame (legacy 0x18xxxxxx or H/K/M/S)", err=True
+            )
+    flush()
+    if problems:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def probe(
+    port: str = typer.Argument(..., help=PORT_HELP),
+    json_out: bool = typer.Option(False, "--json", help="one JSON object per BMS found"),
+    baud: int = BAUD_OPT,
+    turnaround: float = typer.Option(0.15, "--turnaround", min=0.0, help="seconds each probe waits"),
+) -> None:
+    """List every BMS that answers on a wire: family, address / board, cells, firmware.
+
+    Probes A5 at host 0x40 and 0x80 (and boards 2–16), D2 at 0xD2 and 0x81 boards 1–16, one at a time.
+    Exit status 1 when nothing answers."""
+    import json
+
+    from trackingbms.bms.probe import Found
+
+    async def go() -> list[Found]:
+        from trackingbms.bms.probe import probe as run_probe
+        from trackingbms.links import open_link
+
+        link = await open_link(port, baud=baud)
+        try:
+            return await run_probe(link, baud=baud, turnaround_s=turnaround)
+        finally:
+            await link.close()
+
+    found = _run(go())
+    for f in found:
+        if json_out:
+            typer.echo(json.dumps(f.as_dict()))
+        else:
+            extra = f", {f.cells} cells" if f.cells is not None else ""
+            extra += f", firmware {f.firmware}" if f.firmware else ""
+            typer.echo(f"{f.family:4} board {f.board:2} at {f.address}{extra}")
+    if not found:
+        from trackingbms.links import link_scheme
+
+        tried = (
+            "A5-CAN boards 1–16, H/K/M/S broadcasts"
+            if link_scheme(port) == "can"
+            else "A5 at 0x40/0x80, D2, 0x81 boards 1–16"
+        )
+        raise _err(f"no BMS answered on {port} ({tried} tried)")

@@ -252,37 +252,40 @@ def _past_samples(
 ) -> list[dict[str, Any]]:
     """Samples for the past ``hours``: the pack is read over the A5 protocol (the simulator's reply bytes,
     decoded by the Daly codec) while its simulated time steps through them, without waiting."""
-    from trackingbms.daly import COMMANDS, SNAPSHOT_ORDER, A5Parser, CommandPoll, DecodeError, to_reading
-    from trackingbms.daly.records import StatusInfo
+    from trackingbms.daly import A5Parser, CommandPoll
+    from trackingbms.daly.exchange import A5Exchange, Timing, run_offline
+    from trackingbms.daly.snapshot import A5Counts, A5Snapshot
     from trackingbms.model import Sample
 
     out: list[dict[str, Any]] = []
-    cells: int | None = None
-    sensors: int | None = None
+    counts = A5Counts()
+    parser = A5Parser(board=1)
+    timing = Timing(baud=9600, turnaround_s=0.2, retries=0)
+
+    def reply(request: bytes) -> bytes:
+        return b"".join(e.data for e in sim.respond(request))
+
+    def new_exchange(data_id: int) -> A5Exchange:
+        poll = CommandPoll(
+            data_id, address=0x40, board=1, cell_count=counts.cell_count, sensor_count=counts.sensor_count
+        )
+        return A5Exchange(poll, parser=parser, timing=timing)
+
     for k in range(int(hours * 3600 // every_s)):
         if k:
             sim.advance(every_s)
-        records = []
-        for name in SNAPSHOT_ORDER:
-            poll = CommandPoll(
-                COMMANDS[name].data_id, address=0x40, board=1, cell_count=cells, sensor_count=sensors
-            )
-            parser = A5Parser(board=1)
-            for emission in sim.respond(poll.start_attempt()):
-                poll.feed_all(parser.feed(emission.data))
-            if not poll.got_any:
-                continue  # asleep: only the echo of the request came back
-            try:
-                record = poll.record()
-            except DecodeError:
-                continue
-            if isinstance(record, StatusInfo):
-                cells, sensors = record.cell_count, record.temp_sensor_count
-            records.append(record)
+        # the same plan and exchanges as the gateway's client, fed the simulator's bytes with no clock
+        plan = A5Snapshot(None, new_exchange=new_exchange, counts=counts)
+        ex = plan.next_exchange()
+        while ex is not None:
+            ex = plan.settle(run_offline(ex, reply))
+        if plan.no_reply is not None:
+            continue  # asleep: only the echo of the request came back
+        records = plan.records
         if not records:
             continue
         ts = start + timedelta(seconds=k * every_s)
-        reading = to_reading(records, source="sim").model_copy(update={"ts": ts})
+        reading = plan.reading(source="sim").model_copy(update={"ts": ts})
         # seq from the time in ms, like the gateway's first seq: the gateway's later ones stay above it
         out.append(
             Sample.from_reading(
@@ -336,6 +339,7 @@ async def run_demo(
     from trackingbms.gateway import run_gateway
     from trackingbms.server.app import create_app
     from trackingbms.server.db import default_sqlite_url
+    from trackingbms.server.guard import uvicorn_options
     from trackingbms.server.settings import Settings
     from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
     from trackingbms.sim.pack import ManualClock, RealTimeClock
@@ -398,7 +402,13 @@ async def run_demo(
             ) from None
         bound_port = sock.getsockname()[1]
         server = _make_server(
-            uvicorn.Config(create_app(settings), host=host, port=bound_port, log_level="warning")
+            uvicorn.Config(
+                create_app(settings),
+                host=host,
+                port=bound_port,
+                log_level="warning",
+                **uvicorn_options(settings),
+            )
         )
         server_task = asyncio.create_task(server.serve(sockets=[sock]), name="demo-server")
         while not server.started:

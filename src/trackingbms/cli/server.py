@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,11 +35,37 @@ def _settings(database_url: str | None, data_dir: Path | None, **kw: Any) -> Any
     return Settings.load(kw.pop("config", None), database_url=database_url, data_dir=data_dir, **kw)
 
 
+def _say_database(url: str) -> None:
+    """Name the database on stderr: a token refused by a server on another database than the admin
+    commands used is the commonest first-day mistake."""
+    from trackingbms.server.db import describe_url
+
+    typer.echo(f"database: {describe_url(url)}", err=True)
+
+
+@contextlib.contextmanager
+def _database_errors(url: str) -> Iterator[None]:
+    """Turn the usual database mistakes (no such database, server down, driver missing) into one or two
+    lines and exit 2; anything else keeps its traceback (a bug to report)."""
+    from trackingbms.server.db import explain_database_error
+
+    try:
+        yield
+    except Exception as e:
+        msg = explain_database_error(e, url)
+        if msg is None:
+            raise
+        typer.echo(msg, err=True)
+        raise typer.Exit(2) from None
+
+
 @server_app.callback(invoke_without_command=True)
 def server(
     ctx: typer.Context,
-    host: Annotated[str | None, typer.Option(help="address to listen on [default: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port [default: 8000]")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="address to listen on (default 127.0.0.1: this machine only)")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
     database_url: DbOpt = None,
     data_dir: DataDirOpt = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML file")] = None,
@@ -50,8 +78,14 @@ def server(
     import uvicorn
 
     from trackingbms.server.app import configure_logging, create_app
+    from trackingbms.server.db import check_database
+    from trackingbms.server.guard import uvicorn_options
 
     settings = _settings(database_url, data_dir, config=config, host=host, port=port, log_level=log_level)
+    url = settings.resolved_database_url()
+    _say_database(url)
+    with _database_errors(url):
+        asyncio.run(check_database(url))
     configure_logging(settings.log_level)
     import gc
 
@@ -65,13 +99,14 @@ def server(
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=30,  # in-flight batches finish and commit before exit
+        **uvicorn_options(settings),
     )
 
 
 @server_app.command()
 def migrate(ctx: typer.Context, database_url: DbOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply database migrations and exit."""
-    from trackingbms.server.db import migrate_url
+    from trackingbms.server.db import describe_url, migrate_url
 
     parent = ctx.obj or {}
     settings = _settings(
@@ -80,16 +115,20 @@ def migrate(ctx: typer.Context, database_url: DbOpt = None, data_dir: DataDirOpt
         config=parent.get("config"),
     )
     url = settings.resolved_database_url()
-    migrate_url(url)
-    typer.echo(f"migrated {url.split('@')[-1]}")
+    _say_database(url)
+    with _database_errors(url):
+        migrate_url(url)
+    typer.echo(f"migrated {describe_url(url)}")
 
 
 def _run(coro_fn: Any, database_url: str | None, data_dir: Path | None, as_json: bool, text: Any) -> None:
     from trackingbms.server.store import Conflict, NotFound
 
     url = _settings(database_url, data_dir).resolved_database_url()
+    _say_database(url)
     try:
-        result = asyncio.run(coro_fn(url))
+        with _database_errors(url):
+            result = asyncio.run(coro_fn(url))
     except (Conflict, NotFound, ValueError) as e:
         if as_json:
             typer.echo(json.dumps({"error": str(e)}))

@@ -72,6 +72,33 @@ def simulate(
     truth_file: Annotated[
         Path | None, typer.Option(help="Also write the ground truth to this JSON file.")
     ] = None,
+    protocol: Annotated[
+        str,
+        typer.Option(
+            help="Protocol the packs speak: a5, d2 (fixed address 0xD2) or p81 (boards 1–16); "
+            "on --wire can: a5 (legacy Daly CAN) or hkms (H/K/M/S broadcast, experimental)."
+        ),
+    ] = "a5",
+    wire: Annotated[
+        str | None,
+        typer.Option(
+            help="serial (a pty, same as --pty), tcp (default), can (all packs on one CAN bus, boards 1..N) "
+            "or ble (one virtual Bluetooth module per pack, reached through bumble)."
+        ),
+    ] = None,
+    can_interface: Annotated[
+        str,
+        typer.Option(
+            help="With --wire can: slcan (default: a simulated USB-CAN adapter on a pty, for clients in "
+            "other processes), or a python-can interface to join (socketcan with --can-channel vcan0...)."
+        ),
+    ] = "slcan",
+    can_channel: Annotated[
+        str | None, typer.Option(help="With --wire can and a python-can interface: its channel.")
+    ] = None,
+    broadcast_interval: Annotated[
+        float, typer.Option(min=0.05, help="With --protocol hkms: seconds between broadcast rounds.")
+    ] = 1.0,
     weak_cell_extra_sd: Annotated[
         float | None,
         typer.Option(
@@ -100,7 +127,7 @@ def simulate(
         ),
     ] = None,
 ) -> None:
-    """Virtual Daly BMS packs with battery physics, speaking the real A5 protocol, until Ctrl-C.
+    """Virtual Daly BMS packs with battery physics, speaking a real Daly protocol, until Ctrl-C.
 
     With --record, no BMS is served: the packs run in simulated time and their samples go to CSV files.
     """
@@ -111,6 +138,34 @@ def simulate(
     from trackingbms.sim import PackConfig, SimConfigError, SimulatedPack, parse_faults
     from trackingbms.sim.config import Quirks
 
+    if protocol not in ("a5", "d2", "p81", "hkms"):
+        raise typer.BadParameter(f"{protocol!r}: use a5, d2, p81 or hkms", param_hint="--protocol")
+    if wire is not None:
+        if wire == "serial":
+            pty = True
+        elif wire not in ("tcp", "can", "ble"):
+            raise typer.BadParameter(f"{wire!r}: use serial, tcp, can or ble", param_hint="--wire")
+    if wire == "can":
+        if protocol not in ("a5", "hkms"):
+            raise typer.BadParameter("on CAN the packs speak a5 or hkms", param_hint="--protocol")
+        if packs > 16:
+            raise typer.BadParameter("a CAN bus here holds at most 16 boards", param_hint="--packs")
+        if can_interface != "slcan" and not can_channel:
+            raise typer.BadParameter(
+                f"--can-interface {can_interface} needs --can-channel", param_hint="--can-channel"
+            )
+        bus = packs > 1  # one bus, boards 1..N
+    elif protocol == "hkms":
+        raise typer.BadParameter("hkms is a CAN protocol: add --wire can", param_hint="--protocol")
+    if wire == "ble" and (bus or protocol == "p81"):
+        raise typer.BadParameter(
+            "over BLE each pack is its own module speaking a5 or d2", param_hint="--wire"
+        )
+    if protocol == "d2" and bus and packs > 1:
+        raise typer.BadParameter(
+            "D2 boards all answer at 0xD2: one per bus (use --protocol p81 or a5 for several)",
+            param_hint="--bus",
+        )
     if link is not None and not pty:
         raise typer.BadParameter("--link needs --pty", param_hint="--link")
     if pty and tcp_port_base is not None:
@@ -161,7 +216,13 @@ def simulate(
             configs.append(config)
             if record is not None:
                 continue
-            quirks = Quirks(**{**base_quirks.__dict__, "board": n if bus else base_quirks.board})
+            quirks = Quirks(
+                **{
+                    **base_quirks.__dict__,
+                    "board": n if bus else base_quirks.board,
+                    "protocol": "a5" if protocol == "hkms" else protocol,
+                }
+            )
             sim_packs.append(SimulatedPack(config, quirks))
         except SimConfigError as exc:
             raise typer.BadParameter(str(exc)) from None
@@ -184,6 +245,13 @@ def simulate(
                 tcp_port_base=tcp_port_base,
                 truth_port=truth_port,
                 truth_file=truth_file,
+                wire=wire,
+                can=(
+                    protocol if protocol == "hkms" else "a5",
+                    can_interface,
+                    can_channel,
+                    broadcast_interval,
+                ),
             )
         )
     except KeyboardInterrupt:
@@ -256,13 +324,15 @@ async def _run(
     tcp_port_base: int | None,
     truth_port: int | None,
     truth_file: Path | None,
+    wire: str | None = None,
+    can: tuple[str, str, str | None, float] = ("a5", "slcan", None, 1.0),
 ) -> None:
     import asyncio
     import signal
 
     from trackingbms.sim import serve_pty, serve_tcp, serve_truth, write_truth_file
 
-    groups = [sim_packs] if bus else [[p] for p in sim_packs]
+    groups = [sim_packs] if bus or wire == "can" else [[p] for p in sim_packs]
     endpoints: list = []
     truth = None
     stop = asyncio.Event()
@@ -271,6 +341,9 @@ async def _run(
         loop.add_signal_handler(sig, stop.set)
     try:
         for i, group in enumerate(groups, start=1):
+            if wire in ("can", "ble"):
+                endpoints += await _serve_wire(wire, group, i, can)
+                continue
             if pty:
                 ep = await serve_pty(group, link=_link_for(link, i, len(groups)) if link else None)
                 where = ep.path if not link else f"{ep.path} -> {ep.tty_path}"
@@ -283,8 +356,10 @@ async def _run(
                 where = ep.url
             endpoints.append(ep)
             for pack in group:
-                board = f"  board {pack.board} (host 0x{0x40 + pack.board - 1:02X})" if bus else ""
-                typer.echo(f"{pack.id}  {where}{board}")
+                asked_at = min(pack.responder.accepted)  # A5: host 0x40 + board - 1; 0x81: 0x80 + board
+                board = f"  board {pack.board} (address 0x{asked_at:02X})" if bus else ""
+                proto = f"  {pack.quirks.protocol}" if pack.quirks.protocol != "a5" else ""
+                typer.echo(f"{pack.id}  {where}{board}{proto}")
         if truth_port is not None:
             try:
                 truth = await serve_truth(sim_packs, host=host, port=truth_port)
@@ -311,3 +386,40 @@ async def _run(
             await truth.close()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+async def _serve_wire(wire: str, group: list, index: int, can: tuple[str, str, str | None, float]) -> list:
+    """CAN: every pack of the group on one bus; BLE: one virtual module for the pack. Prints the ports."""
+    if wire == "can":
+        from trackingbms.sim.can import serve_can, serve_slcan_pty
+
+        protocol, interface, channel, interval = can
+        try:
+            if interface == "slcan":
+                ep = await serve_slcan_pty(group, protocol=protocol, broadcast_interval_s=interval)
+            else:
+                ep = await serve_can(
+                    group,
+                    channel or "",
+                    interface=interface,
+                    protocol=protocol,
+                    broadcast_interval_s=interval,
+                )
+        except ImportError:
+            raise OSError("--wire can needs python-can: pip install 'trackingbms[can]'") from None
+        except Exception as exc:  # python-can's errors for a missing interface / channel
+            raise OSError(f"cannot open CAN interface {interface} {channel or ''}: {exc}") from None
+        for pack in group:
+            kind = "hkms-can" if protocol == "hkms" else "a5-can"
+            typer.echo(f"{pack.id}  {ep.url}  board {pack.board}  {kind}")
+        return [ep]
+    from trackingbms.sim.ble import serve_ble
+
+    (pack,) = group
+    try:
+        ep = await serve_ble(pack, address=f"C0:DA:17:00:00:{index:02X}", name=f"DL-{pack.id}")
+    except ImportError:
+        raise OSError("--wire ble needs bumble: pip install 'trackingbms[ble]'") from None
+    proto = f"  {pack.quirks.protocol}" if pack.quirks.protocol != "a5" else "  a5 (host 0x80)"
+    typer.echo(f"{pack.id}  {ep.url}{proto}")
+    return [ep]

@@ -214,4 +214,3 @@ class CommandPoll:
             invert_current=self.invert_current,
             cell_count=self.cell_count,
         )
-

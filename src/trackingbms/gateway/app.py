@@ -9,7 +9,7 @@ from typing import Any
 
 from trackingbms.gateway.config import GatewayConfig
 from trackingbms.gateway.local import LocalApi
-from trackingbms.gateway.poller import BmsPoller
+from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplink import RemoteConfig, UplinkManager
@@ -73,9 +73,11 @@ class Gateway:
         await self.queue.run(self.queue.enforce_budget)
         if self.local is not None:
             await self.local.start()
+        links = SharedLinks()  # boards on one port (an RS485 bus) share its link
         pollers = [
             asyncio.create_task(
-                BmsPoller(b, self.queue, self.state, self._on_sample).run(), name=f"poll-{b.battery_id}"
+                BmsPoller(b, self.queue, self.state, self._on_sample, links).run(),
+                name=f"poll-{b.battery_id}",
             )
             for b in self.config.bms
         ]

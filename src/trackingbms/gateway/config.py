@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trackingbms.bms import COMMANDS
-from trackingbms.model import BATTERY_ID_PATTERN
+from trackingbms.bms import FAMILIES, GROUPS
+from trackingbms.model import BATTERY_ID_PATTERN, Source
 
-#: commands the poller may issue besides "pack" (which runs at the poll interval); the client's table
-SLOW_COMMANDS = tuple(name for name in COMMANDS if name != "pack")
+#: groups the poller may read on their own cadence besides "pack" (read at the poll interval); one
+#: definition for every family (trackingbms.daly.snapshot.GROUPS)
+SLOW_COMMANDS = tuple(name for name in GROUPS if name != "pack")
 
 DEFAULT_CADENCES_S: dict[str, float] = {
     "mos": 5.0,
@@ -60,13 +61,19 @@ class BmsConfig(_Strict):
     """One BMS polled by this gateway."""
 
     battery_id: str = Field(pattern=BATTERY_ID_PATTERN)
-    port: str = Field(min_length=1, description="device path (/dev/ttyUSB0) or tcp://host:port")
-    family: Literal["a5"] = "a5"
-    address: int = Field(0x40, ge=0, le=255)
+    port: str = Field(
+        min_length=1,
+        description="device path (/dev/ttyUSB0), tcp://host:port, can://iface/channel, ble://address",
+    )
+    #: the BMS protocol family (trackingbms.bms.FAMILIES); several BMS on one port share its link
+    family: str = "a5"
+    #: A5 only: host address (0x40 RS485/PC, 0x80 UART/app); default 0x80 on ble://, else 0x40
+    address: int | None = Field(None, ge=0, le=255)
     board: int = Field(1, ge=1, le=16)
     baud: int = Field(9600, gt=0)
     invert_current: bool = False
-    source: Literal["a5-uart", "a5-rs485", "a5-can", "a5-ble", "sim"] = "a5-uart"
+    #: the Sample's source; default: from the family and the wire (a5 on serial → a5-uart, d2 → d2-rs485...)
+    source: Source | None = None
     retries: int = Field(2, ge=0, le=10)
     poll_interval_s: float = Field(1.0, gt=0)
     cadences_s: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_CADENCES_S))
@@ -74,6 +81,13 @@ class BmsConfig(_Strict):
     asleep_after_s: float = Field(10.0, gt=0)
     #: reconnect / wake-probe backoff ceiling
     reconnect_max_s: float = Field(30.0, gt=0)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, family: str) -> str:
+        if family not in FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+        return family
 
     @field_validator("cadences_s")
     @classmethod
@@ -150,6 +164,21 @@ class GatewayConfig(_Strict):
         names = [u.name for u in self.uplinks]
         if len(set(names)) != len(names):
             raise ValueError("uplinks: each uplink name may appear once")
+        # BMS on one port share its link (an RS485 bus): one family, one baud, a board number each
+        by_port: dict[str, list[BmsConfig]] = {}
+        for b in self.bms:
+            by_port.setdefault(b.port, []).append(b)
+        for port, group in by_port.items():
+            if len(group) < 2:
+                continue
+            who = ", ".join(b.battery_id for b in group)
+            if len({b.family for b in group}) > 1 or len({b.baud for b in group}) > 1:
+                raise ValueError(f"bms: {who} share port {port}: they must have the same family and baud")
+            if group[0].family == "d2":
+                raise ValueError(f"bms: {who} share port {port}: D2 boards all answer at 0xD2, one per bus")
+            boards = [b.board for b in group]
+            if len(set(boards)) != len(boards):
+                raise ValueError(f"bms: {who} share port {port}: give each its own board number")
         return self
 
     @classmethod
@@ -194,7 +223,7 @@ EXAMPLE_CONFIG = """\
 # TrackingBMS gateway configuration (trackingbms gateway -c gateway.toml)
 # Every key not marked "required" shows its default.
 
-device_token = "tbms_dev_..."        # required: printed once by `trackingbms admin provision-device`
+device_token = "tbd_PASTE_IT_HERE"   # required: printed once by `trackingbms admin provision-device`
 state_dir = "/var/lib/trackingbms"   # required: durable queue (SQLite) and remote config live here
 disk_budget_mb = 200                 # queue DB budget; at 100 % the oldest samples are thinned (see docs)
 local_history_h = 24                 # acknowledged samples kept for the local history API
@@ -212,11 +241,12 @@ timeout_s = 15
 max_in_flight = 2                    # concurrent requests while draining a backlog
 gzip = true
 
-[[uplinks]]
-name = "cellular"                    # secondary: larger batches, less often, to save data
-url = "https://tbms.example.com"
-batch_max_samples = 5000
-batch_max_age_s = 60
+# A second uplink, used when the first fails (uncomment to add one):
+# [[uplinks]]
+# name = "cellular"                  # secondary: larger batches, less often, to save data
+# url = "https://tbms.example.com"
+# batch_max_samples = 5000
+# batch_max_age_s = 60
 
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long
@@ -234,13 +264,14 @@ listen = "0.0.0.0:8081"
 # One [[bms]] table per BMS.
 [[bms]]
 battery_id = "pack-1"                # required: [A-Za-z0-9._-]{1,64}, as provisioned on the server
-port = "/dev/ttyUSB0"                # required: serial device or tcp://host:port (ser2net, simulator)
-family = "a5"
-address = 0x40                       # host address: 0x40 (UART/RS485) or 0x80
+port = "/dev/ttyUSB0"                # required: serial device, tcp://host:port, can://iface/chan, ble://addr
+family = "a5"                        # a5 | d2 | p81 | a5-can | hkms-can
+# address = 0x40                     # A5 host: 0x40 = RS485/UART via the PC port, 0x80 = Bluetooth/app;
+#                                    # default 0x80 on ble://, else 0x40
 board = 1                            # board number (several BMSs on one RS485 bus)
 baud = 9600
 invert_current = false               # some firmware reports the current with the opposite sign
-source = "a5-uart"                   # a5-uart | a5-rs485 | a5-can | a5-ble | sim
+# source = "a5-uart"                 # default from family and wire: a5-uart, d2-rs485, p81-rs485, a5-can...
 retries = 2
 poll_interval_s = 1.0                # "pack" (0x90: voltage, current, SOC) every poll
 asleep_after_s = 10                  # no reply at all this long -> link state "asleep"

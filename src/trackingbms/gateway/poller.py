@@ -11,6 +11,13 @@ Link states (reported in the heartbeat and the local API):
 
 A poll where nothing at all answered stores no sample (there is no reading to store); the link state says
 why. A poll where some commands answered stores a partial sample whose ``errors`` name the failed commands.
+
+The poller knows no family: it opens the BMS through :func:`trackingbms.bms.open_bms` with the configured
+``family`` and reads cadence *groups* (family-neutral names). BMS on the same port (several boards on one
+RS485 bus) share one link through :class:`SharedLinks`; each exchange holds the link, one at a time.
+
+A port that cannot be opened is logged at once with the port and the reason, then again every
+:data:`OPEN_FAILURE_LOG_EVERY_S` while it lasts (and once when it opens again).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from trackingbms.bms import COMMANDS, BmsError, DalyBMS, LinkError, open_link
+from trackingbms.bms import BmsError, LinkError, open_bms, open_link
 from trackingbms.gateway.config import BmsConfig
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import GatewayState, merge_latest
@@ -32,8 +39,8 @@ from trackingbms.model import Reading, Sample
 
 log = logging.getLogger("trackingbms.gateway.poller")
 
-#: command name → the key its failure has in ``Reading.errors`` ("0x95"), from the client's own table
-COMMAND_IDS = {name: f"0x{cmd.data_id:02X}" for name, cmd in COMMANDS.items()}
+#: while a port cannot be opened, the failure is logged again this often (the first one at once)
+OPEN_FAILURE_LOG_EVERY_S = 300.0
 
 #: errors that mean the byte stream itself is gone (port unplugged, TCP peer closed)
 LINK_LOST = (OSError, EOFError, asyncio.IncompleteReadError, ConnectionError)
@@ -53,6 +60,37 @@ def _jitter(delay_s: float) -> float:
     return delay_s * random.uniform(0.8, 1.2)
 
 
+class SharedLinks:
+    """One open link per port, shared by the pollers of every board on it. A broken link is closed and
+    dropped: the next :meth:`acquire` opens a new one (the other users find theirs closed and come back)."""
+
+    def __init__(self) -> None:
+        self._links: dict[str, Any] = {}
+        self._users: dict[str, int] = {}
+        self._opening: dict[str, asyncio.Lock] = {}
+
+    async def acquire(self, port: str, *, baud: int) -> Any:
+        async with self._opening.setdefault(port, asyncio.Lock()):
+            link = self._links.get(port)
+            if link is None:
+                link = await open_link(port, baud=baud)
+                self._links[port] = link
+                self._users[port] = 0
+            self._users[port] += 1
+            return link
+
+    async def release(self, port: str, link: Any, *, broken: bool = False) -> None:
+        current = self._links.get(port)
+        if current is not link:
+            await _close(link)  # already replaced after a break
+            return
+        self._users[port] -= 1
+        if broken or self._users[port] <= 0:
+            del self._links[port]
+            del self._users[port]
+            await _close(link)
+
+
 class BmsPoller:
     def __init__(
         self,
@@ -60,8 +98,10 @@ class BmsPoller:
         queue: DurableQueue,
         state: GatewayState,
         on_sample: Callable[[Sample], None],
+        links: SharedLinks | None = None,
     ):
         self.cfg = cfg
+        self.links = links or SharedLinks()
         self.queue = queue
         self.state = state
         self.on_sample = on_sample
@@ -71,6 +111,8 @@ class BmsPoller:
         # frame counters survive reconnects (each reconnect makes a new client with fresh stats)
         self._base_good = 0
         self._base_bad = 0
+        self._open_failed_since: float | None = None
+        self._open_failure_logged = 0.0
 
     def due_commands(self, now: float) -> list[str]:
         commands = ["pack"]
@@ -82,39 +124,57 @@ class BmsPoller:
                 commands.append(name)
         return commands
 
+    def _open_failed(self, exc: BaseException) -> None:
+        """Log the first failure to open the port at once, then every OPEN_FAILURE_LOG_EVERY_S."""
+        cfg = self.cfg
+        err = f"cannot open {cfg.port}: {exc}"
+        self.state.set_link_state(cfg.battery_id, "disconnected", err)
+        now = time.monotonic()
+        if self._open_failed_since is None:
+            self._open_failed_since = self._open_failure_logged = now
+            log.warning("%s: %s (retrying)", cfg.battery_id, err)
+        elif now - self._open_failure_logged >= OPEN_FAILURE_LOG_EVERY_S:
+            self._open_failure_logged = now
+            log.warning(
+                "%s: %s (still failing for %.0f s)", cfg.battery_id, err, now - self._open_failed_since
+            )
+
     async def run(self) -> None:
         cfg = self.cfg
         bid = cfg.battery_id
         backoff_s = 1.0
         while True:
+            link = None
             try:
-                link = await open_link(cfg.port, baud=cfg.baud)
+                link = await self.links.acquire(cfg.port, baud=cfg.baud)
+                bms = await open_bms(cfg.port, cfg.family, link=link, baud=cfg.baud, **self._client_options())
             except asyncio.CancelledError:
+                if link is not None:
+                    await self.links.release(cfg.port, link)
                 raise
             except Exception as exc:  # any failure to open is "disconnected", never a crash
-                err = f"cannot open {cfg.port}: {exc}"
-                if self.state.set_link_state(bid, "disconnected", err):
-                    log.warning("%s: %s", bid, err)
+                if link is not None:
+                    await self.links.release(cfg.port, link)
+                self._open_failed(exc)
                 await asyncio.sleep(_jitter(backoff_s))
                 backoff_s = min(backoff_s * 2, cfg.reconnect_max_s)
                 continue
-            log.info("%s: link open on %s", bid, cfg.port)
+            if self._open_failed_since is not None:
+                log.warning(
+                    "%s: %s open again after %.0f s",
+                    bid,
+                    cfg.port,
+                    time.monotonic() - self._open_failed_since,
+                )
+                self._open_failed_since = None
+            log.info("%s: link open on %s (%s, board %d)", bid, cfg.port, cfg.family, cfg.board)
             backoff_s = 1.0
             self._last_reply_mono = time.monotonic()
             self._base_good, self._base_bad = self.status.frames_good, self.status.frames_bad
-            bms = DalyBMS(
-                link,
-                address=cfg.address,
-                board=cfg.board,
-                invert_current=cfg.invert_current,
-                source=cfg.source,
-                baud=cfg.baud,
-                retries=cfg.retries,
-            )
             try:
                 await self._poll_loop(bms, BmsError)
             except asyncio.CancelledError:
-                await _close(link)
+                await self.links.release(cfg.port, link)
                 raise
             except (*LINK_LOST, LinkError) as exc:  # the byte stream is gone
                 err = f"link lost: {exc.__class__.__name__}: {exc}"
@@ -124,9 +184,21 @@ class BmsPoller:
                 err = f"unexpected {exc.__class__.__name__}: {exc}"
                 log.exception("%s: %s; reopening the link", bid, err)
                 self.state.set_link_state(bid, "disconnected", err)
-            await _close(link)
+            await self.links.release(cfg.port, link, broken=True)
             await asyncio.sleep(_jitter(backoff_s))
             backoff_s = min(backoff_s * 2, cfg.reconnect_max_s)
+
+    def _client_options(self) -> dict[str, Any]:
+        cfg = self.cfg
+        options: dict[str, Any] = {
+            "board": cfg.board,
+            "invert_current": cfg.invert_current,
+            "source": cfg.source,
+            "retries": cfg.retries,
+        }
+        if cfg.family == "a5" and cfg.address is not None:
+            options["address"] = cfg.address
+        return options
 
     async def _poll_loop(self, bms: Any, bms_error: type[Exception]) -> None:
         bid = self.cfg.battery_id
@@ -147,9 +219,9 @@ class BmsPoller:
             if got:
                 assert reading is not None
                 self._last_reply_mono = time.monotonic()
-                failed = set((reading.errors or {}).keys())
+                failed = set(getattr(bms, "failed_groups", ()))
                 for name in commands:
-                    if COMMAND_IDS.get(name) not in failed:
+                    if name not in failed:
                         self._last_run[name] = now
                 sample = await self.queue.aput(bid, reading)  # committed (fsynced) off the event loop
                 st.latest = merge_latest(st.latest, sample.to_wire())

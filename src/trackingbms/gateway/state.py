@@ -10,11 +10,9 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
-from trackingbms.model import format_ts
-
-LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
+from trackingbms.model import LinkState, format_ts
 
 
 def now_ts() -> str:

@@ -37,6 +37,7 @@ from trackingbms import __version__
 from trackingbms.gateway.config import SLOW_COMMANDS, GatewayConfig, UplinkConfig
 from trackingbms.gateway.queue import DurableQueue, QueuedSample
 from trackingbms.gateway.state import GatewayState
+from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.uplink")
 
@@ -427,6 +428,7 @@ class UplinkManager:
         queue = await self.queue.astatus()
         return {
             "version": __version__,
+            "ts": format_ts(datetime.now(UTC)),  # the server measures this clock's offset from it
             "uptime_s": self.state.uptime_s(),
             "queue_depth": queue["queue_depth"],
             "oldest_queued_ts": queue["oldest_queued_ts"],

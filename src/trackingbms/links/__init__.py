@@ -1,8 +1,19 @@
-"""Async byte links: one small interface, implementations chosen by the port string.
+"""Async links: byte streams and frame streams, chosen by the port's URL scheme (:data:`LINKS`).
 
-``tcp://host:port`` → :class:`TcpLink` (ser2net-style adapters, the simulator); anything else is a
-serial device path → :class:`SerialLink` (pyserial-asyncio-fast; UART, RS485 adapters, ptys).
-Links know nothing of Daly: they move bytes.
+==============================================  ===========================================================
+port                                            link
+==============================================  ===========================================================
+``/dev/ttyUSB0``, ``COM3`` (no scheme)          :class:`SerialLink` (UART, RS485 adapters, ptys)
+``tcp://host:port``                             :class:`TcpLink` (ser2net-style adapters, the simulator)
+``can://<interface>/<channel>?bitrate=250000``  a frame link through python-can (``trackingbms.links.can``)
+``ble://<address or name>``                     a byte link over Bluetooth LE (``trackingbms.links.ble``)
+==============================================  ===========================================================
+
+Links know nothing of Daly: byte links move bytes (:class:`ByteLink`), frame links move CAN frames
+(:class:`FrameLink`). Each link has a ``wire`` name (the Sample's source depends on it) and an
+``asyncio.Lock`` (``lock``): clients sharing one link (several boards on one RS485 bus) take it for each
+exchange, so only one exchange is on the wire at a time. The can / ble modules are imported only when
+such a port is opened.
 
     link = await open_link("/dev/ttyUSB0", baud=9600)
     await link.write(b"...")
@@ -14,7 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from typing import Protocol, runtime_checkable
+import importlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 
@@ -25,6 +38,8 @@ class LinkError(Exception):
 @runtime_checkable
 class ByteLink(Protocol):
     url: str
+    wire: str
+    lock: asyncio.Lock
 
     async def write(self, data: bytes) -> None: ...
 
@@ -37,6 +52,32 @@ class ByteLink(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class FrameLink(Protocol):
+    """A link that moves whole frames with an id (CAN: 29-bit arbitration id, up to 8 data bytes)."""
+
+    url: str
+    wire: str
+    lock: asyncio.Lock
+
+    async def send(self, frame_id: int, data: bytes) -> None: ...
+
+    async def recv(self, timeout_s: float) -> tuple[int, bytes] | None:
+        """The next frame received, or None when none came within ``timeout_s``."""
+        ...
+
+    def reset_input(self) -> None:
+        """Discard every frame received and not yet read."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def link_wire(link: Any) -> str:
+    """The wire a link runs over: "serial", "tcp", "can", "ble" ("" if it does not say)."""
+    return str(getattr(link, "wire", "") or "")
 
 
 class _BufferProtocol(asyncio.Protocol):
@@ -66,9 +107,11 @@ class _StreamLink:
     """Shared read/write over a :class:`_BufferProtocol` transport."""
 
     url: str
+    wire = ""
 
     def __init__(self, url: str, transport: asyncio.WriteTransport, protocol: _BufferProtocol) -> None:
         self.url = url
+        self.lock = asyncio.Lock()
         self._transport = transport
         self._proto = protocol
 
@@ -112,9 +155,13 @@ class _StreamLink:
 class TcpLink(_StreamLink):
     """A TCP byte stream (ser2net, ESP-Link style adapters, the simulator)."""
 
+    wire = "tcp"
+
 
 class SerialLink(_StreamLink):
     """A serial port: USB-UART, RS485 adapter, or a pty."""
+
+    wire = "serial"
 
     def reset_input(self) -> None:
         super().reset_input()
@@ -140,26 +187,33 @@ def _explain_os_error(port: str, exc: OSError) -> LinkError:
     return LinkError(f"cannot open serial port {port}: {exc}")
 
 
-async def open_link(port: str, *, baud: int = 9600) -> ByteLink:
-    """Open ``port``: ``tcp://host:port`` or a serial device path."""
+async def open_tcp(port: str, *, baud: int = 9600, **_: Any) -> TcpLink:
+    """``tcp://host:port``; ``baud`` does not apply (the bridge sets the line's speed)."""
     loop = asyncio.get_running_loop()
-    if port.startswith("tcp://"):
-        parts = urlsplit(port)
-        if not parts.hostname or not parts.port:
-            raise LinkError(f"bad TCP port {port!r}: expected tcp://host:port")
-        try:
-            async with asyncio.timeout(5.0):
-                transport, proto = await loop.create_connection(_BufferProtocol, parts.hostname, parts.port)
-        except TimeoutError:
-            raise LinkError(f"cannot connect to {port}: timed out after 5 s") from None
-        except OSError as exc:
-            raise LinkError(f"cannot connect to {port}: {exc.strerror or exc}") from None
-        return TcpLink(port, transport, proto)  # type: ignore[arg-type]
-    if "://" in port:
-        raise LinkError(f"unsupported port {port!r}: use a serial device path or tcp://host:port")
+    parts = urlsplit(port)
+    try:
+        number = parts.port
+    except ValueError:
+        bad = parts.netloc.rpartition(":")[2]
+        raise LinkError(f"bad TCP port {port!r}: {bad!r} is not a port number (1–65535)") from None
+    if not parts.hostname or not number:
+        raise LinkError(f"bad TCP port {port!r}: expected tcp://host:port, e.g. tcp://127.0.0.1:9600")
+    try:
+        async with asyncio.timeout(5.0):
+            transport, proto = await loop.create_connection(_BufferProtocol, parts.hostname, number)
+    except TimeoutError:
+        raise LinkError(f"cannot connect to {port}: timed out after 5 s") from None
+    except OSError as exc:
+        raise LinkError(f"cannot connect to {port}: {exc.strerror or exc}") from None
+    return TcpLink(port, transport, proto)  # type: ignore[arg-type]
+
+
+async def open_serial(port: str, *, baud: int = 9600, **_: Any) -> SerialLink:
+    """A serial device path (8N1 at ``baud``)."""
     import serial
     import serial_asyncio_fast
 
+    loop = asyncio.get_running_loop()
     try:
         transport, proto = await serial_asyncio_fast.create_serial_connection(
             loop, _BufferProtocol, port, baudrate=baud, bytesize=8, parity="N", stopbits=1
@@ -169,7 +223,57 @@ async def open_link(port: str, *, baud: int = 9600) -> ByteLink:
         raise _explain_os_error(port, OSError(inner, str(exc))) from None
     except OSError as exc:
         raise _explain_os_error(port, exc) from None
+    except ValueError as exc:  # e.g. a baud rate pyserial refuses
+        raise LinkError(f"cannot open serial port {port}: {exc}") from None
     return SerialLink(port, transport, proto)  # type: ignore[arg-type]
 
 
-__all__ = ["ByteLink", "LinkError", "SerialLink", "TcpLink", "open_link"]
+Opener = Callable[..., Awaitable[Any]]
+
+#: URL scheme → (module, opener); "serial" is a port without a scheme. Imported when first used.
+LINKS: dict[str, tuple[str, str]] = {
+    "serial": ("trackingbms.links", "open_serial"),
+    "tcp": ("trackingbms.links", "open_tcp"),
+    "can": ("trackingbms.links.can", "open_can"),
+    "ble": ("trackingbms.links.ble", "open_ble"),
+}
+
+
+def link_scheme(port: str) -> str:
+    """The :data:`LINKS` key of a port string: its URL scheme, or "serial" for a device path."""
+    if "://" not in port:
+        return "serial"
+    return port.split("://", 1)[0].lower()
+
+
+async def open_link(port: str, *, baud: int = 9600, **options: Any) -> Any:
+    """Open ``port`` with the link its scheme names (:data:`LINKS`); :class:`LinkError` says what is
+    wrong (unknown scheme, bad address, nothing listening, missing device, missing optional package)."""
+    if not isinstance(port, str) or not port.strip():
+        raise LinkError("no port given: a serial device path, tcp://host:port, can://... or ble://...")
+    scheme = link_scheme(port)
+    try:
+        module_name, attr = LINKS[scheme]
+    except KeyError:
+        known = ", ".join(f"{k}://" for k in LINKS if k != "serial")
+        raise LinkError(f"unsupported port {port!r}: use a serial device path or {known}") from None
+    try:
+        opener: Opener = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise LinkError(f"{scheme}:// links are not available here ({exc})") from None
+    return await opener(port, baud=baud, **options)
+
+
+__all__ = [
+    "LINKS",
+    "ByteLink",
+    "FrameLink",
+    "LinkError",
+    "SerialLink",
+    "TcpLink",
+    "link_scheme",
+    "link_wire",
+    "open_link",
+    "open_serial",
+    "open_tcp",
+]

@@ -18,11 +18,16 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
-from trackingbms.server.db import make_engine, migrate
-from trackingbms.server.hub import Hub
+from trackingbms.server import security
+from trackingbms.server.db import describe_url, make_engine, migrate
+from trackingbms.server.guard import Guard
+from trackingbms.server.hub import Hub, LiveSessions
+from trackingbms.server.ingest import IngestService
 from trackingbms.server.ratelimit import TokenBuckets
+from trackingbms.server.security import PasswordChecker
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
+from trackingbms.server.throttle import MemoryLoginThrottle, ThrottlePolicy
 
 log = logging.getLogger("trackingbms.server")
 
@@ -107,6 +112,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         install_log_redaction()  # idempotent: covers a logging setup that reset filters after create_app
+        # computed now, so that the first login with an unknown email costs no more than any other
+        await asyncio.to_thread(security.dummy_hash)
         url = settings.resolved_database_url()
         engine = make_engine(url)
         if settings.migrate_on_start:
@@ -118,7 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
-        log.info("server ready on %s", engine.dialect.name)
+        app.state.ingest = IngestService(
+            app.state.store, app.state.hub, max_future_ms=int(settings.max_clock_skew_s * 1000)
+        )
+        log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
             retention = asyncio.create_task(_retention_loop(app.state.store, settings.retention_interval_s))
@@ -139,12 +149,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Collection server for Daly BMS fleets: device ingest, tenancy, fleet reads, export, "
         "live feed. Contract in docs/api.md.",
         lifespan=lifespan,
+        docs_url=None,  # served by trackingbms.server.web without a CDN (and under the CSP)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.hub = Hub()
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    app.state.heartbeat_limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
+    app.state.live_sessions = LiveSessions()
+    app.state.login_throttle = MemoryLoginThrottle(
+        {
+            key: ThrottlePolicy(free, settings.login_base_delay_s, settings.login_max_delay_s)
+            for key, free in (
+                ("account", settings.login_free_failures_account),
+                ("address", settings.login_free_failures_address),
+            )
+        }
+    )
+    app.state.password_checker = PasswordChecker(settings.login_hash_concurrency, settings.login_hash_queue)
 
-    from trackingbms.server.routes import router
+    def body_limit(_method: str, path: str) -> int | None:
+        if path == "/api/v1/ingest":
+            return None  # streamed and bounded by the route (before and after gzip)
+        if path == "/api/v1/auth/login":
+            return settings.max_login_body_bytes
+        return settings.max_request_body_bytes
+
+    app.add_middleware(Guard, body_limit=body_limit)
+
+    from trackingbms.server.api import router
 
     app.include_router(router)
 

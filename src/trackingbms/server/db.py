@@ -2,7 +2,7 @@
 
 Samples are wide, compact rows: ``(stream_id, seq, ts_ms, data)``. A *stream* is one (device, battery)
 pair, so the idempotency key (device, battery_id, seq) is ``(stream_id, seq)`` with small integers.
-``data`` is the packed measurement blob of :mod:`trackingbms.server.codec`.
+``data`` is the packed measurement blob of :mod:`trackingbms.server.store.packing`.
 A stream's samples are unique by ``seq`` and by ``ts_ms``: a re-sent sample (same seq and ts) is a
 duplicate; a different sample with a ts already stored for the stream is refused.
 On PostgreSQL the samples table is partitioned by month on ``ts_ms``. A partitioned table's unique key
@@ -37,8 +37,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from trackingbms.analytics.cells import SERIES
 from trackingbms.model import MEASUREMENT_FIELDS
-from trackingbms.server.codec import SERIES
 
 metadata = MetaData()
 
@@ -185,7 +185,7 @@ streams = Table(
 )
 
 #: per series in the 1-minute rollup: count, min, max, sum (partial samples make counts differ)
-ROLLUP_SERIES: tuple[str, ...] = SERIES  # in the order codec computes them (migrations keep a frozen copy)
+ROLLUP_SERIES: tuple[str, ...] = SERIES  # in the order packing computes them (migrations keep a frozen copy)
 ROLLUP_PARTS: tuple[str, ...] = ("n", "min", "max", "sum")
 
 
@@ -308,3 +308,88 @@ def migrate_url(url: str) -> None:
             await engine.dispose()
 
     asyncio.run(main())
+
+
+def describe_url(url: str) -> str:
+    """Which database a URL names, for a person: ``SQLite /path/x.db`` or
+    ``PostgreSQL db "x" on host:5432 as user`` (never the password)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        u = make_url(normalize_url(url))
+    except ArgumentError:
+        return "an unreadable database URL"
+    if u.get_backend_name() == "sqlite":
+        return f"SQLite {u.database or ':memory:'}"
+    who = f" as {u.username}" if u.username else ""
+    kind = {"postgresql": "PostgreSQL", "mysql": "MySQL"}.get(u.get_backend_name(), u.get_backend_name())
+    return f'{kind} db "{u.database}" on {u.host or "localhost"}:{u.port or 5432}{who}'
+
+
+#: what to do about a missing driver, by the module Python could not import
+_DRIVERS = {"asyncpg": "asyncpg", "psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary"}
+
+
+def explain_database_error(exc: BaseException, url: str) -> str | None:
+    """One or two lines saying what is wrong with the database at ``url`` and what to do, for the usual
+    first-day mistakes (no such database, server not running, wrong password, driver missing, bad URL);
+    None for anything else (a real bug: let its traceback through)."""
+    import asyncpg
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    where = describe_url(url)
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
+        if isinstance(e, asyncpg.InvalidCatalogNameError):
+            from sqlalchemy.engine import make_url
+
+            db = make_url(normalize_url(url)).database
+            return (
+                f"error: {where}: the database does not exist.\n"
+                f'Create it first, e.g. `createdb -h HOST -U USER {db}` or `CREATE DATABASE "{db}";` in psql.'
+            )
+        if isinstance(e, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError):
+            return f"error: {where}: the login was refused ({e}).\nCheck the user and password in the URL."
+        if isinstance(e, ConnectionRefusedError):
+            return (
+                f"error: {where}: connection refused: is PostgreSQL running there?\n"
+                "Start it (e.g. `systemctl start postgresql`) or fix the host / port in the URL."
+            )
+        if isinstance(e, OSError) and e.__class__.__name__ == "gaierror":
+            return f"error: {where}: unknown host ({e.strerror or e}). Fix the host in the URL."
+        if isinstance(e, TimeoutError):
+            return f"error: {where}: no answer from the database server (timed out). Check the host and port."
+        if isinstance(e, ModuleNotFoundError):
+            pkg = _DRIVERS.get((e.name or "").split(".")[0], e.name)
+            return (
+                f"error: the driver for this database URL is not installed (no module {e.name!r}).\n"
+                f"Install it (`pip install {pkg}`) or use postgresql+asyncpg:// or sqlite+aiosqlite://."
+            )
+        if isinstance(e, NoSuchModuleError | ArgumentError):
+            return (
+                f"error: {e}.\nA database URL looks like sqlite+aiosqlite:///path/to/file.db or "
+                "postgresql+asyncpg://user@host:5432/db."
+            )
+        file_error = isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError)
+        if file_error and where.startswith("SQLite"):
+            return f"error: {where}: cannot create or open the file ({e.strerror or e}). Check the path."
+    if "sqlite" in url and any("unable to open database file" in str(x) for x in chain):
+        return f"error: {where}: cannot open the database file. Check that its folder exists and is writable."
+    return None
+
+
+async def check_database(url: str) -> None:
+    """Connect once and run ``SELECT 1``: raises what a connection would raise."""
+    from sqlalchemy import text
+
+    engine = make_engine(url, pool_size=1)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    finally:
+        await engine.dispose()

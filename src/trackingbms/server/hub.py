@@ -33,3 +33,29 @@ class Hub:
                 subs.discard(q)
                 if not subs:
                     del self._subs[tenant_id]
+
+
+class LiveSessions:
+    """The live sockets open per access token (by its hash), so that a logout closes them at once.
+    (A token revoked in another process is noticed by the socket's own periodic re-check.)"""
+
+    def __init__(self) -> None:
+        self._ended: dict[str, set[asyncio.Event]] = {}
+
+    @contextlib.contextmanager
+    def open(self, token_key: str) -> Iterator[asyncio.Event]:
+        """An event set when the token is revoked here, for as long as the socket is open."""
+        ev = asyncio.Event()
+        self._ended.setdefault(token_key, set()).add(ev)
+        try:
+            yield ev
+        finally:
+            evs = self._ended.get(token_key)
+            if evs is not None:
+                evs.discard(ev)
+                if not evs:
+                    del self._ended[token_key]
+
+    def end(self, token_key: str) -> None:
+        for ev in self._ended.get(token_key, ()):
+            ev.set()

@@ -6,10 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from trackingbms.model import Sample
-
-LinkState = Literal["ok", "degraded", "asleep", "disconnected"]
-ConnectivityState = Literal["online", "asleep", "link-down", "offline", "backfilling"]
+from trackingbms.model import Connectivity, LinkState, Sample
 
 SAMPLE_EXAMPLE: dict[str, Any] = {
     "battery_id": "pack-1",
@@ -111,19 +108,25 @@ class IngestReply(BaseModel):
     config: DeviceConfig | None = None
 
 
+#: a heartbeat is validated field by field and bounded, and unknown fields are dropped (not stored): it is
+#: shown to every user of the tenant, so a device must not be able to put megabytes or NaN in it
+_HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=200)
+U64 = 2**63 - 1
+
+
 class BatteryLink(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    battery_id: str
+    model_config = _HEARTBEAT_CONFIG
+    battery_id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")
     link_state: LinkState
-    since: str | None = None
-    frames_good: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    frames_bad: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    last_error: str | None = None
+    since: str | None = Field(default=None, max_length=40)
+    frames_good: int | None = Field(default=None, ge=0, le=U64)
+    frames_bad: int | None = Field(default=None, ge=0, le=U64)
+    last_error: str | None = Field(default=None, max_length=200)
 
 
 class Heartbeat(BaseModel):
     model_config = ConfigDict(
-        extra="allow",
+        **_HEARTBEAT_CONFIG,
         json_schema_extra={
             "examples": [
                 {
@@ -134,6 +137,7 @@ class Heartbeat(BaseModel):
                     "disk_used_pct": 1.2,
                     "uplink": "wifi",
                     "config_version": 0,
+                    "ts": "2026-11-24T10:00:12.500Z",
                     "batteries": [
                         {
                             "battery_id": "pack-1",
@@ -148,14 +152,20 @@ class Heartbeat(BaseModel):
             ]
         },
     )
-    version: str | None = None
-    uptime_s: float | None = None
-    queue_depth: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    oldest_queued_ts: str | None = None
-    disk_used_pct: float | None = None
-    uplink: str | None = None
+    version: str | None = Field(default=None, max_length=64)
+    #: the gateway's clock when it sent this: the server keeps its offset as ``clock_skew_s``
+    ts: str | None = Field(default=None, max_length=40)
+    uptime_s: float | None = Field(default=None, ge=0)
+    queue_depth: int | None = Field(default=None, ge=0, le=U64)
+    oldest_queued_ts: str | None = Field(default=None, max_length=40)
+    disk_used_pct: float | None = Field(default=None, ge=0, le=1000)
+    disk_budget_mb: float | None = Field(default=None, ge=0)
+    thinned_total: int | None = Field(default=None, ge=0, le=U64)
+    dead_letter_count: int | None = Field(default=None, ge=0, le=U64)
+    parked_count: int | None = Field(default=None, ge=0, le=U64)
+    uplink: str | None = Field(default=None, max_length=32)
     config_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    batteries: list[BatteryLink] = Field(default_factory=list)
+    batteries: list[BatteryLink] = Field(default_factory=list, max_length=256)
 
 
 class HeartbeatReply(BaseModel):
@@ -252,7 +262,7 @@ class FleetItem(BaseModel):
     site_id: int
     site_name: str
     device_id: str | None
-    connectivity: ConnectivityState
+    connectivity: Connectivity
     last_seen: str | None = Field(description="the newest sample's ts (when the pack was last read)")
     last_received: str | None = Field(description="when samples last arrived at the server")
     link_state: LinkState | None = Field(description="the gateway's word on the BMS link, from its heartbeat")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import secrets
@@ -40,3 +42,36 @@ def verify_password(password: str, stored: str) -> bool:
         password.encode(), salt=base64.urlsafe_b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=len(want)
     )
     return hmac.compare_digest(want, got)
+
+
+@functools.cache
+def dummy_hash() -> str:
+    """A password hash no password matches (computed once): checked for unknown emails, so that an
+    unknown email costs the same single scrypt as a wrong password and timing does not tell them apart."""
+    return hash_password(secrets.token_urlsafe(16))
+
+
+class Busy(Exception):
+    """Too many logins are waiting for the password hasher: retry in a moment."""
+
+
+class PasswordChecker:
+    """scrypt in worker threads, at most ``concurrency`` at once and at most ``max_waiting`` queued:
+    a login flood then costs a bounded share of the CPU and the API keeps answering."""
+
+    def __init__(self, concurrency: int, max_waiting: int) -> None:
+        self._slots = asyncio.Semaphore(concurrency)
+        self.max_waiting = max_waiting
+        self._waiting = 0
+
+    async def verify(self, password: str, stored: str | None) -> bool:
+        """True if ``password`` matches ``stored``; None (no such user) costs the same and is False."""
+        if self._waiting >= self.max_waiting:
+            raise Busy("too many logins at once")
+        self._waiting += 1
+        try:
+            async with self._slots:
+                ok = await asyncio.to_thread(verify_password, password, stored or dummy_hash())
+        finally:
+            self._waiting -= 1
+        return ok and stored is not None

@@ -30,7 +30,27 @@ class Settings(BaseSettings):
     max_batch_samples: int = 5000
     max_body_bytes: int = 8 * 1024 * 1024
     max_decoded_bytes: int = 32 * 1024 * 1024
-    #: per-device token bucket on ingest requests; 0 (either) = no limit
+    #: every other request body (login, heartbeat, config: JSON of a few KB), checked before parsing
+    max_request_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    max_login_body_bytes: int = Field(default=4 * 1024, ge=256)
+    #: the request line and headers together, and how many headers (refused with 431 before parsing ends)
+    max_header_bytes: int = Field(default=32 * 1024, ge=4096)
+    max_header_count: int = Field(default=100, ge=16)
+    #: failed logins (docs/security.md): after this many in a row for an account / a client address, each
+    #: further failure locks it for base × 2^k seconds, up to the max (429 + Retry-After meanwhile)
+    login_free_failures_account: int = Field(default=5, ge=1)
+    login_free_failures_address: int = Field(default=20, ge=1)
+    login_base_delay_s: float = Field(default=1.0, gt=0)
+    login_max_delay_s: float = Field(default=900.0, gt=0)
+    #: password hashes (scrypt) computed at once, and logins allowed to wait for one (then 429)
+    login_hash_concurrency: int = Field(default=2, ge=1)
+    login_hash_queue: int = Field(default=32, ge=0)
+    #: how often an open live WebSocket re-checks its token (revoked elsewhere, expired)
+    live_token_recheck_s: float = Field(default=30.0, gt=0)
+    #: samples further than this in the future are rejected (a wrong gateway clock)
+    max_clock_skew_s: float = Field(default=300.0, ge=0)
+    #: per-device token bucket on ingest requests (heartbeats have their own bucket of the same size);
+    #: 0 (either) = no limit
     ingest_rate_per_s: float = Field(default=20.0, ge=0)
     ingest_burst: int = Field(default=40, ge=0)
     #: connectivity (design.md): offline after this long without heartbeat or sample

@@ -133,6 +133,10 @@ class Quirks:
     """
 
     board: int = 1
+    #: the wire protocol the board speaks: a5 (legacy), d2 (fixed address 0xD2), p81 (0x80 + board)
+    protocol: str = "a5"
+    #: D2 status block size: 80 (newer firmware) or 62 (older: silent on a read past 0x3D)
+    d2_status_registers: int = 80
     hosts: HostPolicy = "both"
     frames: FramePolicy = "auto"
     stale_bytes: bool = True
@@ -155,6 +159,10 @@ class Quirks:
     def __post_init__(self) -> None:
         if not 1 <= self.board <= 16:
             raise SimConfigError(f"board must be 1–16, got {self.board}")
+        if self.protocol not in ("a5", "d2", "p81"):
+            raise SimConfigError(f"protocol must be a5, d2 or p81, got {self.protocol!r}")
+        if self.d2_status_registers not in (62, 80):
+            raise SimConfigError(f"d2_status_registers must be 62 or 80, got {self.d2_status_registers}")
         if self.hosts not in ("both", "0x40", "0x80"):
             raise SimConfigError(f"hosts must be both, 0x40 or 0x80, got {self.hosts!r}")
         if self.frames not in ("auto", "needed", "all"):

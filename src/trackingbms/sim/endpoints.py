@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from trackingbms.sim.pack import Bus, SimulatedPack
-from trackingbms.sim.responder import RequestParser
 
 Packs = SimulatedPack | Sequence[SimulatedPack] | Bus
 
@@ -27,7 +26,7 @@ class _Session:
 
     def __init__(self, bus: Bus, write: Callable[[bytes], None]) -> None:
         self.bus = bus
-        self.parser = RequestParser(bus.max_request_bytes)
+        self.parser = bus.request_parser()
         self.write = write
         self.loop = asyncio.get_running_loop()
         #: (when, bytes) in sending order: one UART line, so a reply never overtakes an earlier one

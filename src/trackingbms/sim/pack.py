@@ -14,7 +14,8 @@ from typing import Protocol
 
 from trackingbms.sim.battery import Battery
 from trackingbms.sim.config import PackConfig, Quirks, SimConfigError
-from trackingbms.sim.responder import ECHO_DELAY_S, A5Responder, Emission
+from trackingbms.sim.modbus_responder import ModbusRequestParser, ModbusResponder
+from trackingbms.sim.responder import ECHO_DELAY_S, A5Responder, Emission, RequestParser
 
 
 class Clock(Protocol):
@@ -61,7 +62,19 @@ class SimulatedPack:
         self.clock: Clock = clock or RealTimeClock(self.config.speed)
         self._skipped_s = 0.0
         self.asleep = False
-        self.responder = A5Responder(self.battery, self.quirks, seed=self.config.seed, rtc=self.sim_datetime)
+        self.responder: A5Responder | ModbusResponder
+        if self.quirks.protocol == "a5":
+            self.responder = A5Responder(
+                self.battery, self.quirks, seed=self.config.seed, rtc=self.sim_datetime
+            )
+        else:
+            self.responder = ModbusResponder(
+                self.battery,
+                self.quirks,
+                protocol="d2" if self.quirks.protocol == "d2" else "p81",
+                seed=self.config.seed,
+                rtc=self.sim_datetime,
+            )
         #: what happened on the wire, for tests and the truth channel
         self.stats = {"requests": 0, "replies": 0, "echoes": 0, "ignored": 0}
 
@@ -105,9 +118,9 @@ class SimulatedPack:
         self.battery.quiet_s = 0.0
 
     def respond(self, request: bytes) -> list[Emission]:
-        """One checked 13-byte request → what to send back and when (sans-I/O)."""
+        """One checked request (13-byte A5, or Modbus-shaped) → what to send back and when (sans-I/O)."""
         self.sync()
-        if request[1] not in self.responder.accepted:
+        if not self.responder.accepts(request):
             return []
         self.stats["requests"] += 1
         if self.asleep:
@@ -148,6 +161,17 @@ class Bus:
         if len(set(boards)) != len(boards):
             raise SimConfigError(f"packs on one bus need distinct board numbers, got {boards}")
         self.max_request_bytes = min(p.quirks.max_request_bytes for p in self.packs)
+        protocols = {p.quirks.protocol for p in self.packs}
+        if len(protocols) != 1:
+            raise SimConfigError(f"packs on one bus must speak one protocol, got {sorted(protocols)}")
+        self.protocol = protocols.pop()
+
+    def request_parser(self) -> RequestParser | ModbusRequestParser:
+        """A parser that cuts the bus's byte stream into the requests its packs understand."""
+        if self.protocol == "a5":
+            return RequestParser(self.max_request_bytes)
+        addresses = frozenset().union(*(p.responder.accepted for p in self.packs))
+        return ModbusRequestParser(addresses)
 
     @classmethod
     def of(cls, packs: SimulatedPack | Sequence[SimulatedPack] | Bus) -> Bus:

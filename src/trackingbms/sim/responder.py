@@ -126,6 +126,9 @@ class A5Responder:
         self.heartbeat = self.rng.randrange(256)
         self.accepted = quirks.accepted_hosts()
 
+    def accepts(self, request: bytes) -> bool:
+        return len(request) > 1 and request[1] in self.accepted
+
     # ---- payload builders (reference §2) ------------------------------------------------------
     def _current_raw(self) -> int:
         i = self.battery.measured_current_a()

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fastapi_offline
 from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 STATIC_DIR = Path(__file__).parent / "static"
+#: Swagger UI's bundle and stylesheet, shipped by the fastapi-offline package (no CDN at run time)
+SWAGGER_UI_DIR = Path(fastapi_offline.__file__).parent / "static"
 
 # The shell must revalidate every time so that a server upgrade reaches browsers at once;
 # the service worker keeps it for offline use.
@@ -24,8 +27,9 @@ _NO_CACHE = {"Cache-Control": "no-cache"}
 def mount(app: FastAPI) -> None:
     """Attach the dashboard's routes and static files to the server app.
 
-    Only ``/``, ``/sw.js``, ``/manifest.webmanifest``, ``/favicon.ico`` and ``/static/*`` are taken,
-    so ``/api/*`` and ``/docs`` stay the server's whatever order routes are added in.
+    Only ``/``, ``/sw.js``, ``/manifest.webmanifest``, ``/favicon.ico``, ``/static/*`` and the API explorer
+    (``/docs``, ``/docs-assets/*``) are taken, so ``/api/*`` stays the server's whatever order routes are
+    added in.
     """
 
     @app.get("/", include_in_schema=False)
@@ -47,4 +51,9 @@ def mount(app: FastAPI) -> None:
     async def favicon() -> FileResponse:
         return FileResponse(STATIC_DIR / "icons" / "icon-192.png", media_type="image/png")
 
+    @app.get("/docs", include_in_schema=False)
+    async def api_docs() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs" / "index.html", media_type="text/html", headers=_NO_CACHE)
+
+    app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI_DIR), name="swagger-ui")
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="dashboard-static")

@@ -15,7 +15,7 @@ import orjson
 import sqlalchemy as sa
 from alembic import op
 
-from trackingbms.server import codec
+from trackingbms.server.store import packing
 
 revision = "0003"
 down_revision = "0002"
@@ -64,7 +64,7 @@ def upgrade() -> None:
     ).all()
     seed: list[dict[str, Any]] = []
     for bid, ts, data in rows:
-        fields = codec.unpack(data)
+        fields = packing.unpack(data)
         row: dict[str, Any] = {"battery_id": bid}
         for name, _ in _FIELDS:
             v = fields.get(name)

@@ -24,6 +24,16 @@ function backlog(hb) {
   return `${depth} sample${depth === 1 ? "" : "s"} queued${age}`;
 }
 
+/** The gateway's clock against the server's (the server measures it at each heartbeat). */
+function clockSkew(hb) {
+  const skew = hb?.clock_skew_s;
+  if (skew === null || skew === undefined) return h("span.muted", "–");
+  const off = fmtDuration(Math.abs(skew));
+  if (hb.clock_ok !== false) return h("span.clock-ok", Math.abs(skew) < 1 ? "in step" : `${off} ${skew > 0 ? "ahead" : "behind"}`);
+  return h("span.clock-bad", `${off} ${skew > 0 ? "ahead" : "behind"}: `,
+    skew > 0 ? "samples from the future are refused; set the gateway's clock (NTP)" : "set the gateway's clock (NTP)");
+}
+
 function summaryLinks(hb) {
   const bats = hb?.batteries || [];
   if (!bats.length) return h("span.muted", "–");
@@ -109,6 +119,7 @@ export async function renderDevice(root, deviceId) {
           h("dt", "Uplink"), h("dd", hb?.uplink || "–"),
           h("dt", "Version"), h("dd", hb?.version || "–"),
           h("dt", "Uptime"), h("dd", fmtDuration(hb?.uptime_s)),
+          h("dt", "Clock"), h("dd#clock-skew", clockSkew(hb)),
           h("dt", "Disk budget used"), h("dd", hb?.disk_used_pct == null ? "–" : fmt(hb.disk_used_pct, 1, "%")),
           h("dt", "Config version"), h("dd", hb?.config_version ?? "–"),
         ),

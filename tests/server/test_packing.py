@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trackingbms.model import SOURCES, STATES, VIAS, Sample
-from trackingbms.server import codec
+from trackingbms.server.store import packing
 
 NOW_MS = 1_795_516_787_000
 
@@ -25,7 +25,7 @@ samples = st.fixed_dictionaries(
     {
         "battery_id": st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True),
         "seq": st.integers(0, 2**63 - 1),
-        "ts": st.integers(codec.MIN_TS_MS, NOW_MS).map(codec.ms_to_ts),
+        "ts": st.integers(packing.MIN_TS_MS, NOW_MS).map(packing.ms_to_ts),
     },
     optional={
         "source": optional(st.sampled_from(SOURCES)),
@@ -53,11 +53,11 @@ samples = st.fixed_dictionaries(
 @settings(max_examples=300, deadline=None)
 @given(samples)
 def test_round_trip_at_stored_resolution(d: dict[str, Any]) -> None:
-    bid, seq, ts_ms, data, stats = codec.validate_and_pack(d, NOW_MS)
-    out = codec.to_sample(bid, seq, ts_ms, data)
+    bid, seq, ts_ms, data, stats = packing.validate_and_pack(d, NOW_MS)
+    out = packing.to_sample(bid, seq, ts_ms, data)
     assert out == {k: v for k, v in d.items() if v is not None}
     Sample.model_validate(out)  # and it is a valid wire Sample
-    assert stats == codec.series_values(data)  # ingest-time figures match what a stored row gives
+    assert stats == packing.series_values(data)  # ingest-time figures match what a stored row gives
 
 
 junk = st.recursive(
@@ -68,14 +68,14 @@ junk = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
-@given(samples, st.sampled_from(sorted(codec._KNOWN)), junk)
+@given(samples, st.sampled_from(sorted(packing._KNOWN)), junk)
 def test_junk_in_any_field_is_refused_by_name_or_stored_faithfully(
     d: dict[str, Any], key: str, value: Any
 ) -> None:
     d = {**d, key: value}
     try:
-        bid, seq, ts_ms, data, _ = codec.validate_and_pack(d, NOW_MS)
-    except codec.SampleError as e:
+        bid, seq, ts_ms, data, _ = packing.validate_and_pack(d, NOW_MS)
+    except packing.SampleError as e:
         assert str(e).startswith((key, "sample")), (key, str(e))
         return
-    Sample.model_validate(codec.to_sample(bid, seq, ts_ms, data))
+    Sample.model_validate(packing.to_sample(bid, seq, ts_ms, data))

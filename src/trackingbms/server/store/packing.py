@@ -1,4 +1,8 @@
-"""The ingest hot path: validate wire samples without per-sample pydantic, and pack them into compact rows.
+"""Storage packing (not a Daly codec): the ingest hot path validates wire samples without per-sample pydantic
+and packs each into a compact binary row; reads unpack them.
+
+Hand-written rather than a serialisation library: a presence mask and wire resolutions give ~57 bytes for a
+16S sample, and validating while packing avoids building a pydantic object per sample.
 
 A stored sample is ``(stream_id, seq, ts_ms, data)`` where ``data`` is a small binary blob: a presence mask
 says which measurement fields are there, so a partial sample stays partial (absent is never stored as zero).
@@ -15,7 +19,6 @@ faults (u8 length, comma-joined UTF-8), fault_code u8, errors (u16 length, JSON 
 from __future__ import annotations
 
 import math
-import re
 import struct
 import time
 from datetime import UTC, datetime
@@ -23,17 +26,18 @@ from typing import Any
 
 import orjson
 
+from trackingbms.analytics.cells import SeriesPoint, series_of, series_point
 from trackingbms.model import (
-    BATTERY_ID_PATTERN,
+    BATTERY_ID_RULE,
     MEASUREMENT_FIELDS,
     SAMPLE_FIELDS,
     SOURCES,
     STATES,
     VIAS,
     format_ts,
+    is_battery_id,
 )
 
-_BATTERY_ID = re.compile(BATTERY_ID_PATTERN)
 _SOURCE_CODE = {s: i + 1 for i, s in enumerate(SOURCES)}
 _VIA_CODE = {s: i + 1 for i, s in enumerate(VIAS)}
 _STATE_CODE = {s: i for i, s in enumerate(STATES)}
@@ -66,7 +70,7 @@ FIELD_BITS: tuple[tuple[str, int], ...] = (
 # than derived from the model's order; a field added to the model must get its bit (and a migration story)
 # here, and this check says so at import instead of letting such a field be dropped silently.
 if tuple(name for name, _ in FIELD_BITS) != MEASUREMENT_FIELDS:
-    raise ImportError("codec.FIELD_BITS does not match trackingbms.model.MEASUREMENT_FIELDS")
+    raise ImportError("packing.FIELD_BITS does not match trackingbms.model.MEASUREMENT_FIELDS")
 
 
 def presence_mask(data: bytes) -> int:
@@ -74,9 +78,12 @@ def presence_mask(data: bytes) -> int:
     return data[0] | data[1] << 8
 
 
-#: samples older than this are refused (a wrong clock, not a reading); newer than now + skew too
+#: samples older than this are refused (a wrong clock, not a reading); newer than now + skew too. A
+#: sample from the future would stand as the battery's latest value until the clock catches up, so the
+#: default window is small: a gateway's clock must be roughly right (NTP); the server setting
+#: ``max_clock_skew_s`` changes it
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
-MAX_FUTURE_SKEW_MS = 24 * 3600 * 1000
+MAX_FUTURE_SKEW_MS = 5 * 60 * 1000
 
 #: the fields a wire sample may carry
 _KNOWN = frozenset(SAMPLE_FIELDS)
@@ -88,19 +95,8 @@ _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 
 
-#: the series of the history view, in this order in ``stats`` and in the rollup table
-SERIES: tuple[str, ...] = (
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "power_w",
-    "cell_min_mv",
-    "cell_max_mv",
-    "cell_delta_mv",
-    "temp_max_c",
-    "temp_min_c",
-)
-Stats = tuple[float | None, ...]
+#: a sample's values of the history series (:data:`trackingbms.analytics.cells.SERIES`)
+Stats = SeriesPoint
 
 
 class SampleError(ValueError):
@@ -202,10 +198,25 @@ def parse_ts_ms(v: Any, key: str = "ts") -> int:
         raise SampleError(f"{key}: {v!r} is not an RFC 3339 time") from None
     if dt.tzinfo is None:
         raise SampleError(f"{key}: must carry a timezone (e.g. 2026-11-24T10:00:00.000Z)")
+    try:
+        dt = dt.astimezone(UTC)  # 0001-01-01T00:00+23:59 is in year 0: no datetime can hold it
+    except OverflowError:
+        raise SampleError(f"{key}: {v!r} is out of range (years 1 to 9999 in UTC)") from None
     return int(dt.timestamp()) * 1000 + dt.microsecond // 1000
 
 
-def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int, bytes, Stats]:
+def _duration(s: float) -> str:
+    s = int(s)
+    if s < 120:
+        return f"{s} s"
+    if s < 7200:
+        return f"{s // 60} min"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def validate_and_pack(
+    d: Any, now_ms: int | None = None, max_future_ms: int = MAX_FUTURE_SKEW_MS
+) -> tuple[str, int, int, bytes, Stats]:
     """Check one wire sample and pack it: ``(battery_id, seq, ts_ms, data, stats)``, or raise SampleError.
     ``stats`` holds the sample's values of :data:`SERIES` (None where absent)."""
     if type(d) is not dict:
@@ -213,8 +224,8 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     if not _KNOWN.issuperset(d):
         raise SampleError(f"{next(k for k in d if k not in _KNOWN)}: unknown field")
     bid = d.get("battery_id")
-    if not isinstance(bid, str) or not _BATTERY_ID.match(bid) or bid.endswith("\n"):
-        raise SampleError("battery_id: must match [A-Za-z0-9._-]{1,64}")
+    if not is_battery_id(bid):
+        raise SampleError(f"battery_id: must match {BATTERY_ID_RULE}")
     if "seq" not in d:
         raise SampleError("seq: field required")
     seq = _int(d, "seq", 0, 2**63 - 1)
@@ -223,8 +234,13 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
     ts_ms = parse_ts_ms(d["ts"])
     if now_ms is None:
         now_ms = int(time.time() * 1000)
-    if ts_ms < MIN_TS_MS or ts_ms > now_ms + MAX_FUTURE_SKEW_MS:
-        raise SampleError(f"ts: {d['ts']} is out of range (after 2000, at most a day ahead of the server)")
+    if ts_ms < MIN_TS_MS:
+        raise SampleError(f"ts: {d['ts']} is before 2000: the device's clock is not set")
+    if ts_ms > now_ms + max_future_ms:
+        raise SampleError(
+            f"ts: {d['ts']} is {_duration((ts_ms - now_ms) / 1000)} ahead of the server's clock "
+            f"(at most {_duration(max_future_ms / 1000)} allowed): check the device's clock (NTP)"
+        )
 
     g = d.get
     mask = 0
@@ -317,14 +333,12 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
         scalar = _scalar_struct(mask)
     parts = [scalar.pack(*vals)]
 
-    cmin = cmax = cdelta = tmax = tmin = None
+    cmin = cmax = tmax = tmin = None
     cells = g("cells_mv")
     if cells is not None:
         mask |= B_CELLS
         packed, cmin, cmax = _pack_cells(cells)
         parts.append(packed)
-        if cmin is not None:
-            cdelta = cmax - cmin
     temps = g("temps_c")
     if temps is not None:
         mask |= B_TEMPS
@@ -372,19 +386,15 @@ def validate_and_pack(d: Any, now_ms: int | None = None) -> tuple[str, int, int,
             raise SampleError("errors: too long")
         mask |= B_ERRORS
         parts.append(_U16.pack(len(raw)) + raw)
-    # the figures the history view aggregates (the values a decoded row gives, see SERIES)
-    vv = volt / 1000 if volt is not None else None
-    ii = curr / 1000 if curr is not None else None
-    stats = (
-        vv,
-        ii,
+    # the figures the history view aggregates, as a decoded row gives them (stored resolution)
+    stats = series_point(
+        volt / 1000 if volt is not None else None,
+        curr / 1000 if curr is not None else None,
         soc / 100 if soc is not None else None,
-        round(vv * ii, 3) if vv is not None and ii is not None else None,
         cmin,
         cmax,
-        cdelta,
-        tmax,
         tmin,
+        tmax,
     )
     return bid, seq, ts_ms, _HDR.pack(mask, sv) + b"".join(parts), stats
 
@@ -464,26 +474,7 @@ def unpack(data: bytes) -> dict[str, Any]:
 
 def series_values(data: bytes) -> Stats:
     """The :data:`SERIES` values of a packed row (None where absent)."""
-    m = unpack(data)
-    v, i = m.get("voltage_v"), m.get("current_a")
-    cells, temps = m.get("cells_mv"), m.get("temps_c")
-    cmin = cmax = cdelta = tmax = tmin = None
-    if cells:
-        cmin, cmax = min(cells), max(cells)
-        cdelta = cmax - cmin
-    if temps:
-        tmin, tmax = min(temps), max(temps)
-    return (
-        v,
-        i,
-        m.get("soc_pct"),
-        round(v * i, 3) if v is not None and i is not None else None,
-        cmin,
-        cmax,
-        cdelta,
-        tmax,
-        tmin,
-    )
+    return series_of(unpack(data))
 
 
 def to_sample(battery_id: str, seq: int, ts_ms: int, data: bytes) -> dict[str, Any]:

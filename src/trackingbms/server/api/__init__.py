@@ -1,0 +1,15 @@
+"""The HTTP API (contract: docs/api.md): one router per resource under ``/api/v1``, thin — who may call is
+settled by the dependencies in :mod:`.deps`, the work is done by the store and the ingest service."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from trackingbms.server.api import auth, devices, fleet, heartbeat, history, ingest, live
+
+router = APIRouter(prefix="/api/v1")
+# in this order in the OpenAPI document
+for _module in (ingest, heartbeat, auth, fleet, history, devices, live):
+    router.include_router(_module.router)
+
+__all__ = ["router"]

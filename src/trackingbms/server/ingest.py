@@ -1,0 +1,72 @@
+"""The ingest service, independent of the transport: HTTP today, MQTT / JetStream workers through the same
+door. One call validates a batch sample by sample, stores it idempotently (dedup on stream and seq), merges
+the last known state, commits, and then publishes the newest sample per battery to live subscribers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from trackingbms.server.hub import Hub
+from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Store, now_ms, packing
+
+__all__ = ["IngestResult", "IngestService"]
+
+log = logging.getLogger(__name__)
+
+
+class IngestService:
+    def __init__(
+        self, store: Store, hub: Hub | None = None, max_future_ms: int = packing.MAX_FUTURE_SKEW_MS
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        #: samples further ahead of the server's clock are rejected (a wrong device clock)
+        self.max_future_ms = max_future_ms
+
+    async def ingest(
+        self, device: DeviceRef, raw_samples: list[Any], received_ms: int | None = None
+    ) -> IngestResult:
+        """Samples are checked one by one: one that can never be valid is rejected with its index and the
+        field at fault, the rest is stored. Returns after the commit (then a device may drop its copy)."""
+        t_now = received_ms or now_ms()
+        rejected: list[dict[str, Any]] = []
+        parsed: list[PackedSample] = []
+        for i, d in enumerate(raw_samples):
+            try:
+                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now, self.max_future_ms)
+            except packing.SampleError as e:
+                rejected.append({"index": i, "error": str(e)})
+                continue
+            parsed.append(PackedSample(i, bid, seq, ts, data, d, stats))
+        res = await self.store.store_samples(device, parsed, t_now)
+        if rejected:
+            res.rejected = sorted(rejected + res.rejected, key=lambda r: r["index"])
+        if res.rejected:
+            log.info(
+                "device %s: %d of %d samples rejected, first: %s",
+                device.name,
+                len(res.rejected),
+                len(raw_samples),
+                res.rejected[0]["error"],
+                extra={
+                    "device": device.name,
+                    "tenant": device.tenant_id,
+                    "accepted": res.accepted,
+                    "duplicates": res.duplicates,
+                    "rejected": len(res.rejected),
+                },
+            )
+        if self.hub is not None:
+            for bid, sample in res.latest.items():
+                self.hub.publish(
+                    device.tenant_id,
+                    {
+                        "type": "sample",
+                        "battery_id": bid,
+                        "sample": sample,
+                        "connectivity": self.store.live_connectivity(sample, t_now),
+                    },
+                )
+        return res

@@ -1,0 +1,116 @@
+"""Tenants (admin CLI only: no tenant scope yet), logins, sessions and token lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from trackingbms.server import security
+from trackingbms.server.db import device_tokens, devices, tenants, user_tokens, users
+from trackingbms.server.store.base import Conflict, DeviceRef, NotFound, StoreCore, UserRef, now_ms
+
+
+class AuthStore(StoreCore):
+    #: for callers that pass none (provisioning, tests): unbounded queue, two at once
+    _default_checker = security.PasswordChecker(2, 1 << 30)
+
+    async def create_tenant(self, name: str) -> dict[str, Any]:
+        async with self.write() as conn:
+            try:
+                tid = (
+                    await conn.execute(
+                        insert(tenants).values(name=name, created_ms=now_ms()).returning(tenants.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise Conflict(f"tenant {name!r} already exists") from None
+        return {"tenant_id": tid, "name": name}
+
+    async def tenant_by_name(self, name: str) -> int:
+        async with self.engine.connect() as conn:
+            tid = (await conn.execute(select(tenants.c.id).where(tenants.c.name == name))).scalar()
+        if tid is None:
+            raise NotFound(f"no tenant {name!r}")
+        return tid
+
+    async def device_for_token(self, token: str) -> DeviceRef | None:
+        q = (
+            select(
+                devices.c.id,
+                devices.c.tenant_id,
+                devices.c.name,
+                devices.c.config_version,
+                devices.c.reported_config_version,
+                devices.c.config,
+            )
+            .join(device_tokens, device_tokens.c.device_id == devices.c.id)
+            .where(
+                device_tokens.c.token_hash == security.token_hash(token), device_tokens.c.revoked.is_(False)
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return DeviceRef(*row) if row else None
+
+    async def user_for_token(self, token: str) -> UserRef | None:
+        q = (
+            select(users.c.id, users.c.tenant_id, tenants.c.name, users.c.email, users.c.role)
+            .join(user_tokens, user_tokens.c.user_id == users.c.id)
+            .join(tenants, tenants.c.id == users.c.tenant_id)
+            .where(
+                user_tokens.c.token_hash == security.token_hash(token),
+                user_tokens.c.revoked.is_(False),
+                user_tokens.c.expires_ms > now_ms(),
+            )
+        )
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q)).first()
+        return UserRef(*row) if row else None
+
+    async def login(
+        self, email: str, password: str, checker: security.PasswordChecker | None = None
+    ) -> tuple[str, UserRef] | None:
+        """A new access token for this email and password, or None. An unknown email costs the same one
+        scrypt as a wrong password (timing does not tell which emails exist); ``checker`` bounds how many
+        run at once (it raises :class:`~trackingbms.server.security.Busy` when too many wait)."""
+        checker = checker or self._default_checker
+        q = select(
+            users.c.id, users.c.tenant_id, tenants.c.name, users.c.email, users.c.role, users.c.password_hash
+        ).join(tenants, tenants.c.id == users.c.tenant_id)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(q.where(users.c.email == email.strip().lower()))).first()
+        if not await checker.verify(password, row.password_hash if row is not None else None):
+            return None
+        assert row is not None  # verify() is False without a stored hash
+        token = security.new_token(security.USER_TOKEN_PREFIX)
+        t = now_ms()
+        async with self.write() as conn:
+            await conn.execute(
+                insert(user_tokens).values(
+                    user_id=row.id,
+                    tenant_id=row.tenant_id,
+                    token_hash=security.token_hash(token),
+                    created_ms=t,
+                    expires_ms=t + int(self.session_ttl_s * 1000),
+                    revoked=False,
+                )
+            )
+        return token, UserRef(row.id, row.tenant_id, row.name, row.email, row.role)
+
+    async def revoke_token(self, token: str) -> bool:
+        """Revoke a device or user token given in full. True if one was revoked."""
+        h = security.token_hash(token)
+        async with self.write() as conn:
+            n = (
+                await conn.execute(
+                    update(device_tokens).where(device_tokens.c.token_hash == h).values(revoked=True)
+                )
+            ).rowcount
+            n += (
+                await conn.execute(
+                    update(user_tokens).where(user_tokens.c.token_hash == h).values(revoked=True)
+                )
+            ).rowcount
+        return n > 0

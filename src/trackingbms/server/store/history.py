@@ -1,0 +1,130 @@
+"""History: min / max / mean per time bucket, from raw samples for short buckets, else from the rollups."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import and_, func, literal_column, select
+
+from trackingbms.analytics.cells import SERIES
+from trackingbms.server.db import rollup_1m, samples
+from trackingbms.server.store import packing
+from trackingbms.server.store.base import TenantScope
+from trackingbms.server.store.series import SeriesAcc
+
+#: the most raw samples a short-bucket history request decodes; a denser range is served from the rollups
+RAW_HISTORY_MAX_ROWS = 20_000
+
+
+class HistoryScope(TenantScope):
+    async def history(self, battery_id: str, from_ms: int, to_ms: int, points: int) -> dict[str, Any]:
+        """Min / max / mean per time bucket (at most ``points`` buckets), so that spikes survive.
+
+        Buckets of a minute or more are aggregated in SQL from the 1-minute rollups (bucket edges on whole
+        minutes): the reply and the Python work are bounded by ``points``, not by the span. Shorter buckets
+        come from the raw samples, decoded only when the range holds at most :data:`RAW_HISTORY_MAX_ROWS`
+        of them; otherwise 1-minute buckets from the rollups answer instead."""
+        span_ms = max(1, to_ms - from_ms)
+        points = max(1, points)
+        bucket_ms = -(-max(1000, -(-span_ms // points)) // 1000) * 1000  # whole seconds
+        async with self.engine.connect() as conn:
+            _, sids = await self._battery_streams(conn, battery_id)
+            if sids and bucket_ms < 60_000:
+                s = samples.c
+                in_range = and_(s.stream_id.in_(sids), s.ts_ms >= from_ms, s.ts_ms < to_ms)
+                # count (up to the cap, index only) before fetching: a dense range goes to the rollups
+                capped = select(s.ts_ms).where(in_range).limit(RAW_HISTORY_MAX_ROWS + 1).subquery()
+                n_raw = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
+                if n_raw <= RAW_HISTORY_MAX_ROWS:
+                    base_ms, bucket_ms = _bucket_grid(from_ms, to_ms, bucket_ms, points, 1000)
+                    rows = (await conn.execute(select(s.ts_ms, s.data).where(in_range))).all()
+                    # decoding is CPU work: off the event loop, so other requests keep being served
+                    buckets = await asyncio.to_thread(_raw_buckets, rows, base_ms, bucket_ms)
+                    return _history_reply(battery_id, from_ms, to_ms, base_ms, bucket_ms, buckets)
+                bucket_ms = 60_000
+            bucket_ms = -(-bucket_ms // 60_000) * 60_000
+            base_ms, bucket_ms = _bucket_grid(from_ms, to_ms, bucket_ms, points, 60_000)
+            buckets: dict[int, SeriesAcc] = {}
+            if sids:
+                r = rollup_1m.c
+                key = ((r.bucket_ms - base_ms) // bucket_ms).label("k")
+                cols: list[Any] = [key]
+                for name in SERIES:
+                    cols += [
+                        func.sum(r[f"{name}_n"]),
+                        func.min(r[f"{name}_min"]),
+                        func.max(r[f"{name}_max"]),
+                        func.sum(r[f"{name}_sum"]),
+                    ]
+                q = (
+                    select(*cols)
+                    .where(
+                        r.stream_id.in_(sids),
+                        r.bucket_ms >= from_ms - from_ms % 60_000,
+                        r.bucket_ms < to_ms,
+                    )
+                    # by alias: PostgreSQL takes the expression's own bind parameters for another expression
+                    .group_by(literal_column("k"))
+                )
+                for row in (await conn.execute(q)).all():
+                    buckets[int(row[0])] = SeriesAcc.from_columns(row[1:])
+        return _history_reply(battery_id, from_ms, to_ms, base_ms, bucket_ms, buckets)
+
+
+def _epoch_s(ms: int) -> int | float:
+    return ms // 1000 if ms % 1000 == 0 else ms / 1000
+
+
+def _bucket_grid(from_ms: int, to_ms: int, bucket_ms: int, points: int, step_ms: int) -> tuple[int, int]:
+    """(first bucket start, bucket length): buckets on round times (multiples of the bucket) when that
+    still fits in ``points``, else from ``from`` (on a whole ``step_ms``), widened by ``step_ms`` until
+    it fits (a few steps at most: ``bucket_ms`` starts at span / points)."""
+    base_ms = from_ms - from_ms % bucket_ms
+    if (to_ms - 1 - base_ms) // bucket_ms + 1 > points:
+        base_ms = from_ms - from_ms % step_ms
+        while (to_ms - 1 - base_ms) // bucket_ms + 1 > points:
+            bucket_ms += step_ms
+    return base_ms, bucket_ms
+
+
+def _raw_buckets(rows: list[Any], base_ms: int, bucket_ms: int) -> dict[int, SeriesAcc]:
+    """Per bucket the series accumulator (the rollup layout) from raw (ts_ms, data) rows."""
+    buckets: dict[int, SeriesAcc] = {}
+    for ts, data in rows:
+        k = (ts - base_ms) // bucket_ms
+        acc = buckets.get(k)
+        if acc is None:
+            acc = buckets[k] = SeriesAcc()
+        acc.add(packing.series_values(data))
+    return buckets
+
+
+def _history_reply(
+    battery_id: str, from_ms: int, to_ms: int, base_ms: int, bucket_ms: int, buckets: dict[int, SeriesAcc]
+) -> dict[str, Any]:
+    keys = sorted(buckets)
+    series: dict[str, dict[str, list[float | None]]] = {}
+    for j, name in enumerate(SERIES):
+        mins: list[float | None] = []
+        maxs: list[float | None] = []
+        means: list[float | None] = []
+        for k in keys:
+            st = buckets[k].stats(j)
+            if st.n:
+                mins.append(st.min)
+                maxs.append(st.max)
+                means.append(round(st.sum / st.n, 4))
+            else:
+                mins.append(None)
+                maxs.append(None)
+                means.append(None)
+        series[name] = {"min": mins, "max": maxs, "mean": means}
+    return {
+        "battery_id": battery_id,
+        "from": packing.ms_to_ts(from_ms),
+        "to": packing.ms_to_ts(to_ms),
+        "bucket_s": bucket_ms // 1000,
+        "t": [_epoch_s(base_ms + k * bucket_ms) for k in keys],
+        "series": series,
+    }

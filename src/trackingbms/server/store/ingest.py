@@ -1,0 +1,404 @@
+"""Storing a validated batch: monthly partitions (PostgreSQL), dialect inserts that skip stored keys, clash
+detection, 1-minute rollups, the battery's newest sample and its field-by-field last known state.
+
+Validation and packing come first (:mod:`trackingbms.server.store.packing`), driven by the ingest service
+(:mod:`trackingbms.server.ingest`), which is what HTTP and the MQTT / JetStream workers call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import orjson
+from sqlalchemy import BigInteger, Integer, LargeBinary, and_, bindparam, case, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from trackingbms.analytics.cells import SERIES
+from trackingbms.server.db import (
+    STATE_FIELDS,
+    STATE_JSON_FIELDS,
+    batteries,
+    battery_state,
+    devices,
+    rollup_1m,
+    samples,
+    streams,
+)
+from trackingbms.server.store import packing
+from trackingbms.server.store.base import DeviceRef, StoreCore
+from trackingbms.server.store.series import SeriesAcc
+
+
+class PackedSample(NamedTuple):
+    """A wire sample that passed validation, packed for storage."""
+
+    index: int  # its place in the batch (for the reply)
+    battery_id: str
+    seq: int
+    ts_ms: int
+    data: bytes
+    wire: dict[str, Any]
+    series: packing.Stats
+
+
+class SampleRow(NamedTuple):
+    """A row of the samples table."""
+
+    stream_id: int
+    seq: int
+    ts_ms: int
+    data: bytes
+
+
+class Assigned(NamedTuple):
+    """A battery the device may report for: its stream from this device, its key, its newest stored ts."""
+
+    stream_id: int
+    battery_pk: int
+    last_ts_ms: int | None
+
+
+@dataclass(slots=True)
+class BatchNewest:
+    """Per battery, what one batch brings: its newest sample, the most cells / temps seen, and per presence
+    mask the newest (ts, data) carrying that mask (a batch holds few distinct masks: cheap to keep)."""
+
+    ts_ms: int
+    seq: int
+    data: bytes
+    n_cells: int
+    n_temps: int
+    by_mask: dict[int, tuple[int, bytes]]
+
+
+@dataclass
+class IngestResult:
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    #: newest sample per battery in this batch, for the live feed: battery_id → wire sample (left out
+    #: when the battery already had a newer sample stored)
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _month_bounds(ts_ms: int) -> tuple[int, int, str]:
+    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    start = datetime(d.year, d.month, 1, tzinfo=UTC)
+    end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
+    return int(start.timestamp() * 1000), int(end.timestamp() * 1000), f"samples_{d.year:04d}_{d.month:02d}"
+
+
+class IngestStore(StoreCore):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._partitions: set[str] = set()
+        self._rollup_stmt: Any = None
+        self._state_stmt: Any = None
+
+    async def _ensure_partitions(self, min_ts: int, max_ts: int) -> None:
+        needed = {}
+        ts = min_ts
+        while True:
+            lo, hi, name = _month_bounds(ts)
+            if name not in self._partitions:
+                needed[name] = (lo, hi)
+            if hi > max_ts:
+                break
+            ts = hi
+        for name, (lo, hi) in needed.items():
+            try:
+                async with self.engine.begin() as conn:
+                    await conn.exec_driver_sql(
+                        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples "
+                        f"FOR VALUES FROM ({lo}) TO ({hi})"
+                    )
+            except Exception:
+                # another server may have created it at the same moment; anything else is a real error
+                async with self.engine.connect() as conn:
+                    exists = (await conn.exec_driver_sql(f"SELECT to_regclass('{name}')")).scalar()
+                if exists is None:
+                    raise
+            self._partitions.add(name)
+
+    async def store_samples(self, device: DeviceRef, parsed: list[PackedSample], t_now: int) -> IngestResult:
+        """Store (idempotent) and commit validated samples of one device; returns only after the commit.
+        ``rejected`` lists the samples refused here (battery not assigned, clash), sorted by index."""
+        res = IngestResult()
+        if not parsed:
+            return res
+        if not self.sqlite:
+            await self._ensure_partitions(min(p.ts_ms for p in parsed), max(p.ts_ms for p in parsed))
+        assigned_q = (
+            select(batteries.c.battery_id, streams.c.id, batteries.c.id, batteries.c.last_ts_ms)
+            .join(streams, and_(streams.c.battery_id == batteries.c.id, streams.c.device_id == device.id))
+            .where(batteries.c.tenant_id == device.tenant_id, batteries.c.device_id == device.id)
+        )
+        async with self.write() as conn:
+            assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in (await conn.execute(assigned_q)).all()}
+            rows: list[SampleRow] = []
+            kept: list[PackedSample] = []  # the sample behind each row
+            for p in parsed:
+                a = assigned.get(p.battery_id)
+                if a is None:
+                    res.rejected.append(
+                        {
+                            "index": p.index,
+                            "error": f"battery_id: {p.battery_id!r} is not assigned to this device",
+                        }
+                    )
+                    continue
+                rows.append(SampleRow(a.stream_id, p.seq, p.ts_ms, p.data))
+                kept.append(p)
+            if rows:
+                inserted = await self._insert_samples(conn, rows)
+                res.accepted = len(inserted)
+                clashes: dict[int, str] = {}
+                if res.accepted < len(rows):
+                    clashes = await self._clashes(conn, rows)
+                    for k, err in clashes.items():
+                        res.rejected.append({"index": kept[k].index, "error": err})
+                res.duplicates = len(rows) - res.accepted - len(clashes)
+                newest: dict[str, BatchNewest] = {}
+                rollups: dict[tuple[int, int], SeriesAcc] = {}
+                for k, (stream, seq, ts, data) in enumerate(rows):
+                    if k in clashes:
+                        continue
+                    p = kept[k]
+                    if (stream, ts, seq) in inserted:
+                        inserted.discard((stream, ts, seq))  # an exact re-send inside the batch counts once
+                        key = (stream, ts - ts % 60_000)
+                        acc = rollups.get(key)
+                        if acc is None:
+                            acc = rollups[key] = SeriesAcc()
+                        acc.add(p.series)
+                    n_cells = len(p.wire.get("cells_mv") or ())
+                    n_temps = len(p.wire.get("temps_c") or ())
+                    mask = packing.presence_mask(data)
+                    cur = newest.get(p.battery_id)
+                    if cur is None:
+                        newest[p.battery_id] = BatchNewest(
+                            ts, seq, data, n_cells, n_temps, {mask: (ts, data)}
+                        )
+                    else:
+                        if ts >= cur.ts_ms:
+                            cur.ts_ms, cur.seq, cur.data = ts, seq, data
+                        cur.n_cells = max(cur.n_cells, n_cells)
+                        cur.n_temps = max(cur.n_temps, n_temps)
+                        prev = cur.by_mask.get(mask)
+                        if prev is None or ts >= prev[0]:
+                            cur.by_mask[mask] = (ts, data)
+                if rollups:
+                    await self._upsert_rollups(conn, rollups)
+                if newest:
+                    # in battery order, so that concurrent batches (PostgreSQL) lock rows in one order
+                    order = sorted(newest, key=lambda b: assigned[b].battery_pk)
+                    # one executemany for the batch: arrival figures always, "latest" only if newer
+                    await conn.execute(
+                        _BATTERY_SEEN,
+                        [
+                            {
+                                "b_id": assigned[bid].battery_pk,
+                                "t_now": t_now,
+                                "b_ts": newest[bid].ts_ms,
+                                "b_seq": newest[bid].seq,
+                                "b_data": newest[bid].data,
+                                "n_cells": newest[bid].n_cells,
+                                "n_temps": newest[bid].n_temps,
+                            }
+                            for bid in order
+                        ],
+                    )
+                    # the last known state: each field merged in SQL, so concurrent batches cannot race
+                    await conn.execute(
+                        self._state_upsert(),
+                        [_state_row(assigned[bid].battery_pk, newest[bid].by_mask) for bid in order],
+                    )
+                for bid, nw in newest.items():
+                    stored_ts = assigned[bid].last_ts_ms
+                    if stored_ts is not None and nw.ts_ms < stored_ts:
+                        continue  # a backfill: live clients would take it for the pack's present state
+                    res.latest[bid] = packing.to_sample(bid, nw.seq, nw.ts_ms, nw.data)
+            res.rejected.sort(key=lambda r: r["index"])
+            await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
+        return res
+
+    async def _insert_samples(
+        self, conn: AsyncConnection, rows: list[SampleRow]
+    ) -> set[tuple[int, int, int]]:
+        """Insert, skipping rows whose key is already stored; returns the (stream, ts, seq) inserted."""
+        if self.sqlite:
+            out: set[tuple[int, int, int]] = set()
+            # 240 rows x 4 = 960 parameters: under the 999 that SQLite builds before 3.32 allow
+            for start in range(0, len(rows), 240):
+                chunk = rows[start : start + 240]
+                sql = _sqlite_insert_sql(len(chunk))
+                params = tuple(x for r in chunk for x in r)
+                result = await conn.exec_driver_sql(sql, params)
+                out.update((a, b, c) for a, b, c in result.all())  # plain tuples: cheaper to hash than Rows
+            return out
+        raw = await conn.get_raw_connection()
+        apg = raw.driver_connection
+        got = await apg.fetch(
+            "INSERT INTO samples (stream_id, seq, ts_ms, data) "
+            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) ON CONFLICT DO NOTHING "
+            "RETURNING stream_id, ts_ms, seq",
+            [r.stream_id for r in rows],
+            [r.seq for r in rows],
+            [r.ts_ms for r in rows],
+            [r.data for r in rows],
+        )
+        return {tuple(r) for r in got}
+
+    async def _upsert_rollups(self, conn: AsyncConnection, rollups: dict[tuple[int, int], SeriesAcc]) -> None:
+        params = []
+        for (stream, bucket), acc in rollups.items():
+            row: dict[str, Any] = {"stream_id": stream, "bucket_ms": bucket}
+            for name, st in acc.items():
+                row[f"{name}_n"] = st.n
+                row[f"{name}_min"] = st.min
+                row[f"{name}_max"] = st.max
+                row[f"{name}_sum"] = st.sum
+            params.append(row)
+        await conn.execute(self._rollup_upsert(), params)
+
+    def _rollup_upsert(self) -> Any:
+        if self._rollup_stmt is not None:
+            return self._rollup_stmt
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+
+            def least(a: Any, b: Any) -> Any:
+                return func.min(func.coalesce(a, b), func.coalesce(b, a))
+
+            def greatest(a: Any, b: Any) -> Any:
+                return func.max(func.coalesce(a, b), func.coalesce(b, a))
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+
+            least, greatest = func.least, func.greatest  # both skip NULLs on PostgreSQL
+        stmt = dialect_insert(rollup_1m)
+        r, ex = rollup_1m.c, stmt.excluded
+        set_: dict[str, Any] = {}
+        for name in SERIES:
+            set_[f"{name}_n"] = r[f"{name}_n"] + ex[f"{name}_n"]
+            set_[f"{name}_min"] = least(r[f"{name}_min"], ex[f"{name}_min"])
+            set_[f"{name}_max"] = greatest(r[f"{name}_max"], ex[f"{name}_max"])
+            set_[f"{name}_sum"] = func.coalesce(r[f"{name}_sum"], 0.0) + func.coalesce(ex[f"{name}_sum"], 0.0)
+        self._rollup_stmt = stmt.on_conflict_do_update(index_elements=["stream_id", "bucket_ms"], set_=set_)
+        return self._rollup_stmt
+
+    def _state_upsert(self) -> Any:
+        """Insert a battery's state, or merge it field by field: a field moves only to a value read at
+        the same ts or later (a backfill of old samples never overwrites newer values)."""
+        if self._state_stmt is not None:
+            return self._state_stmt
+        if self.sqlite:
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        stmt = dialect_insert(battery_state)
+        st, ex = battery_state.c, stmt.excluded
+        set_: dict[str, Any] = {}
+        for name, _ in STATE_FIELDS:
+            # NULL when this batch did not carry the field: then the stored value stays
+            newer = ex[f"{name}_ts"] >= func.coalesce(st[f"{name}_ts"], ex[f"{name}_ts"])
+            set_[name] = case((newer, ex[name]), else_=st[name])
+            set_[f"{name}_ts"] = case((newer, ex[f"{name}_ts"]), else_=st[f"{name}_ts"])
+        self._state_stmt = stmt.on_conflict_do_update(index_elements=["battery_id"], set_=set_)
+        return self._state_stmt
+
+    async def _clashes(self, conn: AsyncConnection, rows: list[SampleRow]) -> dict[int, str]:
+        """Rows that were skipped but are not re-sends: another sample of the stream holds their ts
+        (both backends), or their seq with another ts (SQLite, which can afford the second index)."""
+        by_stream: dict[int, list[int]] = {}
+        for k, r in enumerate(rows):
+            by_stream.setdefault(r.stream_id, []).append(k)
+        out: dict[int, str] = {}
+        s = samples.c
+        for stream_id, ks in by_stream.items():
+            tss = [rows[k].ts_ms for k in ks]
+            stored_by_ts = dict(
+                (
+                    await conn.execute(
+                        select(s.ts_ms, s.seq).where(s.stream_id == stream_id, s.ts_ms.in_(tss))
+                    )
+                ).all()
+            )
+            stored_by_seq: dict[int, int] = {}
+            if self.sqlite:
+                seqs = [rows[k].seq for k in ks]
+                stored_by_seq = dict(
+                    (
+                        await conn.execute(
+                            select(s.seq, s.ts_ms).where(s.stream_id == stream_id, s.seq.in_(seqs))
+                        )
+                    ).all()
+                )
+            for k in ks:
+                _, seq, ts, _ = rows[k]
+                other_seq = stored_by_ts.get(ts)
+                if other_seq is not None and other_seq != seq:
+                    out[k] = f"ts: another sample of this battery (seq {other_seq}) has the same ts"
+                elif self.sqlite and stored_by_seq.get(seq, ts) != ts:
+                    out[k] = f"seq: {seq} was already stored with another ts"
+        return out
+
+
+def _battery_seen() -> Any:
+    b = batteries.c
+    ts = bindparam("b_ts", type_=BigInteger)
+    n_cells = bindparam("n_cells", type_=Integer)
+    n_temps = bindparam("n_temps", type_=Integer)
+    newer = or_(b.last_ts_ms.is_(None), b.last_ts_ms <= ts)
+    return (
+        update(batteries)
+        .where(b.id == bindparam("b_id"))
+        .values(
+            last_received_ms=bindparam("t_now", type_=BigInteger),
+            received_ts_ms=ts,
+            cell_count=case((b.cell_count < n_cells, n_cells), else_=b.cell_count),
+            temp_count=case((b.temp_count < n_temps, n_temps), else_=b.temp_count),
+            last_seq=case((newer, bindparam("b_seq", type_=BigInteger)), else_=b.last_seq),
+            last_data=case((newer, bindparam("b_data", type_=LargeBinary)), else_=b.last_data),
+            last_ts_ms=case((newer, ts), else_=b.last_ts_ms),
+        )
+    )
+
+
+_BATTERY_SEEN = _battery_seen()
+
+
+def _state_row(battery_pk: int, by_mask: dict[int, tuple[int, bytes]]) -> dict[str, Any]:
+    """A battery's state row from one batch: per field the value of the newest sample carrying it."""
+    best: dict[str, tuple[int, bytes]] = {}
+    for mask, (ts, data) in by_mask.items():
+        for name, bit in packing.FIELD_BITS:
+            if mask & bit:
+                b = best.get(name)
+                if b is None or ts > b[0]:
+                    best[name] = (ts, data)
+    row: dict[str, Any] = {"battery_id": battery_pk}
+    decoded: dict[bytes, dict[str, Any]] = {}  # few distinct samples: unpack each once
+    for name, _ in packing.FIELD_BITS:
+        b = best.get(name)
+        if b is None:
+            row[name] = row[f"{name}_ts"] = None
+            continue
+        ts, data = b
+        fields = decoded.get(data)
+        if fields is None:
+            fields = decoded[data] = packing.unpack(data)
+        v = fields[name]
+        row[name] = orjson.dumps(v).decode() if name in STATE_JSON_FIELDS else v
+        row[f"{name}_ts"] = ts
+    return row
+
+
+def _sqlite_insert_sql(n: int) -> str:
+    return (
+        "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES "
+        + ",".join(["(?, ?, ?, ?)"] * n)
+        + " RETURNING stream_id, ts_ms, seq"
+    )

@@ -1,0 +1,188 @@
+"""A tenant's users, sites, devices (and their tokens), batteries and remote device config."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from trackingbms.model import BATTERY_ID_RULE, is_battery_id
+from trackingbms.server import security
+from trackingbms.server.db import batteries, device_tokens, devices, sites, streams, users
+from trackingbms.server.store.base import ROLES, Conflict, NotFound, TenantScope, now_ms
+
+
+class ProvisioningScope(TenantScope):
+    async def create_user(self, email: str, password: str, role: str) -> dict[str, Any]:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        email = email.strip().lower()
+        pw = await asyncio.to_thread(security.hash_password, password)
+        async with self.store.write() as conn:
+            try:
+                uid = (
+                    await conn.execute(
+                        insert(users)
+                        .values(
+                            tenant_id=self.tenant_id,
+                            email=email,
+                            password_hash=pw,
+                            role=role,
+                            created_ms=now_ms(),
+                        )
+                        .returning(users.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise Conflict(f"user {email!r} already exists") from None
+        return {"user_id": uid, "email": email, "role": role}
+
+    async def create_site(self, name: str) -> dict[str, Any]:
+        async with self.store.write() as conn:
+            try:
+                sid = (
+                    await conn.execute(
+                        insert(sites).values(tenant_id=self.tenant_id, name=name).returning(sites.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise Conflict(f"site {name!r} already exists") from None
+        return {"site_id": sid, "name": name}
+
+    async def create_device(self, name: str) -> dict[str, Any]:
+        """A new device and its token (the token is returned here only: it is stored hashed)."""
+        token = security.new_token(security.DEVICE_TOKEN_PREFIX)
+        async with self.store.write() as conn:
+            try:
+                did = (
+                    await conn.execute(
+                        insert(devices)
+                        .values(tenant_id=self.tenant_id, name=name, created_ms=now_ms(), config_version=0)
+                        .returning(devices.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise Conflict(f"device {name!r} already exists") from None
+            await self._insert_token(conn, did, token)
+        return {"device_id": name, "token": token}
+
+    async def _insert_token(self, conn: AsyncConnection, device_id: int, token: str) -> None:
+        await conn.execute(
+            insert(device_tokens).values(
+                device_id=device_id,
+                tenant_id=self.tenant_id,
+                token_hash=security.token_hash(token),
+                created_ms=now_ms(),
+                revoked=False,
+            )
+        )
+
+    async def new_device_token(self, name: str) -> dict[str, Any]:
+        """Another token for an existing device (e.g. to rotate: issue, deploy, revoke the old one)."""
+        token = security.new_token(security.DEVICE_TOKEN_PREFIX)
+        async with self.store.write() as conn:
+            await self._insert_token(conn, await self._device_id(conn, name), token)
+        return {"device_id": name, "token": token}
+
+    async def revoke_device_tokens(self, name: str) -> int:
+        async with self.store.write() as conn:
+            did = await self._device_id(conn, name)
+            return (
+                await conn.execute(
+                    update(device_tokens)
+                    .where(
+                        device_tokens.c.device_id == did,
+                        device_tokens.c.tenant_id == self.tenant_id,
+                        device_tokens.c.revoked.is_(False),
+                    )
+                    .values(revoked=True)
+                )
+            ).rowcount
+
+    async def create_battery(
+        self,
+        site: int | str,
+        battery_id: str,
+        name: str | None = None,
+        device: str | None = None,
+        poll_interval_s: float | None = None,
+    ) -> dict[str, Any]:
+        if not is_battery_id(battery_id):
+            raise ValueError(f"battery_id must match {BATTERY_ID_RULE}")
+        async with self.store.write() as conn:
+            sid = await self._site_id(conn, site)
+            did = await self._device_id(conn, device) if device else None
+            try:
+                bid = (
+                    await conn.execute(
+                        insert(batteries)
+                        .values(
+                            tenant_id=self.tenant_id,
+                            site_id=sid,
+                            device_id=did,
+                            battery_id=battery_id,
+                            name=name or battery_id,
+                            poll_interval_s=poll_interval_s or self.store.default_poll_interval_s,
+                            cell_count=0,
+                            temp_count=0,
+                        )
+                        .returning(batteries.c.id)
+                    )
+                ).scalar_one()
+            except IntegrityError:
+                raise Conflict(f"battery {battery_id!r} already exists") from None
+            if did is not None:
+                await conn.execute(insert(streams).values(device_id=did, battery_id=bid))
+        return {"battery_id": battery_id, "name": name or battery_id, "site_id": sid, "device_id": device}
+
+    async def assign_battery(self, battery_id: str, device: str | None) -> None:
+        """Move a battery to another device (its samples so far stay, under the old device's stream)."""
+        async with self.store.write() as conn:
+            bid = await self._battery_pk(conn, battery_id)
+            did = await self._device_id(conn, device) if device else None
+            await conn.execute(update(batteries).where(batteries.c.id == bid).values(device_id=did))
+            if did is not None:
+                exists = (
+                    await conn.execute(
+                        select(streams.c.id).where(streams.c.device_id == did, streams.c.battery_id == bid)
+                    )
+                ).scalar()
+                if exists is None:
+                    await conn.execute(insert(streams).values(device_id=did, battery_id=bid))
+
+    async def set_device_config(self, name: str, config: dict[str, Any]) -> dict[str, Any]:
+        """Store a device's remote config under the next ``config_version``; returns it as sent."""
+        async with self.store.write() as conn:
+            row = (
+                await conn.execute(
+                    select(devices.c.id, devices.c.config_version).where(
+                        devices.c.name == name, devices.c.tenant_id == self.tenant_id
+                    )
+                )
+            ).first()
+            if row is None:
+                raise NotFound(f"no device {name!r}")
+            version = (row.config_version or 0) + 1
+            body = {"config_version": version, **{k: v for k, v in config.items() if k != "config_version"}}
+            await conn.execute(
+                update(devices)
+                .where(devices.c.id == row.id)
+                .values(config=orjson.dumps(body).decode(), config_version=version)
+            )
+            # connectivity judges freshness by the poll interval the gateway is told to use
+            for battery_id, bcfg in (body.get("batteries") or {}).items():
+                if bcfg.get("poll_interval_s"):
+                    await conn.execute(
+                        update(batteries)
+                        .where(
+                            batteries.c.tenant_id == self.tenant_id,
+                            batteries.c.device_id == row.id,
+                            batteries.c.battery_id == battery_id,
+                        )
+                        .values(poll_interval_s=bcfg["poll_interval_s"])
+                    )
+        return body

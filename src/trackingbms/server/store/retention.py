@@ -1,0 +1,64 @@
+"""Raw-sample retention per tenant, and the on-disk size of the samples (for the benchmarks)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+
+from trackingbms.server.db import batteries, samples, streams, tenants
+from trackingbms.server.store.base import StoreCore, now_ms
+
+
+class RetentionStore(StoreCore):
+    async def set_retention(self, tenant_id: int, days: int | None) -> None:
+        """Keep a tenant's raw samples ``days`` long (None: forever). Rollups are kept either way."""
+        async with self.write() as conn:
+            await conn.execute(
+                update(tenants).where(tenants.c.id == tenant_id).values(retention_days=days or None)
+            )
+
+    async def apply_retention(self, at_ms: int | None = None) -> int:
+        """Delete raw samples older than each tenant's retention; returns how many were deleted."""
+        at_ms = at_ms or now_ms()
+        async with self.engine.connect() as conn:
+            rules = (
+                await conn.execute(
+                    select(tenants.c.id, tenants.c.retention_days).where(
+                        tenants.c.retention_days.is_not(None)
+                    )
+                )
+            ).all()
+        deleted = 0
+        for tenant_id, days in rules:
+            cutoff = at_ms - int(days * 86_400_000)
+            tenant_streams = (
+                select(streams.c.id)
+                .join(batteries, batteries.c.id == streams.c.battery_id)
+                .where(batteries.c.tenant_id == tenant_id)
+            )
+            async with self.write() as conn:
+                r = await conn.execute(
+                    samples.delete().where(samples.c.stream_id.in_(tenant_streams), samples.c.ts_ms < cutoff)
+                )
+                deleted += max(0, r.rowcount)
+        return deleted
+
+    async def samples_bytes(self) -> int:
+        """Bytes the samples table and its indexes take (PostgreSQL: all partitions)."""
+        async with self.engine.connect() as conn:
+            if self.sqlite:
+                return int(
+                    (
+                        await conn.exec_driver_sql(
+                            "SELECT sum(pgsize) FROM dbstat WHERE name IN ('samples', 'samples_stream_ts')"
+                        )
+                    ).scalar()
+                    or 0
+                )
+            return int(
+                (
+                    await conn.exec_driver_sql(
+                        "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
+                        "WHERE inhparent = 'samples'::regclass"
+                    )
+                ).scalar()
+            )

@@ -1,0 +1,62 @@
+"""The one series accumulator: count, min, max and sum of each history series (the rollup row layout).
+
+Ingest folds samples into 1-minute rollups with it, history folds raw rows into buckets with it, and rollup
+rows aggregated in SQL come back as one. Flat list, not objects per series: it is on the ingest hot path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+from trackingbms.analytics.cells import SERIES
+
+_N_SERIES = len(SERIES)
+
+
+class SeriesStats(NamedTuple):
+    n: int
+    min: Any
+    max: Any
+    sum: float
+
+
+class SeriesAcc:
+    """Per series of :data:`~trackingbms.analytics.cells.SERIES`: n, min, max, sum (None / 0 while empty)."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: list[Any] | None = None) -> None:
+        #: [n, min, max, sum] per series, series after series
+        self.flat: list[Any] = flat if flat is not None else [0, None, None, 0.0] * _N_SERIES
+
+    @classmethod
+    def from_columns(cls, columns: Iterable[Any]) -> SeriesAcc:
+        """From n, min, max, sum columns in :data:`SERIES` order (e.g. a rollup aggregate row)."""
+        return cls(list(columns))
+
+    def add(self, point: Sequence[Any]) -> None:
+        """Fold one sample's series values (None where absent)."""
+        acc = self.flat
+        for j, v in enumerate(point):
+            if v is None:
+                continue
+            o = 4 * j
+            if not acc[o]:
+                acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = 1, v, v, v
+            else:
+                acc[o] += 1
+                if v < acc[o + 1]:
+                    acc[o + 1] = v
+                if v > acc[o + 2]:
+                    acc[o + 2] = v
+                acc[o + 3] += v
+
+    def stats(self, j: int) -> SeriesStats:
+        o = 4 * j
+        n, lo, hi, total = self.flat[o : o + 4]
+        return SeriesStats(n or 0, lo, hi, total)
+
+    def items(self) -> Iterable[tuple[str, SeriesStats]]:
+        for j, name in enumerate(SERIES):
+            yield name, self.stats(j)
