@@ -37,4 +37,4 @@ def test_one_wording_for_the_host_address() -> None:
     for wording in ADDRESS_WORDING:
         assert wording in EXAMPLE_CONFIG
         assert wording in (ADDRESS_OPT.help or "")
-    assert "`--address 0x40` (RS485/UART via the PC port" in readme and "`0x80` (Bluetooth/app)" in readme
+    assert "`--address 0x40` (RS485/UART via the PC port" in readme and "`0x80` (Bluetooth/app" in readme

@@ -52,6 +52,8 @@ def test_defaults(tmp_path: Path) -> None:
         (lambda d: d["uplinks"][0].update(url="ftp://x"), "uplinks[0].url", "http://"),
         (lambda d: d["uplinks"][0].update(name="satellite"), "uplinks[0].name", "wifi"),
         (lambda d: d.update(uplinks=[]), "uplinks", "at least 1"),
+        (lambda d: d["uplinks"][0].update(url="mqtts://broker:8883"), "uplinks[0]", "username: required"),
+        (lambda d: d["uplinks"][0].update(username="t1/gw"), "uplinks[0].username", "pattern"),
         (lambda d: d.update(bms_list=[]), "bms_list", "unknown key"),
         (lambda d: d["bms"].append(dict(d["bms"][0])), "bms", "more than once"),
         (lambda d: d["bms"].append({**d["bms"][0], "battery_id": "b2"}), "bms", "its own board number"),
@@ -82,6 +84,17 @@ def test_errors_name_the_key(tmp_path: Path, change, key: str, words: str) -> No
     line = next((ln for ln in text.splitlines() if ln.strip().startswith(key + ":")), None)
     assert line is not None, text
     assert words in line, text
+
+
+def test_mqtt_uplink(tmp_path: Path) -> None:
+    from trackingbms.gateway.uplinks.mqtt import parse_brokers
+
+    data = minimal(tmp_path)
+    data["uplinks"].append({"name": "mqtt", "url": "mqtt://n1:1884,n2", "username": "t1-gw-1"})
+    cfg = GatewayConfig.from_dict(data)
+    assert cfg.uplinks[1].is_mqtt and not cfg.uplinks[0].is_mqtt
+    assert parse_brokers(cfg.uplinks[1].url) == (False, [("n1", 1884), ("n2", 1883)])
+    assert parse_brokers("mqtts://b") == (True, [("b", 8883)])
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ ALLOWED = ("trackingbms.gateway", "trackingbms.bms", "trackingbms.model")
 
 def test_gateway_imports_only_bms_and_model() -> None:
     bad = []
-    for path in Path(trackingbms.gateway.__file__).parent.glob("*.py"):
+    for path in Path(trackingbms.gateway.__file__).parent.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):

@@ -467,7 +467,10 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
     async with httpx.AsyncClient(base_url=world.base_url) as c:
         doc = (await c.get("/openapi.json")).json()
     public = {"/api/v1/auth/login", "/healthz"}
-    ids = {"battery_id": b.batteries[0], "device_id": "gw-globex"}
+    async with p.open_store(world.database_url) as store:  # an API token of the other tenant
+        globex = store.tenant(await store.tenant_by_name("globex"))
+        token_id = (await globex.create_api_token("admin@globex.test", "ci", "read", 30))["id"]
+    ids = {"battery_id": b.batteries[0], "device_id": "gw-globex", "token_id": str(token_id)}
     checked = 0
     for path, ops in doc["paths"].items():
         if not path.startswith("/api/") or path in public:
@@ -480,16 +483,20 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
                 assert r.status_code == 401, (method, path, r.status_code)
             if "{" not in path:
                 continue
-            ghost_url = path.format(battery_id="no-such-pack", device_id="no-such-gw")
+            ghost_url = path.format(battery_id="no-such-pack", device_id="no-such-gw", token_id="999999")
             for token in (a.admin, a.viewer, a.device):
                 async with client(world.base_url, token) as c:
                     r = await c.request(method, url, json=body)
                     ghost = await c.request(method, ghost_url, json=body)
                 assert r.status_code in (401, 403, 404), (method, path, r.status_code)
                 # another tenant's id answers exactly like an id that exists nowhere
-                seen = r.text.replace(ids["battery_id"], "X").replace(ids["device_id"], "X")
+                seen = r.text
+                for value in ids.values():
+                    seen = seen.replace(value, "X")
                 assert r.status_code == ghost.status_code
-                assert seen == ghost.text.replace("no-such-pack", "X").replace("no-such-gw", "X")
+                assert seen == ghost.text.replace("no-such-pack", "X").replace("no-such-gw", "X").replace(
+                    "999999", "X"
+                )
                 assert "77.7" not in r.text
                 checked += 1
     assert checked >= 15

@@ -76,3 +76,20 @@ async def test_without_bluez_bleak_says_so_and_names_the_dongle_alternative() ->
     with pytest.raises(LinkError, match=r"Bluetooth is not available here.*hci=usb:0") as info:
         await open_ble_link("ble://C0:DA:17:00:00:99?timeout=3")
     assert "\n" not in str(info.value)
+
+
+async def test_a_module_that_disconnects_is_a_link_error_not_silence() -> None:
+    """The BMS's Bluetooth drops the connection: the client says so (the gateway reconnects) instead of
+    calling the BMS asleep."""
+    from trackingbms.bms import open_bms
+    from trackingbms.sim.ble import serve_ble
+
+    ep = await serve_ble(make_pack())
+    bms = await open_bms(ep.url, "a5", turnaround_s=TURNAROUND_S, retries=0)
+    try:
+        assert (await bms.snapshot(["pack"])).voltage_v is not None
+        await ep.close()
+        with pytest.raises(LinkError, match="the BMS disconnected"):
+            await bms.snapshot(["pack"])
+    finally:
+        await bms.aclose()

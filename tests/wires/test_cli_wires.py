@@ -57,7 +57,7 @@ def test_read_and_probe_a5_can_boards_through_an_slcan_adapter_in_another_proces
     with simulator("--wire", "can", "--packs", "2", "--cells", "9", ports=2) as (url, same):
         assert url == same and url.startswith("can://slcan/dev/")
         read = cli("read", url, "--board", "2", "--json")
-        probe = cli("probe", url, "--json")
+        probe = cli("probe", url, "--json", "--turnaround", "1.0")  # generous: a loaded machine
     assert read.returncode == 0, read.stderr
     sample = json.loads(read.stdout)
     assert sample["source"] == "a5-can" and len(sample["cells_mv"]) == 9  # --family a5 on CAN = a5-can
@@ -72,7 +72,7 @@ def test_hkms_broadcast_read_and_probed() -> None:
         url,
     ):
         read = cli("read", url, "--family", "hkms-can", "--json")
-        probe = cli("probe", url)
+        probe = cli("probe", url, "--turnaround", "1.0")
     assert read.returncode == 0, read.stderr
     sample = json.loads(read.stdout)
     assert sample["source"] == "hkms-can" and len(sample["cells_mv"]) == 7

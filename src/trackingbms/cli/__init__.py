@@ -5,7 +5,16 @@ Each module registers its commands on :data:`trackingbms.cli.app.app`.
 
 from __future__ import annotations
 
-from trackingbms.cli import analyze, bms_commands, demo, gateway, server, simulate  # noqa: F401  (registration)
+from trackingbms.cli import (  # noqa: F401  (registration)
+    admin_data,
+    analyze,
+    bms_commands,
+    demo,
+    gateway,
+    server,
+    simulate,
+    worker,
+)
 from trackingbms.cli.app import app
 
 

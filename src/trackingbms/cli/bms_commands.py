@@ -14,6 +14,7 @@ from trackingbms.cli.app import app
 
 if TYPE_CHECKING:
     from trackingbms.bms import BmsClient
+    from trackingbms.bms.writes import WriteResult
     from trackingbms.model import Reading
 
 EXIT_BMS = 1
@@ -330,44 +331,26 @@ def set_cmd(
     dis = _on_off(discharge_mos, "--discharge-mos")
     if chg is None and dis is None and soc is None:
         raise _err("nothing to set: give --charge-mos, --discharge-mos and/or --soc", EXIT_USAGE)
-    plan = []
-    if chg is not None:
-        plan.append(f"charge MOSFET {'ON' if chg else 'OFF'}")
-    if dis is not None:
-        plan.append(f"discharge MOSFET {'ON' if dis else 'OFF'}")
-    if soc is not None:
-        plan.append(f"SOC {soc:.1f} % (and the BMS clock to now)")
+    from trackingbms.bms.writes import describe, guarded_write
+
+    plan = describe(chg, dis, soc)
     if not yes and not typer.confirm(f"Set {', '.join(plan)} on {port}?", default=False):
         raise _err("cancelled, nothing written", EXIT_BMS)
 
-    async def go() -> Reading:
+    async def go() -> WriteResult:
         bms = await _connect(port, address, board, False, baud, retries, turnaround, family)
         try:
-            # each write is read back by the client; a write that did not take raises BmsWriteError
-            if chg is not None:
-                await bms.set_mosfet("charge", chg)
-            if dis is not None:
-                await bms.set_mosfet("discharge", dis)
-            if soc is not None:
-                await bms.set_soc(soc)
-            return await bms.snapshot(["pack", "mos", "status", "faults"])
+            return await guarded_write(bms, charge_mos=chg, discharge_mos=dis, soc_pct=soc)
         finally:
             await bms.aclose()
 
-    reading = _run(go())
+    result = _run(go())
     from rich.console import Console
 
     console = Console()
-    console.print(reading_table(reading, None, console.width))
-    failed = []
-    if chg is not None and reading.charge_mos is not chg:
-        failed.append("charge MOSFET did not switch (a protection may hold it off: see faults)")
-    if dis is not None and reading.discharge_mos is not dis:
-        failed.append("discharge MOSFET did not switch (a protection may hold it off: see faults)")
-    if soc is not None and reading.soc_pct is not None and abs(reading.soc_pct - soc) > 0.5:
-        failed.append(f"SOC reads {reading.soc_pct} %, not {soc} %")
-    if failed:
-        raise _err("; ".join(failed))
+    console.print(reading_table(result.reading, None, console.width))
+    if result.failed:
+        raise _err("; ".join(result.failed))
 
 
 @app.command()

@@ -70,7 +70,7 @@ def gateway_command(
 
     try:
         asyncio.run(main())
-    except (OSError, StateDirBusy) as exc:  # e.g. the local API port is taken, state dir not writable
+    except (OSError, StateDirBusy, ConfigError) as exc:  # port taken, state dir not writable, extra missing
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 

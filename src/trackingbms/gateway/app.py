@@ -12,7 +12,7 @@ from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.state import BatteryStatus, GatewayState
-from trackingbms.gateway.uplink import RemoteConfig, UplinkManager
+from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
 
 log = logging.getLogger("trackingbms.gateway")
@@ -39,9 +39,23 @@ class Gateway:
             )
         self.remote = RemoteConfig(self.queue, self.state, config)
         self.uplinks = UplinkManager(config, self.queue, self.state, self.remote)
+        self.links = SharedLinks()  # boards on one port (an RS485 bus) share its link
+        self.pollers = {
+            b.battery_id: BmsPoller(b, self.queue, self.state, self._on_sample, self.links)
+            for b in config.bms
+        }
+        self.home_assistant: Any = None
+        if config.home_assistant is not None:
+            from trackingbms.gateway.homeassistant import HomeAssistant
+
+            self.home_assistant = HomeAssistant(
+                config.home_assistant, self.state, lambda bid: self.pollers[bid].client
+            )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
-            self.local = LocalApi(config.local_api, self.state, self.queue, self.status)
+            self.local = LocalApi(
+                config.local_api, self.state, self.queue, self.status, [u.name for u in config.uplinks]
+            )
 
     async def status(self) -> dict[str, Any]:
         body = await self.uplinks.heartbeat_body()
@@ -73,16 +87,13 @@ class Gateway:
         await self.queue.run(self.queue.enforce_budget)
         if self.local is not None:
             await self.local.start()
-        links = SharedLinks()  # boards on one port (an RS485 bus) share its link
-        pollers = [
-            asyncio.create_task(
-                BmsPoller(b, self.queue, self.state, self._on_sample, links).run(),
-                name=f"poll-{b.battery_id}",
-            )
-            for b in self.config.bms
-        ]
+        pollers = [asyncio.create_task(p.run(), name=f"poll-{bid}") for bid, p in self.pollers.items()]
+        extra = []
+        if self.home_assistant is not None:
+            extra.append(asyncio.create_task(self.home_assistant.run(), name="home-assistant"))
         tasks = [
             *pollers,
+            *extra,
             asyncio.create_task(self.uplinks.run_sender(), name="sender"),
             asyncio.create_task(self.uplinks.run_heartbeat(), name="heartbeat"),
             asyncio.create_task(self.uplinks.run_failback_probe(), name="failback"),

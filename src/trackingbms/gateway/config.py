@@ -7,6 +7,7 @@ greater than 0``.
 
 from __future__ import annotations
 
+import importlib.util
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -38,23 +39,47 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class UplinkConfig(_Strict):
-    """One HTTP(S) uplink; listed in priority order (the first is the primary)."""
+UPLINK_SCHEMES = ("http://", "https://", "mqtt://", "mqtts://")
 
-    name: Literal["wifi", "cellular", "lan"] = Field(description="also the Sample's `via`")
-    url: str = Field(description="server base URL, e.g. https://tbms.example.com")
+
+class UplinkConfig(_Strict):
+    """One uplink (HTTP(S) or MQTT); listed in priority order (the first is the primary)."""
+
+    name: Literal["wifi", "cellular", "lan", "mqtt"] = Field(description="also the Sample's `via`")
+    url: str = Field(
+        description="server base URL (https://tbms.example.com) or MQTT broker(s) "
+        "(mqtts://broker:8883, or mqtt://node1:1883,node2:1883 for a cluster: tried in turn)"
+    )
     batch_max_samples: int = Field(1000, ge=1, le=5000)
     batch_max_age_s: float = Field(1.0, ge=0)
+    #: HTTP: request timeout; MQTT: how long to wait for the server's acknowledgement of a batch
     timeout_s: float = Field(15.0, gt=0)
     max_in_flight: int = Field(2, ge=1, le=8)
     gzip: bool = True
+    #: MQTT only: the device's broker user name, also its topic (tbms/<username>/...), printed by
+    #: `trackingbms admin mqtt-device`; the password is device_token
+    username: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,128}$")
+    #: MQTT only: CA bundle for mqtts:// (default: the system's)
+    ca_file: Path | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if not url.startswith(UPLINK_SCHEMES):
+            raise ValueError("must start with http://, https://, mqtt:// or mqtts://")
         return url.rstrip("/")
+
+    @property
+    def is_mqtt(self) -> bool:
+        return self.url.startswith(("mqtt://", "mqtts://"))
+
+    @model_validator(mode="after")
+    def _mqtt(self) -> UplinkConfig:
+        if self.is_mqtt and not self.username:
+            raise ValueError("username: required for an mqtt:// uplink (see trackingbms admin mqtt-device)")
+        if self.is_mqtt and importlib.util.find_spec("aiomqtt") is None:
+            raise ValueError("url: mqtt:// uplinks need aiomqtt: pip install 'trackingbms[mqtt]'")
+        return self
 
 
 class BmsConfig(_Strict):
@@ -135,6 +160,30 @@ class LocalApiConfig(_Strict):
         return int(self.listen.rpartition(":")[2])
 
 
+class HomeAssistantConfig(_Strict):
+    """Optional local MQTT output with Home Assistant discovery (trackingbms.gateway.homeassistant)."""
+
+    #: mqtt://[user:password@]host[:port] or mqtts:// (TLS)
+    broker: str
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: state, availability and command topics: <topic_prefix>/<battery_id>/...
+    topic_prefix: str = Field("trackingbms", pattern=r"^[A-Za-z0-9_/-]+$")
+    #: publish each pack's state at most this often (and at once when its link or a MOSFET changes)
+    publish_interval_s: float = Field(5.0, ge=0)
+    #: one (disabled by default) sensor per cell besides min / max / delta
+    cell_entities: bool = True
+    #: battery ids whose charge / discharge MOSFETs Home Assistant may switch (none by default)
+    mosfet_switches: list[str] = Field(default_factory=list)
+    client_id: str | None = None
+
+    @field_validator("broker")
+    @classmethod
+    def _broker(cls, broker: str) -> str:
+        if not broker.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("must start with mqtt:// or mqtts://, e.g. mqtt://homeassistant.local:1883")
+        return broker
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration (see :data:`EXAMPLE_CONFIG`)."""
 
@@ -153,6 +202,7 @@ class GatewayConfig(_Strict):
     failover: FailoverConfig = Field(default_factory=FailoverConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
+    home_assistant: HomeAssistantConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -179,6 +229,10 @@ class GatewayConfig(_Strict):
             boards = [b.board for b in group]
             if len(set(boards)) != len(boards):
                 raise ValueError(f"bms: {who} share port {port}: give each its own board number")
+        unknown = sorted(set(self.home_assistant.mosfet_switches) - set(ids)) if self.home_assistant else []
+        if unknown:
+            names = ", ".join(unknown)
+            raise ValueError(f"home_assistant.mosfet_switches: {names} is not a [[bms]] battery_id")
         return self
 
     @classmethod
@@ -231,10 +285,10 @@ heartbeat_interval_s = 30            # also sent at once when a BMS link changes
 parked_retry_s = 300                 # retry samples parked because the battery was not assigned (yet)
 log_level = "info"                   # debug | info | warning | error
 
-# Uplinks in priority order; `name` is also the Sample's `via`.
+# Uplinks in priority order; `name` is also the Sample's `via` (wifi | cellular | lan | mqtt).
 [[uplinks]]
-name = "wifi"                        # required: wifi | cellular | lan
-url = "https://tbms.example.com"     # required: server base URL
+name = "wifi"                        # required: wifi | cellular | lan | mqtt
+url = "https://tbms.example.com"     # required: server base URL, or mqtt(s)://broker[:port][,broker2...]
 batch_max_samples = 1000             # send when this many samples wait ...
 batch_max_age_s = 1.0                # ... or when the oldest waiting sample is this old
 timeout_s = 15
@@ -248,6 +302,15 @@ gzip = true
 # batch_max_samples = 5000
 # batch_max_age_s = 60
 
+# An MQTT uplink (QoS 1, persistent session; a sample leaves the queue only when the server's
+# acknowledgement arrives on tbms/<username>/ack). Password: device_token.
+# [[uplinks]]
+# name = "mqtt"
+# url = "mqtts://broker.example.com:8883"   # several brokers (a cluster): mqtt://n1:1883,n2:1883
+# username = "t1-gw-1"                      # printed by `trackingbms admin mqtt-device`
+# batch_max_samples = 500
+# timeout_s = 15                            # no acknowledgement this long: the batch is sent again
+
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long
 probe_interval_s = 30                # while failed over, probe the primary this often; fail back on success
@@ -260,6 +323,15 @@ backoff_max_s = 60
 enabled = true
 listen = "0.0.0.0:8081"
 # token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
+
+# Optional: Home Assistant MQTT discovery (each pack appears as a device with its sensors).
+# [home_assistant]
+# broker = "mqtt://user:password@homeassistant.local:1883"   # mqtts:// for TLS
+# discovery_prefix = "homeassistant"
+# topic_prefix = "trackingbms"       # state / availability / command topics: trackingbms/<battery_id>/...
+# publish_interval_s = 5             # state at most this often (link and MOSFET changes at once)
+# cell_entities = true               # one sensor per cell (disabled in HA until you enable it)
+# mosfet_switches = ["pack-1"]       # packs whose charge / discharge MOSFETs HA may switch (none by default)
 
 # One [[bms]] table per BMS.
 [[bms]]

@@ -6,6 +6,7 @@ gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
 - ``GET /`` — the live page (no external assets: works with no internet);
 - ``GET /local/v1/state`` — gateway status and, per battery, link state and the latest sample;
 - ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=`` — samples taken here (sent or not);
+- ``GET /metrics`` — Prometheus metrics (:mod:`trackingbms.gateway.metrics`);
 - ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", "sample": <as taken>, "latest": <merged>}`` and
   ``{"type": "link", ...}`` events.
 
@@ -21,7 +22,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from http import HTTPStatus
 from typing import Any
@@ -60,7 +61,9 @@ class LocalApi:
         state: GatewayState,
         queue: DurableQueue,
         gateway_status: Callable[[], Awaitable[dict[str, Any]]],
+        uplinks: Sequence[str] = (),
     ):
+        self.uplinks = list(uplinks)
         self.cfg = cfg
         self.state = state
         self.queue = queue
@@ -112,6 +115,11 @@ class LocalApi:
             return None  # WebSocket handshake proceeds
         if path == "/local/v1/state":
             return _json(200, await self.state_body())
+        if path == "/metrics":
+            from trackingbms.gateway import metrics
+
+            body = metrics.render(await self.gateway_status(), self.state.batteries.values(), self.uplinks)
+            return _response(200, body, metrics.CONTENT_TYPE)
         if path == "/local/v1/history":
             since = (query.get("since") or [None])[0]
             battery_id = (query.get("battery_id") or [None])[0]

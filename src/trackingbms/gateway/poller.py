@@ -113,6 +113,8 @@ class BmsPoller:
         self._base_bad = 0
         self._open_failed_since: float | None = None
         self._open_failure_logged = 0.0
+        #: the BMS client while the link is open (writers such as Home Assistant's switches use it), else None
+        self.client: Any = None
 
     def due_commands(self, now: float) -> list[str]:
         commands = ["pack"]
@@ -171,9 +173,11 @@ class BmsPoller:
             backoff_s = 1.0
             self._last_reply_mono = time.monotonic()
             self._base_good, self._base_bad = self.status.frames_good, self.status.frames_bad
+            self.client = bms
             try:
                 await self._poll_loop(bms, BmsError)
             except asyncio.CancelledError:
+                self.client = None
                 await self.links.release(cfg.port, link)
                 raise
             except (*LINK_LOST, LinkError) as exc:  # the byte stream is gone
@@ -184,6 +188,7 @@ class BmsPoller:
                 err = f"unexpected {exc.__class__.__name__}: {exc}"
                 log.exception("%s: %s; reopening the link", bid, err)
                 self.state.set_link_state(bid, "disconnected", err)
+            self.client = None
             await self.links.release(cfg.port, link, broken=True)
             await asyncio.sleep(_jitter(backoff_s))
             backoff_s = min(backoff_s * 2, cfg.reconnect_max_s)
@@ -209,11 +214,13 @@ class BmsPoller:
             now = time.monotonic()
             commands = self.due_commands(now)
             reading: Reading | None
+            started = time.monotonic()
             try:
                 reading = await bms.snapshot(commands)
                 error = None
             except bms_error as exc:  # a LinkError passes through: reconnect, state "disconnected"
                 reading, error = None, f"{exc.__class__.__name__}: {exc}"
+            st.poll_times.observe(time.monotonic() - started)
             self._update_stats(bms)
             got = reading.measurements() if reading is not None else {}
             if got:

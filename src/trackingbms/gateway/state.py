@@ -35,6 +35,27 @@ def merge_latest(latest: dict[str, Any] | None, sample: dict[str, Any]) -> dict[
     return merged
 
 
+#: upper bounds of the poll-duration histogram (seconds); a 9600-baud A5 command takes ~30 ms at best
+POLL_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass
+class Timings:
+    """A cumulative histogram of durations (exported as a Prometheus histogram by the local API)."""
+
+    bounds_s: tuple[float, ...] = POLL_BUCKETS_S
+    counts: list[int] = field(default_factory=lambda: [0] * len(POLL_BUCKETS_S))
+    count: int = 0
+    sum_s: float = 0.0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum_s += seconds
+        for i, bound in enumerate(self.bounds_s):
+            if seconds <= bound:
+                self.counts[i] += 1
+
+
 @dataclass
 class BatteryStatus:
     battery_id: str
@@ -48,6 +69,7 @@ class BatteryStatus:
     last_error: str | None = None
     latest: dict[str, Any] | None = None
     last_reply_ts: str | None = None
+    poll_times: Timings = field(default_factory=Timings)
 
     def heartbeat_entry(self) -> dict[str, Any]:
         return {

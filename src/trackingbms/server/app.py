@@ -126,8 +126,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             session_ttl_s=settings.session_ttl_s,
         )
         app.state.ingest = IngestService(
-            app.state.store, app.state.hub, max_future_ms=int(settings.max_clock_skew_s * 1000)
+            app.state.store,
+            app.state.hub,
+            max_future_ms=int(settings.max_clock_skew_s * 1000),
+            metrics=app.state.metrics,
         )
+        relay = None
+        if not app.state.store.sqlite:  # other API processes and ingest workers may share this database
+            from trackingbms.server.live import PgRelay
+
+            relay = PgRelay(engine, app.state.hub)
+            await relay.start()
+            from trackingbms.server.pg_throttle import PgLoginThrottle
+
+            # failed logins counted by any process lock the account in every process
+            app.state.login_throttle = PgLoginThrottle(engine, app.state.login_throttle.policies)
         log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
@@ -139,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            if relay is not None:
+                await relay.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
             await engine.dispose()
             log.info("server stopped")
@@ -180,6 +195,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     from trackingbms.server.api import router
 
     app.include_router(router)
+
+    from trackingbms.server import metrics
+
+    metrics.install(app)
 
     @app.exception_handler(NotFound)
     async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:

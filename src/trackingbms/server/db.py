@@ -74,6 +74,23 @@ user_tokens = Table(
     Column("revoked", Boolean, nullable=False, default=False),
 )
 
+#: personal access tokens for integrations (migration 0004; repository: store/api_tokens.py)
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("user_id", Integer, ForeignKey("users.id"), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scope", String(16), nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Column("last_used_ms", BigInteger, nullable=True),
+    Column("revoked_ms", BigInteger, nullable=True),
+    Index("ix_api_tokens_tenant_user", "tenant_id", "user_id"),
+)
+
 sites = Table(
     "sites",
     metadata,
@@ -173,6 +190,17 @@ battery_state = Table(
     metadata,
     Column("battery_id", Integer, ForeignKey("batteries.id"), primary_key=True),
     *state_columns(),
+)
+
+#: failed logins per key ("account:<email>", "address:<host>") when several processes share PostgreSQL
+#: (trackingbms.server.pg_throttle); times are epoch seconds
+login_throttle = Table(
+    "login_throttle",
+    metadata,
+    Column("key", String(400), primary_key=True),
+    Column("failures", Integer, nullable=False),
+    Column("locked_until", Float, nullable=False),
+    Column("last_failure", Float, nullable=False),
 )
 
 streams = Table(

@@ -1,10 +1,14 @@
-"""In-process pub/sub for the live WebSocket: ingest and heartbeat publish, tenant-scoped subscribers read."""
+"""In-process pub/sub for the live WebSocket: ingest and heartbeat publish, tenant-scoped subscribers read.
+
+With several processes on one PostgreSQL database, :mod:`trackingbms.server.live` sets ``relay`` so that what
+one process publishes reaches the subscribers of the others.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -12,14 +16,22 @@ class Hub:
     def __init__(self, queue_size: int = 1000) -> None:
         self._subs: dict[int, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._queue_size = queue_size
+        #: also hand each message to the other processes (set while a relay runs)
+        self.relay: Callable[[int, dict[str, Any]], None] | None = None
 
-    def publish(self, tenant_id: int, message: dict[str, Any]) -> None:
+    def publish(self, tenant_id: int, message: dict[str, Any], *, relay: bool = True) -> None:
+        if relay and self.relay is not None:
+            self.relay(tenant_id, message)
         for q in self._subs.get(tenant_id, ()):
             if q.full():
                 # a slow viewer loses its oldest updates, never blocks ingest
                 with contextlib.suppress(asyncio.QueueEmpty):
                     q.get_nowait()
             q.put_nowait(message)
+
+    def subscriber_count(self) -> int:
+        """Open live connections (the metrics' live sockets)."""
+        return sum(len(subs) for subs in self._subs.values())
 
     @contextlib.contextmanager
     def subscribe(self, tenant_id: int) -> Iterator[asyncio.Queue[dict[str, Any]]]:

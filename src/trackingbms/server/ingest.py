@@ -6,10 +6,14 @@ the last known state, commits, and then publishes the newest sample per battery 
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.server.hub import Hub
 from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Store, now_ms, packing
+
+if TYPE_CHECKING:
+    from trackingbms.server.metrics import ServerMetrics
 
 __all__ = ["IngestResult", "IngestService"]
 
@@ -18,18 +22,28 @@ log = logging.getLogger(__name__)
 
 class IngestService:
     def __init__(
-        self, store: Store, hub: Hub | None = None, max_future_ms: int = packing.MAX_FUTURE_SKEW_MS
+        self,
+        store: Store,
+        hub: Hub | None = None,
+        max_future_ms: int = packing.MAX_FUTURE_SKEW_MS,
+        metrics: ServerMetrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         #: samples further ahead of the server's clock are rejected (a wrong device clock)
         self.max_future_ms = max_future_ms
+        self.metrics = metrics
 
     async def ingest(
-        self, device: DeviceRef, raw_samples: list[Any], received_ms: int | None = None
+        self,
+        device: DeviceRef,
+        raw_samples: list[Any],
+        received_ms: int | None = None,
+        transport: str = "http",
     ) -> IngestResult:
         """Samples are checked one by one: one that can never be valid is rejected with its index and the
         field at fault, the rest is stored. Returns after the commit (then a device may drop its copy)."""
+        started = time.perf_counter()
         t_now = received_ms or now_ms()
         rejected: list[dict[str, Any]] = []
         parsed: list[PackedSample] = []
@@ -57,6 +71,11 @@ class IngestService:
                     "duplicates": res.duplicates,
                     "rejected": len(res.rejected),
                 },
+            )
+        if self.metrics is not None:
+            errors = [r["error"] for r in res.rejected]
+            self.metrics.observe_ingest(
+                res.accepted, res.duplicates, errors, time.perf_counter() - started, transport
             )
         if self.hub is not None:
             for bid, sample in res.latest.items():

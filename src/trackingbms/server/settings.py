@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     online_grace_s: float = 15.0
     default_poll_interval_s: float = 5.0
     session_ttl_s: float = 7 * 24 * 3600
+    #: GET /metrics needs `Authorization: Bearer <metrics_token>`; unset: loopback clients only
+    metrics_token: str | None = None
     #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
     retention_interval_s: float = 3600.0
 

@@ -209,6 +209,11 @@ async def serve_ble(
     async def stop_device() -> None:
         with contextlib.suppress(Exception):
             await device.stop_advertising()
+        # drop the connections first, as a module that goes away does: the client hears the disconnection
+        for connection in list(device.connections.values()):
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await connection.disconnect()
         with contextlib.suppress(Exception):
             await device.power_off()
 

@@ -10,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.store import DeviceRef, Store, TenantStore, UserRef
+from trackingbms.server.store.api_tokens import is_api_token
 
 device_bearer = HTTPBearer(
     auto_error=False,
@@ -53,6 +54,8 @@ async def user_auth(store: StoreDep, cred: UserCredentials) -> UserRef:
     if cred is None:
         raise unauthorized("missing access token (Authorization: Bearer …)")
     user = await store.user_for_token(cred.credentials)
+    if user is None and is_api_token(cred.credentials):  # a personal access token (integrations)
+        user = await store.user_for_api_token(cred.credentials)
     if user is None:
         raise unauthorized("unknown, expired or revoked access token")
     return user

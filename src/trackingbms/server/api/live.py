@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 import orjson
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -12,6 +13,7 @@ from trackingbms.server import security
 from trackingbms.server.store import Store
 
 router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 @router.websocket("/live")
@@ -55,8 +57,13 @@ async def _watch(store: Store, token: str, ended: asyncio.Event, every_s: float)
     while True:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ended.wait(), every_s)
-        if ended.is_set() or await store.user_for_token(token) is None:
+        if ended.is_set():
             return
+        try:
+            if await store.user_for_token(token) is None:
+                return
+        except Exception:  # the database is unreachable for a moment: keep the session, check again later
+            log.warning("live: could not re-check a session's token", exc_info=True)
 
 
 async def _drain(websocket: WebSocket) -> None:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from trackingbms.server.store.api_tokens import ApiTokenScope, ApiTokenStore
 from trackingbms.server.store.auth import AuthStore
 from trackingbms.server.store.base import ROLES, Conflict, DeviceRef, NotFound, UserRef, now_ms
 from trackingbms.server.store.export import ExportScope
@@ -36,11 +37,11 @@ __all__ = [
 ]
 
 
-class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope):
+class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope):
     """Everything one tenant may see or change (see the module docstring)."""
 
 
-class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore):
+class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ApiTokenStore):
     """The server-wide store; :meth:`tenant` opens one tenant's scope."""
 
     def tenant(self, tenant_id: int) -> TenantStore:

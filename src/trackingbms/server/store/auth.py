@@ -28,6 +28,12 @@ class AuthStore(StoreCore):
                 raise Conflict(f"tenant {name!r} already exists") from None
         return {"tenant_id": tid, "name": name}
 
+    async def tenants(self) -> list[tuple[int, str]]:
+        """Every tenant as (id, name): for server-wide figures (metrics), never for a user's reads."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(tenants.c.id, tenants.c.name).order_by(tenants.c.id))).all()
+        return [(r.id, r.name) for r in rows]
+
     async def tenant_by_name(self, name: str) -> int:
         async with self.engine.connect() as conn:
             tid = (await conn.execute(select(tenants.c.id).where(tenants.c.name == name))).scalar()

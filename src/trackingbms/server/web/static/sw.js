@@ -1,5 +1,5 @@
 // Service worker: keeps the app shell available offline. API calls and the live socket are never cached.
-const CACHE = "tbms-shell-v1";
+const CACHE = "tbms-shell-v2";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -13,6 +13,7 @@ const SHELL = [
   "/static/js/pack.js",
   "/static/js/charts.js",
   "/static/js/device.js",
+  "/static/js/tokens.js",
   "/static/vendor/uPlot.iife.min.js",
   "/static/vendor/uPlot.min.css",
   "/static/icons/icon.svg",

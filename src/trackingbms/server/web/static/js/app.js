@@ -5,6 +5,7 @@ import { renderDevice, renderDevices } from "./device.js";
 import { renderFleet } from "./fleet.js";
 import { renderLogin } from "./login.js";
 import { renderPack } from "./pack.js";
+import { renderTokens } from "./tokens.js";
 import { h, loadFaultTexts } from "./util.js";
 
 const root = document.getElementById("app");
@@ -17,6 +18,7 @@ const routes = [
   [/^#\/pack\/([^/]+)$/, (m) => renderPack(root, decodeURIComponent(m[1]))],
   [/^#\/devices$/, () => renderDevices(root)],
   [/^#\/device\/([^/]+)$/, (m) => renderDevice(root, decodeURIComponent(m[1]))],
+  [/^#\/tokens$/, () => renderTokens(root)],
 ];
 
 function go(hash) {

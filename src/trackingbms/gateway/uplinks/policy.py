@@ -1,4 +1,7 @@
-"""Uplinks: batches from the durable queue to the server over HTTP(S), heartbeat, failover, remote config.
+"""Uplink policy: batches from the durable queue to the server, heartbeat, failover, remote config.
+
+The policy is the same whatever carries the batches: a transport (:mod:`.http`, :mod:`.mqtt`) moves them
+and reports an outcome (:mod:`.base`); everything below is decided here, once.
 
 Sending: each batch holds a *live lane* (the newest pending samples) and a *backlog lane* (the oldest
 pending samples), so a backlog drains at full speed (``max_in_flight`` concurrent requests of
@@ -10,33 +13,33 @@ when an operator can fix the cause (the server's error starts with ``battery_id:
 assigned to this device yet): every ``parked_retry_s`` the oldest parked sample of each battery is sent again,
 and once the server takes one, the rest of that battery's parked samples follow at once. Any other rejection
 (``ts: …``, ``cells_mv: …``) means the sample can never be valid: it goes to the dead-letter table with the
-server's reason. 413 halves the batch; 429 waits ``Retry-After``; network errors
-and 5xx back off exponentially with jitter. When the active uplink has failed for ``failover.after_s``, the
-next one takes over; while failed over, the primary is probed with a heartbeat every
+server's reason. A batch refused whole (413, 422) is halved; rate limiting (429) waits ``Retry-After``;
+network errors, 5xx and a missing acknowledgement back off exponentially with jitter. A sample leaves the
+queue only on the server's reply, which comes after its commit (over MQTT: the application
+acknowledgement on ``tbms/<device>/ack``, never the broker's PUBACK). When the active uplink has failed for
+``failover.after_s``, the next one takes over; while failed over, the primary is probed with a heartbeat every
 ``failover.probe_interval_s`` and takes back over on success.
 
-Only the HTTP contract (docs/api.md) couples this to the server.
+Only the wire contract (docs/api.md) couples this to the server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import gzip
 import logging
 import random
 import time
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import orjson
 
 from trackingbms import __version__
 from trackingbms.gateway.config import SLOW_COMMANDS, GatewayConfig, UplinkConfig
 from trackingbms.gateway.queue import DurableQueue, QueuedSample
 from trackingbms.gateway.state import GatewayState
+from trackingbms.gateway.uplinks.base import Failed, Reply, TooLarge, Transport, TransportError, Wait
 from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.uplink")
@@ -57,10 +60,6 @@ async def wait_event(event: asyncio.Event, timeout_s: float | None) -> None:
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             await event.wait()
-
-
-class UplinkError(Exception):
-    pass
 
 
 class RemoteConfig:
@@ -116,7 +115,19 @@ class RemoteConfig:
         self.changed.set()
 
 
+def make_transport(cfg: UplinkConfig, token: str) -> Transport:
+    if cfg.is_mqtt:
+        from trackingbms.gateway.uplinks.mqtt import MqttTransport
+
+        return MqttTransport(cfg, token)
+    from trackingbms.gateway.uplinks.http import HttpTransport
+
+    return HttpTransport(cfg, token)
+
+
 class Uplink:
+    """One configured uplink: its transport and its health (backoff, failing since)."""
+
     def __init__(self, cfg: UplinkConfig, token: str):
         self.cfg = cfg
         self.name = cfg.name
@@ -126,11 +137,7 @@ class Uplink:
         self.next_attempt_at = 0.0
         self.last_error: str | None = None
         self._last_logged = 0.0
-        self.client = httpx.AsyncClient(
-            base_url=cfg.url,
-            timeout=cfg.timeout_s,
-            headers={"Authorization": f"Bearer {token}", "User-Agent": f"trackingbms-gateway/{__version__}"},
-        )
+        self.transport = make_transport(cfg, token)
 
     def ok(self) -> None:
         if self.failing_since is not None:
@@ -164,27 +171,6 @@ class Uplink:
         return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
 
 
-def _retry_after_s(value: str | None) -> float:
-    if not value:
-        return 5.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    with contextlib.suppress(TypeError, ValueError):
-        when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
-    return 5.0
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.ConnectError):
-        return f"cannot connect ({exc})" if str(exc) else "cannot connect (connection refused)"
-    if isinstance(exc, httpx.TimeoutException):
-        return f"timed out ({exc.__class__.__name__})"
-    return f"{exc.__class__.__name__}: {exc}"
-
-
 class UplinkManager:
     def __init__(self, config: GatewayConfig, queue: DurableQueue, state: GatewayState, remote: RemoteConfig):
         self.config = config
@@ -192,6 +178,9 @@ class UplinkManager:
         self.state = state
         self.remote = remote
         self.uplinks = [Uplink(u, config.device_token) for u in config.uplinks]
+        for up in self.uplinks:
+            if hasattr(up.transport, "on_config"):  # MQTT: config answers a heartbeat on the ack topic
+                up.transport.on_config = remote.apply
         self.active = 0
         self.state.uplink = self.uplinks[0].name
         self.wake = asyncio.Event()
@@ -213,7 +202,7 @@ class UplinkManager:
 
     async def aclose(self) -> None:
         for up in self.uplinks:
-            await up.client.aclose()
+            await up.transport.aclose()
 
     # -- failover -------------------------------------------------------------------------------------
 
@@ -245,7 +234,7 @@ class UplinkManager:
                 up = self.uplinks[index]
                 try:
                     await self._heartbeat_on(up)
-                except UplinkError as exc:
+                except TransportError as exc:
                     up.failed(str(exc), 1.0, 1.0, await self.queue.apending_count())
                     continue
                 up.ok()
@@ -342,84 +331,56 @@ class UplinkManager:
         finally:
             self.inflight.difference_update(q.id for q in batch)
 
-    def _body(self, up: Uplink, batch: list[QueuedSample]) -> bytes:
+    @staticmethod
+    def _body(up: Uplink, batch: list[QueuedSample]) -> bytes:
         via = b'{"via":"' + up.name.encode() + b'",'
-        data = b'{"samples":[' + b",".join(via + q.body[1:] for q in batch) + b"]}"
-        return gzip.compress(data, compresslevel=1) if up.cfg.gzip else data
+        return b'{"samples":[' + b",".join(via + q.body[1:] for q in batch) + b"]}"
 
     async def _send_batch(self, up: Uplink, batch: list[QueuedSample]) -> None:
         retry = self.config.retry
-        body = await asyncio.to_thread(self._body, up, batch) if len(batch) > 200 else self._body(up, batch)
-        headers = {"Content-Type": "application/json", "X-Config-Version": str(self.remote.version)}
-        if up.cfg.gzip:
-            headers["Content-Encoding"] = "gzip"
+        body = self._body(up, batch)
         self.sent_total += len(batch)
-        try:
-            resp = await up.client.post("/api/v1/ingest", content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            up.failed(
-                _describe(exc),
-                retry.backoff_initial_s,
-                retry.backoff_max_s,
-                await self.queue.apending_count(),
-            )
-            self._after_failure(up)
-            return
-        status = resp.status_code
-        if status == 200:
-            try:
-                reply = resp.json()
-                if not isinstance(reply, dict) or "accepted" not in reply:
-                    raise ValueError("not an ingest reply")
-            except ValueError:
-                # e.g. a captive portal answering 200: nothing was stored, so nothing leaves the queue
-                error = f"ingest: 200 but not an ingest reply ({resp.text[:80]!r})"
-                up.failed(
-                    error, retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
-                )
-                self._after_failure(up)
-                return
-            rejected: dict[int, str] = {}
-            for item in reply.get("rejected") or []:
-                with contextlib.suppress(KeyError, TypeError, ValueError):
-                    rejected[int(item["index"])] = str(item.get("error", "rejected"))
-            parked = [q for i, q in enumerate(batch) if i in rejected and fixable(rejected[i])]
-            dead = [
-                (q, rejected[i]) for i, q in enumerate(batch) if i in rejected and not fixable(rejected[i])
-            ]
-            acked = [q for i, q in enumerate(batch) if i not in rejected]
-            await self.queue.asettle(acked=[q.id for q in acked], parked=parked, dead=dead)
-            self.acked_total += len(acked)
-            await self._note_parked(parked, rejected, batch, acked)
-            up.ok()
-            if up.batch_limit < up.cfg.batch_max_samples:
-                up.batch_limit = min(up.cfg.batch_max_samples, up.batch_limit * 2)
-            if reply.get("config"):
-                await self.remote.apply(reply["config"])
-            return
-        detail = _detail(resp)
-        if status == 429:
-            wait_s = _retry_after_s(resp.headers.get("Retry-After"))
-            up.next_attempt_at = time.monotonic() + wait_s
-            log.info("uplink %s: rate limited, waiting %.1f s (Retry-After)", up.name, wait_s)
-            return
-        if status in (413, 422) and len(batch) > 1:
+        outcome = await up.transport.send_batch(body, self.remote.version)
+        if isinstance(outcome, Reply):
+            await self._settle(up, batch, outcome.body)
+        elif isinstance(outcome, Wait):
+            up.next_attempt_at = time.monotonic() + outcome.seconds
+            log.info("uplink %s: rate limited, waiting %.1f s (Retry-After)", up.name, outcome.seconds)
+        elif isinstance(outcome, TooLarge) and len(batch) > 1:
             up.batch_limit = max(1, len(batch) // 2)
             log.warning(
                 "uplink %s: server answered %d (%s); batch size now %d",
                 up.name,
-                status,
-                detail,
+                outcome.status,
+                outcome.detail,
                 up.batch_limit,
             )
-            return
-        if status == 422:  # a single sample the server cannot parse as a batch: it can never succeed
-            await self.queue.asettle(dead=[(batch[0], f"422: {detail}")])
-            return
-        up.failed(
-            _http_error(resp), retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
-        )
-        self._after_failure(up)
+        elif isinstance(outcome, TooLarge):  # one sample the server cannot parse as a batch: never succeeds
+            await self.queue.asettle(dead=[(batch[0], f"{outcome.status}: {outcome.detail}")])
+        else:
+            assert isinstance(outcome, Failed)
+            up.failed(
+                outcome.error, retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
+            )
+            self._after_failure(up)
+
+    async def _settle(self, up: Uplink, batch: list[QueuedSample], reply: dict[str, Any]) -> None:
+        """The server committed the batch: acknowledge, park or dead-letter each sample by its verdict."""
+        rejected: dict[int, str] = {}
+        for item in reply.get("rejected") or []:
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                rejected[int(item["index"])] = str(item.get("error", "rejected"))
+        parked = [q for i, q in enumerate(batch) if i in rejected and fixable(rejected[i])]
+        dead = [(q, rejected[i]) for i, q in enumerate(batch) if i in rejected and not fixable(rejected[i])]
+        acked = [q for i, q in enumerate(batch) if i not in rejected]
+        await self.queue.asettle(acked=[q.id for q in acked], parked=parked, dead=dead)
+        self.acked_total += len(acked)
+        await self._note_parked(parked, rejected, batch, acked)
+        up.ok()
+        if up.batch_limit < up.cfg.batch_max_samples:
+            up.batch_limit = min(up.cfg.batch_max_samples, up.batch_limit * 2)
+        if reply.get("config"):
+            await self.remote.apply(reply["config"])
 
     # -- heartbeat ------------------------------------------------------------------------------------
 
@@ -445,20 +406,9 @@ class UplinkManager:
         }
 
     async def _heartbeat_on(self, up: Uplink) -> None:
-        try:
-            resp = await up.client.post(
-                "/api/v1/heartbeat",
-                content=orjson.dumps(await self.heartbeat_body()),
-                headers={"Content-Type": "application/json"},
-            )
-        except httpx.HTTPError as exc:
-            raise UplinkError(_describe(exc)) from exc
-        if resp.status_code != 200:
-            raise UplinkError(_http_error(resp))
-        with contextlib.suppress(ValueError):
-            reply = resp.json()
-            if isinstance(reply, dict) and reply.get("config"):
-                await self.remote.apply(reply["config"])
+        reply = await up.transport.heartbeat(await self.heartbeat_body())
+        if reply and reply.get("config"):
+            await self.remote.apply(reply["config"])
 
     async def run_heartbeat(self) -> None:
         retry = self.config.retry
@@ -468,7 +418,7 @@ class UplinkManager:
             try:
                 await self._heartbeat_on(up)
                 up.ok()
-            except UplinkError as exc:
+            except TransportError as exc:
                 up.failed(
                     str(exc), retry.backoff_initial_s, retry.backoff_max_s, await self.queue.apending_count()
                 )
@@ -479,20 +429,3 @@ class UplinkManager:
             # a flapping link must not turn into a heartbeat per poll: changes are batched a moment
             await asyncio.sleep(min(HEARTBEAT_MIN_SPACING_S, self.remote.heartbeat_interval_s))
             self.state.link_changed.clear()
-
-
-def _http_error(resp: httpx.Response) -> str:
-    what = "heartbeat" if resp.request.url.path.endswith("/heartbeat") else "ingest"
-    if resp.status_code in (401, 403):
-        return f"device token refused ({resp.status_code}: {_detail(resp)}); check device_token"
-    return f"{what}: HTTP {resp.status_code}: {_detail(resp)}"
-
-
-def _detail(resp: httpx.Response) -> str:
-    try:
-        data = resp.json()
-    except ValueError:
-        return resp.text[:200]
-    if isinstance(data, dict) and "detail" in data:
-        return str(data["detail"])[:300]
-    return str(data)[:200]
