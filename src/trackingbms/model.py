@@ -18,9 +18,6 @@ BATTERY_ID_RULE = "[A-Za-z0-9._-]{1,64}"
 BATTERY_ID_PATTERN = rf"^{BATTERY_ID_RULE}$"
 _BATTERY_ID_RE = re.compile(BATTERY_ID_RULE)
 
-#: longest text per heartbeat field (a battery's ``last_error``): the server refuses longer, the gateway cuts
-HEARTBEAT_TEXT_MAX_CHARS = 200
-
 
 def is_battery_id(value: object) -> bool:
     """True if ``value`` is a valid battery id (a trailing newline is not: fullmatch, not ``$``)."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from trackingbms.model import HEARTBEAT_TEXT_MAX_CHARS, LinkState, format_ts
+from trackingbms.model import LinkState, format_ts
 
 
 def now_ts() -> str:
@@ -72,17 +72,13 @@ class BatteryStatus:
     poll_times: Timings = field(default_factory=Timings)
 
     def heartbeat_entry(self) -> dict[str, Any]:
-        error = self.last_error
-        if error is not None and len(error) > HEARTBEAT_TEXT_MAX_CHARS:
-            # the server refuses a whole heartbeat over one long BMS error (the uplink then counts as down)
-            error = error[: HEARTBEAT_TEXT_MAX_CHARS - 1] + "…"
         return {
             "battery_id": self.battery_id,
             "link_state": self.link_state,
             "since": self.since,
             "frames_good": self.frames_good,
             "frames_bad": self.frames_bad,
-            "last_error": error,
+            "last_error": self.last_error,
         }
 
 
