@@ -82,3 +82,19 @@ def test_misspelt_command_is_a_clear_error_with_a_suggestion() -> None:
     assert proc.returncode == 2
     assert "No such command 'decod'" in proc.stderr and "decode" in proc.stderr.split("Did you mean")[1]
     assert "Traceback" not in proc.stderr
+
+
+def test_every_command_module_and_command_is_in_the_lazy_map() -> None:
+    # a module or command missing from LAZY_COMMANDS would silently vanish from the CLI
+    code = """
+import json, pkgutil, typer, trackingbms.cli as cli
+from trackingbms.cli.app import ALL_MODULES, LAZY_COMMANDS, app, load_commands
+mods = sorted(m.name for m in pkgutil.iter_modules(cli.__path__) if m.name != "app")
+load_commands()
+names = sorted(typer.main.get_group(app).commands)
+print(json.dumps({"mods": mods, "all": sorted(ALL_MODULES), "names": names, "lazy": sorted(LAZY_COMMANDS)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    r = json.loads(out)
+    assert r["mods"] == r["all"]
+    assert sorted(set(r["names"]) - {"version"}) == r["lazy"]
