@@ -34,6 +34,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _check import Target, add_check_argument, check_targets
 from ingest import PG_ADMIN_URL, free_port, load, proc_cpu_s, provision
 
 SPANS_H = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30, "1y": 24 * 365}
@@ -196,15 +197,15 @@ def pg_reachable() -> bool:
         return False
 
 
-def main() -> int:
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true", help="print JSON lines only")
     ap.add_argument("--backends", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     ap.add_argument("--days", type=int, default=30, help="days of history at 10 s to fill")
     ap.add_argument("--reps", type=int, default=20, help="timed reads per span")
-    ap.add_argument("--no-check", action="store_true", help="only measure; exit 0 whatever the figures")
+    add_check_argument(ap)
     args = ap.parse_args()
-    missed: list[str] = []
+    targets: list[Target] = []
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if backend == "postgres" and not pg_reachable():
             print(json.dumps({"backend": "postgresql", "skipped": f"not reachable at {PG_ADMIN_URL}"}))
@@ -212,13 +213,10 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             result = run_backend(backend, args, Path(tmp))
         for span, r in result["spans"].items():
-            if r["p95_ms"] >= TARGET_P95_MS:
-                missed.append(f"{result['backend']} {span}: p95 {r['p95_ms']} ms (< {TARGET_P95_MS} ms)")
+            targets.append(Target(f"{result['backend']} {span} p95 ms", r["p95_ms"], "<", TARGET_P95_MS))
         print(json.dumps(result, indent=None if args.json else 2), flush=True)
-    for line in missed:
-        print(f"target missed: {line}", file=sys.stderr)
-    return 1 if missed and not args.no_check else 0
+    check_targets(targets, check=not args.no_check)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

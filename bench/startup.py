@@ -18,6 +18,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _check import Target, add_check_argument, check_targets
 
 CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
 COMMANDS: dict[str, list[str]] = {
@@ -38,11 +43,11 @@ def timed(cmd: list[str], runs: int) -> dict[str, float]:
     return {"min_s": round(min(walls), 3), "median_s": round(statistics.median(walls), 3)}
 
 
-def main() -> int:
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--no-check", action="store_true", help="only measure; exit 0 whatever the figures")
+    add_check_argument(parser)
     args = parser.parse_args()
 
     results: dict[str, dict[str, float]] = {}
@@ -53,23 +58,19 @@ def main() -> int:
     for name in COMMANDS:
         if name != "python_baseline":
             results[name]["above_python_s"] = round(results[name]["min_s"] - base, 3)
-    missed = [
-        f"{name}: {r['above_python_s']} s above python start-up (target < {TARGET_S} s)"
-        for name, r in results.items()
-        if name in ("decode", "read_help", "help") and r["above_python_s"] >= TARGET_S
+    targets = [
+        Target(f"{name}: s above python start-up", results[name]["above_python_s"], "<", TARGET_S)
+        for name in ("decode", "read_help", "help")
     ]
     out = {
         "results": results,
         "target_above_python_s": TARGET_S,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
-        "missed": missed,
     }
     print(json.dumps(out, indent=None if args.json else 2))
-    for line in missed:
-        print(f"target missed: {line}", file=sys.stderr)
-    return 1 if missed and not args.no_check else 0
+    check_targets(targets, check=not args.no_check)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
