@@ -27,6 +27,7 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "server": ("server",),
     "admin": ("server", "admin_data", "worker"),
     "ingest-worker": ("worker",),
+    "analyze": ("analyze",),
     "demo": ("demo",),
 }
 ALL_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for mods in LAZY_COMMANDS.values() for m in mods))

@@ -13,6 +13,8 @@ const COLUMNS = [
   { key: "delta", label: "Δ cell", value: (it) => it.cell_delta_mv ?? -1 },
   { key: "temp", label: "Temp", value: (it) => maxTemp(it) ?? -999 },
   { key: "faults", label: "Faults", value: (it) => it.alarms?.length || 0 },
+  { key: "health", label: "Health", value: (it) => it.health?.soh_pct ?? 999 },
+  { key: "active_alarms", label: "Alarms", value: (it) => it.active_alarms || 0 },
   { key: "last_seen", label: "Last seen", value: (it) => parseTs(it.last_seen) ?? 0 },
 ];
 
@@ -23,6 +25,16 @@ function connRank(c) {
 function maxTemp(it) {
   const t = it.latest?.temps_c;
   return Array.isArray(t) && t.length ? Math.max(...t) : null;
+}
+
+function healthText(it) {
+  const hl = it.health;
+  if (!hl) return h("span.muted", "–");
+  const parts = [hl.soh_pct != null ? `SOH ${fmt(hl.soh_pct, 0)} %` : null];
+  if (hl.weak_cells?.length) parts.push(`weak cell${hl.weak_cells.length > 1 ? "s" : ""} ${hl.weak_cells.join(", ")}`);
+  else if (hl.findings) parts.push(`${hl.findings} finding${hl.findings > 1 ? "s" : ""}`);
+  const text = parts.filter(Boolean).join(" · ");
+  return text ? h(`span${hl.weak_cells?.length ? ".health-weak" : ""}`, text) : h("span.muted", "ok");
 }
 
 function tempText(it) {
@@ -128,6 +140,12 @@ export async function renderFleet(root) {
         alarms.length
           ? h("ul.fault-list", alarms.map((f) => h(`li.fault.fault-${faultLevel(f)}`, { dataset: { fault: f } }, faultText(f))))
           : h("span.muted", "none")),
+      h("td.c-health", { dataset: { label: "Health" } }, healthText(it)),
+      h("td.c-alarms.num", { dataset: { label: "Alarms" } },
+        it.active_alarms
+          ? h(`a.alarm-count.sev-${it.worst_severity}`, { href: "#/alarms", title: `worst: ${it.worst_severity}` },
+            String(it.active_alarms))
+          : h("span.muted", "0")),
       h("td.c-seen", { dataset: { label: "Last seen" } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
     );
   }

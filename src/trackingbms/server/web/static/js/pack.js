@@ -1,5 +1,6 @@
 // Pack page: live cells, temperatures, MOSFETs, faults; history charts; CSV export.
 
+import { healthCard } from "./health.js";
 import { AuthError, api, live } from "./api.js";
 import { ChartSet } from "./charts.js";
 import {
@@ -109,6 +110,7 @@ export async function renderPack(root, batteryId) {
           h("section.card", h("h2", "Faults"), faults),
         ),
       ),
+      healthCard(batteryId),
       h(
         "section.card.history",
         h("div.card-head", h("h2", "History"), h("div.export", exportBtn, exportNote)),
