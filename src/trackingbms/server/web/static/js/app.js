@@ -72,17 +72,18 @@ window.addEventListener("tbms:auth", signOut);
 document.getElementById("logout").addEventListener("click", signOut);
 window.addEventListener("hashchange", route);
 
-const dot = document.getElementById("live-dot");
-live.onState((state) => {
-  dot.dataset.state = state;
-  dot.title = t({ open: "live.open", connecting: "live.connecting" }[state] || "live.closed");
-});
 
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("/sw.js").catch((err) => console.warn("service worker not registered", err));
 }
 
+// Nothing is rendered before the catalogue is loaded (its misses would be real misses).
 initI18n().finally(() => {
+  const dot = document.getElementById("live-dot");
+  live.onState((state) => {
+    dot.dataset.state = state;
+    dot.title = t({ open: "live.open", connecting: "live.connecting" }[state] || "live.closed");
+  });
   document.getElementById("logout").before(langSwitch());
   route();
 });

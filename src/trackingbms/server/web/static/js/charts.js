@@ -36,16 +36,16 @@ export const CHARTS = [
 
 /** Columns for uPlot, with a null inserted where buckets are missing so that gaps show as gaps. */
 export function toColumns(hist, chart) {
-  const t = hist.t || [];
+  const ts = hist.t || [];
   const bucket = hist.bucket_s || 60;
   const xs = [];
   const ys = chart.lines.map(() => []);
-  for (let i = 0; i < t.length; i++) {
-    if (i > 0 && t[i] - t[i - 1] > bucket * 2.5) {
-      xs.push(t[i - 1] + bucket);
+  for (let i = 0; i < ts.length; i++) {
+    if (i > 0 && ts[i] - ts[i - 1] > bucket * 2.5) {
+      xs.push(ts[i - 1] + bucket);
       ys.forEach((col) => col.push(null));
     }
-    xs.push(t[i]);
+    xs.push(ts[i]);
     chart.lines.forEach(([name, agg], k) => {
       const v = hist.series?.[name]?.[agg]?.[i];
       ys[k].push(v === undefined ? null : v);

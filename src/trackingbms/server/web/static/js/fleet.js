@@ -22,15 +22,15 @@ function connRank(c) {
 }
 
 function maxTemp(it) {
-  const t = it.latest?.temps_c;
-  return Array.isArray(t) && t.length ? Math.max(...t) : null;
+  const tc = it.latest?.temps_c;
+  return Array.isArray(tc) && tc.length ? Math.max(...tc) : null;
 }
 
 function tempText(it) {
-  const t = it.latest?.temps_c;
-  if (!Array.isArray(t) || !t.length) return "–";
-  const lo = Math.min(...t);
-  const hi = Math.max(...t);
+  const tc = it.latest?.temps_c;
+  if (!Array.isArray(tc) || !tc.length) return "–";
+  const lo = Math.min(...tc);
+  const hi = Math.max(...tc);
   return lo === hi ? `${fmt(hi, 0)} °C` : `${fmt(lo, 0)}–${fmt(hi, 0)} °C`;
 }
 

@@ -197,10 +197,10 @@ export async function renderPack(root, batteryId) {
       );
     }
 
-    const t = Array.isArray(s.temps_c) ? s.temps_c : [];
+    const tc = Array.isArray(s.temps_c) ? s.temps_c : [];
     temps.replaceChildren(
-      ...(t.length
-        ? t.map((c, i) => h(`div.temp${c >= 45 ? ".hot" : c <= 0 ? ".cold" : ""}`, { dataset: { sensor: i + 1 } },
+      ...(tc.length
+        ? tc.map((c, i) => h(`div.temp${c >= 45 ? ".hot" : c <= 0 ? ".cold" : ""}`, { dataset: { sensor: i + 1 } },
             h("span.temp-label", `T${i + 1}`), h("span.temp-val", fmt(c, 0, "°C"))))
         : [h("p.muted", t("pack.no_temps"))]),
     );
