@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gateway"))
-
 from harness import (
     GatewayProcess,
     LoopThread,
@@ -37,6 +36,8 @@ from harness import (
     gateway_config,
     wait_for,
 )
+
+from _check import Target, add_check_argument, check_targets
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -242,6 +243,7 @@ def main() -> None:
     ap.add_argument("--warmup-s", type=float, default=10)
     ap.add_argument("--measure-s", type=float, default=60)
     ap.add_argument("--per-pack", type=int, default=86_400, help="backlog samples per pack (24 h at 1 s)")
+    add_check_argument(ap)
     args = ap.parse_args()
     loop = LoopThread()
     results: dict[str, Any] = {"bench": "gateway", "cpus": os.cpu_count()}
@@ -257,6 +259,18 @@ def main() -> None:
     else:
         for part, figures in results.items():
             print(part, figures)
+    targets = []
+    if "idle" in results:
+        targets += [
+            Target("idle: RSS MB", results["idle"]["rss_mb"], "<", 80),
+            Target("idle: % of one core", results["idle"]["cpu_pct_of_one_core"], "<", 5),
+        ]
+    if "drain" in results:
+        targets += [
+            Target("drain: samples/s", results["drain"]["drain_samples_per_s"], ">=", 15000),
+            Target("drain: live samples late, max s", results["drain"]["live_late_s_max"], "<", 2.0),
+        ]
+    check_targets(targets, check=not args.no_check)
 
 
 if __name__ == "__main__":

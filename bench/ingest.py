@@ -33,6 +33,8 @@ from typing import Any
 import httpx
 import orjson
 
+from _check import Target, add_check_argument, check_targets
+
 PG_ADMIN_URL = os.environ.get("TRACKINGBMS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
 
@@ -262,7 +264,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=4)
     ap.add_argument("--batteries", type=int, default=4, help="per device")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    add_check_argument(ap)
     args = ap.parse_args()
+    targets: list[Target] = []
     for backend in args.backends.split(","):
         backend = backend.strip()
         if backend == "postgres":
@@ -280,6 +284,12 @@ def main() -> None:
             f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  {result['bytes_per_sample']} B/sample"
         )
         sys.stdout.flush()
+        floor = {"sqlite": 20_000, "postgresql": 30_000}[result["backend"]]
+        targets += [
+            Target(f"{result['backend']}: samples/s", result["samples_per_s"], ">=", floor),
+            Target(f"{result['backend']}: bytes/sample", result["bytes_per_sample"], "<=", 160),
+        ]
+    check_targets(targets, check=not args.no_check)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ floor is the request frame + the reply frames + one turnaround per command. A co
 the host on CAN (the controller drops it on its CRC), so "1 % corrupted" means 1 % of frames lost.
 
     python bench/poll.py --json [--family a5|d2|p81|a5-can] [--runs 20] [--corrupt-runs 100]
-                         [--transport pty|tcp (a5-can: virtual|slcan)]
+                         [--transport pty|tcp (a5-can: virtual|slcan)] [--no-check]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import time
 import uuid
 from typing import Any
 
+from _check import Target, add_check_argument, check_targets
 from trackingbms.bms import BmsError, DalyBMS, open_bms
 from trackingbms.daly import d2, p81
 from trackingbms.daly.a5 import frame_time_s
@@ -123,6 +124,7 @@ async def main() -> None:
     ap.add_argument("--corrupt-runs", type=int, default=100)
     ap.add_argument("--transport", choices=("pty", "tcp", "virtual", "slcan"), default=None)
     ap.add_argument("--family", choices=("a5", "d2", "p81", "a5-can"), default="a5")
+    add_check_argument(ap)
     args = ap.parse_args()
     fam = args.family
     can_transports = ("virtual", "slcan")
@@ -158,6 +160,14 @@ async def main() -> None:
         },
     }
     print(json.dumps(result, indent=None if args.json else 2))
+    check_targets(
+        [
+            Target("clean ratio to the wire-time floor", clean["ratio"], "<=", 1.15),
+            Target("1 % corrupt: complete share", corrupt["complete_share"], ">=", 0.95),
+            Target("1 % corrupt: ratio to the floor", corrupt["ratio"], "<=", 1.5),
+        ],
+        check=not args.no_check,
+    )
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ against its floor (request wire time + latency + reply wire time).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
 import time
 
+from _check import Target, add_check_argument, check_targets
 from trackingbms.daly.a5 import encode_frame
 from trackingbms.sim import ManualClock, PackConfig, Quirks, SimulatedPack, serve_tcp
 
@@ -62,8 +64,17 @@ async def bench_tcp(n: int = 20) -> dict[str, float]:
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true", help="accepted for symmetry: the output is always JSON")
+    add_check_argument(ap)
+    args = ap.parse_args()
     result = {"physics": bench_physics(), "responder": bench_responder(), "tcp": asyncio.run(bench_tcp())}
     print(json.dumps(result, indent=1))
+    # the simulator paces replies at the wire rate: a reply much later than its floor would skew every bench
+    check_targets(
+        [Target(f"tcp {k}", v, "<=", 1.2) for k, v in result["tcp"].items() if k.endswith("_ratio")],
+        check=not args.no_check,
+    )
 
 
 if __name__ == "__main__":

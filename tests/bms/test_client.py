@@ -6,36 +6,54 @@ import pytest
 
 from trackingbms.bms import BmsCorrupt, BmsNoReply, DalyBMS
 from trackingbms.daly.faults import FAULT_TEXT
+from trackingbms.sim import ManualClock, PackConfig, Quirks, SimulatedPack
 
 from .conftest import make_pack, served
 
 
+def still_pack(cells: int, sensors: int, **quirks: object) -> SimulatedPack:
+    """A pack whose simulated time does not move: its truth is exactly what it answers."""
+    return SimulatedPack(
+        PackConfig(cells=cells, sensors=sensors, seed=1),
+        Quirks(latency_s=0.005, baud=0, **quirks),  # type: ignore[arg-type]
+        clock=ManualClock(),
+    )
+
+
 @pytest.mark.parametrize("transport", ["tcp", "pty"])
 async def test_full_snapshot_matches_the_simulated_pack(transport: str) -> None:
-    pack = make_pack(cells=16, sensors=4)
+    pack = still_pack(16, 4)
     async with served(pack, transport) as bms:
         reading = await bms.snapshot()
     truth = pack.truth()
     assert not reading.errors
     assert reading.source == "a5-uart"
-    assert len(reading.cells_mv) == 16 and all(2000 < mv < 4500 for mv in reading.cells_mv)
-    assert len(reading.temps_c) == 4
-    assert reading.voltage_v == pytest.approx(sum(reading.cells_mv) / 1000, abs=0.3)
-    assert reading.soc_pct == pytest.approx(truth["bms_soc_pct"], abs=0.5)
+    # every value is the simulated pack's own, at the wire's resolution
+    assert reading.cells_mv == [round(c["voltage_mv"]) for c in truth["cells"]]
+    assert reading.temps_c == [float(t) for t in truth["temps_c"]]
+    assert reading.voltage_v == round(truth["voltage_v"], 1)
+    assert reading.soc_pct == round(truth["bms_soc_pct"], 1)
+    assert reading.remaining_ah == round(truth["bms_soc_pct"] * truth["rated_capacity_ah"] / 100, 3)
+    assert reading.cycles == truth["cycles"]
     assert reading.state == "idle" and reading.current_a == 0.0
-    assert reading.charge_mos is True and reading.discharge_mos is True
-    assert reading.faults == [] and reading.fault_code == 0
-    assert reading.balancing == []
+    assert (
+        reading.charge_mos is truth["charge_mos"] is True and reading.discharge_mos is truth["discharge_mos"]
+    )
+    assert reading.charger_connected is False and reading.load_connected is False
+    assert reading.faults == truth["faults"] == [] and reading.fault_code == 0
+    assert reading.balancing == [c["cell"] for c in truth["cells"] if c["balancing"]]
     assert bms.stats.frames_good == 14 and bms.stats.frames_bad == 0
     assert all(f in FAULT_TEXT for f in reading.faults)
 
 
 async def test_counts_are_learnt_once_then_cells_alone_works() -> None:
-    async with served(make_pack(cells=7, sensors=2)) as bms:
+    pack = still_pack(7, 2)
+    truth = pack.truth()
+    async with served(pack) as bms:
         cells = await bms.cells()  # learns the count with a 0x94 first
-        assert len(cells.cells_mv) == 7 and bms.cell_count == 7
+        assert cells.cells_mv == [round(c["voltage_mv"]) for c in truth["cells"]] and bms.cell_count == 7
         reading = await bms.snapshot(["cells", "temps"])
-    assert len(reading.cells_mv) == 7 and len(reading.temps_c) == 2
+    assert reading.cells_mv == cells.cells_mv and reading.temps_c == [float(t) for t in truth["temps_c"]]
     assert reading.voltage_v is None  # not asked for: absent, not zero
 
 

@@ -60,3 +60,12 @@ def gateway(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], GatewayProces
     yield make
     for g in made:
         g.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request: pytest.FixtureRequest) -> str | None:
+    """The server's database for an end-to-end run: None = SQLite in its data dir, else a fresh PostgreSQL
+    database (keyed (stream, ts) there, so a duplicate is possible in principle and must not happen)."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")

@@ -7,6 +7,7 @@ Nothing here fakes our own code: the server is ``trackingbms server`` over HTTP,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -31,6 +32,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port`` (and not another test run's server)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                f = line.split()
+                if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(f"socket:[{f[9]}]")
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") in inodes:
+                    return True
+    return False
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout_s: float = 60.0, every_s: float = 0.2) -> Any:
@@ -119,7 +137,8 @@ class GatewayProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def state(self) -> dict[str, Any]:
-        return httpx.get(self.local_url + "/local/v1/state", timeout=5).json()
+        # plain HTTP: verify=False spares building a TLS context on every poll of a wait loop
+        return httpx.get(self.local_url + "/local/v1/state", timeout=5, verify=False).json()
 
 
 def env_with(**extra: str) -> dict[str, str]:
@@ -257,13 +276,22 @@ class ServerProcess:
 
     EMAIL, PASSWORD = "ops@acme.test", "s3cret-pass"
 
-    def __init__(self, data_dir: Path, battery_ids: list[str], device: str = "gw-1", **env: str):
+    def __init__(
+        self,
+        data_dir: Path,
+        battery_ids: list[str],
+        device: str = "gw-1",
+        db_url: str | None = None,
+        **env: str,
+    ):
         from trackingbms.server import provisioning as p
         from trackingbms.server.db import default_sqlite_url
 
         self.data_dir = data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.db_url = default_sqlite_url(data_dir)
+        self.db_url = db_url or default_sqlite_url(data_dir)
+        if db_url:  # PostgreSQL (or another file): the server is told by its environment variable
+            env = {"TRACKINGBMS_DATABASE_URL": db_url, **env}
         self.device = device
 
         async def provision() -> str:
@@ -283,6 +311,7 @@ class ServerProcess:
         self.log_path = data_dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._user_token: str | None = None
+        self._started = False
         self.start()
 
     @property
@@ -290,25 +319,52 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    *CLI,
-                    "server",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--log-level",
-                    "warning",
-                ],
-                stdout=log,
-                stderr=log,
-                env=self.env,
-            )
-        wait_for(
-            "the server to answer", lambda: httpx.get(self.url + "/api/v1/me", timeout=2).status_code == 401
-        )
+        """Start and wait until *this* process answers on the port. Ports come from :func:`free_port`, and on
+        a machine shared with other test runs another server may take one between the pick and the bind:
+        before the first start a new port is picked then; on a restart that is a clear failure."""
+        for _ in range(3):
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(
+                    [
+                        *CLI,
+                        "server",
+                        "--port",
+                        str(self.port),
+                        "--data-dir",
+                        str(self.data_dir),
+                        "--log-level",
+                        "warning",
+                    ],
+                    stdout=log,
+                    stderr=log,
+                    env=self.env,
+                )
+            proc = self.proc
+
+            def up(proc: subprocess.Popen[bytes] = proc) -> bool:
+                if proc.poll() is not None:
+                    return True
+                return (
+                    listens(proc.pid, self.port)
+                    and httpx.get(self.url + "/api/v1/me", timeout=2).status_code == 401
+                )
+
+            wait_for("the server to answer", up, timeout_s=180)  # migrations on a loaded 2-core machine
+            if proc.poll() is None:
+                self._started = True
+                return
+            if self._started or "address already in use" not in self.log_path.read_text(errors="replace"):
+                raise AssertionError(
+                    f"the server exited with {proc.returncode}:\n{self.log_path.read_text()[-3000:]}"
+                )
+            self.port = free_port()
+        raise AssertionError("no free port for the server after 3 tries")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs (what a crash or the OOM killer does)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 
 from trackingbms.gateway.queue import DurableQueue
-from trackingbms.model import Reading
+from trackingbms.model import Reading, format_ts
 
 
 def reading(i: int = 0, **extra) -> Reading:
@@ -101,16 +101,60 @@ def test_disk_budget_thins_oldest_unsent_never_the_newest(tmp_path: Path, caplog
     assert q.put("pack-1", reading()).seq == b + 4000
 
 
-def test_acked_samples_go_first_when_over_budget(tmp_path: Path) -> None:
-    q = DurableQueue(tmp_path, disk_budget_mb=0.5)
-    for _ in range(10):
-        q.put_many("pack-1", [reading(i) for i in range(100)])
-    q.ack([r.id for r in q.fetch(newest=0, oldest=1000)])
-    for _ in range(15):
-        q.put_many("pack-1", [reading(i) for i in range(100)])
-    q.enforce_budget()
-    assert q.thinned_total == 0 or q.pending_count() < 1500
-    assert q.pending_count() + q.thinned_total == 1500  # unsent samples are only ever thinned, and counted
+def _filled(tmp_path: Path, acked: int, pending: int) -> tuple[int, int]:
+    """A queue of ``acked`` acknowledged then ``pending`` unsent samples, under no budget; returns the first
+    seq and the bytes used once checkpointed (what a budget is compared with)."""
+    q = DurableQueue(tmp_path, disk_budget_mb=1000)
+    b = q.put_many("pack-1", [reading(i) for i in range(acked)])[0].seq
+    q.ack([r.id for r in q.fetch(newest=0, oldest=acked)])
+    q.put_many("pack-1", [reading(i) for i in range(pending)])
+    q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    used = q.disk_used_bytes()
+    q.close()
+    return b, used
+
+
+def _rows(q: DurableQueue) -> dict[int, int]:
+    """seq → acked state of every row still in the queue."""
+    return dict(q.db.execute("SELECT seq, acked FROM samples ORDER BY seq").fetchall())
+
+
+def test_acked_samples_go_first_and_alone_when_that_is_enough(tmp_path: Path) -> None:
+    b, used = _filled(tmp_path, acked=600, pending=300)
+    q = DurableQueue(tmp_path, disk_budget_mb=used * 0.8 / 1048576)  # 600 of 900 rows would free ~2/3
+    removed = q.enforce_budget()
+    assert q.disk_used_bytes() <= q.budget_bytes
+    assert removed["thinned"] == 0 and q.thinned_total == 0, (
+        "unsent samples thinned while acked ones remained"
+    )
+    rows = _rows(q)
+    assert [s - b for s, st in rows.items() if st == 0] == list(range(600, 900))  # every unsent one kept
+    deleted = sorted(set(range(b, b + 600)) - set(rows))
+    assert removed["acked"] == len(deleted) > 0
+    # oldest acknowledged first: whatever acked rows remain are newer than every deleted one
+    assert all(s > deleted[-1] for s, st in rows.items() if st == 1)
+
+
+def test_nothing_unsent_is_thinned_while_an_acked_sample_remains(tmp_path: Path) -> None:
+    b, used = _filled(tmp_path, acked=300, pending=900)
+    q = DurableQueue(tmp_path, disk_budget_mb=used * 0.45 / 1048576)  # the acked quarter is not enough
+    removed = q.enforce_budget()
+    assert q.disk_used_bytes() <= q.budget_bytes
+    rows = _rows(q)
+    assert removed["acked"] == 300 and not [s for s, st in rows.items() if st == 1]  # every acked one went
+    assert q.thinned_total == removed["thinned"] > 0
+    # reconcile what is left with the documented policy, pass by pass: each pass drops every other one of
+    # the oldest quarter of the unsent samples (the oldest one stays); the count is thinned_total
+    expected = list(range(b + 300, b + 1200))
+    dropped = 0
+    while dropped < q.thinned_total:
+        oldest = expected[: max(2, len(expected) // 4)]
+        gone = set(oldest[1::2])
+        expected = [s for s in expected if s not in gone]
+        dropped += len(gone)
+    assert dropped == q.thinned_total
+    assert [s for s, st in rows.items() if st == 0] == expected
+    assert expected[-300:] == list(range(b + 900, b + 1200))  # the newest third untouched
 
 
 def test_one_gateway_per_state_dir(tmp_path: Path) -> None:
@@ -174,3 +218,50 @@ def test_async_wrappers_commit_on_the_queue_thread(tmp_path: Path) -> None:
 
     asyncio.run(main())
     DurableQueue(tmp_path).close()  # the lock was released
+
+
+def test_every_async_wrapper_passes_its_arguments_through(tmp_path: Path) -> None:
+    """The gateway only ever uses the a* coroutines: each must reach the same work with the same arguments."""
+    import asyncio
+
+    async def main() -> None:
+        q = DurableQueue(tmp_path, local_history_h=1)
+        now = datetime.now(UTC)
+        b = (await q.aput("pack-1", reading(0, ts=now - timedelta(seconds=30)))).seq
+        for i in range(1, 4):
+            await q.aput("pack-1", reading(i, ts=now - timedelta(seconds=30 - i)))
+        await q.aput("pack-2", reading(9, ts=now - timedelta(seconds=20)))
+        assert q.next_seq("pack-1") == b + 4 and q.next_seq("nobody") is None
+        assert await q.apending_count() == 5
+        assert q.oldest_pending_ts() == format_ts(now - timedelta(seconds=30))
+        first = await q.afetch(newest=0, oldest=1)
+        assert [r.seq for r in await q.afetch(newest=1, oldest=1, exclude={first[0].id})] == [
+            q.next_seq("pack-2") - 1,
+            b + 1,
+        ]
+        # the server's verdict: one acked, two parked (pack-1), one dead
+        batch = await q.afetch(newest=0, oldest=5)
+        await q.asettle(acked=[batch[0].id], parked=batch[1:3], dead=[(batch[3], "cells_mv: too many")])
+        status = await q.astatus()
+        assert status == {
+            "queue_depth": 1,
+            "oldest_queued_ts": batch[4].ts,
+            "disk_used_pct": q.disk_used_pct(),
+            "dead_letter_count": 1,
+            "parked_count": 2,
+        }
+        assert 0 < status["disk_used_pct"] == round(100 * q.disk_used_bytes() / q.budget_bytes, 2)
+        assert await q.aunpark("pack-2") == 0 and await q.aunpark("pack-1", probe=True) == 1
+        assert await q.aunpark("pack-1") == 1
+        since = format_ts(now - timedelta(seconds=29))
+        assert [s["seq"] - b for s in await q.ahistory(since=since, battery_id="pack-1", limit=1)] == [1]
+        assert [s["seq"] - b for s in await q.ahistory(since=since, battery_id="pack-1")] == [1, 2]
+        assert len(await q.ahistory(since=since)) == 3  # and pack-2's
+        assert len(await q.ahistory(since=None)) == 4  # the dead one left the samples table
+        await q.aset_kv("config_version", "7")
+        assert q.get_kv("config_version") == "7"
+        await q.ahousekeeping()
+        assert q.seqs_of("pack-1") == [b, b + 1, b + 2]
+        await q.aclose()
+
+    asyncio.run(main())

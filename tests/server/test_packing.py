@@ -78,4 +78,21 @@ def test_junk_in_any_field_is_refused_by_name_or_stored_faithfully(
     except packing.SampleError as e:
         assert str(e).startswith((key, "sample")), (key, str(e))
         return
-    Sample.model_validate(packing.to_sample(bid, seq, ts_ms, data))
+    out = packing.to_sample(bid, seq, ts_ms, data)
+    Sample.model_validate(out)
+    # accepted: then stored as given, at the stored resolution
+    if key == "ts":
+        assert ts_ms == packing.parse_ts_ms(value)
+    elif value is None or (value == [] and key == "cells_mv"):
+        assert key not in out or out[key] == value, (key, value, out.get(key))
+    elif key in RESOLUTION:
+        got, sent = (out[key], value) if isinstance(value, list) else ([out[key]], [value])
+        assert len(got) == len(sent)
+        for g, v in zip(got, sent, strict=True):
+            assert abs(g - v) <= RESOLUTION[key] / 2 + 1e-9, (key, value, out[key])
+    else:
+        assert out[key] == value, (key, value, out[key])
+
+
+#: the stored resolution of the scaled fields (the strategies above draw at exactly this resolution)
+RESOLUTION = {"voltage_v": 0.001, "current_a": 0.001, "soc_pct": 0.01, "remaining_ah": 0.001, "temps_c": 0.1}

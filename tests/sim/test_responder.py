@@ -382,3 +382,20 @@ def test_rtc_starts_at_the_configured_start() -> None:
     pack = make_pack(start=datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC))
     pack.advance(60)
     assert decode(pack, 0x61).rtc == "2025-01-02T03:05:05"
+
+
+def test_replies_counted_per_command_and_retries_told_apart() -> None:
+    """What the gateway's kill test counts: readings the BMS gave out = replies − repeats of a request."""
+    pack = make_pack()
+    ask(pack, 0x90)
+    ask(pack, 0x90)  # the same request again straight away: a client's retry
+    ask(pack, 0x93)
+    ask(pack, 0x90)  # a new poll
+    pack.asleep = True
+    ask(pack, 0x90)  # ignored: not a reply
+    pack.wake()
+    ask(pack, 0x90)  # the first answer after silence is not a repeat
+    assert pack.replies_by_id == {"0x90": 4, "0x93": 1}
+    assert pack.repeats_by_id == {"0x90": 1}
+    assert pack.truth()["wire"]["replies_by_id"] == {"0x90": 4, "0x93": 1}
+    assert pack.stats["replies"] == 5 and pack.stats["echoes"] + pack.stats["ignored"] == 1

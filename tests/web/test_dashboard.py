@@ -10,6 +10,7 @@ import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
@@ -156,7 +157,10 @@ def test_csv_export_downloads_with_the_documented_header(new_page: Any, demo: De
     login(page, demo)
     page.goto(demo.info.url + "#/pack/cabin-house")
     page.wait_for_selector(".cell")
-    with page.expect_download(timeout=WAIT_MS) as download:
+    with (
+        page.expect_request("**/export.csv?*", timeout=WAIT_MS) as request,
+        page.expect_download(timeout=WAIT_MS) as download,
+    ):
         page.click("#export-csv")
     assert download.value.suggested_filename.endswith(".csv")
     text = Path(download.value.path()).read_text()
@@ -186,6 +190,14 @@ def test_csv_export_downloads_with_the_documented_header(new_page: Any, demo: De
         "errors",
     ]
     assert len(lines) > 1, "the export holds the samples of the selected range"
+    # the rows are the API's own for that range (samples may still arrive for it later: compare those sent)
+    query = dict(parse_qsl(urlsplit(request.value.url).query))
+    api = {
+        (r["ts"], r["seq"]): r
+        for r in csv.DictReader(io.StringIO(demo.csv("cabin-house", query["from"], query["to"])))
+    }
+    got = list(csv.DictReader(io.StringIO(text)))
+    assert [api.get((r["ts"], r["seq"])) for r in got] == got
 
 
 def test_device_page_shows_links_and_the_sleeping_bms(
@@ -198,7 +210,20 @@ def test_device_page_shows_links_and_the_sleeping_bms(
     assert page.locator(".device-card").count() == 2
     page.click('.device-card[data-device-id="gw-cabin"]')
     page.wait_for_selector("#queue-backlog")
-    assert page.locator("#queue-backlog").inner_text().strip() != ""
+
+    def backlog_matches_the_api() -> bool:
+        """The page's backlog says what the gateway's last heartbeat (through the API) says."""
+        before = demo.get("/api/v1/devices/gw-cabin")["heartbeat"]
+        text = page.locator("#queue-backlog").inner_text().strip()
+        after = demo.get("/api/v1/devices/gw-cabin")["heartbeat"]
+        if before != after:  # a heartbeat landed meanwhile: look again
+            return False
+        depth = after["queue_depth"]
+        if depth == 0:
+            return text == "empty"
+        return text.startswith(f"{depth} sample{'' if depth == 1 else 's'} queued")
+
+    demo.wait_for("the backlog as the API has it", backlog_matches_the_api)
     # the boat's BMS has no current and falls asleep; the gateway reports it, the page shows it live
     page.wait_for_selector('tr[data-battery-id="cabin-boat"] [data-link-state="asleep"]', timeout=WAIT_MS * 2)
     assert "BMS asleep" in page.locator('tr[data-battery-id="cabin-boat"]').inner_text()

@@ -302,14 +302,11 @@ gzip = true
 # batch_max_samples = 5000
 # batch_max_age_s = 60
 
-# An MQTT uplink (QoS 1, persistent session; a sample leaves the queue only when the server's
-# acknowledgement arrives on tbms/<username>/ack). Password: device_token.
-# [[uplinks]]
-# name = "mqtt"
-# url = "mqtts://broker.example.com:8883"   # several brokers (a cluster): mqtt://n1:1883,n2:1883
-# username = "t1-gw-1"                      # printed by `trackingbms admin mqtt-device`
-# batch_max_samples = 500
-# timeout_s = 15                            # no acknowledgement this long: the batch is sent again
+# An MQTT uplink is an [[uplinks]] table with name = "mqtt", url = "mqtts://broker.example.com:8883"
+# (a cluster: "mqtt://n1:1883,n2:1883", tried in turn) and username = "t1-gw-1" (printed by
+# `trackingbms admin mqtt-device`; the password is device_token). QoS 1, persistent session; a sample
+# leaves the queue only when the server's acknowledgement arrives on tbms/<username>/ack, and a batch
+# without one after timeout_s is sent again (docs/scaling.md).
 
 [failover]
 after_s = 60                         # fail over after the active uplink failed this long

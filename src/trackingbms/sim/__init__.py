@@ -48,7 +48,8 @@ invert_current, max_request_bytes (bigger chunks are ignored whole).
 ``parse_faults("loss=0.01,sleep_after=3600")`` builds Quirks from the CLI's ``--faults`` text.
 
 Ground truth over HTTP: ``await serve_truth(packs, port=0)`` → ``GET /truth`` and ``/truth/<id>``;
-or ``write_truth_file(packs, path)``. ``pack.stats`` counts requests, replies, echoes, ignored.
+or ``write_truth_file(packs, path)``. ``pack.stats`` counts requests, replies, echoes, ignored;
+``pack.replies_by_id`` / ``pack.repeats_by_id`` count replies per command and client retries among them.
 
 Sans-I/O core: :class:`SimulatedPack.respond` takes one 13-byte request and returns
 :class:`Emission` (delay_s, bytes) items; :class:`RequestParser` cuts a byte stream into requests.

@@ -82,6 +82,11 @@ class TcpEndpoint:
     def packs(self) -> list[SimulatedPack]:
         return self.bus.packs
 
+    @property
+    def connections(self) -> int:
+        """Clients connected now (a test knows a killed client's last request was read once it is 0)."""
+        return len(self._sessions)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:

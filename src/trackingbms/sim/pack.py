@@ -77,6 +77,11 @@ class SimulatedPack:
             )
         #: what happened on the wire, for tests and the truth channel
         self.stats = {"requests": 0, "replies": 0, "echoes": 0, "ignored": 0}
+        #: replies per command ("0x90": n), and how many of those answered the same request as the reply
+        #: just before (what a client's retry looks like): replies − repeats = readings the BMS gave out
+        self.replies_by_id: dict[str, int] = {}
+        self.repeats_by_id: dict[str, int] = {}
+        self._last_answered: bytes | None = None
 
     @property
     def id(self) -> str:
@@ -123,6 +128,7 @@ class SimulatedPack:
         if not self.responder.accepts(request):
             return []
         self.stats["requests"] += 1
+        previous, self._last_answered = self._last_answered, None
         if self.asleep:
             if self.quirks.wake_on_request:
                 self.wake()
@@ -134,6 +140,12 @@ class SimulatedPack:
                 return []
         out = self.responder.respond(request)
         self.stats["replies" if out else "ignored"] += 1
+        if out:
+            key = f"0x{request[2]:02X}"
+            self.replies_by_id[key] = self.replies_by_id.get(key, 0) + 1
+            if request == previous:
+                self.repeats_by_id[key] = self.repeats_by_id.get(key, 0) + 1
+            self._last_answered = request
         return out
 
     def truth(self) -> dict[str, object]:
@@ -145,7 +157,9 @@ class SimulatedPack:
             board=self.board,
             time=self.sim_datetime().isoformat(),
             asleep=self.asleep,
-            wire=dict(self.stats),
+            wire=dict(
+                self.stats, replies_by_id=dict(self.replies_by_id), repeats_by_id=dict(self.repeats_by_id)
+            ),
         )
         return out
 

@@ -1,0 +1,195 @@
+"""Mutation score of the modules whose bugs lose data or mis-read a battery (mutmut 3, run outside CI).
+
+Each target is run in its own scratch copy of ``src/``, ``tests/`` and ``pyproject.toml`` (with a generated
+``[tool.mutmut]`` section), so the work tree never holds mutated code and each target gets only its own
+fast test files. The score of a module = mutants killed (a test failed, or it timed out) / mutants
+checked; "no tests" and "survived" both count against it. Not counted: mutants that only change the case of an
+SQL string (equivalent: SQL keywords are case-insensitive) and logging calls (not mutated: log text is not
+behaviour). A run cut short reports the score of the mutants checked so far, with ``"partial": true``.
+
+    pip install -e '.[mutation]'
+    python bench/mutation.py --json                      # every target (slow: tens of minutes on 2 cores)
+    python bench/mutation.py --json --target daly        # one target
+    python bench/mutation.py --json --survivors          # also list the surviving mutants' names
+
+Exit status: 1 when a module scores under the target (85 %), unless ``--no-check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _check import Target, add_check_argument, check_targets
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_SCORE_PCT = 85.0
+
+#: target name → (modules to mutate, the fast test files that guard them)
+TARGETS: dict[str, tuple[list[str], list[str]]] = {
+    "daly": (
+        ["src/trackingbms/daly/a5.py", "src/trackingbms/daly/records.py", "src/trackingbms/daly/poll.py"],
+        # the hypothesis properties (test_parser_properties.py, ~30 s a run) are left out: too slow per mutant
+        ["tests/daly/test_records.py", "tests/daly/test_reference_frames.py"],
+    ),
+    "gateway.queue": (["src/trackingbms/gateway/queue.py"], ["tests/gateway/test_queue.py"]),
+    "server.packing": (["src/trackingbms/server/store/packing.py"], ["tests/server/test_packing.py"]),
+    # the ingest service over HTTP on SQLite (uvicorn runs in the test process, so the mutants are live there)
+    "server.ingest": (
+        ["src/trackingbms/server/store/ingest.py", "src/trackingbms/server/ingest.py"],
+        ["tests/server/test_ingest.py", "-k", "sqlite"],
+    ),
+}
+
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+#: SQL is case-insensitive: a mutant that only changes the case of an SQL string is equivalent, not a survivor
+_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CONFLICT|WHERE|VALUES|BEGIN|COMMIT|ROLLBACK)\b")
+#: log text is not behaviour: logging calls are not mutated
+DO_NOT_MUTATE = [r"\blog\.(debug|info|warning|error|exception)\("]
+
+
+def _functions(mutated_source: Path) -> dict[str, ast.AST]:
+    tree = ast.parse(mutated_source.read_text())
+    return {n.name: n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
+
+
+def equivalent(functions: dict[str, ast.AST], mutant: str) -> bool:
+    """The mutant differs from the original only by the case of SQL strings."""
+    name = mutant.rsplit(".", 1)[-1]
+    orig = functions.get(name.rsplit("__mutmut_", 1)[0] + "__mutmut_orig")
+    mut = functions.get(name)
+    if orig is None or mut is None:
+        return False
+    a, b = list(ast.walk(orig)), list(ast.walk(mut))
+    if len(a) != len(b):
+        return False
+    diffs = 0
+    for x, y in zip(a[1:], b[1:], strict=True):  # [0] is the def itself (its name differs)
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, ast.Constant) and isinstance(y, ast.Constant) and x.value != y.value:
+            if not (isinstance(x.value, str) and isinstance(y.value, str)):
+                return False
+            if x.value.lower() != y.value.lower() or not _SQL.search(x.value):
+                return False
+            diffs += 1
+    return diffs > 0
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def prepare(workdir: Path, modules: list[str], tests: list[str]) -> None:
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    shutil.copytree(ROOT / "src", workdir / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    shutil.copytree(ROOT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    config = (ROOT / "pyproject.toml").read_text()
+    config += (
+        "\n[tool.mutmut]\n"
+        'source_paths = ["src"]\n'
+        f"only_mutate = {toml_list(modules)}\n"
+        f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow and not browser"]\n'
+        f"do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE)}\n"
+    )
+    (workdir / "pyproject.toml").write_text(config)
+
+
+def run_target(name: str, workdir: Path, max_children: int, *, existing: bool = False) -> dict[str, Any]:
+    modules, tests = TARGETS[name]
+    returncode = 0
+    if not existing:
+        prepare(workdir, modules, tests)
+        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("CI", None)  # a missing service skips instead of failing (the guarding tests need none)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
+            cwd=workdir,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        returncode = proc.returncode
+        (workdir / "mutmut.log").write_text(proc.stdout + proc.stderr)
+    out: dict[str, Any] = {}
+    for module in modules:
+        meta = workdir / "mutants" / (module + ".meta")
+        key = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
+        if not meta.exists():
+            out[key] = {
+                "error": f"mutmut produced no results (exit {returncode}); see {workdir}/mutmut.log"
+            }
+            continue
+        from mutmut.stats import status_by_exit_code
+
+        codes = json.loads(meta.read_text()).get("exit_code_by_key", {})
+        functions = _functions(workdir / "mutants" / module)
+        statuses: dict[str, int] = {}
+        survivors = []
+        for mutant, code in codes.items():
+            status = status_by_exit_code[code]
+            if status not in KILLED and status != "not checked" and equivalent(functions, mutant):
+                status = "equivalent"
+            statuses[status] = statuses.get(status, 0) + 1
+            if status not in KILLED | {"equivalent", "not checked"}:
+                survivors.append(f"{mutant} ({status})")
+        # a run cut short leaves mutants "not checked": the score is then over those checked (partial)
+        checked = len(codes) - statuses.get("not checked", 0) - statuses.get("equivalent", 0)
+        killed = sum(n for s, n in statuses.items() if s in KILLED)
+        out[key] = {
+            "mutants": len(codes),
+            "checked": checked,
+            "killed": killed,
+            "score_pct": round(100.0 * killed / checked, 1) if checked else None,
+            "partial": statuses.get("not checked", 0) > 0,
+            "by_status": statuses,
+            "tests": tests,
+            "survivors": sorted(survivors),
+        }
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--target", action="append", choices=sorted(TARGETS), help="default: all")
+    ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tbms-mutation")
+    ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
+    ap.add_argument("--existing", action="store_true", help="report the results already in --workdir")
+    add_check_argument(ap)
+    args = ap.parse_args()
+    modules: dict[str, Any] = {}
+    for name in args.target or sorted(TARGETS):
+        modules.update(run_target(name, args.workdir / name, args.max_children, existing=args.existing))
+    targets = []
+    for key, res in modules.items():
+        if not args.survivors:
+            res.pop("survivors", None)
+        targets.append(Target(f"{key} mutation score %", res.get("score_pct"), ">=", TARGET_SCORE_PCT))
+    result = {"benchmark": "mutation", "modules": modules, "targets": [t.as_dict() for t in targets]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        for key, res in modules.items():
+            score, n = res.get("score_pct"), res.get("mutants")
+            print(f"{key}: {score} % killed of {n} mutants {res.get('by_status')}")
+    check_targets(targets, check=not args.no_check)
+
+
+if __name__ == "__main__":
+    main()
