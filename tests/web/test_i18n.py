@@ -17,7 +17,7 @@ pytestmark = pytest.mark.browser
 
 WAIT_MS = 60_000
 MISSES_JS = "() => [...window.__tbmsI18n.misses]"
-#: English words of the interface (never data: pack and site names are the user's) that a French page must not show
+#: English words of the interface (never data: pack and site names are the user's), absent from French pages
 ENGLISH_ONLY = ["Last seen", "Sign out", "Faults", "Temperatures", "History", "Devices", "Last contact",
                 "Switches", "State of charge", "Create token", "Revoke", "never", "ago"]
 
@@ -43,7 +43,8 @@ def visit_every_page(page: Any, demo: DemoClient, screenshots: Path, lang: str) 
     texts.append(page.inner_text("body"))
     for device in demo.get("/api/v1/devices"):
         page.goto(f"{demo.info.url}#/device/{device['device_id']}")
-        page.wait_for_selector(f'.device[data-device-id="{device["device_id"]}"] #queue-backlog', timeout=WAIT_MS)
+        selector = f'.device[data-device-id="{device["device_id"]}"] #queue-backlog'
+        page.wait_for_selector(selector, timeout=WAIT_MS)
         texts.append(page.inner_text("body"))
     page.goto(f"{demo.info.url}#/tokens")
     page.wait_for_selector(".token-form", timeout=WAIT_MS)

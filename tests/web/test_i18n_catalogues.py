@@ -33,9 +33,11 @@ def test_every_literal_key_the_code_asks_for_is_in_the_catalogue() -> None:
     asked: set[str] = set()
     for module in (STATIC_DIR / "js").glob("*.js"):
         code = module.read_text(encoding="utf-8")
-        # t("key") / tr("key"), label/title keys in tables, data-i18n in the shell; tn("key") takes .one/.other
+        # t("key") / tr("key"), label/title keys in tables, data-i18n in the shell; tn("key") takes
+        # .one and .other
         asked |= set(re.findall(r"""\btr?\(\s*"([a-z][\w.-]+)"\s*[,)]""", code))
-        asked |= {f"{k}.{form}" for k in re.findall(r"""\btn\(\s*"([a-z][\w.-]+)"\s*,""", code) for form in ("one", "other")}
+        plurals = re.findall(r"""\btn\(\s*"([a-z][\w.-]+)"\s*,""", code)
+        asked |= {f"{k}.{form}" for k in plurals for form in ("one", "other")}
         asked |= set(re.findall(r"""(?:label|title): "((?:chart|conn|link|fleet)\.[\w.-]+)\"""", code))
     asked |= set(re.findall(r'data-i18n(?:-title)?="([^"]+)"', (STATIC_DIR / "index.html").read_text()))
     assert len(asked) > 100
