@@ -18,8 +18,21 @@ pytestmark = pytest.mark.browser
 WAIT_MS = 60_000
 MISSES_JS = "() => [...window.__tbmsI18n.misses]"
 #: English words of the interface (never data: pack and site names are the user's), absent from French pages
-ENGLISH_ONLY = ["Last seen", "Sign out", "Faults", "Temperatures", "History", "Devices", "Last contact",
-                "Switches", "State of charge", "Create token", "Revoke", "never", "ago"]
+ENGLISH_ONLY = [
+    "Last seen",
+    "Sign out",
+    "Faults",
+    "Temperatures",
+    "History",
+    "Devices",
+    "Last contact",
+    "Switches",
+    "State of charge",
+    "Create token",
+    "Revoke",
+    "never",
+    "ago",
+]
 
 
 def visit_every_page(page: Any, demo: DemoClient, screenshots: Path, lang: str) -> str:
