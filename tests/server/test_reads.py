@@ -463,14 +463,40 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
     """Driven by the OpenAPI document, so a new endpoint is covered the day it appears."""
     a, b = world.a, world.b
     await p.provision_device(world.database_url, "globex", "gw-globex")
-    await _ingest(world, b.device, [sample(b.batteries[0], 1, voltage_v=77.7)])
+    await _ingest(world, b.device, [sample(b.batteries[0], 1, voltage_v=77.7, faults=["soc_low_l2"])])
+    # one of each of the other tenant's numbered things: an alarm, a rules override, a notification target
+    async with client(world.base_url, b.admin) as c:
+        rule = (
+            await c.post("/api/v1/alarm-rules", json={"rule_id": "soc_low", "set": 7.7, "clear": 9})
+        ).json()
+        target = (await c.post("/api/v1/notify-targets", json={"url": "json://127.0.0.1:9/x"})).json()
+        for _ in range(600):  # alarms are evaluated just after the ingest reply
+            b_alarms = (await c.get("/api/v1/alarms")).json()
+            if b_alarms:
+                break
+            await asyncio.sleep(0.1)
     async with httpx.AsyncClient(base_url=world.base_url) as c:
         doc = (await c.get("/openapi.json")).json()
     public = {"/api/v1/auth/login", "/healthz"}
     async with p.open_store(world.database_url) as store:  # an API token of the other tenant
         globex = store.tenant(await store.tenant_by_name("globex"))
         token_id = (await globex.create_api_token("admin@globex.test", "ci", "read", 30))["id"]
-    ids = {"battery_id": b.batteries[0], "device_id": "gw-globex", "token_id": str(token_id)}
+    ids = {
+        "battery_id": b.batteries[0],
+        "device_id": "gw-globex",
+        "alarm_id": str(b_alarms[0]["id"]),
+        "rule_pk": str(rule["id"]),
+        "target_id": str(target["id"]),
+        "token_id": str(token_id),
+    }
+    ghosts = {
+        "battery_id": "no-such-pack",
+        "device_id": "no-such-gw",
+        "alarm_id": "987654",
+        "rule_pk": "987654",
+        "target_id": "987654",
+        "token_id": "987654",
+    }
     checked = 0
     for path, ops in doc["paths"].items():
         if not path.startswith("/api/") or path in public:
@@ -483,20 +509,18 @@ async def test_every_endpoint_refuses_other_tenants_and_missing_tokens(world: Wo
                 assert r.status_code == 401, (method, path, r.status_code)
             if "{" not in path:
                 continue
-            ghost_url = path.format(battery_id="no-such-pack", device_id="no-such-gw", token_id="999999")
+            ghost_url = path.format(**ghosts)
             for token in (a.admin, a.viewer, a.device):
                 async with client(world.base_url, token) as c:
                     r = await c.request(method, url, json=body)
                     ghost = await c.request(method, ghost_url, json=body)
                 assert r.status_code in (401, 403, 404), (method, path, r.status_code)
                 # another tenant's id answers exactly like an id that exists nowhere
-                seen = r.text
-                for value in ids.values():
-                    seen = seen.replace(value, "X")
+                seen, ghost_seen = r.text, ghost.text
+                for name in ids:
+                    seen, ghost_seen = seen.replace(ids[name], "X"), ghost_seen.replace(ghosts[name], "X")
                 assert r.status_code == ghost.status_code
-                assert seen == ghost.text.replace("no-such-pack", "X").replace("no-such-gw", "X").replace(
-                    "999999", "X"
-                )
+                assert seen == ghost_seen
                 assert "77.7" not in r.text
                 checked += 1
     assert checked >= 15

@@ -50,7 +50,11 @@ class DemoClient:
     def __init__(self, info: Any) -> None:
         self.info = info
         self.base = info.url.rstrip("/")
-        self.http = httpx.Client(base_url=self.base, timeout=30)
+        # no keep-alive: a connection the server closes as idle while a request goes out would fail the
+        # test ("Server disconnected without sending a response"), more often the longer the session runs
+        self.http = httpx.Client(
+            base_url=self.base, timeout=30, limits=httpx.Limits(max_keepalive_connections=0)
+        )
         resp = self.http.post("/api/v1/auth/login", json={"email": info.email, "password": info.password})
         resp.raise_for_status()
         self.token = resp.json()["access_token"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from trackingbms.cli import (  # noqa: F401  (registration)
     admin_data,
+    analyze,
     bms_commands,
     demo,
     gateway,

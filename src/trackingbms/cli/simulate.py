@@ -33,7 +33,7 @@ def simulate(
     scenario: Annotated[
         str,
         typer.Option(
-            help="idle, constant, solar-day, ebike-ride, charge-full, or schedule (with --schedule)."
+            help="idle, constant, solar-day, ebike-ride, charge-full, ups, or schedule (with --schedule)."
         ),
     ] = "idle",
     schedule: Annotated[
@@ -72,6 +72,33 @@ def simulate(
     truth_file: Annotated[
         Path | None, typer.Option(help="Also write the ground truth to this JSON file.")
     ] = None,
+    weak_cell_extra_sd: Annotated[
+        float | None,
+        typer.Option(
+            help="With --weak-cell: its extra self-discharge in %/month (instead of 20x the others)."
+        ),
+    ] = None,
+    current_offset: Annotated[float, typer.Option(help="Current-sensor offset (A).")] = 0.05,
+    current_noise: Annotated[float, typer.Option(help="Current-sensor noise, 1 sigma (A).")] = 0.0,
+    bms_soc_error: Annotated[
+        float, typer.Option(help="The BMS's SOC starts this many points off the truth (drift).")
+    ] = 0.0,
+    record: Annotated[
+        Path | None,
+        typer.Option(
+            help="Instead of serving: run in simulated time as fast as possible and write what a gateway "
+            "would have recorded to this CSV (export format; several packs: FILE-n.csv or {n} in FILE)."
+        ),
+    ] = None,
+    duration: Annotated[
+        str, typer.Option(help="With --record: simulated time, e.g. 30d, 12h, 90m, 3600.")
+    ] = "1d",
+    interval: Annotated[
+        float | None,
+        typer.Option(
+            help="With --record: sampling period in simulated seconds (default: the gateway's poll)."
+        ),
+    ] = None,
     protocol: Annotated[
         str,
         typer.Option(
@@ -100,7 +127,10 @@ def simulate(
         float, typer.Option(min=0.05, help="With --protocol hkms: seconds between broadcast rounds.")
     ] = 1.0,
 ) -> None:
-    """Virtual Daly BMS packs with battery physics, speaking a real Daly protocol, until Ctrl-C."""
+    """Virtual Daly BMS packs with battery physics, speaking a real Daly protocol, until Ctrl-C.
+
+    With --record, no BMS is served: the packs run in simulated time and their samples go to CSV files.
+    """
     import asyncio
     import contextlib
     import signal
@@ -148,7 +178,18 @@ def simulate(
         base_quirks = parse_faults(faults)
     except SimConfigError as exc:
         raise typer.BadParameter(str(exc), param_hint="--faults") from None
+    step_s = 5.0
+    if record is not None:
+        from trackingbms.gateway.config import BmsConfig
+
+        if interval is None:
+            interval = BmsConfig.model_fields["poll_interval_s"].default
+        if not 0 < interval <= 3600:
+            raise typer.BadParameter("must be in (0, 3600] seconds", param_hint="--interval")
+        duration_s = _duration_s(duration)
+        step_s = min(5.0, interval)
     sim_packs: list[SimulatedPack] = []
+    configs: list[PackConfig] = []
     for n in range(1, packs + 1):
         try:
             config = PackConfig(
@@ -166,7 +207,15 @@ def simulate(
                 weak_cell=weak_cell,
                 capacity_fade_pct=capacity_fade,
                 resistance_growth_pct=resistance_growth,
+                weak_cell_extra_self_discharge_pct_month=weak_cell_extra_sd,
+                current_offset_a=current_offset,
+                current_noise_a=current_noise,
+                bms_soc_error_pct=bms_soc_error,
+                step_s=step_s,
             )
+            configs.append(config)
+            if record is not None:
+                continue
             quirks = Quirks(
                 **{
                     **base_quirks.__dict__,
@@ -178,6 +227,13 @@ def simulate(
         except SimConfigError as exc:
             raise typer.BadParameter(str(exc)) from None
 
+    if record is not None:
+        try:
+            _record(configs, record, duration_s, interval, truth_file)  # type: ignore[arg-type]
+        except OSError as exc:
+            typer.echo(f"error: cannot write {exc.filename}: {_reason(exc)}", err=True)
+            raise typer.Exit(1) from None
+        return
     try:
         asyncio.run(
             _run(
@@ -205,6 +261,57 @@ def simulate(
         raise typer.Exit(1) from None
     with contextlib.suppress(Exception):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _duration_s(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = text.strip().lower()
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3 * 365 * 86400:
+        raise typer.BadParameter(f"{text!r}: give e.g. 30d, 12h, 90m or seconds (up to 3 years)")
+    return value
+
+
+def _record(configs: list, path: Path, duration_s: float, interval_s: float, truth_file: Path | None) -> None:
+    """Write each pack's samples in the export format (one file per pack), then the truth."""
+    import csv
+    import json
+    import time
+
+    from trackingbms import export
+    from trackingbms.sim.record import Recorder
+
+    started = time.monotonic()
+    truths = {}
+    total = 0
+    for n, cfg in enumerate(configs, start=1):
+        target = path if len(configs) == 1 else _pack_path(path, n)
+        rec = Recorder(cfg)
+        n_temps = len(rec.battery.temps_c())
+        with open(target, "w", newline="") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(export.header(cfg.cells, n_temps))
+            for sample in rec.run(duration_s, interval_s):
+                w.writerow(export.row(sample, cfg.cells, n_temps))
+                total += 1
+        truths[cfg.pack_id] = {**rec.truth(), "id": cfg.pack_id, "csv": str(target)}
+        typer.echo(f"{cfg.pack_id}  {target}  {rec.seq} samples")
+    if truth_file is not None:
+        truth_file.write_text(json.dumps({"packs": truths}, indent=1))
+    wall = time.monotonic() - started
+    typer.echo(
+        f"{total} samples in {wall:.1f} s ({duration_s * len(configs) / max(wall, 1e-9):.0f}x real time)",
+        err=True,
+    )
+
+
+def _pack_path(path: Path, n: int) -> Path:
+    if "{n}" in path.name:
+        return path.with_name(path.name.replace("{n}", str(n)))
+    return path.with_name(f"{path.stem}-{n}{path.suffix}")
 
 
 async def _run(

@@ -19,10 +19,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from trackingbms import __version__
 from trackingbms.server import security
+from trackingbms.server.alarms import AlarmService
 from trackingbms.server.db import describe_url, make_engine, migrate
 from trackingbms.server.guard import Guard
 from trackingbms.server.hub import Hub, LiveSessions
 from trackingbms.server.ingest import IngestService
+from trackingbms.server.notify import Notifier
 from trackingbms.server.ratelimit import TokenBuckets
 from trackingbms.server.security import PasswordChecker
 from trackingbms.server.settings import Settings
@@ -125,11 +127,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
         )
+        notifier = Notifier(app.state.store, group_s=settings.notify_group_s)
+        app.state.alarms = AlarmService(
+            app.state.store, interval_s=settings.alarm_interval_s, notifier=notifier
+        )
+        if settings.alarms_enabled:
+            app.state.alarms.start()
         app.state.ingest = IngestService(
             app.state.store,
             app.state.hub,
             max_future_ms=int(settings.max_clock_skew_s * 1000),
             metrics=app.state.metrics,
+            alarms=app.state.alarms if settings.alarms_enabled else None,
         )
         relay = None
         if not app.state.store.sqlite:  # other API processes and ingest workers may share this database
@@ -152,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
+            await app.state.alarms.stop()
             if relay is not None:
                 await relay.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here

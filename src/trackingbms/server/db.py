@@ -34,6 +34,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     event,
+    text,
 )
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -232,6 +233,84 @@ rollup_1m = Table(
     Column("stream_id", Integer, primary_key=True),
     Column("bucket_ms", BigInteger, primary_key=True),
     *rollup_columns(),
+)
+
+#: a tenant's alarm rule settings: tenant-wide (no site, no battery), per site or per battery; each non-null
+#: field overrides the level below (built-in → tenant → site → battery). ``rule_id`` names a built-in rule
+#: (``fault:<name>`` for a fault bit) or the tenant's own rule (then ``metric`` is required).
+alarm_rules = Table(
+    "alarm_rules",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("site_id", Integer, ForeignKey("sites.id"), nullable=True),
+    Column("battery_pk", Integer, ForeignKey("batteries.id"), nullable=True),
+    Column("rule_id", String(100), nullable=False),
+    Column("metric", String(100), nullable=True),
+    Column("op", String(1), nullable=True),
+    Column("set_value", Float, nullable=True),
+    Column("clear_value", Float, nullable=True),
+    Column("set_delay_s", Float, nullable=True),
+    Column("clear_delay_s", Float, nullable=True),
+    Column("severity", String(16), nullable=True),
+    Column("repeat_s", Float, nullable=True),
+    Column("notify_on_clear", Boolean, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("title", String(200), nullable=True),
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+#: alarms, active and past: one active (raised / acknowledged) per (battery, rule), enforced by the index
+alarms = Table(
+    "alarms",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False),
+    Column("battery_pk", Integer, ForeignKey("batteries.id"), nullable=False),
+    Column("rule_id", String(100), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("status", String(16), nullable=False),  # raised | acknowledged | cleared
+    Column("active", Boolean, nullable=False),
+    Column("cell", Integer, nullable=True),
+    Column("value", Float, nullable=True),
+    Column("message", Text, nullable=False),
+    Column("raised_ms", BigInteger, nullable=False),
+    Column("acked_ms", BigInteger, nullable=True),
+    Column("acked_by", String(320), nullable=True),
+    Column("cleared_ms", BigInteger, nullable=True),
+    Column("clear_message", Text, nullable=True),
+    Index("alarms_tenant_raised", "tenant_id", "raised_ms"),
+    Index(
+        "alarms_one_active",
+        "battery_pk",
+        "rule_id",
+        unique=True,
+        sqlite_where=text("active"),
+        postgresql_where=text("active"),
+    ),
+)
+
+#: per battery the analytics engine's and the alarm evaluators' saved state, and the last health report
+battery_analytics = Table(
+    "battery_analytics",
+    metadata,
+    Column("battery_pk", Integer, ForeignKey("batteries.id"), primary_key=True),
+    Column("t_last_ms", BigInteger, nullable=True),  # newest sample fed (older ones are skipped)
+    Column("state", Text, nullable=True),  # JSON: estimator, evaluators, resistance baseline
+    Column("health", Text, nullable=True),  # JSON: BatteryEstimator.health()
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+#: where a tenant's alarm messages go: an apprise URL and the severities it wants
+notify_targets = Table(
+    "notify_targets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tenant_id", Integer, ForeignKey("tenants.id"), nullable=False, index=True),
+    Column("url", Text, nullable=False),
+    Column("severities", String(64), nullable=False),  # comma-separated: info,warning,critical
+    Column("recovery", Boolean, nullable=False, default=True),  # send "cleared" messages
+    Column("created_ms", BigInteger, nullable=False),
 )
 
 # SQLite shape; PostgreSQL creates its partitioned twin in the migration (same columns)

@@ -1,6 +1,7 @@
 """The ingest service, independent of the transport: HTTP today, MQTT / JetStream workers through the same
 door. One call validates a batch sample by sample, stores it idempotently (dedup on stream and seq), merges
-the last known state, commits, and then publishes the newest sample per battery to live subscribers.
+the last known state, commits, then publishes the newest sample per battery to live subscribers and
+hands the accepted samples to the alarm service (evaluated off the request).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from trackingbms.server.hub import Hub
 from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Store, now_ms, packing
 
 if TYPE_CHECKING:
+    from trackingbms.server.alarms import AlarmService
     from trackingbms.server.metrics import ServerMetrics
 
 __all__ = ["IngestResult", "IngestService"]
@@ -26,12 +28,14 @@ class IngestService:
         store: Store,
         hub: Hub | None = None,
         max_future_ms: int = packing.MAX_FUTURE_SKEW_MS,
+        alarms: AlarmService | None = None,
         metrics: ServerMetrics | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         #: samples further ahead of the server's clock are rejected (a wrong device clock)
         self.max_future_ms = max_future_ms
+        self.alarms = alarms
         self.metrics = metrics
 
     async def ingest(
@@ -77,6 +81,9 @@ class IngestService:
             self.metrics.observe_ingest(
                 res.accepted, res.duplicates, errors, time.perf_counter() - started, transport
             )
+        if self.alarms is not None and res.accepted:
+            refused = {r["index"] for r in res.rejected}
+            self.alarms.submit(device.tenant_id, [p.wire for p in parsed if p.index not in refused])
         if self.hub is not None:
             for bid, sample in res.latest.items():
                 self.hub.publish(

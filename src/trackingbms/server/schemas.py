@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from trackingbms.model import Connectivity, LinkState, Sample
 
@@ -112,6 +113,11 @@ class IngestReply(BaseModel):
 #: shown to every user of the tenant, so a device must not be able to put megabytes or NaN in it
 _HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=200)
 U64 = 2**63 - 1
+LAST_ERROR_MAX = 500
+
+
+def _clip(limit: int) -> Callable[[Any], Any]:
+    return lambda v: v[: limit - 1] + "…" if isinstance(v, str) and len(v) > limit else v
 
 
 class BatteryLink(BaseModel):
@@ -121,7 +127,10 @@ class BatteryLink(BaseModel):
     since: str | None = Field(default=None, max_length=40)
     frames_good: int | None = Field(default=None, ge=0, le=U64)
     frames_bad: int | None = Field(default=None, ge=0, le=U64)
-    last_error: str | None = Field(default=None, max_length=200)
+    #: shortened, not refused: a gateway must not lose its heartbeat over a long error text
+    last_error: Annotated[str | None, BeforeValidator(_clip(LAST_ERROR_MAX))] = Field(
+        default=None, max_length=LAST_ERROR_MAX
+    )
 
 
 class Heartbeat(BaseModel):
@@ -158,7 +167,7 @@ class Heartbeat(BaseModel):
     uptime_s: float | None = Field(default=None, ge=0)
     queue_depth: int | None = Field(default=None, ge=0, le=U64)
     oldest_queued_ts: str | None = Field(default=None, max_length=40)
-    disk_used_pct: float | None = Field(default=None, ge=0, le=1000)
+    disk_used_pct: float | None = Field(default=None, ge=0)  # can pass 100 % (the budget is a target)
     disk_budget_mb: float | None = Field(default=None, ge=0)
     thinned_total: int | None = Field(default=None, ge=0, le=U64)
     dead_letter_count: int | None = Field(default=None, ge=0, le=U64)
@@ -228,6 +237,15 @@ class SiteOut(BaseModel):
     name: str
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class HealthSummary(BaseModel):
+    soh_pct: float | None
+    weak_cells: list[int]
+    findings: int
+
+
 FLEET_ITEM_EXAMPLE: dict[str, Any] = {
     "battery_id": "pack-1",
     "name": "Forklift 1",
@@ -278,6 +296,9 @@ class FleetItem(BaseModel):
     cell_max_mv: int | None
     cell_delta_mv: int | None
     power_w: float | None
+    active_alarms: int = Field(default=0, description="alarms raised or acknowledged, not yet cleared")
+    worst_severity: Severity | None = Field(default=None, description="of the active alarms")
+    health: HealthSummary | None = Field(default=None, description="from the analytics engine")
 
 
 class Fleet(BaseModel):
@@ -357,3 +378,141 @@ class DeviceOut(BaseModel):
     config_version: int
     reported_config_version: int | None
     config: dict[str, Any] | None
+
+
+class AlarmOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "battery_id": "pack-1",
+                    "battery_name": "Forklift 1",
+                    "site": "depot",
+                    "rule_id": "cell_voltage_high",
+                    "severity": "critical",
+                    "status": "acknowledged",
+                    "active": True,
+                    "cell": 3,
+                    "value": 3652.0,
+                    "message": "cell 3 cell over-voltage (max_cell_mv 3652, set > 3600)",
+                    "raised_at": "2026-11-24T10:29:25.123Z",
+                    "acknowledged_at": "2026-11-24T10:31:02.000Z",
+                    "acknowledged_by": "ops@acme.test",
+                    "cleared_at": None,
+                    "clear_message": None,
+                }
+            ]
+        }
+    )
+    id: int
+    battery_id: str
+    battery_name: str
+    site: str
+    rule_id: str
+    severity: Severity
+    status: Literal["raised", "acknowledged", "cleared"]
+    active: bool
+    cell: int | None = Field(description="1-based cell (or sensor) the alarm names, where known")
+    value: float | None
+    message: str
+    raised_at: str
+    acknowledged_at: str | None
+    acknowledged_by: str | None
+    cleared_at: str | None
+    clear_message: str | None
+
+
+class HealthOut(BaseModel):
+    battery_id: str
+    updated_at: str | None
+    health: dict[str, Any] | None = Field(
+        description="the analytics engine's report: capacity_ah, soh_pct (+ capacity.confidence, segments), "
+        "resistance_mohm, soc_pct, bms_soc_error_pct, weak_cells, findings with evidence, per-cell figures, "
+        "reasons for what it cannot tell yet"
+    )
+    reason: str | None
+    alarms: list[AlarmOut] = Field(description="active alarms of this battery")
+
+
+class RuleFields(BaseModel):
+    """Fields of an alarm rule; null / absent: inherited from the level below."""
+
+    metric: str | None = Field(default=None, max_length=100, description="only for a rule of your own")
+    op: Literal[">", "<"] | None = None
+    set: float | None = Field(default=None, description="threshold that raises the alarm")
+    clear: float | None = Field(default=None, description="threshold on the safe side that clears it")
+    set_delay_s: float | None = Field(default=None, ge=0, le=30 * 86400)
+    clear_delay_s: float | None = Field(default=None, ge=0, le=30 * 86400)
+    severity: Severity | None = None
+    repeat_s: float | None = Field(default=None, gt=0, le=365 * 86400)
+    notify_on_clear: bool | None = None
+    title: str | None = Field(default=None, max_length=200)
+    enabled: bool | None = Field(default=None, description="false switches the rule off at this level")
+
+
+class RuleIn(RuleFields):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"rule_id": "cell_spread", "site": "depot", "set": 120, "clear": 60}]}
+    )
+    rule_id: str = Field(
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9_:.-]+$",
+        description="a built-in rule id, fault:<name>, or a new id of your own",
+    )
+    site: str | None = Field(default=None, description="override for this site only")
+    battery_id: str | None = Field(default=None, description="override for this battery only")
+
+
+class RuleOut(BaseModel):
+    id: int
+    rule_id: str
+    scope: Literal["tenant", "site", "battery"]
+    site: str | None
+    battery_id: str | None
+    metric: str | None
+    enabled: bool
+    op: str | None
+    set: float | None
+    clear: float | None
+    set_delay_s: float | None
+    clear_delay_s: float | None
+    severity: str | None
+    repeat_s: float | None
+    notify_on_clear: bool | None
+    title: str | None
+    updated_at: str
+
+
+class RulesOut(BaseModel):
+    builtin: list[dict[str, Any]]
+    fault_rule: str
+    overrides: list[RuleOut]
+
+
+class NotifyTargetIn(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "mailto://smtp.example.com:587?from=bms@example.com&to=ops@example.com",
+                    "severities": ["warning", "critical"],
+                    "recovery": True,
+                }
+            ]
+        }
+    )
+    url: str = Field(
+        min_length=3, max_length=2000, description="an apprise URL (mailto://, json://, ntfy://…)"
+    )
+    severities: list[Severity] = Field(default=["warning", "critical"], min_length=1)
+    recovery: bool = Field(default=True, description="also send a message when an alarm clears")
+
+
+class NotifyTargetOut(BaseModel):
+    id: int
+    url: str
+    severities: list[Severity]
+    recovery: bool
+    created_at: str

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
     retention_interval_s: float = 3600.0
+    #: evaluate alarm rules and the analytics engine on ingested samples (off: storage only)
+    alarms_enabled: bool = True
+    #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved
+    alarm_interval_s: float = Field(default=30.0, gt=0)
+    #: alarm transitions are held this long and sent as one message per target (a burst is one message)
+    notify_group_s: float = Field(default=5.0, ge=0)
 
     def resolved_database_url(self) -> str:
         if self.database_url:

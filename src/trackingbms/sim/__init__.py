@@ -30,7 +30,7 @@ Several packs on one shared RS485 line: ``serve_tcp([pack1, pack2])`` (or ``Bus(
 have distinct ``Quirks(board=N)``; host address 0x40 + N - 1 reaches board N, replies carry N.
 
 PackConfig (battery): pack_id, cells 3–48, sensors 1–16, chemistry lfp|nmc|lto, capacity_ah, soc_pct,
-seed, scenario (idle, constant [constant_current_a], solar-day, ebike-ride, charge-full,
+seed, scenario (idle, constant [constant_current_a], solar-day, ebike-ride, charge-full, ups,
 schedule [schedule=path.toml|.csv, or bundled "workshop-day" / "pulse-test"]), speed, start (datetime
 of t=0), ambient_c, spreads, ageing
 (capacity_fade_pct, fade_per_cycle_pct, resistance_growth_pct, weak_cell, weak_cell_self_discharge_x),

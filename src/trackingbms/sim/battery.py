@@ -17,8 +17,6 @@ from trackingbms.sim.scenarios import PackView, Scenario, make_scenario
 SECONDS_PER_MONTH = 30 * 86400
 #: currents below this (A) neither wake a sleeping BMS nor keep it awake
 WAKE_CURRENT_A = 1.0
-#: the BMS shows 0.0 A below this (A)
-CURRENT_DEADBAND_A = 0.2
 
 
 @dataclass
@@ -146,7 +144,10 @@ class Battery:
             r *= 1 + cfg.resistance_growth_pct / 100
             cell_sd = sd * max(0.2, 1 + rng.gauss(0, 0.2))
             if cfg.weak_cell == i + 1:
-                cell_sd *= cfg.weak_cell_self_discharge_x
+                if cfg.weak_cell_extra_self_discharge_pct_month is not None:
+                    cell_sd += cfg.weak_cell_extra_self_discharge_pct_month / 100 / SECONDS_PER_MONTH
+                else:
+                    cell_sd *= cfg.weak_cell_self_discharge_x
             soc = min(1.0, max(0.0, cfg.soc_pct / 100 + rng.gauss(0, cfg.soc_spread_pct / 100)))
             self.cells.append(Cell(cap, r, cell_sd, soc))
         # temperature sensors: each sees a share of the heating plus a small fixed offset
@@ -166,7 +167,10 @@ class Battery:
         self.user_charge_mos = True
         self.user_discharge_mos = True
         self.alarms = {name: _Alarm() for name, _, _ in ALARMS}
-        self.bms_soc_pct = cfg.soc_pct
+        self.bms_soc_pct = min(100.0, max(0.0, cfg.soc_pct + cfg.bms_soc_error_pct))
+        # current-sensor noise: one draw per step, its own stream so the knob leaves the rest unchanged
+        self._noise_rng = random.Random(cfg.seed * 31337 + 5)
+        self._current_noise_a = 0.0
         self.charge_ah = 0.0
         self.discharge_ah = 0.0
         self.initial_cycles = cfg.cycles
@@ -220,8 +224,10 @@ class Battery:
 
     def measured_current_a(self) -> float:
         """What the BMS's shunt reads: gain error and offset, a dead band around zero."""
-        i = self.current_a * (1 + self.cfg.current_gain_error_pct / 100) + self.cfg.current_offset_a
-        return 0.0 if abs(i) < CURRENT_DEADBAND_A else i
+        cfg = self.cfg
+        i = self.current_a * (1 + cfg.current_gain_error_pct / 100) + cfg.current_offset_a
+        i += self._current_noise_a
+        return 0.0 if abs(i) < cfg.current_deadband_a else i
 
     def state(self) -> int:
         """0 stationary, 1 charging, 2 discharging (0x93 byte 0)."""
@@ -278,6 +284,8 @@ class Battery:
             self.bms_soc_pct = min(100.0, max(0.0, self.bms_soc_pct + measured * dt / 36 / self.rated_ah))
         self.quiet_s = self.quiet_s + dt if abs(self.requested_a) < WAKE_CURRENT_A else 0.0
         self.t_s += dt
+        if self.cfg.current_noise_a:
+            self._current_noise_a = self._noise_rng.gauss(0.0, self.cfg.current_noise_a)
         self._settle()
 
     def _settle(self) -> None:

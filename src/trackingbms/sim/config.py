@@ -18,7 +18,7 @@ Chemistry = Literal["lfp", "nmc", "lto"]
 HostPolicy = Literal["both", "0x40", "0x80"]
 FramePolicy = Literal["auto", "needed", "all"]
 
-BUILTIN_SCENARIOS = ("idle", "constant", "solar-day", "ebike-ride", "charge-full")
+BUILTIN_SCENARIOS = ("idle", "constant", "solar-day", "ebike-ride", "charge-full", "ups")
 
 
 class SimConfigError(ValueError):
@@ -60,14 +60,23 @@ class PackConfig:
     resistance_growth_pct: float = 0.0
     weak_cell: int | None = None
     weak_cell_self_discharge_x: float = 20.0
+    #: when set, the weak cell self-discharges this much more than its own nominal rate (%/month),
+    #: instead of ``weak_cell_self_discharge_x`` times it (analytics benches use a known excess)
+    weak_cell_extra_self_discharge_pct_month: float | None = None
     cycles: int = 0
     #: BMS current sensor gain error (percent) and offset (A): why the reported SOC drifts
     current_gain_error_pct: float = 1.0
     current_offset_a: float = 0.05
+    #: noise of each current reading (1 sigma, A) and the band around zero the BMS shows as 0.0 A
+    current_noise_a: float = 0.0
+    current_deadband_a: float = 0.2
+    #: the BMS's SOC starts this far from the truth (percentage points): drift already accumulated
+    bms_soc_error_pct: float = 0.0
     #: the BMS does not count currents below this (real units: about 2.5 A)
     soc_count_threshold_a: float = 2.5
     balance_current_a: float = 0.05
-    #: physics integration step in simulated seconds (the result does not depend on how time is sliced)
+    #: physics integration step in simulated seconds (the result does not depend on how time is sliced);
+    #: up to 300 s for month-long analytics runs
     step_s: float = 5.0
     # thresholds: None = chemistry default (see chemistry.py)
     cell_ov_mv: tuple[int, int] | None = None
@@ -99,8 +108,14 @@ class PackConfig:
             raise SimConfigError(f"weak_cell must be 1–{self.cells}, got {self.weak_cell}")
         if not 0 <= self.capacity_fade_pct < 90:
             raise SimConfigError(f"capacity_fade_pct must be 0–90, got {self.capacity_fade_pct}")
-        if self.step_s <= 0 or self.step_s > 60:
-            raise SimConfigError(f"step_s must be in (0, 60], got {self.step_s}")
+        if self.step_s <= 0 or self.step_s > 300:
+            raise SimConfigError(f"step_s must be in (0, 300], got {self.step_s}")
+        if self.current_noise_a < 0 or self.current_deadband_a < 0:
+            raise SimConfigError("current_noise_a and current_deadband_a must be >= 0")
+        if not -100 <= self.bms_soc_error_pct <= 100:
+            raise SimConfigError(f"bms_soc_error_pct must be -100–100, got {self.bms_soc_error_pct}")
+        if (self.weak_cell_extra_self_discharge_pct_month or 0) < 0:
+            raise SimConfigError("weak_cell_extra_self_discharge_pct_month must be >= 0")
         if self.cycles < 0:
             raise SimConfigError(f"cycles must be >= 0, got {self.cycles}")
         if self.start.tzinfo is None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from trackingbms.server.api import auth, devices, fleet, heartbeat, history, ingest, live, tokens
+from trackingbms.server.api import alarms, auth, devices, fleet, heartbeat, history, ingest, live, tokens
 
 router = APIRouter(prefix="/api/v1")
 # in this order in the OpenAPI document
-for _module in (ingest, heartbeat, auth, fleet, history, devices, live, tokens):
+for _module in (ingest, heartbeat, auth, fleet, history, devices, alarms, live, tokens):
     router.include_router(_module.router)
 
 __all__ = ["router"]

@@ -1,16 +1,19 @@
 """The repository layer, one module per concern behind two doors:
 
 - :class:`Store` (server-wide): tokens and logins (``auth``), storing ingested batches (``ingest``, fed by
-  :mod:`trackingbms.server.ingest`), heartbeats (``heartbeat``), retention and sizes (``retention``);
+  :mod:`trackingbms.server.ingest`), heartbeats (``heartbeat``), retention and sizes (``retention``),
+  alarm state and transitions (``alarms``);
 - :class:`TenantStore` (``store.tenant(id)``): everything one tenant may see or change — provisioning,
-  the fleet read model, history, export. It puts the tenant into every query itself, so scoping is not
-  remembered route by route; ids from another tenant behave as if they did not exist.
+  the fleet read model, history, export, alarms, rules, health. It puts the tenant into every query
+  itself, so scoping is not remembered route by route; ids from another tenant behave as if they did
+  not exist.
 
 ``packing`` is the binary row format of a sample, ``series`` the one n / min / max / sum accumulator.
 """
 
 from __future__ import annotations
 
+from trackingbms.server.store.alarms import AlarmsScope, AlarmStore
 from trackingbms.server.store.api_tokens import ApiTokenScope, ApiTokenStore
 from trackingbms.server.store.auth import AuthStore
 from trackingbms.server.store.base import ROLES, Conflict, DeviceRef, NotFound, UserRef, now_ms
@@ -37,11 +40,11 @@ __all__ = [
 ]
 
 
-class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope):
+class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope, AlarmsScope):
     """Everything one tenant may see or change (see the module docstring)."""
 
 
-class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ApiTokenStore):
+class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ApiTokenStore, AlarmStore):
     """The server-wide store; :meth:`tenant` opens one tenant's scope."""
 
     def tenant(self, tenant_id: int) -> TenantStore:

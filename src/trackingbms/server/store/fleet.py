@@ -73,7 +73,12 @@ class FleetScope(TenantScope):
         async with self.engine.connect() as conn:
             rows = (await conn.execute(_fleet_query(self.tenant_id))).all()
         t = now_ms()
-        return [self._fleet_item(r, t) for r in rows]
+        items = [self._fleet_item(r, t) for r in rows]
+        counts, health = await self.alarm_counts(), await self.health_summaries()  # type: ignore[attr-defined]
+        for item in items:
+            item.update(counts.get(item["battery_id"], {"active_alarms": 0, "worst_severity": None}))
+            item["health"] = health.get(item["battery_id"])
+        return items
 
     async def battery(self, battery_id: str) -> dict[str, Any]:
         async with self.engine.connect() as conn:

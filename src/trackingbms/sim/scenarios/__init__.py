@@ -120,6 +120,48 @@ class EbikeRide:
         return 0.0, self.ambient_c
 
 
+class Ups:
+    """A UPS / telecom backup pack: a 0.1 C CC-CV charger while mains is on (the current tails off once
+    the highest cell reaches the float voltage, 10 mV under the top of the OCV curve), and a mains outage
+    every 1.5–4 days lasting 10 min–4 h at 0.4 C, long enough now and then for the BMS to cut off (the
+    pack then rests empty until mains returns). Ambient 25 °C ± 2 °C over the day (a plant room)."""
+
+    def __init__(self, cfg: PackConfig) -> None:
+        from trackingbms.sim.chemistry import CHEMISTRIES
+
+        self.rng = random.Random(cfg.seed * 15485863 + 7)
+        self.capacity_ah = cfg.capacity_ah
+        self.float_mv = CHEMISTRIES[cfg.chemistry].ocv_table[-1][1] - 10
+        self.charge_a = 0.1 * cfg.capacity_ah
+        self.start = cfg.start
+        self.ambient_mean_c = cfg.ambient_c
+        self.outages: list[tuple[float, float]] = []
+        self._horizon_s = 0.0
+
+    def _extend(self, t_s: float) -> None:
+        while self._horizon_s <= t_s:
+            begin = self._horizon_s + self.rng.uniform(1.5, 4.0) * 86400
+            self.outages.append((begin, begin + self.rng.uniform(600, 4 * 3600)))
+            self._horizon_s = begin
+
+    def demand(self, t_s: float, view: PackView) -> tuple[float, float]:
+        self._extend(t_s)
+        hour = _hour_of_day(self.start, t_s)
+        ambient = self.ambient_mean_c + 2.0 * math.cos(2 * math.pi * (hour - 15) / 24)
+        for begin, end in reversed(self.outages):
+            if begin <= t_s < end:
+                self.charge_a = 0.1 * self.capacity_ah
+                return -0.4 * self.capacity_ah, ambient
+            if end <= t_s:
+                break
+        # constant voltage: taper while the highest cell is at the float voltage, recover below it
+        if view.max_cell_mv >= self.float_mv:
+            self.charge_a *= 0.7
+        elif view.max_cell_mv < self.float_mv - 15:
+            self.charge_a = min(0.1 * self.capacity_ah, self.charge_a * 1.5 + 0.01 * self.capacity_ah)
+        return self.charge_a, ambient
+
+
 #: example schedules shipped with the package (``--schedule workshop-day`` finds them by name)
 BUNDLED_DIR = Path(__file__).parent
 
@@ -225,6 +267,8 @@ def make_scenario(cfg: PackConfig) -> Scenario:
         return SolarDay(cfg)
     if name == "ebike-ride":
         return EbikeRide(cfg)
+    if name == "ups":
+        return Ups(cfg)
     if name == "schedule":
         assert cfg.schedule is not None
         return Schedule.load(cfg.schedule, cfg.ambient_c)

@@ -68,8 +68,30 @@ async function request(path, { raw = false } = {}) {
   return raw ? resp : resp.json();
 }
 
+async function send(method, path, body) {
+  const token = getToken();
+  if (!token) throw new AuthError("not signed in");
+  const headers = { Authorization: `Bearer ${token}` };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  if (resp.status === 401) {
+    clearSession();
+    throw new AuthError("session expired");
+  }
+  if (!resp.ok) throw new Error(await errorText(resp));
+  return resp.status === 204 ? null : resp.json();
+}
+
 export const api = {
   fleet: () => request("/api/v1/fleet"),
+  sites: () => request("/api/v1/sites"),
+  health: (id) => request(`/api/v1/batteries/${encodeURIComponent(id)}/health`),
+  alarms: (params = {}) => request("/api/v1/alarms?" + new URLSearchParams(params)),
+  ack: (alarmId) => send("POST", `/api/v1/alarms/${alarmId}/ack`),
+  rules: () => request("/api/v1/alarm-rules"),
+  createRule: (body) => send("POST", "/api/v1/alarm-rules", body),
+  updateRule: (id, body) => send("PUT", `/api/v1/alarm-rules/${id}`, body),
+  deleteRule: (id) => send("DELETE", `/api/v1/alarm-rules/${id}`),
   battery: (id) => request(`/api/v1/batteries/${encodeURIComponent(id)}`),
   history: (id, from, to, points = 500) =>
     request(

@@ -1,5 +1,7 @@
 // The dashboard's shell: hash router, session, live connection, service worker.
 
+import { renderAlarms } from "./alarms.js";
+import { renderRules } from "./rules.js";
 import { AuthError, clearSession, getToken, getUser, live } from "./api.js";
 import { renderDevice, renderDevices } from "./device.js";
 import { renderFleet } from "./fleet.js";
@@ -17,6 +19,8 @@ const routes = [
   [/^#\/login$/, () => renderLogin(root, { onLogin: () => go("#/fleet") })],
   [/^#\/fleet$/, () => renderFleet(root)],
   [/^#\/pack\/([^/]+)$/, (m) => renderPack(root, decodeURIComponent(m[1]))],
+  [/^#\/alarms$/, () => renderAlarms(root)],
+  [/^#\/rules$/, () => renderRules(root)],
   [/^#\/devices$/, () => renderDevices(root)],
   [/^#\/device\/([^/]+)$/, (m) => renderDevice(root, decodeURIComponent(m[1]))],
   [/^#\/tokens$/, () => renderTokens(root)],

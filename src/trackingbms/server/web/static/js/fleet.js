@@ -14,6 +14,8 @@ const COLUMNS = [
   { key: "delta", label: "fleet.col.delta", value: (it) => it.cell_delta_mv ?? -1 },
   { key: "temp", label: "fleet.col.temp", value: (it) => maxTemp(it) ?? -999 },
   { key: "faults", label: "fleet.col.faults", value: (it) => it.alarms?.length || 0 },
+  { key: "health", label: "fleet.col.health", value: (it) => it.health?.soh_pct ?? 999 },
+  { key: "active_alarms", label: "fleet.col.active_alarms", value: (it) => it.active_alarms || 0 },
   { key: "last_seen", label: "fleet.col.last_seen", value: (it) => parseTs(it.last_seen) ?? 0 },
 ];
 
@@ -24,6 +26,16 @@ function connRank(c) {
 function maxTemp(it) {
   const tc = it.latest?.temps_c;
   return Array.isArray(tc) && tc.length ? Math.max(...tc) : null;
+}
+
+function healthText(it) {
+  const hl = it.health;
+  if (!hl) return h("span.muted", "–");
+  const parts = [hl.soh_pct != null ? `${t("health.soh")} ${fmt(hl.soh_pct, 0)} %` : null];
+  if (hl.weak_cells?.length) parts.push(tn("health.weak_cells", hl.weak_cells.length, { cells: hl.weak_cells.join(", ") }));
+  else if (hl.findings) parts.push(tn("health.findings", hl.findings));
+  const text = parts.filter(Boolean).join(" · ");
+  return text ? h(`span${hl.weak_cells?.length ? ".health-weak" : ""}`, text) : h("span.muted", t("link.ok"));
 }
 
 function tempText(it) {
@@ -129,6 +141,13 @@ export async function renderFleet(root) {
         alarms.length
           ? h("ul.fault-list", alarms.map((f) => h(`li.fault.fault-${faultLevel(f)}`, { dataset: { fault: f } }, faultText(f))))
           : h("span.muted", t("fleet.no_faults"))),
+      h("td.c-health", { dataset: { label: t("fleet.col.health") } }, healthText(it)),
+      h("td.c-alarms.num", { dataset: { label: t("fleet.col.active_alarms") } },
+        it.active_alarms
+          ? h(`a.alarm-count.sev-${it.worst_severity}`,
+            { href: "#/alarms", title: t("fleet.worst", { severity: t(`severity.${it.worst_severity}`) }) },
+            num(it.active_alarms, 0))
+          : h("span.muted", num(0, 0))),
       h("td.c-seen", { dataset: { label: t("fleet.col.last_seen") } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
     );
   }

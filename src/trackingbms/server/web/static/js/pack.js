@@ -1,5 +1,6 @@
 // Pack page: live cells, temperatures, MOSFETs, faults; history charts; CSV export.
 
+import { healthCard } from "./health.js";
 import { AuthError, api, live } from "./api.js";
 import { ChartSet } from "./charts.js";
 import { num, t } from "./i18n.js";
@@ -111,6 +112,7 @@ export async function renderPack(root, batteryId) {
           h("section.card", h("h2", t("pack.faults")), faults),
         ),
       ),
+      healthCard(batteryId),
       h(
         "section.card.history",
         h("div.card-head", h("h2", t("pack.history")), h("div.export", exportBtn, exportNote)),

@@ -1,0 +1,781 @@
+"""One streaming health estimator per battery: capacity / SOH, DC resistance, SOC, weak cells.
+
+Feed it samples (wire dicts, see ``trackingbms.model``) in time order with :meth:`BatteryEstimator.update`;
+ask :meth:`BatteryEstimator.health` at any time; save with :meth:`to_state` (plain JSON) and resume with
+:meth:`from_state`: a resumed estimator gives exactly what an uninterrupted one would. Pure: no I/O,
+no clock (time is the samples' ``ts``).
+
+Methods, and where they come from:
+
+* **Anchors** (where the SOC is known without counting): a rest (current at most 5 % of C and steady for
+  ``rest_min_s``) whose cell voltages sit on a steep part of the OCV curve (:mod:`.ocv`). A rest at the top
+  knee is a *full-charge anchor* (highest cell at the knee, current tailed off): the synchronisation
+  point Victron shunts use and batmon-ha ``doc/SoH.md`` proposes after its loose-gate replay scattered SOH
+  between 70 % and 122 %. Quasi-rests under a small steady load are corrected by I·R per cell.
+* **Capacity / SOH**: charge counted between a rest's exit and a later rest's entry (so days spent at
+  rest, where Daly's dead band hides the current, stay out of the count), divided by each cell's SOC
+  change; segments need a swing of ``min_swing`` and a counting uncertainty (dead band × time shown as
+  0 A, plus the offset's uncertainty × time) under ``max_count_error`` of the charge. Per cell the median
+  of its segments; the pack's capacity is its weakest cell's (the first to empty). Balancing bleed is
+  added back per cell. The current-sensor offset is estimated from the closure error of full-to-full
+  cycles (a cycle between two top-knee rests has a known net charge) and removed from every reading.
+* **DC resistance**: Deming regression of voltage steps on current steps between consecutive samples
+  (batmon-ha ``bmslib/impedance.py``: Deming, since the current is noisy too and least squares reads low),
+  over windows gated on excitation, sample spacing, SOC drift and r²; differencing consecutive samples
+  removes the OCV drift within a window. Each window is tagged with its temperature and normalised to
+  25 °C (``r_temp_coeff_per_c``); the result is the median of recent windows, pack and per cell.
+* **SOC**: coulomb counting re-anchored at every anchor; the BMS's own SOC is compared with it
+  (Daly ignores small currents and drifts 20–30 %, batmon-ha#144) and a ``trackingbms set --soc``
+  correction is suggested when they disagree.
+* **Weak cells**: at anchors each cell's SOC is compared with the pack median; a cell whose deviation
+  falls steadily (Theil–Sen slope, balancing bleed added back) self-discharges; a cell whose capacity is
+  well under the median diverges at both knees; a cell whose resistance is well above the median deviates
+  in proportion to current. Each finding names the 1-based cell and carries its evidence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from statistics import median
+from typing import Any
+
+import numpy as np
+
+from trackingbms.analytics.ocv import CURVES, MIN_SLOPE_MV_PER_PCT, guess_chemistry
+from trackingbms.analytics.regression import deming, deming_columns
+
+STATE_VERSION = 1
+_DAY_S = 86400.0
+_MONTH_S = 30 * _DAY_S
+
+
+@dataclass
+class EstimatorConfig:
+    """Gates and assumptions; every figure has a unit in its name."""
+
+    #: rated capacity; None = read from the BMS (remaining_ah / soc_pct)
+    rated_capacity_ah: float | None = None
+    #: lfp, nmc, lto; None = guessed from the first cell voltages
+    chemistry: str | None = None
+    #: Daly shows 0.0 A inside this band (A); the engine's counting uncertainty while it reads 0
+    deadband_a: float = 0.2
+    #: 1-sigma noise of a current reading (A), for the Deming error ratio
+    current_noise_a: float = 0.1
+    #: passive balancing current (A) of the board, added back to a cell while it is flagged balancing
+    balance_current_a: float = 0.05
+    rest_current_c: float = 0.05
+    rest_min_s: float = 1800.0
+    #: a gap longer than this between samples breaks counting (no segment spans it)
+    max_gap_s: float = 300.0
+    min_swing: float = 0.3
+    max_count_error: float = 0.02
+    max_segment_s: float = 10 * _DAY_S
+    # resistance windows
+    window_s: float = 300.0
+    max_spacing_s: float = 10.0
+    min_pairs: int = 10
+    #: root of the summed squared current steps in a window, as a fraction of C
+    min_excitation_c: float = 0.1
+    max_window_soc_drift: float = 0.03
+    min_r2: float = 0.8
+    r_temp_coeff_per_c: float = 0.02
+    min_windows: int = 3
+    r_soc_range_pct: tuple[float, float] = (15.0, 85.0)
+    resistance_days: float = 7.0
+    # weak cells
+    self_discharge_flag_pct_month: float = 2.5
+    drift_min_span_s: float = 24 * 3600.0
+    drift_min_drop_pct: float = 0.15
+    drift_days: float = 7.0
+    drift_max_dq_c: float = 0.02
+    drift_max_link_s: float = 36 * 3600.0
+    #: floor of the cells' spread of drift rates (%/month) in the robust z-score
+    drift_noise_pct_month: float = 0.5
+    drift_min_z: float = 3.5
+    low_capacity_ratio: float = 0.9
+    high_resistance_ratio: float = 1.5
+    #: suggest correcting the BMS's SOC beyond this disagreement (points)
+    soc_suggest_pct: float = 5.0
+    #: without a capacity estimate, SOC is given only this far (fraction of rated) from its anchor
+    soc_uncounted_c: float = 0.1
+
+
+@dataclass
+class Finding:
+    """Something an operator should know, with the figures it rests on."""
+
+    kind: str  # weak_cell_self_discharge | weak_cell_low_capacity | weak_cell_high_resistance | soc_drift
+    severity: str  # info | warning
+    message: str
+    cell: int | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def _epoch_s(ts: Any) -> float:
+    if isinstance(ts, str):
+        return datetime.fromisoformat(ts).timestamp()
+    if isinstance(ts, datetime):
+        return ts.timestamp()
+    return float(ts) / 1000.0  # epoch ms (the server's storage key)
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class BatteryEstimator:
+    """The streaming estimator of one battery. See the module docstring."""
+
+    def __init__(self, config: EstimatorConfig | None = None, *, battery_id: str | None = None) -> None:
+        self.cfg = config or EstimatorConfig()
+        self.battery_id = battery_id
+        self.chemistry: str | None = self.cfg.chemistry
+        self.rated_ah: float | None = self.cfg.rated_capacity_ah
+        self.n_cells = 0
+        self.samples = 0
+        self.skipped = 0
+        self.t_first: float | None = None
+        self.t_last: float | None = None
+        self.i_last = 0.0  # corrected current of the last sample (flows until the next one)
+        self.raw_i_last = 0.0
+        self.q_ah = 0.0  # net charge counted since the start (corrected), chained while no gap
+        self.zero_h = 0.0  # hours the current read 0 (inside the dead band)
+        self.nonzero_h = 0.0
+        self.chain = 0  # bumps at every gap: nothing is counted across one
+        self.offset_a = 0.0
+        self.offset_estimates: list[float] = []
+        self.bleed_ah: list[float] = []  # per cell, balancing bleed since the start
+        self.bms_soc: float | None = None
+        self.bms_remaining_ah: float | None = None
+        # rest tracking
+        self.rest_since: float | None = None
+        self.rest_i = 0.0
+        self.rest_entry: dict[str, Any] | None = None  # anchor at the moment the rest qualified
+        self.rest_last: dict[str, Any] | None = None  # latest anchor of the current rest
+        self.next_obs_t = 0.0
+        self.last_exit: dict[str, Any] | None = None  # exit anchor of the previous qualifying rest
+        self.last_full_exit: dict[str, Any] | None = None
+        self.full_anchors = 0
+        self.rest_anchors = 0
+        self.soc_anchor: dict[str, Any] | None = None
+        # capacity segments: per cell lists of Ah
+        self.cell_caps: list[list[float]] = []
+        self.segments: list[dict[str, Any]] = []
+        self.cell_spread_mv: int | None = None  # at the last anchor (a rest: no I·R in it)
+        self.cap_est: float | None = None  # _pack_capacity(), kept current by _segment
+        self.cap_median: float | None = None  # the median cell's: what moves the mean SOC per Ah
+        # self-discharge observations: [t, [adjusted deviation % per cell or None]]
+        self.observations: list[list[Any]] = []
+        # resistance
+        self.win: list[list[Any]] = []  # [t, i, cells, temp]
+        self.win_start: float | None = None
+        self.win_exc = 0.0  # sum of squared current steps in the window (A²)
+        self.r_windows: list[list[Any]] = []  # [t, temp_c, r25_pack, [r25 per cell]]
+
+    # ---- ingest ------------------------------------------------------------------------------------
+    def update(self, sample: dict[str, Any]) -> None:
+        """One sample, in time order (older or repeated ``ts`` are counted in ``skipped`` and ignored)."""
+        t = _epoch_s(sample["ts"])
+        t_last = self.t_last
+        if t_last is not None and t <= t_last:
+            self.skipped += 1
+            return
+        self.samples += 1
+        raw_i = sample.get("current_a")
+        cells = sample.get("cells_mv")
+        soc = sample.get("soc_pct")
+        if soc is not None:
+            self.bms_soc = soc
+            rem = sample.get("remaining_ah")
+            if rem is not None and soc >= 20:
+                self.bms_remaining_ah = rem * 100 / soc
+        cfg = self.cfg
+        # count the current that flowed since the last sample (it held until now)
+        if t_last is None:
+            self.t_first = t
+        else:
+            dt = t - t_last
+            if dt > cfg.max_gap_s:
+                self._break_chain()
+            else:
+                h = dt / 3600
+                self.q_ah += self.i_last * h
+                if self.raw_i_last == 0:
+                    self.zero_h += h
+                else:
+                    self.nonzero_h += h
+                if self.bleed_ah and sample.get("balancing"):
+                    bleed = cfg.balance_current_a * h
+                    for c in sample["balancing"]:
+                        if 0 < c <= len(self.bleed_ah):
+                            self.bleed_ah[c - 1] += bleed
+        self.t_last = t
+        if raw_i is None:
+            # a partial sample: we cannot count what we did not see
+            self.raw_i_last = 0.0
+            self.i_last = 0.0
+            self._break_chain()
+            return
+        i = raw_i - self.offset_a if raw_i != 0 else 0.0
+        self.raw_i_last, self.i_last = raw_i, i
+        if not cells:
+            return
+        if not self.n_cells:
+            self._first_cells(cells)
+        elif len(cells) != self.n_cells:
+            return
+        cap = self._capacity_ref()
+        # ---- rest tracking
+        if abs(i) <= cfg.rest_current_c * cap and (
+            self.rest_since is None or abs(i - self.rest_i) <= 0.02 * cap
+        ):
+            if self.rest_since is None:
+                self.rest_since, self.rest_i = t, i
+            elif t - self.rest_since >= cfg.rest_min_s:
+                if self.rest_entry is None or t >= self.next_obs_t:
+                    self._rest_anchor(t, i, cells)
+                elif self.rest_last is not None:
+                    self.rest_last["t"] = t
+                    self.rest_last["zero_h"] = self.zero_h
+                    self.rest_last["nonzero_h"] = self.nonzero_h
+                    self.rest_last["q"] = self.q_ah
+        elif self.rest_since is not None:
+            self._rest_end()
+        # ---- resistance window
+        win = self.win
+        if win:
+            last = win[-1]
+            if t - last[0] > cfg.max_spacing_s:
+                self._close_window()
+                win = self.win
+                self.win_start = t
+            else:
+                d = raw_i - last[1]
+                self.win_exc += d * d
+        else:
+            self.win_start = t
+        win.append([t, raw_i, cells, sample.get("temps_c"), self.q_ah])
+        if t - self.win_start >= cfg.window_s:  # type: ignore[operator]
+            self._close_window()
+
+    def _first_cells(self, cells: list[int]) -> None:
+        self.n_cells = len(cells)
+        self.bleed_ah = [0.0] * self.n_cells
+        self.cell_caps = [[] for _ in range(self.n_cells)]
+        if self.chemistry is None:
+            self.chemistry = guess_chemistry(cells)
+
+    def _capacity_ref(self) -> float:
+        """The capacity the gates scale with: our estimate, else rated, else the BMS's, else 100 Ah."""
+        return self.cap_est or self.rated_ah or self.bms_remaining_ah or 100.0
+
+    def _break_chain(self) -> None:
+        self.chain += 1
+        self.rest_since = None
+        self.rest_entry = self.rest_last = None
+        self.last_exit = None
+        self.last_full_exit = None
+        self.win = []
+
+    # ---- anchors -----------------------------------------------------------------------------------
+    def _cell_r_mohm(self) -> list[float] | None:
+        recent = self.r_windows[-20:]
+        if not recent:
+            return None
+        return [median(w[3][k] for w in recent) for k in range(self.n_cells)]
+
+    def _rest_anchor(self, t: float, i: float, cells: list[int]) -> None:
+        curve = CURVES[self.chemistry or "lfp"]
+        cap = self._capacity_ref()
+        r = self._cell_r_mohm() if i else None
+        socs: list[float | None] = []
+        res: list[float] = []  # % SOC per mV where each cell sits: the reading's resolution
+        top = False
+        for k, mv in enumerate(cells):
+            ocv = mv - i * r[k] if r else mv
+            if ocv >= curve.top_knee_mv:
+                top = True
+                if abs(i) > 0.01 * cap:
+                    # polarisation grows at the top of the curve: I·R from mid-SOC windows is not enough
+                    socs.append(None)
+                    continue
+            slope = curve.slope_mv_per_pct(ocv)
+            if slope >= MIN_SLOPE_MV_PER_PCT:
+                socs.append(curve.soc(ocv))
+                res.append(1.0 / slope)
+            else:
+                socs.append(None)
+        known = [s for s in socs if s is not None]
+        self.cell_spread_mv = max(cells) - min(cells)
+        anchor = {
+            "t": t,
+            "q": self.q_ah,
+            "chain": self.chain,
+            "zero_h": self.zero_h,
+            "nonzero_h": self.nonzero_h,
+            "socs": socs,
+            "bleed": list(self.bleed_ah),
+            "full": top,
+        }
+        self.next_obs_t = t + 3600.0
+        if len(known) * 2 >= len(socs):
+            self.soc_anchor = {
+                "t": t,
+                "q": self.q_ah,
+                "chain": self.chain,
+                "soc": sum(known) / len(known),
+            }
+            self._observe(t, socs, median(res))
+        if self.rest_entry is None:
+            self.rest_entry = anchor
+            if known:
+                if top:
+                    self.full_anchors += 1
+                else:
+                    self.rest_anchors += 1
+                self._segment(anchor)
+        self.rest_last = anchor
+
+    def _rest_end(self) -> None:
+        last = self.rest_last
+        if last is not None and any(s is not None for s in last["socs"]):
+            if last["full"] and self.last_full_exit is not None:
+                self._offset_from_cycle(self.last_full_exit, last)
+            self.last_exit = last
+            if last["full"]:
+                self.last_full_exit = last
+        self.rest_since = None
+        self.rest_entry = self.rest_last = None
+
+    def _segment(self, entry: dict[str, Any]) -> None:
+        """Capacity per cell from the previous rest's exit to this rest's entry."""
+        prev = self.last_exit
+        cfg = self.cfg
+        if prev is None or prev["chain"] != entry["chain"] or entry["t"] - prev["t"] > cfg.max_segment_s:
+            return
+        dq = entry["q"] - prev["q"]
+        err = 0.5 * cfg.deadband_a * (entry["zero_h"] - prev["zero_h"]) + self._offset_unc_a() * (
+            entry["nonzero_h"] - prev["nonzero_h"]
+        )
+        if abs(dq) < 1e-6 or err > cfg.max_count_error * abs(dq):
+            return
+        caps: list[float | None] = []
+        for k, (s0, s1) in enumerate(zip(prev["socs"], entry["socs"], strict=True)):
+            if s0 is None or s1 is None or abs(s1 - s0) < cfg.min_swing:
+                caps.append(None)
+                continue
+            # the bleed took charge out of this cell that the pack current did not
+            cell_dq = dq - (entry["bleed"][k] - prev["bleed"][k])
+            cap = cell_dq / (s1 - s0)
+            caps.append(cap if cap > 0 else None)
+        if sum(c is not None for c in caps) * 2 < len(caps):
+            return
+        for k, c in enumerate(caps):
+            if c is not None:
+                self.cell_caps[k].append(c)
+                del self.cell_caps[k][:-50]
+        good = [c for c in caps if c is not None]
+        self.cap_est = self._pack_capacity()
+        known_caps = [c for c in self._cell_capacities() if c is not None]
+        self.cap_median = median(known_caps) if self.cap_est is not None else None
+        self.segments.append(
+            {
+                "from": _utc(prev["t"]),
+                "to": _utc(entry["t"]),
+                "ah": round(dq, 3),
+                "capacity_ah": round(min(good), 3),
+                "count_error_ah": round(err, 3),
+            }
+        )
+        del self.segments[:-50]
+
+    def _offset_unc_a(self) -> float:
+        """Uncertainty of the offset: the dead band until full cycles pin it down, then their spread."""
+        n = len(self.offset_estimates)
+        if n < 2:
+            return 0.05
+        m = median(self.offset_estimates)
+        return max(0.01, 1.4826 * median(abs(x - m) for x in self.offset_estimates) / math.sqrt(n))
+
+    def _offset_from_cycle(self, a: dict[str, Any], b: dict[str, Any]) -> None:
+        """Between two top-knee rests the net charge is known from the cells' SOC change: the
+        remainder, spread over the time the current read non-zero, is the sensor's offset."""
+        if a["chain"] != b["chain"]:
+            return
+        hours = b["nonzero_h"] - a["nonzero_h"]
+        if hours < 2:
+            return
+        cap = self._capacity_ref()
+        pairs = [
+            (s0, s1) for s0, s1 in zip(a["socs"], b["socs"], strict=True) if s0 is not None and s1 is not None
+        ]
+        if len(pairs) * 2 < len(a["socs"]):
+            return
+        bleed = median(b["bleed"][k] - a["bleed"][k] for k in range(self.n_cells))
+        expected = median(s1 - s0 for s0, s1 in pairs) * cap - bleed
+        residual = (b["q"] - a["q"]) - expected
+        # dead-band time is uncounted either way: only trust cycles where it cannot explain the residual
+        if 0.5 * self.cfg.deadband_a * (b["zero_h"] - a["zero_h"]) > abs(residual) + 0.02 * cap:
+            return
+        self.offset_estimates.append(self.offset_a + residual / hours)
+        del self.offset_estimates[:-20]
+        if len(self.offset_estimates) >= 2:
+            self.offset_a = median(self.offset_estimates)
+
+    # ---- weak cells --------------------------------------------------------------------------------
+    def _observe(self, t: float, socs: list[float | None], res_pct_per_mv: float) -> None:
+        """Record each cell's SOC deviation from the pack median (bleed added back), with the charge
+        counted so far: only observations a little charge apart are compared (see :meth:`_drift_rates`)."""
+        cap = self._capacity_ref()
+        adjusted = [None if s is None else s + self.bleed_ah[k] / cap for k, s in enumerate(socs)]
+        med = median(a for a in adjusted if a is not None)
+        devs = [None if a is None else round(100 * (a - med), 4) for a in adjusted]
+        self.observations.append([t, self.q_ah, self.chain, devs, round(res_pct_per_mv, 4)])
+        horizon = t - self.cfg.drift_days * _DAY_S
+        while self.observations and self.observations[0][0] < horizon:
+            self.observations.pop(0)
+        del self.observations[:-400]
+
+    def _drift_rates(self) -> list[dict[str, Any] | None]:
+        """Per cell: how fast its deviation from the median falls, in % SOC per month.
+
+        Only pairs of consecutive observations whose counted charge differs by at most
+        ``drift_max_dq_c`` of C are used (a rest watched hour by hour, or a full-to-full cycle): a cell
+        of lower capacity moves further per Ah, and that must not read as self-discharge. The drop is the
+        sum of those pairs' changes over the sum of their durations; a cell stands out when it falls
+        faster than ``self_discharge_flag_pct_month`` and far outside the other cells' spread.
+        """
+        cfg = self.cfg
+        n = self.n_cells
+        limit = cfg.drift_max_dq_c * self._capacity_ref()
+        # a cell of lower capacity moves further per Ah counted: with capacities known, take that out
+        caps = self._cell_capacities()
+        inv = [1 / c if c else None for c in caps]
+        known_inv = [x for x in inv if x is not None]
+        inv_med = median(known_inv) if len(known_inv) * 2 >= n else None
+        # a greedy chain of links: from the last linked observation to the next one with a similar
+        # charge count (the next hour of a rest, or the same point of the next cycle)
+        links: list[list[float | None]] = [[] for _ in range(n)]  # type: ignore[misc]
+        res = [0.0] * n
+        obs = self.observations
+        a = obs[0] if obs else None
+        for b in obs[1:]:
+            if b[2] != a[2] or b[0] - a[0] > cfg.drift_max_link_s:  # type: ignore[index]
+                a = b
+                continue
+            dq = b[1] - a[1]  # type: ignore[index]
+            if abs(dq) > limit:
+                continue
+            dt = b[0] - a[0]  # type: ignore[index]
+            for k in range(n):
+                da, db = a[3][k], b[3][k]  # type: ignore[index]
+                if da is not None and db is not None:
+                    change = db - da
+                    if inv_med is not None and inv[k] is not None:
+                        change -= 100 * dq * (inv[k] - inv_med)  # type: ignore[operator]
+                    links[k].append((change, dt))  # type: ignore[arg-type]
+                    res[k] = max(res[k], a[4], b[4])  # type: ignore[index]
+            a = b
+        out: list[dict[str, Any] | None] = []
+        for k in range(n):
+            span = sum(dt for _, dt in links[k])  # type: ignore[misc]
+            if span < cfg.drift_min_span_s:
+                out.append(None)
+                continue
+            drop = sum(c for c, _ in links[k])  # type: ignore[misc]
+            # the same drift must show in both halves of the record, not in one odd step
+            acc, first = 0.0, 0.0
+            for c, dt in links[k]:  # type: ignore[misc]
+                if acc >= span / 2:
+                    break
+                acc += dt
+                first += c
+            out.append(
+                {
+                    "rate_pct_month": drop / span * _MONTH_S,
+                    "drop_pct": drop,
+                    "first_half_drop_pct": first,
+                    "second_half_drop_pct": drop - first,
+                    "observed_h": span / 3600,
+                    "pairs": len(links[k]),
+                    # two readings, each ±0.5 mV, and the I·R left in quasi-rests: 2.5 mV's worth
+                    "resolution_pct": 2.5 * res[k],
+                }
+            )
+        rates = [d["rate_pct_month"] for d in out if d is not None]
+        if len(rates) >= 4:
+            m = median(rates)
+            mad = 1.4826 * median(abs(r - m) for r in rates)
+            for d in out:
+                if d is not None:
+                    d["z"] = (d["rate_pct_month"] - m) / max(mad, cfg.drift_noise_pct_month)
+        return out
+
+    # ---- resistance --------------------------------------------------------------------------------
+    def _close_window(self) -> None:
+        win, self.win = self.win, []
+        exc, self.win_exc = self.win_exc, 0.0
+        cfg = self.cfg
+        if len(win) < cfg.min_pairs + 1:
+            return
+        cap = self._capacity_ref()
+        if math.sqrt(exc) < cfg.min_excitation_c * cap:
+            return
+        if abs(win[-1][4] - win[0][4]) > cfg.max_window_soc_drift * cap:
+            return
+        # resistance rises towards either end of the curve: measure it in the middle only
+        soc = self.soc_estimate()
+        if soc is None:
+            soc = self.bms_soc
+        if soc is None or not cfg.r_soc_range_pct[0] <= soc <= cfg.r_soc_range_pct[1]:
+            return
+        d_i = np.diff(np.array([w[1] for w in win], dtype=float))
+        cells = np.array([w[2] for w in win], dtype=float)
+        d_cells = np.diff(cells, axis=0)
+        d_pack = d_cells.sum(axis=1)
+        n = self.n_cells
+        q_var = 2 / 12  # a difference of two 1 mV-quantised readings
+        i_var = 2 * (cfg.current_noise_a**2 + 0.01 / 12)
+        r_pack, r2 = deming(d_i, d_pack, n * q_var / i_var)
+        if not r2 >= cfg.min_r2 or not r_pack > 0:
+            return
+        per_cell = deming_columns(d_i, d_cells, q_var / i_var)
+        if any(not (x > 0) for x in per_cell):
+            return
+        temps = [sum(w[3]) / len(w[3]) for w in win if w[3]]
+        temp = sum(temps) / len(temps) if temps else 25.0
+        norm = 1 + cfg.r_temp_coeff_per_c * (25.0 - min(max(temp, -10.0), 45.0))
+        self.r_windows.append(
+            [win[-1][0], round(temp, 2), r_pack / norm, [round(x / norm, 6) for x in per_cell]]
+        )
+        horizon = win[-1][0] - cfg.resistance_days * _DAY_S
+        while self.r_windows and self.r_windows[0][0] < horizon:
+            self.r_windows.pop(0)
+        del self.r_windows[:-500]
+
+    # ---- results -----------------------------------------------------------------------------------
+    def _cell_capacities(self) -> list[float | None]:
+        return [median(c) if c else None for c in self.cell_caps]
+
+    def _pack_capacity(self) -> float | None:
+        caps = [c for c in self._cell_capacities() if c is not None]
+        if not caps or len(caps) * 2 < self.n_cells:
+            return None
+        return min(caps)
+
+    def soc_estimate(self) -> float | None:
+        a = self.soc_anchor
+        if a is None or a["chain"] != self.chain:
+            return None
+        cap = self._capacity_ref()
+        if self.cap_est is None and abs(self.q_ah - a["q"]) > self.cfg.soc_uncounted_c * cap:
+            return None  # the capacity could be off by a third: that much counted charge could be 3 points
+        cap = self.cap_median or cap
+        return min(100.0, max(0.0, 100 * a["soc"] + 100 * (self.q_ah - a["q"]) / cap))
+
+    def health(self) -> dict[str, Any]:
+        """Everything the engine can tell now, JSON-ready; ``None`` figures come with a reason."""
+        cfg = self.cfg
+        out: dict[str, Any] = {
+            "battery_id": self.battery_id,
+            "samples": self.samples,
+            "span_h": round((self.t_last - self.t_first) / 3600, 2) if self.t_last and self.t_first else 0.0,
+            "chemistry": self.chemistry,
+            "rated_capacity_ah": self.rated_ah or self.bms_remaining_ah,
+            "full_charge_anchors": self.full_anchors,
+            "rest_anchors": self.rest_anchors,
+            "current_offset_a": round(self.offset_a, 3),
+        }
+        reasons: dict[str, str] = {}
+        # capacity
+        cell_caps = self._cell_capacities()
+        cap = self._pack_capacity()
+        rated = self.rated_ah or self.bms_remaining_ah
+        if cap is None:
+            reasons["capacity_ah"] = (
+                "no segment between two anchors yet (needs rests on steep parts of the OCV curve "
+                f"{int(cfg.min_swing * 100)} % SOC apart; on LFP only the knees)"
+            )
+        n_seg = min((len(c) for c in self.cell_caps if c), default=0)
+        spread = None
+        if cap is not None:
+            k = min(range(self.n_cells), key=lambda j: cell_caps[j] if cell_caps[j] is not None else math.inf)
+            vals = self.cell_caps[k]
+            m = median(vals)
+            spread = 100 * 1.4826 * median(abs(v - m) for v in vals) / m if len(vals) > 1 else None
+        out["capacity_ah"] = round(cap, 2) if cap is not None else None
+        out["soh_pct"] = round(100 * cap / rated, 1) if cap is not None and rated else None
+        out["fade_pct"] = round(100 - out["soh_pct"], 1) if out["soh_pct"] is not None else None
+        out["cell_count"] = self.n_cells
+        out["cell_spread_mv"] = self.cell_spread_mv
+        if cap is not None and not rated:
+            reasons["soh_pct"] = "rated capacity unknown: pass --capacity-ah"
+        out["capacity"] = {
+            "segments": n_seg,
+            "spread_pct": round(spread, 2) if spread is not None else None,
+            "confidence": _confidence(n_seg, spread),
+            "recent_segments": self.segments[-5:],
+        }
+        # resistance
+        rw = self.r_windows
+        if len(rw) >= cfg.min_windows:
+            out["resistance_mohm"] = round(median(w[2] for w in rw), 3)
+            out["resistance"] = {
+                "windows": len(rw),
+                "temp_c_median": round(median(w[1] for w in rw), 1),
+                "normalised_to_c": 25.0,
+                "last_window": _utc(rw[-1][0]),
+            }
+        else:
+            out["resistance_mohm"] = None
+            out["resistance"] = {"windows": len(rw)}
+            reasons["resistance_mohm"] = (
+                f"{len(rw)} of {cfg.min_windows} windows with enough current steps so far "
+                f"(needs samples at most "
+                f"{cfg.max_spacing_s:g} s apart and current changes of ~{cfg.min_excitation_c:g} C)"
+            )
+        cell_r = self._cell_r_mohm() if len(rw) >= cfg.min_windows else None
+        # SOC
+        soc = self.soc_estimate()
+        out["soc_pct"] = round(soc, 1) if soc is not None else None
+        out["bms_soc_pct"] = self.bms_soc
+        if soc is None:
+            reasons["soc_pct"] = (
+                "no anchor since counting began (a rest on a steep part of the OCV curve)"
+                if self.soc_anchor is None or self.soc_anchor["chain"] != self.chain
+                else "capacity not estimated yet and too much charge counted since the last anchor"
+            )
+            out["bms_soc_error_pct"] = None
+        elif self.bms_soc is None:
+            out["bms_soc_error_pct"] = None
+            reasons["bms_soc_error_pct"] = "the BMS reported no SOC"
+        else:
+            out["bms_soc_error_pct"] = round(self.bms_soc - soc, 1)
+        findings: list[Finding] = []
+        if out["bms_soc_error_pct"] is not None and abs(out["bms_soc_error_pct"]) >= cfg.soc_suggest_pct:
+            target = round(soc, 1)  # type: ignore[arg-type]
+            out["soc_suggestion"] = f"trackingbms set PORT --soc {target:g}"
+            findings.append(
+                Finding(
+                    "soc_drift",
+                    "warning" if abs(out["bms_soc_error_pct"]) >= 10 else "info",
+                    f"the BMS says {self.bms_soc:g} % SOC, the engine counts {target:g} %: "
+                    f"correct it with `trackingbms set PORT --soc {target:g}`",
+                    evidence={
+                        "bms_soc_pct": self.bms_soc,
+                        "soc_pct": target,
+                        "anchored_at": _utc(self.soc_anchor["t"]) if self.soc_anchor else None,
+                    },
+                )
+            )
+        # weak cells
+        drift = self._drift_rates()
+        med_cap = (
+            median([c for c in cell_caps if c is not None]) if any(c is not None for c in cell_caps) else None
+        )
+        med_r = median(cell_r) if cell_r else None
+        for k in range(self.n_cells):
+            d = drift[k] if k < len(drift) else None
+            if (
+                d is not None
+                and d["rate_pct_month"] <= -cfg.self_discharge_flag_pct_month
+                and d["drop_pct"] <= -max(cfg.drift_min_drop_pct, d["resolution_pct"])
+                and max(d["first_half_drop_pct"], d["second_half_drop_pct"]) <= -d["resolution_pct"] / 4
+                and d.get("z", 0.0) <= -cfg.drift_min_z
+            ):
+                findings.append(
+                    Finding(
+                        "weak_cell_self_discharge",
+                        "warning",
+                        f"cell {k + 1} self-discharges {-d['rate_pct_month']:.1f} %/month faster than the "
+                        f"pack median (down {-d['drop_pct']:.2f} % SOC in {d['observed_h']:.0f} h observed)",
+                        cell=k + 1,
+                        evidence={key: (round(v, 3) if isinstance(v, float) else v) for key, v in d.items()},
+                    )
+                )
+            c = cell_caps[k] if k < len(cell_caps) else None
+            if (
+                c is not None
+                and med_cap
+                and c < cfg.low_capacity_ratio * med_cap
+                and len(self.cell_caps[k]) >= 2
+            ):
+                findings.append(
+                    Finding(
+                        "weak_cell_low_capacity",
+                        "warning",
+                        f"cell {k + 1} holds {c:.1f} Ah, {100 * (1 - c / med_cap):.0f} % under the median",
+                        cell=k + 1,
+                        evidence={
+                            "capacity_ah": round(c, 2),
+                            "median_ah": round(med_cap, 2),
+                            "segments": len(self.cell_caps[k]),
+                        },
+                    )
+                )
+            if cell_r and med_r and cell_r[k] > cfg.high_resistance_ratio * med_r and len(rw) >= 3:
+                findings.append(
+                    Finding(
+                        "weak_cell_high_resistance",
+                        "warning",
+                        f"cell {k + 1} has {cell_r[k]:.2f} mΩ, {cell_r[k] / med_r:.1f}× the pack median",
+                        cell=k + 1,
+                        evidence={
+                            "resistance_mohm": round(cell_r[k], 3),
+                            "median_mohm": round(med_r, 3),
+                            "windows": len(rw),
+                        },
+                    )
+                )
+        out["weak_cells"] = sorted({f.cell for f in findings if f.cell is not None})
+        out["findings"] = [asdict(f) for f in findings]
+        out["cells"] = [
+            {
+                "cell": k + 1,
+                "capacity_ah": round(cell_caps[k], 2) if cell_caps[k] is not None else None,
+                "resistance_mohm": round(cell_r[k], 3) if cell_r else None,
+                "self_discharge_vs_median_pct_month": (
+                    round(-drift[k]["rate_pct_month"], 2) if drift[k] is not None else None  # type: ignore[index]
+                ),
+            }
+            for k in range(self.n_cells)
+        ]
+        out["reasons"] = reasons
+        return out
+
+    # ---- persistence -------------------------------------------------------------------------------
+    _STATE = (
+        "battery_id", "chemistry", "rated_ah", "n_cells", "samples", "skipped", "t_first", "t_last",
+        "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "offset_a", "offset_estimates",
+        "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
+        "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
+        "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "win",
+        "win_start", "win_exc", "r_windows",
+    )  # fmt: skip
+
+    def to_state(self) -> dict[str, Any]:
+        """Everything needed to resume, as plain JSON types (config included)."""
+        return {
+            "version": STATE_VERSION,
+            "config": asdict(self.cfg),
+            **{k: getattr(self, k) for k in self._STATE},
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> BatteryEstimator:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"estimator state version {state.get('version')!r}, expected {STATE_VERSION}")
+        est = cls(EstimatorConfig(**state["config"]))
+        for k in cls._STATE:
+            setattr(est, k, state[k])
+        return est
+
+
+def _confidence(segments: int, spread_pct: float | None) -> str:
+    if segments >= 3 and spread_pct is not None and spread_pct <= 3:
+        return "high"
+    if segments >= 2:
+        return "medium"
+    return "low" if segments else "none"

@@ -1,0 +1,352 @@
+"""The alarm service: runs the analytics engine and the alarm rules (both pure, :mod:`trackingbms.analytics`)
+over what the ingest service accepted, and the no-data rules on a timer.
+
+Ingest only hands the accepted samples over (:meth:`AlarmService.submit`, no I/O), so evaluation never
+slows an ingest reply; a worker task feeds each battery's estimator and evaluator in ts order (older or
+repeated samples are skipped: re-sends and backfill never raise twice). Per battery two evaluators run:
+one on the samples' clock (sample rules, BMS fault bits, analytics findings) and one on the server's
+clock for the no-data rules (``offline_s`` / ``link_down_s`` / ``asleep_s``, kept apart by connectivity).
+
+State lives in memory and is saved to ``battery_analytics`` on every tick (and loaded on first use), so a
+restart resumes without re-reading history. One server process should run the service per database:
+two processes would each keep their own evaluator state (the unique index still keeps one active alarm
+per battery and rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from trackingbms.analytics.alarms import (
+    AlarmEvaluator,
+    AlarmEvent,
+    Rule,
+    fault_rule,
+    health_metrics,
+    sample_metrics,
+)
+from trackingbms.analytics.connectivity import connectivity
+from trackingbms.server.notify import Notifier
+from trackingbms.server.store import Store, packing
+from trackingbms.server.store.alarms import disabled_faults, resolve_rules
+
+log = logging.getLogger(__name__)
+
+#: metric of each no-data rule → the connectivity state it counts
+NO_DATA_METRICS = {"offline_s": "offline", "link_down_s": "link-down", "asleep_s": "asleep"}
+
+
+@dataclass
+class _Battery:
+    pk: int
+    tenant_id: int
+    site_id: int
+    battery_id: str
+    name: str
+    estimator: Any
+    samples_ev: AlarmEvaluator
+    presence_ev: AlarmEvaluator
+    disabled_faults: set[str]
+    t_last_ms: int | None = None
+    r_baseline_mohm: float | None = None
+    dirty: bool = False
+    health: dict[str, Any] | None = field(default=None)
+
+
+def _split(rules: list[Rule]) -> tuple[list[Rule], list[Rule]]:
+    presence = [r for r in rules if r.metric in NO_DATA_METRICS]
+    return [r for r in rules if r.metric not in NO_DATA_METRICS], presence
+
+
+class AlarmService:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        interval_s: float = 30.0,
+        notifier: Notifier | None = None,
+        max_backlog: int = 500_000,
+    ) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self.notifier = notifier
+        self.queue: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
+        #: samples waiting for evaluation, bounded: past it a burst (a gateway draining days of backlog
+        #: faster than the engine runs) is stored but not analysed, and counted in ``skipped``
+        self.backlog = 0
+        self.max_backlog = max_backlog
+        self.skipped = 0
+        self.batteries: dict[tuple[int, str], _Battery] = {}
+        self._rules: dict[int, list[Any]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()  # one of worker / tick / rule change at a time on the evaluators
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._ticker())]
+        if self.notifier is not None:
+            self._tasks.append(asyncio.create_task(self.notifier.run()))
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        with contextlib.suppress(Exception):
+            await self._drain()
+            await self._save()
+        if self.notifier is not None:
+            await self.notifier.flush()
+
+    # ---- input ------------------------------------------------------------------------------------
+    def submit(self, tenant_id: int, samples: list[dict[str, Any]]) -> None:
+        """Samples the ingest service stored (wire form); evaluated soon after, off the request."""
+        if not samples:
+            return
+        if self.backlog + len(samples) > self.max_backlog:
+            if not self.skipped:
+                log.warning(
+                    "alarm evaluation behind by %d samples: newer ones skipped meanwhile", self.backlog
+                )
+            self.skipped += len(samples)
+            return
+        self.backlog += len(samples)
+        self.queue.put_nowait((tenant_id, samples))
+
+    async def _worker(self) -> None:
+        while True:
+            item = await self.queue.get()
+            try:
+                await self._process([item])
+            except Exception:  # evaluation must never stop; the next batch is tried afresh
+                log.exception("alarm evaluation failed")
+            finally:
+                self.backlog -= len(item[1])
+
+    async def _drain(self) -> None:
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            try:
+                await self._process([item])
+            finally:
+                self.backlog -= len(item[1])
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("alarm tick failed")
+
+    # ---- batteries ---------------------------------------------------------------------------------
+    async def _rule_rows(self, tenant_id: int) -> list[Any]:
+        if tenant_id not in self._rules:
+            self._rules[tenant_id] = await self.store.rule_rows(tenant_id)
+        return self._rules[tenant_id]
+
+    async def _battery(self, tenant_id: int, battery_id: str, pk: int, site_id: int, name: str) -> _Battery:
+        key = (tenant_id, battery_id)
+        b = self.batteries.get(key)
+        if b is not None:
+            return b
+        from trackingbms.analytics.estimator import BatteryEstimator
+
+        rows = await self._rule_rows(tenant_id)
+        sample_rules, presence_rules = _split(resolve_rules(rows, site_id, pk))
+        t_last_ms, state = await self.store.load_analytics(pk)
+        est = samples_ev = presence_ev = None
+        baseline = None
+        if state is not None:
+            try:
+                est = BatteryEstimator.from_state(state["estimator"])
+                samples_ev = AlarmEvaluator.from_state(state["samples"], sample_rules)
+                presence_ev = AlarmEvaluator.from_state(state["presence"], presence_rules)
+                baseline = state.get("r_baseline_mohm")
+            except (KeyError, TypeError, ValueError) as e:  # an older state format: start afresh
+                log.warning(
+                    "battery %s: saved analytics state not usable (%s), starting afresh", battery_id, e
+                )
+                est = samples_ev = presence_ev = None
+        b = _Battery(
+            pk,
+            tenant_id,
+            site_id,
+            battery_id,
+            name,
+            est or BatteryEstimator(battery_id=battery_id),
+            samples_ev or AlarmEvaluator(sample_rules),
+            presence_ev or AlarmEvaluator(presence_rules),
+            disabled_faults(rows, site_id, pk),
+            t_last_ms if est is not None else None,
+            baseline,
+        )
+        self.batteries[key] = b
+        return b
+
+    async def rules_changed(self, tenant_id: int) -> None:
+        """A rule of the tenant changed: rebuild its evaluators keeping their state; alarms of rules that
+        no longer apply are cleared."""
+        async with self._lock:
+            self._rules.pop(tenant_id, None)
+            rows = await self._rule_rows(tenant_id)
+            now = time.time()
+            for b in [b for b in self.batteries.values() if b.tenant_id == tenant_id]:
+                sample_rules, presence_rules = _split(resolve_rules(rows, b.site_id, b.pk))
+                b.disabled_faults = disabled_faults(rows, b.site_id, b.pk)
+                gone: list[AlarmEvent] = []
+                for old, new_rules, attr in (
+                    (b.samples_ev, sample_rules, "samples_ev"),
+                    (b.presence_ev, presence_rules, "presence_ev"),
+                ):
+                    keep = [r for r in new_rules]
+                    # fault rules met on the way stay unless switched off
+                    ids = {r.id for r in keep}
+                    keep += [
+                        r for rid, r in old.rules.items()
+                        if rid.startswith("fault:") and rid not in ids and rid not in b.disabled_faults
+                    ]  # fmt: skip
+                    new = AlarmEvaluator.from_state(old.to_state(), keep)
+                    for a in old.active():
+                        if a["rule_id"] not in new.rules:
+                            gone.append(
+                                AlarmEvent("cleared", a["rule_id"], a["severity"], now, None,
+                                           "cleared: the rule was removed or disabled", False)
+                            )  # fmt: skip
+                    setattr(b, attr, new)
+                b.dirty = True
+                if gone:
+                    await self._record(b, gone)
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    async def _process(self, items: list[tuple[int, list[dict[str, Any]]]]) -> None:
+        by_battery: dict[tuple[int, str], list[dict[str, Any]]] = {}
+        for tenant_id, samples in items:
+            for s in samples:
+                by_battery.setdefault((tenant_id, s["battery_id"]), []).append(s)
+        keys = {k for k in by_battery if k not in self.batteries}
+        found = await self.store.battery_keys(keys)
+        async with self._lock:
+            for key, samples in by_battery.items():
+                if key not in self.batteries:
+                    if key not in found:
+                        continue  # not a battery of that tenant (the store refused these)
+                    pk, site_id, name = found[key]
+                    await self._battery(key[0], key[1], pk, site_id, name)
+                b = self.batteries[key]
+                events = self._feed(b, samples)
+                if events:
+                    await self._record(b, events)
+                await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
+
+    def _feed(self, b: _Battery, samples: list[dict[str, Any]]) -> list[AlarmEvent]:
+        events: list[AlarmEvent] = []
+        rows = []
+        for s in samples:
+            try:
+                rows.append((packing.parse_ts_ms(s["ts"]), s))
+            except (KeyError, packing.SampleError):
+                continue
+        rows.sort(key=lambda r: r[0])
+        for ts_ms, s in rows:
+            if b.t_last_ms is not None and ts_ms <= b.t_last_ms:
+                continue
+            b.t_last_ms = ts_ms
+            b.estimator.update(s)
+            metrics, where = sample_metrics(s)
+            for m in metrics:
+                if m.startswith("fault:") and m not in b.samples_ev.rules and m not in b.disabled_faults:
+                    b.samples_ev.add_rule(fault_rule(m.removeprefix("fault:")))
+            events += b.samples_ev.evaluate(
+                ts_ms / 1000, metrics, where, faults_known=s.get("faults") is not None
+            )
+            b.dirty = True
+        return events
+
+    async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
+        items = await self.store.record_events(b.tenant_id, b.pk, events)
+        if self.notifier is not None:
+            self.notifier.submit(b.tenant_id, [i for i in items if i["notify"]])
+
+    async def tick(self) -> None:
+        """The no-data rules over every battery, the analytics findings of batteries with new samples,
+        and saving state."""
+        await self._drain()
+        now_ms = int(time.time() * 1000)
+        rows = await self.store.presence_rows()
+        async with self._lock:
+            for r in rows:
+                if r.last_received_ms is None:
+                    continue  # never reported: nothing to miss yet
+                b = await self._battery(r.tenant_id, r.battery_id, r.id, r.site_id, r.name)
+                link_state = None
+                if r.heartbeat:
+                    for hb in orjson.loads(r.heartbeat).get("batteries") or ():
+                        if hb.get("battery_id") == r.battery_id:
+                            link_state = hb.get("link_state")
+                state = connectivity(
+                    now_ms,
+                    poll_interval_s=r.poll_interval_s,
+                    last_received_ms=r.last_received_ms,
+                    received_ts_ms=r.received_ts_ms,
+                    heartbeat_ms=r.heartbeat_ms,
+                    link_state=link_state,
+                    offline_timeout_s=self.store.offline_timeout_s,
+                    grace_s=self.store.online_grace_s,
+                )
+                silent_s = (now_ms - r.last_received_ms) / 1000
+                metrics = {m: (silent_s if state == st else 0.0) for m, st in NO_DATA_METRICS.items()}
+                events = b.presence_ev.evaluate(now_ms / 1000, metrics)
+                if events:
+                    b.dirty = True
+                    await self._record(b, events)
+            for b in self.batteries.values():
+                if not b.dirty or b.estimator.t_last is None:
+                    continue
+                b.health = b.estimator.health()
+                r_now = b.health.get("resistance_mohm")
+                if b.r_baseline_mohm is None and r_now:
+                    b.r_baseline_mohm = r_now
+                metrics, where = health_metrics(b.health, b.r_baseline_mohm)
+                events = b.samples_ev.evaluate(b.estimator.t_last, metrics, where)
+                if events:
+                    await self._record(b, events)
+            await self._save()
+
+    async def _save(self) -> None:
+        rows = []
+        for b in self.batteries.values():
+            if not b.dirty:
+                continue
+            rows.append(
+                {
+                    "battery_pk": b.pk,
+                    "t_last_ms": b.t_last_ms,
+                    "state": {
+                        "estimator": b.estimator.to_state(),
+                        "samples": b.samples_ev.to_state(),
+                        "presence": b.presence_ev.to_state(),
+                        "r_baseline_mohm": b.r_baseline_mohm,
+                    },
+                    "health": b.health,
+                }
+            )
+            b.dirty = False
+        await self.store.save_analytics(rows)
+
+    async def acknowledge(self, tenant_id: int, battery_id: str, rule_id: str, by: str) -> None:
+        """An alarm was acknowledged through the API: no more reminders for it."""
+        async with self._lock:
+            b = self.batteries.get((tenant_id, battery_id))
+            if b is None:
+                return
+            for ev in (b.samples_ev, b.presence_ev):
+                ev.acknowledge(rule_id, by, time.time())
+            b.dirty = True

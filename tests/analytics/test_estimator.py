@@ -1,0 +1,150 @@
+"""The health engine against the simulator's ground truth, on short scenarios (seconds each)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from trackingbms.analytics import BatteryEstimator
+
+from .conftest import DAY, estimate, recorded
+
+
+@pytest.fixture(scope="module")
+def ebike_nmc() -> tuple[list, dict]:
+    """Two days of an aged NMC e-bike pack: rests after rides and after charges are anchors."""
+    samples, rec = recorded(
+        2 * DAY,
+        60,
+        chemistry="nmc",
+        scenario="ebike-ride",
+        seed=21,
+        capacity_fade_pct=15,
+        current_noise_a=0.2,
+    )
+    return samples, rec.truth()
+
+
+def test_capacity_and_soh_match_truth(ebike_nmc: tuple[list, dict]) -> None:
+    samples, truth = ebike_nmc
+    h = estimate(samples).health()
+    assert h["full_charge_anchors"] >= 3
+    assert h["capacity"]["segments"] >= 3
+    assert h["soh_pct"] == pytest.approx(truth["soh_pct"], abs=3.0)
+    assert h["capacity"]["confidence"] in ("high", "medium")
+
+
+def test_capacity_is_null_with_a_reason_before_any_segment() -> None:
+    samples, _ = recorded(3 * 3600, 60, chemistry="lfp", scenario="idle", seed=3, soc_pct=50)
+    h = estimate(samples).health()
+    assert h["capacity_ah"] is None and h["soh_pct"] is None
+    assert "anchor" in h["reasons"]["capacity_ah"]
+    # an LFP rest on the plateau is no anchor: no SOC either
+    assert h["soc_pct"] is None and "steep" in h["reasons"]["soc_pct"]
+
+
+def test_resistance_matches_truth_at_25c() -> None:
+    samples, rec = recorded(DAY, 5, chemistry="nmc", scenario="ebike-ride", seed=22, resistance_growth_pct=60)
+    h = estimate(samples).health()
+    truth_mohm = sum(c["resistance0_mohm"] for c in rec.truth()["cells"])
+    assert h["resistance"]["windows"] >= 3
+    assert h["resistance_mohm"] == pytest.approx(truth_mohm, rel=0.10)
+    cell_truth = [c["resistance0_mohm"] for c in rec.truth()["cells"]]
+    for est_cell, true_cell in zip(h["cells"], cell_truth, strict=True):
+        assert est_cell["resistance_mohm"] == pytest.approx(true_cell, rel=0.25)
+
+
+def test_resistance_needs_close_samples() -> None:
+    """At a 60 s cadence the spacing gate refuses every window: null and why, not a wrong figure."""
+    samples, _ = recorded(DAY, 60, chemistry="nmc", scenario="ebike-ride", seed=22)
+    h = estimate(samples).health()
+    assert h["resistance_mohm"] is None
+    assert "10 s apart" in h["reasons"]["resistance_mohm"]
+
+
+def test_soc_reanchored_where_the_bms_drifted(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Rest, discharge 20 Ah (counted by the BMS), rest again: the BMS stays 20 points off, the engine
+    re-anchors on the NMC curve and suggests the correction."""
+    schedule = tmp_path / "s.toml"
+    schedule.write_text(
+        "[[step]]\nat_s = 0\ncurrent_a = 0\n[[step]]\nat_s = 3600\ncurrent_a = -10\n"
+        "[[step]]\nat_s = 10800\ncurrent_a = 0\n"
+    )
+    samples, rec = recorded(
+        5 * 3600,
+        30,
+        chemistry="nmc",
+        scenario="schedule",
+        schedule=schedule,
+        soc_pct=70,
+        bms_soc_error_pct=20,
+    )
+    truth = rec.truth()
+    h = estimate(samples).health()
+    assert h["soc_pct"] == pytest.approx(truth["soc_pct"], abs=3.0)
+    assert h["bms_soc_error_pct"] == pytest.approx(truth["bms_soc_pct"] - truth["soc_pct"], abs=3.0)
+    assert h["bms_soc_error_pct"] > 15
+    assert h["soc_suggestion"] == f"trackingbms set PORT --soc {h['soc_pct']:g}"
+    assert any(f["kind"] == "soc_drift" for f in h["findings"])
+
+
+def test_self_discharging_cell_named_within_72h() -> None:
+    samples, _ = recorded(
+        72 * 3600, 60, chemistry="lfp", scenario="ups", seed=31, weak_cell=7,
+        weak_cell_extra_self_discharge_pct_month=5.0,
+    )  # fmt: skip
+    h = estimate(samples).health()
+    assert h["weak_cells"] == [7]
+    (finding,) = [f for f in h["findings"] if f["cell"] == 7]
+    assert finding["kind"] == "weak_cell_self_discharge"
+    assert "cell 7" in finding["message"]
+    assert finding["evidence"]["rate_pct_month"] < -2.5
+    assert finding["evidence"]["observed_h"] >= 24
+
+
+@pytest.mark.parametrize(
+    ("chemistry", "scenario"), [("lfp", "ups"), ("nmc", "solar-day"), ("nmc", "ebike-ride")]
+)
+def test_no_weak_cell_on_a_healthy_pack(chemistry: str, scenario: str) -> None:
+    samples, _ = recorded(
+        4 * DAY,
+        60,
+        chemistry=chemistry,
+        scenario=scenario,
+        seed=41,
+        capacity_fade_pct=10,
+        current_noise_a=0.2,
+    )
+    h = estimate(samples).health()
+    assert h["weak_cells"] == []
+    assert not [f for f in h["findings"] if f["kind"].startswith("weak_cell")]
+
+
+def test_state_restore_gives_the_uninterrupted_result(ebike_nmc: tuple[list, dict]) -> None:
+    samples, _ = ebike_nmc
+    whole = estimate(samples)
+    for cut in (len(samples) // 3, len(samples) // 2 + 7):
+        first = estimate(samples[:cut])
+        state = json.loads(json.dumps(first.to_state()))  # what the server would store
+        resumed = BatteryEstimator.from_state(state)
+        for s in samples[cut:]:
+            resumed.update(s)
+        assert resumed.health() == whole.health()
+
+
+def test_state_of_another_version_is_refused() -> None:
+    with pytest.raises(ValueError, match="version"):
+        BatteryEstimator.from_state({"version": 999})
+
+
+def test_out_of_order_and_partial_samples(ebike_nmc: tuple[list, dict]) -> None:
+    samples, _ = ebike_nmc
+    est = estimate(samples[:100])
+    est.update(samples[50])  # a replayed, older sample
+    est.update({"battery_id": "x", "seq": 10_000, "ts": samples[100]["ts"], "errors": {"0x90": "timeout"}})
+    h = est.health()
+    assert est.skipped == 1
+    assert h["samples"] == 101
+    # the partial sample broke the count: no SOC until the next anchor, said so
+    assert h["soc_pct"] is None and h["reasons"]["soc_pct"]
