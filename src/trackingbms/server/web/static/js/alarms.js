@@ -1,6 +1,7 @@
 // Alarms page: active alarms first (acknowledge), then history; filter by site and severity.
 
 import { api, getUser } from "./api.js";
+import { ruleName, t } from "./i18n.js";
 import { ago, fill, h } from "./util.js";
 
 const SEVERITIES = ["critical", "warning", "info"];
@@ -8,26 +9,27 @@ const SEVERITIES = ["critical", "warning", "info"];
 export async function renderAlarms(root) {
   const user = getUser();
   const canWrite = user && (user.role === "admin" || user.role === "operator");
-  const siteSel = h("select#alarm-site", { "aria-label": "Site" }, h("option", { value: "" }, "All sites"));
+  const siteSel = h("select#alarm-site", { "aria-label": t("alarms.site") }, h("option", { value: "" }, t("alarms.all_sites")));
   const sevSel = h(
     "select#alarm-severity",
-    { "aria-label": "Severity" },
-    h("option", { value: "" }, "All severities"),
-    SEVERITIES.map((s) => h("option", { value: s }, s)),
+    { "aria-label": t("alarms.col.severity") },
+    h("option", { value: "" }, t("alarms.all_severities")),
+    SEVERITIES.map((s) => h("option", { value: s }, t(`severity.${s}`))),
   );
   const active = h("tbody#alarms-active");
   const history = h("tbody#alarms-history");
   const note = h("p.muted#alarms-note");
   const head = () =>
-    h("thead", h("tr", ["Severity", "Pack", "Site", "Alarm", "Raised", "Acknowledged", "Cleared", ""].map((t) => h("th", t))));
+    h("thead", h("tr", [t("alarms.col.severity"), t("alarms.col.pack"), t("alarms.site"), t("alarms.col.alarm"), t("alarms.col.raised"),
+      t("alarms.col.acknowledged"), t("alarms.col.cleared"), ""].map((c) => h("th", c))));
   root.replaceChildren(
     h(
       "section.alarms",
-      h("h1", "Alarms"),
+      h("h1", t("alarms.title")),
       h("div.filters", siteSel, sevSel),
       note,
-      h("section.card", h("h2", "Active"), h("table.alarm-table", head(), active)),
-      h("section.card", h("h2", "History"), h("table.alarm-table", head(), history)),
+      h("section.card", h("h2", t("alarms.active")), h("table.alarm-table", head(), active)),
+      h("section.card", h("h2", t("alarms.history")), h("table.alarm-table", head(), history)),
     ),
   );
   try {
@@ -39,15 +41,15 @@ export async function renderAlarms(root) {
   function row(a) {
     const ack =
       a.status === "raised" && canWrite
-        ? h("button.ack", { type: "button", onclick: () => acknowledge(a.id) }, "Acknowledge")
+        ? h("button.ack", { type: "button", onclick: () => acknowledge(a.id) }, t("alarms.acknowledge"))
         : null;
     return h(
       `tr.alarm.sev-${a.severity}`,
       { dataset: { alarmId: String(a.id), status: a.status, rule: a.rule_id } },
-      h("td", h(`span.badge.sev-${a.severity}`, a.severity)),
+      h("td", h(`span.badge.sev-${a.severity}`, t(`severity.${a.severity}`))),
       h("td", h("a", { href: `#/pack/${encodeURIComponent(a.battery_id)}` }, a.battery_name || a.battery_id)),
       h("td", a.site),
-      h("td.alarm-message", a.message),
+      h("td.alarm-message", { title: a.message }, alarmText(a)),
       h("td", { title: a.raised_at }, ago(a.raised_at)),
       h("td.acked", a.acknowledged_by ? `${a.acknowledged_by}, ${ago(a.acknowledged_at)}` : "–"),
       h("td", a.cleared_at ? ago(a.cleared_at) : "–"),
@@ -61,9 +63,9 @@ export async function renderAlarms(root) {
     if (sevSel.value) params.severity = sevSel.value;
     const all = await api.alarms(params);
     const act = all.filter((a) => a.active);
-    fill(active, act.length ? act.map(row) : h("tr", h("td", { colSpan: 8 }, "No active alarms.")));
+    fill(active, act.length ? act.map(row) : h("tr", h("td", { colSpan: 8 }, t("alarms.none_active"))));
     const past = all.filter((a) => !a.active);
-    fill(history, past.length ? past.map(row) : h("tr", h("td", { colSpan: 8 }, "No past alarms.")));
+    fill(history, past.length ? past.map(row) : h("tr", h("td", { colSpan: 8 }, t("alarms.none_past"))));
   }
 
   async function acknowledge(id) {
@@ -71,7 +73,7 @@ export async function renderAlarms(root) {
     try {
       await api.ack(id);
     } catch (err) {
-      message = `Could not acknowledge: ${err.message}`;
+      message = t("alarms.ack_failed", { error: err.message });
     }
     await load();
     note.textContent = message;
@@ -82,4 +84,14 @@ export async function renderAlarms(root) {
   await load();
   const timer = setInterval(() => load().catch(() => {}), 10000);
   return () => clearInterval(timer);
+}
+
+/** The alarm in the page's language: the rule's translated name, the cell, and the server's figures
+ *  ("(max_cell_mv 3652, set > 3600)"); a tenant's own rule shows the server's message as is. */
+export function alarmText(a) {
+  const name = ruleName(a.rule_id, null);
+  if (!name || name === a.rule_id) return a.message;
+  const figures = /\([^()]*\)\s*$/.exec(a.message || "");
+  const cell = a.cell ? t("alarms.cell", { n: a.cell }) : "";
+  return [name, cell, figures ? figures[0].trim() : ""].filter(Boolean).join(" · ");
 }

@@ -2,12 +2,14 @@
 // resistance, SOC drift, weak cells with their evidence, and the pack's active alarms.
 
 import { api } from "./api.js";
-import { fill, fmt, h } from "./util.js";
+import { alarmText } from "./alarms.js";
+import { num, t, tn } from "./i18n.js";
+import { fill, h } from "./util.js";
 
 export function healthCard(batteryId) {
-  const body = h("div.health-body", h("p.muted", "Loading…"));
-  const card = h("section.card.health-card#health-card", h("h2", "Health"), body);
-  load().catch((err) => fill(body, h("p.muted", `Health not available: ${err.message}`)));
+  const body = h("div.health-body", h("p.muted", t("common.loading")));
+  const card = h("section.card.health-card#health-card", h("h2", t("health.card.title")), body);
+  load().catch((err) => fill(body, h("p.muted", t("health.card.unavailable", { error: err.message }))));
   return card;
 
   async function load() {
@@ -15,9 +17,9 @@ export function healthCard(batteryId) {
     const hl = r.health;
     const alarms = r.alarms || [];
     const alarmList = alarms.length
-      ? h("ul.alarm-list", alarms.map((a) => h(`li.sev-${a.severity}`, { dataset: { rule: a.rule_id } }, a.message)))
-      : h("p.muted", "No active alarms.");
-    if (!hl) return fill(body, h("p.muted", r.reason || "Not analysed yet."), alarmList);
+      ? h("ul.alarm-list", alarms.map((a) => h(`li.sev-${a.severity}`, { dataset: { rule: a.rule_id }, title: a.message }, alarmText(a))))
+      : h("p.muted", t("alarms.none_active"));
+    if (!hl) return fill(body, h("p.muted", r.reason || t("health.card.not_analysed")), alarmList);
     const why = hl.reasons || {};
     const cap = hl.capacity || {};
     const res = hl.resistance || {};
@@ -37,17 +39,17 @@ export function healthCard(batteryId) {
       body,
       h(
         "div.kvs",
-        kv("State of health", hl.soh_pct != null ? `${fmt(hl.soh_pct, 1)} %` : "–",
-          hl.soh_pct != null ? `confidence ${cap.confidence}, ${cap.segments} segment${cap.segments === 1 ? "" : "s"}, ${hl.full_charge_anchors} full charges` : why.soh_pct || why.capacity_ah, "soh"),
-        kv("Capacity", hl.capacity_ah != null ? `${fmt(hl.capacity_ah, 1)} Ah` : "–", null, "capacity"),
-        kv("Resistance", hl.resistance_mohm != null ? `${fmt(hl.resistance_mohm, 2)} mΩ` : "–",
-          hl.resistance_mohm != null ? `${res.windows} windows, at 25 °C` : why.resistance_mohm, "resistance"),
-        kv("SOC (engine / BMS)", `${fmt(hl.soc_pct, 1)} % / ${fmt(hl.bms_soc_pct, 1)} %`,
-          hl.bms_soc_error_pct != null ? `BMS off by ${fmt(hl.bms_soc_error_pct, 1)} points` : why.soc_pct, "soc"),
-        kv("Weak cells", hl.weak_cells?.length ? hl.weak_cells.map((c) => `cell ${c}`).join(", ") : "none found", null, "weak"),
+        kv(t("health.card.soh"), hl.soh_pct != null ? `${num(hl.soh_pct, 1)} %` : "–",
+          hl.soh_pct != null ? t("health.card.soh_why", { confidence: cap.confidence, segments: tn("health.card.segments", cap.segments ?? 0), charges: tn("health.card.full_charges", hl.full_charge_anchors ?? 0) }) : why.soh_pct || why.capacity_ah, "soh"),
+        kv(t("health.card.capacity"), hl.capacity_ah != null ? `${num(hl.capacity_ah, 1)} Ah` : "–", null, "capacity"),
+        kv(t("health.card.resistance"), hl.resistance_mohm != null ? `${num(hl.resistance_mohm, 2)} mΩ` : "–",
+          hl.resistance_mohm != null ? tn("health.card.resistance_why", res.windows ?? 0) : why.resistance_mohm, "resistance"),
+        kv(t("health.card.soc"), `${num(hl.soc_pct, 1)} % / ${num(hl.bms_soc_pct, 1)} %`,
+          hl.bms_soc_error_pct != null ? t("health.card.soc_why", { points: num(hl.bms_soc_error_pct, 1) }) : why.soc_pct, "soc"),
+        kv(t("health.card.weak_cells"), hl.weak_cells?.length ? hl.weak_cells.map((c) => t("alarms.cell", { n: c })).join(", ") : t("health.card.none_found"), null, "weak"),
       ),
       findings.length ? h("ul.findings", findings) : null,
-      h("h3", "Active alarms"),
+      h("h3", t("health.card.active_alarms")),
       alarmList,
     );
   }

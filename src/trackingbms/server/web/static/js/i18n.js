@@ -73,6 +73,19 @@ export function tn(key, count, params) {
   return t(`${key}.${form}`, { count: num(count, 0), ...params });
 }
 
+/** The message of `key` if the catalogue has it, else `fallback` (not recorded as missing: custom rules). */
+export function tOr(key, fallback) {
+  return typeof messages[key] === "string" ? messages[key] : fallback;
+}
+
+/** An alarm rule's name: `rule.<id>` for built-in rules, the fault table for `fault:<name>`, else the
+ *  server's text (a tenant's own rule). */
+export function ruleName(ruleId, fallback) {
+  const id = String(ruleId || "");
+  if (id.startsWith("fault:")) return faultName(id.slice(6)) || fallback || id;
+  return tOr(`rule.${id}`, fallback || id);
+}
+
 /** The fault table's text in the current language. */
 export function faultName(name) {
   if (typeof faults[name] === "string") return faults[name];

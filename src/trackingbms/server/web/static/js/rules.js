@@ -2,14 +2,15 @@
 // admins and operators edit, viewers read.
 
 import { api, getUser } from "./api.js";
+import { ruleName, t } from "./i18n.js";
 import { fill, h } from "./util.js";
 
 const FIELDS = [
-  ["set", "Set", "number"],
-  ["clear", "Clear", "number"],
-  ["set_delay_s", "Set delay (s)", "number"],
-  ["clear_delay_s", "Clear delay (s)", "number"],
-  ["repeat_s", "Repeat (s)", "number"],
+  ["set", "rules.col.set", "number"],
+  ["clear", "rules.col.clear", "number"],
+  ["set_delay_s", "rules.col.set_delay", "number"],
+  ["clear_delay_s", "rules.col.clear_delay", "number"],
+  ["repeat_s", "rules.col.repeat", "number"],
 ];
 
 export async function renderRules(root) {
@@ -21,16 +22,16 @@ export async function renderRules(root) {
   root.replaceChildren(
     h(
       "section.rules",
-      h("h1", "Alarm rules"),
-      h("p.muted", "Each alarm is raised when its metric passes Set for the set delay, and clears once back past Clear for the clear delay. ",
-        "Fault bits of the BMS each have their own rule (fault:<name>). Values here apply to the whole tenant; overrides per site or pack are listed below."),
-      canWrite ? null : h("p.muted", "You can read the rules; admins and operators change them."),
+      h("h1", t("rules.title")),
+      h("p.muted", t("rules.intro")),
+      canWrite ? null : h("p.muted", t("rules.read_only")),
       note,
       h("section.card", h("table.alarm-table.rules-table",
-        h("thead", h("tr", ["Rule", "Metric", "Op", ...FIELDS.map((f) => f[1]), "Severity", "Enabled", ""].map((t) => h("th", t)))),
+        h("thead", h("tr", [t("rules.col.rule"), t("rules.col.metric"), t("rules.col.op"), ...FIELDS.map((f) => t(f[1])), t("alarms.col.severity"),
+          t("rules.col.enabled"), ""].map((c) => h("th", c)))),
         body)),
-      h("section.card", h("h2", "Overrides"), h("table.alarm-table",
-        h("thead", h("tr", ["Rule", "Scope", "Changes", ""].map((t) => h("th", t)))), overridesBody)),
+      h("section.card", h("h2", t("rules.overrides")), h("table.alarm-table",
+        h("thead", h("tr", [t("rules.col.rule"), t("rules.col.scope"), t("rules.col.changes"), ""].map((c) => h("th", c)))), overridesBody)),
     ),
   );
 
@@ -40,12 +41,12 @@ export async function renderRules(root) {
     fill(body, rules.builtin.map((r) => ruleRow(r, tenantRow(r.id))));
     fill(overridesBody, rules.overrides.length
       ? rules.overrides.map((o) => h("tr", { dataset: { overrideId: String(o.id) } },
-        h("td", o.rule_id),
-        h("td", o.scope === "tenant" ? "tenant" : `${o.scope}: ${o.site || o.battery_id}`),
+        h("td", { title: o.rule_id }, ruleName(o.rule_id, o.title || o.rule_id)),
+        h("td", o.scope === "tenant" ? t("rules.scope.tenant") : `${t(`rules.scope.${o.scope}`)}: ${o.site || o.battery_id}`),
         h("td", Object.entries(o).filter(([k, v]) => v !== null && [...FIELDS.map((f) => f[0]), "severity", "enabled", "op", "metric"].includes(k))
           .map(([k, v]) => `${k}=${v}`).join(", ")),
-        h("td", canWrite ? h("button.delete", { type: "button", onclick: () => remove(o.id) }, "Remove") : null)))
-      : h("tr", h("td", { colSpan: 4 }, "No overrides: the built-in values apply.")));
+        h("td", canWrite ? h("button.delete", { type: "button", onclick: () => remove(o.id) }, t("rules.remove")) : null)))
+      : h("tr", h("td", { colSpan: 4 }, t("rules.no_overrides"))));
   }
 
   function ruleRow(r, o) {
@@ -56,10 +57,10 @@ export async function renderRules(root) {
       return h("td", inputs[k]);
     });
     const sev = h("select.rule-severity", { disabled: !canWrite, "aria-label": `${r.id} severity` },
-      ["info", "warning", "critical"].map((s) => h("option", { value: s, selected: s === eff.severity }, s)));
+      ["info", "warning", "critical"].map((s) => h("option", { value: s, selected: s === eff.severity }, t(`severity.${s}`))));
     const enabled = h("input.rule-enabled", { type: "checkbox", checked: o ? o.enabled : true, disabled: !canWrite, "aria-label": `${r.id} enabled` });
-    const save = canWrite ? h("button.save", { type: "button", onclick: () => saveRule(r, o, inputs, sev, enabled) }, "Save") : null;
-    return h("tr", { dataset: { rule: r.id } }, h("td", r.title || r.id), h("td", r.metric), h("td", r.op), cells, h("td", sev), h("td", enabled), h("td", save));
+    const save = canWrite ? h("button.save", { type: "button", onclick: () => saveRule(r, o, inputs, sev, enabled) }, t("rules.save")) : null;
+    return h("tr", { dataset: { rule: r.id } }, h("td", { title: r.id }, ruleName(r.id, r.title || r.id)), h("td", r.metric), h("td", r.op), cells, h("td", sev), h("td", enabled), h("td", save));
   }
 
   async function saveRule(r, o, inputs, sev, enabled) {
@@ -72,9 +73,9 @@ export async function renderRules(root) {
     try {
       if (o) await api.updateRule(o.id, change);
       else await api.createRule({ rule_id: r.id, ...change });
-      message = `Saved ${r.id}.`;
+      message = t("rules.saved", { rule: ruleName(r.id, r.title || r.id) });
     } catch (err) {
-      message = `Not saved: ${err.message}`;
+      message = t("rules.not_saved", { error: err.message });
     }
     await load(); // the message after the table is redrawn: what it says is what the table shows
     note.textContent = message;
@@ -84,9 +85,9 @@ export async function renderRules(root) {
     let message;
     try {
       await api.deleteRule(id);
-      message = "Override removed.";
+      message = t("rules.removed");
     } catch (err) {
-      message = `Not removed: ${err.message}`;
+      message = t("rules.not_removed", { error: err.message });
     }
     await load();
     note.textContent = message;
