@@ -108,7 +108,8 @@ class LocalApi:
         path = url.path.rstrip("/") or "/"
         if path == "/":
             # the page itself carries no data; it asks for the token if one is needed
-            return _response(200, PAGE.encode(), "text/html; charset=utf-8")
+            lang = page_lang(request.headers.get("Accept-Language"))
+            return _response(200, render_page(lang).encode(), "text/html; charset=utf-8")
         if not self._authorized(request, query):
             return _json(401, {"detail": "LAN token required: Authorization: Bearer <token> or ?token="})
         if path == "/local/v1/live":
@@ -168,9 +169,9 @@ class LocalApi:
 
 
 PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
+<html lang="{{lang}}"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width,initial-scale=1">
-<title>TrackingBMS gateway</title>
+<title>{{title}}</title>
 <style>
 body{font-family:system-ui,sans-serif;margin:1rem;background:#f6f7f9;color:#222}
 h1{font-size:1.2rem} .packs{display:flex;flex-wrap:wrap;gap:1rem}
@@ -182,30 +183,38 @@ table{border-collapse:collapse;font-size:.9rem} td{padding:1px 8px 1px 0}
 .cells span.bal{background:#fd8}
 #gw{font-size:.85rem;color:#555}
 </style></head><body>
-<h1>TrackingBMS gateway — live packs</h1>
-<div id="gw">connecting…</div>
+<h1>{{heading}}</h1>
+<div id="gw">{{connecting}}</div>
 <div class="packs" id="packs"></div>
 <script>
+const TEXTS = {{texts}};
+// the server picked the language from Accept-Language; without that header, the browser's own
+const NAV = (navigator.language || "en").slice(0, 2).toLowerCase();
+const LANG = "{{picked}}" || (NAV in TEXTS ? NAV : "en");
+const T = TEXTS[LANG];
+document.documentElement.lang = LANG;
 const packs = {};
 const qs = new URLSearchParams(location.search);
 let token = qs.get("token") || localStorage.getItem("tbms_lan_token") || "";
 function esc(s){return String(s).replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
-function fmt(v,d,u){return v===undefined||v===null?"–":Number(v).toFixed(d)+" "+u}
+const DIGITS=d=>({minimumFractionDigits:d,maximumFractionDigits:d});
+function fmt(v,d,u){return v===undefined||v===null?"–":Number(v).toLocaleString(LANG,DIGITS(d))+" "+u}
+function word(group,v){return (T[group]&&T[group][v])||v}
 function render(){
   const root=document.getElementById("packs");
   root.innerHTML=Object.values(packs).map(p=>{
     const s=p.latest||{}; const cells=s.cells_mv||[]; const bal=new Set(s.balancing||[]);
     const power=(s.voltage_v!=null&&s.current_a!=null)?s.voltage_v*s.current_a:null;
     return `<div class="pack" data-battery="${esc(p.battery_id)}"><h2>${esc(p.battery_id)}
-      <span class="${esc(p.link_state)}">● ${esc(p.link_state)}</span></h2>
+      <span class="${esc(p.link_state)}">● ${esc(word("links",p.link_state))}</span></h2>
       <div class="big">${fmt(s.soc_pct,1,"%")}</div>
-      <table><tr><td>voltage</td><td class="v">${fmt(s.voltage_v,2,"V")}</td></tr>
-      <tr><td>current</td><td class="a">${fmt(s.current_a,1,"A")}</td></tr>
-      <tr><td>power</td><td>${fmt(power,0,"W")}</td></tr>
-      <tr><td>state</td><td>${esc(s.state||"–")}</td></tr>
-      <tr><td>temps</td><td>${(s.temps_c||[]).map(t=>t.toFixed(0)+"°C").join(" ")||"–"}</td></tr>
-      <tr><td>faults</td><td>${esc((s.faults||[]).join(", ")||"none")}</td></tr>
-      <tr><td>updated</td><td>${esc(s.ts||"–")}</td></tr></table>
+      <table><tr><td>${T.voltage}</td><td class="v">${fmt(s.voltage_v,2,"V")}</td></tr>
+      <tr><td>${T.current}</td><td class="a">${fmt(s.current_a,1,"A")}</td></tr>
+      <tr><td>${T.power}</td><td>${fmt(power,0,"W")}</td></tr>
+      <tr><td>${T.state}</td><td>${esc(word("states",s.state||"–"))}</td></tr>
+      <tr><td>${T.temps}</td><td>${(s.temps_c||[]).map(t=>t.toFixed(0)+" °C").join(" ")||"–"}</td></tr>
+      <tr><td>${T.faults}</td><td>${esc((s.faults||[]).join(", ")||T.none)}</td></tr>
+      <tr><td>${T.updated}</td><td>${esc(s.ts||"–")}</td></tr></table>
       <div class="cells">${cells.map((c,i)=>
         `<span class="${bal.has(i+1)?"bal":""}">${i+1}: ${c}</span>`).join("")}</div>
       ${p.last_error&&p.link_state!=="ok"?`<div class="${esc(p.link_state)}">${esc(p.last_error)}</div>`:""}
@@ -219,8 +228,8 @@ function connect(){
     if(m.type==="state"){
       for(const b of m.batteries) packs[b.battery_id]=b;
       const g=m.gateway; document.getElementById("gw").textContent=
-        `uplink ${g.uplink} · queue ${g.queue_depth} · disk ${g.disk_used_pct}%`+
-        ` · up ${Math.round(g.uptime_s)} s`;
+        `${T.uplink} ${g.uplink} · ${T.queue} ${g.queue_depth} · ${T.disk} ${g.disk_used_pct} %`+
+        ` · ${T.up} ${Math.round(g.uptime_s)} s`;
     } else if(m.type==="sample"){
       const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id});
       p.latest=m.latest||m.sample;  // merged: a partial sample does not blank cells / temps / faults
@@ -232,12 +241,81 @@ function connect(){
   };
   ws.onclose=ev=>{
     if(ev.code===1006&&!token){ /* maybe a token is needed */ }
-    document.getElementById("gw").textContent="disconnected from the gateway, retrying…";
+    document.getElementById("gw").textContent=T.disconnected;
     setTimeout(connect,2000);
   };
 }
 fetch("/local/v1/state"+(token?"?token="+encodeURIComponent(token):"")).then(r=>{
-  if(r.status===401){ token=prompt("LAN token")||""; localStorage.setItem("tbms_lan_token",token); }
+  if(r.status===401){ token=prompt(T.token)||""; localStorage.setItem("tbms_lan_token",token); }
 }).finally(connect);
 </script></body></html>
 """
+
+#: the page's words in English and French: a small table here, as the gateway must not import the server
+#: (whose dashboard catalogues are much larger); units and the BMS's fault names stay as they are
+PAGE_TEXT: dict[str, dict[str, Any]] = {
+    "en": {
+        "title": "TrackingBMS gateway",
+        "heading": "TrackingBMS gateway — live packs",
+        "connecting": "connecting…",
+        "disconnected": "disconnected from the gateway, retrying…",
+        "token": "LAN token",
+        "voltage": "voltage",
+        "current": "current",
+        "power": "power",
+        "state": "state",
+        "temps": "temps",
+        "faults": "faults",
+        "none": "none",
+        "updated": "updated",
+        "uplink": "uplink",
+        "queue": "queue",
+        "disk": "disk",
+        "up": "up",
+        "links": {"ok": "ok", "degraded": "degraded", "asleep": "asleep", "disconnected": "disconnected"},
+        "states": {"idle": "idle", "charging": "charging", "discharging": "discharging"},
+    },
+    "fr": {
+        "title": "Passerelle TrackingBMS",
+        "heading": "Passerelle TrackingBMS — batteries en direct",
+        "connecting": "connexion…",
+        "disconnected": "déconnecté de la passerelle, nouvelle tentative…",
+        "token": "Jeton réseau local",
+        "voltage": "tension",
+        "current": "courant",
+        "power": "puissance",
+        "state": "état",
+        "temps": "températures",
+        "faults": "défauts",
+        "none": "aucun",
+        "updated": "mis à jour",
+        "uplink": "liaison montante",
+        "queue": "file",
+        "disk": "disque",
+        "up": "en service depuis",
+        "links": {"ok": "ok", "degraded": "dégradée", "asleep": "en veille", "disconnected": "déconnectée"},
+        "states": {"idle": "au repos", "charging": "en charge", "discharging": "en décharge"},
+    },
+}
+
+
+def page_lang(accept_language: str | None) -> str | None:
+    """The first language of ``Accept-Language`` the page has (q-values ignored: browsers list by
+    preference), English if none; None without the header (the page then asks ``navigator.language``)."""
+    if not accept_language:
+        return None
+    for part in accept_language.split(","):
+        base = part.split(";")[0].strip()[:2].lower()
+        if base in PAGE_TEXT:
+            return base
+    return "en"
+
+
+def render_page(lang: str | None) -> str:
+    """The LAN page with its static words in ``lang`` (English until the script decides when None)."""
+    words = PAGE_TEXT[lang or "en"]
+    page = PAGE
+    for key in ("title", "heading", "connecting"):
+        page = page.replace("{{" + key + "}}", words[key])
+    page = page.replace("{{texts}}", orjson.dumps(PAGE_TEXT).decode().replace("</", "<\\/"))
+    return page.replace("{{lang}}", lang or "en").replace("{{picked}}", lang or "")
