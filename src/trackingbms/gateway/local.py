@@ -193,7 +193,10 @@ const NAV = (navigator.language || "en").slice(0, 2).toLowerCase();
 const LANG = "{{picked}}" || (NAV in TEXTS ? NAV : "en");
 const T = TEXTS[LANG];
 document.documentElement.lang = LANG;
+document.title = T.title;
 const packs = {};
+document.querySelector("h1").textContent = T.heading;
+document.getElementById("gw").textContent = T.connecting;
 const qs = new URLSearchParams(location.search);
 let token = qs.get("token") || localStorage.getItem("tbms_lan_token") || "";
 function esc(s){return String(s).replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
@@ -317,5 +320,6 @@ def render_page(lang: str | None) -> str:
     page = PAGE
     for key in ("title", "heading", "connecting"):
         page = page.replace("{{" + key + "}}", words[key])
-    page = page.replace("{{texts}}", orjson.dumps(PAGE_TEXT).decode().replace("</", "<\\/"))
+    texts = {lang: words} if lang else PAGE_TEXT  # both only when the browser's language is still unknown
+    page = page.replace("{{texts}}", orjson.dumps(texts).decode().replace("</", "<\\/"))
     return page.replace("{{lang}}", lang or "en").replace("{{picked}}", lang or "")
