@@ -124,3 +124,69 @@ def test_the_language_switch_is_visible_and_remembered(new_page: Any, demo: Demo
     page.wait_for_selector(".pack-row", timeout=WAIT_MS)
     assert page.inner_text('a[data-nav="fleet"]') == "Parc"
     assert page.evaluate(MISSES_JS) == []
+
+
+#: English words of the alarm pages and the Health card, absent from their French versions
+ALARM_ENGLISH = [
+    "Alarm rules",
+    "Acknowledge",
+    "Overrides",
+    "Severity",
+    "All sites",
+    "Active alarms",
+    "No active alarms",
+    "State of health",
+    "Weak cells",
+    "Enabled",
+    "temperature low",
+]
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("en-US", "en"), ("fr-FR", "fr")])
+def test_alarm_pages_and_health_card_in_the_browser_language(
+    new_page: Any, demo: DemoClient, screenshots: Path, locale: str, lang: str
+) -> None:
+    catalogue = json.loads((STATIC_DIR / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+    # a built-in rule every pack trips at once (temperature below 200 °C), to see its name on the Alarms page
+    r = demo.http.post(
+        "/api/v1/alarm-rules",
+        json={"rule_id": "temperature_low", "set": 200, "clear": 201, "set_delay_s": 0},
+    )
+    assert r.status_code == 201, r.text
+    try:
+        demo.wait_for(
+            "a temperature_low alarm",
+            lambda: [a for a in demo.get("/api/v1/alarms") if a["rule_id"] == "temperature_low"],
+        )
+        page = new_page(locale=locale)
+        login(page, demo)
+        texts = Texts()
+        page.goto(f"{demo.info.url}#/alarms")
+        row = page.locator("#alarms-active tr.alarm[data-rule='temperature_low']").first
+        row.wait_for(timeout=WAIT_MS)
+        assert catalogue["rule.temperature_low"] in row.locator("td.alarm-message").inner_text()
+        assert catalogue["severity.warning"] == row.locator("span.badge").inner_text()
+        texts.append_page(page)
+        page.screenshot(path=str(screenshots / f"i18n-{lang}-alarms.png"), full_page=True)
+        page.goto(f"{demo.info.url}#/rules")
+        rule_row = page.locator("tr[data-rule='cell_spread']")
+        rule_row.wait_for(timeout=WAIT_MS)
+        assert rule_row.locator("td").first.inner_text() == catalogue["rule.cell_spread"]
+        texts.append_page(page)
+        for battery_id in demo.info.batteries:
+            page.goto(f"{demo.info.url}#/pack/{battery_id}")
+            # the card is drawn once its report (or the reason there is none) and the alarm list are in
+            page.wait_for_selector("#health-card .health-body > :nth-child(2)", timeout=WAIT_MS)
+            assert page.inner_text("#health-card h2") == catalogue["health.card.title"]
+            texts.append_page(page)
+    finally:
+        for o in demo.get("/api/v1/alarm-rules")["overrides"]:
+            if o["rule_id"] == "temperature_low":
+                assert demo.http.delete(f"/api/v1/alarm-rules/{o['id']}").status_code == 204
+    assert page.evaluate(MISSES_JS) == []
+    text = "\n".join(texts)
+    if lang == "fr":
+        shown = [w for w in [*ENGLISH_ONLY, *ALARM_ENGLISH] if re.search(rf"\b{w}\b", text)]
+        assert shown == [], f"English left on the French alarm pages: {shown}"
+    else:
+        assert "Alarm rules" in text and "temperature low" in text

@@ -73,7 +73,7 @@ export async function renderRules(root) {
     try {
       if (o) await api.updateRule(o.id, change);
       else await api.createRule({ rule_id: r.id, ...change });
-      message = t("rules.saved", { rule: ruleName(r.id, r.title || r.id) });
+      message = t("rules.saved", { rule: r.id });
     } catch (err) {
       message = t("rules.not_saved", { error: err.message });
     }
