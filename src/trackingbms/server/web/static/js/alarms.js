@@ -93,5 +93,6 @@ export function alarmText(a) {
   if (!name || name === a.rule_id) return a.message;
   const figures = /\([^()]*\)\s*$/.exec(a.message || "");
   const cell = a.cell ? t("alarms.cell", { n: a.cell }) : "";
-  return [name, cell, figures ? figures[0].trim() : ""].filter(Boolean).join(" · ");
+  const shown = figures ? figures[0].trim().replace(", set ", `, ${t("alarms.threshold")} `) : "";
+  return [name, cell, shown].filter(Boolean).join(" · ");
 }
