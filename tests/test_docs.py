@@ -38,3 +38,29 @@ def test_one_wording_for_the_host_address() -> None:
         assert wording in EXAMPLE_CONFIG
         assert wording in (ADDRESS_OPT.help or "")
     assert "`--address 0x40` (RS485/UART via the PC port" in readme and "`0x80` (Bluetooth/app" in readme
+
+
+def test_the_readme_decode_examples_run_and_print_what_their_comments_show() -> None:
+    import shlex
+    import subprocess
+    import sys
+
+    lines = (ROOT / "README.md").read_text().replace("\\\n", " ").splitlines()
+    examples = []
+    for i, line in enumerate(lines):
+        if line.startswith("trackingbms decode "):
+            command, _, comment = line.partition(" # ")  # candump text has a '#' of its own
+            if "{" not in comment and i + 1 < len(lines):  # the comment on the next line
+                comment = lines[i + 1].strip().lstrip("#")
+            examples.append((shlex.split(command)[2:], comment))
+    assert len(examples) >= 3
+    for args, comment in examples:
+        out = subprocess.run(
+            [sys.executable, "-c", "from trackingbms.cli import main; main()", "decode", *args],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert out.returncode == 0, (args, out.stderr)
+        shown = re.findall(r'"(\w+)": ([^,}]+)', comment)
+        assert shown, comment
+        for key, value in shown:
+            assert f'"{key}": {value.strip()}' in out.stdout, (args, key, out.stdout[:300])

@@ -29,6 +29,19 @@ _INTS = frozenset({"cycles", "fault_code"})
 _TEXT = frozenset({"source", "via", "state"})
 
 
+#: a text cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection"): the
+#: server's export writes a leading ``'`` before it, the reader takes it off again
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_text(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def _plain_text(text: str) -> str:
+    return text[1:] if text.startswith("'") and text[1:].startswith(_FORMULA_START) else text
+
+
 class ExportFormatError(ValueError):
     """A CSV that is not in the export format; the message names the line."""
 
@@ -51,6 +64,8 @@ def _val(v: Any) -> Any:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, str):
+        return spreadsheet_text(v)
     return v
 
 
@@ -65,11 +80,11 @@ def row(sample: dict[str, Any], n_cells: int, n_temps: int) -> list[Any]:
         sample["ts"],
         sample["seq"],
         *(_val(sample.get(k)) for k in SCALAR_FIELDS),
-        ";".join(faults) if faults is not None else "",
+        spreadsheet_text(";".join(faults)) if faults is not None else "",
         *(cells[i] if i < len(cells) else "" for i in range(n_cells)),
         *(temps[i] if i < len(temps) else "" for i in range(n_temps)),
         ";".join(map(str, balancing)) if balancing is not None else "",
-        json.dumps(errors, separators=(",", ":")) if errors else "",
+        spreadsheet_text(json.dumps(errors, separators=(",", ":"))) if errors else "",
     ]
 
 
@@ -102,7 +117,7 @@ def read_rows(rows: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
                 if v == "":
                     continue
                 if k in _TEXT:
-                    s[k] = v
+                    s[k] = _plain_text(v)
                 elif k in _BOOLS:
                     s[k] = v == "true"
                 elif k in _INTS:
@@ -116,11 +131,11 @@ def read_rows(rows: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
             if temps and all(t != "" for t in temps):
                 s["temps_c"] = [float(t) for t in temps]
             if i_faults is not None and r[i_faults]:
-                s["faults"] = r[i_faults].split(";")
+                s["faults"] = _plain_text(r[i_faults]).split(";")
             if i_bal is not None and r[i_bal]:
                 s["balancing"] = [int(b) for b in r[i_bal].split(";")]
             if i_err is not None and r[i_err]:
-                s["errors"] = json.loads(r[i_err])
+                s["errors"] = json.loads(_plain_text(r[i_err]))
         except (IndexError, ValueError) as exc:
             raise ExportFormatError(f"line {line}: {exc}") from None
         yield s

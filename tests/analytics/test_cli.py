@@ -33,11 +33,11 @@ def recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
 
 
 def test_record_writes_the_export_format(recording: tuple[Path, dict]) -> None:
-    from trackingbms.server.routes import _csv_header
+    from trackingbms.server.store.export import csv_header
 
     csv_path, truth = recording
     lines = csv_path.read_text().splitlines()
-    assert lines[0].split(",") == _csv_header(16, 4)  # the server's own export header
+    assert lines[0].split(",") == csv_header(16, 4)  # the server's own export header
     assert len(lines) == 1 + 2881
     assert lines[1].startswith("2026-06-21T00:00:00.000Z,1,sim,")
     assert truth["csv"] == str(csv_path) and truth["sim_time_s"] == 2 * 86400

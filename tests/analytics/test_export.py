@@ -24,3 +24,21 @@ def test_round_trip_keeps_partial_samples_partial() -> None:
     back = list(read_rows(csv.reader(io.StringIO(buf.getvalue()))))
     assert back[0] == full
     assert back[1] == partial  # nothing filled in with zeros
+
+
+def test_text_is_neutralised_like_the_server_export_and_read_back() -> None:
+    from trackingbms.server.store.export import spreadsheet_text as server_text
+
+    sample = {
+        "ts": "2026-06-21T00:00:00.000Z",
+        "seq": 1,
+        "state": "idle",
+        "faults": ["-x", "y"],
+        "current_a": -3.5,
+    }
+    r = row(sample, 0, 0)
+    assert r[r.index("idle")] == server_text("idle")
+    assert "'-x;y" in r and -3.5 in r  # text neutralised, numbers left alone, as the server does
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows([header(0, 0), r])
+    assert next(read_rows(csv.reader(io.StringIO(buf.getvalue())))) == sample

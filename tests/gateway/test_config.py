@@ -25,7 +25,11 @@ def minimal(tmp_path: Path) -> dict:
 def test_example_config_is_valid_and_commented() -> None:
     cfg = GatewayConfig.from_dict(tomllib.loads(EXAMPLE_CONFIG))
     assert [u.name for u in cfg.uplinks] == ["wifi"]  # one to edit; a second one is commented out
-    second = re.sub(r"(?m)^# (\[\[uplinks\]\]|name|url|batch_max)", r"\1", EXAMPLE_CONFIG)
+    # uncomment the first commented-out [[uplinks]] block (the cellular one)
+    start = EXAMPLE_CONFIG.index("# [[uplinks]]")
+    end = EXAMPLE_CONFIG.index("\n\n", start)
+    block = re.sub(r"(?m)^# ", "", EXAMPLE_CONFIG[start:end])
+    second = EXAMPLE_CONFIG[:start] + block + EXAMPLE_CONFIG[end:]
     cfg = GatewayConfig.from_dict(tomllib.loads(second))
     assert [u.name for u in cfg.uplinks] == ["wifi", "cellular"]
     assert cfg.uplinks[1].batch_max_samples > cfg.uplinks[0].batch_max_samples

@@ -49,6 +49,8 @@ from trackingbms.analytics.regression import deming, deming_columns
 STATE_VERSION = 1
 _DAY_S = 86400.0
 _MONTH_S = 30 * _DAY_S
+#: a rest voltage at the very end of the engine's curve: the cell may be past it (clipped)
+CLIPPED_SOC = 0.999
 
 
 @dataclass
@@ -70,7 +72,9 @@ class EstimatorConfig:
     #: a gap longer than this between samples breaks counting (no segment spans it)
     max_gap_s: float = 300.0
     min_swing: float = 0.3
-    max_count_error: float = 0.02
+    #: a capacity needs this many segments per cell (batmon-ha: single segments ranged 117–381 Ah)
+    min_segments: int = 2
+    max_count_error: float = 0.03
     max_segment_s: float = 10 * _DAY_S
     # resistance windows
     window_s: float = 300.0
@@ -85,7 +89,7 @@ class EstimatorConfig:
     r_soc_range_pct: tuple[float, float] = (15.0, 85.0)
     resistance_days: float = 7.0
     # weak cells
-    self_discharge_flag_pct_month: float = 2.5
+    self_discharge_flag_pct_month: float = 3.5
     drift_min_span_s: float = 24 * 3600.0
     drift_min_drop_pct: float = 0.15
     drift_days: float = 7.0
@@ -144,6 +148,7 @@ class BatteryEstimator:
         self.zero_h = 0.0  # hours the current read 0 (inside the dead band)
         self.nonzero_h = 0.0
         self.chain = 0  # bumps at every gap: nothing is counted across one
+        self.obs_epoch = 0  # bumps at gaps and clipped tops: drift links stay within one epoch
         self.offset_a = 0.0
         self.offset_estimates: list[float] = []
         self.bleed_ah: list[float] = []  # per cell, balancing bleed since the start
@@ -234,9 +239,11 @@ class BatteryEstimator:
             if self.rest_since is None:
                 self.rest_since, self.rest_i = t, i
             elif t - self.rest_since >= cfg.rest_min_s:
-                if self.rest_entry is None or t >= self.next_obs_t:
+                if self.rest_last is None or t >= self.next_obs_t:
                     self._rest_anchor(t, i, cells)
-                elif self.rest_last is not None:
+                elif self.rest_last is not None and raw_i == 0:
+                    # nothing flows (as far as the sensor tells): the anchor holds until the rest ends;
+                    # under a small load the SOCs would go stale against the count, so it stays put
                     self.rest_last["t"] = t
                     self.rest_last["zero_h"] = self.zero_h
                     self.rest_last["nonzero_h"] = self.nonzero_h
@@ -273,6 +280,7 @@ class BatteryEstimator:
 
     def _break_chain(self) -> None:
         self.chain += 1
+        self.obs_epoch += 1
         self.rest_since = None
         self.rest_entry = self.rest_last = None
         self.last_exit = None
@@ -328,7 +336,8 @@ class BatteryEstimator:
                 "soc": sum(known) / len(known),
             }
             self._observe(t, socs, median(res))
-        if self.rest_entry is None:
+        if self.rest_entry is None and known:
+            # the rest's first anchor that tells a SOC (a night on the LFP plateau reaches the knee late)
             self.rest_entry = anchor
             if known:
                 if top:
@@ -359,7 +368,9 @@ class BatteryEstimator:
         err = 0.5 * cfg.deadband_a * (entry["zero_h"] - prev["zero_h"]) + self._offset_unc_a() * (
             entry["nonzero_h"] - prev["nonzero_h"]
         )
-        if abs(dq) < 1e-6 or err > cfg.max_count_error * abs(dq):
+        if dq > -1e-6 or err > cfg.max_count_error * abs(dq):
+            # discharge direction only: charge in carries the charging losses (and, at a clipped top,
+            # charge the cells never stored), as Victron's and batmon-ha's discharged-Ah counts avoid
             return
         caps: list[float | None] = []
         for k, (s0, s1) in enumerate(zip(prev["socs"], entry["socs"], strict=True)):
@@ -431,8 +442,16 @@ class BatteryEstimator:
         cap = self._capacity_ref()
         adjusted = [None if s is None else s + self.bleed_ah[k] / cap for k, s in enumerate(socs)]
         med = median(a for a in adjusted if a is not None)
-        devs = [None if a is None else round(100 * (a - med), 4) for a in adjusted]
-        self.observations.append([t, self.q_ah, self.chain, devs, round(res_pct_per_mv, 4)])
+        # a cell read at either end of the curve is clipped there: its deviation says nothing
+        devs = [
+            None if a is None or not 1 - CLIPPED_SOC < socs[k] < CLIPPED_SOC else round(100 * (a - med), 4)  # type: ignore[operator]
+            for k, a in enumerate(adjusted)
+        ]
+        if any(s is not None and s >= CLIPPED_SOC for s in socs):
+            # a charge that clipped a cell at the top (or a balancer that topped it up) resets what the
+            # deviations can be compared with: start a new chain of observations
+            self.obs_epoch += 1
+        self.observations.append([t, self.q_ah, self.obs_epoch, devs, round(res_pct_per_mv, 4)])
         horizon = t - self.cfg.drift_days * _DAY_S
         while self.observations and self.observations[0][0] < horizon:
             self.observations.pop(0)
@@ -560,6 +579,8 @@ class BatteryEstimator:
         return [median(c) if c else None for c in self.cell_caps]
 
     def _pack_capacity(self) -> float | None:
+        if any(0 < len(c) < self.cfg.min_segments for c in self.cell_caps):
+            return None  # one segment is one opinion: wait for a second
         caps = [c for c in self._cell_capacities() if c is not None]
         if not caps or len(caps) * 2 < self.n_cells:
             return None
@@ -595,7 +616,9 @@ class BatteryEstimator:
         rated = self.rated_ah or self.bms_remaining_ah
         if cap is None:
             reasons["capacity_ah"] = (
-                "no segment between two anchors yet (needs rests on steep parts of the OCV curve "
+                f"{max(len(c) for c in self.cell_caps)} segment so far; a capacity needs {cfg.min_segments}"
+                if any(self.cell_caps)
+                else "no segment between two anchors yet (needs rests on steep parts of the OCV curve "
                 f"{int(cfg.min_swing * 100)} % SOC apart; on LFP only the knees)"
             )
         n_seg = min((len(c) for c in self.cell_caps if c), default=0)
@@ -748,7 +771,8 @@ class BatteryEstimator:
     # ---- persistence -------------------------------------------------------------------------------
     _STATE = (
         "battery_id", "chemistry", "rated_ah", "n_cells", "samples", "skipped", "t_first", "t_last",
-        "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "offset_a", "offset_estimates",
+        "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "obs_epoch", "offset_a",
+        "offset_estimates",
         "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
         "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "win",

@@ -16,7 +16,7 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 #: a rest voltage is an anchor only where the curve is at least this steep (mV per % SOC)
-MIN_SLOPE_MV_PER_PCT = 3.0
+MIN_SLOPE_MV_PER_PCT = 4.0
 
 
 @dataclass(frozen=True)

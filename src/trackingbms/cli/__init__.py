@@ -1,21 +1,15 @@
 """The ``trackingbms`` command line: thin commands over the library layers.
 
-Each module registers its commands on :data:`trackingbms.cli.app.app`.
+Each module registers its commands on :data:`trackingbms.cli.app.app`; the root group imports a
+command's module only when that command is used (see :mod:`trackingbms.cli.app`), so
+``trackingbms decode …`` starts without the server's dependencies.
 """
 
 from __future__ import annotations
 
-from trackingbms.cli import (  # noqa: F401  (registration)
-    admin_data,
-    analyze,
-    bms_commands,
-    demo,
-    gateway,
-    server,
-    simulate,
-    worker,
-)
-from trackingbms.cli.app import app
+from trackingbms.cli.app import app, load_commands
+
+__all__ = ["app", "load_commands", "main"]
 
 
 def main() -> None:

@@ -10,7 +10,6 @@ tests use it).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import socket
@@ -20,11 +19,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from trackingbms.cli.app import app
+
+if TYPE_CHECKING:  # asyncio is imported where it runs: `trackingbms --help` starts without it
+    import asyncio
 
 DEMO_TENANT = "demo"
 DEMO_EMAIL = "demo@example.com"
@@ -334,6 +336,8 @@ async def run_demo(
     log: Callable[[str], None] = print,
 ) -> None:
     """Run the demo until ``stop`` is set; ``on_ready`` gets the URL and login once all parts run."""
+    import asyncio
+
     import uvicorn
 
     from trackingbms.gateway import run_gateway
@@ -526,6 +530,8 @@ class DemoThread:
         self._thread = threading.Thread(target=self._run, name="trackingbms-demo", daemon=True)
 
     def _run(self) -> None:
+        import asyncio
+
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
@@ -577,6 +583,7 @@ def demo(
     ),
 ) -> None:
     """Run everything on this machine: simulated packs, gateways, the server and the dashboard."""
+    import asyncio
     import signal
 
     async def main() -> None:

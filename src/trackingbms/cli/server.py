@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from collections.abc import Iterator
@@ -85,6 +84,8 @@ def server(
     url = settings.resolved_database_url()
     _say_database(url)
     with _database_errors(url):
+        import asyncio
+
         asyncio.run(check_database(url))
     configure_logging(settings.log_level)
     import gc
@@ -128,6 +129,8 @@ def _run(coro_fn: Any, database_url: str | None, data_dir: Path | None, as_json:
     _say_database(url)
     try:
         with _database_errors(url):
+            import asyncio
+
             result = asyncio.run(coro_fn(url))
     except (Conflict, NotFound, ValueError) as e:
         if as_json:

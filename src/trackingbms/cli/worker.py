@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 from pathlib import Path
@@ -60,6 +59,8 @@ def ingest_worker(
         raise typer.Exit(2)
     settings = _settings(database_url, data_dir)
     configure_logging(log_level)
+
+    import asyncio
 
     async def go() -> None:
         stop = asyncio.Event()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from trackingbms.model import Connectivity, LinkState, Sample
 
@@ -112,6 +113,11 @@ class IngestReply(BaseModel):
 #: shown to every user of the tenant, so a device must not be able to put megabytes or NaN in it
 _HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=200)
 U64 = 2**63 - 1
+LAST_ERROR_MAX = 500
+
+
+def _clip(limit: int) -> Callable[[Any], Any]:
+    return lambda v: v[: limit - 1] + "…" if isinstance(v, str) and len(v) > limit else v
 
 
 class BatteryLink(BaseModel):
@@ -121,7 +127,10 @@ class BatteryLink(BaseModel):
     since: str | None = Field(default=None, max_length=40)
     frames_good: int | None = Field(default=None, ge=0, le=U64)
     frames_bad: int | None = Field(default=None, ge=0, le=U64)
-    last_error: str | None = Field(default=None, max_length=200)
+    #: shortened, not refused: a gateway must not lose its heartbeat over a long error text
+    last_error: Annotated[str | None, BeforeValidator(_clip(LAST_ERROR_MAX))] = Field(
+        default=None, max_length=LAST_ERROR_MAX
+    )
 
 
 class Heartbeat(BaseModel):
@@ -158,7 +167,7 @@ class Heartbeat(BaseModel):
     uptime_s: float | None = Field(default=None, ge=0)
     queue_depth: int | None = Field(default=None, ge=0, le=U64)
     oldest_queued_ts: str | None = Field(default=None, max_length=40)
-    disk_used_pct: float | None = Field(default=None, ge=0, le=1000)
+    disk_used_pct: float | None = Field(default=None, ge=0)  # can pass 100 % (the budget is a target)
     disk_budget_mb: float | None = Field(default=None, ge=0)
     thinned_total: int | None = Field(default=None, ge=0, le=U64)
     dead_letter_count: int | None = Field(default=None, ge=0, le=U64)
