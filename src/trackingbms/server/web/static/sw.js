@@ -1,13 +1,17 @@
 // Service worker: keeps the app shell available offline. API calls and the live socket are never cached.
-const CACHE = "tbms-shell-v2";
+const CACHE = "tbms-shell-v3";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
   "/static/style.css",
   "/static/faults.json",
+  "/static/faults.fr.json",
+  "/static/i18n/en.json",
+  "/static/i18n/fr.json",
   "/static/js/app.js",
   "/static/js/api.js",
   "/static/js/util.js",
+  "/static/js/i18n.js",
   "/static/js/login.js",
   "/static/js/fleet.js",
   "/static/js/pack.js",

@@ -1,5 +1,7 @@
 // Talking to the server: the user's token, JSON requests, the live WebSocket.
 
+import { t } from "./i18n.js";
+
 const TOKEN_KEY = "tbms.token";
 const USER_KEY = "tbms.user";
 
@@ -32,7 +34,7 @@ export async function login(email, password, remember) {
     body: JSON.stringify({ email, password }),
   });
   if (!resp.ok) {
-    throw new Error(resp.status === 401 || resp.status === 403 ? "Wrong email or password." : await errorText(resp));
+    throw new Error(resp.status === 401 || resp.status === 403 ? t("login.wrong") : await errorText(resp));
   }
   const body = await resp.json();
   clearSession();
@@ -51,7 +53,7 @@ async function errorText(resp) {
   } catch {
     /* not JSON */
   }
-  return `The server answered ${resp.status} ${resp.statusText}.`;
+  return t("error.server", { status: resp.status, text: resp.statusText });
 }
 
 async function request(path, { raw = false } = {}) {

@@ -8,7 +8,8 @@ import { renderFleet } from "./fleet.js";
 import { renderLogin } from "./login.js";
 import { renderPack } from "./pack.js";
 import { renderTokens } from "./tokens.js";
-import { h, loadFaultTexts } from "./util.js";
+import { initI18n, langSwitch, t } from "./i18n.js";
+import { h } from "./util.js";
 
 const root = document.getElementById("app");
 const topbar = document.getElementById("topbar");
@@ -48,7 +49,7 @@ async function route() {
       (a.dataset.nav === "devices" && hash.startsWith("#/device")));
   }
   const user = getUser();
-  document.getElementById("logout").title = user ? `Signed in as ${user.email}` : "";
+  document.getElementById("logout").title = user ? t("nav.signed_in_as", { email: user.email }) : "";
   for (const [re, view] of routes) {
     const m = re.exec(hash);
     if (!m) continue;
@@ -57,7 +58,7 @@ async function route() {
     } catch (err) {
       if (err instanceof AuthError) return signOut();
       console.error(err);
-      root.replaceChildren(h("div.error-box", h("h2", "Something went wrong"), h("p", err.message)));
+      root.replaceChildren(h("div.error-box", h("h2", t("error.title")), h("p", err.message)));
     }
     return;
   }
@@ -75,15 +76,18 @@ window.addEventListener("tbms:auth", signOut);
 document.getElementById("logout").addEventListener("click", signOut);
 window.addEventListener("hashchange", route);
 
-const dot = document.getElementById("live-dot");
-live.onState((state) => {
-  dot.dataset.state = state;
-  dot.title = { open: "Live updates: connected", connecting: "Live updates: connecting" }[state] ||
-    "Live updates: disconnected, retrying";
-});
 
 if ("serviceWorker" in navigator) {
   navigator.serviceWorker.register("/sw.js").catch((err) => console.warn("service worker not registered", err));
 }
 
-loadFaultTexts().finally(route);
+// Nothing is rendered before the catalogue is loaded (its misses would be real misses).
+initI18n().finally(() => {
+  const dot = document.getElementById("live-dot");
+  live.onState((state) => {
+    dot.dataset.state = state;
+    dot.title = t({ open: "live.open", connecting: "live.connecting" }[state] || "live.closed");
+  });
+  document.getElementById("logout").before(langSwitch());
+  route();
+});

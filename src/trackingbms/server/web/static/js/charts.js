@@ -1,50 +1,51 @@
 // History charts over the server's downsampled history (uPlot, vendored).
 
+import { num, t } from "./i18n.js";
 import { h } from "./util.js";
 
-/** Which history series each chart draws: [series name, aggregate, label, colour]. */
+/** Which history series each chart draws: [series name, aggregate, label key, colour]; titles are keys. */
 export const CHARTS = [
-  { id: "voltage", title: "Voltage", unit: "V", digits: 2, lines: [["voltage_v", "mean", "Voltage", "#0f5d8c"]] },
+  { id: "voltage", title: "chart.voltage", unit: "V", digits: 2, lines: [["voltage_v", "mean", "chart.voltage", "#0f5d8c"]] },
   {
     id: "current",
-    title: "Current",
+    title: "chart.current",
     unit: "A",
     digits: 1,
     zero: true,
-    lines: [["current_a", "mean", "Current", "#b4531a"]],
+    lines: [["current_a", "mean", "chart.current", "#b4531a"]],
   },
-  { id: "soc", title: "State of charge", unit: "%", digits: 0, range: [0, 100], lines: [["soc_pct", "mean", "SOC", "#2e7d32"]] },
+  { id: "soc", title: "chart.soc", unit: "%", digits: 0, range: [0, 100], lines: [["soc_pct", "mean", "chart.soc_short", "#2e7d32"]] },
   {
     id: "delta",
-    title: "Cell delta",
+    title: "chart.delta",
     unit: "mV",
     digits: 0,
-    lines: [["cell_delta_mv", "max", "Max cell delta", "#8e24aa"]],
+    lines: [["cell_delta_mv", "max", "chart.delta_max", "#8e24aa"]],
   },
   {
     id: "temps",
-    title: "Temperatures",
+    title: "chart.temps",
     unit: "°C",
     digits: 0,
     lines: [
-      ["temp_max_c", "max", "Highest", "#c62828"],
-      ["temp_min_c", "min", "Lowest", "#1565c0"],
+      ["temp_max_c", "max", "chart.highest", "#c62828"],
+      ["temp_min_c", "min", "chart.lowest", "#1565c0"],
     ],
   },
 ];
 
 /** Columns for uPlot, with a null inserted where buckets are missing so that gaps show as gaps. */
 export function toColumns(hist, chart) {
-  const t = hist.t || [];
+  const ts = hist.t || [];
   const bucket = hist.bucket_s || 60;
   const xs = [];
   const ys = chart.lines.map(() => []);
-  for (let i = 0; i < t.length; i++) {
-    if (i > 0 && t[i] - t[i - 1] > bucket * 2.5) {
-      xs.push(t[i - 1] + bucket);
+  for (let i = 0; i < ts.length; i++) {
+    if (i > 0 && ts[i] - ts[i - 1] > bucket * 2.5) {
+      xs.push(ts[i - 1] + bucket);
       ys.forEach((col) => col.push(null));
     }
-    xs.push(t[i]);
+    xs.push(ts[i]);
     chart.lines.forEach(([name, agg], k) => {
       const v = hist.series?.[name]?.[agg]?.[i];
       ys[k].push(v === undefined ? null : v);
@@ -77,12 +78,12 @@ export class ChartSet {
     this.xRange = span ? [span[0] / 1000, span[1] / 1000] : null;
     const hasData = (hist.t || []).length > 0;
     if (!window.uPlot) {
-      this.container.replaceChildren(h("p.muted", "Charts could not load."));
+      this.container.replaceChildren(h("p.muted", t("chart.unavailable")));
       return;
     }
     if (!hasData) {
       this.destroy();
-      this.container.replaceChildren(h("p.muted.no-history", "No history in this time range."));
+      this.container.replaceChildren(h("p.muted.no-history", t("chart.no_history")));
       return;
     }
     if (!this.plots.size) this.container.replaceChildren();
@@ -91,7 +92,7 @@ export class ChartSet {
       let entry = this.plots.get(chart.id);
       if (!entry) {
         const el = h("div.chart-plot");
-        const box = h(`figure.chart#chart-${chart.id}`, h("figcaption", `${chart.title} (${chart.unit})`), el);
+        const box = h(`figure.chart#chart-${chart.id}`, h("figcaption", `${t(chart.title)} (${chart.unit})`), el);
         this.container.append(box);
         const plot = new window.uPlot(this.#opts(chart, this.#width(el)), cols, el);
         entry = { plot, el };
@@ -103,7 +104,7 @@ export class ChartSet {
   }
 
   #opts(chart, width) {
-    const fmtv = (u, v) => (v === null || v === undefined ? "–" : `${v.toFixed(chart.digits)} ${chart.unit}`);
+    const fmtv = (u, v) => (v === null || v === undefined ? "–" : `${num(v, chart.digits)} ${chart.unit}`);
     return {
       width,
       height: 170,
@@ -131,7 +132,7 @@ export class ChartSet {
       ],
       series: [
         {},
-        ...chart.lines.map(([, , label, color]) => ({ label, stroke: color, width: 1.6, value: fmtv, spanGaps: false })),
+        ...chart.lines.map(([, , label, color]) => ({ label: t(label), stroke: color, width: 1.6, value: fmtv, spanGaps: false })),
       ],
     };
   }

@@ -1,27 +1,30 @@
 // Devices (gateways): link state per battery, last contact, queue backlog from the heartbeat.
 
 import { api, live } from "./api.js";
+import { num, t, tn } from "./i18n.js";
 import { ago, fill, fmt, fmtDuration, fmtTime, h, parseTs } from "./util.js";
 
 const LINK = {
-  ok: { label: "ok", cls: "ok" },
-  degraded: { label: "degraded", cls: "warn" },
-  asleep: { label: "BMS asleep", cls: "sleep" },
-  disconnected: { label: "disconnected", cls: "bad" },
+  ok: { label: "link.ok", cls: "ok" },
+  degraded: { label: "link.degraded", cls: "warn" },
+  asleep: { label: "link.asleep", cls: "sleep" },
+  disconnected: { label: "link.disconnected", cls: "bad" },
 };
 
 function linkBadge(state) {
-  const l = LINK[state] || { label: state || "unknown", cls: "muted" };
-  return h(`span.badge.conn-${l.cls}`, { dataset: { linkState: state || "" } }, l.label);
+  const l = LINK[state];
+  return h(`span.badge.conn-${l ? l.cls : "muted"}`, { dataset: { linkState: state || "" } },
+    l ? t(l.label) : state || t("common.unknown"));
 }
 
 function backlog(hb) {
   if (!hb) return "–";
   const depth = hb.queue_depth ?? 0;
-  if (!depth) return "empty";
+  if (!depth) return t("device.queue_empty");
   const oldest = parseTs(hb.oldest_queued_ts);
-  const age = oldest === null ? "" : `, oldest ${fmtDuration((Date.now() - oldest) / 1000)} old`;
-  return `${depth} sample${depth === 1 ? "" : "s"} queued${age}`;
+  const queued = tn("device.queued", depth);
+  if (oldest === null) return queued;
+  return `${queued}, ${t("device.oldest", { age: fmtDuration((Date.now() - oldest) / 1000) })}`;
 }
 
 /** The gateway's clock against the server's (the server measures it at each heartbeat). */
@@ -29,9 +32,9 @@ function clockSkew(hb) {
   const skew = hb?.clock_skew_s;
   if (skew === null || skew === undefined) return h("span.muted", "–");
   const off = fmtDuration(Math.abs(skew));
-  if (hb.clock_ok !== false) return h("span.clock-ok", Math.abs(skew) < 1 ? "in step" : `${off} ${skew > 0 ? "ahead" : "behind"}`);
-  return h("span.clock-bad", `${off} ${skew > 0 ? "ahead" : "behind"}: `,
-    skew > 0 ? "samples from the future are refused; set the gateway's clock (NTP)" : "set the gateway's clock (NTP)");
+  const side = t(skew > 0 ? "device.clock_ahead" : "device.clock_behind", { off });
+  if (hb.clock_ok !== false) return h("span.clock-ok", Math.abs(skew) < 1 ? t("device.clock_in_step") : side);
+  return h("span.clock-bad", `${side}: `, t(skew > 0 ? "device.clock_future_refused" : "device.clock_set_ntp"));
 }
 
 function summaryLinks(hb) {
@@ -42,13 +45,13 @@ function summaryLinks(hb) {
 
 export async function renderDevices(root) {
   const body = h("div.devices-body");
-  root.replaceChildren(h("section.devices", h("div.page-head", h("h1", "Devices")), body));
+  root.replaceChildren(h("section.devices", h("div.page-head", h("h1", t("devices.title"))), body));
   let devices = await api.devices();
 
   function render() {
     if (!devices.length) {
-      body.replaceChildren(h("div.empty", h("p", "No devices yet."),
-        h("p.muted", "Provision a gateway with `trackingbms admin provision-device`.")));
+      body.replaceChildren(h("div.empty", h("p", t("devices.empty")),
+        h("p.muted", t("devices.empty_hint"))));
       return;
     }
     body.replaceChildren(
@@ -60,10 +63,11 @@ export async function renderDevices(root) {
           h("h2", d.name || d.device_id),
           d.name && d.name !== d.device_id ? h("p.muted", d.device_id) : null,
           h("dl.kv",
-            h("dt", "Last contact"), h("dd", h("span.ago", { dataset: { ts: d.last_contact || "" } }, ago(d.last_contact))),
-            h("dt", "Uplink"), h("dd", d.heartbeat?.uplink || "–"),
-            h("dt", "Queue"), h("dd.backlog", backlog(d.heartbeat)),
-            h("dt", "Batteries"), h("dd", summaryLinks(d.heartbeat)),
+            h("dt", t("device.last_contact")),
+            h("dd", h("span.ago", { dataset: { ts: d.last_contact || "" } }, ago(d.last_contact))),
+            h("dt", t("device.uplink")), h("dd", d.heartbeat?.uplink || "–"),
+            h("dt", t("device.queue")), h("dd.backlog", backlog(d.heartbeat)),
+            h("dt", t("device.batteries")), h("dd", summaryLinks(d.heartbeat)),
           ),
         );
       })),
@@ -100,7 +104,7 @@ export async function renderDevices(root) {
 export async function renderDevice(root, deviceId) {
   const d = await api.device(deviceId);
   const body = h("div.device-body");
-  root.replaceChildren(h("section.device", { dataset: { deviceId } }, h("a.back", { href: "#/devices" }, "← Devices"), body));
+  root.replaceChildren(h("section.device", { dataset: { deviceId } }, h("a.back", { href: "#/devices" }, `← ${t("devices.title")}`), body));
 
   function render() {
     const hb = d.heartbeat;
@@ -110,39 +114,39 @@ export async function renderDevice(root, deviceId) {
       d.name && d.name !== d.device_id ? h("p.muted", d.device_id) : null,
       h(
         "section.card",
-        h("h2", "Gateway"),
+        h("h2", t("device.gateway")),
         h("dl.kv",
-          h("dt", "Last contact"),
+          h("dt", t("device.last_contact")),
           h("dd", h("span.ago#last-contact", { dataset: { ts: d.last_contact || "" }, title: fmtTime(d.last_contact) },
             ago(d.last_contact))),
-          h("dt", "Queue backlog"), h("dd#queue-backlog", backlog(hb)),
-          h("dt", "Uplink"), h("dd", hb?.uplink || "–"),
-          h("dt", "Version"), h("dd", hb?.version || "–"),
-          h("dt", "Uptime"), h("dd", fmtDuration(hb?.uptime_s)),
-          h("dt", "Clock"), h("dd#clock-skew", clockSkew(hb)),
-          h("dt", "Disk budget used"), h("dd", hb?.disk_used_pct == null ? "–" : fmt(hb.disk_used_pct, 1, "%")),
-          h("dt", "Config version"), h("dd", hb?.config_version ?? "–"),
+          h("dt", t("device.queue_backlog")), h("dd#queue-backlog", backlog(hb)),
+          h("dt", t("device.uplink")), h("dd", hb?.uplink || "–"),
+          h("dt", t("device.version")), h("dd", hb?.version || "–"),
+          h("dt", t("device.uptime")), h("dd", fmtDuration(hb?.uptime_s)),
+          h("dt", t("device.clock")), h("dd#clock-skew", clockSkew(hb)),
+          h("dt", t("device.disk_used")), h("dd", hb?.disk_used_pct == null ? "–" : fmt(hb.disk_used_pct, 1, "%")),
+          h("dt", t("device.config_version")), h("dd", hb?.config_version ?? "–"),
         ),
-        hb ? null : h("p.muted", "No heartbeat received yet."),
+        hb ? null : h("p.muted", t("device.no_heartbeat")),
       ),
       h(
         "section.card",
-        h("h2", "BMS links"),
+        h("h2", t("device.links")),
         bats.length
           ? h("div.table-wrap", h(
               "table.links-table",
-              h("thead", h("tr", ["Battery", "Link", "Since", "Frames ok / bad", "Last error"].map((x) => h("th", x)))),
+              h("thead", h("tr", ["battery", "link", "since", "frames", "last_error"].map((k) => h("th", t(`device.col.${k}`))))),
               h("tbody", bats.map((b) => h(
                 "tr",
                 { dataset: { batteryId: b.battery_id } },
-                h("td", { dataset: { label: "Battery" } }, h("a", { href: `#/pack/${encodeURIComponent(b.battery_id)}` }, b.battery_id)),
-                h("td", { dataset: { label: "Link" } }, linkBadge(b.link_state)),
-                h("td", { dataset: { label: "Since" } }, h("span", { title: fmtTime(b.since) }, ago(b.since))),
-                h("td.num", { dataset: { label: "Frames" } }, `${b.frames_good ?? "–"} / ${b.frames_bad ?? "–"}`),
-                h(`td${b.last_error ? ".err" : ""}`, { dataset: { label: "Last error" } }, b.last_error || "–"),
+                h("td", { dataset: { label: t("device.col.battery") } }, h("a", { href: `#/pack/${encodeURIComponent(b.battery_id)}` }, b.battery_id)),
+                h("td", { dataset: { label: t("device.col.link") } }, linkBadge(b.link_state)),
+                h("td", { dataset: { label: t("device.col.since") } }, h("span", { title: fmtTime(b.since) }, ago(b.since))),
+                h("td.num", { dataset: { label: t("device.col.frames") } }, `${num(b.frames_good, 0)} / ${num(b.frames_bad, 0)}`),
+                h(`td${b.last_error ? ".err" : ""}`, { dataset: { label: t("device.col.last_error") } }, b.last_error || "–"),
               ))),
             ))
-          : h("p.muted", "The gateway has not reported any battery links yet."),
+          : h("p.muted", t("device.no_links")),
       ),
     );
   }

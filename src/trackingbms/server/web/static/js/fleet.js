@@ -1,21 +1,22 @@
 // Fleet overview: every pack grouped by site, packs with alarms first, sortable, live.
 
 import { AuthError, api, live } from "./api.js";
+import { num, t, tn } from "./i18n.js";
 import { ago, connectivityBadge, derive, faultLevel, faultText, fmt, fmtPower, h, parseTs, stateLabel } from "./util.js";
 
 const COLUMNS = [
-  { key: "name", label: "Pack", value: (it) => (it.name || it.battery_id).toLowerCase() },
-  { key: "connectivity", label: "Status", value: (it) => connRank(it.connectivity) },
-  { key: "soc", label: "SOC", value: (it) => it.latest?.soc_pct ?? -1 },
-  { key: "power", label: "Power", value: (it) => it.power_w ?? 0 },
-  { key: "state", label: "State", value: (it) => it.latest?.state || "" },
-  { key: "cells", label: "Cells min / max", value: (it) => it.cell_min_mv ?? 0 },
-  { key: "delta", label: "Δ cell", value: (it) => it.cell_delta_mv ?? -1 },
-  { key: "temp", label: "Temp", value: (it) => maxTemp(it) ?? -999 },
-  { key: "faults", label: "Faults", value: (it) => it.alarms?.length || 0 },
-  { key: "health", label: "Health", value: (it) => it.health?.soh_pct ?? 999 },
-  { key: "active_alarms", label: "Alarms", value: (it) => it.active_alarms || 0 },
-  { key: "last_seen", label: "Last seen", value: (it) => parseTs(it.last_seen) ?? 0 },
+  { key: "name", label: "fleet.col.name", value: (it) => (it.name || it.battery_id).toLowerCase() },
+  { key: "connectivity", label: "fleet.col.connectivity", value: (it) => connRank(it.connectivity) },
+  { key: "soc", label: "fleet.col.soc", value: (it) => it.latest?.soc_pct ?? -1 },
+  { key: "power", label: "fleet.col.power", value: (it) => it.power_w ?? 0 },
+  { key: "state", label: "fleet.col.state", value: (it) => it.latest?.state || "" },
+  { key: "cells", label: "fleet.col.cells", value: (it) => it.cell_min_mv ?? 0 },
+  { key: "delta", label: "fleet.col.delta", value: (it) => it.cell_delta_mv ?? -1 },
+  { key: "temp", label: "fleet.col.temp", value: (it) => maxTemp(it) ?? -999 },
+  { key: "faults", label: "fleet.col.faults", value: (it) => it.alarms?.length || 0 },
+  { key: "health", label: "fleet.col.health", value: (it) => it.health?.soh_pct ?? 999 },
+  { key: "active_alarms", label: "fleet.col.active_alarms", value: (it) => it.active_alarms || 0 },
+  { key: "last_seen", label: "fleet.col.last_seen", value: (it) => parseTs(it.last_seen) ?? 0 },
 ];
 
 function connRank(c) {
@@ -23,25 +24,25 @@ function connRank(c) {
 }
 
 function maxTemp(it) {
-  const t = it.latest?.temps_c;
-  return Array.isArray(t) && t.length ? Math.max(...t) : null;
+  const tc = it.latest?.temps_c;
+  return Array.isArray(tc) && tc.length ? Math.max(...tc) : null;
 }
 
 function healthText(it) {
   const hl = it.health;
   if (!hl) return h("span.muted", "–");
-  const parts = [hl.soh_pct != null ? `SOH ${fmt(hl.soh_pct, 0)} %` : null];
-  if (hl.weak_cells?.length) parts.push(`weak cell${hl.weak_cells.length > 1 ? "s" : ""} ${hl.weak_cells.join(", ")}`);
-  else if (hl.findings) parts.push(`${hl.findings} finding${hl.findings > 1 ? "s" : ""}`);
+  const parts = [hl.soh_pct != null ? `${t("health.soh")} ${fmt(hl.soh_pct, 0)} %` : null];
+  if (hl.weak_cells?.length) parts.push(tn("health.weak_cells", hl.weak_cells.length, { cells: hl.weak_cells.join(", ") }));
+  else if (hl.findings) parts.push(tn("health.findings", hl.findings));
   const text = parts.filter(Boolean).join(" · ");
-  return text ? h(`span${hl.weak_cells?.length ? ".health-weak" : ""}`, text) : h("span.muted", "ok");
+  return text ? h(`span${hl.weak_cells?.length ? ".health-weak" : ""}`, text) : h("span.muted", t("link.ok"));
 }
 
 function tempText(it) {
-  const t = it.latest?.temps_c;
-  if (!Array.isArray(t) || !t.length) return "–";
-  const lo = Math.min(...t);
-  const hi = Math.max(...t);
+  const tc = it.latest?.temps_c;
+  if (!Array.isArray(tc) || !tc.length) return "–";
+  const lo = Math.min(...tc);
+  const hi = Math.max(...tc);
   return lo === hi ? `${fmt(hi, 0)} °C` : `${fmt(lo, 0)}–${fmt(hi, 0)} °C`;
 }
 
@@ -56,7 +57,7 @@ export async function renderFleet(root) {
   const sortSelect = h(
     "select#sort-select",
     {
-      "aria-label": "Sort packs by",
+      "aria-label": t("fleet.sort_aria"),
       onchange: () => {
         sort.key = sortSelect.value;
         sort.dir = sort.key === "name" ? 1 : -1;
@@ -64,13 +65,13 @@ export async function renderFleet(root) {
         render();
       },
     },
-    COLUMNS.map((c) => h("option", { value: c.key, selected: c.key === sort.key }, c.label)),
+    COLUMNS.map((c) => h("option", { value: c.key, selected: c.key === sort.key }, t(c.label))),
   );
 
   root.replaceChildren(
     h(
       "section.fleet",
-      h("div.page-head", h("h1", "Fleet"), h("label.sort", "Sort by ", sortSelect)),
+      h("div.page-head", h("h1", t("fleet.title")), h("label.sort", t("fleet.sort_by"), " ", sortSelect)),
       summary,
       body,
     ),
@@ -123,30 +124,31 @@ export async function renderFleet(root) {
         if (ev.target.closest("a")) return;
         location.hash = href;
       } },
-      h("td.c-name", { dataset: { label: "Pack" } }, h("a.pack-link", { href }, it.name || it.battery_id),
+      h("td.c-name", { dataset: { label: t("fleet.col.name") } }, h("a.pack-link", { href }, it.name || it.battery_id),
         it.name && it.name !== it.battery_id ? h("span.sub", it.battery_id) : null),
-      h("td.c-conn", { dataset: { label: "Status" } }, connectivityBadge(it.connectivity)),
-      h("td.c-soc.num", { dataset: { label: "SOC" } },
+      h("td.c-conn", { dataset: { label: t("fleet.col.connectivity") } }, connectivityBadge(it.connectivity)),
+      h("td.c-soc.num", { dataset: { label: t("fleet.col.soc") } },
         h("span.soc", h("span.soc-bar", h("span.soc-fill", { style: { width: `${Math.max(0, Math.min(100, soc ?? 0))}%` } })),
           h("span.soc-val", fmt(soc, 0, "%")))),
-      h("td.c-power.num", { dataset: { label: "Power" } }, fmtPower(it.power_w)),
-      h("td.c-state", { dataset: { label: "State" } }, h(`span.state.state-${s.state || "none"}`, stateLabel(s.state))),
-      h("td.c-cells.num", { dataset: { label: "Cells" } },
-        it.cell_min_mv == null ? "–" : `${it.cell_min_mv} / ${it.cell_max_mv} mV`),
-      h("td.c-delta.num", { dataset: { label: "Δ cell" } },
-        h(`span${(it.cell_delta_mv ?? 0) >= 100 ? ".delta-high" : ""}`, it.cell_delta_mv == null ? "–" : `${it.cell_delta_mv} mV`)),
-      h("td.c-temp.num", { dataset: { label: "Temp" } }, tempText(it)),
-      h("td.c-faults", { dataset: { label: "Faults" } },
+      h("td.c-power.num", { dataset: { label: t("fleet.col.power") } }, fmtPower(it.power_w)),
+      h("td.c-state", { dataset: { label: t("fleet.col.state") } }, h(`span.state.state-${s.state || "none"}`, stateLabel(s.state))),
+      h("td.c-cells.num", { dataset: { label: t("fleet.col.cells") } },
+        it.cell_min_mv == null ? "–" : `${num(it.cell_min_mv, 0)} / ${num(it.cell_max_mv, 0)} mV`),
+      h("td.c-delta.num", { dataset: { label: t("fleet.col.delta") } },
+        h(`span${(it.cell_delta_mv ?? 0) >= 100 ? ".delta-high" : ""}`, it.cell_delta_mv == null ? "–" : `${num(it.cell_delta_mv, 0)} mV`)),
+      h("td.c-temp.num", { dataset: { label: t("fleet.col.temp") } }, tempText(it)),
+      h("td.c-faults", { dataset: { label: t("fleet.col.faults") } },
         alarms.length
           ? h("ul.fault-list", alarms.map((f) => h(`li.fault.fault-${faultLevel(f)}`, { dataset: { fault: f } }, faultText(f))))
-          : h("span.muted", "none")),
-      h("td.c-health", { dataset: { label: "Health" } }, healthText(it)),
-      h("td.c-alarms.num", { dataset: { label: "Alarms" } },
+          : h("span.muted", t("fleet.no_faults"))),
+      h("td.c-health", { dataset: { label: t("fleet.col.health") } }, healthText(it)),
+      h("td.c-alarms.num", { dataset: { label: t("fleet.col.active_alarms") } },
         it.active_alarms
-          ? h(`a.alarm-count.sev-${it.worst_severity}`, { href: "#/alarms", title: `worst: ${it.worst_severity}` },
-            String(it.active_alarms))
-          : h("span.muted", "0")),
-      h("td.c-seen", { dataset: { label: "Last seen" } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
+          ? h(`a.alarm-count.sev-${it.worst_severity}`,
+            { href: "#/alarms", title: t("fleet.worst", { severity: t(`severity.${it.worst_severity}`) }) },
+            num(it.active_alarms, 0))
+          : h("span.muted", num(0, 0))),
+      h("td.c-seen", { dataset: { label: t("fleet.col.last_seen") } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
     );
   }
 
@@ -162,7 +164,7 @@ export async function renderFleet(root) {
           sortSelect.value = sort.key;
           saveSort();
           render();
-        } }, c.label, c.key === sort.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""),
+        } }, t(c.label), c.key === sort.key ? (sort.dir > 0 ? " ▲" : " ▼") : ""),
       )))),
       h("tbody", sorted(list).map(row)),
     );
@@ -174,7 +176,7 @@ export async function renderFleet(root) {
     const sites = new Map();
     for (const it of all) {
       const key = it.site_id || "";
-      if (!sites.has(key)) sites.set(key, { name: it.site_name || it.site_id || "No site", items: [] });
+      if (!sites.has(key)) sites.set(key, { name: it.site_name || it.site_id || t("fleet.no_site"), items: [] });
       sites.get(key).items.push(it);
     }
     // Sites holding alarms come first too, then by name.
@@ -185,16 +187,17 @@ export async function renderFleet(root) {
     });
     const online = all.filter((i) => i.connectivity === "online").length;
     const alarmed = all.filter((i) => i.alarms?.length).length;
-    summary.textContent = `${all.length} pack${all.length === 1 ? "" : "s"} on ${sites.size} site${sites.size === 1 ? "" : "s"} · ${online} online · ${alarmed} with alarms`;
+    summary.textContent = [tn("fleet.packs", all.length), tn("fleet.sites", sites.size),
+      tn("fleet.online", online), tn("fleet.alarmed", alarmed)].join(" · ");
     if (!all.length) {
-      body.replaceChildren(h("div.empty", h("p", "No battery packs yet."),
-        h("p.muted", "Provision a device and assign batteries to it; they appear here with their first sample.")));
+      body.replaceChildren(h("div.empty", h("p", t("fleet.empty")),
+        h("p.muted", t("fleet.empty_hint"))));
       return;
     }
     body.replaceChildren(...groups.map(([siteId, g]) => h(
       "section.site",
       { dataset: { siteId } },
-      h("h2.site-name", g.name, h("span.count", ` · ${g.items.length} pack${g.items.length === 1 ? "" : "s"}`)),
+      h("h2.site-name", g.name, h("span.count", ` · ${tn("fleet.packs", g.items.length)}`)),
       h("div.table-wrap", table(g.items)),
     )));
   }
@@ -206,7 +209,7 @@ export async function renderFleet(root) {
       render();
     } catch (err) {
       if (err instanceof AuthError) window.dispatchEvent(new Event("tbms:auth"));
-      else summary.textContent = `Could not load the fleet: ${err.message}`;
+      else summary.textContent = t("fleet.load_failed", { error: err.message });
     }
   }
 

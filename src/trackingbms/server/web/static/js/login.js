@@ -1,6 +1,7 @@
 // Sign-in form.
 
 import { login } from "./api.js";
+import { langSwitch, t } from "./i18n.js";
 import { h } from "./util.js";
 
 export function renderLogin(root, { onLogin }) {
@@ -13,7 +14,7 @@ export function renderLogin(root, { onLogin }) {
     required: true,
   });
   const remember = h("input#remember", { type: "checkbox", name: "remember", checked: true });
-  const submit = h("button.primary#login-submit", { type: "submit" }, "Sign in");
+  const submit = h("button.primary#login-submit", { type: "submit" }, t("login.submit"));
   const form = h(
     "form.login-card",
     {
@@ -33,14 +34,15 @@ export function renderLogin(root, { onLogin }) {
       },
     },
     h("div.login-brand", h("img", { src: "/static/icons/icon.svg", alt: "", width: 40, height: 40 }), h("h1", "TrackingBMS")),
-    h("p.muted", "Sign in to see your battery packs."),
-    h("label", { for: "email" }, "Email"),
+    h("p.muted", t("login.intro")),
+    h("label", { for: "email" }, t("login.email")),
     email,
-    h("label", { for: "password" }, "Password"),
+    h("label", { for: "password" }, t("login.password")),
     password,
-    h("label.check", remember, " Keep me signed in on this device"),
+    h("label.check", remember, " ", t("login.remember")),
     error,
     submit,
+    h("p.login-lang", langSwitch("login-lang")),
   );
   root.replaceChildren(h("div.login-wrap", form));
   email.focus();

@@ -3,6 +3,7 @@
 import { healthCard } from "./health.js";
 import { AuthError, api, live } from "./api.js";
 import { ChartSet } from "./charts.js";
+import { num, t } from "./i18n.js";
 import {
   ago,
   connectivityBadge,
@@ -17,11 +18,11 @@ import {
 } from "./util.js";
 
 const RANGES = [
-  { key: "1h", label: "1 h", s: 3600 },
-  { key: "24h", label: "24 h", s: 86400 },
-  { key: "7d", label: "7 d", s: 7 * 86400 },
-  { key: "30d", label: "30 d", s: 30 * 86400 },
-  { key: "custom", label: "Custom" },
+  { key: "1h", n: 1, unit: "h", s: 3600 },
+  { key: "24h", n: 24, unit: "h", s: 86400 },
+  { key: "7d", n: 7, unit: "d", s: 7 * 86400 },
+  { key: "30d", n: 30, unit: "d", s: 30 * 86400 },
+  { key: "custom" },
 ];
 
 const LINK_TO_CONN = { asleep: "asleep", disconnected: "link-down", degraded: "link-down" };
@@ -51,8 +52,8 @@ export async function renderPack(root, batteryId) {
   const chartsEl = h("div.charts#charts");
   const charts = new ChartSet(chartsEl);
   const histNote = h("p.muted.hist-note");
-  const fromIn = h("input#range-from", { type: "datetime-local", "aria-label": "From" });
-  const toIn = h("input#range-to", { type: "datetime-local", "aria-label": "To" });
+  const fromIn = h("input#range-from", { type: "datetime-local", "aria-label": t("pack.from") });
+  const toIn = h("input#range-to", { type: "datetime-local", "aria-label": t("pack.to") });
   const customBox = h(
     "form.custom-range",
     {
@@ -62,20 +63,20 @@ export async function renderPack(root, batteryId) {
         const from = Date.parse(fromIn.value);
         const to = Date.parse(toIn.value);
         if (Number.isNaN(from) || Number.isNaN(to) || to <= from) {
-          histNote.textContent = "Choose a start before the end.";
+          histNote.textContent = t("pack.range_invalid");
           return;
         }
         custom = [from, to];
         loadHistory();
       },
     },
-    h("label", "From ", fromIn),
-    h("label", "To ", toIn),
-    h("button", { type: "submit" }, "Show"),
+    h("label", t("pack.from"), " ", fromIn),
+    h("label", t("pack.to"), " ", toIn),
+    h("button", { type: "submit" }, t("pack.show")),
   );
   const rangeButtons = h(
     "div.range-buttons",
-    { role: "group", "aria-label": "History range" },
+    { role: "group", "aria-label": t("pack.range_aria") },
     RANGES.map((r) =>
       h(
         "button.range",
@@ -85,35 +86,36 @@ export async function renderPack(root, batteryId) {
           "aria-pressed": String(r.key === range),
           onclick: () => selectRange(r.key),
         },
-        r.label,
+        r.n ? t(`pack.range_${r.unit}`, { n: num(r.n, 0) }) : t("pack.range_custom"),
       ),
     ),
   );
-  const exportBtn = h("button#export-csv", { type: "button", onclick: () => exportCsv() }, "⤓ Export CSV");
+  const exportBtn = h("button#export-csv", { type: "button", onclick: () => exportCsv() }, `⤓ ${t("pack.export_csv")}`);
   const exportNote = h("span.muted.export-note");
 
   root.replaceChildren(
     h(
       "section.pack",
       { dataset: { batteryId } },
-      h("a.back", { href: "#/fleet" }, "← Fleet"),
+      h("a.back", { href: "#/fleet" }, `← ${t("fleet.title")}`),
       head,
       kpis,
       h(
         "div.grid2",
-        h("section.card.cells-card", h("h2", "Cells"), cellsMeta, cellsBox,
-          h("p.legend", h("span.lg.lg-min", "lowest"), h("span.lg.lg-max", "highest"), h("span.lg.lg-bal", "balancing"))),
+        h("section.card.cells-card", h("h2", t("pack.cells")), cellsMeta, cellsBox,
+          h("p.legend", h("span.lg.lg-min", t("pack.lowest")), h("span.lg.lg-max", t("pack.highest")),
+            h("span.lg.lg-bal", t("pack.balancing")))),
         h(
           "div.stack",
-          h("section.card", h("h2", "Temperatures"), temps),
-          h("section.card", h("h2", "Switches"), mos),
-          h("section.card", h("h2", "Faults"), faults),
+          h("section.card", h("h2", t("pack.temperatures")), temps),
+          h("section.card", h("h2", t("pack.switches")), mos),
+          h("section.card", h("h2", t("pack.faults")), faults),
         ),
       ),
       healthCard(batteryId),
       h(
         "section.card.history",
-        h("div.card-head", h("h2", "History"), h("div.export", exportBtn, exportNote)),
+        h("div.card-head", h("h2", t("pack.history")), h("div.export", exportBtn, exportNote)),
         rangeButtons,
         customBox,
         histNote,
@@ -125,17 +127,17 @@ export async function renderPack(root, batteryId) {
   function renderHead() {
     const devLink = item.device_id
       ? h("a", { href: `#/device/${encodeURIComponent(item.device_id)}` }, item.device_id)
-      : h("span.muted", "no device");
+      : h("span.muted", t("pack.no_device"));
     head.replaceChildren(
       h("div.title-row", h("h1#pack-name", item.name || item.battery_id), connectivityBadge(item.connectivity)),
       h(
         "p.muted.pack-sub",
         item.name && item.name !== item.battery_id ? `${item.battery_id} · ` : "",
         item.site_name || item.site_id || "",
-        " · device ",
+        ` · ${t("pack.device")} `,
         devLink,
-        item.link_state ? ` (link ${item.link_state})` : "",
-        " · last seen ",
+        item.link_state ? ` (${t("pack.link", { state: t(`link.${item.link_state}`) })})` : "",
+        ` · ${t("pack.last_seen")} `,
         h("span.ago#last-seen", { dataset: { ts: item.last_seen || "" }, title: fmtTime(item.last_seen) }, ago(item.last_seen)),
       ),
     );
@@ -151,15 +153,15 @@ export async function renderPack(root, batteryId) {
     kpis.dataset.ts = s.ts ?? "";
     const soc = s.soc_pct;
     kpis.replaceChildren(
-      kpi("soc", "State of charge", fmt(soc, 1, "%"),
+      kpi("soc", t("pack.kpi.soc"), fmt(soc, 1, "%"),
         h("span.soc-bar.big", h("span.soc-fill", { style: { width: `${Math.max(0, Math.min(100, soc ?? 0))}%` } }))),
-      kpi("voltage", "Voltage", fmt(s.voltage_v, 1, "V")),
-      kpi("current", "Current", fmt(s.current_a, 1, "A")),
-      kpi("power", "Power", fmtPower(item.power_w)),
-      kpi("state", "State", stateLabel(s.state)),
-      kpi("remaining", "Remaining", fmt(s.remaining_ah, 1, "Ah")),
-      kpi("cycles", "Cycles", s.cycles ?? "–"),
-      kpi("delta", "Cell delta", item.cell_delta_mv == null ? "–" : `${item.cell_delta_mv} mV`),
+      kpi("voltage", t("pack.kpi.voltage"), fmt(s.voltage_v, 1, "V")),
+      kpi("current", t("pack.kpi.current"), fmt(s.current_a, 1, "A")),
+      kpi("power", t("pack.kpi.power"), fmtPower(item.power_w)),
+      kpi("state", t("pack.kpi.state"), stateLabel(s.state)),
+      kpi("remaining", t("pack.kpi.remaining"), fmt(s.remaining_ah, 1, "Ah")),
+      kpi("cycles", t("pack.kpi.cycles"), num(s.cycles, 0)),
+      kpi("delta", t("pack.kpi.delta"), fmt(item.cell_delta_mv, 0, "mV")),
     );
     for (const [key, v] of [["voltage", s.voltage_v], ["current", s.current_a], ["soc", s.soc_pct]]) {
       kpis.querySelector(`#kpi-${key}`).dataset.value = v ?? "";
@@ -168,7 +170,7 @@ export async function renderPack(root, batteryId) {
     const cells = Array.isArray(s.cells_mv) ? s.cells_mv : [];
     const bal = new Set(s.balancing || []);
     if (!cells.length) {
-      cellsMeta.textContent = "No cell voltages in the latest reading.";
+      cellsMeta.textContent = t("pack.no_cells");
       cellsBox.replaceChildren();
     } else {
       const min = Math.min(...cells);
@@ -179,47 +181,48 @@ export async function renderPack(root, batteryId) {
       const minIdx = cells.indexOf(min);
       const maxIdx = cells.indexOf(max);
       const avg = cells.reduce((a, b) => a + b, 0) / cells.length;
-      cellsMeta.textContent = `${cells.length} cells · min ${min} mV · max ${max} mV · Δ ${max - min} mV · avg ${Math.round(avg)} mV`;
+      cellsMeta.textContent = t("pack.cells_meta", { n: num(cells.length, 0), min: num(min, 0), max: num(max, 0),
+        delta: num(max - min, 0), avg: num(avg, 0) });
       cellsBox.replaceChildren(
         ...cells.map((mv, i) => {
           const flags = [i === minIdx && max > min ? ".is-min" : "", i === maxIdx && max > min ? ".is-max" : "",
             bal.has(i + 1) ? ".is-bal" : ""].join("");
           return h(
             `div.cell${flags}`,
-            { dataset: { cell: i + 1, mv }, title: `Cell ${i + 1}: ${mv} mV${bal.has(i + 1) ? ", balancing" : ""}` },
+            { dataset: { cell: i + 1, mv }, title: t(bal.has(i + 1) ? "pack.cell_title_bal" : "pack.cell_title", { n: i + 1, mv: num(mv, 0) }) },
             h("span.cell-no", String(i + 1)),
             h("span.cell-track", h("span.cell-fill", { style: { width: `${Math.max(2, ((mv - lo) / (hi - lo)) * 100)}%` } })),
             h("span.cell-mv", `${mv}`),
-            h("span.cell-bal", { "aria-label": bal.has(i + 1) ? "balancing" : "" }, bal.has(i + 1) ? "⚖" : ""),
+            h("span.cell-bal", { "aria-label": bal.has(i + 1) ? t("pack.balancing") : "" }, bal.has(i + 1) ? "⚖" : ""),
           );
         }),
       );
     }
 
-    const t = Array.isArray(s.temps_c) ? s.temps_c : [];
+    const tc = Array.isArray(s.temps_c) ? s.temps_c : [];
     temps.replaceChildren(
-      ...(t.length
-        ? t.map((c, i) => h(`div.temp${c >= 45 ? ".hot" : c <= 0 ? ".cold" : ""}`, { dataset: { sensor: i + 1 } },
+      ...(tc.length
+        ? tc.map((c, i) => h(`div.temp${c >= 45 ? ".hot" : c <= 0 ? ".cold" : ""}`, { dataset: { sensor: i + 1 } },
             h("span.temp-label", `T${i + 1}`), h("span.temp-val", fmt(c, 0, "°C"))))
-        : [h("p.muted", "No temperatures in the latest reading.")]),
+        : [h("p.muted", t("pack.no_temps"))]),
     );
 
     const sw = (label, on, id) =>
       h(`div.switch.${on === true ? "on" : on === false ? "off" : "unknown"}`, { dataset: { switch: id } },
-        h("span.switch-dot"), h("span", label), h("strong", on === true ? "on" : on === false ? "off" : "–"));
+        h("span.switch-dot"), h("span", label), h("strong", on === true ? t("pack.on") : on === false ? t("pack.off") : "–"));
     mos.replaceChildren(
-      sw("Charge MOSFET", s.charge_mos, "charge_mos"),
-      sw("Discharge MOSFET", s.discharge_mos, "discharge_mos"),
-      sw("Charger", s.charger_connected, "charger_connected"),
-      sw("Load", s.load_connected, "load_connected"),
+      sw(t("pack.sw.charge_mos"), s.charge_mos, "charge_mos"),
+      sw(t("pack.sw.discharge_mos"), s.discharge_mos, "discharge_mos"),
+      sw(t("pack.sw.charger"), s.charger_connected, "charger_connected"),
+      sw(t("pack.sw.load"), s.load_connected, "load_connected"),
     );
 
     const list = item.alarms || s.faults || [];
     faults.replaceChildren(
       list.length
         ? h("ul.fault-list", list.map((f) => h(`li.fault.fault-${faultLevel(f)}`, { dataset: { fault: f } }, faultText(f))))
-        : h("p.ok-text", "No active faults."),
-      ...(s.fault_code ? [h("p.muted", `Fault code ${s.fault_code}`)] : []),
+        : h("p.ok-text", t("pack.no_faults")),
+      ...(s.fault_code ? [h("p.muted", t("pack.fault_code", { code: s.fault_code }))] : []),
     );
   }
 
@@ -239,11 +242,12 @@ export async function renderPack(root, batteryId) {
       bucketS = hist.bucket_s || 60;
       histNote.dataset.from = new Date(from).toISOString();
       histNote.dataset.to = new Date(to).toISOString();
-      histNote.textContent = `${fmtTime(new Date(from).toISOString())} – ${fmtTime(new Date(to).toISOString())} · ${(hist.t || []).length} points, ${bucketS} s each`;
+      histNote.textContent = t("pack.hist_note", { from: fmtTime(new Date(from).toISOString()),
+        to: fmtTime(new Date(to).toISOString()), n: num((hist.t || []).length, 0), bucket: num(bucketS, 0) });
       charts.update(hist, [from, to]);
     } catch (err) {
       if (err instanceof AuthError) window.dispatchEvent(new Event("tbms:auth"));
-      else histNote.textContent = `Could not load history: ${err.message}`;
+      else histNote.textContent = t("pack.history_failed", { error: err.message });
     }
   }
 
@@ -276,7 +280,7 @@ export async function renderPack(root, batteryId) {
   async function exportCsv() {
     const [from, to] = span();
     exportBtn.disabled = true;
-    exportNote.textContent = "preparing…";
+    exportNote.textContent = t("pack.export_preparing");
     try {
       const resp = await api.exportCsv(batteryId, new Date(from).toISOString(), new Date(to).toISOString());
       const blob = await resp.blob();
@@ -290,7 +294,7 @@ export async function renderPack(root, batteryId) {
       exportNote.textContent = "";
     } catch (err) {
       if (err instanceof AuthError) window.dispatchEvent(new Event("tbms:auth"));
-      else exportNote.textContent = `Export failed: ${err.message}`;
+      else exportNote.textContent = t("pack.export_failed", { error: err.message });
     } finally {
       exportBtn.disabled = false;
     }

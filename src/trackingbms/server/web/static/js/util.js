@@ -1,5 +1,7 @@
 // Small helpers: DOM building, number and time formatting, fault texts, connectivity labels.
 
+import { dateTime, faultName, num, t as tr } from "./i18n.js";
+
 /** h("div.card#x", {onclick}, child, ...) builds an element; strings become text nodes (never HTML). */
 export function h(spec, attrs, ...children) {
   const m = /^([a-z0-9-]*)((?:[.#][\w-]+)*)$/i.exec(spec) || ["", "div", ""];
@@ -41,14 +43,13 @@ function append(el, children) {
 }
 
 export function fmt(value, digits = 1, unit = "") {
-  if (value === null || value === undefined || Number.isNaN(value)) return "–";
-  const s = Number(value).toFixed(digits);
-  return unit ? `${s} ${unit}` : s;
+  const s = num(value, digits);
+  return unit && s !== "–" ? `${s} ${unit}` : s;
 }
 
 export function fmtPower(w) {
   if (w === null || w === undefined) return "–";
-  return Math.abs(w) >= 1000 ? `${(w / 1000).toFixed(2)} kW` : `${Math.round(w)} W`;
+  return Math.abs(w) >= 1000 ? `${num(w / 1000, 2)} kW` : `${num(w, 0)} W`;
 }
 
 export function parseTs(ts) {
@@ -59,61 +60,53 @@ export function parseTs(ts) {
 
 export function ago(ts, now = Date.now()) {
   const t = parseTs(ts);
-  if (t === null) return "never";
+  if (t === null) return tr("time.never");
   const s = Math.max(0, Math.round((now - t) / 1000));
-  if (s < 5) return "just now";
-  if (s < 60) return `${s} s ago`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ago`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ago`;
-  return `${Math.floor(s / 86400)} d ago`;
+  if (s < 5) return tr("time.just_now");
+  if (s < 60) return tr("time.ago_s", { n: num(s, 0) });
+  if (s < 3600) return tr("time.ago_min", { n: num(Math.floor(s / 60), 0) });
+  if (s < 86400) return tr("time.ago_h", { n: num(Math.floor(s / 3600), 0) });
+  return tr("time.ago_d", { n: num(Math.floor(s / 86400), 0) });
 }
 
 export function fmtTime(ts) {
   const t = parseTs(ts);
-  return t === null ? "–" : new Date(t).toLocaleString();
+  return t === null ? "–" : dateTime(t);
 }
 
 export function fmtDuration(s) {
   if (s === null || s === undefined) return "–";
   s = Math.round(s);
-  if (s < 60) return `${s} s`;
-  if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
-  if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
-  return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  if (s < 60) return `${num(s, 0)} s`;
+  if (s < 3600) return `${num(Math.floor(s / 60), 0)} min ${s % 60} s`;
+  if (s < 86400) return `${num(Math.floor(s / 3600), 0)} h ${Math.floor((s % 3600) / 60)} min`;
+  return tr("time.d_h", { d: num(Math.floor(s / 86400), 0), h: Math.floor((s % 86400) / 3600) });
 }
 
 export const CONNECTIVITY = {
-  online: { label: "online", cls: "ok" },
-  asleep: { label: "BMS asleep", cls: "sleep" },
-  "link-down": { label: "link down", cls: "warn" },
-  offline: { label: "offline", cls: "bad" },
-  backfilling: { label: "backfilling", cls: "info" },
+  online: { label: "conn.online", cls: "ok" },
+  asleep: { label: "conn.asleep", cls: "sleep" },
+  "link-down": { label: "conn.link_down", cls: "warn" },
+  offline: { label: "conn.offline", cls: "bad" },
+  backfilling: { label: "conn.backfilling", cls: "info" },
 };
 
 export function connectivityBadge(conn) {
-  const c = CONNECTIVITY[conn] || { label: conn || "unknown", cls: "muted" };
-  return h(`span.badge.conn-${c.cls}`, { dataset: { connectivity: conn || "" } }, c.label);
+  const c = CONNECTIVITY[conn];
+  return h(`span.badge.conn-${c ? c.cls : "muted"}`, { dataset: { connectivity: conn || "" } },
+    c ? tr(c.label) : conn || tr("common.unknown"));
 }
 
-let faultTexts = {};
-
-export async function loadFaultTexts() {
-  try {
-    const resp = await fetch("/static/faults.json");
-    if (resp.ok) faultTexts = await resp.json();
-  } catch {
-    /* fall back to names made readable */
-  }
-}
-
-/** "cell_voltage_high_l2" → the fault table's text, or "Cell voltage high (alarm)" when unknown. */
+/** "cell_voltage_high_l2" → the fault table's text in the current language, or "Cell voltage high (alarm)"
+ * made from the name when the table does not know it. */
 export function faultText(name) {
-  if (faultTexts[name]) return faultTexts[name];
+  const known = faultName(name);
+  if (known) return known;
   const m = /^(.*?)(?:_l([12]))?$/.exec(name);
   let text = m[1].replace(/_/g, " ");
   text = text.charAt(0).toUpperCase() + text.slice(1);
-  if (m[2] === "1") text += " (warning)";
-  if (m[2] === "2") text += " (alarm)";
+  if (m[2] === "1") text += ` (${tr("fault.level1")})`;
+  if (m[2] === "2") text += ` (${tr("fault.level2")})`;
   return text;
 }
 
@@ -138,5 +131,5 @@ export function derive(sample) {
 }
 
 export function stateLabel(state) {
-  return { charging: "charging", discharging: "discharging", idle: "idle" }[state] || "–";
+  return ["charging", "discharging", "idle"].includes(state) ? tr(`state.${state}`) : "–";
 }

@@ -1,0 +1,126 @@
+"""The dashboard in English and French, in Chromium: the browser's language picks the catalogue, every page
+renders with no key missing from it, numbers follow the locale, and the switch is remembered."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from trackingbms.server.web import STATIC_DIR
+
+from .conftest import DemoClient, login
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 60_000
+MISSES_JS = "() => [...window.__tbmsI18n.misses]"
+#: English words of the interface (never data: pack and site names are the user's), absent from French pages
+ENGLISH_ONLY = [
+    "Last seen",
+    "Sign out",
+    "Faults",
+    "Temperatures",
+    "History",
+    "Devices",
+    "Last contact",
+    "Switches",
+    "State of charge",
+    "Create token",
+    "Revoke",
+    "never",
+    "ago",
+]
+
+
+class Texts(list[str]):
+    def append_page(self, page: Any) -> None:
+        """The page's text without the gateway's own error messages (data, in English, not interface)."""
+        text = page.inner_text("body")
+        for err in page.locator("td.err").all_inner_texts():
+            text = text.replace(err, "")
+        self.append(text)
+
+
+def visit_every_page(page: Any, demo: DemoClient, screenshots: Path, lang: str) -> str:
+    """Sign in, open each view in turn, return all the text shown on them."""
+    texts = Texts()
+    page.goto(demo.info.url)
+    page.wait_for_selector("#login-submit")
+    texts.append_page(page)
+    login(page, demo)
+    texts.append_page(page)
+    page.locator(".fleet").screenshot(path=str(screenshots / f"i18n-{lang}-fleet.png"))
+    for battery_id in demo.info.batteries:
+        page.goto(f"{demo.info.url}#/pack/{battery_id}")
+        page.wait_for_selector(f'.pack[data-battery-id="{battery_id}"] .kpis .kpi', timeout=WAIT_MS)
+        page.wait_for_selector(".hist-note:not(:empty)", timeout=WAIT_MS)
+        texts.append_page(page)
+    page.click('.range[data-range="custom"]')
+    texts.append_page(page)
+    page.goto(f"{demo.info.url}#/devices")
+    page.wait_for_selector(".device-card", timeout=WAIT_MS)
+    texts.append_page(page)
+    for device in demo.get("/api/v1/devices"):
+        page.goto(f"{demo.info.url}#/device/{device['device_id']}")
+        selector = f'.device[data-device-id="{device["device_id"]}"] #queue-backlog'
+        page.wait_for_selector(selector, timeout=WAIT_MS)
+        texts.append_page(page)
+    page.goto(f"{demo.info.url}#/tokens")
+    page.wait_for_selector(".token-form", timeout=WAIT_MS)
+    page.fill("#token-name", f"i18n-{lang}")
+    page.click(".token-form button[type=submit]")
+    page.wait_for_selector(f'tr[data-status="active"]:has-text("i18n-{lang}")', timeout=WAIT_MS)
+    texts.append_page(page)
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize(("locale", "lang"), [("en-US", "en"), ("fr-FR", "fr")])
+def test_every_page_renders_in_the_browser_language_with_no_missing_key(
+    new_page: Any, demo: DemoClient, screenshots: Path, locale: str, lang: str
+) -> None:
+    page = new_page(locale=locale)
+    text = visit_every_page(page, demo, screenshots, lang)
+    assert page.evaluate("document.documentElement.lang") == lang
+    assert page.evaluate(MISSES_JS) == []
+    catalogue = json.loads((STATIC_DIR / "i18n" / f"{lang}.json").read_text(encoding="utf-8"))
+    assert catalogue["pack.kpi.voltage"] in text and catalogue["device.links"] in text
+    assert page.inner_text('a[data-nav="fleet"]') == catalogue["nav.fleet"]
+    if lang == "fr":
+        shown = [w for w in ENGLISH_ONLY if re.search(rf"\b{w}\b", text)]
+        assert shown == [], f"English left on the French pages: {shown}"
+        # the fault table's French text, and numbers with a decimal comma
+        page.goto(f"{demo.info.url}#/pack/shop-charger")
+        page.wait_for_selector("#faults .fault", timeout=WAIT_MS)
+        assert "Tension de cellule haute" in page.inner_text("#faults")
+        assert "," in page.inner_text("#kpi-voltage .kpi-value")
+    else:
+        page.goto(f"{demo.info.url}#/pack/shop-charger")
+        page.wait_for_selector("#faults .fault", timeout=WAIT_MS)
+        assert "Cell voltage high" in page.inner_text("#faults")
+        assert "." in page.inner_text("#kpi-voltage .kpi-value")
+    assert page.evaluate(MISSES_JS) == []
+
+
+def test_the_language_switch_is_visible_and_remembered(new_page: Any, demo: DemoClient) -> None:
+    page = new_page(locale="fr-FR")
+    page.goto(demo.info.url)
+    page.wait_for_selector("#login-lang")
+    assert page.inner_text("#login-submit") == "Se connecter"
+    with page.expect_navigation():
+        page.select_option("#login-lang", "en")
+    page.wait_for_selector("#login-submit")
+    assert page.inner_text("#login-submit") == "Sign in"
+    login(page, demo)
+    assert page.inner_text('a[data-nav="fleet"]') == "Fleet"  # the choice beats the browser's French
+    with page.expect_navigation():
+        page.select_option("#lang-switch", "fr")
+    page.wait_for_selector(".pack-row", timeout=WAIT_MS)
+    assert page.inner_text('a[data-nav="fleet"]') == "Parc"
+    page.reload()
+    page.wait_for_selector(".pack-row", timeout=WAIT_MS)
+    assert page.inner_text('a[data-nav="fleet"]') == "Parc"
+    assert page.evaluate(MISSES_JS) == []
