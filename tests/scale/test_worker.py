@@ -79,6 +79,53 @@ def test_handler_acks_after_storing_and_refuses_what_it_must(tmp_path: Path) -> 
     assert r["device"]["heartbeat"]["uptime_s"] == 5
 
 
+def test_handler_feeds_the_alarm_service_like_http_ingest(tmp_path: Path) -> None:
+    """A fault sample that arrives over MQTT / JetStream raises its alarm (naming the cell), as over HTTP;
+    without an alarm service (``alarms_enabled = false``) the same sample is only stored."""
+    from trackingbms.server import provisioning as p
+    from trackingbms.server.alarms import AlarmService
+    from trackingbms.server.db import default_sqlite_url, make_engine, migrate
+    from trackingbms.server.store import Store
+    from trackingbms.server.worker import IngestHandler
+
+    url = default_sqlite_url(tmp_path)
+    cells_mv = [3300] * 16
+    cells_mv[4] = 3700
+    fault = _sample(1, cells_mv=cells_mv, faults=["cell_voltage_high_l2"], fault_code=1)
+
+    async def go() -> tuple[list[dict], list[dict]]:
+        await p.create_tenant(url, "acme")
+        await p.create_site(url, "acme", "depot")
+        await p.provision_device(url, "acme", "gw-1")
+        await p.create_battery(url, "acme", "depot", "pack-1", device="gw-1")
+        await p.create_battery(url, "acme", "depot", "pack-2", device="gw-1")
+        engine = make_engine(url)
+        await migrate(engine)
+        store = Store(engine)
+        # alarms off: stored, no alarm
+        quiet = IngestHandler(store)
+        r = await quiet.handle(
+            "t1-gw-1", "samples", orjson.dumps({"samples": [{**fault, "battery_id": "pack-2"}]})
+        )
+        assert r is not None and r["accepted"] == 1
+        service = AlarmService(store, interval_s=3600)
+        service.start()
+        h = IngestHandler(store, alarms=service)
+        r = await h.handle("t1-gw-1", "samples", orjson.dumps({"batch_id": "a", "samples": [fault]}))
+        assert r is not None and r["accepted"] == 1
+        await service.stop()  # evaluates what was submitted, then saves
+        out = await store.tenant(1).alarms(active=True, battery_id="pack-1")
+        quiet_out = await store.tenant(1).alarms(battery_id="pack-2")
+        await engine.dispose()
+        return out, quiet_out
+
+    raised, quiet = asyncio.run(go())
+    assert [(a["rule_id"], a["severity"], a["cell"]) for a in raised] == [
+        ("fault:cell_voltage_high_l2", "critical", 5)
+    ]
+    assert quiet == []
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60)
 

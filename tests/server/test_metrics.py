@@ -25,12 +25,24 @@ async def scrape(base_url: str, token: str | None = None) -> dict[str, dict[tupl
 
 async def test_metrics_show_ingest_requests_fleet_alarms_and_live_sockets(world: World) -> None:
     a = world.a
-    batch = [sample(a.batteries[0], 1), sample(a.batteries[0], 2, faults=["cell_voltage_high_l1"])]
+    # SOC under 10 % for 80 s (the soc_low rule: 60 s) and a level-1 fault bit: two warning alarms, of
+    # which the latest sample's fault bits show only one
+    batch = [
+        sample(a.batteries[0], 1, seconds_ago=90, soc_pct=5.0),
+        sample(a.batteries[0], 2, seconds_ago=10, soc_pct=5.0, faults=["cell_voltage_high_l1"]),
+    ]
     batch.append(sample("not-ours", 1))  # rejected: not assigned to this device
     async with client(world.base_url, a.device) as c:
         r = await c.post("/api/v1/ingest", json={"samples": batch})
         assert r.status_code == 200 and r.json()["accepted"] == 2
         await c.post("/api/v1/ingest", json={"samples": batch[:1]})  # a duplicate
+    async with client(world.base_url, a.viewer) as c:
+        for _ in range(600):  # alarms are evaluated off the ingest request; the limit only stops a hang
+            raised = (await c.get("/api/v1/alarms", params={"active": "true"})).json()
+            if len(raised) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(x["rule_id"] for x in raised) == ["fault:cell_voltage_high_l1", "soc_low"]
     async with client(world.base_url, a.viewer) as c:
         assert (await c.get(f"/api/v1/batteries/{a.batteries[0]}")).status_code == 200
         assert (await c.get("/api/v1/batteries/nope")).status_code == 404
@@ -44,13 +56,20 @@ async def test_metrics_show_ingest_requests_fleet_alarms_and_live_sockets(world:
             await asyncio.sleep(0.05)
     assert m["trackingbms_live_connections"][()] == 1
 
-    # per tenant: batteries by connectivity (acme: one online, two never seen), alarms of the latest samples
+    # per tenant: batteries by connectivity (acme: one online, two never seen), active alarms by severity
     acme = {
         dict(k)["connectivity"]: v for k, v in m["trackingbms_batteries"].items() if ("tenant", "acme") in k
     }
     assert acme["online"] == 1 and sum(acme.values()) == 3
-    assert m["trackingbms_active_alarms"][(("tenant", "acme"),)] == 1
-    assert m["trackingbms_active_alarms"][(("tenant", "globex"),)] == 0
+    alarms = {(dict(k)["tenant"], dict(k)["severity"]): v for k, v in m["trackingbms_active_alarms"].items()}
+    assert alarms == {
+        ("acme", "info"): 0,
+        ("acme", "warning"): 2,
+        ("acme", "critical"): 0,
+        ("globex", "info"): 0,
+        ("globex", "warning"): 0,
+        ("globex", "critical"): 0,
+    }
 
     # ingest: samples by outcome, rejections by the field at fault, batch latency
     outcome = {dict(k)["outcome"]: v for k, v in m["trackingbms_ingest_samples_total"].items()}

@@ -424,7 +424,7 @@ async def test_schemathesis_finds_no_server_errors(world: World, tmp_path: Path)
     a = world.a
     await _ingest(world, a.device, [sample(a.batteries[0], 1)])
     # user endpoints with a user token, device endpoints with a device token
-    for token, tag in ((a.admin, "fleet,devices,user"), (a.device, "device")):
+    for token, tag in ((a.admin, "fleet,devices,user,alarms"), (a.device, "device")):
         args = [arg for t in tag.split(",") for arg in ("--include-tag", t)]
         args += ["--exclude-path", "/api/v1/auth/logout"]  # it would end the run's own session
         r = await asyncio.to_thread(_schemathesis, world.base_url, token, tmp_path, *args)

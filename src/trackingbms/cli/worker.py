@@ -47,8 +47,10 @@ def ingest_worker(
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Store batches published by gateways over MQTT / JetStream, acknowledging each after its commit."""
+    from trackingbms.server.alarms import AlarmService
     from trackingbms.server.app import configure_logging
     from trackingbms.server.db import make_engine, migrate
+    from trackingbms.server.notify import Notifier
     from trackingbms.server.store import Store
     from trackingbms.server.worker import IngestHandler, run_jetstream, run_mqtt
 
@@ -66,13 +68,28 @@ def ingest_worker(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         engine = make_engine(settings.resolved_database_url())
+        alarms = None
         try:
             await migrate(engine)
+            store = Store(
+                engine,
+                default_poll_interval_s=settings.default_poll_interval_s,
+                offline_timeout_s=settings.offline_timeout_s,
+                online_grace_s=settings.online_grace_s,
+            )
+            if settings.alarms_enabled:  # the same alarm path as HTTP ingest (docs/alarms.md)
+                alarms = AlarmService(
+                    store,
+                    interval_s=settings.alarm_interval_s,
+                    notifier=Notifier(store, group_s=settings.notify_group_s),
+                )
+                alarms.start()
             handler = IngestHandler(
-                Store(engine),
+                store,
                 settings.max_batch_samples,
                 max_future_ms=int(settings.max_clock_skew_s * 1000),
                 transport="mqtt" if mqtt else "jetstream",
+                alarms=alarms,
             )
             if mqtt:
                 await run_mqtt(handler, mqtt, password=mqtt_password, stop=stop)
@@ -81,6 +98,8 @@ def ingest_worker(
                 servers = [s.strip() for s in nats.split(",")]
                 await run_jetstream(handler, servers, password=mqtt_password, replicas=replicas, stop=stop)
         finally:
+            if alarms is not None:  # evaluate what was accepted, save state, send what is pending
+                await alarms.stop()
             await engine.dispose()
 
     try:

@@ -4,8 +4,9 @@
 - ingest: samples by outcome, rejected samples by reason (the field the error names), batch latency
   (:meth:`ServerMetrics.observe_ingest`, called by the ingest service for HTTP and broker batches alike);
 - live WebSocket connections (the hub's subscriber count, read at scrape time);
-- per tenant: batteries by connectivity and active alarms, read from the store at scrape time and cached
-  for :data:`FLEET_CACHE_S` so frequent scrapes of a large fleet cost one query pass.
+- per tenant: batteries by connectivity, and active alarms by severity (the alarms table: what the Alarms
+  page lists), read from the store at scrape time and cached for :data:`FLEET_CACHE_S` so frequent scrapes
+  of a large fleet cost one query pass.
 
 Access: with ``TRACKINGBMS_METRICS_TOKEN`` set, a scrape needs ``Authorization: Bearer <token>``; without it,
 only loopback clients are answered (the per-tenant series are not for the internet).
@@ -25,6 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
+from trackingbms.server.store.alarms import SEVERITIES
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FLEET_CACHE_S = 15.0
 CONNECTIVITY = ("online", "asleep", "link-down", "offline", "backfilling")
@@ -33,6 +36,10 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 BATCH_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 #: rejection reasons are the field a sample's error names (``ts: …`` → ``ts``); anything else is "other"
 MAX_REASON_CHARS = 32
+
+
+#: (tenant name, batteries by connectivity, active alarms by severity)
+FleetRow = tuple[str, dict[str, int], dict[str, int]]
 
 
 def reason_of(error: str) -> str:
@@ -73,7 +80,7 @@ class ServerMetrics:
         )
         for outcome in ("accepted", "duplicate", "rejected"):
             self.samples.labels(outcome)  # present from zero: rate() works from the first scrape
-        self._fleet_cache: tuple[float, list[tuple[str, dict[str, int], int]]] | None = None
+        self._fleet_cache: tuple[float, list[FleetRow]] | None = None
 
     def observe_ingest(
         self, accepted: int, duplicates: int, rejected: list[str], seconds: float, transport: str = "http"
@@ -86,20 +93,19 @@ class ServerMetrics:
             self.rejected.labels(reason_of(error)).inc()
         self.batches.labels(transport).observe(seconds)
 
-    async def fleet(self, store: Any) -> list[tuple[str, dict[str, int], int]]:
-        """Per tenant: (name, batteries by connectivity, active alarms), cached briefly."""
+    async def fleet(self, store: Any) -> list[FleetRow]:
+        """Per tenant: (name, batteries by connectivity, active alarms by severity), cached briefly."""
         now = time.monotonic()
         if self._fleet_cache is not None and now - self._fleet_cache[0] < FLEET_CACHE_S:
             return self._fleet_cache[1]
         out = []
+        active = await store.active_alarm_counts()
         for tenant_id, name in await store.tenants():
             counts = dict.fromkeys(CONNECTIVITY, 0)
-            alarms = 0
             for b in await store.tenant(tenant_id).fleet():
                 conn = b.get("connectivity")
                 counts[conn] = counts.get(conn, 0) + 1
-                alarms += len(b.get("alarms") or [])
-            out.append((name, counts, alarms))
+            out.append((name, counts, {**dict.fromkeys(SEVERITIES, 0), **active.get(tenant_id, {})}))
         self._fleet_cache = (now, out)
         return out
 
@@ -111,7 +117,7 @@ class ServerMetrics:
 
 
 class _Snapshot:
-    def __init__(self, fleet: list[tuple[str, dict[str, int], int]], live_sockets: int):
+    def __init__(self, fleet: list[FleetRow], live_sockets: int):
         self.fleet = fleet
         self.live_sockets = live_sockets
 
@@ -123,12 +129,15 @@ class _Snapshot:
             "trackingbms_batteries", "batteries by tenant and connectivity", labels=["tenant", "connectivity"]
         )
         alarms = GaugeMetricFamily(
-            "trackingbms_active_alarms", "active alarms (faults) over a tenant's batteries", labels=["tenant"]
+            "trackingbms_active_alarms",
+            "active (raised or acknowledged, not cleared) alarms by tenant and severity",
+            labels=["tenant", "severity"],
         )
-        for name, counts, n_alarms in self.fleet:
+        for name, counts, by_severity in self.fleet:
             for conn, n in counts.items():
                 batteries.add_metric([name, conn], n)
-            alarms.add_metric([name], n_alarms)
+            for severity, n in by_severity.items():
+                alarms.add_metric([name, severity], n)
         yield batteries
         yield alarms
 

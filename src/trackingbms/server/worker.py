@@ -13,7 +13,8 @@ Gateways publish the ingest API's batch JSON on ``tbms/<device key>/samples`` (p
   slow database does not make healthy workers' messages look abandoned).
 
 Each batch goes through the same :class:`~trackingbms.server.ingest.IngestService` as
-``POST /api/v1/ingest`` (one validation, one dedup, one storage path); the reply ``{"batch_id", "accepted",
+``POST /api/v1/ingest`` (one validation, one dedup, one storage path, and, with ``alarms_enabled``, the same
+alarm service evaluating the accepted samples off the ack path); the reply ``{"batch_id", "accepted",
 "duplicates", "rejected", "config"?}`` is published on ``tbms/<key>/ack`` *after* the commit. A
 redelivered or re-sent batch is answered with its samples counted as duplicates, so the gateway can always
 delete what the server has.
@@ -27,7 +28,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from sqlalchemy import select
@@ -38,6 +39,9 @@ from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.live import PgRelay
 from trackingbms.server.store import DeviceRef, Store, now_ms
+
+if TYPE_CHECKING:
+    from trackingbms.server.alarms import AlarmService
 
 log = logging.getLogger("trackingbms.server.worker")
 
@@ -66,6 +70,7 @@ class IngestHandler:
         max_batch_samples: int = 5000,
         max_future_ms: int | None = None,
         transport: str = "mqtt",
+        alarms: AlarmService | None = None,
     ) -> None:
         self.store = store
         self.max_batch_samples = max_batch_samples
@@ -76,10 +81,13 @@ class IngestHandler:
         if not store.sqlite:
             self.hub.relay = PgRelay(store.engine, self.hub).relay
         self.transport = transport  # the ingest metrics' label
+        # the same alarm path as HTTP ingest: accepted samples go to the alarm service after the commit
+        # (None when ``alarms_enabled`` is off: storage only)
+        self.alarms = alarms
         self.service = (
-            IngestService(store, self.hub)
+            IngestService(store, self.hub, alarms=alarms)
             if max_future_ms is None
-            else IngestService(store, self.hub, max_future_ms=max_future_ms)
+            else IngestService(store, self.hub, max_future_ms=max_future_ms, alarms=alarms)
         )
 
     async def device(self, key: str) -> DeviceRef | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from trackingbms.server.api.common import E401, E404, err422, json_response
@@ -24,6 +24,9 @@ from trackingbms.server.schemas import (
 )
 
 router = APIRouter()
+#: a row id in the URL: the columns are 32-bit, so a larger number is refused (422) before it reaches
+#: PostgreSQL, which would fail on it
+RowId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 E403 = {403: {"description": "viewers may not change anything"}}
 
 
@@ -58,7 +61,7 @@ async def list_alarms(
 @router.post(
     "/alarms/{alarm_id}/ack", response_model=AlarmOut, tags=["alarms"], responses={**E401, **E403, **E404}
 )
-async def ack_alarm(alarm_id: int, ts: Tenant, user: Writer, request: Request) -> Response:
+async def ack_alarm(alarm_id: RowId, ts: Tenant, user: Writer, request: Request) -> Response:
     """Acknowledge an alarm (who and when are kept; no more reminders). An alarm already acknowledged or
     cleared is returned as it is."""
     item, _pk, rule_id, changed = await ts.ack_alarm(alarm_id, user.email)
@@ -99,7 +102,9 @@ async def create_rule(body: RuleIn, ts: Tenant, user: Writer, request: Request) 
     tags=["alarms"],
     responses={**E401, **E403, **E404, 422: {"description": "not a valid rule"}},
 )
-async def update_rule(rule_pk: int, body: RuleFields, ts: Tenant, user: Writer, request: Request) -> Response:
+async def update_rule(
+    rule_pk: RowId, body: RuleFields, ts: Tenant, user: Writer, request: Request
+) -> Response:
     """Change fields of an override (null / absent fields stay as they are)."""
     try:
         item = await ts.update_rule(rule_pk, body.model_dump())
@@ -110,7 +115,7 @@ async def update_rule(rule_pk: int, body: RuleFields, ts: Tenant, user: Writer, 
 
 
 @router.delete("/alarm-rules/{rule_pk}", status_code=204, tags=["alarms"], responses={**E401, **E403, **E404})
-async def delete_rule(rule_pk: int, ts: Tenant, user: Writer, request: Request) -> Response:
+async def delete_rule(rule_pk: RowId, ts: Tenant, user: Writer, request: Request) -> Response:
     """Remove an override: the level below applies again (a rule of your own is gone, its alarms clear)."""
     rule_id = await ts.delete_rule(rule_pk)
     await ts.close_alarms_of(rule_id, "cleared: the rule was deleted")
@@ -144,7 +149,7 @@ async def add_target(body: NotifyTargetIn, ts: Tenant, _user: Writer) -> Respons
 @router.delete(
     "/notify-targets/{target_id}", status_code=204, tags=["alarms"], responses={**E401, **E403, **E404}
 )
-async def delete_target(target_id: int, ts: Tenant, _user: Writer) -> Response:
+async def delete_target(target_id: RowId, ts: Tenant, _user: Writer) -> Response:
     await ts.delete_notify_target(target_id)
     return Response(status_code=204)
 

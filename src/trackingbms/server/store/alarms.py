@@ -151,6 +151,17 @@ class AlarmStore(StoreCore):
             if (r.tenant_id, r.battery_id) in keys
         }
 
+    async def active_alarm_counts(self) -> dict[int, dict[str, int]]:
+        """tenant id → severity → active alarms (the alarms table; tenants without any are absent)."""
+        a = alarms.c
+        q = select(a.tenant_id, a.severity, func.count()).where(a.active).group_by(a.tenant_id, a.severity)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        out: dict[int, dict[str, int]] = {}
+        for tenant_id, severity, n in rows:
+            out.setdefault(tenant_id, {})[severity] = n
+        return out
+
     async def rule_rows(self, tenant_id: int) -> list[Any]:
         async with self.engine.connect() as conn:
             return list(
