@@ -4,6 +4,7 @@ served over real HTTP by the local API."""
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ def test_lan_page_speaks_french_for_accept_language_fr_and_english_otherwise(tmp
         finally:
             await api.stop()
 
-    pages = asyncio.run(go())
+    # a thread of its own: another test in the session (Playwright's sync API) may own this one's loop
+    with ThreadPoolExecutor(1) as pool:
+        pages = pool.submit(asyncio.run, go()).result(timeout=60)
     fr = pages["fr"]
     assert '<html lang="fr">' in fr
     assert "<h1>Passerelle TrackingBMS — batteries en direct</h1>" in fr
