@@ -62,3 +62,11 @@ def postgres_url() -> Iterator[str]:
 def mqtt_broker() -> tuple[str, int]:
     need_service("Mosquitto", MQTT_HOST, MQTT_PORT)
     return MQTT_HOST, MQTT_PORT
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: Playwright's sync API keeps an event loop running in the main thread for as
+    long as its session fixture lives, and every later test that calls asyncio.run() (or is an async test)
+    would fail."""
+    # a stable sort: the order is kept otherwise
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
