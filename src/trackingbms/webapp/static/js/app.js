@@ -91,6 +91,11 @@ async function route() {
 
   if (views === "server" && !signedIn) {
     renderLogin(root, { onLogin: () => { mode.pinDirect(false); go("#/fleet"); } });
+    if (mode.servedByGateway) {
+      // the top bar (and its mode indicator) is hidden on the sign-in page: say the mode here too
+      root.querySelector("form")?.prepend(h("p.login-direct",
+        h("span.mode-badge#login-mode", { dataset: { mode: mode.mode }, title: t("mode.server_title") }, t("mode.server"))));
+    }
     if (mode.servedByGateway && mode.gatewayReachable) {
       // no account at hand beside the pack: stay on the gateway (direct mode) until signing in
       root.querySelector("form")?.append(h("p.login-direct", h("button.link-button#stay-direct",
