@@ -126,6 +126,11 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
             assert names == ["wifi", "phone"]
             assert page.get_attribute('#uplinks li[data-name="wifi"]', "data-state") == "failing"
             assert int(page.get_attribute("#gateway-queue", "data-depth")) >= SEEDED
+            # Bluetooth where the browser has no Web Bluetooth (iOS Safari): a clear word, no error
+            page.evaluate("() => Object.defineProperty(navigator, 'bluetooth', {value: undefined})")
+            page.click("#ble-connect")
+            page.wait_for_selector('#ble-note[data-state="unsupported"]')
+            assert "no Web Bluetooth" in page.inner_text("#ble-note")
 
             # 2. no network, no gateway: the reload opens from the service worker, history kept
             page.wait_for_function("() => !!navigator.serviceWorker.controller")
