@@ -88,7 +88,9 @@ def mode_is(page: Any, mode: str) -> None:
     page.wait_for_selector(f'{MODE}[data-mode="{mode}"]', timeout=WAIT_MS)
 
 
-def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: dict[str, Any]) -> None:
+def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(
+    site: dict[str, Any], screenshots: Path
+) -> None:
     from playwright.sync_api import sync_playwright
 
     gw: GatewayProcess = site["gateway"]
@@ -109,6 +111,8 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
             row = f'.pack-row[data-battery-id="{PACK}"]'
             page.wait_for_selector(f'{row} .source[data-source="direct-lan"]')
             assert page.inner_text(f"{row} .source-name") == "direct LAN"
+            page.wait_for_selector('#live-dot[data-state="open"]')  # the gateway's live stream
+            page.screenshot(path=str(screenshots / "direct-fleet.png"))
             live = gw.state()["batteries"][0]["latest"]["voltage_v"]
             assert abs(float(page.get_attribute(f"{row} .c-voltage", "data-value")) - live) < 1.0
             page.click(f"{row} .pack-link")
@@ -118,6 +122,7 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
                 "() => Number(document.querySelector('#hist-note')?.dataset.points || 0) >= 1000"
             )
             page.wait_for_selector("#chart-voltage")
+            page.screenshot(path=str(screenshots / "direct-pack.png"), full_page=True)
             seq_seen = int(page.get_attribute(".kpis", "data-seq"))
             # the gateway view: which paths the data may take, in order, and the backlog
             page.click('a[data-nav="gateway"]')
@@ -131,6 +136,7 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
             page.click("#ble-connect")
             page.wait_for_selector('#ble-note[data-state="unsupported"]')
             assert "no Web Bluetooth" in page.inner_text("#ble-note")
+            page.screenshot(path=str(screenshots / "direct-gateway.png"), full_page=True)
 
             # 2. no network, no gateway: the reload opens from the service worker, history kept
             page.wait_for_function("() => !!navigator.serviceWorker.controller")
@@ -145,6 +151,7 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
             page.wait_for_selector("#chart-voltage")
             page.wait_for_selector('.pack-sub .source[data-source="direct-lan"]')
             assert int(page.get_attribute(".kpis", "data-seq")) >= seq_seen
+            page.screenshot(path=str(screenshots / "direct-offline-pack.png"), full_page=True)
 
             # 3. network and gateway back: direct mode again, no user action
             ctx.set_offline(False)
@@ -157,8 +164,10 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(site: d
             assert page.inner_text("#login-mode") == "Server"
             assert page.get_attribute(MODE, "data-mode") == "server"
             page.wait_for_selector("#login-submit")
+            page.screenshot(path=str(screenshots / "direct-server-back.png"))
             page.click("#stay-direct")
             mode_is(page, "direct")
+            page.wait_for_selector('#live-dot[data-state="open"]')
             assert page.evaluate("() => [...window.__tbmsI18n.misses]") == []
         finally:
             page.screenshot(path=str(Path(gw.workdir) / "direct-mode-last.png"))

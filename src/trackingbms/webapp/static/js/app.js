@@ -156,15 +156,19 @@ if ("serviceWorker" in navigator) {
 // Nothing is rendered before the catalogue is loaded (its misses would be real misses).
 initI18n().finally(async () => {
   const dot = document.getElementById("live-dot");
-  live.onState((state) => {
-    if (mode.mode !== "server") return;
-    dot.dataset.state = state;
-    dot.title = t({ open: "live.open", connecting: "live.connecting" }[state] || "live.closed");
-  });
+  // the dot follows the live connection of the current mode: the server's socket, or the gateway's
+  const paintDot = () => {
+    if (mode.mode === "server") {
+      dot.dataset.state = live.state;
+      dot.title = t({ open: "live.open", connecting: "live.connecting" }[live.state] || "live.closed");
+    } else {
+      dot.dataset.state = direct.connected ? "open" : "closed";
+      dot.title = t(direct.connected ? "direct.live_open" : "direct.live_closed");
+    }
+  };
+  live.onState(paintDot);
   direct.on((msg) => {
-    if (msg.type !== "connection" || mode.mode === "server") return;
-    dot.dataset.state = msg.connected ? "open" : "closed";
-    dot.title = t(msg.connected ? "direct.live_open" : "direct.live_closed");
+    if (msg.type === "connection") paintDot();
   });
   document.getElementById("logout").before(langSwitch());
   mode.on((now) => {
@@ -172,7 +176,7 @@ initI18n().finally(async () => {
     if (mode.servedByGateway && mode.gatewayReachable) direct.start();
     else direct.stop();
     if (now === "server") relayIfPossible();
-    route();
+    route().finally(paintDot);
   });
   showMode();
   await mode.start();
