@@ -15,6 +15,8 @@ import {
 const LINK_CLS = { ok: "ok", degraded: "warn", asleep: "sleep", disconnected: "bad" };
 
 function linkBadge(state) {
+  // offline, the last link state heard may be long gone: say nothing rather than a stale "ok"
+  if (mode.mode === "offline") state = null;
   return h(`span.badge.conn-${LINK_CLS[state] || "muted"}`, { dataset: { link: state || "" } },
     state ? t(`link.${state}`) : t("common.unknown"));
 }
