@@ -13,6 +13,7 @@ simulator on TCP, ``trackingbms gateway``, ``trackingbms server``), the app open
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -59,11 +60,14 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     _need_browser()
     loop = LoopThread()
     packs = Packs(loop, [PACK])
-    server = ServerProcess(tmp_path / "server", [PACK])
-    server.stop()  # provisioned, then down: "no internet at the site"
-    state_dir = tmp_path / "gw-state"
-    state_dir.mkdir()
-    seed_queue(state_dir)
+    # in threads of their own: the session's other browser tests leave Playwright's loop running in this one,
+    # and provisioning (asyncio.run) and the queue's setup must not meet it
+    with ThreadPoolExecutor(1) as pool:
+        server = pool.submit(ServerProcess, tmp_path / "server", [PACK]).result(timeout=300)
+        server.stop()  # provisioned, then down: "no internet at the site"
+        state_dir = tmp_path / "gw-state"
+        state_dir.mkdir()
+        pool.submit(seed_queue, state_dir).result(timeout=120)
     (tmp_path / "gw").mkdir()
     gw = GatewayProcess(
         gateway_config(
@@ -92,6 +96,13 @@ def mode_is(page: Any, mode: str) -> None:
 def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(
     site: dict[str, Any], screenshots: Path
 ) -> None:
+    # a thread of its own: the session's other browser tests keep Playwright's sync API (and its loop)
+    # running in this one, and a second sync_playwright() may not start beside it
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(walk_through, site, screenshots).result(timeout=900)
+
+
+def walk_through(site: dict[str, Any], screenshots: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     gw: GatewayProcess = site["gateway"]
