@@ -21,6 +21,13 @@ HOUSEKEEPING_S = 60.0
 FLUSH_ON_STOP_S = 5.0
 
 
+def server_urls(config: GatewayConfig) -> list[str]:
+    """Where the server's dashboard is, best first: ``local_api.server_url``, then the http(s) uplinks."""
+    urls = [config.local_api.server_url.rstrip("/")] if config.local_api.server_url else []
+    urls += [u.url for u in config.uplinks if u.url.startswith(("http://", "https://"))]
+    return list(dict.fromkeys(urls))
+
+
 class Gateway:
     """The running gateway; :func:`run_gateway` is the public entry point."""
 
@@ -54,7 +61,12 @@ class Gateway:
         self.local: LocalApi | None = None
         if config.local_api.enabled:
             self.local = LocalApi(
-                config.local_api, self.state, self.queue, self.status, [u.name for u in config.uplinks]
+                config.local_api,
+                self.state,
+                self.queue,
+                self.status,
+                [u.name for u in config.uplinks],
+                server_urls=server_urls(config),
             )
 
     async def status(self) -> dict[str, Any]:
