@@ -11,6 +11,7 @@ from trackingbms.gateway.config import GatewayConfig
 from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.relay import RelayDesk
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
@@ -53,8 +54,17 @@ class Gateway:
             )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
+            # the phone relay uploads to the server the HTTP uplinks point at (the phone's own network)
+            server_urls = list(
+                dict.fromkeys(u.url for u in config.uplinks if u.url.startswith(("http://", "https://")))
+            )
             self.local = LocalApi(
-                config.local_api, self.state, self.queue, self.status, [u.name for u in config.uplinks]
+                config.local_api,
+                self.state,
+                self.queue,
+                self.status,
+                [u.name for u in config.uplinks],
+                relay=RelayDesk(self.queue, config.device_token, server_urls),
             )
 
     async def status(self) -> dict[str, Any]:
