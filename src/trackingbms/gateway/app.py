@@ -22,6 +22,13 @@ HOUSEKEEPING_S = 60.0
 FLUSH_ON_STOP_S = 5.0
 
 
+def server_urls(config: GatewayConfig) -> list[str]:
+    """Where the server's dashboard is, best first: ``local_api.server_url``, then the http(s) uplinks."""
+    urls = [config.local_api.server_url.rstrip("/")] if config.local_api.server_url else []
+    urls += [u.url for u in config.uplinks if u.url.startswith(("http://", "https://"))]
+    return list(dict.fromkeys(urls))
+
+
 class Gateway:
     """The running gateway; :func:`run_gateway` is the public entry point."""
 
@@ -54,17 +61,16 @@ class Gateway:
             )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
-            # the phone relay uploads to the server the HTTP uplinks point at (the phone's own network)
-            server_urls = list(
-                dict.fromkeys(u.url for u in config.uplinks if u.url.startswith(("http://", "https://")))
-            )
+            urls = server_urls(config)
             self.local = LocalApi(
                 config.local_api,
                 self.state,
                 self.queue,
                 self.status,
                 [u.name for u in config.uplinks],
-                relay=RelayDesk(self.queue, config.device_token, server_urls),
+                server_urls=urls,
+                # the phone relay uploads to the same server, over the phone's own network
+                relay=RelayDesk(self.queue, config.device_token, urls),
             )
 
     async def status(self) -> dict[str, Any]:
