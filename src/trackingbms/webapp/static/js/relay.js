@@ -208,11 +208,19 @@ async function uploadDevice(db, dk, { serverUrl, token, pageSize }, totals) {
   for (;;) {
     const entries = await req(db.transaction("outbox").objectStore("outbox").getAll(ofDevice(dk), pageSize));
     if (!entries.length) return null;
-    const { status, body, headers } = await fetchJson(`${serverUrl.replace(/\/+$/, "")}/api/v1/relay`, {
-      method: "POST",
-      headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
-      body: JSON.stringify({ device_key: dk, samples: entries.map((e) => e.sample) }),
-    });
+    let reply;
+    try {
+      reply = await fetchJson(`${serverUrl.replace(/\/+$/, "")}/api/v1/relay`, {
+        method: "POST",
+        headers: { "Content-Type": "application/json", Authorization: `Bearer ${token}` },
+        body: JSON.stringify({ device_key: dk, samples: entries.map((e) => e.sample) }),
+      });
+    } catch (err) {
+      // the browser does not say why: no network, or the server does not allow this page's origin (CORS)
+      throw new Error(`${serverUrl} did not answer (${err.message}); if it does answer in a browser tab, ` +
+        `add ${location.origin} to the server's TRACKINGBMS_RELAY_ORIGINS`);
+    }
+    const { status, body, headers } = reply;
     if (status === 401) throw new RelayAuthError(detail(body, status));
     if (status === 429) {
       const wait = Math.min(30, Number.parseInt(headers.get("Retry-After") || "1", 10) || 1);
