@@ -91,6 +91,11 @@ async function route() {
 
   if (views === "server" && !signedIn) {
     renderLogin(root, { onLogin: () => { mode.pinDirect(false); go("#/fleet"); relayIfPossible(); } });
+    if (mode.servedByGateway) {
+      // the top bar (and its mode indicator) is hidden on the sign-in page: say the mode here too
+      root.querySelector("form")?.prepend(h("p.login-direct",
+        h("span.mode-badge#login-mode", { dataset: { mode: mode.mode }, title: t("mode.server_title") }, t("mode.server"))));
+    }
     if (mode.servedByGateway && mode.gatewayReachable) {
       // no account at hand beside the pack: stay on the gateway (direct mode) until signing in
       root.querySelector("form")?.append(h("p.login-direct", h("button.link-button#stay-direct",
@@ -159,15 +164,19 @@ if ("serviceWorker" in navigator) {
 // Nothing is rendered before the catalogue is loaded (its misses would be real misses).
 initI18n().finally(async () => {
   const dot = document.getElementById("live-dot");
-  live.onState((state) => {
-    if (mode.mode !== "server") return;
-    dot.dataset.state = state;
-    dot.title = t({ open: "live.open", connecting: "live.connecting" }[state] || "live.closed");
-  });
+  // the dot follows the live connection of the current mode: the server's socket, or the gateway's
+  const paintDot = () => {
+    if (mode.mode === "server") {
+      dot.dataset.state = live.state;
+      dot.title = t({ open: "live.open", connecting: "live.connecting" }[live.state] || "live.closed");
+    } else {
+      dot.dataset.state = direct.connected ? "open" : "closed";
+      dot.title = t(direct.connected ? "direct.live_open" : "direct.live_closed");
+    }
+  };
+  live.onState(paintDot);
   direct.on((msg) => {
-    if (msg.type !== "connection" || mode.mode === "server") return;
-    dot.dataset.state = msg.connected ? "open" : "closed";
-    dot.title = t(msg.connected ? "direct.live_open" : "direct.live_closed");
+    if (msg.type === "connection") paintDot();
   });
   document.getElementById("logout").before(langSwitch());
   mode.on((now) => {
@@ -175,7 +184,7 @@ initI18n().finally(async () => {
     if (mode.servedByGateway && mode.gatewayReachable) direct.start();
     else direct.stop();
     relayIfPossible();
-    route();
+    route().finally(paintDot);
   });
   showMode();
   await mode.start();

@@ -16,6 +16,8 @@ import {
 const LINK_CLS = { ok: "ok", degraded: "warn", asleep: "sleep", disconnected: "bad" };
 
 function linkBadge(state) {
+  // offline, the last link state heard may be long gone: say nothing rather than a stale "ok"
+  if (mode.mode === "offline") state = null;
   return h(`span.badge.conn-${LINK_CLS[state] || "muted"}`, { dataset: { link: state || "" } },
     state ? t(`link.${state}`) : t("common.unknown"));
 }
@@ -303,7 +305,10 @@ export async function renderGateway(root) {
           h("dt", t("gateway.disk")), h("dd", `${num(g.disk_used_pct, 1)} %`),
           h("dt", t("gateway.uptime")), h("dd", fmtDuration(g.uptime_s)),
           h("dt", t("gateway.version")), h("dd", g.version || "–"),
-          h("dt", t("gateway.servers")), h("dd#gateway-servers", (g.server_urls || []).join(", ") || t("gateway.no_server"))),
+          h("dt", t("gateway.servers")), h("dd#gateway-servers", (g.server_urls || []).join(", ") || t("gateway.no_server")),
+          // the Bluetooth service (when [ble] is on): the name to pick and the code its configure command needs
+          g.ble ? [h("dt", t("gateway.ble_name")), h("dd#gateway-ble-name", [g.ble.name, g.ble.address].filter(Boolean).join(" · ")),
+            h("dt", t("gateway.pairing_code")), h("dd#gateway-pairing", g.ble.pairing_code ?? "–")] : null),
         h("h3", t("gateway.paths")),
         h("ol.uplinks#uplinks", ups.map((u) => h(`li.uplink.uplink-${u.state}`, { dataset: { name: u.name, state: u.state } },
           h("strong", t(`via.${u.name}`)), " — ", t(`gateway.uplink_state.${u.state}`),

@@ -16,7 +16,7 @@ const ORIGIN_KEY = "tbms.origin";
 const SERVERS_KEY = "tbms.serverUrls";
 const PIN_KEY = "tbms.pinDirect";
 const PROBE_MS = 10000;
-const TIMEOUT_MS = 4000;
+const TIMEOUT_MS = 8000; // generous: a busy server (or phone) must not flip the app to offline
 
 export const MODES = ["server", "direct", "offline"];
 
