@@ -118,14 +118,14 @@ def origin_pattern(origin: str) -> re.Pattern[str]:
     m = _ORIGIN.match(origin)
     if m is None:
         raise ValueError(
-            f"relay_origins: {origin!r} is not an origin like http://192.168.1.20:8081 (scheme, host, port; "
+            f"{origin!r} is not an origin like http://192.168.1.20:8081 (scheme, host, port; "
             "no path)"
         )
     scheme, host, port = m.groups()
     labels = host.split(".")
     if any("*" in label and label != "*" for label in labels) or labels == ["*"]:
         raise ValueError(
-            f"relay_origins: {origin!r}: '*' may only stand for one whole host label among others "
+            f"{origin!r}: '*' may only stand for one whole host label among others "
             "(http://192.168.1.*:8081), never for the whole host"
         )
     host_re = r"\.".join("[A-Za-z0-9-]+" if label == "*" else re.escape(label) for label in labels)
