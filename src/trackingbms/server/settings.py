@@ -118,8 +118,7 @@ def origin_pattern(origin: str) -> re.Pattern[str]:
     m = _ORIGIN.match(origin)
     if m is None:
         raise ValueError(
-            f"{origin!r} is not an origin like http://192.168.1.20:8081 (scheme, host, port; "
-            "no path)"
+            f"{origin!r} is not an origin like http://192.168.1.20:8081 (scheme, host, port; no path)"
         )
     scheme, host, port = m.groups()
     labels = host.split(".")
