@@ -75,14 +75,16 @@ def test_unsent_samples_go_to_the_server_once_and_only_a_signed_receipt_settles_
     queue.settle(acked=[q.id for q in queue.unsent(limit=5)])  # the uplink got the first 5 of p1 through
     sent_before = seqs["p1"][:5]
 
+    state = GatewayState()
+
     async def go() -> None:
         api = LocalApi(
             LocalApiConfig(listen="127.0.0.1:0"),
-            GatewayState(),
+            state,
             queue,
             _status,
             ["wifi"],
-            relay=RelayDesk(queue, srv.device_token, [srv.url]),
+            relay=RelayDesk(queue, srv.device_token, [srv.url], state),
         )
         await api.start()
         base = f"http://127.0.0.1:{api.port}"
@@ -141,10 +143,12 @@ def test_unsent_samples_go_to_the_server_once_and_only_a_signed_receipt_settles_
                 in (await _receipt(base, orjson.dumps({**receipt, "sig": "0" * 64})))["error"]
             )
             assert _pending(state_dir) == 50
+            assert state.last_via is None
 
             # the real one: the gateway stops holding them (still in its local history)
             assert await _receipt(base, orjson.dumps(receipt)) == {"acked": 50}
             assert _pending(state_dir) == 0
+            assert state.last_via == "phone"  # the heartbeat and the gateway page say the path taken
             assert await _receipt(base, orjson.dumps(receipt)) == {"acked": 0}  # twice: harmless
             async with httpx.AsyncClient(base_url=base, timeout=10) as lan:
                 assert (await lan.get("/local/v1/relay")).json()["unsent"] == 0

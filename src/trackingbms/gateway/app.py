@@ -70,7 +70,7 @@ class Gateway:
                 [u.name for u in config.uplinks],
                 server_urls=urls,
                 # the phone relay uploads to the same server, over the phone's own network
-                relay=RelayDesk(self.queue, config.device_token, urls),
+                relay=RelayDesk(self.queue, config.device_token, urls, self.state),
             )
 
     async def status(self) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.state import GatewayState
 from trackingbms.model import (
     RELAY_RECEIPT_VERSION,
     is_battery_id,
@@ -59,8 +60,15 @@ class ReceiptError(ValueError):
 class RelayDesk:
     """What the LAN API needs for the relay: the queue, and the key from the device token."""
 
-    def __init__(self, queue: DurableQueue, device_token: str, server_urls: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        queue: DurableQueue,
+        device_token: str,
+        server_urls: Sequence[str] = (),
+        state: GatewayState | None = None,
+    ) -> None:
         self.queue = queue
+        self.state = state  # told when a receipt settles samples: the data took the phone (via)
         self._key = relay_key(device_token)
         self.device_key = relay_key_id(self._key)
         self.server_urls = list(server_urls)
@@ -89,6 +97,8 @@ class RelayDesk:
         """Check a receipt, let the samples it covers leave the send queue; :class:`ReceiptError` if not."""
         ranges, device = self.verify(message)
         n = await self.queue.asettle_relayed(ranges)
+        if n and self.state is not None:
+            self.state.note_delivery("phone")
         runs = sum(len(r) for r in ranges.values())
         log.info(
             "relay receipt for device %s: %d unsent samples the server has (%d runs) left the queue",
