@@ -210,6 +210,11 @@ def test_the_app_relays_the_gateways_unsent_samples_exactly_once(site: dict[str,
             assert set(seeded) <= set(seqs)
             assert {r["via"] for r in rows} == {"phone"}  # nothing came through the gateway's uplink
             wait_outbox(page, "every receipt handed over", lambda s: s["receipts"] == 0)
+            # the gateway page says the data took the phone, and what the relay did
+            page.click('a[data-nav="gateway"]')
+            page.wait_for_selector('#gateway-via[data-via="phone"]')
+            page.wait_for_selector("#relay-last")
+            assert "uploaded" in page.inner_text("#relay-last")
 
             # 3. the server goes away again and the app carries what the gateway took since ...
             server.stop()
