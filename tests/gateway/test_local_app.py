@@ -101,3 +101,13 @@ def test_history_gives_the_newest_samples_for_a_phone_backfill(tmp_path: Path) -
     assert len(every) == 30 and every == sorted(every)
     assert first == every[:5]
     assert last == every[-5:]  # the newest five, still oldest first
+
+
+def test_locate_never_leaves_the_app_folder() -> None:
+    from trackingbms import webapp
+
+    assert webapp.locate("/") == STATIC_DIR / "index.html"
+    assert webapp.locate("/static/js/app.js") == (STATIC_DIR / "js" / "app.js").resolve()
+    for bad in ("/static/../__init__.py", "/static/../../gateway/local.py", "/static//etc/passwd", "/static/",
+                "/static/js", "/etc/passwd", "/static/js/app.js\x00.png"):
+        assert webapp.locate(bad) is None, bad

@@ -277,6 +277,9 @@ def test_app_shell_is_installable_and_works_offline(new_page: Any, demo: DemoCli
         page.reload()
         page.wait_for_selector("#app")
         assert page.title() == "TrackingBMS"
+        # the mode indicator says so, and where to go at the site (the server's origin cannot reach a gateway)
+        page.wait_for_selector('#mode[data-mode="offline"]', timeout=WAIT_MS)
+        assert ":8081" in page.inner_text("#server-offline")
     finally:
         page.context.set_offline(False)
 

@@ -6,7 +6,8 @@ simulator on TCP, ``trackingbms gateway``, ``trackingbms server``), the app open
 2. The phone loses the network and the gateway stops: a reload still opens the app (service worker), says
    "Offline", and draws the ≥ 1,000 kept points.
 3. The network and the gateway come back: "Direct (LAN)" again, by itself.
-4. The server comes up: the app switches to server mode by itself (and asks to sign in to it).
+4. The server comes up: the app switches to server mode by itself (and asks to sign in to it; "continue with
+   this gateway" keeps direct mode). The same views in French, no catalogue key missing.
 """
 
 from __future__ import annotations
@@ -169,6 +170,25 @@ def test_direct_mode_from_the_gateway_history_offline_and_back_to_server(
             mode_is(page, "direct")
             page.wait_for_selector('#live-dot[data-state="open"]')
             assert page.evaluate("() => [...window.__tbmsI18n.misses]") == []
+
+            # the same views in French (the catalogues are the app's: no separate LAN page words)
+            fr = ctx.browser.new_context(locale="fr-FR").new_page()
+            fr.set_default_timeout(WAIT_MS)
+            fr.on("pageerror", lambda exc: errors.append(str(exc)))
+            fr.goto(gw.local_url + "/")
+            fr.click("#stay-direct")  # the server answers; no account at hand: this gateway only
+            mode_is(fr, "direct")
+            assert fr.inner_text(MODE) == "Direct (réseau local)"
+            fr.wait_for_selector(f'{row} .source[data-source="direct-lan"]')
+            assert fr.inner_text(f"{row} .source-name") == "direct réseau local"
+            fr.goto(gw.local_url + "/#/gateway")
+            fr.wait_for_selector('#uplinks li[data-name="phone"]')
+            assert "Chemins vers le serveur" in fr.inner_text(".gateway")
+            fr.goto(gw.local_url + f"/#/pack/{PACK}")
+            fr.wait_for_selector("#hist-note[data-points]")
+            assert "Historique gardé sur cet appareil" in fr.inner_text(".history")
+            assert fr.evaluate("() => [...window.__tbmsI18n.misses]") == []
+            fr.context.close()
         finally:
             page.screenshot(path=str(Path(gw.workdir) / "direct-mode-last.png"))
             ctx.close()

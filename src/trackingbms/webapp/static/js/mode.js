@@ -83,7 +83,14 @@ class Mode {
     }
   }
 
-  async #probeServer(url) {
+  /** A server that answered last time gets a second chance before the app leaves server mode: one slow
+   * answer on a busy server (or phone) is not an outage. */
+  async #probeServer(url, answeredLastTime) {
+    if (await this.#probeServerOnce(url)) return true;
+    return answeredLastTime && navigator.onLine !== false ? this.#probeServerOnce(url) : false;
+  }
+
+  async #probeServerOnce(url) {
     const ctl = new AbortController();
     const timer = setTimeout(() => ctl.abort(), TIMEOUT_MS);
     try {
@@ -123,9 +130,10 @@ class Mode {
         this.serverUrls = urls;
         localStorage.setItem(SERVERS_KEY, JSON.stringify(urls));
       }
+      const was = this.serverReachable ? this.serverUrl : null;
       this.serverUrl = null;
       for (const url of this.serverUrls) {
-        if (await this.#probeServer(url)) {
+        if (await this.#probeServer(url, url === was)) {
           this.serverUrl = url;
           break;
         }
@@ -134,7 +142,7 @@ class Mode {
       if (this.serverUrl) setApiBase(this.serverUrl);
     } else {
       this.gatewayReachable = false;
-      this.serverReachable = await this.#probeServer("");
+      this.serverReachable = await this.#probeServer("", this.serverReachable);
       this.serverUrl = "";
     }
     this.#decide();
