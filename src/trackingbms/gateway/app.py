@@ -11,6 +11,7 @@ from trackingbms.gateway.config import GatewayConfig
 from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.relay import RelayDesk
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
@@ -60,13 +61,16 @@ class Gateway:
             )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
+            urls = server_urls(config)
             self.local = LocalApi(
                 config.local_api,
                 self.state,
                 self.queue,
                 self.status,
                 [u.name for u in config.uplinks],
-                server_urls=server_urls(config),
+                server_urls=urls,
+                # the phone relay uploads to the same server, over the phone's own network
+                relay=RelayDesk(self.queue, config.device_token, urls, self.state),
             )
 
     async def status(self) -> dict[str, Any]:

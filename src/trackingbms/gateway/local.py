@@ -13,7 +13,9 @@ gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
   backfill of its history);
 - ``GET /metrics`` — Prometheus metrics (:mod:`trackingbms.gateway.metrics`);
 - ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", "sample": <as taken>, "latest": <merged>}`` and
-  ``{"type": "link", ...}`` events.
+  ``{"type": "link", ...}`` events;
+- ``/local/v1/relay``, ``/local/v1/relay/samples``, ``/local/v1/relay/receipt`` (WebSocket) — the phone relay
+  (:mod:`trackingbms.gateway.relay`).
 
 ``latest`` (in the state and the live events) is merged field by field: the newest value of each field, so
 the partial samples of most polls (no cells, temps or faults) do not blank what the last full one showed.
@@ -42,6 +44,7 @@ from websockets.http11 import Request, Response
 from trackingbms import webapp
 from trackingbms.gateway.config import LocalApiConfig
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.relay import DEFAULT_PAGE, MAX_PAGE, MAX_RECEIPT_BYTES, ReceiptError, RelayDesk
 from trackingbms.gateway.state import GatewayState
 from trackingbms.model import format_ts
 
@@ -94,10 +97,12 @@ class LocalApi:
         gateway_status: Callable[[], Awaitable[dict[str, Any]]],
         uplinks: Sequence[str] = (),
         server_urls: Sequence[str] = (),
+        relay: RelayDesk | None = None,
     ):
         self.uplinks = list(uplinks)
         #: where the server's dashboard is (the app switches to server mode there when it answers)
         self.server_urls = list(server_urls)
+        self.relay = relay
         self.cfg = cfg
         self.state = state
         self.queue = queue
@@ -116,7 +121,7 @@ class LocalApi:
             self.cfg.port,
             process_request=self._process_request,
             compression=None,
-            max_size=4096,
+            max_size=MAX_RECEIPT_BYTES,  # a relay receipt; the live socket reads nothing
         )
         log.info("local API on http://%s:%d/", self.cfg.host, self.port)
 
@@ -146,8 +151,10 @@ class LocalApi:
             return found or _json(404, {"detail": f"no such file: {url.path}"})
         if not self._authorized(request, query):
             return _json(401, {"detail": "LAN token required: Authorization: Bearer <token> or ?token="})
-        if path == "/local/v1/live":
+        if path in ("/local/v1/live", "/local/v1/relay/receipt"):
             return None  # WebSocket handshake proceeds
+        if path.startswith("/local/v1/relay"):
+            return await self._relay_request(path, query)
         if path == "/local/v1/state":
             return _json(200, await self.state_body())
         if path == "/metrics":
@@ -178,6 +185,35 @@ class LocalApi:
             return _json(200, {"samples": samples})
         return _json(404, {"detail": f"no such path: {url.path}"})
 
+    async def _relay_request(self, path: str, query: dict[str, list[str]]) -> Response:
+        if self.relay is None:
+            return _json(404, {"detail": "the phone relay is off on this gateway"})
+        if path == "/local/v1/relay":
+            return _json(200, await self.relay.info())
+        if path == "/local/v1/relay/samples":
+            try:
+                after = int((query.get("after") or ["0"])[0])
+                limit = min(MAX_PAGE, max(1, int((query.get("limit") or [str(DEFAULT_PAGE)])[0])))
+            except ValueError:
+                return _json(400, {"detail": "after and limit must be integers"})
+            return _json(200, await self.relay.page(after, limit))
+        return _json(404, {"detail": f"no such path: {path}"})
+
+    async def _take_receipt(self, ws: ServerConnection) -> None:
+        """One receipt in, one answer out (see :mod:`trackingbms.gateway.relay`)."""
+        try:
+            message = await ws.recv()
+            if self.relay is None:
+                raise ReceiptError(404, "the phone relay is off on this gateway")
+            answer = await self.relay.take_receipt(message)
+        except ReceiptError as e:
+            answer = {"error": str(e), "status": e.status}
+        except ConnectionClosed:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(orjson.dumps(answer).decode())
+            await ws.close()
+
     async def state_body(self) -> dict[str, Any]:
         return {
             "gateway": {**(await self.gateway_status()), "server_urls": self.server_urls},
@@ -193,6 +229,9 @@ class LocalApi:
         }
 
     async def _ws_handler(self, ws: ServerConnection) -> None:
+        if ws.request is not None and urlsplit(ws.request.path).path.rstrip("/") == "/local/v1/relay/receipt":
+            await self._take_receipt(ws)
+            return
         q = self.state.subscribe()
         try:
             await ws.send(orjson.dumps({"type": "state", **(await self.state_body())}).decode())

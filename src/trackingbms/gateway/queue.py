@@ -343,6 +343,46 @@ class DurableQueue:
         for q, reason in dead:
             log.warning("server rejected %s seq %d: %s (kept in dead_letter)", q.battery_id, q.seq, reason)
 
+    # -- the phone relay (docs/architecture.md "Phone relay") -----------------------------------------------
+
+    def unsent(self, *, after_id: int = 0, limit: int = 500) -> list[QueuedSample]:
+        """Pending samples in queue order (oldest first) with an id above ``after_id``: a page of what a phone
+        may carry to the server. Parked samples are not offered (the server refused them; see ``unpark``)."""
+        return [
+            QueuedSample(*row)
+            for row in self.db.execute(
+                f"SELECT id, battery_id, seq, ts, body FROM samples WHERE acked = {PENDING} AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        ]
+
+    def settle_relayed(self, ranges: dict[str, Sequence[Sequence[int]]]) -> int:
+        """The server has every sample in these ``battery_id → [[first_seq, last_seq], ...]`` runs (a verified
+        relay receipt): the unsent ones among them leave the send queue as if the uplink had been acked (kept
+        for the local history). One transaction. Returns how many left the queue."""
+        keep = self.local_history_h > 0
+        verb = f"UPDATE samples SET acked = {ACKED}" if keep else "DELETE FROM samples"
+        sql = f"{verb} WHERE battery_id = ? AND seq BETWEEN ? AND ? AND acked != {ACKED}"
+        n = 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for battery_id, runs in ranges.items():
+                for first, last in runs:
+                    n += db.execute(sql, (battery_id, first, last)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
+
+    async def aunsent(self, *, after_id: int = 0, limit: int = 500) -> list[QueuedSample]:
+        return await self.run(self.unsent, after_id=after_id, limit=limit)
+
+    async def asettle_relayed(self, ranges: dict[str, Sequence[Sequence[int]]]) -> int:
+        return await self.run(self.settle_relayed, ranges)
+
     # -- parked samples (rejected for a reason an operator can fix) -------------------------------------
 
     def parked_count(self) -> int:

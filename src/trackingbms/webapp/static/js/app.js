@@ -90,7 +90,7 @@ async function route() {
   logout.title = user ? t("nav.signed_in_as", { email: user.email }) : "";
 
   if (views === "server" && !signedIn) {
-    renderLogin(root, { onLogin: () => { mode.pinDirect(false); go("#/fleet"); } });
+    renderLogin(root, { onLogin: () => { mode.pinDirect(false); go("#/fleet"); relayIfPossible(); } });
     if (mode.servedByGateway) {
       // the top bar (and its mode indicator) is hidden on the sign-in page: say the mode here too
       root.querySelector("form")?.prepend(h("p.login-direct",
@@ -132,13 +132,21 @@ function signOut() {
   go("#/login");
 }
 
-/** Once the server answers while this app holds a gateway connection, the phone relay (relay.js, when
- * present) carries the gateway's unsent samples to it. */
+/** The phone relay (relay.js) on a gateway's origin: with the server answering and a login, it carries the
+ * gateway's unsent samples there (and what it carried earlier); beside the gateway with no server, it
+ * carries them in the phone's outbox. On every mode change, after signing in, and every RELAY_EVERY_MS. */
+const RELAY_EVERY_MS = 15000;
 async function relayIfPossible() {
-  if (!(mode.servedByGateway && mode.gatewayReachable && mode.serverReachable && getToken())) return;
+  if (!mode.servedByGateway) return;
   try {
     const relay = await import("./relay.js");
-    if (relay.relayUnsent) await relay.relayUnsent({ serverUrl: mode.serverUrl, token: getToken(), lanToken: lanToken() });
+    if (mode.serverReachable && getToken()) {
+      const res = await relay.relayUnsent({ serverUrl: mode.serverUrl, token: getToken(), lanToken: lanToken(),
+        gateway: mode.gatewayReachable && !mode.needsLanToken });
+      if (res.auth) window.dispatchEvent(new Event("tbms:auth"));
+    } else if (mode.gatewayReachable && !mode.needsLanToken) {
+      await relay.collectUnsent({ lanToken: lanToken() });
+    }
   } catch (err) {
     console.warn("relay not run", err);
   }
@@ -175,10 +183,11 @@ initI18n().finally(async () => {
     // the phone keeps collecting from the gateway whenever it answers (direct mode's history, the relay)
     if (mode.servedByGateway && mode.gatewayReachable) direct.start();
     else direct.stop();
-    if (now === "server") relayIfPossible();
+    relayIfPossible();
     route().finally(paintDot);
   });
   showMode();
   await mode.start();
+  setInterval(relayIfPossible, RELAY_EVERY_MS);
   if (mode.mode === "starting") route();
 });

@@ -7,6 +7,7 @@ import { direct, LanTokenError, setLanToken } from "./direct.js";
 import { ChartSet } from "./charts.js";
 import { num, t, tn } from "./i18n.js";
 import { countPoints, keepPerPack, points, setKeepPerPack, toHistory } from "./localdb.js";
+import { lastRelay, outboxStatus } from "./relay.js";
 import { mode } from "./mode.js";
 import {
   derive, faultLevel, faultText, fmt, fmtDuration, fmtPower, fmtTime, h, refreshAges, sourceTag, stateLabel,
@@ -251,6 +252,7 @@ export async function renderGateway(root) {
   const keepIn = h("input#keep-per-pack", { type: "number", min: 10, max: 100000, step: 100, value: String(keepPerPack()) });
   const bleNote = h("p.muted#ble-note");
   const counts = h("p.muted#kept-counts");
+  const relayLine = h("p.muted#relay-status");
   phone.replaceChildren(
     h("h2", t("gateway.phone")),
     h("form.keep-form", { onsubmit: (ev) => {
@@ -260,10 +262,24 @@ export async function renderGateway(root) {
       renderCounts();
     } }, h("label", { for: "keep-per-pack" }, t("gateway.keep")), " ", keepIn, " ", h("button", { type: "submit" }, t("gateway.save"))),
     counts,
+    relayLine,
     h("h2", t("ble.title")),
     h("button#ble-connect", { type: "button", onclick: () => connectBluetooth(bleNote) }, t("ble.connect")),
     bleNote,
   );
+
+  async function renderRelay() {
+    const last = lastRelay();
+    const now = await outboxStatus().catch(() => null);
+    const when = last ? fmtTime(last.at) : "";
+    relayLine.replaceChildren(
+      now ? h("span", t("relay.status", { samples: num(now.samples, 0), receipts: num(now.receipts, 0) })) : "",
+      last ? h("br") : "",
+      last ? h("span#relay-last", last.errors.length ? t("relay.error", { when, error: last.errors[0] })
+        : t("relay.last", { when, uploaded: num(last.uploaded, 0), accepted: num(last.accepted, 0),
+          duplicates: num(last.duplicates, 0), acked: num(last.acked, 0) })) : "",
+    );
+  }
 
   async function renderCounts() {
     const parts = [];
@@ -313,6 +329,8 @@ export async function renderGateway(root) {
   if (!direct.packs.size) await direct.loadKept();
   render();
   renderCounts();
+  renderRelay();
+  window.addEventListener("tbms:relay", renderRelay);
   let dirty = false;
   const off = direct.on(() => {
     dirty = true;
@@ -331,6 +349,7 @@ export async function renderGateway(root) {
     off();
     clearInterval(tick);
     clearInterval(poll);
+    window.removeEventListener("tbms:relay", renderRelay);
   };
 }
 
