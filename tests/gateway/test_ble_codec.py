@@ -82,7 +82,9 @@ def test_readings_round_trip_through_fragments(index: int, sample: dict[str, Any
 @settings(max_examples=150, deadline=None)
 @given(
     request=st.one_of(
-        st.builds(Request, command=st.just(codec.CMD_INFO), request_id=st.integers(0, 255), pairing_code=text),
+        st.builds(
+            Request, command=st.just(codec.CMD_INFO), request_id=st.integers(0, 255), pairing_code=text
+        ),
         st.builds(
             Request,
             command=st.just(codec.CMD_HISTORY),
@@ -112,7 +114,9 @@ def test_readings_round_trip_through_fragments(index: int, sample: dict[str, Any
             Request,
             command=st.just(codec.CMD_SET_POLL),
             pairing_code=text,
-            args=st.fixed_dictionaries({"battery": st.integers(0, 255), "interval_ms": st.integers(0, 2**32 - 1)}),
+            args=st.fixed_dictionaries(
+                {"battery": st.integers(0, 255), "interval_ms": st.integers(0, 2**32 - 1)}
+            ),
         ),
     ),
     mtu=mtus,
