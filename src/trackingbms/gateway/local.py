@@ -62,8 +62,11 @@ class LocalApi:
         queue: DurableQueue,
         gateway_status: Callable[[], Awaitable[dict[str, Any]]],
         uplinks: Sequence[str] = (),
+        ble_info: Callable[[], dict[str, Any]] | None = None,
     ):
         self.uplinks = list(uplinks)
+        #: the Bluetooth service's name, address and pairing code (docs/ble.md), when [ble] is on
+        self.ble_info = ble_info
         self.cfg = cfg
         self.state = state
         self.queue = queue
@@ -142,8 +145,11 @@ class LocalApi:
         return _json(404, {"detail": f"no such path: {url.path}"})
 
     async def state_body(self) -> dict[str, Any]:
+        gateway = await self.gateway_status()
+        if self.ble_info is not None:
+            gateway["ble"] = self.ble_info()
         return {
-            "gateway": await self.gateway_status(),
+            "gateway": gateway,
             "batteries": [
                 {
                     **b.heartbeat_entry(),
