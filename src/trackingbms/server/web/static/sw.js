@@ -1,5 +1,5 @@
 // Service worker: keeps the app shell available offline. API calls and the live socket are never cached.
-const CACHE = "tbms-shell-v3";
+const CACHE = "tbms-shell-v4";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -21,6 +21,7 @@ const SHELL = [
   "/static/js/alarms.js",
   "/static/js/health.js",
   "/static/js/rules.js",
+  "/static/js/ble.js",
   "/static/vendor/uPlot.iife.min.js",
   "/static/vendor/uPlot.min.css",
   "/static/icons/icon.svg",
