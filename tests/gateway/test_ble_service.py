@@ -75,8 +75,8 @@ async def until(what: str, check: Any, timeout_s: float = 30.0) -> Any:
 
 
 async def test_phone_reads_live_values_history_and_configures_with_the_pairing_code(tmp_path: Path) -> None:
-    from trackingbms.cli.ble_central import connect_bumble
     from trackingbms.gateway.app import Gateway
+    from trackingbms.gateway.ble.central import connect_bumble
     from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
     from trackingbms.sim.ble import virtual_radio
 
@@ -218,3 +218,16 @@ def test_wrong_codes_lock_configuration_out_for_longer_each_time() -> None:
     assert guard.locked_for_s() == 60  # the second round of five waits twice as long
     now[0] += 61
     assert guard.check("123456") and guard.failures == 0
+
+
+def test_bumble_loads_only_when_the_service_starts() -> None:
+    """A gateway without [ble] (and one with it, until start) pays nothing for bumble (RSS, start-up)."""
+    import subprocess
+
+    code = (
+        "import sys, trackingbms.gateway.app, trackingbms.gateway.ble.service, trackingbms.cli.direct; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('bumble', 'bleak')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

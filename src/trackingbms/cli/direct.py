@@ -1,7 +1,7 @@
 """Command: ``trackingbms direct ble://<address or name>`` — a gateway's Bluetooth service from a laptop.
 
 Live readings, the stored history by seq, and the configuration commands (uplink URL, Wi-Fi, poll interval)
-that need the gateway's pairing code (docs/ble.md). The connection is :mod:`trackingbms.cli.ble_central`.
+that need the gateway's pairing code (docs/ble.md). The connection is :mod:`trackingbms.gateway.ble.central`.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def direct_command(
     """Talk to a gateway over Bluetooth: live readings, history by seq, configuration (pairing code)."""
     import asyncio
 
-    from trackingbms.cli.ble_central import DirectError
+    from trackingbms.gateway.ble.central import DirectError
 
     if not target.startswith("ble://"):
         typer.echo(
@@ -77,10 +77,17 @@ def direct_command(
 
 
 async def _run(target: str, **o: object) -> None:
-    from trackingbms.cli.ble_central import DirectError, connect
     from trackingbms.gateway.ble import codec
+    from trackingbms.gateway.ble.central import DirectError, connect
+    from trackingbms.links import LinkError
+    from trackingbms.links.ble import parse_ble_url
 
-    session = await connect(target, timeout_s=float(o["timeout_s"]))  # type: ignore[arg-type]
+    try:
+        address, options = parse_ble_url(target)
+    except LinkError as exc:
+        raise DirectError(str(exc)) from None
+    timeout_s = float(options.get("timeout", o["timeout_s"]))  # type: ignore[arg-type]
+    session = await connect(address, hci=options.get("hci"), timeout_s=timeout_s)
     try:
         gw = await session.info()
         batteries = [str(o["battery"])] if o["battery"] else session.battery_ids

@@ -4,7 +4,8 @@ Served by the ``websockets`` library alone (plain GETs answered in ``process_req
 gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
 
 - ``GET /`` — the live page (no external assets: works with no internet);
-- ``GET /local/v1/state`` — gateway status and, per battery, link state and the latest sample;
+- ``GET /local/v1/state`` — gateway status (with ``ble``: the Bluetooth name, address and pairing code when
+  ``[ble]`` is on, docs/ble.md) and, per battery, link state and the latest sample;
 - ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=`` — samples taken here (sent or not);
 - ``GET /metrics`` — Prometheus metrics (:mod:`trackingbms.gateway.metrics`);
 - ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", "sample": <as taken>, "latest": <merged>}`` and
@@ -238,7 +239,8 @@ function connect(){
       for(const b of m.batteries) packs[b.battery_id]=b;
       const g=m.gateway; document.getElementById("gw").textContent=
         `${T.uplink} ${g.uplink} · ${T.queue} ${g.queue_depth} · ${T.disk} ${g.disk_used_pct} %`+
-        ` · ${T.up} ${Math.round(g.uptime_s)} s`;
+        ` · ${T.up} ${Math.round(g.uptime_s)} s`+
+        (g.ble?` · Bluetooth ${g.ble.name} · ${T.pairing} ${g.ble.pairing_code}`:"");
     } else if(m.type==="sample"){
       const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id});
       p.latest=m.latest||m.sample;  // merged: a partial sample does not blank cells / temps / faults
@@ -281,6 +283,7 @@ PAGE_TEXT: dict[str, dict[str, Any]] = {
         "queue": "queue",
         "disk": "disk",
         "up": "up",
+        "pairing": "pairing code",
         "links": {"ok": "ok", "degraded": "degraded", "asleep": "asleep", "disconnected": "disconnected"},
         "states": {"idle": "idle", "charging": "charging", "discharging": "discharging"},
     },
@@ -302,6 +305,7 @@ PAGE_TEXT: dict[str, dict[str, Any]] = {
         "queue": "file",
         "disk": "disque",
         "up": "en service depuis",
+        "pairing": "code d'appairage",
         "links": {"ok": "ok", "degraded": "dégradée", "asleep": "en veille", "disconnected": "déconnectée"},
         "states": {"idle": "au repos", "charging": "en charge", "discharging": "en décharge"},
     },

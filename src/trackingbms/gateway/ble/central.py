@@ -1,5 +1,7 @@
 """The client side of the gateway's Bluetooth service (``trackingbms direct ble://…``), on bumble or bleak.
 
+Here, beside the service, so that one package holds both ends of the format; it needs only the codec.
+
 ``ble://<address or name>?hci=<bumble transport>`` uses **bumble**'s own host stack on that controller
 (``usb:0`` for a dongle, ``tcp-client:HOST:PORT`` for a virtual controller in tests); without ``hci`` it uses
 **bleak** (BlueZ on Linux, CoreBluetooth on macOS, WinRT on Windows: a laptop's own Bluetooth). Both only move
@@ -327,20 +329,15 @@ async def _connect_bleak(target: str, timeout_s: float) -> DirectSession:
     return session
 
 
-async def connect(url: str, *, timeout_s: float | None = None) -> DirectSession:
-    """Open ``ble://<address or name>[?hci=<bumble transport>&timeout=S]`` and read the gateway's info."""
-    from trackingbms.links import LinkError
-    from trackingbms.links.ble import parse_ble_url
-
-    try:
-        target, options = parse_ble_url(url)
-    except LinkError as exc:
-        raise DirectError(str(exc)) from None
-    timeout = timeout_s or float(options.get("timeout", CONNECT_TIMEOUT_S))
-    if "hci" in options:
-        session = await connect_bumble(target, options["hci"], timeout)
+async def connect(
+    target: str, *, hci: str | None = None, timeout_s: float = CONNECT_TIMEOUT_S
+) -> DirectSession:
+    """Open the gateway ``target`` (address or name): through bumble on the controller ``hci`` when given,
+    else through bleak; then read the gateway's info. (``trackingbms direct`` parses the ``ble://`` URL.)"""
+    if hci:
+        session = await connect_bumble(target, hci, timeout_s)
     else:
-        session = await _connect_bleak(target, timeout)
+        session = await _connect_bleak(target, timeout_s)
     try:
         await session.info()
     except BaseException:
