@@ -231,3 +231,27 @@ def test_bumble_loads_only_when_the_service_starts() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+async def test_a_missing_bluetooth_controller_is_one_log_line_and_the_gateway_runs_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trackingbms.gateway.app import Gateway
+    from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
+
+    pack = SimulatedPack(PackConfig(pack_id="pack-1", cells=4, sensors=1, scenario="idle"), Quirks())
+    endpoint = await serve_tcp(pack, "127.0.0.1", 0)
+    gw = Gateway(gateway_config(tmp_path, endpoint.port, "tcp-client:127.0.0.1:9", tmp_path / "w"))
+    stop = asyncio.Event()
+    running = asyncio.create_task(gw.run(stop))
+    try:
+        await until("samples despite no Bluetooth", lambda: gw.state.batteries["pack-1"].latest)
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert any(m.startswith("Bluetooth off: [ble] cannot open the Bluetooth controller") for m in errors)
+        async with httpx.AsyncClient() as http:
+            state = (await http.get(f"http://127.0.0.1:{gw.local.port}/local/v1/state")).json()  # type: ignore[union-attr]
+        assert "ble" not in state["gateway"]
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+        await endpoint.close()

@@ -137,7 +137,15 @@ class Gateway:
         if self.local is not None:
             await self.local.start()
         if self.ble is not None:
-            await self.ble.start()
+            try:
+                await self.ble.start()
+            except OSError as exc:
+                # the packs and the uplink matter more than Bluetooth: a missing dongle must not stop them
+                log.error("Bluetooth off: %s (the gateway runs without it)", exc)
+                await self.ble.stop()
+                self.ble = None
+                if self.local is not None:
+                    self.local.ble_info = None
         pollers = [asyncio.create_task(p.run(), name=f"poll-{bid}") for bid, p in self.pollers.items()]
         extra = []
         if self.home_assistant is not None:
