@@ -432,10 +432,17 @@ export async function connectBluetooth({ onReading = () => {}, onDisconnect = ()
   return {
     device,
     info,
+    mtu,
     batteryIds,
     request,
     checked,
     history,
     close: () => device.gatt.disconnect(),
   };
+}
+
+// The app's Bluetooth button (directviews.js) calls connect({onSample}): resolves once connected and the
+// gateway's info read; each reading arrives as {battery_id, ...sample fields, via: "ble"}.
+export function connect({ onSample = () => {}, onDisconnect = () => {}, nav = globalThis.navigator } = {}) {
+  return connectBluetooth({ onReading: onSample, onDisconnect, nav });
 }
