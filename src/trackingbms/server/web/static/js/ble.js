@@ -337,11 +337,21 @@ export function bluetoothSupport(nav = globalThis.navigator, secure = globalThis
   return { ok: true, reason: "", text: "" };
 }
 
+// A notification's DataView → its bytes (the view may sit inside a larger buffer).
+function bytesOf(view) {
+  return new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+}
+
 // Asks the user to pick a gateway, connects, reads its info. Returns a session:
 // {info, batteryIds, request(command, args, pairingCode), history(batteryId, fromSeq), close()};
 // onReading({battery_id, ...sample, via: "ble"}) for every live reading, onDisconnect(reason).
-export async function connectBluetooth({ onReading = () => {}, onDisconnect = () => {}, nav = globalThis.navigator } = {}) {
-  const support = bluetoothSupport(nav);
+export async function connectBluetooth({
+  onReading = () => {},
+  onDisconnect = () => {},
+  nav = globalThis.navigator,
+  secure = globalThis.isSecureContext,
+} = {}) {
+  const support = bluetoothSupport(nav, secure);
   if (!support.ok) throw new Error(support.text);
   const device = await nav.bluetooth.requestDevice({
     filters: [{ namePrefix: NAME_PREFIX }],
@@ -364,7 +374,7 @@ export async function connectBluetooth({ onReading = () => {}, onDisconnect = ()
   const withId = (battery, sample) => ({ battery_id: batteryIds[battery] ?? `#${battery}`, ...sample, via: "ble" });
 
   live.addEventListener("characteristicvaluechanged", (ev) => {
-    const message = liveParts.feed(new Uint8Array(ev.target.value.buffer));
+    const message = liveParts.feed(bytesOf(ev.target.value));
     if (!message) return;
     try {
       const { battery, sample } = decodeReading(message);
@@ -374,7 +384,7 @@ export async function connectBluetooth({ onReading = () => {}, onDisconnect = ()
     }
   });
   response.addEventListener("characteristicvaluechanged", (ev) => {
-    const message = respParts.feed(new Uint8Array(ev.target.value.buffer));
+    const message = respParts.feed(bytesOf(ev.target.value));
     if (!message) return;
     const resp = decodeResponse(message);
     const waiter = pending.get(resp.request_id);
@@ -443,6 +453,6 @@ export async function connectBluetooth({ onReading = () => {}, onDisconnect = ()
 
 // The app's Bluetooth button (directviews.js) calls connect({onSample}): resolves once connected and the
 // gateway's info read; each reading arrives as {battery_id, ...sample fields, via: "ble"}.
-export function connect({ onSample = () => {}, onDisconnect = () => {}, nav = globalThis.navigator } = {}) {
-  return connectBluetooth({ onReading: onSample, onDisconnect, nav });
+export function connect({ onSample = () => {}, onDisconnect = () => {}, ...rest } = {}) {
+  return connectBluetooth({ onReading: onSample, onDisconnect, ...rest });
 }
