@@ -12,7 +12,7 @@ import pytest
 
 from trackingbms.gateway.ble import codec
 from trackingbms.model import SOURCES, STATES, format_ts
-from trackingbms.server.web import STATIC_DIR
+from trackingbms.webapp import STATIC_DIR
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, _need_browser
 

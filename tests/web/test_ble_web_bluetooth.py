@@ -17,7 +17,7 @@ import pytest
 from gateway.harness import LoopThread  # tests/ is on sys.path (pytest rootdir)
 from gateway.test_ble_service import gateway_config
 from trackingbms.gateway.ble import codec
-from trackingbms.server.web import STATIC_DIR
+from trackingbms.webapp import STATIC_DIR
 
 from .conftest import CHROMIUM, CHROMIUM_ARGS, _need_browser
 

@@ -146,6 +146,11 @@ def test_live_updates_arrive_without_reloading(new_page: Any, demo: DemoClient) 
     page.goto(demo.info.url + "#/fleet")
     row_ts = '.pack-row[data-battery-id="shop-ups"] .ago'
     page.wait_for_selector(row_ts)
+    # served by the server: server mode, and each pack's values say so (source and age)
+    assert page.get_attribute("#mode", "data-mode") == "server" and page.inner_text("#mode") == "Server"
+    source = '.pack-row[data-battery-id="shop-ups"] .source'
+    assert page.get_attribute(source, "data-source") == "server"
+    assert page.inner_text(f"{source} .source-name") == "server"
     before = page.get_attribute(row_ts, "data-ts")
     page.wait_for_function(
         f"() => document.querySelector('{row_ts}').dataset.ts !== '{before}'", timeout=WAIT_MS

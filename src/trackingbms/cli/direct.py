@@ -98,7 +98,7 @@ async def _run(target: str, **o: object) -> None:
             code = str(o["pairing_code"])
             if not code:
                 raise DirectError(
-                    "configuration needs the pairing code: --pairing-code CODE (on the LAN page)"
+                    "configuration needs the pairing code: --pairing-code CODE (shown in the gateway's app)"
                 )
             if o["set_uplink"] is not None:
                 await session.checked(

@@ -22,6 +22,13 @@ HOUSEKEEPING_S = 60.0
 FLUSH_ON_STOP_S = 5.0
 
 
+def server_urls(config: GatewayConfig) -> list[str]:
+    """Where the server's dashboard is, best first: ``local_api.server_url``, then the http(s) uplinks."""
+    urls = [config.local_api.server_url.rstrip("/")] if config.local_api.server_url else []
+    urls += [u.url for u in config.uplinks if u.url.startswith(("http://", "https://"))]
+    return list(dict.fromkeys(urls))
+
+
 class Gateway:
     """The running gateway; :func:`run_gateway` is the public entry point."""
 
@@ -82,6 +89,7 @@ class Gateway:
                 self.status,
                 [u.name for u in config.uplinks],
                 ble_info=self.ble.public_info if self.ble is not None else None,
+                server_urls=server_urls(config),
             )
 
     # -- changes made on site (the Bluetooth service's configuration commands) ----------------------------

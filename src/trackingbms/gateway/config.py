@@ -142,6 +142,9 @@ class LocalApiConfig(_Strict):
     listen: str = "0.0.0.0:8081"
     #: optional LAN token: requests need `Authorization: Bearer <token>` or `?token=<token>`
     token: str | None = None
+    #: the server's dashboard URL, for the app served here to switch to server mode when it answers;
+    #: default: the http(s) uplinks' URLs in priority order (set it when the uplinks are MQTT only)
+    server_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
 
     @field_validator("listen")
     @classmethod
@@ -345,6 +348,8 @@ backoff_max_s = 60
 enabled = true
 listen = "0.0.0.0:8081"
 # token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
+# server_url = "https://tbms.example.com"  # the dashboard the app served here switches to when it answers
+#                                   (default: the http(s) uplinks' URLs)
 
 # Optional: Home Assistant MQTT discovery (each pack appears as a device with its sensors).
 # [home_assistant]
@@ -357,7 +362,7 @@ listen = "0.0.0.0:8081"
 
 # Optional: Bluetooth LE service for phones and laptops beside the pack (docs/ble.md; needs bumble).
 # Configuration commands over Bluetooth need the pairing code printed at the first start (also in
-# <state_dir>/ble-pairing-code and on the LAN page).
+# <state_dir>/ble-pairing-code and in the gateway-served app).
 # [ble]
 # transport = "usb:0"                # bumble HCI transport: usb:0, hci-socket:0, serial:/dev/ttyACM0
 # device = "cabin"                   # advertised as TrackingBMS-cabin (default: the host name)

@@ -185,9 +185,9 @@ class DurableQueue:
         return await self.run(self.unpark, battery_id, probe=probe)
 
     async def ahistory(
-        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000
+        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000, newest: bool = False
     ) -> list[dict]:
-        return await self.run(self.history, since=since, battery_id=battery_id, limit=limit)
+        return await self.run(self.history, since=since, battery_id=battery_id, limit=limit, newest=newest)
 
     async def aset_kv(self, key: str, value: str) -> None:
         await self.run(self.set_kv, key, value)
@@ -393,15 +393,20 @@ class DurableQueue:
 
     # -- local history --------------------------------------------------------------------------------
 
-    def history(self, *, since: str | None, battery_id: str | None = None, limit: int = 1000) -> list[dict]:
+    def history(
+        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000, newest: bool = False
+    ) -> list[dict]:
+        """Samples taken here (sent or not) from ``since`` on, oldest first: the first ``limit`` of them, or
+        with ``newest`` the last ``limit`` (what a phone that has seen nothing yet wants)."""
         sql = "SELECT body FROM samples WHERE ts >= ?"
         args: list[Any] = [since or ""]
         if battery_id:
             sql += " AND battery_id = ?"
             args.append(battery_id)
-        sql += " ORDER BY ts, id LIMIT ?"
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?" if newest else " ORDER BY ts, id LIMIT ?"
         args.append(limit)
-        return [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
+        rows = [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
+        return rows[::-1] if newest else rows
 
     def prune_history(self) -> int:
         """Drop acknowledged samples older than the local history window."""

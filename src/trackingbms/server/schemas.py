@@ -133,6 +133,18 @@ class BatteryLink(BaseModel):
     )
 
 
+class UplinkPath(BaseModel):
+    """One path to the server in the gateway's priority order (the phone, the last resort, comes last)."""
+
+    model_config = _HEARTBEAT_CONFIG
+    name: str = Field(max_length=32)
+    priority: int | None = Field(default=None, ge=1, le=64)
+    state: Literal["active", "standby", "failing"] | None = None
+    last_error: Annotated[str | None, BeforeValidator(_clip(LAST_ERROR_MAX))] = Field(
+        default=None, max_length=LAST_ERROR_MAX
+    )
+
+
 class Heartbeat(BaseModel):
     model_config = ConfigDict(
         **_HEARTBEAT_CONFIG,
@@ -173,6 +185,10 @@ class Heartbeat(BaseModel):
     dead_letter_count: int | None = Field(default=None, ge=0, le=U64)
     parked_count: int | None = Field(default=None, ge=0, le=U64)
     uplink: str | None = Field(default=None, max_length=32)
+    #: which path the last acknowledged samples took (an uplink's name, or "phone": relayed) and when
+    via: str | None = Field(default=None, max_length=32)
+    delivered_ts: str | None = Field(default=None, max_length=40)
+    uplinks: list[UplinkPath] | None = Field(default=None, max_length=16)
     config_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
     batteries: list[BatteryLink] = Field(default_factory=list, max_length=256)
 

@@ -1,8 +1,8 @@
 """The pairing code that guards the Bluetooth configuration commands (docs/ble.md).
 
 Six digits, made once from ``secrets`` at the gateway's first start with ``[ble]``, kept in
-``<state_dir>/ble-pairing-code`` (mode 0600), printed in the log that once and shown on the LAN page
-(behind the LAN token when one is set). Wrong codes lock configuration out: after every 5 consecutive
+``<state_dir>/ble-pairing-code`` (mode 0600), printed in the log that once and shown in the gateway-served
+app (behind the LAN token when one is set). Wrong codes lock configuration out: after every 5 consecutive
 wrong codes for 30 s, doubling up to an hour, so guessing a million codes takes years. Delete the file to
 get a new code.
 """

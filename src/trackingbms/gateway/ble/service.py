@@ -219,10 +219,10 @@ class BleService:
         self.address = (cfg.address or static_address(self.name)).upper()
         code, created = load_or_create(gateway.config.state_dir)
         if created:
-            # shown once here (and on the LAN page): the operator needs it to configure over Bluetooth
+            # shown once here (and in the gateway-served app): configuring over Bluetooth needs it
             log.warning(
                 "Bluetooth pairing code: %s (configuration over Bluetooth needs it; also in %s and on "
-                "the LAN page)",
+                "the gateway-served app)",
                 code,
                 gateway.config.state_dir / "ble-pairing-code",
             )
@@ -238,7 +238,7 @@ class BleService:
         self.live_sent = 0
 
     def public_info(self) -> dict[str, Any]:
-        """For the LAN page (behind the LAN token when one is set)."""
+        """For the gateway-served app (``/local/v1/state``, behind the LAN token when one is set)."""
         return {"name": self.name, "address": self.address, "pairing_code": self.guard.code}
 
     async def start(self) -> None:
