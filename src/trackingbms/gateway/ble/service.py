@@ -221,8 +221,8 @@ class BleService:
         if created:
             # shown once here (and in the gateway-served app): configuring over Bluetooth needs it
             log.warning(
-                "Bluetooth pairing code: %s (configuration over Bluetooth needs it; also in %s and on "
-                "the gateway-served app)",
+                "Bluetooth pairing code: %s (configuration over Bluetooth needs it; also in %s and in "
+                "the gateway's app on its LAN address)",
                 code,
                 gateway.config.state_dir / "ble-pairing-code",
             )
