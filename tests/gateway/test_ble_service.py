@@ -120,6 +120,17 @@ async def test_phone_reads_live_values_history_and_configures_with_the_pairing_c
         assert live[-1]["voltage_v"] == pytest.approx(sum(pack.battery.cells_mv()) / 1000, abs=0.15)
         assert fast.live_fragments == fast.live_messages  # one notification per reading
 
+        # "get data": the merged latest reading on request, for a client that does not follow the live stream
+        got = await fast.request(codec.CMD_GET_READING, {"battery": 0})
+        assert got.ok and got.body["battery"] == 0
+        assert got.body["sample"]["seq"] >= live[-1]["seq"] and len(got.body["sample"]["cells_mv"]) == 16
+        [stored_now], _ = await q.run(q.page_by_seq, "pack-1", got.body["sample"]["seq"], 1)
+        assert {k: got.body["sample"][k] for k in stored_now if k != "battery_id"} == {
+            k: v for k, v in stored_now.items() if k != "battery_id"
+        }
+        missing = await fast.request(codec.CMD_GET_READING, {"battery": 7})
+        assert missing.status == codec.NOT_FOUND and "no battery 7" in missing.message
+
         # history by seq, in small pages over a laptop that stays at the default MTU (23: fragments), while
         # the phone stays connected
         laptop = radio.local_device("laptop", "F0:00:00:00:00:0F")
