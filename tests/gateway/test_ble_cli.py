@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from .harness import free_port
 from .test_ble_service import gateway_config, until
 
 pytestmark = pytest.mark.usefixtures("need_bumble")
@@ -32,18 +33,17 @@ async def run_cli(*args: str) -> tuple[int, str, str]:
 async def test_direct_prints_live_readings_history_and_configures(tmp_path: Path) -> None:
     from trackingbms.gateway.app import Gateway
     from trackingbms.sim import PackConfig, Quirks, SimulatedPack, serve_tcp
-    from trackingbms.sim.ble import virtual_radio
 
     pack = SimulatedPack(PackConfig(pack_id="pack-1", cells=16, sensors=4, seed=5, scenario="idle"), Quirks())
     endpoint = await serve_tcp(pack, "127.0.0.1", 0)
-    radio = await virtual_radio()
     state_dir = tmp_path / "state"
-    gw = Gateway(gateway_config(state_dir, endpoint.port, "unused", tmp_path / "wifi.txt"))
-    # the gateway's host on its own controller of the radio; the CLI gets the HCI-over-TCP one
-    gw.ble.device = radio.local_device(gw.ble.name, gw.ble.address)
+    # transport = "virtual:HOST:PORT": the gateway's own virtual radio (the README's way to try it without
+    # Bluetooth hardware); the CLI reaches it over HCI on TCP, as it would a dongle
+    port = free_port()
+    gw = Gateway(gateway_config(state_dir, endpoint.port, f"virtual:127.0.0.1:{port}", tmp_path / "wifi.txt"))
     stop = asyncio.Event()
     running = asyncio.create_task(gw.run(stop))
-    url = f"ble://TrackingBMS-cabin?hci={radio.hci}"
+    url = f"ble://TrackingBMS-cabin?hci=tcp-client:127.0.0.1:{port}"
     try:
         await until(
             "a first full sample", lambda: (gw.state.batteries["pack-1"].latest or {}).get("cells_mv")
@@ -78,7 +78,6 @@ async def test_direct_prints_live_readings_history_and_configures(tmp_path: Path
         stop.set()
         await asyncio.wait_for(running, 30)
         await endpoint.close()
-        await radio.close()
 
 
 async def test_direct_errors_are_one_line(tmp_path: Path) -> None:

@@ -192,7 +192,8 @@ class BleConfig(_Strict):
 
     enabled: bool = True
     #: bumble HCI transport: usb:0 (a USB dongle, no BlueZ needed), hci-socket:0 (Linux's adapter, BlueZ
-    #: stopped), serial:/dev/ttyACM0, tcp-client:HOST:PORT (a virtual controller in tests)
+    #: stopped), serial:/dev/ttyACM0, tcp-client:HOST:PORT (a controller over TCP); virtual:HOST:PORT = no
+    #: hardware, a virtual radio `trackingbms direct ble://…?hci=tcp-client:HOST:PORT` reaches (to try it)
     transport: str = Field(min_length=1)
     #: advertised as TrackingBMS-<device>; default: this machine's host name
     device: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,16}$")
@@ -364,7 +365,8 @@ listen = "0.0.0.0:8081"
 # Configuration commands over Bluetooth need the pairing code printed at the first start (also in
 # <state_dir>/ble-pairing-code and in the gateway-served app).
 # [ble]
-# transport = "usb:0"                # bumble HCI transport: usb:0, hci-socket:0, serial:/dev/ttyACM0
+# transport = "usb:0"                # bumble HCI transport: usb:0, hci-socket:0, serial:/dev/ttyACM0, or
+#                                    # "virtual:127.0.0.1:7510" to try it without Bluetooth hardware
 # device = "cabin"                   # advertised as TrackingBMS-cabin (default: the host name)
 # wifi_command = ["sh", "-c", "nmcli device wifi connect \"$TBMS_WIFI_SSID\" password \"$TBMS_WIFI_PSK\""]
 # page_max = 32                      # readings per history page

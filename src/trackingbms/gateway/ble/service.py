@@ -35,6 +35,34 @@ log = logging.getLogger("trackingbms.gateway.ble")
 WIFI_COMMAND_TIMEOUT_S = 60.0
 
 
+#: ``virtual:HOST:PORT``: no Bluetooth hardware, a virtual radio (see :func:`_virtual_device`)
+VIRTUAL = "virtual:"
+
+
+async def _virtual_device(name: str, address: str, spec: str) -> tuple[Any, Any]:
+    """The gateway's host on a virtual controller of a bumble ``LocalLink`` whose second controller is
+    reached over HCI on TCP at HOST:PORT: ``trackingbms direct ble://<name>?hci=tcp-client:HOST:PORT``
+    connects through it, one client at a time. For trying Bluetooth direct mode with the simulator and
+    no radio (README). The same construction as the simulator's ``VirtualRadio``, which the gateway may not
+    import (layers)."""
+    from bumble.controller import Controller
+    from bumble.device import Device
+    from bumble.hci import Address
+    from bumble.host import Host
+    from bumble.link import LocalLink
+    from bumble.transport.common import AsyncPipeSink
+    from bumble.transport.tcp_server import open_tcp_server_transport
+
+    host, sep, port = spec.removeprefix(VIRTUAL).rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError("expected virtual:HOST:PORT, e.g. virtual:127.0.0.1:7510")
+    link = LocalLink()
+    transport = await open_tcp_server_transport(f"{host or '127.0.0.1'}:{port}")
+    Controller("client", host_source=transport.source, host_sink=transport.sink, link=link)
+    ctrl = Controller(name, link=link)
+    return Device(name=name, address=Address(address), host=Host(ctrl, AsyncPipeSink(ctrl))), transport
+
+
 def device_name(cfg: BleConfig) -> str:
     return cfg.device or (socket.gethostname().split(".")[0][:16] or "gateway")
 
@@ -250,6 +278,13 @@ class BleService:
             from bumble.transport import open_transport
         except ImportError:
             raise OSError("the Bluetooth service needs bumble: pip install 'trackingbms[ble]'") from None
+        if self.device is None and self.cfg.transport.startswith(VIRTUAL):
+            try:
+                self.device, self._transport = await _virtual_device(
+                    self.name, self.address, self.cfg.transport
+                )
+            except (OSError, ValueError) as exc:
+                raise OSError(f"[ble] cannot open the virtual radio {self.cfg.transport!r}: {exc}") from None
         if self.device is None:
             try:
                 async with asyncio.timeout(15):
@@ -314,7 +349,12 @@ class BleService:
                         await self.device.power_off()
         if self._transport is not None:
             with contextlib.suppress(Exception):
-                await self._transport.close()
+                server = getattr(self._transport, "server", None)
+                if server is not None:  # a virtual radio's TCP server: stop accepting clients
+                    server.close()
+                res = self._transport.close()
+                if asyncio.iscoroutine(res):
+                    await res
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
