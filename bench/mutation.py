@@ -130,7 +130,9 @@ def run_target(name: str, workdir: Path, max_children: int, *, existing: bool = 
         meta = workdir / "mutants" / (module + ".meta")
         key = module.removeprefix("src/").removesuffix(".py").replace("/", ".")
         if not meta.exists():
-            out[key] = {"error": f"mutmut produced no results (exit {returncode}); see {workdir}/mutmut.log"}
+            out[key] = {
+                "error": f"mutmut produced no results (exit {returncode}); see {workdir}/mutmut.log"
+            }
             continue
         from mutmut.stats import status_by_exit_code
 
