@@ -6,7 +6,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from trackingbms.server.db import default_sqlite_url, normalize_url
@@ -69,6 +69,24 @@ class Settings(BaseSettings):
     alarm_interval_s: float = Field(default=30.0, gt=0)
     #: alarm transitions are held this long and sent as one message per target (a burst is one message)
     notify_group_s: float = Field(default=5.0, ge=0)
+
+    #: regions (docs/scaling.md): this deployment's region name, its public URL (where another region sends
+    #: this region's devices and users), the region's NATS cluster (comma-separated URLs; also carries the
+    #: live feed between API processes and shared nothing else) and the other regions whose part of the
+    #: tenant directory this region sources (comma-separated names, the JetStream domains of their NATS)
+    region: str | None = None
+    public_url: str | None = None
+    nats_url: str | None = None
+    region_peers: str = ""
+    #: how often the tenant directory is re-published from the database (tenant moves, new users)
+    directory_sync_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, v: str | None) -> str | None:
+        from trackingbms.server.regions import check_region
+
+        return check_region(v) if v else None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

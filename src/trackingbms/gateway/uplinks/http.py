@@ -1,6 +1,10 @@
 """HTTP(S) transport: ``POST /api/v1/ingest`` and ``/api/v1/heartbeat`` with the device token (docs/api.md).
 
-Maps HTTP statuses to the policy's outcomes; decides nothing itself.
+Maps HTTP statuses to the policy's outcomes; decides nothing itself, with one exception that is about the
+address rather than the batch: **421** (this device's tenant lives in another region, docs/scaling.md) carries
+the home region's URL, and the transport switches to it at once, says so in the log (once per move) and
+resends there. The move lasts until the gateway restarts (the next 421 moves it again); the log line tells
+the operator which URL to put in gateway.toml.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ import asyncio
 import contextlib
 import email.utils
 import gzip
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +23,11 @@ import orjson
 from trackingbms import __version__
 from trackingbms.gateway.config import UplinkConfig
 from trackingbms.gateway.uplinks.base import Failed, Outcome, Reply, TooLarge, TransportError, Wait
+
+log = logging.getLogger("trackingbms.gateway.uplink")
+
+#: how many 421 moves in a row are followed before giving up (two regions pointing at each other)
+MAX_REGION_MOVES = 3
 
 
 class HttpTransport:
@@ -43,7 +53,7 @@ class HttpTransport:
             else:
                 body = gzip.compress(body, compresslevel=1)
         try:
-            resp = await self.client.post("/api/v1/ingest", content=body, headers=headers)
+            resp = await self._post("/api/v1/ingest", body, headers)
         except httpx.HTTPError as exc:
             return Failed(describe(exc))
         status = resp.status_code
@@ -64,8 +74,8 @@ class HttpTransport:
 
     async def heartbeat(self, body: dict[str, Any]) -> dict[str, Any] | None:
         try:
-            resp = await self.client.post(
-                "/api/v1/heartbeat", content=orjson.dumps(body), headers={"Content-Type": "application/json"}
+            resp = await self._post(
+                "/api/v1/heartbeat", orjson.dumps(body), {"Content-Type": "application/json"}
             )
         except httpx.HTTPError as exc:
             raise TransportError(describe(exc)) from exc
@@ -76,6 +86,40 @@ class HttpTransport:
             if isinstance(reply, dict):
                 return reply
         return None
+
+    async def _post(self, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST, following a 421 to the device's home region (a few moves at most)."""
+        for _ in range(MAX_REGION_MOVES):
+            resp = await self.client.post(path, content=body, headers=headers)
+            target = _home_region_url(resp)
+            if target is None or target.rstrip("/") == str(self.client.base_url).rstrip("/"):
+                return resp
+            region = resp.json().get("region")
+            log.warning(
+                "uplink %s: %s says this device's tenant lives in region %s: sending to %s from now on "
+                "(put url = %r in gateway.toml to skip this hop)",
+                self.name,
+                self.url,
+                region,
+                target,
+                target,
+            )
+            self.url = target
+            self.client.base_url = httpx.URL(target)
+        return resp
+
+
+def _home_region_url(resp: httpx.Response) -> str | None:
+    """The URL a 421 names, if it is one this transport can follow (http or https)."""
+    if resp.status_code != 421:
+        return None
+    try:
+        url = resp.json().get("url")
+    except (ValueError, AttributeError):
+        return None
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return url
+    return None
 
 
 def retry_after_s(value: str | None) -> float:
@@ -101,6 +145,8 @@ def describe(exc: Exception) -> str:
 
 def _http_error(resp: httpx.Response) -> str:
     what = "heartbeat" if resp.request.url.path.endswith("/heartbeat") else "ingest"
+    if resp.status_code == 421:  # another region, whose address is not known there (yet)
+        return f"{what}: served by another region: {_detail(resp)}"
     if resp.status_code in (401, 403):
         return f"device token refused ({resp.status_code}: {_detail(resp)}); check device_token"
     return f"{what}: HTTP {resp.status_code}: {_detail(resp)}"

@@ -79,7 +79,7 @@ async def ingest(request: Request, device: CurrentDevice, service: Ingest, store
     the commit. Send `X-Config-Version` (the config the gateway runs) to get `config` only when newer."""
     app = request.app
     settings = app.state.settings
-    wait = app.state.limiter.take(device.id)
+    wait = await app.state.limiter.acquire(device.id)
     if wait > 0:
         raise HTTPException(
             429, "rate limit: slow down", headers={"Retry-After": str(max(1, math.ceil(wait)))}
