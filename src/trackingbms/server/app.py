@@ -164,6 +164,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         for relay in relays:
             await relay.start()
+        if settings.ingest_via_jetstream and settings.nats_url:
+            from trackingbms.server.handoff import JetStreamIngest
+
+            app.state.handoff = JetStreamIngest(settings.nats_url, settings.ingest_jetstream_timeout_s)
+            await app.state.handoff.start()
+        elif settings.ingest_via_jetstream:
+            log.warning(
+                "ingest_via_jetstream needs nats_url (TRACKINGBMS_NATS_URL): storing batches directly"
+            )
         if settings.region:
             from trackingbms.server.regions import Directory, RegionRouter
 
@@ -193,6 +202,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.alarms.stop()
             if app.state.regions is not None:
                 await app.state.regions.stop()
+            if app.state.handoff is not None:
+                await app.state.handoff.stop()
             for relay in relays:
                 await relay.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
@@ -212,6 +223,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.hub = Hub()
     #: trackingbms.server.regions.RegionRouter when this deployment names its region
     app.state.regions = None
+    #: trackingbms.server.handoff.JetStreamIngest in cluster mode (ingest_via_jetstream)
+    app.state.handoff = None
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
     app.state.heartbeat_limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
     app.state.live_sessions = LiveSessions()

@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     public_url: str | None = None
     nats_url: str | None = None
     region_peers: str = ""
+    #: cluster mode: POST /api/v1/ingest hands batches to JetStream (nats_url) and answers with the ingest
+    #: worker's reply, 503 if none comes within the timeout (trackingbms.server.handoff)
+    ingest_via_jetstream: bool = False
+    ingest_jetstream_timeout_s: float = Field(default=10.0, gt=0)
     #: how often the tenant directory is re-published from the database (tenant moves, new users)
     directory_sync_s: float = Field(default=30.0, gt=0)
 
