@@ -115,6 +115,7 @@ class Directory:
         self.peers = [p for p in peers if p != region]
         self.connect_options = connect_options or {}
         self.entries: dict[str, Entry] = {}  # subject → entry
+        self._by_key: dict[tuple[str, str], dict[str, Entry]] = {}  # (kind, key) → origin → entry
         self.ready = asyncio.Event()  # connected and the stream exists
         self._nc: Any = None
         self._js: Any = None
@@ -122,7 +123,7 @@ class Directory:
 
     # ------------------------------------------------------------------------------------------- lookups
     def _find(self, kind: str, key: str) -> Entry | None:
-        found = [e for e in self.entries.values() if e.kind == kind and e.key == key]
+        found = list(self._by_key.get((kind, key), {}).values())
         # the entry written by the region it names is authoritative (a moved tenant's old region may
         # still publish a pointer)
         for e in found:
@@ -187,8 +188,11 @@ class Directory:
             return
         if not isinstance(value, dict) or value.get("deleted"):
             self.entries.pop(subject, None)
+            self._by_key.get((kind, key), {}).pop(origin, None)
         else:
-            self.entries[subject] = Entry(origin, kind, key, value)
+            entry = Entry(origin, kind, key, value)
+            self.entries[subject] = entry
+            self._by_key.setdefault((kind, key), {})[origin] = entry
 
     async def _run(self) -> None:
         import nats
