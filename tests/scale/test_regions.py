@@ -45,6 +45,32 @@ def _provision(region: Region, tenant: str, email: str) -> str:
     return asyncio.run(rest())
 
 
+def _directory_messages(nats_url: str) -> list[tuple[str, bytes]]:
+    """Every message in a region's TBMS_DIRECTORY stream (subject, data)."""
+
+    async def go() -> list[tuple[str, bytes]]:
+        import nats
+
+        nc = await nats.connect(nats_url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info("TBMS_DIRECTORY")
+            out = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                try:
+                    msg = await js.get_msg("TBMS_DIRECTORY", seq)
+                except Exception:  # superseded by a newer value of its subject
+                    continue
+                out.append((msg.subject, msg.data or b""))
+            streams = [s.config.name for s in await js.streams_info()]
+            assert streams == ["TBMS_DIRECTORY"], streams  # no telemetry stream in this region's NATS
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
 @pytest.fixture
 def regions(tmp_path: Path) -> Iterator[tuple[Region, Region]]:
     _need_binary(NATS_SERVER, "nats-server")
@@ -77,6 +103,8 @@ def _login(url: str, email: str) -> httpx.Response:
 
 
 def test_wrong_region_is_redirected_and_one_region_down_leaves_the_other_serving(regions) -> None:
+    from trackingbms.server import provisioning as p
+
     paris, montreal = regions
     paris_token = _provision(paris, "acme", "ops@acme.test")
     montreal_token = _provision(montreal, "bob", "ops@bob.test")
@@ -128,6 +156,11 @@ def test_wrong_region_is_redirected_and_one_region_down_leaves_the_other_serving
     assert isinstance(outcome, Reply) and outcome.body["accepted"] == 3
     assert now_url == paris.url
     assert paris.samples_in_db() == 4 and montreal.samples_in_db() == 0  # the data stays home
+    # what crossed into Montreal's NATS is the directory only, and no e-mail in clear
+    crossed = _directory_messages(montreal.nats.url)
+    assert crossed and all(subject.startswith("tbms.dir.") for subject, _ in crossed)
+    assert any(subject.startswith("tbms.dir.paris.user.") for subject, _ in crossed)
+    assert not any(b"@" in data for _, data in crossed)
 
     # Paris goes down entirely (API and NATS): Montreal keeps serving its own tenant and ingesting ...
     paris.kill()
@@ -165,3 +198,13 @@ def test_wrong_region_is_redirected_and_one_region_down_leaves_the_other_serving
     assert r.status_code == 421 and "tenant bob lives in region paris" in r.json()["detail"]
     assert "access_token" not in r.text
     assert montreal.samples_in_db() == 2
+
+    # Paris comes back with a new user: Montreal's copy of the directory catches up
+    asyncio.run(p.create_user(paris.db_url, "acme", "new@acme.test", "s3cret-pass", "viewer"))
+    paris.nats.start()
+    paris.start()
+    wait_for(
+        "Montreal to learn Paris's new user",
+        lambda: _login(montreal.url, "new@acme.test").status_code == 421,
+        60,
+    )

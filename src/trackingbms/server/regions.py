@@ -168,13 +168,29 @@ class Directory:
         )
 
     async def _ensure_stream(self) -> None:
-        from nats.js.errors import BadRequestError
+        """Create the stream, or bring its sources up to date when the peers changed. An existing stream
+        with the right sources is left alone: nats-server 2.9 re-validates a sourced filter against the
+        local stream of the same name when the configuration is sent again, and refuses it. Should an
+        update be refused, the stream is re-created: it is a cache (this region's entries are published
+        again by the next sync, the peers' are sourced again from their start)."""
+        from nats.js.errors import NotFoundError
 
         cfg = self._stream_config()
         try:
+            info = await self._js.stream_info(STREAM)
+        except NotFoundError:
             await self._js.add_stream(cfg)
-        except BadRequestError:  # exists with another configuration (peers added): bring it up to date
+            return
+        if _sources(info.config) == _sources(cfg) and list(info.config.subjects or []) == cfg.subjects:
+            return
+        try:
             await self._js.update_stream(cfg)
+        except Exception as exc:
+            log.warning("tenant directory: cannot update %s (%s); re-creating it", STREAM, exc)
+            await self._js.delete_stream(STREAM)
+            self.entries.clear()
+            self._by_key.clear()
+            await self._js.add_stream(cfg)
 
     def _on_msg(self, subject: str, data: bytes) -> None:
         parts = subject.split(".")
@@ -262,6 +278,13 @@ class Directory:
                 await self._js.publish(subject, b'{"deleted": true}')
                 sent += 1
         return sent
+
+
+def _sources(cfg: Any) -> set[tuple[str, str | None, str | None]]:
+    return {
+        (src.name, src.filter_subject, src.external.api if src.external is not None else None)
+        for src in cfg.sources or []
+    }
 
 
 class RegionRouter:
