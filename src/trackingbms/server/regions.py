@@ -214,12 +214,17 @@ class Directory:
         import nats
         from nats.js.api import DeliverPolicy
 
+        async def on_error(exc: Exception) -> None:  # one line, not nats-py's default traceback
+            log.warning("tenant directory: NATS: %s", exc or type(exc).__name__)
+
         while True:
             try:
                 self._nc = await nats.connect(
                     servers=self.nats_url.split(","),
                     max_reconnect_attempts=-1,
+                    reconnect_time_wait=1.0,
                     connect_timeout=3,
+                    error_cb=on_error,
                     **self.connect_options,
                 )
                 self._js = self._nc.jetstream(timeout=5)
