@@ -60,6 +60,7 @@ class HttpTransport:
         self.url = cfg.url
         self.token = token
         self.client = self._client(cfg.url)
+        self._retired: list[httpx.AsyncClient] = []
 
     def _client(self, url: str) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -73,7 +74,8 @@ class HttpTransport:
         )
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        for client in [*self._retired, self.client]:
+            await client.aclose()
 
     async def send_batch(self, body: bytes, config_version: int) -> Outcome:
         headers = {"Content-Type": "application/json", "X-Config-Version": str(config_version)}
@@ -136,8 +138,10 @@ class HttpTransport:
                 target,
             )
             self.url = target
-            old, self.client = self.client, self._client(target)  # the TLS context follows the scheme
-            await old.aclose()
+            # a new client (the TLS context follows the scheme); the old one may still carry requests in
+            # flight, so it is closed with the transport
+            self._retired.append(self.client)
+            self.client = self._client(target)
         return resp
 
 
