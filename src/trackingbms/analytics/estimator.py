@@ -98,7 +98,7 @@ class EstimatorConfig:
     drift_min_span_s: float = 24 * 3600.0
     #: a rate known worse than this (1 standard error, %/month, or a sixth of the rate) is no finding yet
     drift_max_se_pct_month: float = 1.5
-    #: each half of the record must carry at least this share of the drop
+    #: each half of the record must fall at least this share of the whole record's rate
     drift_min_half_share: float = 0.2
     drift_days: float = 7.0
     drift_max_dq_c: float = 0.02
@@ -557,7 +557,6 @@ class BatteryEstimator:
             sxx = sxy = rss = 0.0
             points = links = 0
             t_lo, t_hi, observed = math.inf, -math.inf, 0.0
-            drop = first = 0.0
             parts = [(np.array(ts), np.array(ys)) for ts, ys in stretches[k] if len(ts) >= 2]
             for ts, ys in parts:
                 tc = ts - ts.mean()
@@ -573,15 +572,20 @@ class BatteryEstimator:
                 continue
             slope = sxy / sxx
             mid = (t_lo + t_hi) / 2
+            # the same regression on each half of the record: a steady drift shows in both, one odd step
+            # (a 1 mV boundary crossed once) in one only
+            halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
             for ts, ys in parts:
                 tc = ts - ts.mean()
                 r = ys - ys.mean() - slope * tc
                 rss += float(r @ r)
-                drop += slope * float(ts[-1] - ts[0])
-                # the fitted drop before and after the middle of the record, from each chain's own data
-                before = ts <= mid
-                if before.sum() >= 2:
-                    first += float(ys[before][-1] - ys[before][0])
+                for half, sel in enumerate((ts <= mid, ts >= mid)):
+                    if sel.sum() >= 2:
+                        th, yh = ts[sel], ys[sel]
+                        thc = th - th.mean()
+                        halves[half][0] += float(thc @ (yh - yh.mean()))
+                        halves[half][1] += float(thc @ thc)
+            half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
             sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res[k] / math.sqrt(12))
             n_eff = max(2.0, observed / cfg.drift_corr_s)
             se_fit = sigma / math.sqrt(sxx * n_eff / points)
@@ -595,8 +599,8 @@ class BatteryEstimator:
                     "rate_pct_month": slope * _MONTH_S,
                     "rate_se_pct_month": se * _MONTH_S,
                     "drop_pct": raw_drop,
-                    "first_half_drop_pct": first,
-                    "second_half_drop_pct": raw_drop - first,
+                    "first_half_rate_pct_month": half_rates[0],
+                    "second_half_rate_pct_month": half_rates[1],
                     "observed_h": span / 3600,
                     "pairs": links,
                     "chains": len(parts),
@@ -636,13 +640,12 @@ class BatteryEstimator:
         cells' spread (robust z)."""
         cfg = self.cfg
         rate, se = d["rate_pct_month"], d["rate_se_pct_month"]
-        drop, first = d["drop_pct"], d["first_half_drop_pct"]
+        halves = (d["first_half_rate_pct_month"], d["second_half_rate_pct_month"])
         return (
             rate <= -cfg.self_discharge_flag_pct_month
             and rate + 2 * se <= -cfg.self_discharge_flag_pct_month / 2
             and se <= max(cfg.drift_max_se_pct_month, -rate / 6)
-            and drop < 0
-            and min(-first, first - drop) >= cfg.drift_min_half_share * -drop
+            and all(h is not None and h <= cfg.drift_min_half_share * rate for h in halves)
             and d.get("z", 0.0) <= -cfg.drift_min_z
         )
 
