@@ -114,6 +114,8 @@ class EstimatorConfig:
     #: floor of the cells' spread of drift rates (%/month) in the robust z-score
     drift_noise_pct_month: float = 0.5
     drift_min_z: float = 3.0
+    #: cells this close to the highest, when it reads past the curve's end, count as possibly clipped
+    clip_band_mv: float = 5.0
     #: residuals of quantised readings are correlated: one independent point per this much observed time
     drift_corr_s: float = 6 * 3600.0
     low_capacity_ratio: float = 0.9
@@ -256,12 +258,15 @@ class BatteryEstimator:
         elif len(cells) != self.n_cells:
             return
         cap = self._capacity_ref()
-        if abs(i) <= cfg.rest_current_c * cap and max(cells) >= self.clip_mv:  # type: ignore[operator]
-            # a cell at the very end of the curve with (almost) no current to explain it: it is full and
-            # may have been clipped there (charge counted that it did not store)
-            clip_mv, clips = self.clip_mv, self.clips
+        top_mv = max(cells)
+        if top_mv >= self.clip_mv:  # type: ignore[operator]
+            # the highest cells at the very end of the curve are full and may be clipped there (charge
+            # counted that they did not store): their deviation across this moment is not self-discharge.
+            # Only those within a few mV of the highest: under charge the I·R lifts every cell past the
+            # curve's end, and a self-discharging cell is a low one anyway
+            floor_mv, clips = top_mv - cfg.clip_band_mv, self.clips
             for k, mv in enumerate(cells):
-                if mv >= clip_mv:  # type: ignore[operator]
+                if mv >= floor_mv:
                     clips[k] += 1
         # ---- rest tracking
         if abs(i) <= cfg.rest_current_c * cap and (
