@@ -116,6 +116,8 @@ class EstimatorConfig:
     drift_min_z: float = 3.0
     #: cells this close to the highest, when it reads past the curve's end, count as possibly clipped
     clip_band_mv: float = 5.0
+    #: how far off the rated capacity may be before one is measured (fade), for the bleed added back
+    bleed_capacity_unc: float = 0.3
     #: residuals of quantised readings are correlated: one independent point per this much observed time
     drift_corr_s: float = 6 * 3600.0
     low_capacity_ratio: float = 0.9
@@ -486,7 +488,15 @@ class BatteryEstimator:
             for k, s in enumerate(socs)
         ]
         self.observations.append(
-            [t, self.q_ah, self.obs_epoch, adjusted, round(res_pct_per_mv, 4), list(self.clips)]
+            [
+                t,
+                self.q_ah,
+                self.obs_epoch,
+                adjusted,
+                round(res_pct_per_mv, 4),
+                list(self.clips),
+                [round(x, 6) for x in self.bleed_ah],
+            ]
         )
         horizon = t - self.cfg.drift_days * _DAY_S
         while self.observations and self.observations[0][0] < horizon:
@@ -519,6 +529,8 @@ class BatteryEstimator:
         series: list[dict[int, tuple[list[float], list[float]]]] = [{} for _ in range(n)]
         stretches: list[list[tuple[list[float], list[float]]]] = [[] for _ in range(n)]
         res = [0.0] * n
+        bled = [0.0] * n  # % SOC of balancing bleed added back over the cell's links
+        cap_ref = self._capacity_ref()
         n_chains = 0
         for j, b in enumerate(obs):
             a = None
@@ -563,6 +575,7 @@ class BatteryEstimator:
                     stretches[k].append(part)
                 ts, ys = part
                 ts.append(b[0])
+                bled[k] += 100 * (b[6][k] - a[6][k]) / cap_ref
                 ys.append(ys[-1] + c - ref)
                 res[k] = max(res[k], a[4], b[4])
         out: list[dict[str, Any] | None] = []
@@ -605,7 +618,11 @@ class BatteryEstimator:
             # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
             # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
             se_step = 0.41 * res[k] / span / math.sqrt(len(parts))
-            se = math.hypot(se_fit, se_step)
+            # the bleed added back is in % of a capacity that, before one is measured, may be off by the
+            # pack's whole fade: a cell balanced for hours carries that much doubt
+            unc = cfg.bleed_capacity_unc if self.cap_est is None else 0.05
+            se_bleed = unc * bled[k] / span
+            se = math.sqrt(se_fit**2 + se_step**2 + se_bleed**2)
             raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
             out.append(
                 {
@@ -617,6 +634,7 @@ class BatteryEstimator:
                     "observed_h": span / 3600,
                     "pairs": links,
                     "chains": len(parts),
+                    "bleed_added_pct": round(bled[k], 3),
                     # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
                     "step_pct": res[k],
                 }
