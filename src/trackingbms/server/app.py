@@ -130,7 +130,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         notifier = Notifier(app.state.store, group_s=settings.notify_group_s)
         app.state.alarms = AlarmService(
-            app.state.store, interval_s=settings.alarm_interval_s, notifier=notifier
+            app.state.store,
+            interval_s=settings.alarm_interval_s,
+            notifier=notifier,
+            rules_check_s=settings.rules_check_s,
         )
         if settings.alarms_enabled:
             app.state.alarms.start()

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     alarms_enabled: bool = True
     #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved
     alarm_interval_s: float = Field(default=30.0, gt=0)
+    #: how often a process looks for rule edits made by another process (API server or ingest worker)
+    rules_check_s: float = Field(default=5.0, gt=0)
     #: alarm transitions are held this long and sent as one message per target (a burst is one message)
     notify_group_s: float = Field(default=5.0, ge=0)
 
