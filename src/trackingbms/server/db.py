@@ -235,6 +235,15 @@ rollup_1m = Table(
     *rollup_columns(),
 )
 
+#: one row per stream and hour, kept at ingest beside the minute rows (migration 0007): long spans read these
+rollup_1h = Table(
+    "rollup_1h",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("bucket_ms", BigInteger, primary_key=True),
+    *rollup_columns(),
+)
+
 #: a tenant's alarm rule settings: tenant-wide (no site, no battery), per site or per battery; each non-null
 #: field overrides the level below (built-in → tenant → site → battery). ``rule_id`` names a built-in rule
 #: (``fault:<name>`` for a fault bit) or the tenant's own rule (then ``metric`` is required).

@@ -22,6 +22,7 @@ from trackingbms.server.db import (
     batteries,
     battery_state,
     devices,
+    rollup_1h,
     rollup_1m,
     samples,
     streams,
@@ -94,7 +95,7 @@ class IngestStore(StoreCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._partitions: set[str] = set()
-        self._rollup_stmt: Any = None
+        self._rollup_stmts: dict[str, Any] = {}
         self._state_stmt: Any = None
 
     async def _ensure_partitions(self, min_ts: int, max_ts: int) -> None:
@@ -190,7 +191,18 @@ class IngestStore(StoreCore):
                         if prev is None or ts >= prev[0]:
                             cur.by_mask[mask] = (ts, data)
                 if rollups:
-                    await self._upsert_rollups(conn, rollups)
+                    # hours folded from this batch's minutes, upserted beside them in the same transaction:
+                    # a few rows per stream and batch, always exact (late samples included), no lag
+                    hours: dict[tuple[int, int], SeriesAcc] = {}
+                    for (stream, minute), acc in rollups.items():
+                        key = (stream, minute - minute % 3_600_000)
+                        h = hours.get(key)
+                        if h is None:
+                            hours[key] = SeriesAcc(list(acc.flat))
+                        else:
+                            h.merge(acc)
+                    await self._upsert_rollups(conn, rollup_1m, rollups)
+                    await self._upsert_rollups(conn, rollup_1h, hours)
                 if newest:
                     # in battery order, so that concurrent batches (PostgreSQL) lock rows in one order
                     order = sorted(newest, key=lambda b: assigned[b].battery_pk)
@@ -251,7 +263,9 @@ class IngestStore(StoreCore):
         )
         return {tuple(r) for r in got}
 
-    async def _upsert_rollups(self, conn: AsyncConnection, rollups: dict[tuple[int, int], SeriesAcc]) -> None:
+    async def _upsert_rollups(
+        self, conn: AsyncConnection, table: Any, rollups: dict[tuple[int, int], SeriesAcc]
+    ) -> None:
         params = []
         for (stream, bucket), acc in rollups.items():
             row: dict[str, Any] = {"stream_id": stream, "bucket_ms": bucket}
@@ -261,11 +275,12 @@ class IngestStore(StoreCore):
                 row[f"{name}_max"] = st.max
                 row[f"{name}_sum"] = st.sum
             params.append(row)
-        await conn.execute(self._rollup_upsert(), params)
+        await conn.execute(self._rollup_upsert(table), params)
 
-    def _rollup_upsert(self) -> Any:
-        if self._rollup_stmt is not None:
-            return self._rollup_stmt
+    def _rollup_upsert(self, table: Any) -> Any:
+        cached = self._rollup_stmts.get(table.name)
+        if cached is not None:
+            return cached
         if self.sqlite:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
 
@@ -278,16 +293,17 @@ class IngestStore(StoreCore):
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
 
             least, greatest = func.least, func.greatest  # both skip NULLs on PostgreSQL
-        stmt = dialect_insert(rollup_1m)
-        r, ex = rollup_1m.c, stmt.excluded
+        stmt = dialect_insert(table)
+        r, ex = table.c, stmt.excluded
         set_: dict[str, Any] = {}
         for name in SERIES:
             set_[f"{name}_n"] = r[f"{name}_n"] + ex[f"{name}_n"]
             set_[f"{name}_min"] = least(r[f"{name}_min"], ex[f"{name}_min"])
             set_[f"{name}_max"] = greatest(r[f"{name}_max"], ex[f"{name}_max"])
             set_[f"{name}_sum"] = func.coalesce(r[f"{name}_sum"], 0.0) + func.coalesce(ex[f"{name}_sum"], 0.0)
-        self._rollup_stmt = stmt.on_conflict_do_update(index_elements=["stream_id", "bucket_ms"], set_=set_)
-        return self._rollup_stmt
+        upsert = stmt.on_conflict_do_update(index_elements=["stream_id", "bucket_ms"], set_=set_)
+        self._rollup_stmts[table.name] = upsert
+        return upsert
 
     def _state_upsert(self) -> Any:
         """Insert a battery's state, or merge it field by field: a field moves only to a value read at
