@@ -242,6 +242,7 @@ rollup_1h = Table(
     Column("stream_id", Integer, primary_key=True),
     Column("bucket_ms", BigInteger, primary_key=True),
     *rollup_columns(),
+    sqlite_with_rowid=False,
 )
 
 #: a tenant's alarm rule settings: tenant-wide (no site, no battery), per site or per battery; each non-null

@@ -42,6 +42,8 @@ def upgrade() -> None:
             for name in _SERIES
             for part in ("n", "min", "max", "sum")
         ),
+        # SQLite: rows clustered on (stream, hour), a range read is one b-tree walk (no rowid lookups)
+        sqlite_with_rowid=False,
     )
     cols = ["stream_id", "bucket_ms"]
     aggs = ["stream_id", "bucket_ms - bucket_ms % 3600000"]
