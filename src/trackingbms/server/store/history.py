@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from trackingbms.analytics.cells import SERIES
 from trackingbms.server.db import rollup_1h, rollup_1m, samples
 from trackingbms.server.store import packing
-from trackingbms.server.store.base import TenantScope
+from trackingbms.server.store.base import TenantScope, now_ms
 from trackingbms.server.store.series import SeriesAcc
 
 #: the most raw samples a short-bucket history request decodes; a denser range is served from the rollups
@@ -54,9 +54,13 @@ class HistoryScope(TenantScope):
                     buckets = await asyncio.to_thread(_raw_buckets, rows, base_ms, bucket_ms)
                     return _history_reply(battery_id, from_ms, to_ms, base_ms, bucket_ms, buckets)
                 bucket_ms = MINUTE_MS
-            step_ms, table = (
-                (HOUR_MS, rollup_1h) if bucket_ms > HOUR_BUCKETS_FROM_MS else (MINUTE_MS, rollup_1m)
-            )
+            days_1m = self.store.rollup_1m_retention_days
+            # past the minute rollups' retention only hours are left: coarser buckets rather than none
+            minutes_gone = bool(days_1m) and from_ms < now_ms() - days_1m * 86_400_000
+            if bucket_ms > HOUR_BUCKETS_FROM_MS or minutes_gone:
+                step_ms, table = HOUR_MS, rollup_1h
+            else:
+                step_ms, table = MINUTE_MS, rollup_1m
             bucket_ms = -(-bucket_ms // step_ms) * step_ms
             base_ms, bucket_ms = _bucket_grid(from_ms, to_ms, bucket_ms, points, step_ms)
             buckets: dict[int, SeriesAcc] = {}
