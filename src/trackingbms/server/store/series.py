@@ -1,8 +1,8 @@
 """The one series accumulator: count, min, max and sum of each history series (the rollup row layout).
 
 Ingest folds samples into 1-minute rollups with it (and minutes into 1-hour rollups), history folds raw rows
-into buckets with it, and rollup
-rows aggregated in SQL come back as one. Flat list, not objects per series: it is on the ingest hot path.
+into buckets with it, and rollup rows aggregated in SQL come back as one. Flat list, not objects per series:
+it is on the ingest hot path.
 """
 
 from __future__ import annotations
