@@ -8,8 +8,8 @@ process), into SQLite and into PostgreSQL. The load generator runs on the same m
 Prints one JSON object per backend:
 {"backend", "samples_per_s", "p50_ms", "p99_ms", "bytes_per_sample", ...}. ``bytes_per_sample`` is the
 on-disk size of the samples table and its indexes (SQLite: dbstat pages; PostgreSQL: all partitions,
-pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute rollup
-table on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
+pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute and 1-hour
+rollup tables on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
 process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core), and
 ``server_cpu_us_per_sample`` its CPU time per stored sample (the figure a loaded machine bends least).
 ``--compare REV`` runs revision REV's own copy of this script first, per backend (bench/_compare.py), and
@@ -117,7 +117,7 @@ async def provision(url: str, devices: int, batteries_per_device: int) -> list[s
 
 
 async def sizes(url: str) -> tuple[int, int, int]:
-    """(rows, bytes of samples + indexes, bytes of the 1-minute rollups)"""
+    """(rows, bytes of samples + indexes, bytes of the 1-minute and 1-hour rollups)"""
     from sqlalchemy import func, select
 
     from trackingbms.server.db import make_engine, samples
@@ -135,9 +135,9 @@ async def sizes(url: str) -> tuple[int, int, int]:
                 await conn.exec_driver_sql("VACUUM ANALYZE samples")  # only to settle the visibility map
         async with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
-                q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE '%rollup_1m%'"
+                q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE '%rollup_1_%'"
             else:
-                q = "SELECT pg_total_relation_size('rollup_1m')"
+                q = "SELECT pg_total_relation_size('rollup_1m') + pg_total_relation_size('rollup_1h')"
             rollup = int((await conn.exec_driver_sql(q)).scalar())
         return rows, await Store(engine).samples_bytes(), rollup
     finally:
