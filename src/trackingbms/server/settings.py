@@ -63,6 +63,11 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
     retention_interval_s: float = 3600.0
+    #: how often samples older than the hot window are compacted into compressed blocks (0: never, e.g. a
+    #: cron job runs `trackingbms server compact`)
+    compact_interval_s: float = Field(default=600.0, ge=0)
+    #: samples newer than this stay plain rows (live views, re-sends, recent history); see store/cold.py
+    compact_hot_window_s: float = Field(default=3600.0, ge=60)
     #: evaluate alarm rules and the analytics engine on ingested samples (off: storage only)
     alarms_enabled: bool = True
     #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved

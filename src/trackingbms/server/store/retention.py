@@ -1,4 +1,5 @@
-"""Raw-sample retention per tenant, and the on-disk size of the samples (for the benchmarks)."""
+"""Raw-sample retention per tenant (hot rows and whole compressed blocks), and the on-disk size of the samples
+(for the benchmarks)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from sqlalchemy import select, update
 
 from trackingbms.server.db import batteries, samples, streams, tenants
 from trackingbms.server.store.base import StoreCore, now_ms
+from trackingbms.server.store.cold import ColdStore
 
 
-class RetentionStore(StoreCore):
+class RetentionStore(ColdStore, StoreCore):
     async def set_retention(self, tenant_id: int, days: int | None) -> None:
         """Keep a tenant's raw samples ``days`` long (None: forever). Rollups are kept either way."""
         async with self.write() as conn:
@@ -40,10 +42,12 @@ class RetentionStore(StoreCore):
                     samples.delete().where(samples.c.stream_id.in_(tenant_streams), samples.c.ts_ms < cutoff)
                 )
                 deleted += max(0, r.rowcount)
+                deleted += await self.delete_cold_before(conn, tenant_id, cutoff)
         return deleted
 
     async def samples_bytes(self) -> int:
-        """Bytes the samples table and its indexes take (PostgreSQL: all partitions)."""
+        """Bytes the hot samples table and its indexes take (PostgreSQL: all partitions); the compressed
+        blocks are :meth:`cold_bytes`."""
         async with self.engine.connect() as conn:
             if self.sqlite:
                 return int(
