@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -210,19 +210,18 @@ def _put_lists(out: bytearray, lists: list[tuple[int, ...]], with_mean: bool) ->
     _put(out, flat)
 
 
-def _get_lists(r: _Reader, k: int, with_mean: bool) -> list[tuple[int, ...]]:
+def _get_lists(r: _Reader, k: int, with_mean: bool) -> np.ndarray | list[tuple[int, ...]]:
+    """What :func:`_put_lists` wrote: a k x N matrix (one count for all), else a list of tuples."""
     shape = r.raw(1)[0]
     if shape == 0:
         width = int(r.ints(1)[0])
-        if k == 0:
-            return []
-        if width == 0:
-            return [()] * k
+        if k == 0 or width == 0:
+            return np.zeros((k, 0), dtype=np.int64)
         mean = np.cumsum(r.ints(k)) if with_mean else None
         m = np.cumsum(r.ints(k * width).reshape(width, k).T, axis=0)
         if mean is not None:
             m = m + mean[:, None]
-        return [tuple(row) for row in m.tolist()]
+        return m
     if shape != 1:
         raise BlockError("block: bad list shape")
     counts = r.ints(k).tolist()
@@ -233,6 +232,39 @@ def _get_lists(r: _Reader, k: int, with_mean: bool) -> list[tuple[int, ...]]:
         out.append(tuple(np.cumsum(flat[pos : pos + c]).tolist()) if c else ())
         pos += c
     return out
+
+
+def _cells_segments(lists: np.ndarray | list[tuple[int, ...]]) -> list[bytes]:
+    """Each sample's cells as packing writes them; a matrix is packed in numpy, row by row only at the end."""
+    if isinstance(lists, list):
+        return [_pack_cells(x) for x in lists]
+    k, n = lists.shape
+    if n == 0:
+        return [b"\x00\x00"] * k
+    first = lists[:, :1]
+    d = lists[:, 1:] - first
+    compact = (d.max(axis=1, initial=0) <= 127) & (d.min(axis=1, initial=0) >= -128)
+    hdr = np.array([n, 0], dtype=np.uint8)
+    mode0 = np.hstack(
+        (
+            np.broadcast_to(hdr, (k, 2)),
+            first.astype("<u2", order="C").view(np.uint8),
+            d.astype(np.int8, order="C").view(np.uint8),
+        )
+    )
+    if compact.all():
+        return [row.tobytes() for row in mode0]
+    hdr[1] = 1
+    mode1 = np.hstack((np.broadcast_to(hdr, (k, 2)), lists.astype("<u2", order="C").view(np.uint8)))
+    return [(mode0[i] if compact[i] else mode1[i]).tobytes() for i in range(k)]
+
+
+def _temps_segments(lists: np.ndarray | list[tuple[int, ...]]) -> list[bytes]:
+    if isinstance(lists, list):
+        return [struct.pack(f"<B{len(t)}h", len(t), *t) for t in lists]
+    k, n = lists.shape
+    rows = np.hstack((np.full((k, 1), n, dtype=np.uint8), lists.astype("<i2", order="C").view(np.uint8)))
+    return [row.tobytes() for row in rows]
 
 
 # -- blocks --------------------------------------------------------------------------------------------
@@ -289,40 +321,41 @@ def decode(payload: bytes) -> list[Row]:
         k = sum(1 for m in masks if m & bit)
         scalar_cols.append(np.cumsum(r.ints(k)).tolist())
     flags = r.ints(sum(1 for m in masks if m & _FLAG_BITS)).tolist()
-    cells = _get_lists(r, sum(1 for m in masks if m & B_CELLS), with_mean=True)
-    temps = _get_lists(r, sum(1 for m in masks if m & B_TEMPS), with_mean=False)
+    cells = _cells_segments(_get_lists(r, sum(1 for m in masks if m & B_CELLS), with_mean=True))
+    temps = _temps_segments(_get_lists(r, sum(1 for m in masks if m & B_TEMPS), with_mean=False))
     tail_lens = r.ints(n).tolist()
     if r.off + sum(tail_lens) != len(body):
         raise BlockError("block: length mismatch")
-    pos = [0] * len(_SCALAR_BITS)
-    i_flag = i_cell = i_temp = 0
+    nexts = [iter(c).__next__ for c in scalar_cols]
+    next_flag = iter(flags).__next__
+    next_cells = iter(cells).__next__
+    next_temps = iter(temps).__next__
     toff = r.off
     out: list[Row] = []
-    structs: dict[int, struct.Struct] = {}
+    # per presence mask: its struct and which scalar columns it takes, in order
+    plans: dict[int, tuple[struct.Struct, tuple[Any, ...], bool, bool]] = {}
     for i in range(n):
         mask = masks[i]
-        st = structs.get(mask)
-        if st is None:
-            fmt = "<HB" + "".join(c for bit, c in zip(_SCALAR_BITS, _SCALAR_CODES, strict=True) if mask & bit)
-            st = structs[mask] = struct.Struct(fmt + ("B" if mask & _FLAG_BITS else ""))
-        vals: list[int] = [mask, svs[i]]
-        for j, bit in enumerate(_SCALAR_BITS):
-            if mask & bit:
-                vals.append(scalar_cols[j][pos[j]])
-                pos[j] += 1
-        if mask & _FLAG_BITS:
-            vals.append(flags[i_flag])
-            i_flag += 1
-        parts = [st.pack(*vals)]
-        if mask & B_CELLS:
-            parts.append(_pack_cells(cells[i_cell]))
-            i_cell += 1
-        if mask & B_TEMPS:
-            t = temps[i_temp]
-            i_temp += 1
-            parts.append(struct.pack(f"<B{len(t)}h", len(t), *t))
+        plan = plans.get(mask)
+        if plan is None:
+            codes = "".join(c for bit, c in zip(_SCALAR_BITS, _SCALAR_CODES, strict=True) if mask & bit)
+            has_flags = bool(mask & _FLAG_BITS)
+            plan = plans[mask] = (
+                struct.Struct("<HB" + codes + ("B" if has_flags else "")),
+                tuple(nexts[j] for j, bit in enumerate(_SCALAR_BITS) if mask & bit)
+                + ((next_flag,) if has_flags else ()),
+                bool(mask & B_CELLS),
+                bool(mask & B_TEMPS),
+            )
+        st, takes, has_cells, has_temps = plan
+        head = st.pack(mask, svs[i], *[f() for f in takes])
         tl = tail_lens[i]
-        parts.append(body[toff : toff + tl])
+        data = (
+            head
+            + (next_cells() if has_cells else b"")
+            + (next_temps() if has_temps else b"")
+            + body[toff : toff + tl]
+        )
         toff += tl
-        out.append(Row(seqs[i], ts[i], b"".join(parts)))
+        out.append(Row(seqs[i], ts[i], data))
     return out
