@@ -3,13 +3,17 @@ process), into SQLite and into PostgreSQL. The load generator runs on the same m
 
     python bench/ingest.py --json                 # both backends (PostgreSQL if reachable)
     python bench/ingest.py --json --samples 100000 --backends sqlite
+    python bench/ingest.py --json --compare ac65cbc   # beside the first storage design, same run
 
 Prints one JSON object per backend:
 {"backend", "samples_per_s", "p50_ms", "p99_ms", "bytes_per_sample", ...}. ``bytes_per_sample`` is the
 on-disk size of the samples table and its indexes (SQLite: dbstat pages; PostgreSQL: all partitions,
 pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute rollup
 table on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
-process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core).
+process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core), and
+``server_cpu_us_per_sample`` its CPU time per stored sample (the figure a loaded machine bends least).
+``--compare REV`` runs revision REV's own copy of this script first, per backend (bench/_compare.py), and
+adds its figures as ``previous``.
 After the load, every stored sample is compacted into compressed blocks (as the server does past its hot
 window, store/cold.py): ``cold_bytes_per_sample`` is the blocks table with its index (PostgreSQL: with its
 TOAST table) per sample, measured in the same run as the hot figure; ``compact_samples_per_s`` how fast
@@ -41,6 +45,7 @@ import httpx
 import orjson
 
 from _check import Target, add_check_argument, check_targets
+from _compare import add_compare_argument, run_previous
 
 PG_ADMIN_URL = os.environ.get("TRACKINGBMS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -364,6 +369,10 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             **cold,
             "samples": stored,
             "server_cpu_pct": round(100 * server_cpu_s / elapsed) if server_cpu_s >= 0 else None,
+            # server CPU per stored sample: what a loaded machine changes least (a quiet one shows the rate)
+            "server_cpu_us_per_sample": (
+                round(1e6 * server_cpu_s / max(1, stored), 1) if server_cpu_s >= 0 else None
+            ),
             "rows": rows,
             "batch": args.batch,
             "concurrency": args.concurrency,
@@ -384,8 +393,11 @@ def main() -> None:
     ap.add_argument("--batteries", type=int, default=4, help="per device")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     add_check_argument(ap)
+    add_compare_argument(ap)
     args = ap.parse_args()
     targets: list[Target] = []
+    same = ["--samples", str(args.samples), "--batch", str(args.batch), "--devices", str(args.devices)]
+    same += ["--batteries", str(args.batteries), "--concurrency", str(args.concurrency)]
     for backend in args.backends.split(","):
         backend = backend.strip()
         if backend == "postgres":
@@ -394,8 +406,11 @@ def main() -> None:
             except OSError:
                 print(json.dumps({"backend": "postgresql", "skipped": "not reachable on 127.0.0.1:5432"}))
                 continue
+        previous = run_previous("ingest.py", args.compare, backend, same) if args.compare else None
         with tempfile.TemporaryDirectory() as tmp:
             result = run_backend(backend, args, Path(tmp))
+        if previous is not None:
+            result["previous"] = previous
         print(
             json.dumps(result)
             if args.json
@@ -403,6 +418,7 @@ def main() -> None:
             f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  {result['bytes_per_sample']} B/sample"
             f" (compacted: {result['cold_bytes_per_sample']},"
             f" realistic {result['realistic_cold_bytes_per_sample']})"
+            + (f"  (previous {previous.get('samples_per_s', previous.get('error'))})" if previous else "")
         )
         sys.stdout.flush()
         floor = {"sqlite": 20_000, "postgresql": 30_000}[result["backend"]]

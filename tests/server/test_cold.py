@@ -1,6 +1,6 @@
 """Compressed history blocks in a running server, over HTTP, on both backends: compacted samples read back
 exactly (export, history), re-sends of compacted samples stay duplicates, late samples merge into their
-block, retention drops whole blocks, and migration 0007 converts (and restores) a database without loss."""
+block, retention drops whole blocks, and migration 0008 converts (and restores) a database without loss."""
 
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ async def test_migration_converts_samples_to_blocks_without_loss(world: World) -
 
     try:
         # back to the previous layout: every sample a row again, the same samples
-        await alembic(command.downgrade, "0006")
+        await alembic(command.downgrade, "0007")
         async with engine.connect() as conn:
             assert (await conn.execute(select(func.count()).select_from(samples))).scalar_one() == 2850
             rows = (

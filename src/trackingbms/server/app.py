@@ -101,7 +101,7 @@ async def _retention_loop(store: Store, every_s: float) -> None:
         try:
             deleted = await store.apply_retention()
             if deleted:
-                log.info("retention: deleted %d raw samples", deleted)
+                log.info("retention: deleted %d raw samples and rollup rows", deleted)
         except Exception:  # a failed pass is retried next time; the server keeps serving
             log.exception("retention pass failed")
         await asyncio.sleep(every_s)
@@ -135,6 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             offline_timeout_s=settings.offline_timeout_s,
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
+            rollup_1m_retention_days=settings.rollup_1m_retention_days,
+            rollup_1h_retention_days=settings.rollup_1h_retention_days,
         )
         notifier = Notifier(app.state.store, group_s=settings.notify_group_s)
         app.state.alarms = AlarmService(

@@ -211,7 +211,7 @@ streams = Table(
     Column("device_id", Integer, ForeignKey("devices.id"), nullable=False),
     Column("battery_id", Integer, ForeignKey("batteries.id"), nullable=False, index=True),
     # the newest ts held in a compressed block of this stream (None: none yet): a sample at or before it
-    # may be a re-send of a compacted one, so ingest checks the blocks for it (migration 0007_blocks)
+    # may be a re-send of a compacted one, so ingest checks the blocks for it (migration 0008_blocks)
     Column("cold_ts_ms", BigInteger, nullable=True),
     UniqueConstraint("device_id", "battery_id"),
 )
@@ -236,6 +236,16 @@ rollup_1m = Table(
     Column("stream_id", Integer, primary_key=True),
     Column("bucket_ms", BigInteger, primary_key=True),
     *rollup_columns(),
+)
+
+#: one row per stream and hour, kept at ingest beside the minute rows (migration 0007): long spans read these
+rollup_1h = Table(
+    "rollup_1h",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("bucket_ms", BigInteger, primary_key=True),
+    *rollup_columns(),
+    sqlite_with_rowid=False,
 )
 
 #: a tenant's alarm rule settings: tenant-wide (no site, no battery), per site or per battery; each non-null

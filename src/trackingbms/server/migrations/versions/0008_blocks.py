@@ -5,8 +5,8 @@ The conversion runs inside the migration's one transaction: a failure leaves the
 are read per stream in ts order, page by page, cut into blocks as the compaction task cuts them, and
 deleted from ``samples`` once their blocks are written.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from alembic import op
 
 from trackingbms.server.store import blocks, cold
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 

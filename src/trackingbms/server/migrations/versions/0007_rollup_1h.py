@@ -1,0 +1,61 @@
+"""1-hour rollups per stream (same layout as the 1-minute ones), filled from the existing 1-minute rollups.
+
+Long history spans (a bucket of an hour or more) read these: a year is 8,760 rows per stream instead
+of 525,600.
+The fill is exact: n and sum add up, min / max of minutes are the min / max of the hour.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+# frozen copy of the series at this revision (db.ROLLUP_SERIES may grow later, with its own migration)
+_SERIES = (
+    "voltage_v",
+    "current_a",
+    "soc_pct",
+    "power_w",
+    "cell_min_mv",
+    "cell_max_mv",
+    "cell_delta_mv",
+    "temp_max_c",
+    "temp_min_c",
+)
+
+
+def upgrade() -> None:
+    op.create_table(
+        "rollup_1h",
+        sa.Column("stream_id", sa.Integer, primary_key=True),
+        sa.Column("bucket_ms", sa.BigInteger, primary_key=True),
+        *(
+            sa.Column(f"{name}_{part}", sa.Integer if part == "n" else sa.Float, nullable=True)
+            for name in _SERIES
+            for part in ("n", "min", "max", "sum")
+        ),
+        # SQLite: rows clustered on (stream, hour), a range read is one b-tree walk (no rowid lookups)
+        sqlite_with_rowid=False,
+    )
+    cols = ["stream_id", "bucket_ms"]
+    aggs = ["stream_id", "bucket_ms - bucket_ms % 3600000"]
+    for name in _SERIES:
+        cols += [f"{name}_n", f"{name}_min", f"{name}_max", f"{name}_sum"]
+        # n is 0 (not NULL) where no minute carried the series, as ingest writes it
+        aggs += [f"coalesce(sum({name}_n), 0)", f"min({name}_min)", f"max({name}_max)", f"sum({name}_sum)"]
+    op.execute(
+        f"INSERT INTO rollup_1h ({', '.join(cols)}) SELECT {', '.join(aggs)} FROM rollup_1m "
+        "GROUP BY stream_id, bucket_ms - bucket_ms % 3600000"
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("rollup_1h")
