@@ -4,7 +4,12 @@ block, retention drops whole blocks, and migration 0008 converts (and restores) 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -224,3 +229,40 @@ def test_blocks_of_a_real_day_stay_small() -> None:
         for i, s in enumerate(_mixed("p", 10, 100))
     ]
     assert blocks.decode(blocks.encode(rows)) == rows
+
+
+CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
+
+
+async def test_a_killed_compaction_loses_and_duplicates_nothing(world: World, tmp_path: Path) -> None:
+    a = world.a
+    for k, bid in enumerate(a.batteries[:2]):
+        batch = _mixed(bid, 6000, start_s=8 * 3600)
+        for i in range(0, len(batch), 1000):
+            assert (await _ingest(world, a.device, batch[i : i + 1000]))["accepted"] == 1000, k
+    before = await _checksum(world.database_url)
+    assert before[0] == 12_000
+    args = ["server", "compact", "--json", "--database-url", world.database_url, "--data-dir", str(tmp_path)]
+    # SIGKILL the command as soon as its first block is committed: mid-run, with rows and blocks both there
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    for _ in range(1200):
+        hot, cold_n = await _counts(world.database_url)
+        if cold_n:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    hot, cold_n = await _counts(world.database_url)
+    assert 0 < cold_n < 12_000  # the kill landed between two of its transactions (or inside one)
+    assert hot + cold_n == 12_000
+    assert await _checksum(world.database_url) == before
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, err.decode()
+    assert json.loads(out)["duplicates"] == 0
+    assert await _counts(world.database_url) == (0, 12_000)
+    assert await _checksum(world.database_url) == before
