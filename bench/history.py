@@ -95,7 +95,7 @@ async def read_token(url: str) -> str:
         return (await ts.create_api_token("bench@example.com", "bench", "read", 1))["token"]
 
 
-def time_reads(base: str, token: str, end: datetime, reps: int) -> dict[str, Any]:
+def time_reads(base: str, token: str, end: datetime, reps: int, pid: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
         for name, hours in SPANS_H.items():
@@ -106,13 +106,18 @@ def time_reads(base: str, token: str, end: datetime, reps: int) -> dict[str, Any
                 raise RuntimeError(f"history answered {first.status_code}: {first.text[:200]}")
             body = first.json()
             lat = []
+            cpu0 = proc_cpu_s(pid)
             for _ in range(reps):
                 t0 = time.perf_counter()
                 r = c.get(url, params=params)
                 lat.append((time.perf_counter() - t0) * 1000)
                 r.raise_for_status()
+            cpu_s = proc_cpu_s(pid) - cpu0
             lat.sort()
             out[name] = {
+                # server CPU per read (SQLite: the query too; PostgreSQL's own work is not in it):
+                # what a loaded machine bends least
+                "server_cpu_ms": round(1000 * cpu_s / reps, 1) if cpu0 >= 0 else None,
                 "p50_ms": round(statistics.median(lat), 1),
                 "p95_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
                 "points": len(body["t"]),
@@ -164,7 +169,7 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
                 time.sleep(0.1)
             stored, fill_s, _ = asyncio.run(load(base, tokens, batches, 4))
             cpu0, t0 = proc_cpu_s(proc.pid), time.perf_counter()
-            spans = time_reads(base, token, end, args.reps)
+            spans = time_reads(base, token, end, args.reps, proc.pid)
             server_cpu_s, elapsed = proc_cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
         finally:
             proc.terminate()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,9 +15,10 @@ from sqlalchemy import text
 
 from trackingbms.analytics.cells import SERIES, series_of
 from trackingbms.model import format_ts
+from trackingbms.server import provisioning as p
 from trackingbms.server.db import _alembic_config, make_engine
 
-from .conftest import World, client, sample
+from .conftest import ServerThread, World, client, provision, sample
 
 HOUR_S = 3600
 
@@ -191,3 +193,44 @@ async def test_migration_0007_builds_the_hour_rollups_from_the_minute_rollups(wo
         await engine.dispose()
     await asyncio.to_thread(_migrate, world.database_url, "head", False)
     assert await _history(world, bid, base_s, base_s + hours * HOUR_S, hours) == before
+
+
+async def test_minute_rollups_past_their_retention_are_deleted_and_history_answers_in_hours(
+    start_server: Callable[..., ServerThread], database_url: str
+) -> None:
+    """With ROLLUP_1M_RETENTION_DAYS=1 the retention pass deletes minute rows older than a day; a 6-hour
+    window two days back (1-minute buckets asked) answers in whole hours, with the values of the raw samples;
+    the last day keeps its minute buckets."""
+    server = await asyncio.to_thread(start_server, rollup_1m_retention_days=1.0, retention_interval_s=0.2)
+    async with p.open_store(database_url) as store:
+        t = await provision(store, server.base_url, "acme")
+    w = World(server.base_url, database_url, t, t, server)
+    bid = t.batteries[0]
+    hours = 72
+    now_s = int(datetime.now(UTC).timestamp())
+    base_s = now_s - now_s % HOUR_S - hours * HOUR_S
+    samples = _fleet_samples(bid, base_s, hours)
+    await _ingest(w, samples)
+    old_from, old_to = base_s + 12 * HOUR_S, base_s + 18 * HOUR_S  # 54 to 60 hours ago
+    old = [s for s in samples if old_from <= datetime.fromisoformat(s["ts"]).timestamp() < old_to]
+    engine = make_engine(database_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while True:  # the retention pass runs every 0.2 s: wait until it has deleted the old minute rows
+            async with engine.connect() as conn:
+                oldest_minute = (await conn.execute(text("SELECT min(bucket_ms) FROM rollup_1m"))).scalar()
+                oldest_hour = (await conn.execute(text("SELECT min(bucket_ms) FROM rollup_1h"))).scalar()
+            if oldest_minute >= (now_s - 86_400 - 60) * 1000 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await engine.dispose()
+    assert oldest_minute >= (now_s - 86_400 - 60) * 1000 and oldest_hour == base_s * 1000
+    h = await _history(w, bid, old_from, old_to, 360)
+    _assert_matches(h, _expected(old, base_s))
+    to_s = now_s - now_s % 60
+    recent = await _history(w, bid, to_s - 6 * HOUR_S, to_s, 360)  # exactly 1-minute buckets
+    in_window = [
+        s for s in samples if to_s - 6 * HOUR_S <= datetime.fromisoformat(s["ts"]).timestamp() < to_s
+    ]
+    assert recent["bucket_s"] == 60 and len(recent["t"]) == len(in_window)  # one minute bucket per sample

@@ -236,6 +236,7 @@ rollup_1m = Table(
     Column("stream_id", Integer, primary_key=True),
     Column("bucket_ms", BigInteger, primary_key=True),
     *rollup_columns(),
+    sqlite_with_rowid=False,  # since migration 0007
 )
 
 #: one row per stream and hour, kept at ingest beside the minute rows (migration 0007): long spans read these
