@@ -108,6 +108,15 @@ async def _retention_loop(store: Store, every_s: float) -> None:
         await asyncio.sleep(every_s)
 
 
+async def _compact_loop(store: Store, every_s: float, hot_window_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)  # not at start: a restart should not compete with catching-up gateways
+        try:
+            await store.compact(hot_window_ms=int(hot_window_s * 1000))
+        except Exception:  # a failed pass changes nothing (one transaction per block); retried next time
+            log.exception("compaction pass failed")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     install_log_redaction()
@@ -197,9 +206,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retention = None
         if settings.retention_interval_s > 0:
             retention = asyncio.create_task(_retention_loop(app.state.store, settings.retention_interval_s))
+        compaction = None
+        if settings.compact_interval_s > 0:
+            compaction = asyncio.create_task(
+                _compact_loop(app.state.store, settings.compact_interval_s, settings.compact_hot_window_s)
+            )
         try:
             yield
         finally:
+            if compaction is not None:
+                compaction.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await compaction
             if retention is not None:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -9,12 +9,9 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
-from sqlalchemy import and_, or_, select
-
 from trackingbms.model import csv_header
 from trackingbms.model import csv_row as sample_csv_row
-from trackingbms.server.db import samples
-from trackingbms.server.store import packing
+from trackingbms.server.store import cold, packing
 from trackingbms.server.store.base import TenantScope
 
 
@@ -36,36 +33,12 @@ class ExportScope(TenantScope):
     async def export_rows(
         self, battery_id: str, from_ms: int, to_ms: int, page: int = 5000
     ) -> AsyncIterator[list[tuple[int, int, bytes]]]:
-        """Pages of (ts_ms, seq, data) in time order, each page its own short query (no long-held cursor)."""
+        """Pages of (ts_ms, seq, data) in time order, each page its own short query (no long-held cursor);
+        hot rows and compressed blocks together (:func:`trackingbms.server.store.cold.iter_raw`)."""
         async with self.engine.connect() as conn:
             _, sids = await self._battery_streams(conn, battery_id)
-        if not sids:
-            return
-        s = samples.c
-        last: tuple[int, int, int] | None = None
-        while True:
-            q = select(s.ts_ms, s.stream_id, s.seq, s.data).where(
-                s.stream_id.in_(sids), s.ts_ms >= from_ms, s.ts_ms < to_ms
-            )
-            if last is not None:
-                q = q.where(
-                    or_(
-                        s.ts_ms > last[0],
-                        and_(
-                            s.ts_ms == last[0],
-                            or_(s.stream_id > last[1], and_(s.stream_id == last[1], s.seq > last[2])),
-                        ),
-                    )
-                )
-            q = q.order_by(s.ts_ms, s.stream_id, s.seq).limit(page)
-            async with self.engine.connect() as conn:
-                rows = (await conn.execute(q)).all()
-            if not rows:
-                return
+        async for rows in cold.iter_raw(self.engine, sids, from_ms, to_ms, page):
             yield [(r.ts_ms, r.seq, r.data) for r in rows]
-            if len(rows) < page:
-                return
-            last = (rows[-1].ts_ms, rows[-1].stream_id, rows[-1].seq)
 
     async def export_csv(
         self, battery_id: str, from_ms: int, to_ms: int, n_cells: int, n_temps: int

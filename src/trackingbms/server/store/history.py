@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import Table, and_, func, literal_column, select
+from sqlalchemy import Table, func, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trackingbms.analytics.cells import SERIES
-from trackingbms.server.db import rollup_1h, rollup_1m, samples
-from trackingbms.server.store import packing
+from trackingbms.server.db import rollup_1h, rollup_1m
+from trackingbms.server.store import cold, packing
 from trackingbms.server.store.base import TenantScope, now_ms
 from trackingbms.server.store.series import SeriesAcc
 
@@ -42,14 +42,12 @@ class HistoryScope(TenantScope):
         async with self.engine.connect() as conn:
             _, sids = await self._battery_streams(conn, battery_id)
             if sids and bucket_ms < MINUTE_MS:
-                s = samples.c
-                in_range = and_(s.stream_id.in_(sids), s.ts_ms >= from_ms, s.ts_ms < to_ms)
-                # count (up to the cap, index only) before fetching: a dense range goes to the rollups
-                capped = select(s.ts_ms).where(in_range).limit(RAW_HISTORY_MAX_ROWS + 1).subquery()
-                n_raw = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
+                # count (up to the cap, index only) before fetching: a dense range goes to the rollups;
+                # raw rows come from the hot table and the compressed blocks together (store/cold.py)
+                n_raw = await cold.count_raw(conn, sids, from_ms, to_ms, RAW_HISTORY_MAX_ROWS)
                 if n_raw <= RAW_HISTORY_MAX_ROWS:
                     base_ms, bucket_ms = _bucket_grid(from_ms, to_ms, bucket_ms, points, 1000)
-                    rows = (await conn.execute(select(s.ts_ms, s.data).where(in_range))).all()
+                    rows = [(r.ts_ms, r.data) for r in await cold.read_raw(conn, sids, from_ms, to_ms)]
                     # decoding is CPU work: off the event loop, so other requests keep being served
                     buckets = await asyncio.to_thread(_raw_buckets, rows, base_ms, bucket_ms)
                     return _history_reply(battery_id, from_ms, to_ms, base_ms, bucket_ms, buckets)

@@ -28,7 +28,7 @@ from trackingbms.server.db import (
     samples,
     streams,
 )
-from trackingbms.server.store import packing
+from trackingbms.server.store import cold, packing
 from trackingbms.server.store.base import DeviceRef, StoreCore
 from trackingbms.server.store.series import SeriesAcc
 
@@ -154,10 +154,13 @@ class IngestStore(StoreCore):
                 kept.append(p)
             if rows:
                 inserted = await self._insert_samples(conn, rows)
+                # re-sends of samples already compacted into blocks: out of `inserted` again (store/cold.py)
+                cold_clashes = await cold.settle_cold(conn, rows, inserted)
                 res.accepted = len(inserted)
                 clashes: dict[int, str] = {}
                 if res.accepted < len(rows):
                     clashes = await self._clashes(conn, rows)
+                    clashes.update(cold_clashes)
                     for k, err in clashes.items():
                         res.rejected.append({"index": kept[k].index, "error": err})
                 res.duplicates = len(rows) - res.accepted - len(clashes)

@@ -1,5 +1,5 @@
-"""Raw-sample retention per tenant, rollup retention server-wide, and the on-disk size of the samples (for
-the benchmarks)."""
+"""Raw-sample retention per tenant (hot rows and whole compressed blocks), rollup retention server-wide, and
+the on-disk size of the samples (for the benchmarks)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from sqlalchemy import select, update
 
 from trackingbms.server.db import batteries, rollup_1h, rollup_1m, samples, streams, tenants
 from trackingbms.server.store.base import StoreCore, now_ms
+from trackingbms.server.store.cold import ColdStore
 
 
-class RetentionStore(StoreCore):
+class RetentionStore(ColdStore, StoreCore):
     async def set_retention(self, tenant_id: int, days: int | None) -> None:
         """Keep a tenant's raw samples ``days`` long (None: forever). Rollups follow the server's
         ``rollup_1m_retention_days`` / ``rollup_1h_retention_days`` instead."""
@@ -43,6 +44,7 @@ class RetentionStore(StoreCore):
                     samples.delete().where(samples.c.stream_id.in_(tenant_streams), samples.c.ts_ms < cutoff)
                 )
                 deleted += max(0, r.rowcount)
+                deleted += await self.delete_cold_before(conn, tenant_id, cutoff)
         rollups = ((rollup_1m, self.rollup_1m_retention_days), (rollup_1h, self.rollup_1h_retention_days))
         for table, days in rollups:
             if not days:
@@ -56,7 +58,8 @@ class RetentionStore(StoreCore):
         return deleted
 
     async def samples_bytes(self) -> int:
-        """Bytes the samples table and its indexes take (PostgreSQL: all partitions)."""
+        """Bytes the hot samples table and its indexes take (PostgreSQL: all partitions); the compressed
+        blocks are :meth:`cold_bytes`."""
         async with self.engine.connect() as conn:
             if self.sqlite:
                 return int(
