@@ -71,7 +71,7 @@ async def relay(request: Request, user: Writer, tenant: Tenant, service: Ingest)
     if len(batch) > RELAY_MAX_SAMPLES:
         raise HTTPException(413, f"at most {RELAY_MAX_SAMPLES} samples per relay request, got {len(batch)}")
     device, key = await tenant.relay_device(key_id)  # NotFound → 404
-    wait = request.app.state.limiter.take(device.id)  # the device's own bucket: one budget per device
+    wait = await request.app.state.limiter.acquire(device.id)  # one budget per device
     if wait > 0:
         raise HTTPException(
             429, "rate limit: slow down", headers={"Retry-After": str(max(1, math.ceil(wait)))}
