@@ -39,11 +39,20 @@ TARGET_SCORE_PCT = 85.0
 TARGETS: dict[str, tuple[list[str], list[str]]] = {
     "daly": (
         ["src/trackingbms/daly/a5.py", "src/trackingbms/daly/records.py", "src/trackingbms/daly/poll.py"],
-        # the hypothesis properties (test_parser_properties.py, ~30 s a run) are left out: too slow per mutant
-        ["tests/daly/test_records.py", "tests/daly/test_reference_frames.py"],
+        # the exact, fast files first (no hypothesis, no I/O); the hypothesis properties
+        # (test_parser_properties.py, ~30 s a run) are left out: too slow per mutant
+        [
+            "tests/daly/test_a5_exact.py",
+            "tests/daly/test_records_exact.py",
+            "tests/daly/test_poll_exact.py",
+            "tests/daly/test_records.py",
+            "tests/daly/test_reference_frames.py",
+        ],
     ),
     "gateway.queue": (["src/trackingbms/gateway/queue.py"], ["tests/gateway/test_queue.py"]),
-    "server.packing": (["src/trackingbms/server/store/packing.py"], ["tests/server/test_packing.py"]),
+    # the exact file alone: test_packing.py's hypothesis round trips (300 examples each, ~45 s a run) are
+    # too slow per mutant; the exact file rebuilds the blob with struct and names every refusal
+    "server.packing": (["src/trackingbms/server/store/packing.py"], ["tests/server/test_packing_exact.py"]),
     # the ingest service over HTTP on SQLite (uvicorn runs in the test process, so the mutants are live there)
     "server.ingest": (
         ["src/trackingbms/server/store/ingest.py", "src/trackingbms/server/ingest.py"],
