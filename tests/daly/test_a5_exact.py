@@ -199,7 +199,8 @@ def test_a_frame_holding_a_reply_header_waits_for_the_next_bytes_or_flush() -> N
     assert p.feed(held) == [] and p.pending == 13  # the inner reply might be the real one
     assert p.flush() == [Frame.from_bytes(held)] and p.pending == 0 and events == []
     p, _ = _parser()
-    assert p.feed_with_offsets(held, final=True) == [(0, Frame.from_bytes(held))]
+    assert p.feed_with_offsets(held) == []  # not the end of input unless told so
+    assert p.feed_with_offsets(b"", final=True) == [(0, Frame.from_bytes(held))]
     # the next bytes show the inner header is no reply (bad checksum): the outer frame stands
     p, _ = _parser()
     p.feed(held)
@@ -221,3 +222,12 @@ def test_a_good_checksum_loses_to_a_valid_reply_starting_inside_it() -> None:
     assert p.feed(outer + tail + inner[12:]) == [Frame.from_bytes(inner)]
     assert events == [(0, 1, "truncated"), (1, 3, "garbage")]
     assert p.frames_good == 1
+
+
+def test_a_reply_one_byte_after_a_stray_start_byte_makes_the_candidate_truncated() -> None:
+    # A5 | A5 01 08 08 ...: the candidate's length byte is right by chance (data id 0x08), its checksum
+    # is not, and a whole header starts at its byte 1
+    inner = encode_frame(1, 0x08, bytes(8))
+    p, events = _parser()
+    assert p.feed(b"\xa5" + inner) == [Frame.from_bytes(inner)]
+    assert events == [(0, 1, "truncated")]

@@ -203,3 +203,12 @@ def test_a_late_frame_from_an_earlier_attempt_replaces_the_old_copy() -> None:
     p.feed(Frame(1, 0x96, bytes([1, 60, 61, 0, 0, 0, 0, 0])))
     p.feed(Frame(1, 0x96, bytes([1, 65, 66, 0, 0, 0, 0, 0])))
     assert p.record().temps_c == [25.0, 26.0]
+
+
+def test_a_one_frame_burst_is_not_over_before_its_frame() -> None:
+    p = CommandPoll(0x95, cell_count=3)  # 3 cells: one frame
+    assert p.frames_expected == 1 and not p.burst_over
+    p.start_attempt()
+    assert not p.burst_over
+    p.feed(_cells(1)[0])
+    assert p.burst_over and p.complete

@@ -86,14 +86,14 @@ def test_pack_cell_range_temp_range() -> None:
 
 
 def test_mos_and_status() -> None:
-    mos = decode_payload(0x93, bytes([2, 1, 0, 0x78]) + (248640).to_bytes(4, "big"))
-    assert mos.fields() == {
+    mos = decode_payload(0x93, bytes([2, 1, 0, 0x78]) + (0x01020304).to_bytes(4, "big"))
+    assert mos.data_id == 0x93 and mos.fields() == {
         "state": "discharging",
         "state_raw": 2,
         "charge_mos": True,
         "discharge_mos": False,
         "heartbeat": 0x78,
-        "remaining_ah": 248.64,
+        "remaining_ah": 16909.06,
     }
     odd = decode_payload(0x93, bytes([7, 0, 2, 0, 0, 0, 0, 1]))
     assert odd.fields() == {  # an unknown state has no name, its raw byte stays
@@ -128,39 +128,48 @@ def test_mos_and_status() -> None:
 
 def test_balancing_faults_and_write_acks() -> None:
     bal = decode_payload(0x97, bytes([0b1000_0001, 0, 0, 0, 0, 0b1000_0000, 0xFF, 0xFF]))
-    assert bal.fields() == {"balancing": [1, 8, 48]}
+    assert bal.to_json() == {"data_id": "0x97", "balancing": [1, 8, 48]}
     assert decode_payload(0x97, bytes([0b1000_0001, 0, 0, 0, 0, 0x80, 0, 0]), cell_count=8).balancing == [
         1,
         8,
     ]
     faults = decode_payload(0x98, bytes([1, 0, 0, 0, 0, 0, 0, 9]))
-    assert faults.fields() == {"faults": ["cell_voltage_high_l1"], "fault_code": 9}
+    assert faults.to_json() == {"data_id": "0x98", "faults": ["cell_voltage_high_l1"], "fault_code": 9}
     for did in (0xD9, 0xDA, 0x21, 0x00):
         ack = decode_payload(did, bytes([1, 2, 3, 4, 5, 6, 7, 8]))
         assert ack.to_json() == {"data_id": f"0x{did:02X}", "value": 1, "payload_hex": "0102030405060708"}
 
 
 def test_info_replies() -> None:
-    assert decode_payload(0x50, (100000).to_bytes(4, "big") + (3200).to_bytes(4, "big")).fields() == {
-        "rated_capacity_ah": 100.0,
-        "nominal_cell_mv": 3200,
+    # u32 values with a non-zero high byte: a field read from the wrong offset cannot match by chance
+    assert decode_payload(
+        0x50, (0x01000000).to_bytes(4, "big") + (0x01000C80).to_bytes(4, "big")
+    ).to_json() == {
+        "data_id": "0x50",
+        "rated_capacity_ah": 16777.216,
+        "nominal_cell_mv": 0x01000C80,
     }
-    assert decode_payload(0x51, bytes([1, 16, 2, 3, 4, 5, 6, 0xFF])).fields() == {
+    assert decode_payload(0x51, bytes([1, 16, 2, 3, 4, 5, 6, 0xFF])).to_json() == {
+        "data_id": "0x51",
         "boards": 1,
         "cells_per_board": [16, 2, 3],
         "ntc_per_board": [4, 5, 6],
     }
-    assert decode_payload(0x52, (70000).to_bytes(4, "big") + (5).to_bytes(4, "big")).fields() == {
-        "cumulative_charge_ah": 70000,
-        "cumulative_discharge_ah": 5,
+    assert decode_payload(
+        0x52, (0x02000001).to_bytes(4, "big") + (0x03000005).to_bytes(4, "big")
+    ).to_json() == {
+        "data_id": "0x52",
+        "cumulative_charge_ah": 0x02000001,
+        "cumulative_discharge_ah": 0x03000005,
     }
-    assert decode_payload(0x53, bytes([3, 1, 23, 5, 17]) + u16(3600) + b"\x00").fields() == {
+    assert decode_payload(0x53, bytes([3, 1, 23, 5, 17]) + u16(3600) + b"\x00").to_json() == {
+        "data_id": "0x53",
         "operating_mode": 3,
         "battery_type": 1,
         "production_date": "2023-05-17",
         "sleep_raw": 3600,
     }
-    assert decode_payload(0x54, b" 2023\x00x ").fields() == {"firmware_text": "2023"}
+    assert decode_payload(0x54, b" 2023\x00x ").to_json() == {"data_id": "0x54", "firmware_text": "2023"}
     assert decode_payload(0x54, b"V1.2\xffab\x00").firmware_text == "V1.2\ufffdab"
 
 
@@ -178,6 +187,7 @@ def test_info_replies() -> None:
 def test_dates_outside_the_calendar_are_not_dates(ymd: tuple[int, int, int], date: str | None) -> None:
     assert decode_payload(0x53, bytes([0, 0, *ymd, 0, 0, 0])).production_date == date
     rtc = decode_payload(0x61, bytes([*ymd, 1, 2, 3, 0xAA, 0xBB]))
+    assert rtc.data_id == 0x61
     assert rtc.rtc == (None if date is None else f"{date}T01:02:03")
     assert rtc.rtc_raw == bytes([*ymd, 1, 2, 3]).hex()
 
