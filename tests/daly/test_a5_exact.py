@@ -66,7 +66,7 @@ def test_requests_and_host_addresses() -> None:
     assert encode_request(0x90, address=HOST_UART, payload=b"\x01", filler=0xAA) == encode_frame(
         0x80, 0x90, b"\x01", filler=0xAA
     )
-    assert [host_address(b) for b in (1, 2, 16)] == [0x40, 0x41, 0x4F]
+    assert [host_address(b) for b in (1, 2, 16)] == [0x40, 0x41, 0x4F] and host_address() == 0x40
     assert host_address(3, base=HOST_UART) == 0x82
     for board in (0, 17):
         with pytest.raises(ValueError, match=rf"^board number must be 1–16, got {board}$"):
@@ -99,6 +99,9 @@ def test_frame_from_bytes_names_the_reason_and_the_offset() -> None:
             Frame.from_bytes(raw, offset=100)
         assert (str(e.value), e.value.offset) == (message, offset)
     assert FrameError("x").offset is None
+    with pytest.raises(FrameError) as e:
+        Frame.from_bytes(PACK[:12] + b"\x88")
+    assert e.value.offset == 12  # offsets count from the start of what was given
 
 
 def test_parser_starts_empty_and_refuses_what_is_not_bytes() -> None:

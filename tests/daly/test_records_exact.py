@@ -23,6 +23,7 @@ from trackingbms.daly.records import (
     current_from_raw,
     current_to_raw,
     decode_frames,
+    decode_pack,
     decode_payload,
     frames_needed,
 )
@@ -67,6 +68,7 @@ def test_pack_cell_range_temp_range() -> None:
         "soc_pct": 88.8,
     }
     assert decode_payload(0x90, u16(532, 0, 30021, 888), invert_current=True).current_a == 2.1
+    assert decode_pack(u16(532, 0, 30021, 888)).current_a == -2.1  # the default: raw above 30000 discharges
     cr = decode_payload(0x91, u16(3345) + bytes([7]) + u16(3301) + bytes([12, 0xAB, 0xCD]))
     assert cr.fields() == {
         "max_cell_mv": 3345,
