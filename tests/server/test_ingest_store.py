@@ -1,6 +1,6 @@
 """The ingest service on a real SQLite store, checked row by row: what a batch leaves in the samples table,
-the 1-minute rollups, the battery's newest sample and field-by-field last known state, the device's contact time,
-what live clients, the alarm service and the metrics receive; duplicates, clashes and backfills exactly.
+the 1-minute rollups, the battery's newest sample and field-by-field last known state, the device's contact
+time, what live clients, the alarm service and the metrics receive; duplicates, clashes and backfills exactly.
 
 No HTTP here (tests/server/test_ingest.py covers the route on SQLite and PostgreSQL): one store, no users, no
 server, so bench/mutation.py can run this file against every mutant of the ingest modules in seconds.
