@@ -25,6 +25,7 @@ from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.metrics import ServerMetrics
 from trackingbms.server.store import Store
+from trackingbms.server.store import ingest as store_ingest
 from trackingbms.server.store.packing import validate_and_pack
 
 #: a minute boundary ten minutes ago: the rollup buckets below are known exactly
@@ -76,7 +77,10 @@ class Rig:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    # the batteries UPDATE is built once, at import: build it again here, so that the code building it runs
+    # under this test (bench/mutation.py forks every mutant from a process that imported the module before)
+    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
     async with p.open_store(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}") as store:
         await p.create_tenant(store, "acme")
         await p.create_site(store, "acme", "depot")

@@ -22,6 +22,27 @@ NOW_MS = 1_795_516_787_000
 NOW = ms_to_ts(NOW_MS)
 
 
+@pytest.fixture(autouse=True)
+def cold_struct_caches() -> None:
+    """Packing caches one struct per presence mask and list length: start each test cold, so the code that
+    builds them runs here too (a process that packed before would only ever take the cached ones)."""
+    for cache in (packing._SCALARS, packing._CELLS_COMPACT, packing._CELLS_RAW, packing._TEMPS):
+        cache.clear()
+
+
+def test_the_cached_structs_pack_what_the_fresh_ones_did() -> None:
+    d = base(voltage_v=1.5, load_connected=True, cells_mv=[3300, 3301], temps_c=[1.5], errors={"a": "b"})
+    wide = base(cells_mv=[0, 1000])
+    cold = packed(**d), packed(**wide)
+    assert (packed(**d), packed(**wide)) == cold
+    assert (to_sample(*validate_and_pack(d, NOW_MS)[:4]), round_trip(**wide)) == (d, wide)
+
+
+def test_the_presence_mask_is_little_endian() -> None:
+    assert packing.presence_mask(packed(voltage_v=1.0, errors={})) == 1 | 32768
+    assert packing.presence_mask(bytes([0x01, 0x80, 0])) == 0x8001
+
+
 def base(**fields: Any) -> dict[str, Any]:
     return {"battery_id": "pack-1", "seq": 7, "ts": NOW, **fields}
 
