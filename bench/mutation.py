@@ -85,6 +85,8 @@ class Same:
     before: str
     after: tuple[str, ...]
     why: str
+    #: when set, the line above the changed one must contain it (tells identical lines apart)
+    above: str = ""
 
 
 #: the equivalent mutants found by reading every survivor; each says why no test can tell them apart
@@ -103,6 +105,36 @@ EQUIVALENT: tuple[Same, ...] = (
         "d.pop('missing_frames', None)",
         ("d.pop('missing_frames')",),
         "always a list: the key is there",
+    ),
+    Same(
+        "current_from_raw",
+        "/ 10, 1)",
+        ("/ 10, 2)",),
+        "an integer / 10 has one decimal: rounding to 2 is the same",
+    ),
+    Same("assemble", "p[1:8]", ("p[1:9]",), "a frame's payload is 8 bytes: the slice ends at 8 either way"),
+    Same(
+        "decode_frames",
+        "data_id == 150 else None",
+        ("data_id == 150 or True else None",),
+        "only 0x95 / 0x96 take a count: assemble ignores it for the text replies",
+    ),
+    Same("_inner_reply", "undecided = False", ("undecided = None",), "only its truth is read"),
+    Same("_inner_reply", "return 1", ("return 2",), "the caller reads only its truth"),
+    Same("_inner_reply", "return -1 if", ("return -2 if",), "the caller reads only its sign"),
+    Same(
+        "_inner_reply",
+        "continue",
+        ("break",),
+        "the buffer ends before this header: it ends before every later one too",
+        above="if len(buf) <= k + 3:",
+    ),
+    Same(
+        "_inner_reply",
+        "continue",
+        ("break",),
+        "this reply is not complete yet: no later one can be",
+        above="undecided = True",
     ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),
@@ -134,16 +166,15 @@ def same_by_rule(functions: dict[str, ast.AST], mutant: str) -> Same | None:
     a, b = _source_lines(orig), _source_lines(mut)
     if len(a) != len(b):
         return None
-    changed = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
+    changed = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
     if len(changed) != 1:
         return None
-    (x, y), fn = changed[0], _function_name(mutant)
+    i, fn = changed[0], _function_name(mutant)
+    x, y, above = a[i], b[i], a[i - 1] if i else ""
     for rule in EQUIVALENT:
-        if (
-            rule.function in ("*", fn)
-            and rule.before in x
-            and y in {x.replace(rule.before, t) for t in rule.after}
-        ):
+        if rule.function not in ("*", fn) or rule.before not in x or rule.above not in above:
+            continue
+        if y in {x.replace(rule.before, t) for t in rule.after}:
             return rule
     return None
 

@@ -234,3 +234,32 @@ def test_a_reply_one_byte_after_a_stray_start_byte_makes_the_candidate_truncated
     p, events = _parser()
     assert p.feed(b"\xa5" + inner) == [Frame.from_bytes(inner)]
     assert events == [(0, 1, "truncated")]
+
+
+def test_the_inner_header_scan_covers_every_byte_and_skips_only_non_headers() -> None:
+    # a frame from address 0xA5 (board=None: captures) holds a header at byte 1: held
+    p = A5Parser(board=None)
+    assert p.feed(encode_frame(0xA5, 0x01, bytes([8, 0, 0, 0, 0, 0, 0, 0]))) == [] and p.pending == 13
+    # a header for another board at byte 4 does not end the scan: the one at byte 8 holds the frame
+    frame = encode_frame(1, 0x95, bytes([0xA5, 2, 0x90, 8, 0xA5, 1, 0x90, 8]))
+    p = A5Parser(board=1)
+    assert p.feed(frame) == [] and p.pending == 13
+    assert p.flush() == [Frame.from_bytes(frame)]
+    # a header whose length byte is the frame's last byte (start byte at 9): held as well
+    body = bytearray(encode_frame(1, 0x95, bytes([1, 0, 0, 0, 0, 0xA5, 1, 0]))[:12])
+    body[11] = (8 - checksum(bytes(body[:11]))) & 0xFF  # makes the checksum byte 0x08
+    frame = bytes(body) + bytes((checksum(bytes(body)),))
+    assert frame[12] == 8
+    p = A5Parser(board=1)
+    assert p.feed(frame) == [] and p.flush() == [Frame.from_bytes(frame)]
+
+
+def test_one_garbage_byte_before_a_start_byte_is_garbage_whatever_follows() -> None:
+    inner = encode_frame(1, 0x08, bytes(8))  # its data id doubles as a length byte one place early
+    p, events = _parser()
+    assert p.feed(b"\x00" + inner) == [Frame.from_bytes(inner)]
+    assert events == [(0, 1, "garbage")]
+
+
+def test_an_empty_payload_is_all_filler() -> None:
+    assert encode_frame(1, 0x90) == encode_frame(1, 0x90, bytes(8))

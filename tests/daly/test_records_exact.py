@@ -106,13 +106,13 @@ def test_mos_and_status() -> None:
         "remaining_ah": 0.001,
     }
     assert [decode_payload(0x93, bytes([s]) + bytes(7)).state for s in (0, 1)] == ["idle", "charging"]
-    st = decode_payload(0x94, bytes([16, 3, 0, 1, 0b1010_0101]) + u16(1234) + b"\xee")
+    st = decode_payload(0x94, bytes([16, 3, 1, 0, 0b1010_0101]) + u16(1234) + b"\xee")
     assert st.to_json() == {
         "data_id": "0x94",
         "cell_count": 16,
         "temp_sensor_count": 3,
-        "charger_connected": False,
-        "load_connected": True,
+        "charger_connected": True,
+        "load_connected": False,
         "dio_bits": 0b1010_0101,
         "cycles": 1234,
         "dio": {
@@ -326,6 +326,8 @@ def test_temperatures_assemble_as_floats() -> None:
     assert all(type(t) is float for t in rec.temps_c)
     rec = assemble(0x96, frames[1:], 8)
     assert rec.temps_c == [25.0, -20.0, 0.0, 1.0, 2.0, 3.0, 4.0, None] and rec.missing_frames == [2]
+    rec = assemble(0x96, frames[:1], 8)  # frame 1 missing: 7 sensors unknown, the 8th known
+    assert rec.temps_c == [None] * 7 + [-10.0] and rec.missing_frames == [1]
     # no count: the zero-filled tail (raw 0 = -40 °C) is trimmed
     rec = decode_frames(
         [Frame(1, 0x96, bytes([1, 65, 66, 0, 0, 0, 0, 0])), Frame(1, 0x96, bytes([2] + [0] * 7))]
