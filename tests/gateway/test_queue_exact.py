@@ -1,0 +1,150 @@
+"""The durable queue at its exact edges: when the budget pass runs on its own, how many rows it leaves (worked
+out pass by pass from the documented policy), the SQLite settings that make a put durable, acked rows
+deleted when no local history is kept, and the chunking of large settlements.
+
+Small queues, no sleeps: bench/mutation.py runs this file with tests/gateway/test_queue.py against every
+mutant of queue.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import orjson
+import pytest
+
+from trackingbms.gateway.queue import ACKED, PARKED, PENDING, DurableQueue, encode_sample
+from trackingbms.model import Reading, Sample
+
+TINY_MB = 0.001  # 1048 bytes: smaller than an empty database, so every budget pass has work to do
+
+
+def reading(i: int = 0) -> Reading:
+    return Reading(voltage_v=52.0 + i / 1000, soc_pct=80.0)
+
+
+def thinned(seqs: list[int]) -> list[int]:
+    """What the documented policy leaves of ``seqs`` (all unsent) under a budget no row count can meet: pass
+    after pass, every other one of the oldest quarter (at least 2) is dropped, until fewer than 8 remain."""
+    while len(seqs) >= 8:
+        oldest = seqs[: max(2, len(seqs) // 4)]
+        gone = set(oldest[1::2])
+        seqs = [s for s in seqs if s not in gone]
+    return seqs
+
+
+def test_state_codes_and_settings(tmp_path: Path) -> None:
+    assert (PENDING, ACKED, PARKED) == (0, 1, 2)
+    q = DurableQueue(tmp_path, disk_budget_mb=1.5, local_history_h=2.5)
+    assert (q.budget_bytes, q.local_history_h) == (1_572_864, 2.5)
+    assert q.path == tmp_path / "queue.sqlite3"
+    assert q.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert q.db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL: each commit fsyncs the WAL
+    assert q.db.execute("PRAGMA journal_size_limit").fetchone()[0] == 8_388_608
+    assert (q.thinned_total, q.acked_pruned_for_budget) == (0, 0)
+    assert q.status() == {
+        "queue_depth": 0,
+        "oldest_queued_ts": None,
+        "disk_used_pct": q.disk_used_pct(),
+        "dead_letter_count": 0,
+        "parked_count": 0,
+    }
+    q.put("p", reading())
+    q.close()
+    assert (
+        not (tmp_path / "queue.sqlite3-wal").exists() or (tmp_path / "queue.sqlite3-wal").stat().st_size == 0
+    )
+
+
+def test_the_wire_body_leads_with_identity_and_leaves_out_via(tmp_path: Path) -> None:
+    sample = Sample.from_reading(reading(), battery_id="pack-1", seq=42, via="lan")
+    body = encode_sample(sample)
+    assert body.startswith(b'{"battery_id":"pack-1","seq":42,')
+    assert orjson.loads(body) == {k: v for k, v in sample.to_wire().items() if k != "via"}
+
+
+def test_the_budget_pass_runs_on_its_own_every_50_samples(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    first = q.put("p", reading()).seq
+    for i in range(1, 49):
+        q.put("p", reading(i))
+    assert len(q.seqs_of("p")) == 49 and q.thinned_total == 0  # not yet
+    q.put("p", reading(49))  # the 50th put
+    left = thinned(list(range(first, first + 50)))
+    assert q.seqs_of("p") == left and q.thinned_total == 50 - len(left)
+    assert q.get_kv("thinned_total") == str(50 - len(left))
+    q.put_many("p", [reading(i) for i in range(49)])  # the count starts again from zero
+    assert len(q.seqs_of("p")) == len(left) + 49
+    q.close()
+    again = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    assert again.thinned_total == 50 - len(left)  # the count survives a restart
+    again.close()
+
+
+def test_a_pass_leaves_exactly_what_the_policy_says(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    seqs = [s.seq for s in q.put_many("p", [reading(i) for i in range(40)])]  # 40 < 50: no pass yet
+    acked = q.fetch(newest=0, oldest=3)
+    q.ack([r.id for r in acked])
+    removed = q.enforce_budget()
+    left = thinned(seqs[3:])
+    assert removed == {"acked": 3, "thinned": 37 - len(left)}
+    assert q.seqs_of("p") == left and q.acked_pruned_for_budget == 3
+    assert q.enforce_budget() == {"acked": 0, "thinned": 0}  # fewer than 8 left: nothing sensible to thin
+    # 7 unsent are never thinned, 8 are
+    small = DurableQueue(tmp_path / "seven", disk_budget_mb=TINY_MB)
+    small.put_many("p", [reading(i) for i in range(7)])
+    assert small.enforce_budget() == {"acked": 0, "thinned": 0}
+    eight = DurableQueue(tmp_path / "eight", disk_budget_mb=TINY_MB)
+    s8 = [s.seq for s in eight.put_many("p", [reading(i) for i in range(8)])]
+    assert eight.enforce_budget() == {"acked": 0, "thinned": 1}
+    assert eight.seqs_of("p") == [s8[0], *s8[2:]]  # of the oldest 2, the second went
+
+
+def test_parked_samples_are_thinned_like_pending_ones(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    seqs = [s.seq for s in q.put_many("p", [reading(i) for i in range(12)])]
+    q.settle(parked=q.fetch(newest=0, oldest=6))
+    assert q.enforce_budget()["thinned"] == 12 - len(thinned(seqs))
+    assert q.seqs_of("p") == thinned(seqs)
+
+
+def test_a_queue_under_budget_is_left_alone(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=10)
+    q.put_many("p", [reading(i) for i in range(60)])  # a pass ran after the 60 puts, with nothing to do
+    q.ack([r.id for r in q.fetch(newest=0, oldest=10)])
+    assert q.enforce_budget() == {"acked": 0, "thinned": 0}
+    assert len(q.seqs_of("p")) == 60 and 0 < q.disk_used_pct() < 80
+
+
+def test_the_budget_warning_is_logged_once_a_minute(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    with caplog.at_level(logging.WARNING, logger="trackingbms.gateway.queue"):
+        q.enforce_budget()
+        q.enforce_budget()
+    uses = [r for r in caplog.records if "of its disk budget" in r.getMessage()]
+    assert len(uses) == 1 and "(0.0 MB)" in uses[0].getMessage()
+    assert q.disk_used_pct() == round(100 * q.disk_used_bytes() / 1048, 2) > 100
+
+
+def test_without_local_history_acked_samples_leave_at_once(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, local_history_h=0)
+    first = q.put_many("p", [reading(i) for i in range(1000)])[0].seq
+    batch = q.fetch(newest=0, oldest=1000)
+    q.ack([r.id for r in batch[:950]])  # more than one chunk of 900
+    assert q.seqs_of("p") == list(range(first + 950, first + 1000))
+    assert q.history(since=None) == [orjson.loads(r.body) for r in batch[950:]]
+
+
+def test_acked_samples_stay_for_the_local_history(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, local_history_h=1)
+    q.put_many("p", [reading(i) for i in range(100)])
+    batch = q.fetch(newest=0, oldest=100)
+    q.settle(acked=[r.id for r in batch[:50]], parked=batch[50:60], dead=[(batch[60], "bad")])
+    states = dict(q.db.execute("SELECT acked, count(*) FROM samples GROUP BY acked").fetchall())
+    assert states == {ACKED: 50, PARKED: 10, PENDING: 39}
+    assert q.pending_count() == 39 and q.parked_count() == 10 and q.dead_letter_count() == 1
+    assert q.dead_letters()[0]["seq"] == batch[60].seq
+    q.settle()  # nothing to settle: nothing changes
+    assert q.pending_count() == 39
