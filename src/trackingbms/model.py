@@ -81,7 +81,9 @@ class Reading(BaseModel):
     so a partial reading says what is missing and why.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    # defer_build: the validators are built on first use, so a command that only reads a BMS never pays for
+    # building Sample's (the CLI's start-up time, issue 14)
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     ts: datetime = Field(default_factory=utc_now)
     source: Source | None = None

@@ -5,6 +5,7 @@ Asserted on ``sys.modules`` in a fresh interpreter, not on time (the machine is 
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -52,6 +53,26 @@ def test_decode_loads_only_the_bms_commands() -> None:
     assert heavy_loaded(modules) == []
     assert "trackingbms.cli.server" not in modules and "trackingbms.server" not in modules
     assert "trackingbms.cli.demo" not in modules and "trackingbms.gateway" not in modules
+    # decoding needs the codecs, not the model (pydantic) nor the BMS clients
+    assert "trackingbms.model" not in modules and "trackingbms.bms" not in modules
+
+
+def test_typer_does_not_coerce_through_pydantic() -> None:
+    """Typer 0.29 validates every parameter with pydantic (+90 ms per command): pinned below it."""
+    _, code, modules = run_cli("decode", "a5", "01 90 08 02 3a 00 00 75 30 01 ed 0d")
+    assert code == 0
+    assert "pydantic" not in modules
+
+
+def test_the_daly_package_names_resolve_lazily() -> None:
+    import trackingbms.daly as daly
+
+    assert sorted(daly.__all__) == sorted(daly._EXPORTS)
+    for name in daly.__all__:
+        module = importlib.import_module(f"trackingbms.daly.{daly._EXPORTS[name]}")
+        assert getattr(daly, name) is getattr(module, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        daly.nope  # noqa: B018
 
 
 @pytest.mark.parametrize("args", [("read", "--help"), ("--help",)])

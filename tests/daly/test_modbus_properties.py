@@ -3,7 +3,7 @@ several boards' replies interleaved on one bus."""
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from trackingbms.daly import p81
@@ -63,9 +63,12 @@ def test_a_reply_after_garbage_is_recovered_whatever_the_chunking(
 def test_a_cut_reply_does_not_hide_the_next_one(
     values: list[int], nxt: list[int], cut: int, chunk: int
 ) -> None:
-    first = read_reply(0xD2, values)
+    first, second = read_reply(0xD2, values), read_reply(0xD2, nxt)
     cut = min(cut, len(first) - 1)
-    frames = parse_all(ReplyParser(0xD2), first[:cut] + read_reply(0xD2, nxt), chunk)
+    # not a cut reply at all when the bytes it lacks are the next reply's first ones (e.g. a last CRC byte of
+    # 0xD2): the line then carries the whole first reply, and the next one really has lost its address
+    assume(not second.startswith(first[cut:]))
+    frames = parse_all(ReplyParser(0xD2), first[:cut] + second, chunk)
     assert list(frames[-1].registers) == nxt
     assert all(crc_ok(f.raw) for f in frames)
 

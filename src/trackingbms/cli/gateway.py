@@ -50,6 +50,15 @@ def gateway_command(
     import asyncio
     import logging
     import signal
+    import sys
+
+    # Memory budget (< 50 MB RSS with 4 packs, bench/gateway.py): httpx imports its command-line client
+    # (rich, pygments: about 6 MB) whenever rich is installed, and httpcore imports trio (about 4 MB) whenever
+    # it is installed, only to learn which event loop it runs on. This process uses neither: it runs asyncio
+    # and has no httpx CLI. A None entry makes those optional imports fail the way they do where the packages
+    # are absent, which both libraries handle.
+    for unused in ("httpx._main", "trio"):
+        sys.modules.setdefault(unused, None)  # type: ignore[arg-type]
 
     level = (log_level or cfg.log_level).upper()
     logging.basicConfig(
