@@ -16,6 +16,7 @@ that already ran the tests): the guarding tests start them cold (see tests/serve
     python bench/mutation.py --json                      # every target (slow: tens of minutes on 2 cores)
     python bench/mutation.py --json --target daly        # one target
     python bench/mutation.py --json --survivors          # also list the survivors and the equivalents (why)
+    python bench/mutation.py --json --rerun-survivors    # after adding tests: re-check only the survivors
 
 Exit status: 1 when a module scores under the target (85 %), unless ``--no-check``.
 """
@@ -255,22 +256,41 @@ def prepare(workdir: Path, modules: list[str], tests: list[str]) -> None:
     (workdir / "pyproject.toml").write_text(config)
 
 
-def run_target(name: str, workdir: Path, max_children: int, *, existing: bool = False) -> dict[str, Any]:
+def _mutmut(workdir: Path, max_children: int, names: tuple[str, ...] = ()) -> int:
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env.pop("CI", None)  # a missing service skips instead of failing (the guarding tests need none)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children), *names],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    with (workdir / "mutmut.log").open("a") as log_file:
+        log_file.write(proc.stdout + proc.stderr)
+    return proc.returncode
+
+
+def run_target(
+    name: str, workdir: Path, max_children: int, *, existing: bool = False, rerun: bool = False
+) -> dict[str, Any]:
     modules, tests = TARGETS[name]
     returncode = 0
-    if not existing:
+    if rerun:
+        # the survivors of a complete run, checked again against the tests as they are now (same files,
+        # tests only added): a mutant killed before stays killed, so the result is again a complete run
+        shutil.rmtree(workdir / "tests")
+        shutil.copytree(ROOT / "tests", workdir / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+        survivors = [
+            s.split(" ", 1)[0]
+            for res in run_target(name, workdir, max_children, existing=True).values()
+            for s in res.get("survivors", [])
+        ]
+        if survivors:
+            returncode = _mutmut(workdir, max_children, tuple(survivors))
+    elif not existing:
         prepare(workdir, modules, tests)
-        env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("CI", None)  # a missing service skips instead of failing (the guarding tests need none)
-        proc = subprocess.run(
-            [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)],
-            cwd=workdir,
-            env=env,
-            capture_output=True,
-            text=True,
-        )
-        returncode = proc.returncode
-        (workdir / "mutmut.log").write_text(proc.stdout + proc.stderr)
+        returncode = _mutmut(workdir, max_children)
     out: dict[str, Any] = {}
     for module in modules:
         meta = workdir / "mutants" / (module + ".meta")
@@ -318,11 +338,24 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tbms-mutation")
     ap.add_argument("--survivors", action="store_true", help="list surviving mutants")
     ap.add_argument("--existing", action="store_true", help="report the results already in --workdir")
+    ap.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="check the survivors of the complete run in --workdir again, against the current tests",
+    )
     add_check_argument(ap)
     args = ap.parse_args()
     modules: dict[str, Any] = {}
     for name in args.target or sorted(TARGETS):
-        modules.update(run_target(name, args.workdir / name, args.max_children, existing=args.existing))
+        modules.update(
+            run_target(
+                name,
+                args.workdir / name,
+                args.max_children,
+                existing=args.existing,
+                rerun=args.rerun_survivors,
+            )
+        )
     targets = []
     for key, res in modules.items():
         if not args.survivors:
