@@ -165,6 +165,61 @@ EQUIVALENT: tuple[Same, ...] = (
         ("datetime.now(None)", "datetime.now()"),
         "a naive now() is local time and format_ts converts local time to UTC: the same instant",
     ),
+    Same(
+        "_cached",
+        "st = cache.get(n)",
+        ("st = None", "st = cache.get(None)"),
+        "a cache miss builds the same struct from its format (only slower)",
+    ),
+    Same(
+        "*",
+        ".get(n) or _cached(",
+        (".get(None) or _cached(",),
+        "a cache miss builds the same struct from its format (only slower)",
+    ),
+    *(
+        Same(
+            f,
+            f"SampleError('{m}')",
+            tuple(f"SampleError({r})" for r in ("None", f"'XX{m}XX'", f"'{m.upper()}'")),
+            "unreachable: the loop above raises for every list the fast path refuses",
+        )
+        for f, m in (("_pack_cells", "cells_mv: invalid"), ("_pack_temps", "temps_c: invalid"))
+    ),
+    Same(
+        "ms_to_ts",
+        "fromtimestamp(ts_ms / 1000, UTC)",
+        ("fromtimestamp(ts_ms / 1000, None)", "fromtimestamp(ts_ms / 1000)"),
+        "naive local time (fromtimestamp sets its fold), made UTC again by format_ts: the same instant",
+    ),
+    Same("unpack", "_HDR.unpack_from(data, 0)", ("_HDR.unpack_from(data)",), "offset 0 is the default"),
+    Same(
+        "_scalar_struct",
+        "('B' if mask & 960",
+        ("('b' if mask & 960",),
+        "the flags byte holds 4 bits: as signed or unsigned it is the same byte",
+    ),
+    Same(
+        "unpack",
+        "off += 2 + n",
+        ("off = 2 + n", "off -= 2 + n", "off += 2 - n", "off += 3 + n"),
+        "errors is the last field: the offset after it is never read",
+        above="out['errors'] = orjson.loads(",
+    ),
+    Same(
+        "unpack",
+        "data[off + 2:off + 2 + n]",
+        ("data[off + 2:off + 3 + n]",),
+        "errors is the last field: a slice past its end stops at the end of the data",
+    ),
+    Same(
+        "unpack",
+        "n = _U16.unpack_from(data, off)[0]",
+        ("n = _U16.unpack_from(data)[0]",),
+        "reads the mask instead, >= 32768 whenever errors (<= 4096 bytes, the last field) are there:"
+        " the slice still ends at the end of the data",
+        above="if mask & B_ERRORS:",
+    ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),
     Same("_amps", "/ 10, 1)", ("/ 10, 2)",), "an integer / 10 has one decimal: rounding to 2 gives the same"),

@@ -38,6 +38,20 @@ def test_the_cached_structs_pack_what_the_fresh_ones_did() -> None:
     assert (to_sample(*validate_and_pack(d, NOW_MS)[:4]), round_trip(**wide)) == (d, wide)
 
 
+def test_each_list_length_gets_its_own_struct() -> None:
+    for cells in ([3300, 3301], [3300, 3301, 3302], [0, 1000], [0, 1000, 2000], [3300], [0, 9000, 1, 2]):
+        assert round_trip(cells_mv=cells)["cells_mv"] == cells
+    for temps in ([1.5], [1.5, 2.5], [1.5, 2.5, -3.5]):
+        assert round_trip(temps_c=temps)["temps_c"] == temps
+
+
+def test_what_follows_raw_cells_and_a_lone_source_unpack_in_place() -> None:
+    fields = {"cells_mv": [0, 1000, 65535], "temps_c": [1.5, -2.5], "balancing": [2], "fault_code": 4}
+    assert round_trip(**fields) == base(**fields)
+    assert round_trip(source="sim") == base(source="sim")  # no via
+    assert round_trip(via="wifi") == base(via="wifi")  # no source
+
+
 def test_the_presence_mask_is_little_endian() -> None:
     assert packing.presence_mask(packed(voltage_v=1.0, errors={})) == 1 | 32768
     assert packing.presence_mask(bytes([0x01, 0x80, 0])) == 0x8001
@@ -239,6 +253,11 @@ def test_scalar_limits() -> None:
         ({"cells_mv": [3300, 65536]}, "cells_mv.1: must be an integer 0 to 65535"),
         ({"cells_mv": [3300, 3300.0]}, "cells_mv.1: must be an integer 0 to 65535"),
         ({"cells_mv": [True]}, "cells_mv.0: must be an integer 0 to 65535"),
+        # the edges themselves are fine: the element named is the one past them
+        ({"cells_mv": [0, 65536]}, "cells_mv.1: must be an integer 0 to 65535"),
+        ({"cells_mv": [65535, -1]}, "cells_mv.1: must be an integer 0 to 65535"),
+        ({"temps_c": [-3276.8, float("nan")]}, "temps_c.1: must be a number from -3276.8 to 3276.7"),
+        ({"temps_c": [3276.7, float("inf")]}, "temps_c.1: must be a number from -3276.8 to 3276.7"),
         ({"temps_c": "25"}, "temps_c: must be a list of at most 255 numbers"),
         ({"temps_c": [25.0] * 256}, "temps_c: must be a list of at most 255 numbers"),
         ({"temps_c": [25, 3276.76]}, "temps_c.1: must be a number from -3276.8 to 3276.7"),
