@@ -192,6 +192,12 @@ EQUIVALENT: tuple[Same, ...] = (
         ("fromtimestamp(ts_ms / 1000, None)", "fromtimestamp(ts_ms / 1000)"),
         "naive local time (fromtimestamp sets its fold), made UTC again by format_ts: the same instant",
     ),
+    Same(
+        "parse_ts_ms",
+        "dt.astimezone(UTC)",
+        ("dt.astimezone(None)", "dt.astimezone()"),
+        "timestamp() and microsecond of an aware time do not depend on the zone it is shown in",
+    ),
     Same("unpack", "_HDR.unpack_from(data, 0)", ("_HDR.unpack_from(data)",), "offset 0 is the default"),
     Same(
         "_scalar_struct",

@@ -106,6 +106,8 @@ def test_mos_and_status() -> None:
         "remaining_ah": 0.001,
     }
     assert [decode_payload(0x93, bytes([s]) + bytes(7)).state for s in (0, 1)] == ["idle", "charging"]
+    other = decode_payload(0x94, bytes([4, 1, 0, 1, 0, 0, 0, 0]))
+    assert (other.charger_connected, other.load_connected) == (False, True)
     st = decode_payload(0x94, bytes([16, 3, 1, 0, 0b1010_0101]) + u16(1234) + b"\xee")
     assert st.to_json() == {
         "data_id": "0x94",
