@@ -23,8 +23,9 @@ MAY_IMPORT: dict[str, set[str]] = {
     "bms": {"daly", "links", "model"},
     "model": set(),
     "sim": {"daly", "model"},
-    "gateway": {"bms", "model"},
-    "server": {"analytics", "model"},
+    "gateway": {"bms", "model", "webapp"},
+    "server": {"analytics", "model", "webapp"},
+    "webapp": set(),  # the web app's static files, served by both the server and the gateway
     "analytics": {"model"},
 }
 

@@ -7,7 +7,10 @@ carries it failed: a partial reading stays partial, it is never filled with zero
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
@@ -139,3 +142,50 @@ class Sample(Reading):
     def to_wire(self) -> dict[str, Any]:
         """The JSON object sent on the wire: absent fields are left out, not sent as null."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+# -- the phone relay's receipt (docs/api.md "Phone relay", docs/architecture.md) -------------------------
+#
+# A phone carries a gateway's unsent samples to the server (``via = "phone"``) and the server's receipt back,
+# so that the gateway stops holding what the server has. The receipt is signed with a key both ends have
+# and nobody else on the LAN: the SHA-256 of the device's token (the gateway computes it from its
+# configuration; the server stores tokens only as that hash). A LAN client that forges or alters a receipt
+# cannot make the gateway drop unsent data. Defined here, once, because the server and the gateway may not
+# import each other (they meet at the wire contract, which is this module).
+
+#: version of the receipt (``{"v": 1, "payload": "<JSON text>", "sig": "<hex>"}``)
+RELAY_RECEIPT_VERSION = 1
+_RELAY_KEY_ID_TAG = b"trackingbms relay key-id v1"
+_RELAY_RECEIPT_TAG = b"trackingbms relay receipt v1\n"
+
+
+def relay_key(device_token: str) -> bytes:
+    """The key a device's relay receipts are signed with: SHA-256 of its token (the server has it stored as
+    ``device_tokens.token_hash``, in hex)."""
+    return hashlib.sha256(device_token.encode()).digest()
+
+
+def relay_key_id(key: bytes) -> str:
+    """What the gateway hands the phone to say which device it is, and what the server finds the device by:
+    an HMAC of a fixed text, so it reveals nothing of the key."""
+    return hmac.new(key, _RELAY_KEY_ID_TAG, hashlib.sha256).hexdigest()[:32]
+
+
+def relay_signature(key: bytes, payload: str) -> str:
+    """HMAC-SHA256 of the receipt's payload text, exactly as it travels (no re-serialising on either side)."""
+    return hmac.new(key, _RELAY_RECEIPT_TAG + payload.encode(), hashlib.sha256).hexdigest()
+
+
+def relay_signature_ok(key: bytes, payload: str, sig: str) -> bool:
+    return hmac.compare_digest(relay_signature(key, payload), sig)
+
+
+def seq_ranges(seqs: Iterable[int]) -> list[list[int]]:
+    """Runs of consecutive seqs, ``[first, last]``, sorted (``[3, 1, 2, 7]`` → ``[[1, 3], [7, 7]]``)."""
+    out: list[list[int]] = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1][1] = s
+        else:
+            out.append([s, s])
+    return out

@@ -414,7 +414,12 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
 
     page = httpx.get(base + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "<script src=" not in page.text and "https://" not in page.text  # self-contained, no internet
+    # the web app itself (direct mode), with every asset from the gateway: works with no internet
+    assert 'src="/static/js/app.js"' in page.text and "https://" not in page.text
+    assert httpx.get(base + "/static/js/app.js").status_code == 200  # the files carry no data: no token
+    status = httpx.get(base + "/local/v1/state", headers=auth).json()["gateway"]
+    assert status["server_urls"] == [srv.url]
+    assert [u["name"] for u in status["uplinks"]] == ["wifi", "phone"]  # the phone: the last resort
 
     wait_for(
         "a sample", lambda: httpx.get(base + "/local/v1/state", headers=auth).json()["batteries"][0]["latest"]
@@ -423,6 +428,13 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
     pack = state["batteries"][0]
     assert pack["battery_id"] == "pack-1" and pack["link_state"] == "ok"
     assert pack["latest"]["voltage_v"] > 0 and pack["latest"]["source"] == "sim"
+    # which path the data took: the server acknowledged samples sent over wifi
+    gateway_via = lambda: httpx.get(base + "/local/v1/state", headers=auth).json()["gateway"]["via"]  # noqa: E731
+    wait_for("via = wifi", lambda: gateway_via() == "wifi")
+    # and the server hears it in the heartbeat (the paths in priority order, the phone last)
+    beat = wait_for("a heartbeat with via", lambda: (srv.device_info().get("heartbeat") or {}).get("via") and
+                    srv.device_info()["heartbeat"])
+    assert beat["via"] == "wifi" and [u["name"] for u in beat["uplinks"]] == ["wifi", "phone"]
 
     with ws_connect(base.replace("http", "ws") + "/local/v1/live?token=lan-secret") as ws:
         first = orjson.loads(ws.recv(timeout=10))

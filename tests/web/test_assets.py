@@ -8,13 +8,13 @@ import re
 import httpx
 
 from trackingbms.daly.faults import FAULT_TEXT
-from trackingbms.server.web import STATIC_DIR
+from trackingbms.webapp import STATIC_DIR
 
 
 def test_fault_texts_match_the_daly_fault_table() -> None:
     # static/faults.json is generated from FAULT_TEXT (the server may not import the Daly layer).
     # Regenerate with: python -c "import json; from trackingbms.daly.faults import FAULT_TEXT as T; \
-    #   json.dump(dict(sorted(T.items())), open('src/trackingbms/server/web/static/faults.json', 'w'), \
+    #   json.dump(dict(sorted(T.items())), open('src/trackingbms/webapp/static/faults.json', 'w'), \
     #   indent=1, ensure_ascii=False)"
     shipped = json.loads((STATIC_DIR / "faults.json").read_text(encoding="utf-8"))
     assert shipped == FAULT_TEXT

@@ -146,6 +146,11 @@ def test_live_updates_arrive_without_reloading(new_page: Any, demo: DemoClient) 
     page.goto(demo.info.url + "#/fleet")
     row_ts = '.pack-row[data-battery-id="shop-ups"] .ago'
     page.wait_for_selector(row_ts)
+    # served by the server: server mode, and each pack's values say so (source and age)
+    assert page.get_attribute("#mode", "data-mode") == "server" and page.inner_text("#mode") == "Server"
+    source = '.pack-row[data-battery-id="shop-ups"] .source'
+    assert page.get_attribute(source, "data-source") == "server"
+    assert page.inner_text(f"{source} .source-name") == "server"
     before = page.get_attribute(row_ts, "data-ts")
     page.wait_for_function(
         f"() => document.querySelector('{row_ts}').dataset.ts !== '{before}'", timeout=WAIT_MS
@@ -272,6 +277,9 @@ def test_app_shell_is_installable_and_works_offline(new_page: Any, demo: DemoCli
         page.reload()
         page.wait_for_selector("#app")
         assert page.title() == "TrackingBMS"
+        # the mode indicator says so, and where to go at the site (the server's origin cannot reach a gateway)
+        page.wait_for_selector('#mode[data-mode="offline"]', timeout=WAIT_MS)
+        assert ":8081" in page.inner_text("#server-offline")
     finally:
         page.context.set_offline(False)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from trackingbms.server.web import STATIC_DIR
+from trackingbms.webapp import STATIC_DIR
 
 from .conftest import DemoClient, login
 

@@ -7,7 +7,7 @@ import json
 import re
 
 from trackingbms.daly.faults import FAULT_TEXT
-from trackingbms.server.web import STATIC_DIR
+from trackingbms.webapp import STATIC_DIR
 
 LANGS = ("en", "fr")
 

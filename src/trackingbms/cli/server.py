@@ -29,9 +29,19 @@ TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="tenant name")]
 
 
 def _settings(database_url: str | None, data_dir: Path | None, **kw: Any) -> Any:
+    """The server's settings; each invalid one (environment, file, option) named in a line, exit 2."""
+    from pydantic import ValidationError
+
     from trackingbms.server.settings import Settings
 
-    return Settings.load(kw.pop("config", None), database_url=database_url, data_dir=data_dir, **kw)
+    try:
+        return Settings.load(kw.pop("config", None), database_url=database_url, data_dir=data_dir, **kw)
+    except ValidationError as e:
+        for err in e.errors():
+            name = ".".join(str(part) for part in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            typer.echo(f"invalid setting {name} (TRACKINGBMS_{name.upper()}): {msg}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _say_database(url: str) -> None:

@@ -11,6 +11,7 @@ from trackingbms.gateway.config import GatewayConfig
 from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.relay import RelayDesk
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
@@ -19,6 +20,13 @@ log = logging.getLogger("trackingbms.gateway")
 
 HOUSEKEEPING_S = 60.0
 FLUSH_ON_STOP_S = 5.0
+
+
+def server_urls(config: GatewayConfig) -> list[str]:
+    """Where the server's dashboard is, best first: ``local_api.server_url``, then the http(s) uplinks."""
+    urls = [config.local_api.server_url.rstrip("/")] if config.local_api.server_url else []
+    urls += [u.url for u in config.uplinks if u.url.startswith(("http://", "https://"))]
+    return list(dict.fromkeys(urls))
 
 
 class Gateway:
@@ -53,8 +61,16 @@ class Gateway:
             )
         self.local: LocalApi | None = None
         if config.local_api.enabled:
+            urls = server_urls(config)
             self.local = LocalApi(
-                config.local_api, self.state, self.queue, self.status, [u.name for u in config.uplinks]
+                config.local_api,
+                self.state,
+                self.queue,
+                self.status,
+                [u.name for u in config.uplinks],
+                server_urls=urls,
+                # the phone relay uploads to the same server, over the phone's own network
+                relay=RelayDesk(self.queue, config.device_token, urls, self.state),
             )
 
     async def status(self) -> dict[str, Any]:

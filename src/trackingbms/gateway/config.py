@@ -142,6 +142,9 @@ class LocalApiConfig(_Strict):
     listen: str = "0.0.0.0:8081"
     #: optional LAN token: requests need `Authorization: Bearer <token>` or `?token=<token>`
     token: str | None = None
+    #: the server's dashboard URL, for the app served here to switch to server mode when it answers;
+    #: default: the http(s) uplinks' URLs in priority order (set it when the uplinks are MQTT only)
+    server_url: str | None = Field(None, pattern=r"^https?://[^\s/]+(/\S*)?$")
 
     @field_validator("listen")
     @classmethod
@@ -320,6 +323,8 @@ backoff_max_s = 60
 enabled = true
 listen = "0.0.0.0:8081"
 # token = "lan-secret"               # optional: then send Authorization: Bearer <token> or ?token=
+# server_url = "https://tbms.example.com"  # the dashboard the app served here switches to when it answers
+#                                   (default: the http(s) uplinks' URLs)
 
 # Optional: Home Assistant MQTT discovery (each pack appears as a device with its sensors).
 # [home_assistant]

@@ -1,14 +1,21 @@
-"""The local direct API on the LAN: state, history, a live WebSocket stream and a self-contained page.
+"""The local direct API on the LAN: state, history, a live WebSocket stream, and the web app in direct mode.
 
 Served by the ``websockets`` library alone (plain GETs answered in ``process_request``), which keeps the
 gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
 
-- ``GET /`` — the live page (no external assets: works with no internet);
-- ``GET /local/v1/state`` — gateway status and, per battery, link state and the latest sample;
-- ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=`` — samples taken here (sent or not);
+- ``GET /``, ``/sw.js``, ``/manifest.webmanifest``, ``/static/*`` — the same web app the server serves
+  (:mod:`trackingbms.webapp`, no external assets: works with no internet); served from here it finds
+  ``/local/v1/state`` and runs in direct mode until the server is reachable (docs/architecture.md);
+- ``GET /local/v1/state`` — gateway status (uplinks in priority order, the path the data took, the server
+  URLs the app may switch to), per battery link state and the latest sample;
+- ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=&newest=1`` — samples taken here (sent or not),
+  oldest first: the first ``limit`` from ``since``, or with ``newest=1`` the last ``limit`` (the phone's
+  backfill of its history);
 - ``GET /metrics`` — Prometheus metrics (:mod:`trackingbms.gateway.metrics`);
 - ``GET /local/v1/live`` (WebSocket) — ``{"type": "sample", "sample": <as taken>, "latest": <merged>}`` and
-  ``{"type": "link", ...}`` events.
+  ``{"type": "link", ...}`` events;
+- ``/local/v1/relay``, ``/local/v1/relay/samples``, ``/local/v1/relay/receipt`` (WebSocket) — the phone relay
+  (:mod:`trackingbms.gateway.relay`).
 
 ``latest`` (in the state and the live events) is merged field by field: the newest value of each field, so
 the partial samples of most polls (no cells, temps or faults) do not blank what the last full one showed.
@@ -34,20 +41,47 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from trackingbms import webapp
 from trackingbms.gateway.config import LocalApiConfig
 from trackingbms.gateway.queue import DurableQueue
+from trackingbms.gateway.relay import DEFAULT_PAGE, MAX_PAGE, MAX_RECEIPT_BYTES, ReceiptError, RelayDesk
 from trackingbms.gateway.state import GatewayState
 from trackingbms.model import format_ts
 
 log = logging.getLogger("trackingbms.gateway.local")
 
 
-def _response(status: int, body: bytes, content_type: str) -> Response:
+#: the server's policy (server/guard.py) but for connect-src: from here the app also talks to the server it
+#: reports to (server mode, the phone relay), whose address only the gateway's configuration knows
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' http: https: ws: wss:; font-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'; worker-src 'self'; manifest-src 'self'"
+)
+
+
+def _response(status: int, body: bytes, content_type: str, cache: str = "no-store") -> Response:
     headers = Headers()
     headers["Content-Type"] = content_type
     headers["Content-Length"] = str(len(body))
-    headers["Cache-Control"] = "no-store"
+    headers["Cache-Control"] = cache
+    headers["X-Content-Type-Options"] = "nosniff"
+    if content_type.startswith("text/html"):
+        headers["Content-Security-Policy"] = CSP
+        headers["Referrer-Policy"] = "no-referrer"
+        headers["X-Frame-Options"] = "DENY"
     return Response(status, HTTPStatus(status).phrase, headers, body)
+
+
+def _static(path: str) -> Response | None:
+    """A file of the web app, or None when ``path`` is not one of its paths."""
+    file = webapp.locate(path)
+    if file is None:
+        return None
+    # the shell revalidates every time (an upgraded gateway reaches the phone at once); the service
+    # worker keeps its own copy for offline use
+    cache = "no-cache" if webapp.no_cache(path) else "max-age=300"
+    return _response(200, file.read_bytes(), webapp.content_type(file), cache)
 
 
 def _json(status: int, data: Any) -> Response:
@@ -62,8 +96,13 @@ class LocalApi:
         queue: DurableQueue,
         gateway_status: Callable[[], Awaitable[dict[str, Any]]],
         uplinks: Sequence[str] = (),
+        server_urls: Sequence[str] = (),
+        relay: RelayDesk | None = None,
     ):
         self.uplinks = list(uplinks)
+        #: where the server's dashboard is (the app switches to server mode there when it answers)
+        self.server_urls = list(server_urls)
+        self.relay = relay
         self.cfg = cfg
         self.state = state
         self.queue = queue
@@ -82,7 +121,7 @@ class LocalApi:
             self.cfg.port,
             process_request=self._process_request,
             compression=None,
-            max_size=4096,
+            max_size=MAX_RECEIPT_BYTES,  # a relay receipt; the live socket reads nothing
         )
         log.info("local API on http://%s:%d/", self.cfg.host, self.port)
 
@@ -106,14 +145,16 @@ class LocalApi:
         url = urlsplit(request.path)
         query = parse_qs(url.query)
         path = url.path.rstrip("/") or "/"
-        if path == "/":
-            # the page itself carries no data; it asks for the token if one is needed
-            lang = page_lang(request.headers.get("Accept-Language"))
-            return _response(200, render_page(lang).encode(), "text/html; charset=utf-8")
+        if path == "/" or path in webapp.ROOT_FILES or path.startswith("/static/"):
+            # the app's files carry no data (the app asks for the LAN token when one is needed)
+            found = _static(url.path if path != "/" else "/")
+            return found or _json(404, {"detail": f"no such file: {url.path}"})
         if not self._authorized(request, query):
             return _json(401, {"detail": "LAN token required: Authorization: Bearer <token> or ?token="})
-        if path == "/local/v1/live":
+        if path in ("/local/v1/live", "/local/v1/relay/receipt"):
             return None  # WebSocket handshake proceeds
+        if path.startswith("/local/v1/relay"):
+            return await self._relay_request(path, query)
         if path == "/local/v1/state":
             return _json(200, await self.state_body())
         if path == "/metrics":
@@ -137,13 +178,45 @@ class LocalApi:
                     return _json(400, {"detail": "since must be an RFC 3339 time, e.g. 2026-11-24T10:00:00Z"})
                 since = format_ts(when)  # the stored form, so text order is time order
             # up to 10,000 rows to read and decode: on the queue's thread, not the event loop
-            samples = await self.queue.ahistory(since=since, battery_id=battery_id, limit=limit)
+            newest = (query.get("newest") or ["0"])[0] in ("1", "true")
+            samples = await self.queue.ahistory(
+                since=since, battery_id=battery_id, limit=limit, newest=newest
+            )
             return _json(200, {"samples": samples})
         return _json(404, {"detail": f"no such path: {url.path}"})
 
+    async def _relay_request(self, path: str, query: dict[str, list[str]]) -> Response:
+        if self.relay is None:
+            return _json(404, {"detail": "the phone relay is off on this gateway"})
+        if path == "/local/v1/relay":
+            return _json(200, await self.relay.info())
+        if path == "/local/v1/relay/samples":
+            try:
+                after = int((query.get("after") or ["0"])[0])
+                limit = min(MAX_PAGE, max(1, int((query.get("limit") or [str(DEFAULT_PAGE)])[0])))
+            except ValueError:
+                return _json(400, {"detail": "after and limit must be integers"})
+            return _json(200, await self.relay.page(after, limit))
+        return _json(404, {"detail": f"no such path: {path}"})
+
+    async def _take_receipt(self, ws: ServerConnection) -> None:
+        """One receipt in, one answer out (see :mod:`trackingbms.gateway.relay`)."""
+        try:
+            message = await ws.recv()
+            if self.relay is None:
+                raise ReceiptError(404, "the phone relay is off on this gateway")
+            answer = await self.relay.take_receipt(message)
+        except ReceiptError as e:
+            answer = {"error": str(e), "status": e.status}
+        except ConnectionClosed:
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(orjson.dumps(answer).decode())
+            await ws.close()
+
     async def state_body(self) -> dict[str, Any]:
         return {
-            "gateway": await self.gateway_status(),
+            "gateway": {**(await self.gateway_status()), "server_urls": self.server_urls},
             "batteries": [
                 {
                     **b.heartbeat_entry(),
@@ -156,6 +229,9 @@ class LocalApi:
         }
 
     async def _ws_handler(self, ws: ServerConnection) -> None:
+        if ws.request is not None and urlsplit(ws.request.path).path.rstrip("/") == "/local/v1/relay/receipt":
+            await self._take_receipt(ws)
+            return
         q = self.state.subscribe()
         try:
             await ws.send(orjson.dumps({"type": "state", **(await self.state_body())}).decode())
@@ -166,160 +242,3 @@ class LocalApi:
             pass
         finally:
             self.state.unsubscribe(q)
-
-
-PAGE = """<!doctype html>
-<html lang="{{lang}}"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width,initial-scale=1">
-<title>{{title}}</title>
-<style>
-body{font-family:system-ui,sans-serif;margin:1rem;background:#f6f7f9;color:#222}
-h1{font-size:1.2rem} .packs{display:flex;flex-wrap:wrap;gap:1rem}
-.pack{background:#fff;border-radius:8px;padding:.8rem 1rem;min-width:16rem;box-shadow:0 1px 3px #0002}
-.pack h2{font-size:1rem;margin:0 0 .4rem} .big{font-size:1.6rem;font-weight:600}
-.ok{color:#1a7f37}.degraded{color:#b35900}.asleep{color:#555}.disconnected{color:#c00}
-table{border-collapse:collapse;font-size:.9rem} td{padding:1px 8px 1px 0}
-.cells span{display:inline-block;margin:1px;padding:1px 3px;background:#eef;border-radius:3px;font-size:.8rem}
-.cells span.bal{background:#fd8}
-#gw{font-size:.85rem;color:#555}
-</style></head><body>
-<h1>{{heading}}</h1>
-<div id="gw">{{connecting}}</div>
-<div class="packs" id="packs"></div>
-<script>
-const TEXTS = {{texts}};
-// the server picked the language from Accept-Language; without that header, the browser's own
-const NAV = (navigator.language || "en").slice(0, 2).toLowerCase();
-const LANG = "{{picked}}" || (NAV in TEXTS ? NAV : "en");
-const T = TEXTS[LANG];
-document.documentElement.lang = LANG;
-document.title = T.title;
-const packs = {};
-document.querySelector("h1").textContent = T.heading;
-document.getElementById("gw").textContent = T.connecting;
-const qs = new URLSearchParams(location.search);
-let token = qs.get("token") || localStorage.getItem("tbms_lan_token") || "";
-function esc(s){return String(s).replace(/[&<>"]/g,c=>({"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"}[c]))}
-const DIGITS=d=>({minimumFractionDigits:d,maximumFractionDigits:d});
-function fmt(v,d,u){return v===undefined||v===null?"–":Number(v).toLocaleString(LANG,DIGITS(d))+" "+u}
-function word(group,v){return (T[group]&&T[group][v])||v}
-function render(){
-  const root=document.getElementById("packs");
-  root.innerHTML=Object.values(packs).map(p=>{
-    const s=p.latest||{}; const cells=s.cells_mv||[]; const bal=new Set(s.balancing||[]);
-    const power=(s.voltage_v!=null&&s.current_a!=null)?s.voltage_v*s.current_a:null;
-    return `<div class="pack" data-battery="${esc(p.battery_id)}"><h2>${esc(p.battery_id)}
-      <span class="${esc(p.link_state)}">● ${esc(word("links",p.link_state))}</span></h2>
-      <div class="big">${fmt(s.soc_pct,1,"%")}</div>
-      <table><tr><td>${T.voltage}</td><td class="v">${fmt(s.voltage_v,2,"V")}</td></tr>
-      <tr><td>${T.current}</td><td class="a">${fmt(s.current_a,1,"A")}</td></tr>
-      <tr><td>${T.power}</td><td>${fmt(power,0,"W")}</td></tr>
-      <tr><td>${T.state}</td><td>${esc(word("states",s.state||"–"))}</td></tr>
-      <tr><td>${T.temps}</td><td>${(s.temps_c||[]).map(t=>t.toFixed(0)+" °C").join(" ")||"–"}</td></tr>
-      <tr><td>${T.faults}</td><td>${esc((s.faults||[]).join(", ")||T.none)}</td></tr>
-      <tr><td>${T.updated}</td><td>${esc(s.ts||"–")}</td></tr></table>
-      <div class="cells">${cells.map((c,i)=>
-        `<span class="${bal.has(i+1)?"bal":""}">${i+1}: ${c}</span>`).join("")}</div>
-      ${p.last_error&&p.link_state!=="ok"?`<div class="${esc(p.link_state)}">${esc(p.last_error)}</div>`:""}
-    </div>`}).join("");
-}
-function connect(){
-  const url=(location.protocol==="https:"?"wss://":"ws://")+location.host+"/local/v1/live"+(token?"?token="+encodeURIComponent(token):"");
-  const ws=new WebSocket(url);
-  ws.onmessage=ev=>{
-    const m=JSON.parse(ev.data);
-    if(m.type==="state"){
-      for(const b of m.batteries) packs[b.battery_id]=b;
-      const g=m.gateway; document.getElementById("gw").textContent=
-        `${T.uplink} ${g.uplink} · ${T.queue} ${g.queue_depth} · ${T.disk} ${g.disk_used_pct} %`+
-        ` · ${T.up} ${Math.round(g.uptime_s)} s`;
-    } else if(m.type==="sample"){
-      const p=packs[m.battery_id]||(packs[m.battery_id]={battery_id:m.battery_id});
-      p.latest=m.latest||m.sample;  // merged: a partial sample does not blank cells / temps / faults
-    }
-    else if(m.type==="link"){
-      Object.assign(packs[m.battery_id]||(packs[m.battery_id]={}), m.status);
-    }
-    render();
-  };
-  ws.onclose=ev=>{
-    if(ev.code===1006&&!token){ /* maybe a token is needed */ }
-    document.getElementById("gw").textContent=T.disconnected;
-    setTimeout(connect,2000);
-  };
-}
-fetch("/local/v1/state"+(token?"?token="+encodeURIComponent(token):"")).then(r=>{
-  if(r.status===401){ token=prompt(T.token)||""; localStorage.setItem("tbms_lan_token",token); }
-}).finally(connect);
-</script></body></html>
-"""
-
-#: the page's words in English and French: a small table here, as the gateway must not import the server
-#: (whose dashboard catalogues are much larger); units and the BMS's fault names stay as they are
-PAGE_TEXT: dict[str, dict[str, Any]] = {
-    "en": {
-        "title": "TrackingBMS gateway",
-        "heading": "TrackingBMS gateway — live packs",
-        "connecting": "connecting…",
-        "disconnected": "disconnected from the gateway, retrying…",
-        "token": "LAN token",
-        "voltage": "voltage",
-        "current": "current",
-        "power": "power",
-        "state": "state",
-        "temps": "temps",
-        "faults": "faults",
-        "none": "none",
-        "updated": "updated",
-        "uplink": "uplink",
-        "queue": "queue",
-        "disk": "disk",
-        "up": "up",
-        "links": {"ok": "ok", "degraded": "degraded", "asleep": "asleep", "disconnected": "disconnected"},
-        "states": {"idle": "idle", "charging": "charging", "discharging": "discharging"},
-    },
-    "fr": {
-        "title": "Passerelle TrackingBMS",
-        "heading": "Passerelle TrackingBMS — batteries en direct",
-        "connecting": "connexion…",
-        "disconnected": "déconnecté de la passerelle, nouvelle tentative…",
-        "token": "Jeton réseau local",
-        "voltage": "tension",
-        "current": "courant",
-        "power": "puissance",
-        "state": "état",
-        "temps": "températures",
-        "faults": "défauts",
-        "none": "aucun",
-        "updated": "mis à jour",
-        "uplink": "liaison montante",
-        "queue": "file",
-        "disk": "disque",
-        "up": "en service depuis",
-        "links": {"ok": "ok", "degraded": "dégradée", "asleep": "en veille", "disconnected": "déconnectée"},
-        "states": {"idle": "au repos", "charging": "en charge", "discharging": "en décharge"},
-    },
-}
-
-
-def page_lang(accept_language: str | None) -> str | None:
-    """The first language of ``Accept-Language`` the page has (q-values ignored: browsers list by
-    preference), English if none; None without the header (the page then asks ``navigator.language``)."""
-    if not accept_language:
-        return None
-    for part in accept_language.split(","):
-        base = part.split(";")[0].strip()[:2].lower()
-        if base in PAGE_TEXT:
-            return base
-    return "en"
-
-
-def render_page(lang: str | None) -> str:
-    """The LAN page with its static words in ``lang`` (English until the script decides when None)."""
-    words = PAGE_TEXT[lang or "en"]
-    page = PAGE
-    for key in ("title", "heading", "connecting"):
-        page = page.replace("{{" + key + "}}", words[key])
-    texts = {lang: words} if lang else PAGE_TEXT  # both only when the browser's language is still unknown
-    page = page.replace("{{texts}}", orjson.dumps(texts).decode().replace("</", "<\\/"))
-    return page.replace("{{lang}}", lang or "en").replace("{{picked}}", lang or "")

@@ -185,9 +185,9 @@ class DurableQueue:
         return await self.run(self.unpark, battery_id, probe=probe)
 
     async def ahistory(
-        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000
+        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000, newest: bool = False
     ) -> list[dict]:
-        return await self.run(self.history, since=since, battery_id=battery_id, limit=limit)
+        return await self.run(self.history, since=since, battery_id=battery_id, limit=limit, newest=newest)
 
     async def aset_kv(self, key: str, value: str) -> None:
         await self.run(self.set_kv, key, value)
@@ -343,6 +343,46 @@ class DurableQueue:
         for q, reason in dead:
             log.warning("server rejected %s seq %d: %s (kept in dead_letter)", q.battery_id, q.seq, reason)
 
+    # -- the phone relay (docs/architecture.md "Phone relay") -----------------------------------------------
+
+    def unsent(self, *, after_id: int = 0, limit: int = 500) -> list[QueuedSample]:
+        """Pending samples in queue order (oldest first) with an id above ``after_id``: a page of what a phone
+        may carry to the server. Parked samples are not offered (the server refused them; see ``unpark``)."""
+        return [
+            QueuedSample(*row)
+            for row in self.db.execute(
+                f"SELECT id, battery_id, seq, ts, body FROM samples WHERE acked = {PENDING} AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (after_id, limit),
+            )
+        ]
+
+    def settle_relayed(self, ranges: dict[str, Sequence[Sequence[int]]]) -> int:
+        """The server has every sample in these ``battery_id → [[first_seq, last_seq], ...]`` runs (a verified
+        relay receipt): the unsent ones among them leave the send queue as if the uplink had been acked (kept
+        for the local history). One transaction. Returns how many left the queue."""
+        keep = self.local_history_h > 0
+        verb = f"UPDATE samples SET acked = {ACKED}" if keep else "DELETE FROM samples"
+        sql = f"{verb} WHERE battery_id = ? AND seq BETWEEN ? AND ? AND acked != {ACKED}"
+        n = 0
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for battery_id, runs in ranges.items():
+                for first, last in runs:
+                    n += db.execute(sql, (battery_id, first, last)).rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return n
+
+    async def aunsent(self, *, after_id: int = 0, limit: int = 500) -> list[QueuedSample]:
+        return await self.run(self.unsent, after_id=after_id, limit=limit)
+
+    async def asettle_relayed(self, ranges: dict[str, Sequence[Sequence[int]]]) -> int:
+        return await self.run(self.settle_relayed, ranges)
+
     # -- parked samples (rejected for a reason an operator can fix) -------------------------------------
 
     def parked_count(self) -> int:
@@ -393,15 +433,20 @@ class DurableQueue:
 
     # -- local history --------------------------------------------------------------------------------
 
-    def history(self, *, since: str | None, battery_id: str | None = None, limit: int = 1000) -> list[dict]:
+    def history(
+        self, *, since: str | None, battery_id: str | None = None, limit: int = 1000, newest: bool = False
+    ) -> list[dict]:
+        """Samples taken here (sent or not) from ``since`` on, oldest first: the first ``limit`` of them, or
+        with ``newest`` the last ``limit`` (what a phone that has seen nothing yet wants)."""
         sql = "SELECT body FROM samples WHERE ts >= ?"
         args: list[Any] = [since or ""]
         if battery_id:
             sql += " AND battery_id = ?"
             args.append(battery_id)
-        sql += " ORDER BY ts, id LIMIT ?"
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?" if newest else " ORDER BY ts, id LIMIT ?"
         args.append(limit)
-        return [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
+        rows = [orjson.loads(row[0]) for row in self.db.execute(sql, args)]
+        return rows[::-1] if newest else rows
 
     def prune_history(self) -> int:
         """Drop acknowledged samples older than the local history window."""

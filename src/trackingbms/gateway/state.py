@@ -87,6 +87,10 @@ class GatewayState:
         self.started_mono = time.monotonic()
         self.batteries: dict[str, BatteryStatus] = {}
         self.uplink: str | None = None
+        #: the path the data took last (an uplink's name, or "phone" when a phone carried it: the relay)
+        #: and when the server acknowledged it; reported by the heartbeat and the local API
+        self.last_via: str | None = None
+        self.last_delivery_ts: str | None = None
         self.link_changed = asyncio.Event()  # the heartbeat sends at once when set
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
 
@@ -105,6 +109,14 @@ class GatewayState:
         self.link_changed.set()
         self.publish({"type": "link", "battery_id": battery_id, "status": st.heartbeat_entry()})
         return True
+
+    def note_delivery(self, via: str) -> None:
+        """The server acknowledged samples that went by ``via`` (the uplink's name, or "phone")."""
+        changed = via != self.last_via
+        self.last_via = via
+        self.last_delivery_ts = now_ts()
+        if changed:
+            self.publish({"type": "via", "via": via, "ts": self.last_delivery_ts})
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=200)

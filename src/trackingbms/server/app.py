@@ -194,13 +194,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.password_checker = PasswordChecker(settings.login_hash_concurrency, settings.login_hash_queue)
 
     def body_limit(_method: str, path: str) -> int | None:
-        if path == "/api/v1/ingest":
+        if path in ("/api/v1/ingest", "/api/v1/relay"):
             return None  # streamed and bounded by the route (before and after gzip)
         if path == "/api/v1/auth/login":
             return settings.max_login_body_bytes
         return settings.max_request_body_bytes
 
     app.add_middleware(Guard, body_limit=body_limit)
+    if settings.relay_origins:
+        # outermost, so that refusals (413, 429) carry the CORS headers too and the app can show them
+        from starlette.middleware.cors import CORSMiddleware
+
+        from trackingbms.server.settings import origin_pattern
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origin_regex="|".join(f"(?:{origin_pattern(o).pattern})" for o in settings.relay_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding", "Accept-Language"],
+            expose_headers=["Retry-After"],
+            allow_credentials=False,  # bearer tokens only: no cookie is ever sent cross-origin
+            max_age=600,
+        )
 
     from trackingbms.server.api import router
 
@@ -249,10 +264,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _install_openapi(app: FastAPI) -> None:
-    """Add the ingest batch schema (the route reads its body raw, for speed) to the generated document."""
+    """Add the ingest and relay batch schemas (their routes read the body raw, for speed) to the doc."""
     from fastapi.openapi.utils import get_openapi
 
-    from trackingbms.server.schemas import IngestBatch
+    from trackingbms.server.schemas import IngestBatch, RelayBatch
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -261,10 +276,11 @@ def _install_openapi(app: FastAPI) -> None:
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
-        batch = IngestBatch.model_json_schema(ref_template="#/components/schemas/{model}")
-        for name, d in batch.pop("$defs", {}).items():
-            schemas.setdefault(name, d)
-        schemas["IngestBatch"] = batch
+        for model in (IngestBatch, RelayBatch):
+            batch = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, d in batch.pop("$defs", {}).items():
+                schemas.setdefault(name, d)
+            schemas[model.__name__] = batch
         app.openapi_schema = doc
         return doc
 

@@ -109,6 +109,45 @@ class IngestReply(BaseModel):
     config: DeviceConfig | None = None
 
 
+#: samples per relay request: the receipt lists the runs of seqs it covers, and a gateway takes it as one
+#: WebSocket message of at most 64 KiB (gateway/relay.py), which 1,000 runs always fit
+RELAY_MAX_SAMPLES = 1000
+
+
+class RelayBatch(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"device_key": "3f1c0e9a5b7d2c4e8a6f0b1d3c5e7a9b", "samples": [SAMPLE_EXAMPLE]}]
+        }
+    )
+    device_key: str = Field(
+        max_length=64, description="the gateway's relay key, from its LAN API (GET /local/v1/relay)"
+    )
+    samples: list[Sample] = Field(
+        max_length=RELAY_MAX_SAMPLES,
+        description="up to 1,000 of the gateway's unsent samples; `via` is set to phone",
+    )
+
+
+class RelayReceipt(BaseModel):
+    v: int = Field(description="receipt version (1)")
+    payload: str = Field(
+        description='JSON text: {"v": 1, "device", "key_id", "issued", "by", "batteries": {battery_id: '
+        "[[first_seq, last_seq], ...]}}: every sample in those runs is on the server"
+    )
+    sig: str = Field(description="HMAC-SHA256 of the payload with the key from the device's token (hex)")
+
+
+class RelayReply(BaseModel):
+    device: str = Field(description="the device the samples were stored for")
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection]
+    receipt: RelayReceipt = Field(
+        description="hand it to the gateway unchanged (WebSocket /local/v1/relay/receipt)"
+    )
+
+
 #: a heartbeat is validated field by field and bounded, and unknown fields are dropped (not stored): it is
 #: shown to every user of the tenant, so a device must not be able to put megabytes or NaN in it
 _HEARTBEAT_CONFIG = ConfigDict(extra="ignore", allow_inf_nan=False, str_max_length=200)
@@ -128,6 +167,18 @@ class BatteryLink(BaseModel):
     frames_good: int | None = Field(default=None, ge=0, le=U64)
     frames_bad: int | None = Field(default=None, ge=0, le=U64)
     #: shortened, not refused: a gateway must not lose its heartbeat over a long error text
+    last_error: Annotated[str | None, BeforeValidator(_clip(LAST_ERROR_MAX))] = Field(
+        default=None, max_length=LAST_ERROR_MAX
+    )
+
+
+class UplinkPath(BaseModel):
+    """One path to the server in the gateway's priority order (the phone, the last resort, comes last)."""
+
+    model_config = _HEARTBEAT_CONFIG
+    name: str = Field(max_length=32)
+    priority: int | None = Field(default=None, ge=1, le=64)
+    state: Literal["active", "standby", "failing"] | None = None
     last_error: Annotated[str | None, BeforeValidator(_clip(LAST_ERROR_MAX))] = Field(
         default=None, max_length=LAST_ERROR_MAX
     )
@@ -173,6 +224,10 @@ class Heartbeat(BaseModel):
     dead_letter_count: int | None = Field(default=None, ge=0, le=U64)
     parked_count: int | None = Field(default=None, ge=0, le=U64)
     uplink: str | None = Field(default=None, max_length=32)
+    #: which path the last acknowledged samples took (an uplink's name, or "phone": relayed) and when
+    via: str | None = Field(default=None, max_length=32)
+    delivered_ts: str | None = Field(default=None, max_length=40)
+    uplinks: list[UplinkPath] | None = Field(default=None, max_length=16)
     config_version: int | None = Field(default=None, ge=0, le=2**31 - 1)
     batteries: list[BatteryLink] = Field(default_factory=list, max_length=256)
 

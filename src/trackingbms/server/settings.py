@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trackingbms.server.db import default_sqlite_url, normalize_url
 
@@ -70,6 +71,22 @@ class Settings(BaseSettings):
     #: alarm transitions are held this long and sent as one message per target (a burst is one message)
     notify_group_s: float = Field(default=5.0, ge=0)
 
+    #: the origins of gateway-served apps allowed to call the API from the browser (CORS): the phone relay
+    #: and server mode from a gateway's LAN page (docs/security.md). Exact origins (``http://10.0.0.7:8081``)
+    #: or with ``*`` standing for one host label (``http://192.168.1.*:8081``, ``http://*.boat.lan:8081``);
+    #: in the environment, comma-separated. Empty (the default): no cross-origin calls at all.
+    relay_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("relay_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in (part.strip() for part in value.split(",")) if v]
+        if isinstance(value, list):
+            for origin in value:
+                origin_pattern(origin)  # a clear error at start, naming the entry
+        return value
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return normalize_url(self.database_url)
@@ -90,3 +107,25 @@ class Settings(BaseSettings):
                 merged[name] = getattr(env, name)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return cls.model_validate(merged) if merged else env
+
+
+_ORIGIN = re.compile(r"^(https?)://([A-Za-z0-9*.-]+|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$")
+
+
+def origin_pattern(origin: str) -> re.Pattern[str]:
+    """The regular expression an allowed origin entry stands for; ValueError naming the entry if it is not
+    ``scheme://host[:port]`` (no path, no trailing slash) or its ``*`` is not a whole host label."""
+    m = _ORIGIN.match(origin)
+    if m is None:
+        raise ValueError(
+            f"{origin!r} is not an origin like http://192.168.1.20:8081 (scheme, host, port; no path)"
+        )
+    scheme, host, port = m.groups()
+    labels = host.split(".")
+    if any("*" in label and label != "*" for label in labels) or labels == ["*"]:
+        raise ValueError(
+            f"{origin!r}: '*' may only stand for one whole host label among others "
+            "(http://192.168.1.*:8081), never for the whole host"
+        )
+    host_re = r"\.".join("[A-Za-z0-9-]+" if label == "*" else re.escape(label) for label in labels)
+    return re.compile(f"{scheme}://{host_re}" + (f":{port}" if port else ""))

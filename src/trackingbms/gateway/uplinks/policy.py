@@ -20,6 +20,11 @@ acknowledgement on ``tbms/<device>/ack``, never the broker's PUBACK). When the a
 ``failover.after_s``, the next one takes over; while failed over, the primary is probed with a heartbeat every
 ``failover.probe_interval_s`` and takes back over on success.
 
+Priorities (what the heartbeat and the local API report as ``uplinks``): the configured uplinks in order, then
+the *phone* as the last resort. The phone is not a transport of ours: when every uplink fails, samples wait in
+the queue until an app served by this gateway carries them to the server (the phone relay, ``via = "phone"``).
+``via`` says which path the last acknowledged samples took.
+
 Only the wire contract (docs/api.md) couples this to the server.
 """
 
@@ -375,6 +380,8 @@ class UplinkManager:
         acked = [q for i, q in enumerate(batch) if i not in rejected]
         await self.queue.asettle(acked=[q.id for q in acked], parked=parked, dead=dead)
         self.acked_total += len(acked)
+        if acked:
+            self.state.note_delivery(up.name)
         await self._note_parked(parked, rejected, batch, acked)
         up.ok()
         if up.batch_limit < up.cfg.batch_max_samples:
@@ -395,6 +402,10 @@ class UplinkManager:
             "oldest_queued_ts": queue["oldest_queued_ts"],
             "disk_used_pct": queue["disk_used_pct"],
             "uplink": self.current.name,
+            # which path the data took last, and every path in priority order with its health
+            "via": self.state.last_via,
+            "delivered_ts": self.state.last_delivery_ts,
+            "uplinks": self.priorities(),
             "config_version": self.remote.version,
             # beyond the contract (the server keeps extra keys): the budget policy's effect, dead letters,
             # samples parked until the server takes them (battery not assigned yet)
@@ -404,6 +415,26 @@ class UplinkManager:
             "parked_count": queue["parked_count"],
             "batteries": [b.heartbeat_entry() for b in self.state.batteries.values()],
         }
+
+    def priorities(self) -> list[dict[str, Any]]:
+        """The paths in priority order: each uplink (``active``, ``failing`` or ``standby``), then the phone,
+        the last resort, ``active`` when every uplink fails (samples wait for a phone to relay them)."""
+        out: list[dict[str, Any]] = []
+        for index, up in enumerate(self.uplinks):
+            state = "active" if index == self.active else "standby"
+            if up.failing_since is not None:
+                state = "failing"
+            out.append({"name": up.name, "priority": index + 1, "state": state, "last_error": up.last_error})
+        all_failing = all(up.failing_since is not None for up in self.uplinks)
+        out.append(
+            {
+                "name": "phone",
+                "priority": len(self.uplinks) + 1,
+                "state": "active" if all_failing else "standby",
+                "last_error": None,
+            }
+        )
+        return out
 
     async def _heartbeat_on(self, up: Uplink) -> None:
         reply = await up.transport.heartbeat(await self.heartbeat_body())

@@ -18,7 +18,7 @@ from trackingbms.server.store import now_ms
 router = APIRouter()
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"body larger than {limit} bytes")
@@ -32,7 +32,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _gunzip(body: bytes, limit: int) -> bytes:
+def gunzip(body: bytes, limit: int) -> bytes:
     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
     try:
         out = d.decompress(body, limit)
@@ -84,9 +84,9 @@ async def ingest(request: Request, device: CurrentDevice, service: Ingest, store
         raise HTTPException(
             429, "rate limit: slow down", headers={"Retry-After": str(max(1, math.ceil(wait)))}
         )
-    body = await _read_body(request, settings.max_body_bytes)
+    body = await read_body(request, settings.max_body_bytes)
     if "gzip" in request.headers.get("content-encoding", "").lower():
-        body = _gunzip(body, settings.max_decoded_bytes)
+        body = gunzip(body, settings.max_decoded_bytes)
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError as e:

@@ -4,9 +4,9 @@
   :mod:`trackingbms.server.ingest`), heartbeats (``heartbeat``), retention and sizes (``retention``),
   alarm state and transitions (``alarms``);
 - :class:`TenantStore` (``store.tenant(id)``): everything one tenant may see or change — provisioning,
-  the fleet read model, history, export, alarms, rules, health. It puts the tenant into every query
-  itself, so scoping is not remembered route by route; ids from another tenant behave as if they did
-  not exist.
+  the fleet read model, history, export, alarms, rules, health, the phone relay's device lookup. It puts
+  the tenant into every query itself, so scoping is not remembered route by route; ids from another
+  tenant behave as if they did not exist.
 
 ``packing`` is the binary row format of a sample, ``series`` the one n / min / max / sum accumulator.
 """
@@ -23,6 +23,7 @@ from trackingbms.server.store.heartbeat import HeartbeatStore
 from trackingbms.server.store.history import RAW_HISTORY_MAX_ROWS, HistoryScope
 from trackingbms.server.store.ingest import IngestResult, IngestStore, PackedSample
 from trackingbms.server.store.provisioning import ProvisioningScope
+from trackingbms.server.store.relay import RelayScope
 from trackingbms.server.store.retention import RetentionStore
 
 __all__ = [
@@ -40,7 +41,9 @@ __all__ = [
 ]
 
 
-class TenantStore(ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope, AlarmsScope):
+class TenantStore(
+    ProvisioningScope, FleetScope, HistoryScope, ExportScope, ApiTokenScope, AlarmsScope, RelayScope
+):
     """Everything one tenant may see or change (see the module docstring)."""
 
 

@@ -1,5 +1,8 @@
 """The web dashboard, served by the server (static, vendored assets; no CDN, no Node build).
 
+The files live in :mod:`trackingbms.webapp`, shared with the gateway's LAN API, which serves the same app
+in direct mode.
+
 The page is a few vanilla JS modules under ``static/js`` that talk to the documented API
 (docs/api.md) with the user's bearer token and follow the ``/api/v1/live`` WebSocket.
 ``static/faults.json`` is generated from ``trackingbms.daly.faults.FAULT_TEXT`` (the server does not
@@ -15,7 +18,8 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC_DIR = Path(__file__).parent / "static"
+from trackingbms.webapp import STATIC_DIR
+
 #: Swagger UI's bundle and stylesheet, shipped by the fastapi-offline package (no CDN at run time)
 SWAGGER_UI_DIR = Path(fastapi_offline.__file__).parent / "static"
 

@@ -14,6 +14,8 @@ import {
   fmtPower,
   fmtTime,
   h,
+  refreshAges,
+  sourceTag,
   stateLabel,
 } from "./util.js";
 
@@ -139,6 +141,8 @@ export async function renderPack(root, batteryId) {
         item.link_state ? ` (${t("pack.link", { state: t(`link.${item.link_state}`) })})` : "",
         ` · ${t("pack.last_seen")} `,
         h("span.ago#last-seen", { dataset: { ts: item.last_seen || "" }, title: fmtTime(item.last_seen) }, ago(item.last_seen)),
+        " · ",
+        sourceTag("server", item.latest?.ts),
       ),
     );
   }
@@ -325,8 +329,7 @@ export async function renderPack(root, batteryId) {
     }
   });
   const tick = setInterval(() => {
-    const el = head.querySelector("#last-seen");
-    if (el) el.textContent = ago(el.dataset.ts);
+    refreshAges(head);
   }, 1000);
 
   return () => {

@@ -133,3 +133,27 @@ export function derive(sample) {
 export function stateLabel(state) {
   return ["charging", "discharging", "idle"].includes(state) ? tr(`state.${state}`) : "–";
 }
+
+/** Where a value came from: "server", "lan" (direct, the gateway's LAN API) or "ble" (direct Bluetooth). */
+export const SOURCES = {
+  server: { label: "source.server", attr: "server" },
+  lan: { label: "source.lan", attr: "direct-lan" },
+  ble: { label: "source.ble", attr: "direct-ble" },
+};
+
+/** "direct LAN · 4 s ago": the source of a value and its age (refreshed by refreshAges). */
+export function sourceTag(source, ts) {
+  const s = SOURCES[source] || SOURCES.server;
+  return h(
+    "span.source",
+    { dataset: { source: s.attr, ts: ts || "" }, title: fmtTime(ts) },
+    h("span.source-name", tr(s.label)),
+    " · ",
+    h("span.ago", { dataset: { ts: ts || "" } }, ago(ts)),
+  );
+}
+
+/** Refresh every ".ago" age under `root` (views call it each second). */
+export function refreshAges(root) {
+  for (const el of root.querySelectorAll(".ago")) el.textContent = ago(el.dataset.ts);
+}

@@ -1,5 +1,8 @@
-// Service worker: keeps the app shell available offline. API calls and the live socket are never cached.
-const CACHE = "tbms-shell-v3";
+// Service worker: keeps the app shell available offline, on both origins that serve it (the server, and a
+// gateway's LAN address in direct mode: each origin has its own worker and cache). Data never goes through
+// the cache: the server's /api/, the gateway's /local/ and the probes are left to the network (the app keeps
+// its direct-mode history in IndexedDB, localdb.js).
+const CACHE = "tbms-shell-v5";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -21,6 +24,11 @@ const SHELL = [
   "/static/js/alarms.js",
   "/static/js/health.js",
   "/static/js/rules.js",
+  "/static/js/mode.js",
+  "/static/js/direct.js",
+  "/static/js/directviews.js",
+  "/static/js/localdb.js",
+  "/static/js/relay.js",
   "/static/vendor/uPlot.iife.min.js",
   "/static/vendor/uPlot.min.css",
   "/static/icons/icon.svg",
@@ -44,20 +52,20 @@ self.addEventListener("activate", (event) => {
 self.addEventListener("fetch", (event) => {
   const req = event.request;
   const url = new URL(req.url);
-  if (req.method !== "GET" || url.origin !== self.location.origin || url.pathname.startsWith("/api/")) return;
-  // Only the dashboard's own page; /docs and other server pages are left to the network.
-  if (req.mode === "navigate" && url.pathname !== "/") return;
+  if (req.method !== "GET" || url.origin !== self.location.origin) return;
+  // Only the app's own page and shell files; /api/, /local/, /healthz, /docs and the rest: the network.
+  if (req.mode === "navigate" ? url.pathname !== "/" : !SHELL.includes(url.pathname)) return;
   const key = req.mode === "navigate" ? "/" : req;
   event.respondWith(
     // A navigation request cannot be re-made with options, so only asset requests skip the HTTP cache.
     (req.mode === "navigate" ? fetch(req) : fetch(req, { cache: "no-cache" }))
       .then((resp) => {
-        if (resp.ok && (req.mode === "navigate" || SHELL.includes(url.pathname))) {
+        if (resp.ok) {
           const copy = resp.clone();
           caches.open(CACHE).then((c) => c.put(key, copy));
         }
         return resp;
       })
-      .catch(() => caches.match(key).then((hit) => hit || Response.error())),
+      .catch(() => caches.match(key, { ignoreSearch: true }).then((hit) => hit || Response.error())),
   );
 });

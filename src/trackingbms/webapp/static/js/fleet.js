@@ -2,7 +2,9 @@
 
 import { AuthError, api, live } from "./api.js";
 import { num, t, tn } from "./i18n.js";
-import { ago, connectivityBadge, derive, faultLevel, faultText, fmt, fmtPower, h, parseTs, stateLabel } from "./util.js";
+import {
+  ago, connectivityBadge, derive, faultLevel, faultText, fmt, fmtPower, h, parseTs, sourceTag, stateLabel,
+} from "./util.js";
 
 const COLUMNS = [
   { key: "name", label: "fleet.col.name", value: (it) => (it.name || it.battery_id).toLowerCase() },
@@ -148,7 +150,7 @@ export async function renderFleet(root) {
             { href: "#/alarms", title: t("fleet.worst", { severity: t(`severity.${it.worst_severity}`) }) },
             num(it.active_alarms, 0))
           : h("span.muted", num(0, 0))),
-      h("td.c-seen", { dataset: { label: t("fleet.col.last_seen") } }, h("span.ago", { dataset: { ts: it.last_seen || "" } }, ago(it.last_seen))),
+      h("td.c-seen", { dataset: { label: t("fleet.col.last_seen") } }, sourceTag("server", it.last_seen)),
     );
   }
 

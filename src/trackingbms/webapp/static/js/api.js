@@ -7,6 +7,18 @@ const USER_KEY = "tbms.user";
 
 export class AuthError extends Error {}
 
+// Where the server is: "" (this origin) when the server served the app; its URL when a gateway served it
+// (direct mode's origin, see mode.js), and then every call is cross-origin (the server allows it: CORS).
+let base = "";
+
+export function setApiBase(url) {
+  base = (url || "").replace(/\/+$/, "");
+}
+
+export function apiBase() {
+  return base;
+}
+
 export function getToken() {
   return localStorage.getItem(TOKEN_KEY) || sessionStorage.getItem(TOKEN_KEY);
 }
@@ -28,7 +40,7 @@ export function clearSession() {
 }
 
 export async function login(email, password, remember) {
-  const resp = await fetch("/api/v1/auth/login", {
+  const resp = await fetch(`${base}/api/v1/auth/login`, {
     method: "POST",
     headers: { "Content-Type": "application/json" },
     body: JSON.stringify({ email, password }),
@@ -59,7 +71,7 @@ async function errorText(resp) {
 async function request(path, { raw = false } = {}) {
   const token = getToken();
   if (!token) throw new AuthError("not signed in");
-  const resp = await fetch(path, { headers: { Authorization: `Bearer ${token}` } });
+  const resp = await fetch(base + path, { headers: { Authorization: `Bearer ${token}` } });
   if (resp.status === 401) {
     clearSession();
     throw new AuthError("session expired");
@@ -73,7 +85,7 @@ async function send(method, path, body) {
   if (!token) throw new AuthError("not signed in");
   const headers = { Authorization: `Bearer ${token}` };
   if (body !== undefined) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const resp = await fetch(base + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   if (resp.status === 401) {
     clearSession();
     throw new AuthError("session expired");
@@ -151,8 +163,10 @@ export class Live {
   #connect() {
     const token = getToken();
     if (!token || this.stopped) return;
-    const proto = location.protocol === "https:" ? "wss" : "ws";
-    const ws = new WebSocket(`${proto}://${location.host}/api/v1/live?token=${encodeURIComponent(token)}`);
+    const where = new URL(base || location.origin);
+    const proto = where.protocol === "https:" ? "wss" : "ws";
+    const prefix = where.pathname.replace(/\/+$/, "");
+    const ws = new WebSocket(`${proto}://${where.host}${prefix}/api/v1/live?token=${encodeURIComponent(token)}`);
     this.ws = ws;
     this.#setState("connecting");
     ws.onopen = () => {
