@@ -224,3 +224,53 @@ def test_a_failed_write_rolls_back_whole_and_leaves_the_queue_usable(tmp_path: P
     _heal(tiny, "DELETE")
     assert (len(tiny.seqs_of("p")), tiny.thinned_total, tiny.get_kv("thinned_total")) == (10, 0, None)
     assert tiny.enforce_budget()["thinned"] == 10 - len(thinned(list(range(10))))
+
+
+def test_the_relay_pages_unsent_samples_and_settles_receipt_runs(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, local_history_h=1)
+    a = [s.seq for s in q.put_many("a", [reading(i) for i in range(6)])]
+    b = [s.seq for s in q.put_many("b", [reading(i) for i in range(3)])]
+    rows = q.fetch(newest=0, oldest=9)
+    q.settle(acked=[rows[0].id], parked=[rows[1]])  # a[0] acked, a[1] parked: neither is offered
+    page = q.unsent(limit=3)
+    assert [(r.battery_id, r.seq) for r in page] == [("a", a[2]), ("a", a[3]), ("a", a[4])]
+    assert [r.seq for r in q.unsent(after_id=page[-1].id)] == [a[5], *b]
+    assert len(q.unsent()) == 7 and q.unsent(after_id=rows[-1].id) == []
+    # a receipt: a[0..3] (a[0] already acked: not counted again; a[1] parked: settled), and b[2] alone
+    assert q.settle_relayed({"a": [[a[0], a[3]]], "b": [[b[2], b[2]]]}) == 4
+    assert [r.seq for r in q.unsent()] == [a[4], a[5], b[0], b[1]]
+    assert q.parked_count() == 0 and len(q.history(since=None)) == 9  # kept for the local history
+
+    async def relay() -> tuple[int, int]:
+        n = len(await q.aunsent(after_id=0, limit=2))
+        m = await q.asettle_relayed({"b": [[b[0], b[1]]]})
+        await q.aclose()
+        return n, m
+
+    assert asyncio.run(relay()) == (2, 2)
+
+
+def test_relayed_samples_leave_at_once_without_local_history(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, local_history_h=0)
+    a = [s.seq for s in q.put_many("a", [reading(i) for i in range(4)])]
+    assert q.settle_relayed({"a": [[a[1], a[2]]]}) == 2
+    assert q.seqs_of("a") == [a[0], a[3]]
+    _fail_on(q, "DELETE")
+    with pytest.raises(sqlite3.IntegrityError, match="disk on fire"):
+        q.settle_relayed({"a": [[a[0], a[0]]]})
+    _heal(q, "DELETE")
+    assert q.seqs_of("a") == [a[0], a[3]] and q.settle_relayed({"a": [[a[0], a[3]]]}) == 2
+
+
+def test_history_newest_takes_the_last_ones_in_time_order(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    seqs = [s.seq for s in q.put_many("p", [reading(i) for i in range(5)])]
+    assert [h["seq"] for h in q.history(since=None, limit=2, newest=True)] == seqs[3:]
+    assert [h["seq"] for h in q.history(since=None, limit=2)] == seqs[:2]
+
+    async def newest() -> list[int]:
+        got = [h["seq"] for h in await q.ahistory(since=None, limit=3, newest=True)]
+        await q.aclose()
+        return got
+
+    assert asyncio.run(newest()) == seqs[2:]
