@@ -226,6 +226,18 @@ EQUIVALENT: tuple[Same, ...] = (
         " the slice still ends at the end of the data",
         above="if mask & B_ERRORS:",
     ),
+    Same(
+        "_clashes",
+        "stored_by_seq: dict[int, int] = {}",
+        ("stored_by_seq: dict[int, int] = None",),
+        "read only on SQLite, where it is assigned before",
+    ),
+    Same(
+        "_clashes",
+        "stored_by_seq.get(seq, ts)",
+        ("stored_by_seq.get(seq, None)", "stored_by_seq.get(seq)"),
+        "a row gets here only when skipped for, or inserted with, its seq: the default is never used",
+    ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),
     Same("_amps", "/ 10, 1)", ("/ 10, 2)",), "an integer / 10 has one decimal: rounding to 2 gives the same"),

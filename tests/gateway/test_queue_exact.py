@@ -274,3 +274,18 @@ def test_history_newest_takes_the_last_ones_in_time_order(tmp_path: Path) -> Non
         return got
 
     assert asyncio.run(newest()) == seqs[2:]
+
+
+def test_the_relay_page_defaults(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    q.put_many("p", [reading(i) for i in range(501)])
+    page = q.unsent()
+    assert (len(page), page[0].id) == (500, 1)  # from the very first row, 500 at a time
+
+    async def pages() -> tuple[int, int, int]:
+        first = await q.aunsent()
+        rest = await q.aunsent(after_id=first[-1].id)
+        await q.aclose()
+        return len(first), first[0].id, len(rest)
+
+    assert asyncio.run(pages()) == (500, 1, 1)

@@ -8,7 +8,9 @@ server, so bench/mutation.py can run this file against every mutant of the inges
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -76,12 +78,9 @@ class Rig:
         return self.metrics.registry.get_sample_value(name, labels)
 
 
-@pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    # the batteries UPDATE is built once, at import: build it again here, so that the code building it runs
-    # under this test (bench/mutation.py forks every mutant from a process that imported the module before)
-    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
-    async with p.open_store(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}") as store:
+@contextlib.asynccontextmanager
+async def make_rig(url: str) -> AsyncIterator[Rig]:
+    async with p.open_store(url) as store:
         await p.create_tenant(store, "acme")
         await p.create_site(store, "acme", "depot")
         token = (await p.provision_device(store, "acme", "gw-1"))["token"]
@@ -90,6 +89,15 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[
             await p.create_battery(store, "acme", "depot", bid, name=bid, device=dev, poll_interval_s=1.0)
         r = Rig(store, ServerMetrics())
         r.device = await store.device_for_token(token)  # type: ignore[attr-defined]
+        yield r
+
+
+@pytest.fixture
+async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+    # the batteries UPDATE is built once, at import: build it again here, so that the code building it runs
+    # under this test (bench/mutation.py forks every mutant from a process that imported the module before)
+    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    async with make_rig(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}") as r:
         yield r
 
 
@@ -251,3 +259,71 @@ async def test_an_empty_or_wholly_refused_batch_stores_nothing(rig: Rig) -> None
     ahead = s(B1, 2, int(time.time() * 1000) + 120_000)
     assert (await strict.ingest(rig.device, [ahead])).rejected[0]["error"].startswith("ts: ")
     assert (await rig.service.ingest(rig.device, [ahead])).accepted == 1
+
+
+async def test_a_re_send_is_judged_within_its_own_battery(rig: Rig) -> None:
+    # another battery's sample with the same ts, then the same seq: neither makes a re-send a clash
+    one = s(B1, 1, T0 + 1_000, voltage_v=50.0)
+    await rig.service.ingest(rig.device, [one, s(B2, 2, T0 + 1_000)], received_ms=RECEIVED)
+    res = await rig.service.ingest(rig.device, [one], received_ms=RECEIVED)
+    assert (res.accepted, res.duplicates, res.rejected) == (0, 1, [])
+    two = s(B1, 3, T0 + 2_000)
+    await rig.service.ingest(rig.device, [two, s(B2, 3, T0 + 4_000)], received_ms=RECEIVED)
+    res = await rig.service.ingest(rig.device, [two], received_ms=RECEIVED)
+    assert (res.accepted, res.duplicates, res.rejected) == (0, 1, [])
+
+
+def test_month_partitions_cover_each_sample() -> None:
+    dec = 1_764_547_200_000  # 2025-12-01T00:00:00Z
+    jan = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+    assert store_ingest._month_bounds(dec) == (dec, jan, "samples_2025_12")
+    assert store_ingest._month_bounds(jan - 1) == (dec, jan, "samples_2025_12")
+    assert store_ingest._month_bounds(jan)[2] == "samples_2026_01"
+    assert store_ingest._month_bounds(1_772_323_200_000)[:2] == (
+        1_772_323_200_000,
+        1_775_001_600_000,
+    )  # March
+
+
+@pytest.mark.postgres
+async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    nov, dec, jan = 1_764_460_800_000, 1_764_547_200_000, 1_767_225_600_000  # Nov 30, Dec 1, Jan 1 (UTC)
+    received = jan + 86_400_000
+    async with make_rig(postgres_url) as rig:
+        batch = [
+            s(B1, 1, nov + 1_000, voltage_v=50.0, cells_mv=[3300, 3310]),
+            s(B1, 2, jan + 2_000, voltage_v=52.0),
+            s(B2, 1, dec + 5_000, soc_pct=40.0),
+        ]
+        res = await rig.service.ingest(rig.device, batch, received_ms=received)
+        assert (res.accepted, res.duplicates, res.rejected) == (3, 0, [])
+        async with rig.store.engine.connect() as conn:
+            parts = (
+                (
+                    await conn.exec_driver_sql(
+                        "SELECT relname FROM pg_class WHERE relname LIKE 'samples\\_2%' AND relkind = 'r' "
+                        "ORDER BY 1"
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        assert parts == ["samples_2025_11", "samples_2025_12", "samples_2026_01"]
+        # the same verdicts as on SQLite: a re-send, a clash on ts, the newest sample and the merged state
+        clash = s(B1, 9, nov + 1_000, voltage_v=1.0)
+        res = await rig.service.ingest(rig.device, [batch[0], clash], received_ms=received)
+        assert (res.accepted, res.duplicates) == (0, 1)
+        assert res.rejected == [
+            {"index": 1, "error": "ts: another sample of this battery (seq 1) has the same ts"}
+        ]
+        b1 = await rig.battery(B1)
+        assert (b1["last_seq"], b1["last_ts_ms"], b1["cell_count"]) == (2, jan + 2_000, 2)
+        state = await rig.state(B1)
+        assert (state["voltage_v"], orjson.loads(state["cells_mv"])) == (52.0, [3300, 3310])
+        roll = sorted(
+            (r["bucket_ms"], r["voltage_v_n"], r["voltage_v_sum"]) for r in await rig.rows(rollup_1m)
+        )
+        assert roll == [(nov, 1, 50.0), (dec, 0, 0.0), (jan, 1, 52.0)]
