@@ -172,6 +172,22 @@ EQUIVALENT: tuple[Same, ...] = (
         "a cache miss builds the same struct from its format (only slower)",
     ),
     Same(
+        "validate_and_pack",
+        "scalar = _SCALARS.get(mask)",
+        ("scalar = None", "scalar = _SCALARS.get(None)"),
+        "a cache miss builds the same struct from its format (only slower)",
+    ),
+    Same(
+        "validate_and_pack",
+        "min(bal) >= 1 and (max(bal) <= 255)",
+        (
+            "min(bal) > 1 and (max(bal) <= 255)",
+            "min(bal) >= 2 and (max(bal) <= 255)",
+            "min(bal) >= 1 and (max(bal) < 255)",
+        ),
+        "the fast check only decides whether the loop looks for a bad element; the loop accepts these too",
+    ),
+    Same(
         "*",
         ".get(n) or _cached(",
         (".get(None) or _cached(",),

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+from trackingbms.model import SOURCES, VIAS
 from trackingbms.server.store import packing
 from trackingbms.server.store.packing import SampleError, ms_to_ts, to_sample, unpack, validate_and_pack
 
@@ -271,6 +272,11 @@ def test_scalar_limits() -> None:
         ({"balancing": [1, 0]}, "balancing.1: must be a cell number 1 to 255"),
         ({"balancing": [256]}, "balancing.0: must be a cell number 1 to 255"),
         ({"balancing": [1, True]}, "balancing.1: must be a cell number 1 to 255"),
+        ({"balancing": [255, 0]}, "balancing.1: must be a cell number 1 to 255"),
+        # unhashable junk is refused by name too, not with a TypeError
+        ({"source": ["sim"]}, "source: must be one of " + ", ".join(SOURCES)),
+        ({"via": {"lan": 1}}, "via: must be one of " + ", ".join(VIAS)),
+        ({"state": ["idle"]}, "state: must be one of idle, charging, discharging"),
         ({"faults": "a"}, "faults: must be a list of fault names"),
         ({"faults": ["a", ""]}, "faults.1: must be a fault name"),
         ({"faults": ["a,b"]}, "faults.0: must be a fault name"),
