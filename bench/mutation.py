@@ -75,7 +75,8 @@ KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 #: SQL is case-insensitive: a mutant that only changes the case of an SQL string is equivalent, not a survivor
 _SQL = re.compile(
-    r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CONFLICT|WHERE|VALUES|BEGIN|COMMIT|ROLLBACK|AND|ORDER BY|LIMIT)\b"
+    r"\b(SELECT|INSERT|UPDATE|DELETE|PRAGMA|CONFLICT|WHERE|VALUES|BEGIN|COMMIT|ROLLBACK|AND|ORDER BY|LIMIT"
+    r"|RETURNING)\b"
 )
 #: log text is not behaviour: logging calls are not mutated
 DO_NOT_MUTATE = [r"\blog\.(debug|info|warning|error|exception)\("]
@@ -274,6 +275,36 @@ EQUIVALENT: tuple[Same, ...] = (
         "stored_by_seq.get(seq, ts)",
         ("stored_by_seq.get(seq, None)", "stored_by_seq.get(seq)"),
         "a row gets here only when skipped for, or inserted with, its seq: the default is never used",
+    ),
+    Same(
+        "_ensure_partitions",
+        "self._partitions.add(name)",
+        ("self._partitions.add(None)",),
+        "the partition is only looked for again: CREATE TABLE IF NOT EXISTS (only slower)",
+    ),
+    Same(
+        "store_samples",
+        "if res.accepted < len(rows):",
+        ("if res.accepted <= len(rows):",),
+        "the clash query then also runs on a batch with nothing skipped: it finds nothing (only slower)",
+    ),
+    Same(
+        "_clashes",
+        ", s.ts_ms.in_(tss))",
+        (")",),
+        "all the stream's rows instead of those at the batch's ts: the lookups by ts give the same (slower)",
+    ),
+    Same(
+        "_clashes",
+        ", s.seq.in_(seqs))",
+        (")",),
+        "all the stream's rows instead of those with the batch's seqs: the lookups by seq give the same",
+    ),
+    Same(
+        "store_samples",
+        "batteries.c.tenant_id == device.tenant_id, batteries.c.device_id == device.id",
+        ("batteries.c.device_id == device.id",),
+        "a device and the batteries assigned to it are always in one tenant (provisioning checks it)",
     ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),

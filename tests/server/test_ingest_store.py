@@ -84,11 +84,12 @@ async def make_rig(url: str) -> AsyncIterator[Rig]:
         await p.create_tenant(store, "acme")
         await p.create_site(store, "acme", "depot")
         token = (await p.provision_device(store, "acme", "gw-1"))["token"]
-        await p.provision_device(store, "acme", "gw-2")
+        token2 = (await p.provision_device(store, "acme", "gw-2"))["token"]
         for bid, dev in ((B1, "gw-1"), (B2, "gw-1"), (B3, "gw-2")):
             await p.create_battery(store, "acme", "depot", bid, name=bid, device=dev, poll_interval_s=1.0)
         r = Rig(store, ServerMetrics())
         r.device = await store.device_for_token(token)  # type: ignore[attr-defined]
+        r.device2 = await store.device_for_token(token2)  # type: ignore[attr-defined]
         yield r
 
 
@@ -273,7 +274,17 @@ async def test_a_re_send_is_judged_within_its_own_battery(rig: Rig) -> None:
     assert (res.accepted, res.duplicates, res.rejected) == (0, 1, [])
 
 
-def test_month_partitions_cover_each_sample() -> None:
+def test_month_partitions_cover_each_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")  # months are UTC months whatever the host's zone
+    time.tzset()
+    try:
+        _month_bounds_checks()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def _month_bounds_checks() -> None:
     dec = 1_764_547_200_000  # 2025-12-01T00:00:00Z
     jan = 1_767_225_600_000  # 2026-01-01T00:00:00Z
     assert store_ingest._month_bounds(dec) == (dec, jan, "samples_2025_12")
@@ -295,7 +306,7 @@ async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
     async with make_rig(postgres_url) as rig:
         batch = [
             s(B1, 1, nov + 1_000, voltage_v=50.0, cells_mv=[3300, 3310]),
-            s(B1, 2, jan + 2_000, voltage_v=52.0),
+            s(B1, 2, jan, voltage_v=52.0),  # the first ms of January: its month needs a partition too
             s(B2, 1, dec + 5_000, soc_pct=40.0),
         ]
         res = await rig.service.ingest(rig.device, batch, received_ms=received)
@@ -320,10 +331,41 @@ async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
             {"index": 1, "error": "ts: another sample of this battery (seq 1) has the same ts"}
         ]
         b1 = await rig.battery(B1)
-        assert (b1["last_seq"], b1["last_ts_ms"], b1["cell_count"]) == (2, jan + 2_000, 2)
+        assert (b1["last_seq"], b1["last_ts_ms"], b1["cell_count"]) == (2, jan, 2)
         state = await rig.state(B1)
         assert (state["voltage_v"], orjson.loads(state["cells_mv"])) == (52.0, [3300, 3310])
         roll = sorted(
             (r["bucket_ms"], r["voltage_v_n"], r["voltage_v_sum"]) for r in await rig.rows(rollup_1m)
         )
         assert roll == [(nov, 1, 50.0), (dec, 0, 0.0), (jan, 1, 52.0)]
+
+
+async def test_a_moved_battery_writes_to_its_new_device_s_stream_only(rig: Rig) -> None:
+    await rig.service.ingest(rig.device, [s(B1, 1, T0 + 1_000, voltage_v=50.0)], received_ms=RECEIVED)
+    await p.assign_battery(rig.store, "acme", B1, "gw-2")
+    res = await rig.service.ingest(rig.device, [s(B1, 2, T0 + 2_000)], received_ms=RECEIVED)
+    assert res.rejected == [{"index": 0, "error": f"battery_id: {B1!r} is not assigned to this device"}]
+    res = await rig.service.ingest(rig.device2, [s(B1, 3, T0 + 3_000, voltage_v=53.0)], received_ms=RECEIVED)
+    assert (res.accepted, res.rejected) == (1, [])
+    pk = (await rig.battery(B1))["id"]
+    by_device = {r["device_id"]: r["id"] for r in await rig.rows(streams, streams.c.battery_id == pk)}
+    assert sorted(by_device) == sorted([rig.device.id, rig.device2.id])
+    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.rows(samples))
+    assert stored == [(1, by_device[rig.device.id]), (3, by_device[rig.device2.id])]
+    assert by_device[rig.device2.id] != pk  # a stream is not its battery
+    assert (await rig.battery(B1))["last_seq"] == 3
+
+
+async def test_the_batch_clock_settings_and_optional_parts(rig: Rig) -> None:
+    # validated against the batch's arrival time, not the server's clock when it is given
+    later = int(time.time() * 1000) + 86_400_000
+    ahead = s(B1, 1, later - 1_000)  # a day ahead of now, a second before the batch arrived
+    res = await rig.service.ingest(rig.device, [ahead], received_ms=later, transport="mqtt")
+    assert (res.accepted, res.rejected) == (1, [])
+    assert rig.counter("trackingbms_ingest_batch_duration_seconds_sum", transport="mqtt") < 10  # seconds
+    # no hub, no alarms, no metrics: stored all the same
+    bare = IngestService(rig.store)
+    assert (await bare.ingest(rig.device, [s(B1, 2, T0)], received_ms=RECEIVED)).accepted == 1
+    # the store's settings reach it
+    tuned = Store(rig.store.engine, online_grace_s=7.0, offline_timeout_s=70.0)
+    assert (tuned.online_grace_s, tuned.offline_timeout_s) == (7.0, 70.0)
