@@ -349,3 +349,22 @@ def test_the_warning_starts_at_80_percent_and_repeats_after_a_minute(
         q._last_budget_warning = time.monotonic() - 60.5  # the last one was a minute ago
         q.enforce_budget()
     assert sum("of its disk budget" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_defaults_state_dir_and_one_worker(tmp_path: Path) -> None:
+    import threading
+
+    q = DurableQueue(tmp_path / "new" / "state")  # parents made as needed
+    assert (q.budget_bytes, q.local_history_h) == (200 * 1024 * 1024, 24.0)
+    assert (tmp_path / "new" / "state" / "gateway.lock").exists()
+
+    def job() -> str:
+        time.sleep(0.05)
+        return threading.current_thread().name
+
+    async def together() -> set[str]:
+        names = await asyncio.gather(*(q.run(job) for _ in range(3)))
+        await q.aclose()
+        return set(names)
+
+    assert len(asyncio.run(together())) == 1  # one thread: no two transactions ever interleave
