@@ -369,3 +369,23 @@ async def test_the_batch_clock_settings_and_optional_parts(rig: Rig) -> None:
     # the store's settings reach it
     tuned = Store(rig.store.engine, online_grace_s=7.0, offline_timeout_s=70.0)
     assert (tuned.online_grace_s, tuned.offline_timeout_s) == (7.0, 70.0)
+
+
+async def test_a_battery_moved_back_uses_its_first_stream_again(rig: Rig) -> None:
+    await p.assign_battery(rig.store, "acme", B1, "gw-2")
+    await rig.service.ingest(rig.device2, [s(B1, 1, T0 + 1_000)], received_ms=RECEIVED)
+    await p.assign_battery(rig.store, "acme", B1, "gw-1")
+    res = await rig.service.ingest(rig.device, [s(B1, 2, T0 + 2_000)], received_ms=RECEIVED)
+    assert res.accepted == 1
+    pk = (await rig.battery(B1))["id"]
+    by_device = {r["device_id"]: r["id"] for r in await rig.rows(streams, streams.c.battery_id == pk)}
+    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.rows(samples))
+    assert stored == [(1, by_device[rig.device2.id]), (2, by_device[rig.device.id])]
+
+
+async def test_rollups_merge_a_series_a_bucket_did_not_have_yet(rig: Rig) -> None:
+    for seq, fields in ((1, {"soc_pct": 50.0}), (2, {"voltage_v": 51.0}), (3, {"soc_pct": 60.0})):
+        await rig.service.ingest(rig.device, [s(B1, seq, T0 + seq * 1_000, **fields)], received_ms=RECEIVED)
+    (roll,) = await rig.rows(rollup_1m)
+    assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [1, 51.0, 51.0, 51.0]
+    assert [roll[f"soc_pct_{k}"] for k in ("n", "min", "max", "sum")] == [2, 50.0, 60.0, 110.0]
