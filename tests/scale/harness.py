@@ -290,3 +290,98 @@ class Cluster:
     def close(self) -> None:
         for proc in self.procs:
             proc.stop()
+
+
+class RegionNats:
+    """One region's NATS: a single node, its own JetStream domain (named after the region), joined to the
+    other regions by a leaf-node connection (``hub`` listens for leaves, the others connect to it)."""
+
+    def __init__(self, workdir: Path, region: str, *, leaf_port: int, hub: bool):
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.region = region
+        self.port = free_port()
+        leaf = (
+            f'leafnodes {{ listen: "127.0.0.1:{leaf_port}" }}\n'
+            if hub
+            else f'leafnodes {{ remotes: [{{ url: "nats-leaf://127.0.0.1:{leaf_port}" }}], reconnect: 1 }}\n'
+        )
+        (workdir / "nats.conf").write_text(
+            f'server_name: "{region}"\n'
+            f'listen: "127.0.0.1:{self.port}"\n'
+            f'jetstream {{ store_dir: "{workdir / "js"}", domain: "{region}" }}\n' + leaf
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.workdir / "nats.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [NATS_SERVER, "-c", str(self.workdir / "nats.conf")], stdout=log, stderr=log
+            )
+        wait_for(f"nats of region {self.region}", lambda: port_open(self.port), 30)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+
+class Region:
+    """A region on one machine: its NATS, its own SQLite database, one API process naming the region."""
+
+    def __init__(self, workdir: Path, name: str, peers: list[str], nats: RegionNats):
+        self.workdir = workdir
+        self.name = name
+        self.peers = peers
+        self.nats = nats
+        self.data_dir = workdir / "data"
+        self.db_url = f"sqlite+aiosqlite:///{self.data_dir / 'trackingbms.db'}"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: Proc | None = None
+
+    def admin(self, *args: str) -> str:
+        out = subprocess.run(
+            [*CLI, "admin", *args, "--database-url", self.db_url], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    def start(self) -> None:
+        env = env_with(
+            TRACKINGBMS_REGION=self.name,
+            TRACKINGBMS_PUBLIC_URL=self.url,
+            TRACKINGBMS_NATS_URL=self.nats.url,
+            TRACKINGBMS_REGION_PEERS=",".join(self.peers),
+            TRACKINGBMS_DIRECTORY_SYNC_S="1",
+        )
+        self.proc = Proc(
+            ["server", "--port", str(self.port), "--database-url", self.db_url, "--log-level", "info"],
+            self.workdir / "api.log",
+            env,
+        ).start()
+        wait_for(
+            f"the API of region {self.name}",
+            lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200,
+        )
+
+    def samples_in_db(self) -> int:
+        import sqlite3
+
+        with sqlite3.connect(self.data_dir / "trackingbms.db") as conn:
+            return conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+        self.nats.kill()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+        self.nats.kill()

@@ -170,16 +170,22 @@ def walk_through(site: dict[str, Any], screenshots: Path) -> None:
             gw.start()
             mode_is(page, "direct")
 
-            # 4. the server comes up: server mode by itself (sign in there; direct stays one click away)
+            # 4. the server comes up: server mode by itself; signing in there from the gateway's origin works
+            # (the server allows that origin: TRACKINGBMS_RELAY_ORIGINS)
+            server.env["TRACKINGBMS_RELAY_ORIGINS"] = gw.local_url
             server.start()
             page.wait_for_selector('#login-mode[data-mode="server"]', timeout=WAIT_MS)
             assert page.inner_text("#login-mode") == "Server"
             assert page.get_attribute(MODE, "data-mode") == "server"
             page.wait_for_selector("#login-submit")
             page.screenshot(path=str(screenshots / "direct-server-back.png"))
-            page.click("#stay-direct")
-            mode_is(page, "direct")
+            page.fill("#email", server.EMAIL)
+            page.fill("#password", server.PASSWORD)
+            page.click("#login-submit")
+            mode_is(page, "server")
+            page.wait_for_selector(f'.pack-row[data-battery-id="{PACK}"] .source[data-source="server"]')
             page.wait_for_selector('#live-dot[data-state="open"]')
+            page.screenshot(path=str(screenshots / "server-from-gateway.png"))
             assert page.evaluate("() => [...window.__tbmsI18n.misses]") == []
 
             # the same views in French (the catalogues are the app's: no separate LAN page words)

@@ -29,6 +29,7 @@ LAZY_COMMANDS: dict[str, tuple[str, ...]] = {
     "ingest-worker": ("worker",),
     "analyze": ("analyze",),
     "demo": ("demo",),
+    "direct": ("direct",),
 }
 ALL_MODULES: tuple[str, ...] = tuple(dict.fromkeys(m for mods in LAZY_COMMANDS.values() for m in mods))
 

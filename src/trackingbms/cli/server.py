@@ -154,19 +154,60 @@ def _run(coro_fn: Any, database_url: str | None, data_dir: Path | None, as_json:
         typer.echo(text(result))
 
 
+RegionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--region",
+        help="the tenant's home region (e.g. paris): its device tokens name it, and other regions send its "
+        "devices and users there (docs/scaling.md)",
+    ),
+]
+
+
 @admin_app.command("create-tenant")
 def create_tenant(
-    name: str, database_url: DbOpt = None, data_dir: DataDirOpt = None, as_json: JsonOpt = False
+    name: str,
+    region: RegionOpt = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create a tenant (an organisation: its sites, batteries, devices and users)."""
     from trackingbms.server import provisioning as p
 
     _run(
-        lambda url: p.create_tenant(url, name),
+        lambda url: p.create_tenant(url, name, region),
         database_url,
         data_dir,
         as_json,
-        lambda r: f"tenant {r['name']}",
+        lambda r: f"tenant {r['name']}" + (f" (home region {r['region']})" if r.get("region") else ""),
+    )
+
+
+@admin_app.command("tenant")
+def tenant_settings(
+    name: str,
+    region: RegionOpt = None,
+    clear_region: Annotated[
+        bool, typer.Option("--clear-region", help="forget the home region (this deployment's region)")
+    ] = False,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a tenant's home region. On the database of the region it leaves, this makes that region answer its
+    devices and users with 421 and the new region's URL (within `directory_sync_s`); moving its data is a
+    separate export and import."""
+    from trackingbms.server import provisioning as p
+
+    if region is None and not clear_region:
+        raise typer.BadParameter("give --region NAME (or --clear-region)")
+    _run(
+        lambda url: p.set_tenant_region(url, name, None if clear_region else region),
+        database_url,
+        data_dir,
+        as_json,
+        lambda r: f"tenant {r['tenant']}: home region {r['region'] or '(this deployment)'}",
     )
 
 

@@ -12,6 +12,7 @@ from trackingbms.gateway.local import LocalApi
 from trackingbms.gateway.poller import BmsPoller, SharedLinks
 from trackingbms.gateway.queue import DurableQueue
 from trackingbms.gateway.relay import RelayDesk
+from trackingbms.gateway.settings import LocalSettings
 from trackingbms.gateway.state import BatteryStatus, GatewayState
 from trackingbms.gateway.uplinks import RemoteConfig, UplinkManager
 from trackingbms.model import Sample
@@ -33,6 +34,19 @@ class Gateway:
     """The running gateway; :func:`run_gateway` is the public entry point."""
 
     def __init__(self, config: GatewayConfig):
+        # settings changed on site (Bluetooth) override gateway.toml (trackingbms.gateway.settings)
+        self.settings = LocalSettings(config.state_dir)
+        if self.settings.uplinks:
+            config = config.model_copy(
+                update={
+                    "uplinks": [
+                        u.model_copy(update={"url": self.settings.uplinks[u.name]})
+                        if u.name in self.settings.uplinks
+                        else u
+                        for u in config.uplinks
+                    ]
+                }
+            )
         self.config = config
         self.queue = DurableQueue(
             config.state_dir, disk_budget_mb=config.disk_budget_mb, local_history_h=config.local_history_h
@@ -46,6 +60,9 @@ class Gateway:
                 cadences_s=dict(b.cadences_s),
             )
         self.remote = RemoteConfig(self.queue, self.state, config)
+        for bid, every_s in self.settings.poll_interval_s.items():
+            if bid in self.state.batteries and isinstance(every_s, int | float) and every_s > 0:
+                self.state.batteries[bid].poll_interval_s = float(every_s)
         self.uplinks = UplinkManager(config, self.queue, self.state, self.remote)
         self.links = SharedLinks()  # boards on one port (an RS485 bus) share its link
         self.pollers = {
@@ -59,6 +76,11 @@ class Gateway:
             self.home_assistant = HomeAssistant(
                 config.home_assistant, self.state, lambda bid: self.pollers[bid].client
             )
+        self.ble: Any = None
+        if config.ble is not None and config.ble.enabled:
+            from trackingbms.gateway.ble.service import BleService  # bumble itself loads in start()
+
+            self.ble = BleService(config.ble, self)
         self.local: LocalApi | None = None
         if config.local_api.enabled:
             urls = server_urls(config)
@@ -69,9 +91,32 @@ class Gateway:
                 self.status,
                 [u.name for u in config.uplinks],
                 server_urls=urls,
+                ble_info=self.ble.public_info if self.ble is not None else None,
                 # the phone relay uploads to the same server, over the phone's own network
                 relay=RelayDesk(self.queue, config.device_token, urls, self.state),
             )
+
+    # -- changes made on site (the Bluetooth service's configuration commands) ----------------------------
+
+    async def set_uplink_url(self, name: str, url: str) -> str:
+        """Point uplink ``name`` (the first when empty) at ``url`` now and for every later start; returns the
+        uplink's name. KeyError / ValueError say what is wrong."""
+        name = name or self.uplinks.uplinks[0].name
+        cfg = await self.uplinks.set_url(name, url)
+        self.settings.uplinks[name] = cfg.url
+        await asyncio.to_thread(self.settings.save)
+        return name
+
+    async def set_poll_interval(self, battery_id: str | None, every_s: float) -> list[str]:
+        """Poll ``battery_id`` (every battery when None) every ``every_s``, now and after restarts."""
+        if every_s <= 0:
+            raise ValueError("the poll interval must be above 0 s")
+        ids = list(self.state.batteries) if battery_id is None else [battery_id]
+        for bid in ids:
+            self.state.batteries[bid].poll_interval_s = every_s
+            self.settings.poll_interval_s[bid] = every_s
+        await asyncio.to_thread(self.settings.save)
+        return ids
 
     async def status(self) -> dict[str, Any]:
         body = await self.uplinks.heartbeat_body()
@@ -103,6 +148,16 @@ class Gateway:
         await self.queue.run(self.queue.enforce_budget)
         if self.local is not None:
             await self.local.start()
+        if self.ble is not None:
+            try:
+                await self.ble.start()
+            except OSError as exc:
+                # the packs and the uplink matter more than Bluetooth: a missing dongle must not stop them
+                log.error("Bluetooth off: %s (the gateway runs without it)", exc)
+                await self.ble.stop()
+                self.ble = None
+                if self.local is not None:
+                    self.local.ble_info = None
         pollers = [asyncio.create_task(p.run(), name=f"poll-{bid}") for bid, p in self.pollers.items()]
         extra = []
         if self.home_assistant is not None:
@@ -133,6 +188,8 @@ class Gateway:
             for task in [*tasks, stopper]:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            if self.ble is not None:
+                await self.ble.stop()
             if self.local is not None:
                 await self.local.stop()
             await self.uplinks.aclose()

@@ -187,6 +187,31 @@ class HomeAssistantConfig(_Strict):
         return broker
 
 
+class BleConfig(_Strict):
+    """The Bluetooth LE service for phones and laptops beside the pack (docs/ble.md); needs bumble."""
+
+    enabled: bool = True
+    #: bumble HCI transport: usb:0 (a USB dongle, no BlueZ needed), hci-socket:0 (Linux's adapter, BlueZ
+    #: stopped), serial:/dev/ttyACM0, tcp-client:HOST:PORT (a controller over TCP); virtual:HOST:PORT = no
+    #: hardware, a virtual radio `trackingbms direct ble://…?hci=tcp-client:HOST:PORT` reaches (to try it)
+    transport: str = Field(min_length=1)
+    #: advertised as TrackingBMS-<device>; default: this machine's host name
+    device: str | None = Field(None, pattern=r"^[A-Za-z0-9._-]{1,16}$")
+    #: static random address (first byte C0–FF); default: derived from the device name
+    address: str | None = Field(None, pattern=r"^[C-Fc-f][0-9A-Fa-f](:[0-9A-Fa-f]{2}){5}$")
+    #: command that joins a Wi-Fi network (set_wifi), run with TBMS_WIFI_SSID / TBMS_WIFI_PSK in its
+    #: environment (e.g. nmcli, see EXAMPLE_CONFIG); without it set_wifi answers "unsupported"
+    wifi_command: list[str] | None = None
+    #: readings per history page at most (a page must also fit 128 fragments at the link's MTU)
+    page_max: int = Field(32, ge=1, le=255)
+
+    @model_validator(mode="after")
+    def _bumble(self) -> BleConfig:
+        if self.enabled and importlib.util.find_spec("bumble") is None:
+            raise ValueError("transport: the Bluetooth service needs bumble: pip install 'trackingbms[ble]'")
+        return self
+
+
 class GatewayConfig(_Strict):
     """The whole gateway configuration (see :data:`EXAMPLE_CONFIG`)."""
 
@@ -206,6 +231,7 @@ class GatewayConfig(_Strict):
     retry: RetryConfig = Field(default_factory=RetryConfig)
     local_api: LocalApiConfig = Field(default_factory=LocalApiConfig)
     home_assistant: HomeAssistantConfig | None = None
+    ble: BleConfig | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -334,6 +360,16 @@ listen = "0.0.0.0:8081"
 # publish_interval_s = 5             # state at most this often (link and MOSFET changes at once)
 # cell_entities = true               # one sensor per cell (disabled in HA until you enable it)
 # mosfet_switches = ["pack-1"]       # packs whose charge / discharge MOSFETs HA may switch (none by default)
+
+# Optional: Bluetooth LE service for phones and laptops beside the pack (docs/ble.md; needs bumble).
+# Configuration commands over Bluetooth need the pairing code printed at the first start (also in
+# <state_dir>/ble-pairing-code and in the gateway-served app).
+# [ble]
+# transport = "usb:0"                # bumble HCI transport: usb:0, hci-socket:0, serial:/dev/ttyACM0, or
+#                                    # "virtual:127.0.0.1:7510" to try it without Bluetooth hardware
+# device = "cabin"                   # advertised as TrackingBMS-cabin (default: the host name)
+# wifi_command = ["sh", "-c", "nmcli device wifi connect \"$TBMS_WIFI_SSID\" password \"$TBMS_WIFI_PSK\""]
+# page_max = 32                      # readings per history page
 
 # One [[bms]] table per BMS.
 [[bms]]

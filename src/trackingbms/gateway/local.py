@@ -7,7 +7,8 @@ gateway small (RSS target < 80 MB on a Raspberry Pi class board). Routes:
   (:mod:`trackingbms.webapp`, no external assets: works with no internet); served from here it finds
   ``/local/v1/state`` and runs in direct mode until the server is reachable (docs/architecture.md);
 - ``GET /local/v1/state`` — gateway status (uplinks in priority order, the path the data took, the server
-  URLs the app may switch to), per battery link state and the latest sample;
+  URLs the app may switch to; ``ble``: the Bluetooth name, address and pairing code when ``[ble]`` is on,
+  docs/ble.md), per battery link state and the latest sample;
 - ``GET /local/v1/history?since=<RFC 3339>&battery_id=&limit=&newest=1`` — samples taken here (sent or not),
   oldest first: the first ``limit`` from ``since``, or with ``newest=1`` the last ``limit`` (the phone's
   backfill of its history);
@@ -98,11 +99,14 @@ class LocalApi:
         uplinks: Sequence[str] = (),
         server_urls: Sequence[str] = (),
         relay: RelayDesk | None = None,
+        ble_info: Callable[[], dict[str, Any]] | None = None,
     ):
         self.uplinks = list(uplinks)
         #: where the server's dashboard is (the app switches to server mode there when it answers)
         self.server_urls = list(server_urls)
         self.relay = relay
+        #: the Bluetooth service's name, address and pairing code (docs/ble.md), when [ble] is on
+        self.ble_info = ble_info
         self.cfg = cfg
         self.state = state
         self.queue = queue
@@ -215,8 +219,11 @@ class LocalApi:
             await ws.close()
 
     async def state_body(self) -> dict[str, Any]:
+        gateway = await self.gateway_status()
+        if self.ble_info is not None:
+            gateway["ble"] = self.ble_info()
         return {
-            "gateway": {**(await self.gateway_status()), "server_urls": self.server_urls},
+            "gateway": {**gateway, "server_urls": self.server_urls},
             "batteries": [
                 {
                     **b.heartbeat_entry(),

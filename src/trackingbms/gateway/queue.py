@@ -454,6 +454,20 @@ class DurableQueue:
         cur = self.db.execute("DELETE FROM samples WHERE acked = 1 AND ts < ?", (cutoff,))
         return cur.rowcount
 
+    def page_by_seq(self, battery_id: str, from_seq: int, limit: int) -> tuple[list[dict], bool]:
+        """Up to ``limit`` samples of a battery with seq >= ``from_seq`` (sent or not), by seq; and whether
+        more follow. The Bluetooth service's history pages (docs/ble.md)."""
+        rows = self.db.execute(
+            "SELECT body FROM samples WHERE battery_id = ? AND seq >= ? ORDER BY seq LIMIT ?",
+            (battery_id, from_seq, limit + 1),
+        ).fetchall()
+        return [orjson.loads(r[0]) for r in rows[:limit]], len(rows) > limit
+
+    def seq_range(self, battery_id: str) -> tuple[int | None, int | None]:
+        """(oldest seq stored, next seq to be assigned) of a battery; None when there is none."""
+        row = self.db.execute("SELECT min(seq) FROM samples WHERE battery_id = ?", (battery_id,)).fetchone()
+        return row[0], self.next_seq(battery_id)
+
     def seqs_of(self, battery_id: str) -> list[int]:
         return [
             r[0]

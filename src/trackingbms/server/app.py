@@ -26,6 +26,7 @@ from trackingbms.server.hub import Hub, LiveSessions
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.notify import Notifier
 from trackingbms.server.ratelimit import TokenBuckets
+from trackingbms.server.regions import Misdirected
 from trackingbms.server.security import PasswordChecker
 from trackingbms.server.settings import Settings
 from trackingbms.server.store import Conflict, NotFound, Store
@@ -140,16 +141,53 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics=app.state.metrics,
             alarms=app.state.alarms if settings.alarms_enabled else None,
         )
-        relay = None
+        relays: list[Any] = []
+        if settings.nats_url:  # API processes and NATS ingest workers meet on tbms.live.<tenant>
+            from trackingbms.server.live import NatsRelay
+
+            relays.append(NatsRelay(settings.nats_url, app.state.hub))
         if not app.state.store.sqlite:  # other API processes and ingest workers may share this database
             from trackingbms.server.live import PgRelay
 
-            relay = PgRelay(engine, app.state.hub)
-            await relay.start()
+            # with NATS, only listen: MQTT (Mosquitto) workers still NOTIFY; this process sends on NATS
+            relays.append(PgRelay(engine, app.state.hub, send=not settings.nats_url))
             from trackingbms.server.pg_throttle import PgLoginThrottle
+            from trackingbms.server.ratelimit import PgTokenBuckets
 
-            # failed logins counted by any process lock the account in every process
+            # failed logins and device request budgets counted by any process hold in every process
             app.state.login_throttle = PgLoginThrottle(engine, app.state.login_throttle.policies)
+            app.state.limiter = PgTokenBuckets(
+                engine, "ingest", settings.ingest_rate_per_s, settings.ingest_burst
+            )
+            app.state.heartbeat_limiter = PgTokenBuckets(
+                engine, "heartbeat", settings.ingest_rate_per_s, settings.ingest_burst
+            )
+        for relay in relays:
+            await relay.start()
+        if settings.ingest_via_jetstream and settings.nats_url:
+            from trackingbms.server.handoff import JetStreamIngest
+
+            app.state.handoff = JetStreamIngest(settings.nats_url, settings.ingest_jetstream_timeout_s)
+            await app.state.handoff.start()
+        elif settings.ingest_via_jetstream:
+            log.warning(
+                "ingest_via_jetstream needs nats_url (TRACKINGBMS_NATS_URL): storing batches directly"
+            )
+        if settings.region:
+            from trackingbms.server.regions import Directory, RegionRouter
+
+            directory = None
+            if settings.nats_url:
+                peers = [p.strip() for p in settings.region_peers.split(",") if p.strip()]
+                directory = Directory(settings.nats_url, settings.region, peers)
+            app.state.regions = RegionRouter(
+                app.state.store,
+                settings.region,
+                settings.public_url,
+                directory,
+                sync_s=settings.directory_sync_s,
+            )
+            await app.state.regions.start()
         log.info("server ready on %s", describe_url(url))
         retention = None
         if settings.retention_interval_s > 0:
@@ -162,7 +200,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 with contextlib.suppress(asyncio.CancelledError):
                     await retention
             await app.state.alarms.stop()
-            if relay is not None:
+            if app.state.regions is not None:
+                await app.state.regions.stop()
+            if app.state.handoff is not None:
+                await app.state.handoff.stop()
+            for relay in relays:
                 await relay.stop()
             # uvicorn has let in-flight requests finish (their commits are done) before we get here
             await engine.dispose()
@@ -179,6 +221,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.hub = Hub()
+    #: trackingbms.server.regions.RegionRouter when this deployment names its region
+    app.state.regions = None
+    #: trackingbms.server.handoff.JetStreamIngest in cluster mode (ingest_via_jetstream)
+    app.state.handoff = None
     app.state.limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
     app.state.heartbeat_limiter = TokenBuckets(settings.ingest_rate_per_s, settings.ingest_burst)
     app.state.live_sessions = LiveSessions()
@@ -228,6 +274,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFound)
     async def _not_found(_req: Request, exc: NotFound) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Misdirected)
+    async def _misdirected(_req: Request, exc: Misdirected) -> JSONResponse:
+        # 421 Misdirected Request: this region cannot serve the tenant; the body and Location say where
+        headers = {"Location": exc.url} if exc.url else None
+        return JSONResponse(exc.body(), status_code=421, headers=headers)
 
     @app.exception_handler(Conflict)
     async def _conflict(_req: Request, exc: Conflict) -> JSONResponse:

@@ -50,6 +50,8 @@ tenants = Table(
     Column("name", String(200), nullable=False, unique=True),
     Column("retention_days", Integer, nullable=True),
     Column("created_ms", BigInteger, nullable=False),
+    #: home region (trackingbms.server.regions); NULL: the region of the deployment holding this database
+    Column("region", String(40), nullable=True),
 )
 
 users = Table(
@@ -202,6 +204,17 @@ login_throttle = Table(
     Column("failures", Integer, nullable=False),
     Column("locked_until", Float, nullable=False),
     Column("last_failure", Float, nullable=False),
+)
+
+#: per-device token buckets shared by the API processes on one PostgreSQL database
+#: (trackingbms.server.ratelimit.PgTokenBuckets); key "<limiter>:<device id>", times in epoch seconds
+rate_buckets = Table(
+    "rate_buckets",
+    metadata,
+    Column("key", String(200), primary_key=True),
+    Column("tokens", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("granted", Boolean, nullable=False),  # the last decision, for RETURNING (see ratelimit.py)
 )
 
 streams = Table(

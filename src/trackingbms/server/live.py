@@ -1,4 +1,5 @@
-"""Live fan-out between processes over PostgreSQL ``LISTEN`` / ``NOTIFY`` (channel ``tbms_live``).
+"""Live fan-out between processes: PostgreSQL ``LISTEN`` / ``NOTIFY`` (channel ``tbms_live``) on one database,
+or NATS subjects ``tbms.live.<tenant id>`` when a NATS URL is configured (:class:`NatsRelay`).
 
 With several API processes and ingest workers on one PostgreSQL database, a sample stored by one process must
 reach the WebSockets open on every other. Each process's :class:`~trackingbms.server.hub.Hub` relays what
@@ -49,9 +50,11 @@ async def notify(engine: AsyncEngine, tenant_id: int, message: dict[str, Any]) -
 class PgRelay:
     """Relay a hub's messages to the other processes and theirs into it, while running."""
 
-    def __init__(self, engine: AsyncEngine, hub: Hub) -> None:
+    def __init__(self, engine: AsyncEngine, hub: Hub, *, send: bool = True) -> None:
         self.engine = engine
         self.hub = hub
+        #: False: only listen (another relay sends this process's messages, e.g. NATS)
+        self.send = send
         self._conn: Any = None
         self._task: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
@@ -95,11 +98,13 @@ class PgRelay:
             await asyncio.sleep(1.0)
 
     async def start(self) -> None:
-        self.hub.relay = self.relay
+        if self.send:
+            self.hub.relay = self.relay
         self._task = asyncio.create_task(self._listen(), name="live-relay")
 
     async def stop(self) -> None:
-        self.hub.relay = None
+        if self.send:
+            self.hub.relay = None
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -107,3 +112,86 @@ class PgRelay:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 await self._conn.close()
+
+
+LIVE_SUBJECT = "tbms.live"
+
+
+def nats_publisher(nc: Any) -> Any:
+    """A hub relay publishing on ``tbms.live.<tenant id>`` through the connection ``nc`` (an ingest worker's
+    own JetStream connection)."""
+
+    def relay(tenant_id: int, message: dict[str, Any]) -> None:
+        payload = orjson.dumps({"o": ORIGIN, "t": tenant_id, "m": message})
+        task = asyncio.get_running_loop().create_task(nc.publish(f"{LIVE_SUBJECT}.{tenant_id}", payload))
+        task.add_done_callback(_log_failure)
+
+    return relay
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("live relay over NATS failed: %s", task.exception())
+
+
+class NatsRelay:
+    """The live fan-out over NATS core subjects (no size cap but NATS's ``max_payload``, no database
+    connection held per process): what this process publishes goes to ``tbms.live.<tenant id>``, what
+    the others publish comes back into the hub. At most once, like NOTIFY: the feed is a view of data
+    already stored."""
+
+    def __init__(self, nats_url: str, hub: Hub) -> None:
+        self.nats_url = nats_url
+        self.hub = hub
+        self._nc: Any = None
+        self.connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _on_msg(self, msg: Any) -> None:
+        try:
+            obj = orjson.loads(msg.data)
+            if obj["o"] != ORIGIN:
+                self.hub.publish(int(obj["t"]), obj["m"], relay=False)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.warning("ignoring a malformed live message on %s", msg.subject)
+
+    def relay(self, tenant_id: int, message: dict[str, Any]) -> None:
+        if self._nc is None or not self._nc.is_connected:
+            return  # NATS unreachable: this message stays local (the data is stored)
+        nats_publisher(self._nc)(tenant_id, message)
+
+    async def _connect(self) -> None:
+        import nats
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("live relay: NATS: %s", exc)
+
+        while True:  # the API serves without NATS meanwhile (the live feed stays in-process)
+            try:
+                self._nc = await nats.connect(
+                    servers=self.nats_url.split(","),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    error_cb=on_error,
+                )
+                await self._nc.subscribe(f"{LIVE_SUBJECT}.*", cb=self._on_msg)
+                self.connected.set()
+                return
+            except Exception as exc:
+                log.warning("live relay: cannot reach NATS at %s (%s); retrying", self.nats_url, exc)
+                await asyncio.sleep(2.0)
+
+    async def start(self) -> None:
+        self.hub.relay = self.relay
+        self._task = asyncio.create_task(self._connect(), name="live-relay-nats")
+
+    async def stop(self) -> None:
+        self.hub.relay = None
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()

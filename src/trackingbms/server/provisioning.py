@@ -42,9 +42,25 @@ async def _tenant(store: Store, tenant: str | int) -> TenantStore:
     return store.tenant(tid)
 
 
-async def create_tenant(db: Db, name: str) -> dict[str, Any]:
+async def create_tenant(db: Db, name: str, region: str | None = None) -> dict[str, Any]:
+    """``region``: the tenant's home region (trackingbms.server.regions); None: this deployment's."""
+    if region is not None:
+        from trackingbms.server.regions import check_region
+
+        check_region(region)
     async with open_store(db) as store:
-        return await store.create_tenant(name)
+        return await store.create_tenant(name, region)
+
+
+async def set_tenant_region(db: Db, name: str, region: str | None) -> dict[str, Any]:
+    """Record ``name``'s home region. Moving a tenant's data is a separate step (export, import): this
+    only tells every region where its devices and users are served from now on."""
+    if region is not None:
+        from trackingbms.server.regions import check_region
+
+        check_region(region)
+    async with open_store(db) as store:
+        return await store.set_tenant_region(name, region)
 
 
 async def create_user(

@@ -1,8 +1,23 @@
-"""Per-device token bucket for ingest requests (in process)."""
+"""Per-device token buckets for ingest and heartbeat requests: in this process, or shared through PostgreSQL.
+
+:class:`TokenBuckets` keeps the buckets in memory (the embedded SQLite server is one process).
+:class:`PgTokenBuckets` keeps them in the table ``rate_buckets`` so that N API processes behind one address
+enforce one budget per device, not N: one upsert per request, whose ``RETURNING`` says whether a token was
+taken (the ``granted`` column holds that statement's decision; the row lock of the upsert makes concurrent
+requests from several processes take tokens one after the other). Hand-written like the login throttle: the
+limiter libraries around (limits, slowapi) count fixed windows in Redis or memory, and we have PostgreSQL.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+log = logging.getLogger("trackingbms.server.ratelimit")
 
 
 class TokenBuckets:
@@ -27,3 +42,55 @@ class TokenBuckets:
             return 0.0
         self._buckets[key] = (tokens, now)
         return (1.0 - tokens) / self.rate
+
+    async def acquire(self, key: int) -> float:
+        """:meth:`take`, with the signature of the shared limiter."""
+        return self.take(key)
+
+
+_REFILLED = "LEAST(:burst, rate_buckets.tokens + GREATEST(0, :now - rate_buckets.updated) * :rate)"
+_TAKE = text(
+    "INSERT INTO rate_buckets (key, tokens, updated, granted) VALUES (:key, :burst - 1, :now, true) "
+    "ON CONFLICT (key) DO UPDATE SET "
+    f"tokens = CASE WHEN {_REFILLED} >= 1 THEN {_REFILLED} - 1 ELSE {_REFILLED} END, "
+    f"updated = :now, granted = {_REFILLED} >= 1 "
+    "RETURNING tokens, granted"
+)
+
+
+class PgTokenBuckets:
+    """The same buckets in PostgreSQL (wall-clock seconds: the processes share no monotonic clock).
+    ``name`` separates limiters ("ingest", "heartbeat") in the one table."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        name: str,
+        rate_per_s: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.name = name
+        self.rate = rate_per_s
+        self.burst = burst
+        self.unlimited = rate_per_s <= 0 or burst <= 0
+        self.clock = clock
+
+    async def acquire(self, key: int) -> float:
+        if self.unlimited:
+            return 0.0
+        params = {
+            "key": f"{self.name}:{key}",
+            "burst": float(self.burst),
+            "rate": self.rate,
+            "now": self.clock(),
+        }
+        try:
+            async with self.engine.begin() as conn:
+                tokens, granted = (await conn.execute(_TAKE, params)).one()
+        except Exception as exc:  # the limiter protects the server; it must not take ingest down with it
+            log.warning("shared rate limiter unavailable (%s); letting the request through", exc)
+            return 0.0
+        return 0.0 if granted else (1.0 - float(tokens)) / self.rate

@@ -86,6 +86,27 @@ class Settings(BaseSettings):
             for origin in value:
                 origin_pattern(origin)  # a clear error at start, naming the entry
         return value
+    #: regions (docs/scaling.md): this deployment's region name, its public URL (where another region sends
+    #: this region's devices and users), the region's NATS cluster (comma-separated URLs; also carries the
+    #: live feed between API processes and shared nothing else) and the other regions whose part of the
+    #: tenant directory this region sources (comma-separated names, the JetStream domains of their NATS)
+    region: str | None = None
+    public_url: str | None = None
+    nats_url: str | None = None
+    region_peers: str = ""
+    #: cluster mode: POST /api/v1/ingest hands batches to JetStream (nats_url) and answers with the ingest
+    #: worker's reply, 503 if none comes within the timeout (trackingbms.server.handoff)
+    ingest_via_jetstream: bool = False
+    ingest_jetstream_timeout_s: float = Field(default=10.0, gt=0)
+    #: how often the tenant directory is re-published from the database (tenant moves, new users)
+    directory_sync_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, v: str | None) -> str | None:
+        from trackingbms.server.regions import check_region
+
+        return check_region(v) if v else None
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -37,7 +37,7 @@ from trackingbms.server.brokers import parse_device_key, parse_topic
 from trackingbms.server.db import devices
 from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
-from trackingbms.server.live import PgRelay
+from trackingbms.server.live import PgRelay, nats_publisher
 from trackingbms.server.store import DeviceRef, Store, now_ms
 
 if TYPE_CHECKING:
@@ -360,6 +360,9 @@ async def run_jetstream(
             await _sleep_or_stop(stop, 2.0)
             if stop.is_set():
                 return
+    # the live feed goes where the API processes of a NATS deployment listen (tbms.live.<tenant>), on this
+    # connection, rather than through PostgreSQL NOTIFY
+    handler.hub.relay = nats_publisher(nc)
     try:
         js = nc.jetstream(timeout=5)
         while True:  # the cluster may still be electing its meta leader

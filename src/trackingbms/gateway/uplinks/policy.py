@@ -209,6 +209,25 @@ class UplinkManager:
         for up in self.uplinks:
             await up.transport.aclose()
 
+    async def set_url(self, name: str, url: str) -> UplinkConfig:
+        """Point uplink ``name`` at another server (or broker) now: a new transport replaces the old one
+        (a batch in flight on the old one fails and stays queued). Raises KeyError for an unknown name,
+        pydantic's ValidationError for a bad URL."""
+        for i, old in enumerate(self.uplinks):
+            if old.name != name:
+                continue
+            cfg = UplinkConfig.model_validate({**old.cfg.model_dump(), "url": url})
+            new = Uplink(cfg, self.config.device_token)
+            if hasattr(new.transport, "on_config"):
+                new.transport.on_config = self.remote.apply
+            self.uplinks[i] = new
+            await old.transport.aclose()
+            log.info("uplink %s now points at %s (was %s)", name, cfg.url, old.cfg.url)
+            self.wake.set()
+            self.state.link_changed.set()  # a heartbeat at once tells the new server about us
+            return cfg
+        raise KeyError(name)
+
     # -- failover -------------------------------------------------------------------------------------
 
     def _switch(self, index: int, why: str) -> None:

@@ -22,6 +22,7 @@ router = APIRouter()
     tags=["user"],
     responses={
         401: {"description": "wrong email or password"},
+        421: {"description": "the user's tenant lives in another region: `url` (and `Location`) say where"},
         413: {"description": "body larger than 4 KiB"},
         429: {"description": "too many failed logins, or too many at once; see Retry-After"},
     },
@@ -44,11 +45,17 @@ async def login(request: Request, body: LoginIn, store: StoreDep) -> Response:
         raise HTTPException(
             429, "the server is busy with other logins: try again in a second", headers={"Retry-After": "1"}
         ) from None
+    regions = app.state.regions
     if got is None:
+        if regions is not None:  # not a user here: the directory may know its home region (421)
+            regions.check_email(body.email)
         await throttle.failed(keys)
         raise HTTPException(401, "wrong email or password")
     await throttle.succeeded(keys)
     token, user = got
+    if regions is not None and user.tenant_id in regions.elsewhere:  # the tenant moved to another region
+        await store.revoke_token(token)
+        regions.check_tenant(user.tenant_id)
     return json_response(
         {
             "access_token": token,

@@ -40,17 +40,24 @@ UserCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(user_be
 
 
 async def device_auth(
-    store: StoreDep, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(device_bearer)]
+    request: Request,
+    store: StoreDep,
+    cred: Annotated[HTTPAuthorizationCredentials | None, Depends(device_bearer)],
 ) -> DeviceRef:
     if cred is None:
         raise unauthorized("missing device token (Authorization: Bearer …)")
+    regions = request.app.state.regions
+    if regions is not None:  # a token naming another home region: 421 with its URL, no lookup
+        regions.check_device_token(cred.credentials)
     device = await store.device_for_token(cred.credentials)
     if device is None:
         raise unauthorized("unknown or revoked device token")
+    if regions is not None:  # a tenant moved to another region
+        regions.check_tenant(device.tenant_id)
     return device
 
 
-async def user_auth(store: StoreDep, cred: UserCredentials) -> UserRef:
+async def user_auth(request: Request, store: StoreDep, cred: UserCredentials) -> UserRef:
     if cred is None:
         raise unauthorized("missing access token (Authorization: Bearer …)")
     user = await store.user_for_token(cred.credentials)
@@ -58,6 +65,8 @@ async def user_auth(store: StoreDep, cred: UserCredentials) -> UserRef:
         user = await store.user_for_api_token(cred.credentials)
     if user is None:
         raise unauthorized("unknown, expired or revoked access token")
+    if request.app.state.regions is not None:
+        request.app.state.regions.check_tenant(user.tenant_id)
     return user
 
 

@@ -17,10 +17,10 @@ from trackingbms.server.store import DeviceRef, now_ms, packing
 router = APIRouter()
 
 
-def rate_limited_device(request: Request, device: CurrentDevice) -> DeviceRef:
+async def rate_limited_device(request: Request, device: CurrentDevice) -> DeviceRef:
     """The calling device, within its heartbeat bucket (429 otherwise). A dependency, so that it runs
     before the body is validated: malformed heartbeats are counted too."""
-    wait = request.app.state.heartbeat_limiter.take(device.id)
+    wait = await request.app.state.heartbeat_limiter.acquire(device.id)
     if wait > 0:
         raise HTTPException(
             429, "rate limit: slow down", headers={"Retry-After": str(max(1, math.ceil(wait)))}

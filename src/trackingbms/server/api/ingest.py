@@ -71,6 +71,7 @@ _INGEST_BODY = {
         413: {"description": "body or batch too large"},
         422: {"description": "body is not a batch"},
         429: {"description": "rate-limited; see Retry-After"},
+        503: {"description": "cluster mode: no commit confirmed in time; send again (Retry-After)"},
     },
 )
 async def ingest(request: Request, device: CurrentDevice, service: Ingest, store: StoreDep) -> Response:
@@ -79,7 +80,7 @@ async def ingest(request: Request, device: CurrentDevice, service: Ingest, store
     the commit. Send `X-Config-Version` (the config the gateway runs) to get `config` only when newer."""
     app = request.app
     settings = app.state.settings
-    wait = app.state.limiter.take(device.id)
+    wait = await app.state.limiter.acquire(device.id)
     if wait > 0:
         raise HTTPException(
             429, "rate limit: slow down", headers={"Retry-After": str(max(1, math.ceil(wait)))}
@@ -98,14 +99,32 @@ async def ingest(request: Request, device: CurrentDevice, service: Ingest, store
         raise err422(["body", "samples"], "Input should be a valid list", "list_type")
     if len(batch) > settings.max_batch_samples:
         raise HTTPException(413, f"at most {settings.max_batch_samples} samples per batch, got {len(batch)}")
-    res = await service.ingest(device, batch, now_ms())
     header = request.headers.get("x-config-version", "")
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (after the commit!)
     reported = int(header) if header.isascii() and header.isdigit() and len(header) < 10 else None
+    handoff = app.state.handoff
+    if handoff is not None and handoff.can_carry(device.tenant_id, device.name):
+        return await _via_jetstream(handoff, device, batch, reported)
+    res = await service.ingest(device, batch, now_ms())
     if reported is not None and reported != device.reported_config_version:
         await store.note_config_version(device, reported)
     reply: dict[str, Any] = {"accepted": res.accepted, "duplicates": res.duplicates, "rejected": res.rejected}
     cfg = device.pending_config(reported)
     if cfg is not None:
         reply["config"] = cfg
+    return json_response(reply)
+
+
+async def _via_jetstream(handoff: Any, device: Any, batch: list[Any], reported: int | None) -> Response:
+    """Cluster mode (trackingbms.server.handoff): the ingest worker stores the batch; its reply is ours."""
+    from trackingbms.server.handoff import NotCommitted, TooLargeForQueue
+
+    try:
+        reply = await handoff.ingest(device.tenant_id, device.name, batch, reported)
+    except NotCommitted as e:
+        raise HTTPException(503, f"{e}: send the batch again", headers={"Retry-After": "2"}) from None
+    except TooLargeForQueue as e:  # the gateway halves the batch
+        raise HTTPException(413, str(e)) from None
+    if "status" in reply:  # refused whole by the worker (it checks what this process checked: rare)
+        raise HTTPException(int(reply["status"]), str(reply.get("error", "refused")))
     return json_response(reply)

@@ -16,23 +16,49 @@ class AuthStore(StoreCore):
     #: for callers that pass none (provisioning, tests): unbounded queue, two at once
     _default_checker = security.PasswordChecker(2, 1 << 30)
 
-    async def create_tenant(self, name: str) -> dict[str, Any]:
+    async def create_tenant(self, name: str, region: str | None = None) -> dict[str, Any]:
         async with self.write() as conn:
             try:
                 tid = (
                     await conn.execute(
-                        insert(tenants).values(name=name, created_ms=now_ms()).returning(tenants.c.id)
+                        insert(tenants)
+                        .values(name=name, created_ms=now_ms(), region=region)
+                        .returning(tenants.c.id)
                     )
                 ).scalar_one()
             except IntegrityError:
                 raise Conflict(f"tenant {name!r} already exists") from None
-        return {"tenant_id": tid, "name": name}
+        return {"tenant_id": tid, "name": name, **({"region": region} if region else {})}
 
     async def tenants(self) -> list[tuple[int, str]]:
         """Every tenant as (id, name): for server-wide figures (metrics), never for a user's reads."""
         async with self.engine.connect() as conn:
             rows = (await conn.execute(select(tenants.c.id, tenants.c.name).order_by(tenants.c.id))).all()
         return [(r.id, r.name) for r in rows]
+
+    async def tenant_homes(self) -> list[tuple[int, str, str | None]]:
+        """Every tenant as (id, name, home region or None: this deployment's region)."""
+        q = select(tenants.c.id, tenants.c.name, tenants.c.region).order_by(tenants.c.id)
+        async with self.engine.connect() as conn:
+            return [(r.id, r.name, r.region) for r in (await conn.execute(q)).all()]
+
+    async def directory_users(self) -> list[tuple[str, str, str | None]]:
+        """Every user as (email, tenant name, tenant's home region or None), for the tenant directory."""
+        q = select(users.c.email, tenants.c.name, tenants.c.region).join(
+            tenants, tenants.c.id == users.c.tenant_id
+        )
+        async with self.engine.connect() as conn:
+            return [(r.email, r.name, r.region) for r in (await conn.execute(q)).all()]
+
+    async def set_tenant_region(self, name: str, region: str | None) -> dict[str, Any]:
+        """Record ``name``'s home region (None: the region of this deployment)."""
+        async with self.write() as conn:
+            n = (
+                await conn.execute(update(tenants).where(tenants.c.name == name).values(region=region))
+            ).rowcount
+        if not n:
+            raise NotFound(f"no tenant {name!r}")
+        return {"tenant": name, "region": region}
 
     async def tenant_by_name(self, name: str) -> int:
         async with self.engine.connect() as conn:

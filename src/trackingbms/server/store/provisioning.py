@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from trackingbms.model import BATTERY_ID_RULE, is_battery_id
 from trackingbms.server import security
-from trackingbms.server.db import batteries, device_tokens, devices, sites, streams, users
+from trackingbms.server.db import batteries, device_tokens, devices, sites, streams, tenants, users
 from trackingbms.server.store.base import ROLES, Conflict, NotFound, TenantScope, now_ms
 
 
@@ -55,7 +55,7 @@ class ProvisioningScope(TenantScope):
 
     async def create_device(self, name: str) -> dict[str, Any]:
         """A new device and its token (the token is returned here only: it is stored hashed)."""
-        token = security.new_token(security.DEVICE_TOKEN_PREFIX)
+        token = security.new_token(await self._device_token_prefix())
         async with self.store.write() as conn:
             try:
                 did = (
@@ -70,6 +70,17 @@ class ProvisioningScope(TenantScope):
             await self._insert_token(conn, did, token)
         return {"device_id": name, "token": token}
 
+    async def _device_token_prefix(self) -> str:
+        """A tenant with a home region gets tokens naming it: another region can redirect the device
+        without knowing the token (trackingbms.server.regions)."""
+        from trackingbms.server.regions import device_token_prefix
+
+        async with self.store.engine.connect() as conn:
+            region = (
+                await conn.execute(select(tenants.c.region).where(tenants.c.id == self.tenant_id))
+            ).scalar()
+        return device_token_prefix(region)
+
     async def _insert_token(self, conn: AsyncConnection, device_id: int, token: str) -> None:
         await conn.execute(
             insert(device_tokens).values(
@@ -83,7 +94,7 @@ class ProvisioningScope(TenantScope):
 
     async def new_device_token(self, name: str) -> dict[str, Any]:
         """Another token for an existing device (e.g. to rotate: issue, deploy, revoke the old one)."""
-        token = security.new_token(security.DEVICE_TOKEN_PREFIX)
+        token = security.new_token(await self._device_token_prefix())
         async with self.store.write() as conn:
             await self._insert_token(conn, await self._device_id(conn, name), token)
         return {"device_id": name, "token": token}

@@ -2,7 +2,7 @@
 // gateway's LAN address in direct mode: each origin has its own worker and cache). Data never goes through
 // the cache: the server's /api/, the gateway's /local/ and the probes are left to the network (the app keeps
 // its direct-mode history in IndexedDB, localdb.js).
-const CACHE = "tbms-shell-v5";
+const CACHE = "tbms-shell-v6";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -29,6 +29,7 @@ const SHELL = [
   "/static/js/directviews.js",
   "/static/js/localdb.js",
   "/static/js/relay.js",
+  "/static/js/ble.js",
   "/static/vendor/uPlot.iife.min.js",
   "/static/vendor/uPlot.min.css",
   "/static/icons/icon.svg",
