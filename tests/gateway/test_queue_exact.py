@@ -368,3 +368,16 @@ def test_defaults_state_dir_and_one_worker(tmp_path: Path) -> None:
         return set(names)
 
     assert len(asyncio.run(together())) == 1  # one thread: no two transactions ever interleave
+
+
+def test_pages_by_seq_and_the_seq_range(tmp_path: Path) -> None:
+    q = DurableQueue(tmp_path)
+    assert q.seq_range("p") == (None, None)
+    seqs = [s.seq for s in q.put_many("p", [reading(i) for i in range(5)])]
+    q.put("other", reading())
+    page, more = q.page_by_seq("p", seqs[1], 2)
+    assert ([h["seq"] for h in page], more) == (seqs[1:3], True)
+    page, more = q.page_by_seq("p", seqs[3], 2)
+    assert ([h["seq"] for h in page], more) == (seqs[3:], False)  # exactly the last two: nothing follows
+    assert q.page_by_seq("p", seqs[4] + 1, 2) == ([], False)
+    assert q.seq_range("p") == (seqs[0], seqs[4] + 1)
