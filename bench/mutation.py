@@ -312,6 +312,12 @@ EQUIVALENT: tuple[Same, ...] = (
         ("self._last_budget_warning = 1.0",),
         "time.monotonic() is far past 61 s on a running host: the first warning comes all the same",
     ),
+    Same(
+        "page_by_seq",
+        "limit + 1)",
+        ("limit + 2)",),
+        "one row more fetched: the page is cut to limit and 'more' is the same",
+    ),
     Same("balancing_cells", "range(8)", ("range(9)",), "bit 8 of a byte is always 0"),
     Same("decode_faults", "p[:7]", ("p[:8]",), "decode_fault_bits reads the first 7 bytes only"),
     Same("_amps", "/ 10, 1)", ("/ 10, 2)",), "an integer / 10 has one decimal: rounding to 2 gives the same"),
