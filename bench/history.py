@@ -2,15 +2,17 @@
 
     python bench/history.py --json                      # both backends (PostgreSQL if reachable)
     python bench/history.py --json --backends sqlite --days 30 --no-check
+    python bench/history.py --json --compare ac65cbc  # beside the first storage design, same run
 
 ``--days`` (default 30) of one 16S pack at 10 s go in through ``POST /api/v1/ingest`` (batches of
-500, as a gateway sends them: samples and 1-minute rollups written by the real ingest path), then
+500, as a gateway sends them: samples and 1-minute / 1-hour rollups written by the real ingest path), then
 ``GET /api/v1/batteries/{id}/history?points=1000`` is timed ``--reps`` times per span (24 h, 7 d,
 30 d, 1 y, each ending at the newest sample; the 1 y span holds only the ``--days`` filled) with a
 personal API token. Prints one JSON object per backend with p50 / p95 per span, the bucket size the
 server chose and ``server_cpu_pct`` (server process CPU while reading; the machine is shared, so a
 low figure means it waited for a core). Target: p95 < 100 ms per span; exit 1 when missed
-(``--no-check`` to only measure).
+(``--no-check`` to only measure). ``--compare REV``: revision REV's own copy of this script runs first per
+backend (bench/_compare.py); its figures come out as ``previous``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _check import Target, add_check_argument, check_targets
+from _compare import add_compare_argument, run_previous
 from ingest import PG_ADMIN_URL, free_port, load, proc_cpu_s, provision
 
 SPANS_H = {"24h": 24, "7d": 24 * 7, "30d": 24 * 30, "1y": 24 * 365}
@@ -92,7 +95,7 @@ async def read_token(url: str) -> str:
         return (await ts.create_api_token("bench@example.com", "bench", "read", 1))["token"]
 
 
-def time_reads(base: str, token: str, end: datetime, reps: int) -> dict[str, Any]:
+def time_reads(base: str, token: str, end: datetime, reps: int, pid: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
         for name, hours in SPANS_H.items():
@@ -103,13 +106,18 @@ def time_reads(base: str, token: str, end: datetime, reps: int) -> dict[str, Any
                 raise RuntimeError(f"history answered {first.status_code}: {first.text[:200]}")
             body = first.json()
             lat = []
+            cpu0 = proc_cpu_s(pid)
             for _ in range(reps):
                 t0 = time.perf_counter()
                 r = c.get(url, params=params)
                 lat.append((time.perf_counter() - t0) * 1000)
                 r.raise_for_status()
+            cpu_s = proc_cpu_s(pid) - cpu0
             lat.sort()
             out[name] = {
+                # server CPU per read (SQLite: the query too; PostgreSQL's own work is not in it):
+                # what a loaded machine bends least
+                "server_cpu_ms": round(1000 * cpu_s / reps, 1) if cpu0 >= 0 else None,
                 "p50_ms": round(statistics.median(lat), 1),
                 "p95_ms": round(lat[min(len(lat) - 1, int(len(lat) * 0.95))], 1),
                 "points": len(body["t"]),
@@ -161,7 +169,7 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
                 time.sleep(0.1)
             stored, fill_s, _ = asyncio.run(load(base, tokens, batches, 4))
             cpu0, t0 = proc_cpu_s(proc.pid), time.perf_counter()
-            spans = time_reads(base, token, end, args.reps)
+            spans = time_reads(base, token, end, args.reps, proc.pid)
             server_cpu_s, elapsed = proc_cpu_s(proc.pid) - cpu0, time.perf_counter() - t0
         finally:
             proc.terminate()
@@ -204,14 +212,19 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=30, help="days of history at 10 s to fill")
     ap.add_argument("--reps", type=int, default=20, help="timed reads per span")
     add_check_argument(ap)
+    add_compare_argument(ap)
     args = ap.parse_args()
     targets: list[Target] = []
+    same = ["--days", str(args.days), "--reps", str(args.reps)]
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         if backend == "postgres" and not pg_reachable():
             print(json.dumps({"backend": "postgresql", "skipped": f"not reachable at {PG_ADMIN_URL}"}))
             continue
+        previous = run_previous("history.py", args.compare, backend, same) if args.compare else None
         with tempfile.TemporaryDirectory() as tmp:
             result = run_backend(backend, args, Path(tmp))
+        if previous is not None:
+            result["previous"] = previous
         for span, r in result["spans"].items():
             targets.append(Target(f"{result['backend']} {span} p95 ms", r["p95_ms"], "<", TARGET_P95_MS))
         print(json.dumps(result, indent=None if args.json else 2), flush=True)

@@ -3,13 +3,24 @@ process), into SQLite and into PostgreSQL. The load generator runs on the same m
 
     python bench/ingest.py --json                 # both backends (PostgreSQL if reachable)
     python bench/ingest.py --json --samples 100000 --backends sqlite
+    python bench/ingest.py --json --compare ac65cbc   # beside the first storage design, same run
 
 Prints one JSON object per backend:
 {"backend", "samples_per_s", "p50_ms", "p99_ms", "bytes_per_sample", ...}. ``bytes_per_sample`` is the
 on-disk size of the samples table and its indexes (SQLite: dbstat pages; PostgreSQL: all partitions,
-pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute rollup
-table on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
-process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core).
+pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute and 1-hour
+rollup tables on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
+process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core), and
+``server_cpu_us_per_sample`` its CPU time per stored sample (the figure a loaded machine bends least).
+``--compare REV`` runs revision REV's own copy of this script first, per backend (bench/_compare.py), and
+adds its figures as ``previous``.
+After the load, every stored sample is compacted into compressed blocks (as the server does past its hot
+window, store/cold.py): ``cold_bytes_per_sample`` is the blocks table with its index (PostgreSQL: with its
+TOAST table) per sample, measured in the same run as the hot figure; ``compact_samples_per_s`` how fast
+the compaction went. The load's samples repeat with a short period (zlib finds the repetition), so
+``realistic_cold_bytes_per_sample`` compacts a second database of noisy 16S samples at the Daly wire's
+resolution (random-walk current at 0.1 A, cells 1 mV with ±1 mV noise around their own offsets, 4 temps
+at 1 °C, 1 s ± 20 ms polls, every field in every sample): the figure the ≤ 40 B target is checked on.
 Targets (issue 4): ≥ 20,000 samples/s SQLite, ≥ 30,000 PostgreSQL, ≤ 160 bytes per sample.
 """
 
@@ -34,6 +45,7 @@ import httpx
 import orjson
 
 from _check import Target, add_check_argument, check_targets
+from _compare import add_compare_argument, run_previous
 
 PG_ADMIN_URL = os.environ.get("TRACKINGBMS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -112,7 +124,7 @@ async def provision(url: str, devices: int, batteries_per_device: int) -> list[s
 
 
 async def sizes(url: str) -> tuple[int, int, int]:
-    """(rows, bytes of samples + indexes, bytes of the 1-minute rollups)"""
+    """(rows, bytes of samples + indexes, bytes of the 1-minute and 1-hour rollups)"""
     from sqlalchemy import func, select
 
     from trackingbms.server.db import make_engine, samples
@@ -130,13 +142,113 @@ async def sizes(url: str) -> tuple[int, int, int]:
                 await conn.exec_driver_sql("VACUUM ANALYZE samples")  # only to settle the visibility map
         async with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
-                q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE '%rollup_1m%'"
+                q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE '%rollup_1_%'"
             else:
-                q = "SELECT pg_total_relation_size('rollup_1m')"
+                q = "SELECT pg_total_relation_size('rollup_1m') + pg_total_relation_size('rollup_1h')"
             rollup = int((await conn.exec_driver_sql(q)).scalar())
         return rows, await Store(engine).samples_bytes(), rollup
     finally:
         await engine.dispose()
+
+
+async def compact_all(url: str) -> dict[str, Any]:
+    """Compact every sample into blocks (no hot window) and measure the blocks' size on disk."""
+    from sqlalchemy import func, select
+
+    from trackingbms.server.db import make_engine, sample_blocks
+    from trackingbms.server.store import Store
+
+    engine = make_engine(url)
+    try:
+        store = Store(engine)
+        t0 = time.perf_counter()
+        res = await store.compact(before_ms=2**62)
+        elapsed = time.perf_counter() - t0
+        async with engine.connect() as conn:
+            n = (await conn.execute(select(func.coalesce(func.sum(sample_blocks.c.n), 0)))).scalar_one()
+            if engine.dialect.name == "sqlite":
+                await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+            else:
+                await conn.commit()
+                await conn.execution_options(isolation_level="AUTOCOMMIT")
+                await conn.exec_driver_sql("VACUUM ANALYZE sample_blocks")
+        nbytes = await store.cold_bytes()
+        return {
+            "cold_bytes_per_sample": round(nbytes / n, 1) if n else None,
+            "cold_samples": int(n),
+            "cold_blocks": res.blocks,
+            "compact_samples_per_s": round(res.samples / elapsed) if elapsed else None,
+        }
+    finally:
+        await engine.dispose()
+
+
+def realistic_samples(battery_id: str, n: int, seed: int) -> list[dict[str, Any]]:
+    """``n`` full 16S samples of one pack at 1 Hz ending now, noisy as a BMS reads (see the docstring)."""
+    import random
+
+    rng = random.Random(seed)
+    offsets = [rng.randint(-15, 15) for _ in range(16)]
+    temps = [25.0 + rng.randint(-2, 2) for _ in range(4)]
+    current, soc = 0.0, 60.0
+    ts_ms = int(time.time() * 1000) - n * 1000 - 60_000
+    out = []
+    for i in range(n):
+        ts_ms += 1000 + rng.randint(-20, 20)
+        current = max(-50.0, min(50.0, current + rng.choice((-0.3, -0.1, 0.0, 0.0, 0.1, 0.3))))
+        soc = max(0.0, min(100.0, soc + current / 3600 / 1.0))
+        base = 3200 + soc * 1.5 + current * 2
+        cells = [int(base + off + rng.randint(-1, 1)) for off in offsets]
+        if i % 300 == 0:
+            temps = [t + rng.choice((-1.0, 0.0, 1.0)) for t in temps]
+        out.append(
+            {
+                "battery_id": battery_id,
+                "seq": i,
+                "ts": datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat(timespec="milliseconds"),
+                "source": "a5-uart",
+                "via": "wifi",
+                "voltage_v": round(sum(cells) / 1000, 1),
+                "current_a": round(current, 1),
+                "soc_pct": round(soc, 1),
+                "remaining_ah": round(soc, 1),
+                "cycles": 42,
+                "state": "discharging" if current < 0 else "charging" if current > 0 else "idle",
+                "charge_mos": True,
+                "discharge_mos": True,
+                "charger_connected": current > 0,
+                "load_connected": current < 0,
+                "cells_mv": cells,
+                "temps_c": list(temps),
+                "balancing": [],
+                "faults": [],
+                "fault_code": 0,
+            }
+        )
+    return out
+
+
+async def realistic_cold(url: str, packs: int, per_pack: int) -> dict[str, Any]:
+    """Store noisy samples through the ingest service (no HTTP: only the layout is measured here), compact
+    them all and measure the blocks on disk."""
+    from trackingbms.server import provisioning as p
+    from trackingbms.server.ingest import IngestService
+
+    async with p.open_store(url) as store:
+        await p.create_tenant(store, "real")
+        await p.create_site(store, "real", "site")
+        token = (await p.provision_device(store, "real", "gw"))["token"]
+        for b in range(packs):
+            await p.create_battery(store, "real", "site", f"real-{b}", device="gw")
+        device = await store.device_for_token(token)
+        assert device is not None
+        svc = IngestService(store, max_future_ms=3_600_000)
+        for b in range(packs):
+            batch = realistic_samples(f"real-{b}", per_pack, seed=b)
+            for i in range(0, len(batch), 500):
+                await svc.ingest(device, batch[i : i + 500])
+    out = await compact_all(url)
+    return {"realistic_" + k: v for k, v in out.items() if k in ("cold_bytes_per_sample", "cold_samples")}
 
 
 async def load(base_url: str, tokens: list[str], batches: list[tuple[int, bytes]], concurrency: int) -> Any:
@@ -235,6 +347,17 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             proc.terminate()
             proc.wait(30)
         rows, nbytes, rollup_bytes = asyncio.run(sizes(url))
+        cold = asyncio.run(compact_all(url))
+        real_url = url.replace("bench.db", "real.db")
+        if admin_db:
+            real_db = admin_db + "_real"
+            asyncio.run(admin(f'CREATE DATABASE "{real_db}"'))
+            real_url = url.replace(admin_db, real_db)
+        try:
+            cold |= asyncio.run(realistic_cold(real_url, 4, args.samples // 8))
+        finally:
+            if admin_db:
+                asyncio.run(admin(f'DROP DATABASE IF EXISTS "{real_db}" WITH (FORCE)'))
         lat_ms = sorted(x * 1000 for x in lat)
         return {
             "backend": "postgresql" if backend == "postgres" else "sqlite",
@@ -243,8 +366,13 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
             "p99_ms": round(lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))], 1),
             "bytes_per_sample": round(nbytes / rows, 1) if rows else None,
             "rollup_bytes_per_sample": round(rollup_bytes / rows, 1) if rows else None,
+            **cold,
             "samples": stored,
             "server_cpu_pct": round(100 * server_cpu_s / elapsed) if server_cpu_s >= 0 else None,
+            # server CPU per stored sample: what a loaded machine changes least (a quiet one shows the rate)
+            "server_cpu_us_per_sample": (
+                round(1e6 * server_cpu_s / max(1, stored), 1) if server_cpu_s >= 0 else None
+            ),
             "rows": rows,
             "batch": args.batch,
             "concurrency": args.concurrency,
@@ -265,8 +393,11 @@ def main() -> None:
     ap.add_argument("--batteries", type=int, default=4, help="per device")
     ap.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     add_check_argument(ap)
+    add_compare_argument(ap)
     args = ap.parse_args()
     targets: list[Target] = []
+    same = ["--samples", str(args.samples), "--batch", str(args.batch), "--devices", str(args.devices)]
+    same += ["--batteries", str(args.batteries), "--concurrency", str(args.concurrency)]
     for backend in args.backends.split(","):
         backend = backend.strip()
         if backend == "postgres":
@@ -275,19 +406,32 @@ def main() -> None:
             except OSError:
                 print(json.dumps({"backend": "postgresql", "skipped": "not reachable on 127.0.0.1:5432"}))
                 continue
+        previous = run_previous("ingest.py", args.compare, backend, same) if args.compare else None
         with tempfile.TemporaryDirectory() as tmp:
             result = run_backend(backend, args, Path(tmp))
+        if previous is not None:
+            result["previous"] = previous
         print(
             json.dumps(result)
             if args.json
             else f"{result['backend']:>10}: {result['samples_per_s']:>8} samples/s  "
             f"p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  {result['bytes_per_sample']} B/sample"
+            f" (compacted: {result['cold_bytes_per_sample']},"
+            f" realistic {result['realistic_cold_bytes_per_sample']})"
+            + (f"  (previous {previous.get('samples_per_s', previous.get('error'))})" if previous else "")
         )
         sys.stdout.flush()
         floor = {"sqlite": 20_000, "postgresql": 30_000}[result["backend"]]
         targets += [
             Target(f"{result['backend']}: samples/s", result["samples_per_s"], ">=", floor),
             Target(f"{result['backend']}: bytes/sample", result["bytes_per_sample"], "<=", 160),
+            # issue 14: compacted history at most 40 B per 16S sample, indexes included
+            Target(
+                f"{result['backend']}: compacted bytes/sample (realistic)",
+                result["realistic_cold_bytes_per_sample"],
+                "<=",
+                40,
+            ),
         ]
     check_targets(targets, check=not args.no_check)
 

@@ -70,3 +70,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     would fail."""
     # a stable sort: the order is kept otherwise
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+    # under pytest-xdist (-n, pyproject's addopts) the browser tests share one worker (its Playwright and demo
+    # fixtures start once), and --dist loadgroup schedules that group last, so nothing runs after it there
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            item.add_marker(pytest.mark.xdist_group("browser"))

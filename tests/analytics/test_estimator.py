@@ -53,6 +53,12 @@ def test_resistance_matches_truth_at_25c() -> None:
     cell_truth = [c["resistance0_mohm"] for c in rec.truth()["cells"]]
     for est_cell, true_cell in zip(h["cells"], cell_truth, strict=True):
         assert est_cell["resistance_mohm"] == pytest.approx(true_cell, rel=0.25)
+    # the trend: one point per hour that had a window (the e-bike rides once every 6 h), the last one the
+    # figure reported now
+    trend = h["resistance_history"]
+    assert 3 <= len(trend) <= 24
+    assert [t for t, _ in trend] == sorted({t for t, _ in trend})
+    assert trend[-1][1] == pytest.approx(h["resistance_mohm"], rel=0.01)
 
 
 def test_resistance_needs_close_samples() -> None:
@@ -101,6 +107,10 @@ def test_self_discharging_cell_named_within_72h() -> None:
     assert "cell 7" in finding["message"]
     assert finding["evidence"]["rate_pct_month"] < -2.5
     assert finding["evidence"]["observed_h"] >= 24
+    # the evidence the Health card plots: the cell's SOC against the pack's, falling over the record
+    offsets = finding["evidence"]["offsets"]
+    assert 20 <= len(offsets) <= 120
+    assert offsets[-1][1] < offsets[0][1] - 0.2
 
 
 @pytest.mark.parametrize(

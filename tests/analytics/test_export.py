@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 
-from trackingbms.export import header, read_rows, row
+from trackingbms.model import csv_header as header
+from trackingbms.model import csv_row as row
+from trackingbms.model import read_csv_rows as read_rows
 
 
 def test_round_trip_keeps_partial_samples_partial() -> None:
@@ -27,7 +29,7 @@ def test_round_trip_keeps_partial_samples_partial() -> None:
 
 
 def test_text_is_neutralised_like_the_server_export_and_read_back() -> None:
-    from trackingbms.server.store.export import spreadsheet_text as server_text
+    from trackingbms.model import spreadsheet_text as server_text
 
     sample = {
         "ts": "2026-06-21T00:00:00.000Z",

@@ -27,10 +27,18 @@ Methods, and where they come from:
 * **SOC**: coulomb counting re-anchored at every anchor; the BMS's own SOC is compared with it
   (Daly ignores small currents and drifts 20–30 %, batmon-ha#144) and a ``trackingbms set --soc``
   correction is suggested when they disagree.
-* **Weak cells**: at anchors each cell's SOC is compared with the pack median; a cell whose deviation
-  falls steadily (Theil–Sen slope, balancing bleed added back) self-discharges; a cell whose capacity is
-  well under the median diverges at both knees; a cell whose resistance is well above the median deviates
-  in proportion to current. Each finding names the 1-based cell and carries its evidence.
+* **Weak cells**: at anchors each cell's SOC (from its rest voltage, balancing bleed added back) is linked
+  to the same cell's at the previous anchor of the same charge level (a chain per level: the next hour of
+  a rest, the top of the next float or charge); over each link the cell's change is taken against the
+  trimmed mean of the cells' changes (a reference finer than one 1 mV step). The self-discharge rate is the
+  pooled least-squares slope over the chains, with an error that counts the correlated residuals of
+  quantised readings and the unknown position inside the 1 mV step at each end; a cell is flagged by a
+  sequential test re-taken at each report (rate, rate + 2 standard errors, both halves of the record, a
+  robust z against the other cells). The approach is the pseudo-OCV comparison of arXiv 2506.13394 (20–80
+  mV micro-shorts found in 10 of 10 field cases) made to work at Daly's 1 mV resolution; it is written here
+  because no library does cell-vs-pack drift on quantised BMS data. A cell whose capacity is well under
+  the median diverges at both knees; a cell whose resistance is well above the median deviates in
+  proportion to current. Each finding names the 1-based cell and carries its evidence.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ import numpy as np
 from trackingbms.analytics.ocv import CURVES, MIN_SLOPE_MV_PER_PCT, guess_chemistry
 from trackingbms.analytics.regression import deming, deming_columns
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _DAY_S = 86400.0
 _MONTH_S = 30 * _DAY_S
 #: a rest voltage at the very end of the engine's curve: the cell may be past it (clipped)
@@ -88,16 +96,30 @@ class EstimatorConfig:
     min_windows: int = 3
     r_soc_range_pct: tuple[float, float] = (15.0, 85.0)
     resistance_days: float = 7.0
+    #: hourly points of the resistance trend kept (30 days)
+    resistance_history_points: int = 720
+    #: points of a weak cell's offset plotted as evidence, at most
+    evidence_points: int = 120
     # weak cells
-    self_discharge_flag_pct_month: float = 3.5
+    #: healthy cells of one pack differ by up to ~2.4 %/month (LFP: ±20 % of its 3 %/month, 4σ): flag past 2.5
+    self_discharge_flag_pct_month: float = 2.5
     drift_min_span_s: float = 24 * 3600.0
-    drift_min_drop_pct: float = 0.15
+    #: a rate known worse than this (1 standard error, %/month, or a sixth of the rate) is no finding yet
+    drift_max_se_pct_month: float = 1.5
+    #: each half of the record must fall at least this share of the whole record's rate
+    drift_min_half_share: float = 0.2
     drift_days: float = 7.0
     drift_max_dq_c: float = 0.02
     drift_max_link_s: float = 36 * 3600.0
     #: floor of the cells' spread of drift rates (%/month) in the robust z-score
     drift_noise_pct_month: float = 0.5
-    drift_min_z: float = 3.5
+    drift_min_z: float = 3.0
+    #: cells this close to the highest, when it reads past the curve's end, count as possibly clipped
+    clip_band_mv: float = 5.0
+    #: how far off the rated capacity may be before one is measured (fade), for the bleed added back
+    bleed_capacity_unc: float = 0.3
+    #: residuals of quantised readings are correlated: one independent point per this much observed time
+    drift_corr_s: float = 6 * 3600.0
     low_capacity_ratio: float = 0.9
     high_resistance_ratio: float = 1.5
     #: suggest correcting the BMS's SOC beyond this disagreement (points)
@@ -148,7 +170,7 @@ class BatteryEstimator:
         self.zero_h = 0.0  # hours the current read 0 (inside the dead band)
         self.nonzero_h = 0.0
         self.chain = 0  # bumps at every gap: nothing is counted across one
-        self.obs_epoch = 0  # bumps at gaps and clipped tops: drift links stay within one epoch
+        self.obs_epoch = 0  # bumps at gaps: drift links stay within one epoch
         self.offset_a = 0.0
         self.offset_estimates: list[float] = []
         self.bleed_ah: list[float] = []  # per cell, balancing bleed since the start
@@ -173,11 +195,17 @@ class BatteryEstimator:
         self.cap_median: float | None = None  # the median cell's: what moves the mean SOC per Ah
         # self-discharge observations: [t, [adjusted deviation % per cell or None]]
         self.observations: list[list[Any]] = []
+        #: per cell, how many charging samples read it at or above the curve's end (a cell clipped full
+        #: stores less than the pack counts: its deviation across a clip is not self-discharge)
+        self.clips: list[int] = []
+        self.clip_mv: float | None = None
         # resistance
         self.win: list[list[Any]] = []  # [t, i, cells, temp]
         self.win_start: float | None = None
         self.win_exc = 0.0  # sum of squared current steps in the window (A²)
         self.r_windows: list[list[Any]] = []  # [t, temp_c, r25_pack, [r25 per cell]]
+        #: the pack figure (25 °C) once per hour that had a window: the trend an operator plots
+        self.r_history: list[list[float]] = []  # [hour start t, r25_pack mΩ, windows behind it]
 
     # ---- ingest ------------------------------------------------------------------------------------
     def update(self, sample: dict[str, Any]) -> None:
@@ -232,6 +260,16 @@ class BatteryEstimator:
         elif len(cells) != self.n_cells:
             return
         cap = self._capacity_ref()
+        top_mv = max(cells)
+        if top_mv >= self.clip_mv:  # type: ignore[operator]
+            # the highest cells at the very end of the curve are full and may be clipped there (charge
+            # counted that they did not store): their deviation across this moment is not self-discharge.
+            # Only those within a few mV of the highest: under charge the I·R lifts every cell past the
+            # curve's end, and a self-discharging cell is a low one anyway
+            floor_mv, clips = top_mv - cfg.clip_band_mv, self.clips
+            for k, mv in enumerate(cells):
+                if mv >= floor_mv:
+                    clips[k] += 1
         # ---- rest tracking
         if abs(i) <= cfg.rest_current_c * cap and (
             self.rest_since is None or abs(i - self.rest_i) <= 0.02 * cap
@@ -270,9 +308,11 @@ class BatteryEstimator:
     def _first_cells(self, cells: list[int]) -> None:
         self.n_cells = len(cells)
         self.bleed_ah = [0.0] * self.n_cells
+        self.clips = [0] * self.n_cells
         self.cell_caps = [[] for _ in range(self.n_cells)]
         if self.chemistry is None:
             self.chemistry = guess_chemistry(cells)
+        self.clip_mv = CURVES[self.chemistry].table[-1][1]
 
     def _capacity_ref(self) -> float:
         """The capacity the gates scale with: our estimate, else rated, else the BMS's, else 100 Ah."""
@@ -440,31 +480,40 @@ class BatteryEstimator:
         """Record each cell's SOC deviation from the pack median (bleed added back), with the charge
         counted so far: only observations a little charge apart are compared (see :meth:`_drift_rates`)."""
         cap = self._capacity_ref()
-        adjusted = [None if s is None else s + self.bleed_ah[k] / cap for k, s in enumerate(socs)]
-        med = median(a for a in adjusted if a is not None)
-        # a cell read at either end of the curve is clipped there: its deviation says nothing
-        devs = [
-            None if a is None or not 1 - CLIPPED_SOC < socs[k] < CLIPPED_SOC else round(100 * (a - med), 4)  # type: ignore[operator]
-            for k, a in enumerate(adjusted)
+        # bleed added back; a cell read at either end of the curve is clipped there: it says nothing
+        adjusted = [
+            None
+            if s is None or not 1 - CLIPPED_SOC < s < CLIPPED_SOC
+            else round(100 * (s + self.bleed_ah[k] / cap), 4)
+            for k, s in enumerate(socs)
         ]
-        if any(s is not None and s >= CLIPPED_SOC for s in socs):
-            # a charge that clipped a cell at the top (or a balancer that topped it up) resets what the
-            # deviations can be compared with: start a new chain of observations
-            self.obs_epoch += 1
-        self.observations.append([t, self.q_ah, self.obs_epoch, devs, round(res_pct_per_mv, 4)])
+        self.observations.append(
+            [
+                t,
+                self.q_ah,
+                self.obs_epoch,
+                adjusted,
+                round(res_pct_per_mv, 4),
+                list(self.clips),
+                [round(x, 6) for x in self.bleed_ah],
+            ]
+        )
         horizon = t - self.cfg.drift_days * _DAY_S
         while self.observations and self.observations[0][0] < horizon:
             self.observations.pop(0)
         del self.observations[:-400]
 
     def _drift_rates(self) -> list[dict[str, Any] | None]:
-        """Per cell: how fast its deviation from the median falls, in % SOC per month.
+        """Per cell: how fast its SOC falls against the other cells', in % SOC per month.
 
-        Only pairs of consecutive observations whose counted charge differs by at most
-        ``drift_max_dq_c`` of C are used (a rest watched hour by hour, or a full-to-full cycle): a cell
-        of lower capacity moves further per Ah, and that must not read as self-discharge. The drop is the
-        sum of those pairs' changes over the sum of their durations; a cell stands out when it falls
-        faster than ``self_discharge_flag_pct_month`` and far outside the other cells' spread.
+        An observation is linked to the latest earlier one whose counted charge differs by at most
+        ``drift_max_dq_c`` of C (the next hour of a rest, or the same point of the next cycle: each level
+        of charge a pack returns to — a top of charge, a rest after a ride — makes a chain of its own), so
+        a cell of lower capacity, which moves further per Ah, does not read as self-discharging. Over a
+        link each cell's SOC change is taken against the trimmed mean of the cells' changes (cells clipped
+        full in between left out). The rate is the pooled least-squares slope of those deviations on time
+        across chains (a fixed effect per chain); its standard error counts one independent point per
+        ``drift_corr_s`` of observed time, since 1 mV-quantised readings give correlated residuals.
         """
         cfg = self.cfg
         n = self.n_cells
@@ -474,53 +523,120 @@ class BatteryEstimator:
         inv = [1 / c if c else None for c in caps]
         known_inv = [x for x in inv if x is not None]
         inv_med = median(known_inv) if len(known_inv) * 2 >= n else None
-        # a greedy chain of links: from the last linked observation to the next one with a similar
-        # charge count (the next hour of a rest, or the same point of the next cycle)
-        links: list[list[float | None]] = [[] for _ in range(n)]  # type: ignore[misc]
-        res = [0.0] * n
         obs = self.observations
-        a = obs[0] if obs else None
-        for b in obs[1:]:
-            if b[2] != a[2] or b[0] - a[0] > cfg.drift_max_link_s:  # type: ignore[index]
-                a = b
+        chain_of: list[int] = []
+        # per cell, per chain: [times], [cumulative deviation]
+        series: list[dict[int, tuple[list[float], list[float]]]] = [{} for _ in range(n)]
+        stretches: list[list[tuple[list[float], list[float]]]] = [[] for _ in range(n)]
+        res = [0.0] * n
+        bled = [0.0] * n  # % SOC of balancing bleed added back over the cell's links
+        cap_ref = self._capacity_ref()
+        n_chains = 0
+        for j, b in enumerate(obs):
+            a = None
+            for i in range(j - 1, max(-1, j - 60), -1):
+                cand = obs[i]
+                if cand[2] != b[2] or b[0] - cand[0] > cfg.drift_max_link_s:
+                    break
+                if abs(b[1] - cand[1]) <= limit:
+                    a = cand
+                    break
+            if a is None:
+                chain_of.append(n_chains)
+                n_chains += 1
                 continue
-            dq = b[1] - a[1]  # type: ignore[index]
-            if abs(dq) > limit:
-                continue
-            dt = b[0] - a[0]  # type: ignore[index]
+            chain = chain_of[i]
+            chain_of.append(chain)
+            dq = b[1] - a[1]
+            changes: list[float | None] = [None] * n
             for k in range(n):
-                da, db = a[3][k], b[3][k]  # type: ignore[index]
-                if da is not None and db is not None:
-                    change = db - da
+                sa, sb = a[3][k], b[3][k]
+                if sa is not None and sb is not None and a[5][k] == b[5][k]:
+                    change = sb - sa
                     if inv_med is not None and inv[k] is not None:
-                        change -= 100 * dq * (inv[k] - inv_med)  # type: ignore[operator]
-                    links[k].append((change, dt))  # type: ignore[arg-type]
-                    res[k] = max(res[k], a[4], b[4])  # type: ignore[index]
-            a = b
+                        change -= 100 * dq * (inv[k] - inv_med)
+                    changes[k] = change
+            valid = sorted(c for c in changes if c is not None)
+            if len(valid) < max(4, n // 2):
+                continue
+            # a reference that moves by a sixteenth of a 1 mV step (the median would jump a whole one),
+            # with the weak cell outside it
+            cut = len(valid) // 4
+            middle = valid[cut : len(valid) - cut]
+            ref = sum(middle) / len(middle)
+            for k in range(n):
+                c = changes[k]
+                if c is None:
+                    continue
+                part = series[k].get(chain)
+                if part is None or part[0][-1] != a[0]:
+                    # the cell's first link in this chain, or it missed one: a new stretch from here
+                    part = series[k][chain] = ([a[0]], [0.0])
+                    stretches[k].append(part)
+                ts, ys = part
+                ts.append(b[0])
+                bled[k] += 100 * (b[6][k] - a[6][k]) / cap_ref
+                ys.append(ys[-1] + c - ref)
+                res[k] = max(res[k], a[4], b[4])
         out: list[dict[str, Any] | None] = []
         for k in range(n):
-            span = sum(dt for _, dt in links[k])  # type: ignore[misc]
-            if span < cfg.drift_min_span_s:
+            sxx = sxy = rss = 0.0
+            points = links = 0
+            t_lo, t_hi, observed = math.inf, -math.inf, 0.0
+            parts = [(np.array(ts), np.array(ys)) for ts, ys in stretches[k] if len(ts) >= 2]
+            for ts, ys in parts:
+                tc = ts - ts.mean()
+                sxx += float(tc @ tc)
+                sxy += float(tc @ (ys - ys.mean()))
+                points += len(ts)
+                links += len(ts) - 1
+                observed += float(ts[-1] - ts[0])
+                t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
+            span = t_hi - t_lo if parts else 0.0
+            if span < cfg.drift_min_span_s or sxx <= 0:
                 out.append(None)
                 continue
-            drop = sum(c for c, _ in links[k])  # type: ignore[misc]
-            # the same drift must show in both halves of the record, not in one odd step
-            acc, first = 0.0, 0.0
-            for c, dt in links[k]:  # type: ignore[misc]
-                if acc >= span / 2:
-                    break
-                acc += dt
-                first += c
+            slope = sxy / sxx
+            mid = (t_lo + t_hi) / 2
+            # the same regression on each half of the record: a steady drift shows in both, one odd step
+            # (a 1 mV boundary crossed once) in one only
+            halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
+            for ts, ys in parts:
+                tc = ts - ts.mean()
+                r = ys - ys.mean() - slope * tc
+                rss += float(r @ r)
+                for half, sel in enumerate((ts <= mid, ts >= mid)):
+                    if sel.sum() >= 2:
+                        th, yh = ts[sel], ys[sel]
+                        thc = th - th.mean()
+                        halves[half][0] += float(thc @ (yh - yh.mean()))
+                        halves[half][1] += float(thc @ thc)
+            half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
+            sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res[k] / math.sqrt(12))
+            n_eff = max(2.0, observed / cfg.drift_corr_s)
+            se_fit = sigma / math.sqrt(sxx * n_eff / points)
+            # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
+            # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
+            se_step = 0.41 * res[k] / span / math.sqrt(len(parts))
+            # the bleed added back is in % of a capacity that, before one is measured, may be off by the
+            # pack's whole fade: a cell balanced for hours carries that much doubt
+            unc = cfg.bleed_capacity_unc if self.cap_est is None else 0.05
+            se_bleed = unc * bled[k] / span
+            se = math.sqrt(se_fit**2 + se_step**2 + se_bleed**2)
+            raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
             out.append(
                 {
-                    "rate_pct_month": drop / span * _MONTH_S,
-                    "drop_pct": drop,
-                    "first_half_drop_pct": first,
-                    "second_half_drop_pct": drop - first,
+                    "rate_pct_month": slope * _MONTH_S,
+                    "rate_se_pct_month": se * _MONTH_S,
+                    "drop_pct": raw_drop,
+                    "first_half_rate_pct_month": half_rates[0],
+                    "second_half_rate_pct_month": half_rates[1],
                     "observed_h": span / 3600,
-                    "pairs": len(links[k]),
-                    # two readings, each ±0.5 mV, and the I·R left in quasi-rests: 2.5 mV's worth
-                    "resolution_pct": 2.5 * res[k],
+                    "pairs": links,
+                    "chains": len(parts),
+                    "bleed_added_pct": round(bled[k], 3),
+                    # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
+                    "step_pct": res[k],
                 }
             )
         rates = [d["rate_pct_month"] for d in out if d is not None]
@@ -531,6 +647,38 @@ class BatteryEstimator:
                 if d is not None:
                     d["z"] = (d["rate_pct_month"] - m) / max(mad, cfg.drift_noise_pct_month)
         return out
+
+    def _offsets(self, k: int) -> list[list[Any]]:
+        """Cell ``k``'s SOC against the trimmed mean of the cells at each observation (% SOC, bleed added
+        back): the evidence plotted on the Health card, thinned to ``evidence_points``."""
+        pts: list[list[Any]] = []
+        for o in self.observations:
+            socs = o[3]
+            if socs[k] is None:
+                continue
+            known = sorted(x for x in socs if x is not None)
+            cut = len(known) // 4
+            middle = known[cut : len(known) - cut] or known
+            pts.append([_utc(o[0]), round(socs[k] - sum(middle) / len(middle), 3)])
+        step = max(1, math.ceil(len(pts) / self.cfg.evidence_points))
+        return pts[::-1][::step][::-1]
+
+    def _self_discharging(self, d: dict[str, Any]) -> bool:
+        """A sequential decision on one cell's drift (re-taken at every report as evidence accrues): the
+        rate is past the flag and, two standard errors towards zero, still past half of it; the error is
+        small enough to mean something (absolutely, or against a large rate); the drop shows in both
+        halves of the record (a steady drift, not one odd step); and the cell stands far outside the other
+        cells' spread (robust z)."""
+        cfg = self.cfg
+        rate, se = d["rate_pct_month"], d["rate_se_pct_month"]
+        halves = (d["first_half_rate_pct_month"], d["second_half_rate_pct_month"])
+        return (
+            rate <= -cfg.self_discharge_flag_pct_month
+            and rate + 2 * se <= -cfg.self_discharge_flag_pct_month / 2
+            and se <= max(cfg.drift_max_se_pct_month, -rate / 6)
+            and all(h is not None and h <= cfg.drift_min_half_share * rate for h in halves)
+            and d.get("z", 0.0) <= -cfg.drift_min_z
+        )
 
     # ---- resistance --------------------------------------------------------------------------------
     def _close_window(self) -> None:
@@ -573,6 +721,14 @@ class BatteryEstimator:
         while self.r_windows and self.r_windows[0][0] < horizon:
             self.r_windows.pop(0)
         del self.r_windows[:-500]
+        if len(self.r_windows) >= cfg.min_windows:
+            hour = win[-1][0] // 3600 * 3600
+            point = [hour, round(median(w[2] for w in self.r_windows), 4), len(self.r_windows)]
+            if self.r_history and self.r_history[-1][0] == hour:
+                self.r_history[-1] = point
+            else:
+                self.r_history.append(point)
+                del self.r_history[: -cfg.resistance_history_points]
 
     # ---- results -----------------------------------------------------------------------------------
     def _cell_capacities(self) -> list[float | None]:
@@ -659,6 +815,7 @@ class BatteryEstimator:
                 f"(needs samples at most "
                 f"{cfg.max_spacing_s:g} s apart and current changes of ~{cfg.min_excitation_c:g} C)"
             )
+        out["resistance_history"] = [[_utc(t), r] for t, r, _ in self.r_history]
         cell_r = self._cell_r_mohm() if len(rw) >= cfg.min_windows else None
         # SOC
         soc = self.soc_estimate()
@@ -701,13 +858,7 @@ class BatteryEstimator:
         med_r = median(cell_r) if cell_r else None
         for k in range(self.n_cells):
             d = drift[k] if k < len(drift) else None
-            if (
-                d is not None
-                and d["rate_pct_month"] <= -cfg.self_discharge_flag_pct_month
-                and d["drop_pct"] <= -max(cfg.drift_min_drop_pct, d["resolution_pct"])
-                and max(d["first_half_drop_pct"], d["second_half_drop_pct"]) <= -d["resolution_pct"] / 4
-                and d.get("z", 0.0) <= -cfg.drift_min_z
-            ):
+            if d is not None and self._self_discharging(d):
                 findings.append(
                     Finding(
                         "weak_cell_self_discharge",
@@ -715,7 +866,10 @@ class BatteryEstimator:
                         f"cell {k + 1} self-discharges {-d['rate_pct_month']:.1f} %/month faster than the "
                         f"pack median (down {-d['drop_pct']:.2f} % SOC in {d['observed_h']:.0f} h observed)",
                         cell=k + 1,
-                        evidence={key: (round(v, 3) if isinstance(v, float) else v) for key, v in d.items()},
+                        evidence={
+                            **{key: (round(v, 3) if isinstance(v, float) else v) for key, v in d.items()},
+                            "offsets": self._offsets(k),
+                        },
                     )
                 )
             c = cell_caps[k] if k < len(cell_caps) else None
@@ -775,8 +929,8 @@ class BatteryEstimator:
         "offset_estimates",
         "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
-        "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "win",
-        "win_start", "win_exc", "r_windows",
+        "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "clips",
+        "clip_mv", "win", "win_start", "win_exc", "r_windows", "r_history",
     )  # fmt: skip
 
     def to_state(self) -> dict[str, Any]:

@@ -29,7 +29,8 @@ def analyze(
     import json
 
     from trackingbms.analytics import BatteryEstimator, EstimatorConfig
-    from trackingbms.export import ExportFormatError, read_rows
+    from trackingbms.model import ExportFormatError
+    from trackingbms.model import read_csv_rows as read_rows
 
     if chemistry is not None and chemistry.lower() not in ("lfp", "nmc", "lto"):
         raise typer.BadParameter("choose lfp, nmc or lto", param_hint="--chemistry")

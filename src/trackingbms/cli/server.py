@@ -132,6 +132,36 @@ def migrate(ctx: typer.Context, database_url: DbOpt = None, data_dir: DataDirOpt
     typer.echo(f"migrated {describe_url(url)}")
 
 
+@server_app.command()
+def compact(
+    ctx: typer.Context,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Compact samples older than the hot window (setting compact_hot_window_s) into compressed blocks now
+    (the server also does this every compact_interval_s)."""
+    from trackingbms.server import provisioning as p
+
+    parent = ctx.obj or {}
+    settings = _settings(
+        database_url or parent.get("database_url"),
+        data_dir or parent.get("data_dir"),
+        config=parent.get("config"),
+    )
+    window_ms = int(settings.compact_hot_window_s * 1000)
+    _run(
+        lambda url: p.compact(url, window_ms),
+        settings.resolved_database_url(),
+        None,
+        as_json,
+        lambda r: (
+            f"compacted {r['samples']} samples into {r['blocks']} blocks"
+            + (f" ({r['duplicates']} duplicates dropped)" if r["duplicates"] else "")
+        ),
+    )
+
+
 def _run(coro_fn: Any, database_url: str | None, data_dir: Path | None, as_json: bool, text: Any) -> None:
     from trackingbms.server.store import Conflict, NotFound
 

@@ -281,7 +281,7 @@ def _record(configs: list, path: Path, duration_s: float, interval_s: float, tru
     import json
     import time
 
-    from trackingbms import export
+    from trackingbms.model import csv_header, csv_row
     from trackingbms.sim.record import Recorder
 
     started = time.monotonic()
@@ -293,9 +293,9 @@ def _record(configs: list, path: Path, duration_s: float, interval_s: float, tru
         n_temps = len(rec.battery.temps_c())
         with open(target, "w", newline="") as fh:
             w = csv.writer(fh, lineterminator="\n")
-            w.writerow(export.header(cfg.cells, n_temps))
+            w.writerow(csv_header(cfg.cells, n_temps))
             for sample in rec.run(duration_s, interval_s):
-                w.writerow(export.row(sample, cfg.cells, n_temps))
+                w.writerow(csv_row(sample, cfg.cells, n_temps))
                 total += 1
         truths[cfg.pack_id] = {**rec.truth(), "id": cfg.pack_id, "csv": str(target)}
         typer.echo(f"{cfg.pack_id}  {target}  {rec.seq} samples")

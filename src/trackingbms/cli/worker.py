@@ -82,6 +82,7 @@ def ingest_worker(
                     store,
                     interval_s=settings.alarm_interval_s,
                     notifier=Notifier(store, group_s=settings.notify_group_s),
+                    rules_check_s=settings.rules_check_s,
                 )
                 alarms.start()
             handler = IngestHandler(

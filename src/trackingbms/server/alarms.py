@@ -11,6 +11,11 @@ State lives in memory and is saved to ``battery_analytics`` on every tick (and l
 restart resumes without re-reading history. One server process should run the service per database:
 two processes would each keep their own evaluator state (the unique index still keeps one active alarm
 per battery and rule).
+
+Rule edits: the API process that makes one rebuilds its evaluators at once; every other process running
+the service (another API server, the MQTT / JetStream ingest workers) polls a fingerprint of the rule
+rows every ``rules_check_s`` (one small grouped query, portable to SQLite and PostgreSQL, no schema change)
+and rebuilds the evaluators of a tenant whose fingerprint moved.
 """
 
 from __future__ import annotations
@@ -73,9 +78,12 @@ class AlarmService:
         interval_s: float = 30.0,
         notifier: Notifier | None = None,
         max_backlog: int = 500_000,
+        rules_check_s: float = 5.0,
     ) -> None:
         self.store = store
         self.interval_s = interval_s
+        self.rules_check_s = rules_check_s
+        self._marks: dict[int, tuple[int, int, int]] | None = None
         self.notifier = notifier
         self.queue: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
         #: samples waiting for evaluation, bounded: past it a burst (a gateway draining days of backlog
@@ -90,7 +98,11 @@ class AlarmService:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker()), asyncio.create_task(self._ticker())]
+        self._tasks = [
+            asyncio.create_task(self._worker()),
+            asyncio.create_task(self._ticker()),
+            asyncio.create_task(self._rules_watcher()),
+        ]
         if self.notifier is not None:
             self._tasks.append(asyncio.create_task(self.notifier.run()))
 
@@ -146,6 +158,25 @@ class AlarmService:
             except Exception:
                 log.exception("alarm tick failed")
 
+    async def _rules_watcher(self) -> None:
+        while True:
+            try:
+                await self.check_rules()
+            except Exception:
+                log.exception("rule check failed")
+            await asyncio.sleep(self.rules_check_s)
+
+    async def check_rules(self) -> list[int]:
+        """Rebuild the evaluators of every tenant whose rules another process changed; → those tenants."""
+        marks = await self.store.rule_marks()
+        seen, self._marks = self._marks, marks
+        if seen is None:
+            return []  # the first look: the rules are read as batteries are met
+        changed = [t for t in marks.keys() | seen.keys() if marks.get(t) != seen.get(t)]
+        for tenant_id in changed:
+            await self.rules_changed(tenant_id, mark=False)
+        return changed
+
     # ---- batteries ---------------------------------------------------------------------------------
     async def _rule_rows(self, tenant_id: int) -> list[Any]:
         if tenant_id not in self._rules:
@@ -191,9 +222,12 @@ class AlarmService:
         self.batteries[key] = b
         return b
 
-    async def rules_changed(self, tenant_id: int) -> None:
+    async def rules_changed(self, tenant_id: int, *, mark: bool = True) -> None:
         """A rule of the tenant changed: rebuild its evaluators keeping their state; alarms of rules that
-        no longer apply are cleared."""
+        no longer apply are cleared. ``mark``: this process made the change, so its own rule check need
+        not rebuild again."""
+        if mark and self._marks is not None:
+            self._marks[tenant_id] = (await self.store.rule_marks()).get(tenant_id)  # type: ignore[assignment]
         async with self._lock:
             self._rules.pop(tenant_id, None)
             rows = await self._rule_rows(tenant_id)

@@ -102,10 +102,19 @@ async def _retention_loop(store: Store, every_s: float) -> None:
         try:
             deleted = await store.apply_retention()
             if deleted:
-                log.info("retention: deleted %d raw samples", deleted)
+                log.info("retention: deleted %d raw samples and rollup rows", deleted)
         except Exception:  # a failed pass is retried next time; the server keeps serving
             log.exception("retention pass failed")
         await asyncio.sleep(every_s)
+
+
+async def _compact_loop(store: Store, every_s: float, hot_window_s: float) -> None:
+    while True:
+        await asyncio.sleep(every_s)  # not at start: a restart should not compete with catching-up gateways
+        try:
+            await store.compact(hot_window_ms=int(hot_window_s * 1000))
+        except Exception:  # a failed pass changes nothing (one transaction per block); retried next time
+            log.exception("compaction pass failed")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -127,10 +136,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             offline_timeout_s=settings.offline_timeout_s,
             online_grace_s=settings.online_grace_s,
             session_ttl_s=settings.session_ttl_s,
+            rollup_1m_retention_days=settings.rollup_1m_retention_days,
+            rollup_1h_retention_days=settings.rollup_1h_retention_days,
         )
         notifier = Notifier(app.state.store, group_s=settings.notify_group_s)
         app.state.alarms = AlarmService(
-            app.state.store, interval_s=settings.alarm_interval_s, notifier=notifier
+            app.state.store,
+            interval_s=settings.alarm_interval_s,
+            notifier=notifier,
+            rules_check_s=settings.rules_check_s,
         )
         if settings.alarms_enabled:
             app.state.alarms.start()
@@ -192,9 +206,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         retention = None
         if settings.retention_interval_s > 0:
             retention = asyncio.create_task(_retention_loop(app.state.store, settings.retention_interval_s))
+        compaction = None
+        if settings.compact_interval_s > 0:
+            compaction = asyncio.create_task(
+                _compact_loop(app.state.store, settings.compact_interval_s, settings.compact_hot_window_s)
+            )
         try:
             yield
         finally:
+            if compaction is not None:
+                compaction.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await compaction
             if retention is not None:
                 retention.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

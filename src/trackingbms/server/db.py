@@ -223,6 +223,9 @@ streams = Table(
     Column("id", Integer, primary_key=True),
     Column("device_id", Integer, ForeignKey("devices.id"), nullable=False),
     Column("battery_id", Integer, ForeignKey("batteries.id"), nullable=False, index=True),
+    # the newest ts held in a compressed block of this stream (None: none yet): a sample at or before it
+    # may be a re-send of a compacted one, so ingest checks the blocks for it (migration 0009_blocks)
+    Column("cold_ts_ms", BigInteger, nullable=True),
     UniqueConstraint("device_id", "battery_id"),
 )
 
@@ -246,6 +249,17 @@ rollup_1m = Table(
     Column("stream_id", Integer, primary_key=True),
     Column("bucket_ms", BigInteger, primary_key=True),
     *rollup_columns(),
+    sqlite_with_rowid=False,  # since migration 0007
+)
+
+#: one row per stream and hour, kept at ingest beside the minute rows (migration 0007): long spans read these
+rollup_1h = Table(
+    "rollup_1h",
+    metadata,
+    Column("stream_id", Integer, primary_key=True),
+    Column("bucket_ms", BigInteger, primary_key=True),
+    *rollup_columns(),
+    sqlite_with_rowid=False,
 )
 
 #: a tenant's alarm rule settings: tenant-wide (no site, no battery), per site or per battery; each non-null
@@ -336,6 +350,21 @@ samples = Table(
     Column("data", LargeBinary, nullable=False),
     Index("samples_stream_ts", "stream_id", "ts_ms", unique=True),
     sqlite_with_rowid=False,
+)
+
+#: samples older than the hot window, compressed per stream (store/blocks.py, store/cold.py): one row per run
+#: of consecutive samples; a block spans at most ``BLOCK_MAX_SPAN_MS`` so that a time range finds its blocks
+#: by ``ts_min`` alone. A rowid table on SQLite (rows are big: WITHOUT ROWID suits small rows only)
+sample_blocks = Table(
+    "sample_blocks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("stream_id", Integer, nullable=False),
+    Column("ts_min", BigInteger, nullable=False),
+    Column("ts_max", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("sample_blocks_stream_ts", "stream_id", "ts_min", unique=True),
 )
 
 PG_SAMPLES_DDL = (

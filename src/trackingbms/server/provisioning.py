@@ -134,6 +134,13 @@ async def set_retention(db: Db, tenant: str | int, days: int | None) -> dict[str
     return {"tenant": tenant, "retention_days": days or None}
 
 
+async def compact(db: Db, hot_window_ms: int) -> dict[str, int]:
+    """Move samples older than the hot window into compressed blocks now (the server does this on its own
+    every ``compact_interval_s``)."""
+    async with open_store(db) as store:
+        return (await store.compact(hot_window_ms=hot_window_ms))._asdict()
+
+
 async def apply_retention(db: Db) -> int:
     """Delete raw samples past each tenant's retention now (the server also does this every hour)."""
     async with open_store(db) as store:

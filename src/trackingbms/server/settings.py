@@ -64,10 +64,22 @@ class Settings(BaseSettings):
     metrics_token: str | None = None
     #: how often raw samples past a tenant's retention are deleted (0: never, e.g. a cron job does it)
     retention_interval_s: float = 3600.0
+    #: how often samples older than the hot window are compacted into compressed blocks (0: never, e.g. a
+    #: cron job runs `trackingbms server compact`)
+    compact_interval_s: float = Field(default=600.0, ge=0)
+    #: samples newer than this stay plain rows (live views, re-sends, recent history); see store/cold.py
+    compact_hot_window_s: float = Field(default=3600.0, ge=60)
+    #: 1-minute rollups older than this many days are deleted by the same pass (0: kept); history over
+    #: older ranges then answers in whole hours. About 3 bytes per 1 Hz sample; the hour rollups 1/60 of that
+    rollup_1m_retention_days: float = Field(default=0.0, ge=0)
+    #: 1-hour rollups older than this many days are deleted by the same pass (0: kept)
+    rollup_1h_retention_days: float = Field(default=0.0, ge=0)
     #: evaluate alarm rules and the analytics engine on ingested samples (off: storage only)
     alarms_enabled: bool = True
     #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved
     alarm_interval_s: float = Field(default=30.0, gt=0)
+    #: how often a process looks for rule edits made by another process (API server or ingest worker)
+    rules_check_s: float = Field(default=5.0, gt=0)
     #: alarm transitions are held this long and sent as one message per target (a burst is one message)
     notify_group_s: float = Field(default=5.0, ge=0)
 

@@ -8,7 +8,9 @@
   the tenant into every query itself, so scoping is not remembered route by route; ids from another
   tenant behave as if they did not exist.
 
-``packing`` is the binary row format of a sample, ``series`` the one n / min / max / sum accumulator.
+``packing`` is the binary row format of a sample, ``series`` the one n / min / max / sum accumulator,
+``blocks`` the compressed format of older samples and ``cold`` their compaction, reads and duplicate rules
+(every raw-sample read goes through ``cold.read_raw`` / ``cold.iter_raw``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from trackingbms.server.store.alarms import AlarmsScope, AlarmStore
 from trackingbms.server.store.api_tokens import ApiTokenScope, ApiTokenStore
 from trackingbms.server.store.auth import AuthStore
 from trackingbms.server.store.base import ROLES, Conflict, DeviceRef, NotFound, UserRef, now_ms
+from trackingbms.server.store.cold import ColdStore, CompactResult
 from trackingbms.server.store.export import ExportScope
 from trackingbms.server.store.fleet import FleetScope
 from trackingbms.server.store.heartbeat import HeartbeatStore
@@ -29,6 +32,8 @@ from trackingbms.server.store.retention import RetentionStore
 __all__ = [
     "RAW_HISTORY_MAX_ROWS",
     "ROLES",
+    "ColdStore",
+    "CompactResult",
     "Conflict",
     "DeviceRef",
     "IngestResult",
@@ -47,7 +52,7 @@ class TenantStore(
     """Everything one tenant may see or change (see the module docstring)."""
 
 
-class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ApiTokenStore, AlarmStore):
+class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ColdStore, ApiTokenStore, AlarmStore):
     """The server-wide store; :meth:`tenant` opens one tenant's scope."""
 
     def tenant(self, tenant_id: int) -> TenantStore:

@@ -162,6 +162,15 @@ class AlarmStore(StoreCore):
             out.setdefault(tenant_id, {})[severity] = n
         return out
 
+    async def rule_marks(self) -> dict[int, tuple[int, int, int]]:
+        """Per tenant a fingerprint of its rule rows — (count, newest ``updated_ms``, sum of ids) — that any
+        insert, update or delete changes: how other processes notice a rule edit (one small query)."""
+        r = alarm_rules.c
+        q = select(r.tenant_id, func.count(), func.max(r.updated_ms), func.sum(r.id)).group_by(r.tenant_id)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {t: (int(n), int(u or 0), int(s or 0)) for t, n, u, s in rows}
+
     async def rule_rows(self, tenant_id: int) -> list[Any]:
         async with self.engine.connect() as conn:
             return list(

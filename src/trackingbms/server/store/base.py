@@ -77,6 +77,8 @@ class StoreCore:
         offline_timeout_s: float = 300.0,
         online_grace_s: float = 15.0,
         session_ttl_s: float = 7 * 24 * 3600,
+        rollup_1m_retention_days: float = 0.0,
+        rollup_1h_retention_days: float = 0.0,
     ) -> None:
         self.engine = engine
         self.sqlite = is_sqlite(engine)
@@ -86,6 +88,9 @@ class StoreCore:
         self.offline_timeout_s = offline_timeout_s
         self.online_grace_s = online_grace_s
         self.session_ttl_s = session_ttl_s
+        #: how long the 1-minute / 1-hour rollups are kept (0: forever); see RetentionStore
+        self.rollup_1m_retention_days = rollup_1m_retention_days
+        self.rollup_1h_retention_days = rollup_1h_retention_days
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:

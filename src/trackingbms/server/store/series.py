@@ -1,7 +1,8 @@
 """The one series accumulator: count, min, max and sum of each history series (the rollup row layout).
 
-Ingest folds samples into 1-minute rollups with it, history folds raw rows into buckets with it, and rollup
-rows aggregated in SQL come back as one. Flat list, not objects per series: it is on the ingest hot path.
+Ingest folds samples into 1-minute rollups with it (and minutes into 1-hour rollups), history folds raw rows
+into buckets with it, and rollup rows aggregated in SQL come back as one. Flat list, not objects per series:
+it is on the ingest hot path.
 """
 
 from __future__ import annotations
@@ -51,6 +52,23 @@ class SeriesAcc:
                 if v > acc[o + 2]:
                     acc[o + 2] = v
                 acc[o + 3] += v
+
+    def merge(self, other: SeriesAcc) -> None:
+        """Fold another accumulator in (a minute into its hour)."""
+        acc, src = self.flat, other.flat
+        for o in range(0, 4 * _N_SERIES, 4):
+            n = src[o]
+            if not n:
+                continue
+            if not acc[o]:
+                acc[o], acc[o + 1], acc[o + 2], acc[o + 3] = n, src[o + 1], src[o + 2], src[o + 3]
+            else:
+                acc[o] += n
+                if src[o + 1] < acc[o + 1]:
+                    acc[o + 1] = src[o + 1]
+                if src[o + 2] > acc[o + 2]:
+                    acc[o + 2] = src[o + 2]
+                acc[o + 3] += src[o + 3]
 
     def stats(self, j: int) -> SeriesStats:
         o = 4 * j

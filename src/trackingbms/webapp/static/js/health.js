@@ -1,5 +1,6 @@
 // The pack page's Health card: the analytics engine's SOH (with confidence and the segments behind it),
-// resistance, SOC drift, weak cells with their evidence, and the pack's active alarms.
+// resistance and its trend at 25 °C, SOC drift, weak cells with their evidence plotted (the cell's SOC
+// against the pack's at each anchor), and the pack's active alarms. Charts: uPlot (vendored).
 
 import { api } from "./api.js";
 import { alarmText } from "./alarms.js";
@@ -31,10 +32,19 @@ export function healthCard(batteryId) {
         { dataset: { kind: f.kind, cell: f.cell ?? "" } },
         h("strong", f.message),
         f.evidence && Object.keys(f.evidence).length
-          ? h("dl.evidence", Object.entries(f.evidence).flatMap(([k, v]) => [h("dt", k), h("dd", typeof v === "object" ? JSON.stringify(v) : String(v))]))
+          ? h(
+              "dl.evidence",
+              Object.entries(f.evidence)
+                .filter(([k]) => k !== "offsets")
+                .flatMap(([k, v]) => [h("dt", k), h("dd", typeof v === "object" ? JSON.stringify(v) : String(v))]),
+            )
+          : null,
+        f.evidence?.offsets?.length
+          ? plot(`weak-cell-${f.cell}`, t("health.card.offset_chart", { n: f.cell }), "%", 2, f.evidence.offsets, "#c62828")
           : null,
       ),
     );
+    const trend = hl.resistance_history || [];
     fill(
       body,
       h(
@@ -48,9 +58,51 @@ export function healthCard(batteryId) {
           hl.bms_soc_error_pct != null ? t("health.card.soc_why", { points: num(hl.bms_soc_error_pct, 1) }) : why.soc_pct, "soc"),
         kv(t("health.card.weak_cells"), hl.weak_cells?.length ? hl.weak_cells.map((c) => t("alarms.cell", { n: c })).join(", ") : t("health.card.none_found"), null, "weak"),
       ),
+      trend.length
+        ? plot("resistance-trend", t("health.card.resistance_trend"), "mΩ", 3, trend, "#0f5d8c")
+        : h("p.muted.no-trend", t("health.card.no_trend")),
       findings.length ? h("ul.findings", findings) : null,
       h("h3", t("health.card.active_alarms")),
       alarmList,
     );
   }
+}
+
+/** A small time chart of ``points`` ([ISO time, value], …): a figure whose ``data-points`` says how many
+ * points it draws (the browser tests compare it with the API). */
+function plot(id, title, unit, digits, points, color) {
+  const el = h("div.chart-plot");
+  const box = h(`figure.chart.health-chart#chart-${id}`, { dataset: { points: String(points.length) } }, h("figcaption", `${title} (${unit})`), el);
+  if (!window.uPlot) {
+    el.append(h("p.muted", t("chart.unavailable")));
+    return box;
+  }
+  const xs = points.map(([ts]) => Date.parse(ts) / 1000);
+  const ys = points.map(([, v]) => v);
+  const fmtv = (u, v) => (v === null || v === undefined ? "–" : `${num(v, digits)} ${unit}`);
+  // drawn once the figure is in the page (uPlot needs its width)
+  requestAnimationFrame(() => {
+    const width = Math.max(200, Math.floor(el.clientWidth || 480));
+    new window.uPlot(
+      {
+        width,
+        height: 150,
+        legend: { show: true, live: true },
+        cursor: { drag: { x: false, y: false } },
+        scales: {
+          x: { time: true },
+          y: { range: (u, lo, hi) => (lo === null || hi === null ? [0, 1] : [lo - Math.max((hi - lo) * 0.1, 0.05), hi + Math.max((hi - lo) * 0.1, 0.05)]) },
+        },
+        axes: [
+          { stroke: "#5b6670", grid: { stroke: "#e6e9ec" }, ticks: { stroke: "#e6e9ec" } },
+          { stroke: "#5b6670", size: 56, grid: { stroke: "#e6e9ec" }, ticks: { stroke: "#e6e9ec" } },
+        ],
+        series: [{}, { label: title, stroke: color, width: 1.6, value: fmtv, points: { show: true, size: 4 } }],
+      },
+      [xs, ys],
+      el,
+    );
+    box.dataset.drawn = "1";
+  });
+  return box;
 }
