@@ -403,7 +403,9 @@ def prepare(workdir: Path, modules: list[str], tests: list[str]) -> None:
         'source_paths = ["src"]\n'
         f"only_mutate = {toml_list(modules)}\n"
         f"pytest_add_cli_args_test_selection = {toml_list(tests)}\n"
-        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-m", "not slow and not browser"]\n'
+        # -n 0: the project's addopts spread tests over xdist workers; mutmut needs them in its own process
+        'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-n", "0", '
+        '"-m", "not slow and not browser"]\n'
         f"do_not_mutate_patterns = {toml_list(DO_NOT_MUTATE)}\n"
     )
     (workdir / "pyproject.toml").write_text(config)
