@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import select
 
 from trackingbms.model import format_ts
+from trackingbms.server import db
 from trackingbms.server import provisioning as p
 from trackingbms.server.alarms import AlarmService
 from trackingbms.server.db import batteries, battery_state, devices, rollup_1m, samples, streams
@@ -93,11 +94,23 @@ async def make_rig(url: str) -> AsyncIterator[Rig]:
         yield r
 
 
+def cold_statements(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Statements built once at import or cached on first use: build them again, so the code building them
+    runs under this test (bench/mutation.py forks every mutant from a process that used them before)."""
+    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    if hasattr(store_ingest, "_pg_rollup_sql"):
+        monkeypatch.setattr(store_ingest, "_PG_ROLLUP_SQL", store_ingest._pg_rollup_sql())
+    for cached in ("_sqlite_rollup_sql", "_sqlite_insert_sql"):
+        clear = getattr(getattr(store_ingest, cached, None), "cache_clear", None)
+        if clear is not None:
+            clear()
+
+
 @pytest.fixture
 async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
     # the batteries UPDATE is built once, at import: build it again here, so that the code building it runs
     # under this test (bench/mutation.py forks every mutant from a process that imported the module before)
-    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    cold_statements(monkeypatch)
     async with make_rig(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}") as r:
         yield r
 
@@ -300,7 +313,7 @@ def _month_bounds_checks() -> None:
 async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    cold_statements(monkeypatch)
     nov, dec, jan = 1_764_460_800_000, 1_764_547_200_000, 1_767_225_600_000  # Nov 30, Dec 1, Jan 1 (UTC)
     received = jan + 86_400_000
     async with make_rig(postgres_url) as rig:
@@ -386,6 +399,10 @@ async def test_a_battery_moved_back_uses_its_first_stream_again(rig: Rig) -> Non
 async def test_rollups_merge_a_series_a_bucket_did_not_have_yet(rig: Rig) -> None:
     for seq, fields in ((1, {"soc_pct": 50.0}), (2, {"voltage_v": 51.0}), (3, {"soc_pct": 60.0})):
         await rig.service.ingest(rig.device, [s(B1, seq, T0 + seq * 1_000, **fields)], received_ms=RECEIVED)
-    (roll,) = await rig.rows(rollup_1m)
-    assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [1, 51.0, 51.0, 51.0]
-    assert [roll[f"soc_pct_{k}"] for k in ("n", "min", "max", "sum")] == [2, 50.0, 60.0, 110.0]
+    tables = [rollup_1m]
+    if hasattr(db, "rollup_1h"):
+        tables.append(db.rollup_1h)  # the hour rows fold the same samples
+    for table in tables:
+        (roll,) = await rig.rows(table)
+        assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [1, 51.0, 51.0, 51.0]
+        assert [roll[f"soc_pct_{k}"] for k in ("n", "min", "max", "sum")] == [2, 50.0, 60.0, 110.0]
