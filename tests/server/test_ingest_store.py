@@ -347,10 +347,32 @@ async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
         assert (b1["last_seq"], b1["last_ts_ms"], b1["cell_count"]) == (2, jan, 2)
         state = await rig.state(B1)
         assert (state["voltage_v"], orjson.loads(state["cells_mv"])) == (52.0, [3300, 3310])
-        roll = sorted(
-            (r["bucket_ms"], r["voltage_v_n"], r["voltage_v_sum"]) for r in await rig.rows(rollup_1m)
+        for table in [rollup_1m, *([db.rollup_1h] if hasattr(db, "rollup_1h") else [])]:
+            cols = ("bucket_ms", "voltage_v_n", "voltage_v_min", "voltage_v_sum", "soc_pct_n", "soc_pct_max")
+            roll = sorted(tuple(r[c] for c in cols) for r in await rig.rows(table))
+            assert roll == [
+                (nov, 1, 50.0, 50.0, 0, None),
+                (dec, 0, None, 0.0, 1, 40.0),
+                (jan, 1, 52.0, 52.0, 0, None),
+            ]
+        # a second batch into the same buckets merges there (PostgreSQL's least / greatest skip NULLs)
+        await rig.service.ingest(
+            rig.device, [s(B1, 3, nov + 2_000, voltage_v=49.0, soc_pct=30.0)], received_ms=received
         )
-        assert roll == [(nov, 1, 50.0), (dec, 0, 0.0), (jan, 1, 52.0)]
+        for table in [rollup_1m, *([db.rollup_1h] if hasattr(db, "rollup_1h") else [])]:
+            (row,) = [r for r in await rig.rows(table) if r["bucket_ms"] == nov]
+            assert [row[c] for c in ("voltage_v_n", "voltage_v_min", "voltage_v_max", "voltage_v_sum")] == [
+                2,
+                49.0,
+                50.0,
+                99.0,
+            ]
+            assert [row[c] for c in ("soc_pct_n", "soc_pct_min", "soc_pct_max", "soc_pct_sum")] == [
+                1,
+                30.0,
+                30.0,
+                30.0,
+            ]
 
 
 async def test_a_moved_battery_writes_to_its_new_device_s_stream_only(rig: Rig) -> None:
