@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.harness import LoopThread  # tests/ is on sys.path (pytest rootdir)
+from gateway.harness import LoopThread, wait_for  # tests/ is on sys.path (pytest rootdir)
 from gateway.test_ble_service import gateway_config
 from trackingbms.gateway.ble import codec
 from trackingbms.webapp import STATIC_DIR
@@ -147,6 +147,12 @@ def test_the_app_connects_pages_history_configures_and_follows_live_values(bridg
     from playwright.sync_api import sync_playwright
 
     code = (bridge.state_dir / "ble-pairing-code").read_text().strip()
+    gw = bridge.gw
+    # the history pages below must span several samples: wait for them (a loaded machine polls slower)
+    wait_for(
+        "five samples in the gateway's queue",
+        lambda: len(bridge.lt.run(gw.queue.run(gw.queue.page_by_seq, "pack-1", 0, 100))[0]) >= 5,
+    )
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

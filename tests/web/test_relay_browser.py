@@ -22,6 +22,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -144,7 +145,12 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
     packs = Packs(loop, [PACK])
     gw_listen = f"127.0.0.1:{free_port()}"
     # the server allows exactly the gateway-served app's origin to call it from the browser
-    server = ServerProcess(tmp_path / "server", [PACK], TRACKINGBMS_RELAY_ORIGINS=f"http://{gw_listen}")
+    # provisioning runs asyncio.run(): in a thread of its own, as the session's browser tests own the main
+    # thread's event loop (Playwright's sync API)
+    with ThreadPoolExecutor(1) as pool:
+        server = pool.submit(
+            ServerProcess, tmp_path / "server", [PACK], TRACKINGBMS_RELAY_ORIGINS=f"http://{gw_listen}"
+        ).result()
     server.stop()  # provisioned, then down until the phone's network reaches it
     state_dir = tmp_path / "gw-state"
     state_dir.mkdir()
@@ -170,6 +176,12 @@ def site(tmp_path: Path) -> Iterator[dict[str, Any]]:
 
 
 def test_the_app_relays_the_gateways_unsent_samples_exactly_once(site: dict[str, Any]) -> None:
+    # Playwright in a thread of its own (see the fixture)
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(_relay_flow, site).result()
+
+
+def _relay_flow(site: dict[str, Any]) -> None:
     from playwright.sync_api import sync_playwright
 
     gw: CutOffGateway = site["gateway"]
