@@ -368,7 +368,7 @@ listen = "0.0.0.0:8081"
 # transport = "usb:0"                # bumble HCI transport: usb:0, hci-socket:0, serial:/dev/ttyACM0, or
 #                                    # "virtual:127.0.0.1:7510" to try it without Bluetooth hardware
 # device = "cabin"                   # advertised as TrackingBMS-cabin (default: the host name)
-# wifi_command = ["sh", "-c", "nmcli device wifi connect \"$TBMS_WIFI_SSID\" password \"$TBMS_WIFI_PSK\""]
+# wifi_command = ["sh", "-c", 'nmcli device wifi connect "$TBMS_WIFI_SSID" password "$TBMS_WIFI_PSK"']
 # page_max = 32                      # readings per history page
 
 # One [[bms]] table per BMS.
