@@ -155,7 +155,7 @@ SITES: tuple[DemoSite, ...] = (
                     soc_pct=88,
                     seed=23,
                     scenario="constant",
-                    constant_current_a=-6.0,
+                    constant_current_a=-3.0,  # 36 h of history leave it about half full
                 ),
             ),
         ),
