@@ -2,7 +2,7 @@
 // gateway's LAN address in direct mode: each origin has its own worker and cache). Data never goes through
 // the cache: the server's /api/, the gateway's /local/ and the probes are left to the network (the app keeps
 // its direct-mode history in IndexedDB, localdb.js).
-const CACHE = "tbms-shell-v6";
+const CACHE = "tbms-shell-v7";
 const SHELL = [
   "/",
   "/manifest.webmanifest",
@@ -27,6 +27,7 @@ const SHELL = [
   "/static/js/mode.js",
   "/static/js/direct.js",
   "/static/js/directviews.js",
+  "/static/js/idb.js",
   "/static/js/localdb.js",
   "/static/js/relay.js",
   "/static/js/ble.js",

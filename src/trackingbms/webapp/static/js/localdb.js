@@ -5,6 +5,8 @@
 // Hand-written over the raw IndexedDB API (a few promises) rather than a wrapper library: the app has no
 // build step and vendors only what it must (uPlot).
 
+import { done, openDb, req } from "./idb.js";
+
 const DB_NAME = "tbms-direct";
 const DB_VERSION = 1;
 const KEEP_KEY = "tbms.direct.keep";
@@ -13,35 +15,14 @@ export const DEFAULT_KEEP = 1000;
 
 let dbPromise = null;
 
-function req(r) {
-  return new Promise((resolve, reject) => {
-    r.onsuccess = () => resolve(r.result);
-    r.onerror = () => reject(r.error);
-  });
-}
-
-function done(tx) {
-  return new Promise((resolve, reject) => {
-    tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-    tx.onabort = () => reject(tx.error || new Error("transaction aborted"));
-  });
-}
-
 function open() {
   if (!dbPromise) {
-    dbPromise = new Promise((resolve, reject) => {
-      const r = indexedDB.open(DB_NAME, DB_VERSION);
-      r.onupgradeneeded = () => {
-        const db = r.result;
-        // one point per sample: [battery_id, seq] is unique per gateway (seq never reused)
-        const points = db.createObjectStore("points", { keyPath: ["battery_id", "seq"] });
-        points.createIndex("by_ts", ["battery_id", "t"]);
-        // the merged latest values of each pack, with where they came from and when
-        db.createObjectStore("latest", { keyPath: "battery_id" });
-      };
-      r.onsuccess = () => resolve(r.result);
-      r.onerror = () => reject(r.error);
+    dbPromise = openDb(DB_NAME, DB_VERSION, (db) => {
+      // one point per sample: [battery_id, seq] is unique per gateway (seq never reused)
+      const points = db.createObjectStore("points", { keyPath: ["battery_id", "seq"] });
+      points.createIndex("by_ts", ["battery_id", "t"]);
+      // the merged latest values of each pack, with where they came from and when
+      db.createObjectStore("latest", { keyPath: "battery_id" });
     });
   }
   return dbPromise;

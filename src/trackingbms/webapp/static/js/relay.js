@@ -18,6 +18,8 @@
 //
 // Hand-written over the raw IndexedDB and WebSocket APIs (a few promises), like localdb.js: no build step.
 
+import { done, openDb, req } from "./idb.js";
+
 const DB_NAME = "tbms-relay";
 const DB_VERSION = 1;
 const LAST_KEY = "tbms.relay.last";
@@ -33,34 +35,13 @@ const cursors = new Map(); // device_key → the gateway's page cursor already c
 
 export class RelayAuthError extends Error {}
 
-function req(r) {
-  return new Promise((resolve, reject) => {
-    r.onsuccess = () => resolve(r.result);
-    r.onerror = () => reject(r.error);
-  });
-}
-
-function done(tx) {
-  return new Promise((resolve, reject) => {
-    tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-    tx.onabort = () => reject(tx.error || new Error("transaction aborted"));
-  });
-}
-
 function open() {
   if (!dbPromise) {
-    dbPromise = new Promise((resolve, reject) => {
-      const r = indexedDB.open(DB_NAME, DB_VERSION);
-      r.onupgradeneeded = () => {
-        const db = r.result;
-        // samples on their way to the server: one per (gateway, battery, seq), so collecting twice is harmless
-        db.createObjectStore("outbox", { keyPath: ["device_key", "battery_id", "seq"] });
-        // receipts on their way back to the gateway
-        db.createObjectStore("receipts", { keyPath: "id", autoIncrement: true });
-      };
-      r.onsuccess = () => resolve(r.result);
-      r.onerror = () => reject(r.error);
+    dbPromise = openDb(DB_NAME, DB_VERSION, (db) => {
+      // samples on their way to the server: one per (gateway, battery, seq), so collecting twice is harmless
+      db.createObjectStore("outbox", { keyPath: ["device_key", "battery_id", "seq"] });
+      // receipts on their way back to the gateway
+      db.createObjectStore("receipts", { keyPath: "id", autoIncrement: true });
     });
   }
   return dbPromise;
