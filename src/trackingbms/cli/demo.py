@@ -42,6 +42,9 @@ class DemoPack:
     quirks: dict[str, Any] = field(default_factory=dict)
     #: prefill this pack's history (a pack "installed today" has none)
     history: bool = True
+    #: the newest hours of that history are sampled every 5 s, as a gateway polls (the rest every few
+    #: minutes): the resistance estimate needs samples seconds apart while the current moves
+    dense_history_h: float = 0.5
 
 
 #: hours of history on a new data dir: the Old bank floats from its first hour and the engine needs a day
@@ -127,6 +130,9 @@ SITES: tuple[DemoSite, ...] = (
                     seed=21,
                     scenario="ebike-ride",
                 ),
+                # a ride every 6 h: the last one before the demo goes live, at 5 s, gives the Health card a
+                # resistance trend
+                dense_history_h=6.5,
             ),
             DemoPack(
                 "shop-charger",
@@ -258,10 +264,18 @@ def _gateway_config(
 
 
 def _past_samples(
-    sim: Any, battery_id: str, start: datetime, hours: float, every_s: float
+    sim: Any,
+    battery_id: str,
+    start: datetime,
+    hours: float,
+    every_s: float,
+    dense_tail_s: float = 0.0,
+    dense_every_s: float = 5.0,
 ) -> list[dict[str, Any]]:
     """Samples for the past ``hours``: the pack is read over the A5 protocol (the simulator's reply bytes,
-    decoded by the Daly codec) while its simulated time steps through them, without waiting."""
+    decoded by the Daly codec) while its simulated time steps through them, without waiting. Every
+    ``every_s``, and every ``dense_every_s`` over the last ``dense_tail_s``, as a gateway polls: the
+    resistance estimate needs samples seconds apart (minutes apart, current steps are not resolved)."""
     from trackingbms.daly import A5Parser, CommandPoll
     from trackingbms.daly.exchange import A5Exchange, Timing, run_offline
     from trackingbms.daly.snapshot import A5Counts, A5Snapshot
@@ -281,9 +295,17 @@ def _past_samples(
         )
         return A5Exchange(poll, parser=parser, timing=timing)
 
-    for k in range(int(hours * 3600 // every_s)):
-        if k:
-            sim.advance(every_s)
+    span_s = hours * 3600
+    dense_from_s = max(0.0, span_s - dense_tail_s)
+    offsets = [k * every_s for k in range(int(dense_from_s // every_s) + 1) if k * every_s < dense_from_s]
+    offsets += [
+        dense_from_s + k * dense_every_s for k in range(int((span_s - dense_from_s) // dense_every_s))
+    ]
+    previous_s = 0.0
+    for offset_s in offsets:
+        if offset_s:
+            sim.advance(offset_s - previous_s)
+        previous_s = offset_s
         # the same plan and exchanges as the gateway's client, fed the simulator's bytes with no clock
         plan = A5Snapshot(None, new_exchange=new_exchange, counts=counts)
         ex = plan.next_exchange()
@@ -294,7 +316,7 @@ def _past_samples(
         records = plan.records
         if not records:
             continue
-        ts = start + timedelta(seconds=k * every_s)
+        ts = start + timedelta(seconds=offset_s)
         reading = plan.reading(source="sim").model_copy(update={"ts": ts})
         # seq from the time in ms, like the gateway's first seq: the gateway's later ones stay above it
         out.append(
@@ -444,7 +466,13 @@ async def run_demo(
                         return  # Ctrl-C while starting
                     if pk.history:
                         past = await asyncio.to_thread(
-                            _past_samples, sims[pk.battery_id], pk.battery_id, since, history_h, every_s
+                            _past_samples,
+                            sims[pk.battery_id],
+                            pk.battery_id,
+                            since,
+                            history_h,
+                            every_s,
+                            dense_tail_s=min(pk.dense_history_h, history_h) * 3600,
                         )
                         await _upload(url, tokens[site.device], past)
 
