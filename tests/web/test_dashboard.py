@@ -237,6 +237,19 @@ def test_device_page_shows_links_and_the_sleeping_bms(
     assert page.locator('tr[data-battery-id="cabin-house"] [data-link-state="ok"]').count() == 1
     # the gateway's clock, measured at each heartbeat: the demo's runs on this machine's clock
     assert page.locator("#clock-skew .clock-ok").count() == 1, page.locator("#clock-skew").inner_text()
+    # the paths to the server in the gateway's priority order, the phone last, and the one samples took
+    hb = demo.get("/api/v1/devices/gw-cabin")["heartbeat"]
+    paths = [u["name"] for u in hb["uplinks"]]
+    assert paths[-1] == "phone" and len(paths) >= 2
+    rows = page.locator("table.paths-table tbody tr")
+    assert [rows.nth(i).get_attribute("data-path") for i in range(rows.count())] == paths
+    assert (
+        page.locator(f'table.paths-table tr[data-path="{paths[0]}"]').get_attribute("data-state") == "active"
+    )
+    assert (
+        "phone (relayed by the app)" in page.locator('table.paths-table tr[data-path="phone"]').inner_text()
+    )
+    assert page.locator("#delivered-via").inner_text().startswith(f"{hb['via']}, ")
     page.screenshot(path=str(screenshots / "desktop-device.png"), full_page=True)
 
     page.goto(demo.info.url + "#/fleet")

@@ -43,6 +43,13 @@ function summaryLinks(hb) {
   return h("span.links", bats.map((b) => h("span.link-chip", `${b.battery_id} `, linkBadge(b.link_state))));
 }
 
+/** Which path the gateway's last acknowledged samples took ("phone": relayed by the app) and how long ago. */
+function deliveredVia(hb) {
+  if (!hb?.via) return "–";
+  const path = hb.via === "phone" ? t("device.path_phone") : hb.via;
+  return hb.delivered_ts ? `${path}, ${ago(hb.delivered_ts)}` : path;
+}
+
 export async function renderDevices(root) {
   const body = h("div.devices-body");
   root.replaceChildren(h("section.devices", h("div.page-head", h("h1", t("devices.title"))), body));
@@ -121,6 +128,7 @@ export async function renderDevice(root, deviceId) {
             ago(d.last_contact))),
           h("dt", t("device.queue_backlog")), h("dd#queue-backlog", backlog(hb)),
           h("dt", t("device.uplink")), h("dd", hb?.uplink || "–"),
+          h("dt", t("device.via")), h("dd#delivered-via", deliveredVia(hb)),
           h("dt", t("device.version")), h("dd", hb?.version || "–"),
           h("dt", t("device.uptime")), h("dd", fmtDuration(hb?.uptime_s)),
           h("dt", t("device.clock")), h("dd#clock-skew", clockSkew(hb)),
@@ -129,6 +137,24 @@ export async function renderDevice(root, deviceId) {
         ),
         hb ? null : h("p.muted", t("device.no_heartbeat")),
       ),
+      hb?.uplinks?.length
+        ? h(
+            "section.card",
+            h("h2", t("device.paths")),
+            h("div.table-wrap", h(
+              "table.paths-table",
+              h("thead", h("tr", ["priority", "path", "state", "last_error"].map((k) => h("th", t(`device.col.${k}`))))),
+              h("tbody", hb.uplinks.map((u) => h(
+                "tr",
+                { dataset: { path: u.name, state: u.state || "" } },
+                h("td.num", { dataset: { label: t("device.col.priority") } }, u.priority ?? "–"),
+                h("td", { dataset: { label: t("device.col.path") } }, u.name === "phone" ? t("device.path_phone") : u.name),
+                h("td", { dataset: { label: t("device.col.state") } }, h(`span.path-state.path-${u.state || "unknown"}`, u.state ? t(`device.path_state.${u.state}`) : "–")),
+                h(`td${u.last_error ? ".err" : ""}`, { dataset: { label: t("device.col.last_error") } }, u.last_error || "–"),
+              ))),
+            )),
+          )
+        : null,
       h(
         "section.card",
         h("h2", t("device.links")),
