@@ -18,13 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.daly.exchange import Done, Event, Exchange, Failed, Failure
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER
 from trackingbms.daly.reading import to_reading
 from trackingbms.daly.records import Record, StatusInfo
-from trackingbms.model import MEASUREMENT_FIELDS, Reading, Source
+from trackingbms.model import MEASUREMENT_FIELDS, Source
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 #: what a reading is made of, family-neutral (A5 command names; the order a full A5 reading asks them in)
 GROUPS: tuple[str, ...] = SNAPSHOT_ORDER
