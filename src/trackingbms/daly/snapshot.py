@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trackingbms.daly.exchange import Done, Event, Exchange, Failed, Failure
+from trackingbms.daly.frozen import Frozen, frozen_dataclass
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER
 from trackingbms.daly.reading import to_reading
 from trackingbms.daly.records import Record, StatusInfo
@@ -168,8 +169,8 @@ class A5Snapshot(SnapshotPlan):
             self.records.append(ev.value)
 
 
-@dataclass(frozen=True)
-class BlockRead:
+@frozen_dataclass
+class BlockRead(Frozen):
     """One register block of a Modbus-shaped family and the groups its registers carry."""
 
     start: int
