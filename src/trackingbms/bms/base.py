@@ -27,8 +27,8 @@ from trackingbms.daly.snapshot import GROUPS, SnapshotPlan
 from trackingbms.links import LinkError, link_wire, open_link
 from trackingbms.model import Source
 
-if TYPE_CHECKING:
-    from trackingbms.model import Reading
+if TYPE_CHECKING:  # a type only here: importing Reading loads pydantic, paid when the first reading
+    from trackingbms.model import Reading  # is built (daly.reading), not before the BMS answers
 
 MosFet = Literal["charge", "discharge"]
 

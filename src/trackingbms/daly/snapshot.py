@@ -27,8 +27,8 @@ from trackingbms.daly.reading import to_reading
 from trackingbms.daly.records import Record, StatusInfo
 from trackingbms.model import MEASUREMENT_FIELDS, Source
 
-if TYPE_CHECKING:
-    from trackingbms.model import Reading
+if TYPE_CHECKING:  # a type only here: importing Reading loads pydantic, paid when the first reading
+    from trackingbms.model import Reading  # is built (daly.reading), not before the BMS answers
 
 #: what a reading is made of, family-neutral (A5 command names; the order a full A5 reading asks them in)
 GROUPS: tuple[str, ...] = SNAPSHOT_ORDER
