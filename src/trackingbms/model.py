@@ -3,19 +3,39 @@
 Field names follow the Sample wire contract v1 in design.md. Units are in the names.
 Any field but ``battery_id``, ``seq`` and ``ts`` may be missing (``None``) when the command that
 carries it failed: a partial reading stays partial, it is never filled with zeros.
+
+:class:`Reading` and :class:`Sample` (the contract as pydantic models) are defined in
+:mod:`trackingbms.sample` and resolved here on first use (PEP 562), so that ``from trackingbms.model
+import Reading, Sample`` keeps working everywhere while a module that needs only the names, the literals
+and the formats below (the BMS clients up to their first reply: ``trackingbms read``) does not pay for
+importing pydantic (~45 ms of a CLI start-up, issue 14).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+if TYPE_CHECKING:
+    from trackingbms.sample import Reading as Reading
+    from trackingbms.sample import Sample as Sample
+
+#: the names :func:`__getattr__` resolves from :mod:`trackingbms.sample` (pydantic) on first use
+_PYDANTIC_MODELS = ("Reading", "Sample")
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PYDANTIC_MODELS:
+        raise AttributeError(f"module 'trackingbms.model' has no attribute {name!r}")
+    from trackingbms import sample
+
+    value = getattr(sample, name)
+    globals()[name] = value
+    return value
+
 
 #: the battery-id rule (design.md): what a ``battery_id`` may be, for messages and for pydantic
 BATTERY_ID_RULE = "[A-Za-z0-9._-]{1,64}"
@@ -78,73 +98,6 @@ def format_ts(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-class Reading(BaseModel):
-    """One reading of one BMS as the client produced it: measurements, time, source.
-
-    ``errors`` names the commands that failed and why (e.g. ``{"0x95": "timeout after 180 ms"}``),
-    so a partial reading says what is missing and why.
-    """
-
-    # defer_build: the validators are built on first use, so a command that only reads a BMS never pays for
-    # building Sample's (the CLI's start-up time, issue 14)
-    model_config = ConfigDict(extra="forbid", defer_build=True)
-
-    ts: datetime = Field(default_factory=utc_now)
-    source: Source | None = None
-    voltage_v: float | None = None
-    current_a: float | None = None
-    soc_pct: float | None = None
-    remaining_ah: float | None = None
-    cycles: Annotated[int, Field(ge=0)] | None = None
-    state: PackState | None = None
-    charge_mos: bool | None = None
-    discharge_mos: bool | None = None
-    charger_connected: bool | None = None
-    load_connected: bool | None = None
-    cells_mv: list[int] | None = None
-    temps_c: list[float] | None = None
-    balancing: list[int] | None = None
-    faults: list[str] | None = None
-    fault_code: Annotated[int, Field(ge=0, le=255)] | None = None
-    errors: dict[str, str] | None = None
-
-    @field_validator("ts")
-    @classmethod
-    def _ts_utc(cls, ts: datetime) -> datetime:
-        if ts.tzinfo is None:
-            raise ValueError("ts must carry a timezone (RFC 3339, e.g. 2026-11-24T10:00:00.000Z)")
-        ts = ts.astimezone(UTC)
-        return ts.replace(microsecond=ts.microsecond // 1000 * 1000)
-
-    @field_serializer("ts")
-    def _ser_ts(self, ts: datetime) -> str:
-        return format_ts(ts)
-
-    def measurements(self) -> dict[str, Any]:
-        """The measurement fields that are present (not None)."""
-        return {k: v for k in MEASUREMENT_FIELDS if (v := getattr(self, k)) is not None}
-
-    @property
-    def is_partial(self) -> bool:
-        return bool(self.errors)
-
-
-class Sample(Reading):
-    """A Reading with its identity: which pack, its sequence number, how it travelled (wire contract v1)."""
-
-    battery_id: str = Field(pattern=BATTERY_ID_PATTERN)
-    seq: int = Field(ge=0)
-    via: Via | None = None
-
-    @classmethod
-    def from_reading(cls, reading: Reading, *, battery_id: str, seq: int, via: Via | None = None) -> Sample:
-        return cls(**reading.model_dump(exclude_none=False), battery_id=battery_id, seq=seq, via=via)
-
-    def to_wire(self) -> dict[str, Any]:
-        """The JSON object sent on the wire: absent fields are left out, not sent as null."""
-        return self.model_dump(mode="json", exclude_none=True)
-
-
 # -- the phone relay's receipt (docs/api.md "Phone relay", docs/architecture.md) -------------------------
 #
 # A phone carries a gateway's unsent samples to the server (``via = "phone"``) and the server's receipt back,
@@ -163,21 +116,31 @@ _RELAY_RECEIPT_TAG = b"trackingbms relay receipt v1\n"
 def relay_key(device_token: str) -> bytes:
     """The key a device's relay receipts are signed with: SHA-256 of its token (the server has it stored as
     ``device_tokens.token_hash``, in hex)."""
+    import hashlib  # here, not at the top: the relay's hashes are not on a BMS read's path (issue 14)
+
     return hashlib.sha256(device_token.encode()).digest()
 
 
 def relay_key_id(key: bytes) -> str:
     """What the gateway hands the phone to say which device it is, and what the server finds the device by:
     an HMAC of a fixed text, so it reveals nothing of the key."""
+    import hashlib
+    import hmac
+
     return hmac.new(key, _RELAY_KEY_ID_TAG, hashlib.sha256).hexdigest()[:32]
 
 
 def relay_signature(key: bytes, payload: str) -> str:
     """HMAC-SHA256 of the receipt's payload text, exactly as it travels (no re-serialising on either side)."""
+    import hashlib
+    import hmac
+
     return hmac.new(key, _RELAY_RECEIPT_TAG + payload.encode(), hashlib.sha256).hexdigest()
 
 
 def relay_signature_ok(key: bytes, payload: str, sig: str) -> bool:
+    import hmac
+
     return hmac.compare_digest(relay_signature(key, payload), sig)
 
 

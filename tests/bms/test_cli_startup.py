@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import socket
 import subprocess
 import sys
 
@@ -55,6 +56,48 @@ def test_decode_loads_only_the_bms_commands() -> None:
     assert "trackingbms.cli.demo" not in modules and "trackingbms.gateway" not in modules
     # decoding needs the codecs, not the model (pydantic) nor the BMS clients
     assert "trackingbms.model" not in modules and "trackingbms.bms" not in modules
+
+
+#: what ``read`` must not load before the BMS answers: pydantic comes with the first reading built, rich with
+#: the table printed (together ~120 ms of imports, issue 14)
+NOT_BEFORE_THE_FIRST_REPLY = ("pydantic", "pydantic_core", "annotated_types", "rich", "trackingbms.sample")
+
+
+def test_read_reaches_the_bms_without_pydantic_nor_rich() -> None:
+    with (
+        socket.socket() as s
+    ):  # a port nobody listens on: read fails fast at the connect, as a BMS that is off
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _, code, modules = run_cli("read", f"tcp://127.0.0.1:{port}")
+    assert code == 1
+    assert "trackingbms.bms.a5" in modules and "asyncio" in modules  # the probe saw a real read's imports
+    assert heavy_loaded(modules) == []
+    loaded = sorted(m for m in modules if m.startswith(NOT_BEFORE_THE_FIRST_REPLY))
+    assert loaded == [], f"imported before the BMS answered (import them where they are used): {loaded}"
+
+
+def test_the_model_resolves_the_pydantic_models_on_first_use() -> None:
+    code = """
+import json, sys
+import trackingbms.model as model
+before = "pydantic" in sys.modules
+from trackingbms.model import Reading, Sample
+import trackingbms.sample as sample
+try:
+    model.nope
+except AttributeError as exc:
+    missing = str(exc)
+print(json.dumps({"before": before, "same": [Reading is sample.Reading, Sample is sample.Sample],
+                  "subclass": issubclass(Sample, Reading), "missing": missing}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert json.loads(out) == {
+        "before": False,
+        "same": [True, True],
+        "subclass": True,
+        "missing": "module 'trackingbms.model' has no attribute 'nope'",
+    }
 
 
 def test_typer_does_not_coerce_through_pydantic() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.bms.base import BmsClient, BmsError, BmsNoReply, BmsWriteError, MosFet, check_readback
 from trackingbms.daly.a5 import HOST_RS485, HOST_UART, A5Parser, frame_time_s
@@ -41,7 +41,10 @@ from trackingbms.daly.records import (
 )
 from trackingbms.daly.snapshot import A5Counts, A5Snapshot
 from trackingbms.links import link_wire
-from trackingbms.model import Reading, Source
+from trackingbms.model import Source
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 INFO_IDS = (0x50, 0x51, 0x52, 0x53, 0x57, 0x62, 0x63, 0x61, 0x59, 0x5A, 0x5B, 0x5C, 0x5D, 0x5E, 0x5F)
 

@@ -20,12 +20,15 @@ import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Collection
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from trackingbms.daly.exchange import Done, Exchange, Failed, Failure, Send, Timing, Wait
 from trackingbms.daly.snapshot import GROUPS, SnapshotPlan
 from trackingbms.links import LinkError, link_wire, open_link
-from trackingbms.model import Reading, Source
+from trackingbms.model import Source
+
+if TYPE_CHECKING:  # a type only here: importing Reading loads pydantic, paid when the first reading
+    from trackingbms.model import Reading  # is built (daly.reading), not before the BMS answers
 
 MosFet = Literal["charge", "discharge"]
 

@@ -6,13 +6,16 @@ framing and the exchange: :mod:`trackingbms.daly.modbus`, the plan: :class:`Regi
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trackingbms.bms.base import BmsClient, BmsError, BmsNoReply, MosFet, check_readback
 from trackingbms.daly import d2
 from trackingbms.daly.modbus import ModbusExchange, ModbusRequest, ReplyParser
 from trackingbms.daly.snapshot import GROUPS, BlockRead, RegisterSnapshot
-from trackingbms.model import Reading, Source
+from trackingbms.model import Source
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 ALL_GROUPS = frozenset(GROUPS)
 

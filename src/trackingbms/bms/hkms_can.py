@@ -12,13 +12,16 @@ refused: their CAN registers are unverified too.
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.bms.base import BmsClient, BmsError, MosFet
 from trackingbms.daly import can as dcan
 from trackingbms.daly.exchange import Done, Failed
 from trackingbms.daly.snapshot import SnapshotPlan, Step
-from trackingbms.model import Reading, Source
+from trackingbms.model import Source
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 #: which Sample fields each broadcast group carries (for the partial-reading errors)
 _GROUP_OF = {"pack": "pack", "mos": "mos", "status": "status", "cells": "cells", "temps": "temps"}

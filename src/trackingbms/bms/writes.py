@@ -10,10 +10,12 @@ change is tried, the pack is read once more for the caller to show, and what did
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.bms.base import BmsWriteError
-from trackingbms.model import Reading
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 #: the reads that show the effect of a write (and the faults that explain a refusal)
 READBACK_GROUPS = ("pack", "mos", "status", "faults")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from trackingbms.daly.a5 import A5Parser, frame_time_s
+from trackingbms.daly.frozen import Frozen, frozen_dataclass
 from trackingbms.daly.poll import CommandPoll
 from trackingbms.daly.records import DecodeError
 
@@ -44,8 +45,8 @@ class ExchangeCounters:
     timeouts: int = 0
 
 
-@dataclass(frozen=True)
-class Failure:
+@frozen_dataclass
+class Failure(Frozen):
     """Why an exchange failed: ``no_reply`` (silence or only our echo), ``corrupt`` (something came back,
     never intact), ``refused`` (answered, but not what a write asked for). ``key`` names the command in
     ``Reading.errors`` (``"0x95"``, ``"0x0000+62"``)."""
@@ -56,27 +57,27 @@ class Failure:
     data_id: int | None = None
 
 
-@dataclass(frozen=True)
-class Send:
+@frozen_dataclass
+class Send(Frozen):
     data: bytes
     #: the CAN arbitration id for frame links; None on byte links
     frame_id: int | None = None
 
 
-@dataclass(frozen=True)
-class Wait:
+@frozen_dataclass
+class Wait(Frozen):
     """Read for at most ``timeout_s``; hand over what came (``b""`` if nothing did)."""
 
     timeout_s: float
 
 
-@dataclass(frozen=True)
-class Done:
+@frozen_dataclass
+class Done(Frozen):
     value: Any
 
 
-@dataclass(frozen=True)
-class Failed:
+@frozen_dataclass
+class Failed(Frozen):
     failure: Failure
 
 
@@ -91,8 +92,8 @@ class Exchange(Protocol):
     def receive(self, data: bytes, now: float) -> None: ...
 
 
-@dataclass(frozen=True)
-class Timing:
+@frozen_dataclass
+class Timing(Frozen):
     """Wire timing of one link: baud (for wire times) and how long the BMS may take to start answering."""
 
     baud: int = 9600

@@ -15,10 +15,10 @@ time; :class:`CommandPoll` only counts frames::
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 
 from trackingbms.daly.a5 import HOST_UART, Frame, encode_request, frame_time_s
+from trackingbms.daly.frozen import Frozen, frozen_dataclass
 from trackingbms.daly.records import (
     MULTI_FRAME,
     DecodeError,
@@ -29,8 +29,8 @@ from trackingbms.daly.records import (
 )
 
 
-@dataclass(frozen=True)
-class Command:
+@frozen_dataclass
+class Command(Frozen):
     name: str
     data_id: int
     description: str

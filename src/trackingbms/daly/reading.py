@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.daly.records import (
     Balancing,
@@ -15,7 +15,10 @@ from trackingbms.daly.records import (
     StatusInfo,
     Temperatures,
 )
-from trackingbms.model import Reading, Source
+from trackingbms.model import Source
+
+if TYPE_CHECKING:
+    from trackingbms.model import Reading
 
 
 def reading_fields(records: Iterable[Record]) -> dict[str, Any]:
@@ -50,4 +53,8 @@ def to_reading(
     records: Iterable[Record], *, source: Source | None = "a5-uart", errors: dict[str, str] | None = None
 ) -> Reading:
     """One Reading from decoded records; ``errors`` names the commands that failed and why."""
+    # imported here, not at the top: pydantic is paid for when the first reading is built, not when a
+    # BMS client is imported (``trackingbms read`` start-up, issue 14)
+    from trackingbms.model import Reading
+
     return Reading(source=source, errors=errors or None, **reading_fields(records))

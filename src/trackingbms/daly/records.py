@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any
 
 from trackingbms.daly.a5 import DalyError, Frame
 from trackingbms.daly.faults import decode_fault_bits
+from trackingbms.daly.frozen import Frozen, frozen_dataclass
 
 #: offset of the raw current (0.1 A units) on the A5 family
 CURRENT_OFFSET = 30000
@@ -51,8 +52,8 @@ def current_to_raw(current_a: float, *, invert_current: bool = False) -> int:
     return round(CURRENT_OFFSET - current_a * 10)
 
 
-@dataclass(frozen=True)
-class Record:
+@frozen_dataclass
+class Record(Frozen):
     data_id: int
 
     def fields(self) -> dict[str, Any]:
@@ -72,7 +73,7 @@ class Record:
         return {"data_id": f"0x{self.data_id:02X}", **self.fields()}
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class PackStatus(Record):  # 0x90
     voltage_v: float
     acquisition_voltage_v: float
@@ -81,7 +82,7 @@ class PackStatus(Record):  # 0x90
     soc_pct: float
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CellRange(Record):  # 0x91
     max_cell_mv: int
     max_cell_no: int
@@ -92,7 +93,7 @@ class CellRange(Record):  # 0x91
         return {**super().fields(), "cell_delta_mv": self.max_cell_mv - self.min_cell_mv}
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class TempRange(Record):  # 0x92
     max_temp_c: int
     max_temp_sensor: int
@@ -100,7 +101,7 @@ class TempRange(Record):  # 0x92
     min_temp_sensor: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class MosStatus(Record):  # 0x93
     state: str | None
     state_raw: int
@@ -110,7 +111,7 @@ class MosStatus(Record):  # 0x93
     remaining_ah: float
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class StatusInfo(Record):  # 0x94
     cell_count: int
     temp_sensor_count: int
@@ -128,44 +129,44 @@ class StatusInfo(Record):  # 0x94
         return d
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Balancing(Record):  # 0x97
     balancing: list[int]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Faults(Record):  # 0x98
     faults: list[str]
     fault_code: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class WriteAck(Record):  # 0xD9, 0xDA, 0x21, 0x00 replies
     value: int  # payload byte 0 (the echoed switch value for D9/DA)
     payload_hex: str
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class RatedParams(Record):  # 0x50
     rated_capacity_ah: float
     nominal_cell_mv: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class BoardConfig(Record):  # 0x51
     boards: int
     cells_per_board: list[int]
     ntc_per_board: list[int]
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CumulativeCapacity(Record):  # 0x52
     # reference §2.3: two u32, unit "probably Ah" (one CAN decode uses factor 1); medium confidence
     cumulative_charge_ah: int
     cumulative_discharge_ah: int
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class BatteryInfo(Record):  # 0x53
     operating_mode: int
     battery_type: int
@@ -173,12 +174,12 @@ class BatteryInfo(Record):  # 0x53
     sleep_raw: int  # bytes 5–6: sources disagree on the unit (reference §2.3 ⚠)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class FirmwareIndex(Record):  # 0x54
     firmware_text: str
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Thresholds(Record):  # 0x59–0x5F, 0x60
     values: dict[str, float | int]
 
@@ -186,13 +187,13 @@ class Thresholds(Record):  # 0x59–0x5F, 0x60
         return dict(self.values)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Rtc(Record):  # 0x61
     rtc: str | None
     rtc_raw: str
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class MultiFrame(Record):
     """Assembled multi-frame reply; ``frames`` counts the frames that carried data."""
 
@@ -210,17 +211,17 @@ class MultiFrame(Record):
         return d
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class CellVoltages(MultiFrame):  # 0x95
     cells_mv: list[int | None] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class Temperatures(MultiFrame):  # 0x96
     temps_c: list[float | None] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
+@frozen_dataclass
 class TextRecord(MultiFrame):  # 0x57 serial, 0x62 software, 0x63 hardware version
     serial: str | None = None
     software_version: str | None = None

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trackingbms.daly.exchange import Done, Event, Exchange, Failed, Failure
+from trackingbms.daly.frozen import Frozen, frozen_dataclass
 from trackingbms.daly.poll import COMMANDS, SNAPSHOT_ORDER
 from trackingbms.daly.reading import to_reading
 from trackingbms.daly.records import Record, StatusInfo
-from trackingbms.model import MEASUREMENT_FIELDS, Reading, Source
+from trackingbms.model import MEASUREMENT_FIELDS, Source
+
+if TYPE_CHECKING:  # a type only here: importing Reading loads pydantic, paid when the first reading
+    from trackingbms.model import Reading  # is built (daly.reading), not before the BMS answers
 
 #: what a reading is made of, family-neutral (A5 command names; the order a full A5 reading asks them in)
 GROUPS: tuple[str, ...] = SNAPSHOT_ORDER
@@ -165,8 +169,8 @@ class A5Snapshot(SnapshotPlan):
             self.records.append(ev.value)
 
 
-@dataclass(frozen=True)
-class BlockRead:
+@frozen_dataclass
+class BlockRead(Frozen):
     """One register block of a Modbus-shaped family and the groups its registers carry."""
 
     start: int
