@@ -15,17 +15,23 @@ path, same process): compare `TRACKINGBMS_ALARMS_ENABLED=false python bench/inge
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import math
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
+
 from trackingbms.analytics.alarms import BUILTIN_RULES, AlarmEvaluator
 from trackingbms.analytics.estimator import BatteryEstimator
 from trackingbms.model import format_ts
 from trackingbms.server.alarms import AlarmService, _Battery, _split
-from trackingbms.server.store.packing import parse_ts_ms
+from trackingbms.server.store import PackedSample
+from trackingbms.server.store.packing import parse_ts_ms, validate_and_pack
 
 
 class _NoEstimator:
@@ -35,10 +41,54 @@ class _NoEstimator:
         pass
 
 
+def _packed(batch: list[dict[str, Any]], now_ms: int) -> list[PackedSample]:
+    out = []
+    for i, d in enumerate(batch):
+        bid, seq, ts_ms, data, stats = validate_and_pack(d, now_ms)
+        out.append(PackedSample(i, bid, seq, ts_ms, data, d, stats))
+    return out
+
+
+async def bench_service(n: int, repeat: int, forms: tuple[str, ...] = ("packed", "wire")) -> dict[str, float]:
+    """The whole service (grouping per battery, the battery lookup, every feed) over a real SQLite store,
+    given bench/ingest.py's batches (16 batteries, 500 a batch) packed as the ingest path hands them over
+    (``service_us_per_sample``), and as wire dicts (``service_wire_us_per_sample``): CPU µs per sample,
+    best of ``repeat`` (a fresh service each time)."""
+    from ingest import make_batches, provision
+    from trackingbms.server import provisioning as p
+
+    out: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite+aiosqlite:///{tmp}/bench.db"
+        await provision(url, 4, 4)
+        wire = [orjson.loads(body)["samples"] for _, body in make_batches(4, 4, n, 500)]
+        now_ms = int(time.time() * 1000)
+        given = {"packed": lambda: [_packed(b, now_ms) for b in wire], "wire": lambda: wire}
+        async with p.open_store(url) as store:
+            tenant_id = next(iter(await store.battery_keys({(1, "d0-b0")})))[0]  # the only tenant
+            for form in forms:
+                batches: list[Any] = given[form]()
+                best = math.inf
+                for _ in range(repeat):
+                    service = AlarmService(store)
+                    for b in batches:
+                        service.submit(tenant_id, b)
+                    t = time.process_time()
+                    await service._drain()
+                    best = min(best, time.process_time() - t)
+                    assert len(service.batteries) == 16 and not service.skipped
+                name = "service_us_per_sample" if form == "packed" else "service_wire_us_per_sample"
+                out[name] = round(1e6 * best / sum(map(len, batches)), 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--samples", type=int, default=50_000)
+    ap.add_argument(
+        "--no-service", dest="service", action="store_false", help="skip the whole-service figure"
+    )
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure, the best kept")
     args = ap.parse_args()
     t0 = datetime.now(UTC)
@@ -98,6 +148,8 @@ def main() -> None:
     out["active_alarm_samples_per_s"] = round(run(estimator, lambda: list(cold), True))
     out["rules_only_samples_per_s"] = round(run(_NoEstimator, lambda: list(rows), True))
     out["rules_only_full_pass_samples_per_s"] = round(run(_NoEstimator, lambda: list(rows), False))
+    if args.service:
+        out.update(asyncio.run(bench_service(args.samples, args.repeat)))
     print(json.dumps(out) if args.json else out)
 
 

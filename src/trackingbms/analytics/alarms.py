@@ -333,25 +333,26 @@ class AlarmEvaluator:
         plan = self._plan
         if plan is None and self.fast:
             plan = self._plan = self._make_plan()
-        if plan is not None and (plan.zero_quiet or not faults_known):
-            bounds = plan.bounds
-            for metric, value in metrics.items():
-                b = bounds.get(metric)
-                # written so that NaN (outside every bound) takes the full pass
-                if b is not None and not (b[0] <= value <= b[1]):
-                    break
-            else:
-                # quiet: the idle rules only take the values (kept aside), the busy ones run in full
-                pending = self._unsettled
-                if faults_known:
-                    pending.update(plan.fault_zeros)
-                pending.update(metrics)
-                if not plan.busy:
-                    return []
-                events = self._run(plan.busy, t, metrics, cells, faults_known)
-                if events or not all(not _idle(self._tracks[r.id]) for r in plan.busy):
-                    self._plan = None  # a rule went idle (or changed state): bounds to recompute
-                return events
+        if plan is not None:
+            bounds, busy, zero_quiet, fault_zeros = plan
+            if zero_quiet or not faults_known:
+                for metric, value in metrics.items():
+                    b = bounds.get(metric)
+                    # written so that NaN (outside every bound) takes the full pass
+                    if b is not None and not (b[0] <= value <= b[1]):
+                        break
+                else:
+                    # quiet: the idle rules only take the values (kept aside), the busy ones run in full
+                    pending = self._unsettled
+                    if faults_known and fault_zeros:
+                        pending.update(fault_zeros)
+                    pending.update(metrics)
+                    if not busy:
+                        return []
+                    events = self._run(busy, t, metrics, cells, faults_known)
+                    if events or not all(not _idle(self._tracks[r.id]) for r in busy):
+                        self._plan = None  # a rule went idle (or changed state): bounds to recompute
+                    return events
         self._settle()
         self._plan = None
         return self._run(self.rules.values(), t, metrics, cells, faults_known)

@@ -105,6 +105,7 @@ class AlarmService:
         self.backlog = 0
         self.max_backlog = max_backlog
         self.skipped = 0
+        self._skipping = 0  # skipped since evaluation last fell behind (said in the log once caught up)
         self.batteries: dict[tuple[int, str], _Battery] = {}
         self._rules: dict[int, list[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -140,12 +141,22 @@ class AlarmService:
         if not samples:
             return
         if self.backlog + len(samples) > self.max_backlog:
-            if not self.skipped:
+            if not self._skipping:
                 log.warning(
-                    "alarm evaluation behind by %d samples: newer ones skipped meanwhile", self.backlog
+                    "alarm evaluation behind by %d samples: newer ones are stored but not analysed "
+                    "until it catches up",
+                    self.backlog,
                 )
+            self._skipping += len(samples)
             self.skipped += len(samples)
             return
+        if self._skipping:
+            log.warning(
+                "alarm evaluation caught up: %d samples were stored but not analysed (%d since start)",
+                self._skipping,
+                self.skipped,
+            )
+            self._skipping = 0
         self.backlog += len(samples)
         self.queue.put_nowait((tenant_id, samples))
 
