@@ -4,18 +4,20 @@ estimator + the sample rules), in CPU time on one core (best of ``--repeat`` run
     python bench/alarms.py --json
 
 Prints {"feed_samples_per_s", "feed_us_per_sample", ...}: ``feed_*`` is the service's per-battery feed
-as the ingest path hands samples over (time parsed once there), ``feed_wire_us_per_sample`` the same when
-given wire dicts (``ts`` parsed in the service), ``full_pass_samples_per_s`` with every rule evaluated on
-every sample (``AlarmEvaluator(fast=False)``, the path before the quiet-sample fast path),
-``active_alarm_samples_per_s`` with an alarm raised the whole time (a busy rule on every sample), and
-``rules_only_*`` without the estimator. The ingest benchmark's server does this work too (off the request
-path, same process): compare `TRACKINGBMS_ALARMS_ENABLED=false python bench/ingest.py --json` with
-`python bench/ingest.py --json` for the effect on ingest."""
+(estimator, sample metrics, rules) given samples with their time parsed; ``full_pass_samples_per_s`` with
+every rule evaluated on every sample (``AlarmEvaluator(fast=False)``, the path before the quiet-sample
+fast path); ``active_alarm_samples_per_s`` with an alarm raised the whole time (a busy rule on every
+sample); ``rules_only_*`` without the estimator; ``service_us_per_sample`` the whole service on a real
+SQLite store, given packed samples as the ingest path hands them over, and ``service_wire_us_per_sample``
+given wire dicts (see :func:`bench_service`). The ingest benchmark's server does this work too (off the
+request path, same process): compare `TRACKINGBMS_ALARMS_ENABLED=false python bench/ingest.py --json`
+with `python bench/ingest.py --json` for the effect on ingest."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import tempfile
@@ -91,6 +93,8 @@ def main() -> None:
     )
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure, the best kept")
     args = ap.parse_args()
+    gc.freeze()  # the server's collector settings (cli/server.py)
+    gc.set_threshold(100_000, 50, 100)
     t0 = datetime.now(UTC)
     samples = [
         {
@@ -107,16 +111,15 @@ def main() -> None:
         }
         for i in range(args.samples)
     ]
-    # as the ingest path hands them over: (ts_ms parsed once there, wire sample)
-    rows = [(parse_ts_ms(s["ts"]), s) for s in samples]
+    # as the ingest path hands them over: (ts_ms parsed once there, wire sample, no cell range: the
+    # feed finds the extreme cells itself here)
+    rows = [(parse_ts_ms(s["ts"]), s, None) for s in samples]
     # the same with every pack below 0 °C: temperature_low stays raised (a busy rule on every sample)
-    cold = [(ts_ms, {**s, "temps_c": [-2.0, -1.0]}) for ts_ms, s in rows]
+    cold = [(ts_ms, {**s, "temps_c": [-2.0, -1.0]}, None) for ts_ms, s, _ in rows]
     sample_rules, presence_rules = _split(list(BUILTIN_RULES))
     service = AlarmService.__new__(AlarmService)  # _feed needs no store
 
-    def run(
-        est: Callable[[], Any], feed: Callable[[], list[tuple[int, dict[str, Any]]]], fast: bool
-    ) -> float:
+    def run(est: Callable[[], Any], feed: Callable[[], list[Any]], fast: bool) -> float:
         best = 0.0
         for _ in range(args.repeat):
             b = _Battery(
@@ -129,9 +132,6 @@ def main() -> None:
             best = max(best, args.samples / (time.process_time() - t))
         return best
 
-    def wire() -> list[tuple[int, dict[str, Any]]]:
-        return [(parse_ts_ms(s["ts"]), s) for s in samples]
-
     def estimator() -> BatteryEstimator:
         return BatteryEstimator(battery_id="p")
 
@@ -139,11 +139,6 @@ def main() -> None:
     feed = run(estimator, lambda: list(rows), True)
     out["feed_samples_per_s"] = round(feed)
     out["feed_us_per_sample"] = round(1e6 / feed, 2)
-    # the wire form (submit given dicts): the time parsed in the service too, timed here with the feed
-    t = time.process_time()
-    wire()
-    parse_s = time.process_time() - t
-    out["feed_wire_us_per_sample"] = round(1e6 / feed + 1e6 * parse_s / args.samples, 2)
     out["full_pass_samples_per_s"] = round(run(estimator, lambda: list(rows), False))
     out["active_alarm_samples_per_s"] = round(run(estimator, lambda: list(cold), True))
     out["rules_only_samples_per_s"] = round(run(_NoEstimator, lambda: list(rows), True))

@@ -192,14 +192,17 @@ def override(rule: Rule, changes: dict[str, Any]) -> Rule:
     return Rule(**values)
 
 
-def sample_metrics(sample: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
+def sample_metrics(
+    sample: dict[str, Any], cells_range_mv: tuple[int, int] | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
     """(metrics, cell per metric) from one wire sample: extremes name their 1-based cell or sensor (the
-    first one when several share the extreme)."""
+    first one when several share the extreme). ``cells_range_mv``: (min, max) of its ``cells_mv`` when the
+    caller has them already (the server's packing does)."""
     # runs once per ingested sample: C-level max / min / index instead of a key function per cell
     get = sample.get
     cells = get("cells_mv")
     if cells:
-        hi_mv, lo_mv = max(cells), min(cells)
+        lo_mv, hi_mv = cells_range_mv or (min(cells), max(cells))
         metrics: dict[str, float] = {
             "max_cell_mv": hi_mv,
             "min_cell_mv": lo_mv,

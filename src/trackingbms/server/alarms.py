@@ -39,6 +39,7 @@ from trackingbms.analytics.alarms import (
     health_metrics,
     sample_metrics,
 )
+from trackingbms.analytics.cells import SERIES
 from trackingbms.analytics.connectivity import connectivity
 from trackingbms.server.notify import Notifier
 from trackingbms.server.store import Store, packing
@@ -48,7 +49,9 @@ log = logging.getLogger(__name__)
 
 
 class Accepted(Protocol):
-    """A sample as the ingest path hands it over once validated and packed (its time already parsed)."""
+    """A sample as the ingest path hands it over once validated and packed (its time already parsed).
+    When it also has ``series`` (the :data:`~trackingbms.analytics.cells.SERIES` values the packing
+    computed), its cells' min and max are taken from there."""
 
     @property
     def battery_id(self) -> str: ...
@@ -56,6 +59,19 @@ class Accepted(Protocol):
     def ts_ms(self) -> int: ...
     @property
     def wire(self) -> dict[str, Any]: ...
+
+
+#: (ts_ms, wire sample, (min, max) of its cells_mv when the packing gave them) as _feed takes them
+_Row = tuple[int, dict[str, Any], tuple[int, int] | None]
+_CELL_MIN, _CELL_MAX = SERIES.index("cell_min_mv"), SERIES.index("cell_max_mv")
+
+
+def _cells_range(series: Any) -> tuple[int, int] | None:
+    """(min, max) cell mV from the packing's series values, None when it has none to give."""
+    if type(series) is not tuple or len(series) != len(SERIES):
+        return None
+    lo, hi = series[_CELL_MIN], series[_CELL_MAX]
+    return None if lo is None or hi is None else (lo, hi)
 
 
 #: metric of each no-data rule → the connectivity state it counts
@@ -289,16 +305,17 @@ class AlarmService:
 
     # ---- evaluation --------------------------------------------------------------------------------
     async def _process(self, items: list[tuple[int, Sequence[dict[str, Any] | Accepted]]]) -> None:
-        by_battery: dict[tuple[int, str], list[tuple[int, dict[str, Any]]]] = {}
+        by_battery: dict[tuple[int, str], list[_Row]] = {}
         for tenant_id, samples in items:
             for s in samples:
                 if type(s) is dict:  # wire form: its time not parsed yet
                     try:
-                        key, row = (tenant_id, s["battery_id"]), (packing.parse_ts_ms(s["ts"]), s)
+                        key, row = (tenant_id, s["battery_id"]), (packing.parse_ts_ms(s["ts"]), s, None)
                     except (KeyError, packing.SampleError):
                         continue
                 else:
-                    key, row = (tenant_id, s.battery_id), (s.ts_ms, s.wire)  # type: ignore[union-attr]
+                    key = (tenant_id, s.battery_id)  # type: ignore[union-attr]
+                    row = (s.ts_ms, s.wire, _cells_range(getattr(s, "series", None)))  # type: ignore[union-attr]
                 rows = by_battery.get(key)
                 if rows is None:
                     by_battery[key] = [row]
@@ -319,22 +336,22 @@ class AlarmService:
                     await self._record(b, events)
                 await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
 
-    def _feed(self, b: _Battery, rows: list[tuple[int, dict[str, Any]]]) -> list[AlarmEvent]:
-        """``(ts_ms, wire sample)`` rows of one battery through its estimator and sample rules, in ts order
-        (per sample the hot path of ingest: ``AlarmEvaluator.evaluate`` skips the rules a quiet one
-        leaves as they are)."""
+    def _feed(self, b: _Battery, rows: list[_Row]) -> list[AlarmEvent]:
+        """``(ts_ms, wire sample, its cells' (min, max) or None)`` rows of one battery through its
+        estimator and sample rules, in ts order (per sample the hot path of ingest:
+        ``AlarmEvaluator.evaluate`` skips the rules a quiet one leaves as they are)."""
         events: list[AlarmEvent] = []
         rows.sort(key=itemgetter(0))
         update = b.estimator.update
         ev = b.samples_ev
         t_last_ms = b.t_last_ms
-        for ts_ms, s in rows:
+        for ts_ms, s, cells_range_mv in rows:
             if t_last_ms is not None and ts_ms <= t_last_ms:
                 continue
             b.t_last_ms = t_last_ms = ts_ms
             b.dirty = True
             update(s, ts_ms / 1000)
-            metrics, where = sample_metrics(s)
+            metrics, where = sample_metrics(s, cells_range_mv)
             faults = s.get("faults")
             if faults:  # a fault bit met for the first time gets its rule
                 for name in faults:
