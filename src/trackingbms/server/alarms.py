@@ -350,7 +350,8 @@ class AlarmService:
                 continue
             b.t_last_ms = t_last_ms = ts_ms
             b.dirty = True
-            update(s, ts_ms / 1000)
+            t = ts_ms / 1000
+            update(s, t)
             metrics, where = sample_metrics(s, cells_range_mv)
             faults = s.get("faults")
             if faults:  # a fault bit met for the first time gets its rule
@@ -358,7 +359,7 @@ class AlarmService:
                     m = f"fault:{name}"
                     if m not in ev.rules and m not in b.disabled_faults:
                         ev.add_rule(fault_rule(name))
-            events += ev.evaluate(ts_ms / 1000, metrics, where, faults_known=faults is not None)
+            events += ev.evaluate(t, metrics, where, faults_known=faults is not None)
         return events
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
