@@ -27,7 +27,7 @@ from trackingbms.server.db import batteries, battery_state, devices, rollup_1m, 
 from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.metrics import ServerMetrics
-from trackingbms.server.store import Store
+from trackingbms.server.store import Store, packing
 from trackingbms.server.store import ingest as store_ingest
 from trackingbms.server.store.packing import validate_and_pack
 
@@ -115,6 +115,13 @@ async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         yield r
 
 
+def handed(item: tuple[int, list[Any]]) -> tuple[int, list[Any]]:
+    """What ingest handed the alarm service, as wire samples (it hands them packed: ts_ms parsed once)."""
+    tenant_id, samples = item
+    assert all(x.ts_ms == packing.parse_ts_ms(x.wire["ts"]) for x in samples)
+    return tenant_id, [x.wire for x in samples]
+
+
 async def test_a_batch_is_stored_rolled_up_merged_and_handed_on(rig: Rig) -> None:
     newest = s(B1, 3, T0 + 61_000, voltage_v=51.0, soc_pct=78.0)  # partial: no current, no cells
     mid = s(
@@ -193,7 +200,7 @@ async def test_a_batch_is_stored_rolled_up_merged_and_handed_on(rig: Rig) -> Non
     ]
     for m in published:
         assert m["connectivity"] == rig.store.live_connectivity(m["sample"], RECEIVED)
-    assert rig.alarms.queue.get_nowait() == (rig.device.tenant_id, batch)
+    assert handed(rig.alarms.queue.get_nowait()) == (rig.device.tenant_id, batch)
     assert rig.counter("trackingbms_ingest_samples_total", outcome="accepted") == 4
     assert rig.counter("trackingbms_ingest_samples_total", outcome="rejected") == 0
     assert rig.counter("trackingbms_ingest_batch_duration_seconds_count", transport="mqtt") == 1
@@ -230,7 +237,7 @@ async def test_duplicates_clashes_and_refusals_are_told_apart(rig: Rig) -> None:
     assert (await rig.battery(B1))["last_seq"] == 4
     # the alarm service sees what was stored or re-sent, never what was refused
     rig.alarms.queue.get_nowait()
-    assert rig.alarms.queue.get_nowait() == (rig.device.tenant_id, [one, new, new])
+    assert handed(rig.alarms.queue.get_nowait()) == (rig.device.tenant_id, [one, new, new])
     assert rig.counter("trackingbms_ingest_samples_total", outcome="accepted") == 3
     assert rig.counter("trackingbms_ingest_samples_total", outcome="duplicate") == 2
     assert rig.counter("trackingbms_ingest_samples_total", outcome="rejected") == 4

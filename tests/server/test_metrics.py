@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import websockets
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from trackingbms.server.alarms import AlarmService
+from trackingbms.server.metrics import _Snapshot
 
 from .conftest import ServerThread, World, client, sample
 
@@ -61,6 +67,8 @@ async def test_metrics_show_ingest_requests_fleet_alarms_and_live_sockets(world:
         dict(k)["connectivity"]: v for k, v in m["trackingbms_batteries"].items() if ("tenant", "acme") in k
     }
     assert acme["online"] == 1 and sum(acme.values()) == 3
+    assert m["trackingbms_alarm_samples_skipped_total"] == {(): 0}  # the alarm service kept up
+    assert m["trackingbms_alarm_backlog_samples"][()] >= 0
     alarms = {(dict(k)["tenant"], dict(k)["severity"]): v for k, v in m["trackingbms_active_alarms"].items()}
     assert alarms == {
         ("acme", "info"): 0,
@@ -93,3 +101,26 @@ async def test_metrics_need_the_token_when_one_is_set(start_server: Callable[...
         assert (await c.get("/metrics")).status_code == 403
     m = await scrape(srv.base_url, "m-secret-123")
     assert "trackingbms_http_request_duration_seconds_count" in m
+
+
+def test_alarm_samples_skipped_are_counted_logged_and_exported(caplog: pytest.LogCaptureFixture) -> None:
+    """Past max_backlog a batch is stored but not analysed: how many, in the log when evaluation falls
+    behind and when it catches up, and in the metrics."""
+    service = AlarmService(None, max_backlog=1000)  # type: ignore[arg-type]  # submit needs no store
+    batch = [sample("p1", k) for k in range(400)]
+    with caplog.at_level(logging.WARNING, logger="trackingbms.server.alarms"):
+        service.submit(1, batch)
+        service.submit(1, batch)
+        service.submit(1, batch)  # 1,200 > 1,000: skipped
+        service.submit(1, batch[:300])  # skipped too
+        assert (service.backlog, service.skipped) == (800, 700)
+        service.backlog = 0  # as if the worker had caught up
+        service.submit(1, batch)
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and "behind by 800 samples" in said[0]
+    assert "caught up: 700 samples were stored but not analysed" in said[1]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot([], 0, service))  # type: ignore[arg-type]
+    text = generate_latest(registry).decode()
+    assert "trackingbms_alarm_samples_skipped_total 700.0" in text
+    assert "trackingbms_alarm_backlog_samples 400.0" in text

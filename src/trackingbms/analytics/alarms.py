@@ -17,8 +17,10 @@ no-data rules the connectivity seconds the server computes (``offline_s``, ``lin
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Op = Literal[">", "<"]
 Severity = Literal["info", "warning", "critical"]
@@ -190,24 +192,34 @@ def override(rule: Rule, changes: dict[str, Any]) -> Rule:
     return Rule(**values)
 
 
-def sample_metrics(sample: dict[str, Any]) -> tuple[dict[str, float], dict[str, int]]:
-    """(metrics, cell per metric) from one wire sample: extremes name their 1-based cell or sensor."""
-    metrics: dict[str, float] = {}
-    where: dict[str, int] = {}
-    cells = sample.get("cells_mv")
+def sample_metrics(
+    sample: dict[str, Any], cells_range_mv: tuple[int, int] | None = None
+) -> tuple[dict[str, float], dict[str, int]]:
+    """(metrics, cell per metric) from one wire sample: extremes name their 1-based cell or sensor (the
+    first one when several share the extreme). ``cells_range_mv``: (min, max) of its ``cells_mv`` when the
+    caller has them already (the server's packing does)."""
+    # runs once per ingested sample: C-level max / min / index instead of a key function per cell
+    get = sample.get
+    cells = get("cells_mv")
     if cells:
-        hi = max(range(len(cells)), key=cells.__getitem__)
-        lo = min(range(len(cells)), key=cells.__getitem__)
-        metrics["max_cell_mv"], where["max_cell_mv"] = cells[hi], hi + 1
-        metrics["min_cell_mv"], where["min_cell_mv"] = cells[lo], lo + 1
-        metrics["cell_spread_mv"] = cells[hi] - cells[lo]
-    temps = sample.get("temps_c")
+        lo_mv, hi_mv = cells_range_mv or (min(cells), max(cells))
+        metrics: dict[str, float] = {
+            "max_cell_mv": hi_mv,
+            "min_cell_mv": lo_mv,
+            "cell_spread_mv": hi_mv - lo_mv,
+        }
+        where = {"max_cell_mv": cells.index(hi_mv) + 1, "min_cell_mv": cells.index(lo_mv) + 1}
+    else:
+        metrics, where = {}, {}
+    temps = get("temps_c")
     if temps:
         metrics["max_temp_c"], metrics["min_temp_c"] = max(temps), min(temps)
-    if sample.get("soc_pct") is not None:
-        metrics["soc_pct"] = sample["soc_pct"]
-    if sample.get("faults") is not None:
-        for name in sample["faults"]:
+    soc = get("soc_pct")
+    if soc is not None:
+        metrics["soc_pct"] = soc
+    faults = get("faults")
+    if faults:
+        for name in faults:
             metrics[f"fault:{name}"] = 1.0
             # Daly's cell-voltage bits do not say which cell; the extreme cell of the same sample does
             if name.startswith("cell_voltage_high") and "max_cell_mv" in where:
@@ -238,14 +250,80 @@ def health_metrics(
     return metrics, where
 
 
+class _Plan(NamedTuple):
+    """What a quiet sample may skip, derived from the rules and the tracks' states (see
+    :meth:`AlarmEvaluator.evaluate`)."""
+
+    #: metric → (lowest, highest) value that trips none of the idle rules on it
+    bounds: dict[str, tuple[float, float]]
+    #: the rules that are not idle (active, or a set / clear delay running), in rule order
+    busy: tuple[Rule, ...]
+    #: a fault metric absent from a sample with a fault list reads 0: does 0 trip an idle fault rule?
+    zero_quiet: bool
+    #: every fault rule's metric at 0, for a sample with a fault list
+    fault_zeros: dict[str, float]
+
+
+def _idle(track: _Track) -> bool:
+    return track.status == "ok" and track.pending_since is None
+
+
 class AlarmEvaluator:
     """The alarms of one battery. ``evaluate`` at each new metric value; metrics absent from a call keep
     their alarm as it is (a partial sample neither raises nor clears), except ``fault:*`` metrics, which
-    are 0 when a sample with a fault list does not name them."""
+    are 0 when a sample with a fault list does not name them.
 
-    def __init__(self, rules: list[Rule] | tuple[Rule, ...] = BUILTIN_RULES) -> None:
+    Fast path: nearly every sample changes nothing. A rule that is *idle* (ok, no delay running) and whose
+    value does not trip it only records the value, so ``evaluate`` first checks the sample's values against
+    the bounds the idle rules allow (one comparison per metric, not one pass per rule); when all are inside,
+    only the busy rules (active or with a delay running) are evaluated in full and the values are kept
+    aside (``_unsettled``, the latest per metric) until something reads the tracks. Any value outside the
+    bounds takes the full pass. Same events and the same saved state either way (tests/analytics feed both
+    paths); ``fast=False`` always takes the full pass."""
+
+    def __init__(self, rules: list[Rule] | tuple[Rule, ...] = BUILTIN_RULES, *, fast: bool = True) -> None:
         self.rules = {r.id: r for r in rules}
-        self.tracks: dict[str, _Track] = {r.id: _Track() for r in rules}
+        self._tracks: dict[str, _Track] = {r.id: _Track() for r in rules}
+        self.fast = fast
+        self._plan: _Plan | None = None
+        #: latest value per metric from fast-path samples, not yet written to the tracks
+        self._unsettled: dict[str, float] = {}
+
+    @property
+    def tracks(self) -> dict[str, _Track]:
+        """Per rule id its alarm's state (values up to date)."""
+        self._settle()
+        return self._tracks
+
+    def _settle(self) -> None:
+        """Write the values the fast path kept aside into the tracks (what the full pass would have)."""
+        pending = self._unsettled
+        if pending:
+            tracks = self._tracks
+            for rid, rule in self.rules.items():
+                value = pending.get(rule.metric)
+                if value is not None:
+                    tracks[rid].value = value
+            pending.clear()
+
+    def _make_plan(self) -> _Plan:
+        bounds: dict[str, tuple[float, float]] = {}
+        busy: list[Rule] = []
+        zero_quiet = True
+        fault_zeros: dict[str, float] = {}
+        for rid, rule in self.rules.items():
+            is_fault = rule.metric.startswith("fault:")
+            if is_fault:
+                fault_zeros[rule.metric] = 0.0
+            if not _idle(self._tracks[rid]):
+                busy.append(rule)
+                continue
+            lo, hi = bounds.get(rule.metric, (-math.inf, math.inf))
+            # not tripped: value <= set for '>', value >= set for '<' (the same comparisons as tripped())
+            bounds[rule.metric] = (lo, min(hi, rule.set)) if rule.op == ">" else (max(lo, rule.set), hi)
+            if is_fault and rule.tripped(0.0):
+                zero_quiet = False
+        return _Plan(bounds, tuple(busy), zero_quiet, fault_zeros)
 
     def evaluate(
         self,
@@ -255,15 +333,52 @@ class AlarmEvaluator:
         *,
         faults_known: bool = False,
     ) -> list[AlarmEvent]:
+        plan = self._plan
+        if plan is None and self.fast:
+            plan = self._plan = self._make_plan()
+        if plan is not None:
+            bounds, busy, zero_quiet, fault_zeros = plan
+            if zero_quiet or not faults_known:
+                for metric, value in metrics.items():
+                    b = bounds.get(metric)
+                    # written so that NaN (outside every bound) takes the full pass
+                    if b is not None and not (b[0] <= value <= b[1]):
+                        break
+                else:
+                    # quiet: the idle rules only take the values (kept aside), the busy ones run in full
+                    pending = self._unsettled
+                    if faults_known and fault_zeros:
+                        pending.update(fault_zeros)
+                    pending.update(metrics)
+                    if not busy:
+                        return []
+                    events = self._run(busy, t, metrics, cells, faults_known)
+                    if events or not all(not _idle(self._tracks[r.id]) for r in busy):
+                        self._plan = None  # a rule went idle (or changed state): bounds to recompute
+                    return events
+        self._settle()
+        self._plan = None
+        return self._run(self.rules.values(), t, metrics, cells, faults_known)
+
+    def _run(
+        self,
+        rules: Iterable[Rule],
+        t: float,
+        metrics: dict[str, float],
+        cells: dict[str, int] | None,
+        faults_known: bool,
+    ) -> list[AlarmEvent]:
+        """The full pass over ``rules``: each one's lifecycle step."""
         events: list[AlarmEvent] = []
-        for rule in self.rules.values():
+        tracks = self._tracks
+        for rule in rules:
             value = metrics.get(rule.metric)
             if value is None:
                 if faults_known and rule.metric.startswith("fault:"):
                     value = 0.0
                 else:
                     continue
-            track = self.tracks[rule.id]
+            track = tracks[rule.id]
             track.value = value
             cell = (cells or {}).get(rule.metric)
             if track.status == "ok":
@@ -283,7 +398,7 @@ class AlarmEvaluator:
                     track.pending_since = t
                 if t - track.pending_since >= rule.clear_delay_s:
                     events.append(self._event("cleared", rule, t, value, rule.notify_on_clear, track.cell))
-                    self.tracks[rule.id] = _Track(value=value)
+                    tracks[rule.id] = _Track(value=value)
                 continue
             track.pending_since = None
             if (
@@ -299,8 +414,10 @@ class AlarmEvaluator:
     def add_rule(self, rule: Rule) -> None:
         """Add a rule met on the way (a fault bit seen for the first time); an existing one is kept."""
         if rule.id not in self.rules:
+            self._settle()  # values seen before the rule existed are not its own
             self.rules[rule.id] = rule
-            self.tracks[rule.id] = _Track()
+            self._tracks[rule.id] = _Track()
+            self._plan = None
 
     def acknowledge(self, rule_id: str, by: str, t: float) -> AlarmEvent | None:
         """Acknowledge an active alarm (no more reminders); None when it is not active."""
@@ -308,6 +425,7 @@ class AlarmEvaluator:
         if track is None or track.status != "raised":
             return None
         track.status, track.acked_by, track.acked_at = "acknowledged", by, t
+        self._plan = None
         event = self._event("acknowledged", self.rules[rule_id], t, track.value, False, track.cell)
         event.by = by
         return event

@@ -208,9 +208,11 @@ class BatteryEstimator:
         self.r_history: list[list[float]] = []  # [hour start t, r25_pack mΩ, windows behind it]
 
     # ---- ingest ------------------------------------------------------------------------------------
-    def update(self, sample: dict[str, Any]) -> None:
-        """One sample, in time order (older or repeated ``ts`` are counted in ``skipped`` and ignored)."""
-        t = _epoch_s(sample["ts"])
+    def update(self, sample: dict[str, Any], t: float | None = None) -> None:
+        """One sample, in time order (older or repeated ``ts`` are counted in ``skipped`` and ignored).
+        ``t``: its time in epoch seconds when the caller has parsed ``ts`` already (the server has)."""
+        if t is None:
+            t = _epoch_s(sample["ts"])
         t_last = self.t_last
         if t_last is not None and t <= t_last:
             self.skipped += 1

@@ -24,8 +24,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from operator import itemgetter
+from typing import Any, Protocol
 
 import orjson
 
@@ -37,12 +39,40 @@ from trackingbms.analytics.alarms import (
     health_metrics,
     sample_metrics,
 )
+from trackingbms.analytics.cells import SERIES
 from trackingbms.analytics.connectivity import connectivity
 from trackingbms.server.notify import Notifier
 from trackingbms.server.store import Store, packing
 from trackingbms.server.store.alarms import disabled_faults, resolve_rules
 
 log = logging.getLogger(__name__)
+
+
+class Accepted(Protocol):
+    """A sample as the ingest path hands it over once validated and packed (its time already parsed).
+    When it also has ``series`` (the :data:`~trackingbms.analytics.cells.SERIES` values the packing
+    computed), its cells' min and max are taken from there."""
+
+    @property
+    def battery_id(self) -> str: ...
+    @property
+    def ts_ms(self) -> int: ...
+    @property
+    def wire(self) -> dict[str, Any]: ...
+
+
+#: (ts_ms, wire sample, (min, max) of its cells_mv when the packing gave them) as _feed takes them
+_Row = tuple[int, dict[str, Any], tuple[int, int] | None]
+_CELL_MIN, _CELL_MAX = SERIES.index("cell_min_mv"), SERIES.index("cell_max_mv")
+
+
+def _cells_range(series: Any) -> tuple[int, int] | None:
+    """(min, max) cell mV from the packing's series values, None when it has none to give."""
+    if type(series) is not tuple or len(series) != len(SERIES):
+        return None
+    lo, hi = series[_CELL_MIN], series[_CELL_MAX]
+    return None if lo is None or hi is None else (lo, hi)
+
 
 #: metric of each no-data rule → the connectivity state it counts
 NO_DATA_METRICS = {"offline_s": "offline", "link_down_s": "link-down", "asleep_s": "asleep"}
@@ -85,12 +115,13 @@ class AlarmService:
         self.rules_check_s = rules_check_s
         self._marks: dict[int, tuple[int, int, int]] | None = None
         self.notifier = notifier
-        self.queue: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[int, Sequence[dict[str, Any] | Accepted]]] = asyncio.Queue()
         #: samples waiting for evaluation, bounded: past it a burst (a gateway draining days of backlog
         #: faster than the engine runs) is stored but not analysed, and counted in ``skipped``
         self.backlog = 0
         self.max_backlog = max_backlog
         self.skipped = 0
+        self._skipping = 0  # skipped since evaluation last fell behind (said in the log once caught up)
         self.batteries: dict[tuple[int, str], _Battery] = {}
         self._rules: dict[int, list[Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,17 +149,30 @@ class AlarmService:
             await self.notifier.flush()
 
     # ---- input ------------------------------------------------------------------------------------
-    def submit(self, tenant_id: int, samples: list[dict[str, Any]]) -> None:
-        """Samples the ingest service stored (wire form); evaluated soon after, off the request."""
+    def submit(self, tenant_id: int, samples: Sequence[dict[str, Any] | Accepted]) -> None:
+        """Samples the ingest service stored, evaluated soon after, off the request: each either in wire
+        form (its ``ts`` is parsed here) or as the ingest path packed it (anything with ``battery_id``,
+        ``ts_ms`` and ``wire``, e.g. :class:`~trackingbms.server.store.PackedSample`: nothing parsed
+        twice)."""
         if not samples:
             return
         if self.backlog + len(samples) > self.max_backlog:
-            if not self.skipped:
+            if not self._skipping:
                 log.warning(
-                    "alarm evaluation behind by %d samples: newer ones skipped meanwhile", self.backlog
+                    "alarm evaluation behind by %d samples: newer ones are stored but not analysed "
+                    "until it catches up",
+                    self.backlog,
                 )
+            self._skipping += len(samples)
             self.skipped += len(samples)
             return
+        if self._skipping:
+            log.warning(
+                "alarm evaluation caught up: %d samples were stored but not analysed (%d since start)",
+                self._skipping,
+                self.skipped,
+            )
+            self._skipping = 0
         self.backlog += len(samples)
         self.queue.put_nowait((tenant_id, samples))
 
@@ -260,48 +304,62 @@ class AlarmService:
                     await self._record(b, gone)
 
     # ---- evaluation --------------------------------------------------------------------------------
-    async def _process(self, items: list[tuple[int, list[dict[str, Any]]]]) -> None:
-        by_battery: dict[tuple[int, str], list[dict[str, Any]]] = {}
+    async def _process(self, items: list[tuple[int, Sequence[dict[str, Any] | Accepted]]]) -> None:
+        by_battery: dict[tuple[int, str], list[_Row]] = {}
         for tenant_id, samples in items:
             for s in samples:
-                by_battery.setdefault((tenant_id, s["battery_id"]), []).append(s)
+                if type(s) is dict:  # wire form: its time not parsed yet
+                    try:
+                        key, row = (tenant_id, s["battery_id"]), (packing.parse_ts_ms(s["ts"]), s, None)
+                    except (KeyError, packing.SampleError):
+                        continue
+                else:
+                    key = (tenant_id, s.battery_id)  # type: ignore[union-attr]
+                    row = (s.ts_ms, s.wire, _cells_range(getattr(s, "series", None)))  # type: ignore[union-attr]
+                rows = by_battery.get(key)
+                if rows is None:
+                    by_battery[key] = [row]
+                else:
+                    rows.append(row)
         keys = {k for k in by_battery if k not in self.batteries}
         found = await self.store.battery_keys(keys)
         async with self._lock:
-            for key, samples in by_battery.items():
+            for key, rows in by_battery.items():
                 if key not in self.batteries:
                     if key not in found:
                         continue  # not a battery of that tenant (the store refused these)
                     pk, site_id, name = found[key]
                     await self._battery(key[0], key[1], pk, site_id, name)
                 b = self.batteries[key]
-                events = self._feed(b, samples)
+                events = self._feed(b, rows)
                 if events:
                     await self._record(b, events)
                 await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
 
-    def _feed(self, b: _Battery, samples: list[dict[str, Any]]) -> list[AlarmEvent]:
+    def _feed(self, b: _Battery, rows: list[_Row]) -> list[AlarmEvent]:
+        """``(ts_ms, wire sample, its cells' (min, max) or None)`` rows of one battery through its
+        estimator and sample rules, in ts order (per sample the hot path of ingest:
+        ``AlarmEvaluator.evaluate`` skips the rules a quiet one leaves as they are)."""
         events: list[AlarmEvent] = []
-        rows = []
-        for s in samples:
-            try:
-                rows.append((packing.parse_ts_ms(s["ts"]), s))
-            except (KeyError, packing.SampleError):
+        rows.sort(key=itemgetter(0))
+        update = b.estimator.update
+        ev = b.samples_ev
+        t_last_ms = b.t_last_ms
+        for ts_ms, s, cells_range_mv in rows:
+            if t_last_ms is not None and ts_ms <= t_last_ms:
                 continue
-        rows.sort(key=lambda r: r[0])
-        for ts_ms, s in rows:
-            if b.t_last_ms is not None and ts_ms <= b.t_last_ms:
-                continue
-            b.t_last_ms = ts_ms
-            b.estimator.update(s)
-            metrics, where = sample_metrics(s)
-            for m in metrics:
-                if m.startswith("fault:") and m not in b.samples_ev.rules and m not in b.disabled_faults:
-                    b.samples_ev.add_rule(fault_rule(m.removeprefix("fault:")))
-            events += b.samples_ev.evaluate(
-                ts_ms / 1000, metrics, where, faults_known=s.get("faults") is not None
-            )
+            b.t_last_ms = t_last_ms = ts_ms
             b.dirty = True
+            t = ts_ms / 1000
+            update(s, t)
+            metrics, where = sample_metrics(s, cells_range_mv)
+            faults = s.get("faults")
+            if faults:  # a fault bit met for the first time gets its rule
+                for name in faults:
+                    m = f"fault:{name}"
+                    if m not in ev.rules and m not in b.disabled_faults:
+                        ev.add_rule(fault_rule(name))
+            events += ev.evaluate(t, metrics, where, faults_known=faults is not None)
         return events
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:

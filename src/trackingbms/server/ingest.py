@@ -83,7 +83,8 @@ class IngestService:
             )
         if self.alarms is not None and res.accepted:
             refused = {r["index"] for r in res.rejected}
-            self.alarms.submit(device.tenant_id, [p.wire for p in parsed if p.index not in refused])
+            # packed samples, not wire dicts: the alarm service reuses their parsed ts_ms
+            self.alarms.submit(device.tenant_id, [p for p in parsed if p.index not in refused])
         if self.hub is not None:
             for bid, sample in res.latest.items():
                 self.hub.publish(

@@ -4,6 +4,7 @@
 - ingest: samples by outcome, rejected samples by reason (the field the error names), batch latency
   (:meth:`ServerMetrics.observe_ingest`, called by the ingest service for HTTP and broker batches alike);
 - live WebSocket connections (the hub's subscriber count, read at scrape time);
+- the alarm service's backlog and the samples it skipped for being too far behind (stored, not analysed);
 - per tenant: batteries by connectivity, and active alarms by severity (the alarms table: what the Alarms
   page lists), read from the store at scrape time and cached for :data:`FLEET_CACHE_S` so frequent scrapes
   of a large fleet cost one query pass.
@@ -24,7 +25,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from trackingbms.server.store.alarms import SEVERITIES
 
@@ -109,17 +110,18 @@ class ServerMetrics:
         self._fleet_cache = (now, out)
         return out
 
-    async def render(self, store: Any, live_sockets: int) -> bytes:
+    async def render(self, store: Any, live_sockets: int, alarms: Any = None) -> bytes:
         fleet = await self.fleet(store)
         extra = CollectorRegistry(auto_describe=False)
-        extra.register(_Snapshot(fleet, live_sockets))  # type: ignore[arg-type]
+        extra.register(_Snapshot(fleet, live_sockets, alarms))  # type: ignore[arg-type]
         return generate_latest(self.registry) + generate_latest(extra)
 
 
 class _Snapshot:
-    def __init__(self, fleet: list[FleetRow], live_sockets: int):
+    def __init__(self, fleet: list[FleetRow], live_sockets: int, alarms: Any = None):
         self.fleet = fleet
         self.live_sockets = live_sockets
+        self.alarms = alarms  # the AlarmService, when this process runs one
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
@@ -140,6 +142,17 @@ class _Snapshot:
                 alarms.add_metric([name, severity], n)
         yield batteries
         yield alarms
+        if self.alarms is not None:
+            yield GaugeMetricFamily(
+                "trackingbms_alarm_backlog_samples",
+                "stored samples waiting for alarm evaluation",
+                self.alarms.backlog,
+            )
+            yield CounterMetricFamily(
+                "trackingbms_alarm_samples_skipped",
+                "samples stored but not analysed: alarm evaluation was max_backlog behind",
+                self.alarms.skipped,
+            )
 
 
 def route_template(scope: dict[str, Any]) -> str:
@@ -211,7 +224,8 @@ def install(app: Any) -> ServerMetrics:
         if not ok:
             return JSONResponse({"detail": why}, status_code=403)
         hub = request.app.state.hub
-        body = await metrics.render(request.app.state.store, hub.subscriber_count())
+        alarms = getattr(request.app.state, "alarms", None)
+        body = await metrics.render(request.app.state.store, hub.subscriber_count(), alarms)
         return Response(body, media_type=CONTENT_TYPE)
 
     return metrics
