@@ -224,7 +224,8 @@ def round4(columns: list[Sequence[float | None]]) -> list[list[float | None]]:
     a = np.array(columns, dtype=float)  # None -> NaN
     scaled = a * 1e4
     out = (np.rint(scaled) / 1e4).tolist()
-    frac = np.abs(scaled - np.trunc(scaled))
+    with np.errstate(invalid="ignore"):  # inf - inf: NaN, not a tie; an infinity takes round() below
+        frac = np.abs(scaled - np.trunc(scaled))
     near_tie = (np.abs(frac - 0.5) < 1e-3) | (np.abs(scaled) >= _ROUND4_EXACT_BELOW)
     rows = [[None if v != v else v for v in row] for row in out]  # NaN (was None) back to None
     for i, j in zip(*np.nonzero(near_tie), strict=True):
