@@ -1,5 +1,10 @@
 """History: min / max / mean per time bucket, from raw samples for short buckets, else from the 1-minute or
-1-hour rollups (the coarsest whose step fits the bucket: rows read stay a small multiple of the points)."""
+1-hour rollups (the coarsest whose step fits the bucket: rows read stay a small multiple of the points).
+
+Rollup buckets are folded in one SQL statement whose shape depends on the backend (:func:`_rollup_buckets`:
+on SQLite a join to a tally table, the usual "numbers table" technique, so rows are grouped as read instead
+of sorted); the means are rounded column-wise by :func:`round4` (scale and ``rint``, Python's ``round`` on
+near-ties: ``numpy.round`` alone differs from ``round`` there). Both measured: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -89,7 +94,7 @@ async def _rollup_buckets(
     (of ``table``) in [lo_ms, to_ms), aggregated in SQL. The mean is divided in SQL (the same IEEE division
     on both backends) and rounded in :func:`_history_reply`; n and the sums never reach Python.
 
-    Three shapes of the same fold, by what measured fastest (docs/architecture.md, History):
+    Three shapes of the same fold, by what measured fastest (docs/architecture.md, History reads):
 
     - one stream and buckets of one rollup row each (30 days in hours, a few hours in minutes): the rows
       as they are, nothing to fold (half the time of a grouped read of the same 720 rows on SQLite);
@@ -210,7 +215,7 @@ _ROUND4_EXACT_BELOW = 2.0**40
 
 def round4(columns: list[Sequence[float | None]]) -> list[list[float | None]]:
     """``[[round(v, 4) for v in column] ...]`` (None stays None), equal to Python's ``round`` value for
-    value, at a quarter of its cost (6,500 means in a 720-bucket reply: 2 ms of ``round`` calls).
+    value, at a fifth of its cost (6,500 means in a 720-bucket reply: 2 ms of ``round`` calls).
 
     Vectorised scale-round-unscale, with Python's ``round`` where that could differ from it: ``round(x, 4)``
     is the double nearest to x's exact decimal value rounded half-even to 4 places, i.e. to N / 10^4 with
