@@ -367,6 +367,14 @@ sample_blocks = Table(
     Index("sample_blocks_stream_ts", "stream_id", "ts_min", unique=True),
 )
 
+#: the integers 0..BUCKET_NUMBERS_MAX (migration 0011): a tally that history on SQLite joins its rollup rows
+#: to, so that SQLite folds them per bucket in the order it reads them instead of sorting them first
+#: (store/history.py); PostgreSQL groups by hash and does not read it
+BUCKET_NUMBERS_MAX = 5000
+bucket_numbers = Table(
+    "bucket_numbers", metadata, Column("k", Integer, primary_key=True, autoincrement=False)
+)
+
 PG_SAMPLES_DDL = (
     "CREATE TABLE samples (ts_ms bigint NOT NULL, seq bigint NOT NULL, stream_id integer NOT NULL, "
     "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms)) PARTITION BY RANGE (ts_ms)"
