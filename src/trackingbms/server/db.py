@@ -367,7 +367,7 @@ sample_blocks = Table(
     Index("sample_blocks_stream_ts", "stream_id", "ts_min", unique=True),
 )
 
-#: the integers 0..BUCKET_NUMBERS_MAX (migration 0011): a tally that history on SQLite joins its rollup rows
+#: the integers 0..BUCKET_NUMBERS_MAX (migration 0010): a tally that history on SQLite joins its rollup rows
 #: to, so that SQLite folds them per bucket in the order it reads them instead of sorting them first
 #: (store/history.py); PostgreSQL groups by hash and does not read it
 BUCKET_NUMBERS_MAX = 5000

@@ -7,10 +7,7 @@ History folds rollup rows into at most 5,000 buckets (``points``). Grouped by an
 folded as they are read (store/history.py). Created on both backends so that their schemas stay alike;
 PostgreSQL groups by hash and does not read it.
 
-Numbered 0011: 0010 is left to the ingest rewrite, which runs in parallel; whoever merges second sets
-``down_revision`` to the other's revision.
-
-Revision ID: 0011
+Revision ID: 0010
 Revises: 0009
 """
 
@@ -19,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0011"
+revision = "0010"
 down_revision = "0009"
 branch_labels = None
 depends_on = None
