@@ -488,7 +488,9 @@ class BatteryEstimator:
         """Record each cell's SOC (%) with the charge counted and the balancing bleed (Ah) so far: only
         observations a little charge apart are compared, the bleed added back then (:meth:`_drift_rates`)."""
         # a cell read at either end of the curve is clipped there: it says nothing
-        read = [None if s is None or not 1 - CLIPPED_SOC < s < CLIPPED_SOC else round(100 * s, 4) for s in socs]
+        read = [
+            None if s is None or not 1 - CLIPPED_SOC < s < CLIPPED_SOC else round(100 * s, 4) for s in socs
+        ]
         self.observations.append(
             [
                 t,
@@ -698,7 +700,9 @@ class BatteryEstimator:
                 observed += float(ts[-1] - ts[0])
                 t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
             span = t_hi - t_lo if parts else 0.0
-            if span < cfg.drift_min_span_s or sxx <= 0:
+            # the time covered by links, not the span between the first and the last: two 1 h links a
+            # day apart are two quantised steps, not a day of evidence
+            if observed < cfg.drift_min_span_s or sxx <= 0:
                 out.append(None)
                 continue
             slope = sxy / sxx
@@ -1022,8 +1026,8 @@ class BatteryEstimator:
     _STATE = (
         "battery_id", "chemistry", "rated_ah", "n_cells", "samples", "skipped", "t_first", "t_last",
         "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "obs_epoch", "offset_a",
-        "offset_estimates",
-        "bleed_ah", "balancing_last", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
+        "offset_estimates", "bleed_ah", "balancing_last",
+        "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
         "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "clips",
         "clip_mv", "win", "win_start", "win_exc", "r_windows", "r_history",

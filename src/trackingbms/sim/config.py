@@ -118,7 +118,9 @@ class PackConfig:
         if not -100 <= self.bms_soc_error_pct <= 100:
             raise SimConfigError(f"bms_soc_error_pct must be -100–100, got {self.bms_soc_error_pct}")
         if not 0 <= self.self_discharge_spread_pct <= 50:
-            raise SimConfigError(f"self_discharge_spread_pct must be 0–50, got {self.self_discharge_spread_pct}")
+            raise SimConfigError(
+                f"self_discharge_spread_pct must be 0–50, got {self.self_discharge_spread_pct}"
+            )
         if (self.weak_cell_extra_self_discharge_pct_month or 0) < 0:
             raise SimConfigError("weak_cell_extra_self_discharge_pct_month must be >= 0")
         if self.cycles < 0:
