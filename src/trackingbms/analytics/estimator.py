@@ -526,8 +526,7 @@ class BatteryEstimator:
             hi, lo = self.cap_est * (1 + cfg.bleed_capacity_unc), self.cap_est * (1 - cfg.bleed_capacity_unc)
         else:
             hi, lo = rated, rated * (1 - cfg.bleed_max_fade)
-        out = self._drift_rates_at(hi)
-        alt = self._drift_rates_at(lo)
+        out, alt = self._drift_rates_at((hi, lo))
         # per cell: rate at the rated end r1, and how far it moves towards the faded end d (linear in 1/C)
         known = [
             (k, d["rate_pct_month"], a["rate_pct_month"] - d["rate_pct_month"], d["rate_se_pct_month"])
@@ -616,9 +615,10 @@ class BatteryEstimator:
             out[k] = float(coef[1])
         return out
 
-    def _drift_rates_at(self, cap_bleed: float) -> list[dict[str, Any] | None]:
+    def _drift_rates_at(self, caps: tuple[float, float]) -> tuple[list[dict[str, Any] | None], ...]:
         """Per cell: how fast its SOC falls against the other cells', in % SOC per month, with the
-        balancing bleed added back as SOC of ``cap_bleed``.
+        balancing bleed added back as SOC of each of ``caps`` (the links, the reference cells and κ are
+        chosen once, at the first: the deviations are then exactly linear in the inverse capacity).
 
         An observation is linked to the latest earlier one whose counted charge differs by at most
         ``drift_max_dq_c`` of C (the next hour of a rest, or the same point of the next cycle: each level
@@ -633,13 +633,15 @@ class BatteryEstimator:
         n = self.n_cells
         limit = cfg.drift_max_dq_c * self._capacity_ref()
         obs = self.observations
-        kappa = self._capacity_slopes(cap_bleed)
+        cap0 = caps[0]
+        kappa = self._capacity_slopes(cap0)
         chain_of: list[int] = []
-        # per cell, per chain: [times], [cumulative deviation]
-        series: list[dict[int, tuple[list[float], list[float]]]] = [{} for _ in range(n)]
-        stretches: list[list[tuple[list[float], list[float]]]] = [[] for _ in range(n)]
+        # per cell, per chain: [times], [cumulative deviation of the readings], [of the bleed, % per Ah⁻¹]
+        Stretch = tuple[list[float], list[float], list[float]]
+        series: list[dict[int, Stretch]] = [{} for _ in range(n)]
+        stretches: list[list[Stretch]] = [[] for _ in range(n)]
         res = [0.0] * n
-        bled = [0.0] * n  # % SOC of balancing bleed added back over the cell's links
+        bled = [0.0] * n  # bleed added back over the cell's links, % SOC × Ah
         n_chains = 0
         for j, b in enumerate(obs):
             a = None
@@ -656,12 +658,14 @@ class BatteryEstimator:
                 continue
             chain = chain_of[i]
             chain_of.append(chain)
-            changes: list[float | None] = [None] * n
+            # per valid cell: (change at cap0, reading's change, bleed's change × capacity)
+            changes: list[tuple[float, float, float] | None] = [None] * n
             for k in range(n):
                 sa, sb = a[3][k], b[3][k]
                 if sa is not None and sb is not None and a[5][k] == b[5][k]:
                     # the bleed took out of this cell what the pack current did not: add it back
-                    changes[k] = sb - sa + 100 * (b[6][k] - a[6][k]) / cap_bleed
+                    bleed = 100 * (b[6][k] - a[6][k])
+                    changes[k] = (sb - sa + bleed / cap0, sb - sa, bleed)
             valid = sorted(c for c in changes if c is not None)
             if len(valid) < max(4, n // 2):
                 continue
@@ -669,7 +673,8 @@ class BatteryEstimator:
             # with the weak cell outside it
             cut = len(valid) // 4
             middle = valid[cut : len(valid) - cut]
-            ref = sum(middle) / len(middle)
+            ref_read = sum(c[1] for c in middle) / len(middle)
+            ref_bleed = sum(c[2] for c in middle) / len(middle)
             for k in range(n):
                 c = changes[k]
                 if c is None:
@@ -677,76 +682,87 @@ class BatteryEstimator:
                 part = series[k].get(chain)
                 if part is None or part[0][-1] != a[0]:
                     # the cell's first link in this chain, or it missed one: a new stretch from here
-                    part = series[k][chain] = ([a[0]], [0.0])
+                    part = series[k][chain] = ([a[0]], [0.0], [0.0])
                     stretches[k].append(part)
-                ts, ys = part
+                ts, ys_read, ys_bleed = part
                 ts.append(b[0])
-                bled[k] += 100 * (b[6][k] - a[6][k]) / cap_bleed
+                bled[k] += c[2]
                 # a cell of other capacity moves (1 + κ) times as far as the pack: take that out
-                ys.append(ys[-1] + c - ref - kappa[k] * ref)
+                ys_read.append(ys_read[-1] + c[1] - (1 + kappa[k]) * ref_read)
+                ys_bleed.append(ys_bleed[-1] + c[2] - (1 + kappa[k]) * ref_bleed)
                 res[k] = max(res[k], a[4], b[4])
-        out: list[dict[str, Any] | None] = []
-        for k in range(n):
-            sxx = sxy = rss = 0.0
-            points = links = 0
-            t_lo, t_hi, observed = math.inf, -math.inf, 0.0
-            parts = [(np.array(ts), np.array(ys)) for ts, ys in stretches[k] if len(ts) >= 2]
-            for ts, ys in parts:
-                tc = ts - ts.mean()
-                sxx += float(tc @ tc)
-                sxy += float(tc @ (ys - ys.mean()))
-                points += len(ts)
-                links += len(ts) - 1
-                observed += float(ts[-1] - ts[0])
-                t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
-            span = t_hi - t_lo if parts else 0.0
-            # the time covered by links, not the span between the first and the last: two 1 h links a
-            # day apart are two quantised steps, not a day of evidence
-            if observed < cfg.drift_min_span_s or sxx <= 0:
-                out.append(None)
-                continue
-            slope = sxy / sxx
-            mid = (t_lo + t_hi) / 2
-            # the same regression on each half of the record: a steady drift shows in both, one odd step
-            # (a 1 mV boundary crossed once) in one only
-            halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
-            for ts, ys in parts:
-                tc = ts - ts.mean()
-                r = ys - ys.mean() - slope * tc
-                rss += float(r @ r)
-                for half, sel in enumerate((ts <= mid, ts >= mid)):
-                    if sel.sum() >= 2:
-                        th, yh = ts[sel], ys[sel]
-                        thc = th - th.mean()
-                        halves[half][0] += float(thc @ (yh - yh.mean()))
-                        halves[half][1] += float(thc @ thc)
-            half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
-            sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res[k] / math.sqrt(12))
-            # never more independent points than there are (chains that meet once a day, e.g. nights)
-            n_eff = min(float(points), max(2.0, observed / cfg.drift_corr_s))
-            se_fit = sigma / math.sqrt(sxx * n_eff / points)
-            # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
-            # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
-            se_step = 0.41 * res[k] / span / math.sqrt(len(parts))
-            se = math.sqrt(se_fit**2 + se_step**2)
-            raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
-            out.append(
-                {
-                    "rate_pct_month": slope * _MONTH_S,
-                    "rate_bound_pct_month": slope * _MONTH_S,
-                    "rate_se_pct_month": se * _MONTH_S,
-                    "drop_pct": raw_drop,
-                    "first_half_rate_pct_month": half_rates[0],
-                    "second_half_rate_pct_month": half_rates[1],
-                    "observed_h": span / 3600,
-                    "pairs": links,
-                    "chains": len(parts),
-                    "bleed_added_pct": round(bled[k], 3),
-                    # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
-                    "step_pct": res[k],
-                }
-            )
-        return out
+        arrays = [
+            [(np.array(ts), np.array(yr), np.array(yb)) for ts, yr, yb in stretches[k] if len(ts) >= 2]
+            for k in range(n)
+        ]
+        return tuple(
+            [
+                self._drift_fit([(ts, yr + yb / cap) for ts, yr, yb in arrays[k]], res[k], bled[k] / cap)
+                for k in range(n)
+            ]
+            for cap in caps
+        )
+
+    def _drift_fit(
+        self, parts: list[tuple[np.ndarray, np.ndarray]], res_k: float, bled_k: float
+    ) -> dict[str, Any] | None:
+        """One cell's rate from its stretches (times, cumulative deviation): see :meth:`_drift_rates_at`."""
+        cfg = self.cfg
+        sxx = sxy = rss = 0.0
+        points = links = 0
+        t_lo, t_hi, observed = math.inf, -math.inf, 0.0
+        for ts, ys in parts:
+            tc = ts - ts.mean()
+            sxx += float(tc @ tc)
+            sxy += float(tc @ (ys - ys.mean()))
+            points += len(ts)
+            links += len(ts) - 1
+            observed += float(ts[-1] - ts[0])
+            t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
+        span = t_hi - t_lo if parts else 0.0
+        # the time covered by links, not the span between the first and the last: two 1 h links a
+        # day apart are two quantised steps, not a day of evidence
+        if observed < cfg.drift_min_span_s or sxx <= 0:
+            return None
+        slope = sxy / sxx
+        mid = (t_lo + t_hi) / 2
+        # the same regression on each half of the record: a steady drift shows in both, one odd step
+        # (a 1 mV boundary crossed once) in one only
+        halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
+        for ts, ys in parts:
+            tc = ts - ts.mean()
+            r = ys - ys.mean() - slope * tc
+            rss += float(r @ r)
+            for half, sel in enumerate((ts <= mid, ts >= mid)):
+                if sel.sum() >= 2:
+                    th, yh = ts[sel], ys[sel]
+                    thc = th - th.mean()
+                    halves[half][0] += float(thc @ (yh - yh.mean()))
+                    halves[half][1] += float(thc @ thc)
+        half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
+        sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res_k / math.sqrt(12))
+        # never more independent points than there are (chains that meet once a day, e.g. nights)
+        n_eff = min(float(points), max(2.0, observed / cfg.drift_corr_s))
+        se_fit = sigma / math.sqrt(sxx * n_eff / points)
+        # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
+        # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
+        se_step = 0.41 * res_k / span / math.sqrt(len(parts))
+        se = math.sqrt(se_fit**2 + se_step**2)
+        raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
+        return {
+            "rate_pct_month": slope * _MONTH_S,
+            "rate_bound_pct_month": slope * _MONTH_S,
+            "rate_se_pct_month": se * _MONTH_S,
+            "drop_pct": raw_drop,
+            "first_half_rate_pct_month": half_rates[0],
+            "second_half_rate_pct_month": half_rates[1],
+            "observed_h": span / 3600,
+            "pairs": links,
+            "chains": len(parts),
+            "bleed_added_pct": round(bled_k, 3),
+            # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
+            "step_pct": res_k,
+        }
 
     def _offsets(self, k: int) -> list[list[Any]]:
         """Cell ``k``'s SOC against the trimmed mean of the cells at each observation (% SOC, bleed added
