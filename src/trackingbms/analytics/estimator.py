@@ -27,18 +27,24 @@ Methods, and where they come from:
 * **SOC**: coulomb counting re-anchored at every anchor; the BMS's own SOC is compared with it
   (Daly ignores small currents and drifts 20–30 %, batmon-ha#144) and a ``trackingbms set --soc``
   correction is suggested when they disagree.
-* **Weak cells**: at anchors each cell's SOC (from its rest voltage, balancing bleed added back) is linked
-  to the same cell's at the previous anchor of the same charge level (a chain per level: the next hour of
-  a rest, the top of the next float or charge); over each link the cell's change is taken against the
-  trimmed mean of the cells' changes (a reference finer than one 1 mV step). The self-discharge rate is the
-  pooled least-squares slope over the chains, with an error that counts the correlated residuals of
-  quantised readings and the unknown position inside the 1 mV step at each end; a cell is flagged by a
-  sequential test re-taken at each report (rate, rate + 2 standard errors, both halves of the record, a
-  robust z against the other cells). The approach is the pseudo-OCV comparison of arXiv 2506.13394 (20–80
-  mV micro-shorts found in 10 of 10 field cases) made to work at Daly's 1 mV resolution; it is written here
-  because no library does cell-vs-pack drift on quantised BMS data. A cell whose capacity is well under
-  the median diverges at both knees; a cell whose resistance is well above the median deviates in
-  proportion to current. Each finding names the 1-based cell and carries its evidence.
+* **Weak cells**: at anchors each cell's SOC (from its rest voltage through the OCV curve where it is steep)
+  is linked to the same cell's at the previous anchor of the same charge level (a chain per level: the
+  next hour of a rest, the top of the next float or charge); over each link the cell's change is taken
+  against the trimmed mean of the cells' changes (a reference finer than one 1 mV step), with what is not
+  self-discharge taken out: the balancing bleed (Daly's flags, held until the next sample like the
+  current; its scale, the inverse of a capacity known only within the fade range, fitted across the pack
+  by weighted least squares since healthy cells' rates do not follow the bleed) and a cell's capacity
+  mismatch (κ, fitted as its deviation against the pack's SOC, since links at equal counted charge drift
+  with the count). The self-discharge rate is the pooled least-squares slope over the chains against the
+  pack's median cell, with an error that counts the correlated residuals of quantised readings and the
+  unknown position inside the 1 mV step at each end; a cell is flagged by a sequential test re-taken at
+  each report: the lower one-sided 95 % confidence bound of its excess (at the least alarming bleed
+  scale) past 1.5 %/month, both halves of the record falling, and a robust z against the other cells. The
+  approach is the pseudo-OCV comparison of arXiv 2506.13394 (20–80 mV micro-shorts found in 10 of 10
+  field cases) made to work at Daly's 1 mV resolution; it is written here because no library does
+  cell-vs-pack drift on quantised BMS data with a passive balancer in the loop. A cell whose capacity is
+  well under the median diverges at both knees; a cell whose resistance is well above the median
+  deviates in proportion to current. Each finding names the 1-based cell and carries its evidence.
 """
 
 from __future__ import annotations
