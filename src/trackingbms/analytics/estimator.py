@@ -765,6 +765,8 @@ class BatteryEstimator:
             "observed_h": span / 3600,
             "pairs": links,
             "chains": len(parts),
+            # degrees of freedom of the residuals: a handful of links gets Student's t, not the normal
+            "dof": max(1, points - len(parts) - 1),
             "bleed_added_pct": round(bled_k, 3),
             # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
             "step_pct": res_k,
@@ -789,12 +791,13 @@ class BatteryEstimator:
     def _self_discharging(self, d: dict[str, Any]) -> bool:
         """A sequential decision on one cell's drift (re-taken at every report as evidence accrues): the
         lower confidence bound of its excess self-discharge (the rate at the least alarming bleed
-        capacity, ``drift_confidence_z`` standard errors towards zero) is past the flag; the drop shows in
-        both halves of the record (a steady drift, not one odd 1 mV step); and the cell stands far outside
-        the other cells' spread (robust z)."""
+        capacity, less Student's one-sided quantile for ``drift_confidence_z`` at its degrees of freedom
+        times its standard error) is past the flag; the drop shows in both halves of the record (a steady
+        drift, not one odd 1 mV step); and the cell stands far outside the other cells' spread (robust z)."""
         cfg = self.cfg
         rate = d["rate_pct_month"]
-        lower = -d["rate_bound_pct_month"] - cfg.drift_confidence_z * d["rate_se_pct_month"]
+        q = _t_quantile(cfg.drift_confidence_z, d["dof"])
+        lower = -d["rate_bound_pct_month"] - q * d["rate_se_pct_month"]
         halves = (d["first_half_rate_pct_month"], d["second_half_rate_pct_month"])
         return (
             lower >= cfg.self_discharge_flag_pct_month
@@ -1071,6 +1074,12 @@ class BatteryEstimator:
         for k in cls._STATE:
             setattr(est, k, state[k])
         return est
+
+
+def _t_quantile(z: float, dof: int) -> float:
+    """Student's t quantile for the normal quantile ``z`` (Cornish–Fisher expansion, within 1 % of the
+    exact value from 4 degrees of freedom; scipy.stats would cost its import at every start)."""
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
 
 
 def _minus(x: float | None, m: float) -> float | None:
