@@ -27,18 +27,24 @@ Methods, and where they come from:
 * **SOC**: coulomb counting re-anchored at every anchor; the BMS's own SOC is compared with it
   (Daly ignores small currents and drifts 20–30 %, batmon-ha#144) and a ``trackingbms set --soc``
   correction is suggested when they disagree.
-* **Weak cells**: at anchors each cell's SOC (from its rest voltage, balancing bleed added back) is linked
-  to the same cell's at the previous anchor of the same charge level (a chain per level: the next hour of
-  a rest, the top of the next float or charge); over each link the cell's change is taken against the
-  trimmed mean of the cells' changes (a reference finer than one 1 mV step). The self-discharge rate is the
-  pooled least-squares slope over the chains, with an error that counts the correlated residuals of
-  quantised readings and the unknown position inside the 1 mV step at each end; a cell is flagged by a
-  sequential test re-taken at each report (rate, rate + 2 standard errors, both halves of the record, a
-  robust z against the other cells). The approach is the pseudo-OCV comparison of arXiv 2506.13394 (20–80
-  mV micro-shorts found in 10 of 10 field cases) made to work at Daly's 1 mV resolution; it is written here
-  because no library does cell-vs-pack drift on quantised BMS data. A cell whose capacity is well under
-  the median diverges at both knees; a cell whose resistance is well above the median deviates in
-  proportion to current. Each finding names the 1-based cell and carries its evidence.
+* **Weak cells**: at anchors each cell's SOC (from its rest voltage through the OCV curve where it is steep)
+  is linked to the same cell's at the previous anchor of the same charge level (a chain per level: the
+  next hour of a rest, the top of the next float or charge); over each link the cell's change is taken
+  against the trimmed mean of the cells' changes (a reference finer than one 1 mV step), with what is not
+  self-discharge taken out: the balancing bleed (Daly's flags, held until the next sample like the
+  current; its scale, the inverse of a capacity known only within the fade range, fitted across the pack
+  by weighted least squares since healthy cells' rates do not follow the bleed) and a cell's capacity
+  mismatch (κ, fitted as its deviation against the pack's SOC, since links at equal counted charge drift
+  with the count). The self-discharge rate is the pooled least-squares slope over the chains against the
+  pack's median cell, with an error that counts the correlated residuals of quantised readings and the
+  unknown position inside the 1 mV step at each end; a cell is flagged by a sequential test re-taken at
+  each report: the lower one-sided 95 % confidence bound of its excess (at the least alarming bleed
+  scale) past 1.5 %/month, both halves of the record falling, and a robust z against the other cells. The
+  approach is the pseudo-OCV comparison of arXiv 2506.13394 (20–80 mV micro-shorts found in 10 of 10
+  field cases) made to work at Daly's 1 mV resolution; it is written here because no library does
+  cell-vs-pack drift on quantised BMS data with a passive balancer in the loop. A cell whose capacity is
+  well under the median diverges at both knees; a cell whose resistance is well above the median
+  deviates in proportion to current. Each finding names the 1-based cell and carries its evidence.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ import numpy as np
 from trackingbms.analytics.ocv import CURVES, MIN_SLOPE_MV_PER_PCT, guess_chemistry
 from trackingbms.analytics.regression import deming, deming_columns
 
-STATE_VERSION = 2
+STATE_VERSION = 3
 _DAY_S = 86400.0
 _MONTH_S = 30 * _DAY_S
 #: a rest voltage at the very end of the engine's curve: the cell may be past it (clipped)
@@ -101,11 +107,14 @@ class EstimatorConfig:
     #: points of a weak cell's offset plotted as evidence, at most
     evidence_points: int = 120
     # weak cells
-    #: healthy cells of one pack differ by up to ~2.4 %/month (LFP: ±20 % of its 3 %/month, 4σ): flag past 2.5
-    self_discharge_flag_pct_month: float = 2.5
+    #: healthy cells matched for one pack differ by under ~1 %/month (sim/config.py): a cell is flagged
+    #: once the lower confidence bound of its excess over the pack passes this (%/month)
+    self_discharge_flag_pct_month: float = 1.5
+    #: standard errors between the rate and that lower bound (one-sided 95 %)
+    drift_confidence_z: float = 1.645
     drift_min_span_s: float = 24 * 3600.0
-    #: a rate known worse than this (1 standard error, %/month, or a sixth of the rate) is no finding yet
-    drift_max_se_pct_month: float = 1.5
+    #: the pack's SOC must swing this far (% SOC) over the observations before a cell's κ is fitted
+    drift_kappa_min_swing_pct: float = 20.0
     #: each half of the record must fall at least this share of the whole record's rate
     drift_min_half_share: float = 0.2
     drift_days: float = 7.0
@@ -116,8 +125,10 @@ class EstimatorConfig:
     drift_min_z: float = 3.0
     #: cells this close to the highest, when it reads past the curve's end, count as possibly clipped
     clip_band_mv: float = 5.0
-    #: how far off the rated capacity may be before one is measured (fade), for the bleed added back
-    bleed_capacity_unc: float = 0.3
+    #: before a capacity is measured, the bleed added back may be a share of a capacity this far under
+    #: the rated one (fade); once one is measured, within ``bleed_capacity_unc`` of it
+    bleed_max_fade: float = 0.3
+    bleed_capacity_unc: float = 0.05
     #: residuals of quantised readings are correlated: one independent point per this much observed time
     drift_corr_s: float = 6 * 3600.0
     low_capacity_ratio: float = 0.9
@@ -174,6 +185,7 @@ class BatteryEstimator:
         self.offset_a = 0.0
         self.offset_estimates: list[float] = []
         self.bleed_ah: list[float] = []  # per cell, balancing bleed since the start
+        self.balancing_last: list[int] = []  # cells the last sample flagged balancing (1-based)
         self.bms_soc: float | None = None
         self.bms_remaining_ah: float | None = None
         # rest tracking
@@ -241,11 +253,13 @@ class BatteryEstimator:
                     self.zero_h += h
                 else:
                     self.nonzero_h += h
-                if self.bleed_ah and sample.get("balancing"):
+                if self.bleed_ah and self.balancing_last:
+                    # the balancer bled the cells the last sample flagged, as the current held until now
                     bleed = cfg.balance_current_a * h
-                    for c in sample["balancing"]:
+                    for c in self.balancing_last:
                         if 0 < c <= len(self.bleed_ah):
                             self.bleed_ah[c - 1] += bleed
+        self.balancing_last = sample.get("balancing") or []
         self.t_last = t
         if raw_i is None:
             # a partial sample: we cannot count what we did not see
@@ -479,22 +493,18 @@ class BatteryEstimator:
 
     # ---- weak cells --------------------------------------------------------------------------------
     def _observe(self, t: float, socs: list[float | None], res_pct_per_mv: float) -> None:
-        """Record each cell's SOC deviation from the pack median (bleed added back), with the charge
-        counted so far: only observations a little charge apart are compared (see :meth:`_drift_rates`)."""
-        cap = self._capacity_ref()
-        # bleed added back; a cell read at either end of the curve is clipped there: it says nothing
-        adjusted = [
-            None
-            if s is None or not 1 - CLIPPED_SOC < s < CLIPPED_SOC
-            else round(100 * (s + self.bleed_ah[k] / cap), 4)
-            for k, s in enumerate(socs)
+        """Record each cell's SOC (%) with the charge counted and the balancing bleed (Ah) so far: only
+        observations a little charge apart are compared, the bleed added back then (:meth:`_drift_rates`)."""
+        # a cell read at either end of the curve is clipped there: it says nothing
+        read = [
+            None if s is None or not 1 - CLIPPED_SOC < s < CLIPPED_SOC else round(100 * s, 4) for s in socs
         ]
         self.observations.append(
             [
                 t,
                 self.q_ah,
                 self.obs_epoch,
-                adjusted,
+                read,
                 round(res_pct_per_mv, 4),
                 list(self.clips),
                 [round(x, 6) for x in self.bleed_ah],
@@ -506,7 +516,117 @@ class BatteryEstimator:
         del self.observations[:-400]
 
     def _drift_rates(self) -> list[dict[str, Any] | None]:
-        """Per cell: how fast its SOC falls against the other cells', in % SOC per month.
+        """Per cell: how fast its SOC falls against the other cells' (%/month), and the bound the test uses.
+
+        The balancing bleed is known in Ah; added back as SOC it is divided by a capacity that, before one
+        is measured, lies between the rated one and ``1 - bleed_max_fade`` of it (then within
+        ``bleed_capacity_unc`` of the measured one). Every cell's slope is linear in the inverse of that
+        capacity, so it is computed at both ends of the range and the scale between them is fitted
+        across the pack: the healthy cells' rates scatter around the pack's by ``drift_noise_pct_month``
+        whatever the balancer took from each, so a wrong scale shows as rates that follow the bleed. The
+        fit leaves out the cell it is applied to (its own excess must not move the scale), and its error
+        joins the cell's: ``rate_bound_pct_month`` is the rate at the least alarming scale within
+        ``drift_confidence_z`` standard errors of the fitted one (and inside the range).
+        """
+        rated = self.rated_ah or self.bms_remaining_ah or self._capacity_ref()
+        cfg = self.cfg
+        if self.cap_est is not None:
+            hi, lo = self.cap_est * (1 + cfg.bleed_capacity_unc), self.cap_est * (1 - cfg.bleed_capacity_unc)
+        else:
+            hi, lo = rated, rated * (1 - cfg.bleed_max_fade)
+        out, alt = self._drift_rates_at((hi, lo))
+        # per cell: rate at the rated end r1, and how far it moves towards the faded end d (linear in 1/C)
+        known = [
+            (k, d["rate_pct_month"], a["rate_pct_month"] - d["rate_pct_month"], d["rate_se_pct_month"])
+            for k, (d, a) in enumerate(zip(out, alt, strict=True))
+            if d is not None and a is not None
+        ]
+        z = cfg.drift_confidence_z
+        for k, r1, dk, se in known:
+            d = out[k]
+            assert d is not None
+            # weighted least squares of r1 + λ·d on a common level, over the other cells (closed form)
+            rest = [(r, dd, 1 / (cfg.drift_noise_pct_month**2 + s**2)) for j, r, dd, s in known if j != k]
+            sw = sum(w for _, _, w in rest)
+            lam, lam_se = 0.5, 1.0
+            if len(rest) >= 4 and sw > 0:
+                r_bar = sum(w * r for r, _, w in rest) / sw
+                d_bar = sum(w * dd for _, dd, w in rest) / sw
+                sdd = sum(w * (dd - d_bar) ** 2 for _, dd, w in rest)
+                if sdd > 0:
+                    lam = -sum(w * (r - r_bar) * (dd - d_bar) for r, dd, w in rest) / sdd
+                    lam_se = 1 / math.sqrt(sdd)
+            lam = min(1.0, max(0.0, lam))
+            ends = (min(1.0, max(0.0, lam - z * lam_se)), min(1.0, max(0.0, lam + z * lam_se)))
+            d["rate_pct_month"] = r1 + lam * dk
+            d["rate_bound_pct_month"] = max(r1 + e * dk for e in ends)
+            d["rate_se_pct_month"] = max(se, alt[k]["rate_se_pct_month"])  # type: ignore[index]
+            d["bleed_capacity_ah"] = round(1 / (1 / hi + lam * (1 / lo - 1 / hi)), 2)
+        for k in range(len(out)):
+            if out[k] is not None and alt[k] is None:
+                out[k] = None
+        rates = [d["rate_pct_month"] for d in out if d is not None]
+        if len(rates) >= 4:
+            # against the pack: each cell's stretches use the links where it was read, and their
+            # reference can sit off the median cell's by a common amount (e-bike packs: ~1 %/month);
+            # the median of the cells' rates is the pack, and its own error (π/2 · se² / n) joins theirs
+            m = median(rates)
+            for d in out:
+                if d is not None:
+                    d["rate_pct_month"] -= m
+                    d["rate_bound_pct_month"] -= m
+                    d["first_half_rate_pct_month"] = _minus(d["first_half_rate_pct_month"], m)
+                    d["second_half_rate_pct_month"] = _minus(d["second_half_rate_pct_month"], m)
+                    d["rate_se_pct_month"] *= math.sqrt(1 + math.pi / 2 / len(rates))
+            rates, m = [r - m for r in rates], 0.0
+            mad = 1.4826 * median(abs(r - m) for r in rates)
+            for d in out:
+                if d is not None:
+                    d["z"] = (d["rate_pct_month"] - m) / max(mad, cfg.drift_noise_pct_month)
+        return out
+
+    def _capacity_slopes(self, cap_bleed: float) -> list[float]:
+        """Per cell, κ: how much further than the pack it moves per % the pack moves (a cell of lower
+        capacity moves further). Fitted on every observation as the cell's deviation from the pack
+        against the pack's SOC, with time as a second regressor so a steady self-discharge does not
+        leak into it. Links are taken at equal *counted* charge, and the count drifts (sensor gain and
+        offset): without κ, a cell 4 % small in a pack that swings 60 % a day reads as 2–3 %/month of
+        self-discharge. Zero where the pack's SOC did not swing enough to tell (``drift_kappa_min_swing``).
+        """
+        n = self.n_cells
+        rows: list[tuple[float, float, list[float | None]]] = []
+        for o in self.observations:
+            socs = [None if x is None else x + 100 * b / cap_bleed for x, b in zip(o[3], o[6], strict=True)]
+            known = sorted(x for x in socs if x is not None)
+            if len(known) < max(4, n // 2):
+                continue
+            cut = len(known) // 4
+            middle = known[cut : len(known) - cut]
+            rows.append((o[0], sum(middle) / len(middle), socs))
+        out = [0.0] * n
+        if len(rows) < 6:
+            return out
+        levels = np.array([r[1] for r in rows])
+        if float(levels.max() - levels.min()) < self.cfg.drift_kappa_min_swing_pct:
+            return out
+        times = np.array([r[0] for r in rows]) / _MONTH_S
+        for k in range(n):
+            sel = [j for j, r in enumerate(rows) if r[2][k] is not None]
+            if len(sel) < 6:
+                continue
+            lv = levels[sel]
+            if float(lv.max() - lv.min()) < self.cfg.drift_kappa_min_swing_pct:
+                continue
+            dev = np.array([rows[j][2][k] for j in sel]) - lv  # type: ignore[operator]
+            design = np.column_stack([np.ones(len(sel)), lv, times[sel]])
+            coef = np.linalg.lstsq(design, dev, rcond=None)[0]
+            out[k] = float(coef[1])
+        return out
+
+    def _drift_rates_at(self, caps: tuple[float, float]) -> tuple[list[dict[str, Any] | None], ...]:
+        """Per cell: how fast its SOC falls against the other cells', in % SOC per month, with the
+        balancing bleed added back as SOC of each of ``caps`` (the links, the reference cells and κ are
+        chosen once, at the first: the deviations are then exactly linear in the inverse capacity).
 
         An observation is linked to the latest earlier one whose counted charge differs by at most
         ``drift_max_dq_c`` of C (the next hour of a rest, or the same point of the next cycle: each level
@@ -520,19 +640,16 @@ class BatteryEstimator:
         cfg = self.cfg
         n = self.n_cells
         limit = cfg.drift_max_dq_c * self._capacity_ref()
-        # a cell of lower capacity moves further per Ah counted: with capacities known, take that out
-        caps = self._cell_capacities()
-        inv = [1 / c if c else None for c in caps]
-        known_inv = [x for x in inv if x is not None]
-        inv_med = median(known_inv) if len(known_inv) * 2 >= n else None
         obs = self.observations
+        cap0 = caps[0]
+        kappa = self._capacity_slopes(cap0)
         chain_of: list[int] = []
-        # per cell, per chain: [times], [cumulative deviation]
-        series: list[dict[int, tuple[list[float], list[float]]]] = [{} for _ in range(n)]
-        stretches: list[list[tuple[list[float], list[float]]]] = [[] for _ in range(n)]
+        # per cell, per chain: [times], [cumulative deviation of the readings], [of the bleed, % per Ah⁻¹]
+        Stretch = tuple[list[float], list[float], list[float]]
+        series: list[dict[int, Stretch]] = [{} for _ in range(n)]
+        stretches: list[list[Stretch]] = [[] for _ in range(n)]
         res = [0.0] * n
-        bled = [0.0] * n  # % SOC of balancing bleed added back over the cell's links
-        cap_ref = self._capacity_ref()
+        bled = [0.0] * n  # bleed added back over the cell's links, % SOC × Ah
         n_chains = 0
         for j, b in enumerate(obs):
             a = None
@@ -549,15 +666,14 @@ class BatteryEstimator:
                 continue
             chain = chain_of[i]
             chain_of.append(chain)
-            dq = b[1] - a[1]
-            changes: list[float | None] = [None] * n
+            # per valid cell: (change at cap0, reading's change, bleed's change × capacity)
+            changes: list[tuple[float, float, float] | None] = [None] * n
             for k in range(n):
                 sa, sb = a[3][k], b[3][k]
                 if sa is not None and sb is not None and a[5][k] == b[5][k]:
-                    change = sb - sa
-                    if inv_med is not None and inv[k] is not None:
-                        change -= 100 * dq * (inv[k] - inv_med)
-                    changes[k] = change
+                    # the bleed took out of this cell what the pack current did not: add it back
+                    bleed = 100 * (b[6][k] - a[6][k])
+                    changes[k] = (sb - sa + bleed / cap0, sb - sa, bleed)
             valid = sorted(c for c in changes if c is not None)
             if len(valid) < max(4, n // 2):
                 continue
@@ -565,7 +681,8 @@ class BatteryEstimator:
             # with the weak cell outside it
             cut = len(valid) // 4
             middle = valid[cut : len(valid) - cut]
-            ref = sum(middle) / len(middle)
+            ref_read = sum(c[1] for c in middle) / len(middle)
+            ref_bleed = sum(c[2] for c in middle) / len(middle)
             for k in range(n):
                 c = changes[k]
                 if c is None:
@@ -573,91 +690,99 @@ class BatteryEstimator:
                 part = series[k].get(chain)
                 if part is None or part[0][-1] != a[0]:
                     # the cell's first link in this chain, or it missed one: a new stretch from here
-                    part = series[k][chain] = ([a[0]], [0.0])
+                    part = series[k][chain] = ([a[0]], [0.0], [0.0])
                     stretches[k].append(part)
-                ts, ys = part
+                ts, ys_read, ys_bleed = part
                 ts.append(b[0])
-                bled[k] += 100 * (b[6][k] - a[6][k]) / cap_ref
-                ys.append(ys[-1] + c - ref)
+                bled[k] += c[2]
+                # a cell of other capacity moves (1 + κ) times as far as the pack: take that out
+                ys_read.append(ys_read[-1] + c[1] - (1 + kappa[k]) * ref_read)
+                ys_bleed.append(ys_bleed[-1] + c[2] - (1 + kappa[k]) * ref_bleed)
                 res[k] = max(res[k], a[4], b[4])
-        out: list[dict[str, Any] | None] = []
-        for k in range(n):
-            sxx = sxy = rss = 0.0
-            points = links = 0
-            t_lo, t_hi, observed = math.inf, -math.inf, 0.0
-            parts = [(np.array(ts), np.array(ys)) for ts, ys in stretches[k] if len(ts) >= 2]
-            for ts, ys in parts:
-                tc = ts - ts.mean()
-                sxx += float(tc @ tc)
-                sxy += float(tc @ (ys - ys.mean()))
-                points += len(ts)
-                links += len(ts) - 1
-                observed += float(ts[-1] - ts[0])
-                t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
-            span = t_hi - t_lo if parts else 0.0
-            if span < cfg.drift_min_span_s or sxx <= 0:
-                out.append(None)
-                continue
-            slope = sxy / sxx
-            mid = (t_lo + t_hi) / 2
-            # the same regression on each half of the record: a steady drift shows in both, one odd step
-            # (a 1 mV boundary crossed once) in one only
-            halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
-            for ts, ys in parts:
-                tc = ts - ts.mean()
-                r = ys - ys.mean() - slope * tc
-                rss += float(r @ r)
-                for half, sel in enumerate((ts <= mid, ts >= mid)):
-                    if sel.sum() >= 2:
-                        th, yh = ts[sel], ys[sel]
-                        thc = th - th.mean()
-                        halves[half][0] += float(thc @ (yh - yh.mean()))
-                        halves[half][1] += float(thc @ thc)
-            half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
-            sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res[k] / math.sqrt(12))
-            n_eff = max(2.0, observed / cfg.drift_corr_s)
-            se_fit = sigma / math.sqrt(sxx * n_eff / points)
-            # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
-            # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
-            se_step = 0.41 * res[k] / span / math.sqrt(len(parts))
-            # the bleed added back is in % of a capacity that, before one is measured, may be off by the
-            # pack's whole fade: a cell balanced for hours carries that much doubt
-            unc = cfg.bleed_capacity_unc if self.cap_est is None else 0.05
-            se_bleed = unc * bled[k] / span
-            se = math.sqrt(se_fit**2 + se_step**2 + se_bleed**2)
-            raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
-            out.append(
-                {
-                    "rate_pct_month": slope * _MONTH_S,
-                    "rate_se_pct_month": se * _MONTH_S,
-                    "drop_pct": raw_drop,
-                    "first_half_rate_pct_month": half_rates[0],
-                    "second_half_rate_pct_month": half_rates[1],
-                    "observed_h": span / 3600,
-                    "pairs": links,
-                    "chains": len(parts),
-                    "bleed_added_pct": round(bled[k], 3),
-                    # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
-                    "step_pct": res[k],
-                }
-            )
-        rates = [d["rate_pct_month"] for d in out if d is not None]
-        if len(rates) >= 4:
-            m = median(rates)
-            mad = 1.4826 * median(abs(r - m) for r in rates)
-            for d in out:
-                if d is not None:
-                    d["z"] = (d["rate_pct_month"] - m) / max(mad, cfg.drift_noise_pct_month)
-        return out
+        arrays = [
+            [(np.array(ts), np.array(yr), np.array(yb)) for ts, yr, yb in stretches[k] if len(ts) >= 2]
+            for k in range(n)
+        ]
+        return tuple(
+            [
+                self._drift_fit([(ts, yr + yb / cap) for ts, yr, yb in arrays[k]], res[k], bled[k] / cap)
+                for k in range(n)
+            ]
+            for cap in caps
+        )
+
+    def _drift_fit(
+        self, parts: list[tuple[np.ndarray, np.ndarray]], res_k: float, bled_k: float
+    ) -> dict[str, Any] | None:
+        """One cell's rate from its stretches (times, cumulative deviation): see :meth:`_drift_rates_at`."""
+        cfg = self.cfg
+        sxx = sxy = rss = 0.0
+        points = links = 0
+        t_lo, t_hi, observed = math.inf, -math.inf, 0.0
+        for ts, ys in parts:
+            tc = ts - ts.mean()
+            sxx += float(tc @ tc)
+            sxy += float(tc @ (ys - ys.mean()))
+            points += len(ts)
+            links += len(ts) - 1
+            observed += float(ts[-1] - ts[0])
+            t_lo, t_hi = min(t_lo, float(ts[0])), max(t_hi, float(ts[-1]))
+        span = t_hi - t_lo if parts else 0.0
+        # the time covered by links, not the span between the first and the last: two 1 h links a
+        # day apart are two quantised steps, not a day of evidence
+        if observed < cfg.drift_min_span_s or sxx <= 0:
+            return None
+        slope = sxy / sxx
+        mid = (t_lo + t_hi) / 2
+        # the same regression on each half of the record: a steady drift shows in both, one odd step
+        # (a 1 mV boundary crossed once) in one only
+        halves = [[0.0, 0.0], [0.0, 0.0]]  # [sxy, sxx] before / after the middle
+        for ts, ys in parts:
+            tc = ts - ts.mean()
+            r = ys - ys.mean() - slope * tc
+            rss += float(r @ r)
+            for half, sel in enumerate((ts <= mid, ts >= mid)):
+                if sel.sum() >= 2:
+                    th, yh = ts[sel], ys[sel]
+                    thc = th - th.mean()
+                    halves[half][0] += float(thc @ (yh - yh.mean()))
+                    halves[half][1] += float(thc @ thc)
+        half_rates = [sxy_h / sxx_h * _MONTH_S if sxx_h > 0 else None for sxy_h, sxx_h in halves]
+        sigma = max(math.sqrt(rss / max(1, points - len(parts) - 1)), res_k / math.sqrt(12))
+        # never more independent points than there are (chains that meet once a day, e.g. nights)
+        n_eff = min(float(points), max(2.0, observed / cfg.drift_corr_s))
+        se_fit = sigma / math.sqrt(sxx * n_eff / points)
+        # and where a reading sits inside its 1 mV step is unknown at each end of a stretch: the
+        # difference of two uniform errors (sd 0.41 step) over the span, per independent stretch
+        se_step = 0.41 * res_k / span / math.sqrt(len(parts))
+        se = math.sqrt(se_fit**2 + se_step**2)
+        raw_drop = sum(float(ys[-1] - ys[0]) for _, ys in parts)
+        return {
+            "rate_pct_month": slope * _MONTH_S,
+            "rate_bound_pct_month": slope * _MONTH_S,
+            "rate_se_pct_month": se * _MONTH_S,
+            "drop_pct": raw_drop,
+            "first_half_rate_pct_month": half_rates[0],
+            "second_half_rate_pct_month": half_rates[1],
+            "observed_h": span / 3600,
+            "pairs": links,
+            "chains": len(parts),
+            # degrees of freedom of the residuals: a handful of links gets Student's t, not the normal
+            "dof": max(1, points - len(parts) - 1),
+            "bleed_added_pct": round(bled_k, 3),
+            # the SOC one 1 mV step of the reading is worth where the cell was read (the coarsest)
+            "step_pct": res_k,
+        }
 
     def _offsets(self, k: int) -> list[list[Any]]:
         """Cell ``k``'s SOC against the trimmed mean of the cells at each observation (% SOC, bleed added
         back): the evidence plotted on the Health card, thinned to ``evidence_points``."""
         pts: list[list[Any]] = []
+        cap = self._capacity_ref()
         for o in self.observations:
-            socs = o[3]
-            if socs[k] is None:
+            if o[3][k] is None:
                 continue
+            socs = [None if x is None else x + 100 * b / cap for x, b in zip(o[3], o[6], strict=True)]
             known = sorted(x for x in socs if x is not None)
             cut = len(known) // 4
             middle = known[cut : len(known) - cut] or known
@@ -667,17 +792,17 @@ class BatteryEstimator:
 
     def _self_discharging(self, d: dict[str, Any]) -> bool:
         """A sequential decision on one cell's drift (re-taken at every report as evidence accrues): the
-        rate is past the flag and, two standard errors towards zero, still past half of it; the error is
-        small enough to mean something (absolutely, or against a large rate); the drop shows in both
-        halves of the record (a steady drift, not one odd step); and the cell stands far outside the other
-        cells' spread (robust z)."""
+        lower confidence bound of its excess self-discharge (the rate at the least alarming bleed
+        capacity, less Student's one-sided quantile for ``drift_confidence_z`` at its degrees of freedom
+        times its standard error) is past the flag; the drop shows in both halves of the record (a steady
+        drift, not one odd 1 mV step); and the cell stands far outside the other cells' spread (robust z)."""
         cfg = self.cfg
-        rate, se = d["rate_pct_month"], d["rate_se_pct_month"]
+        rate = d["rate_pct_month"]
+        q = _t_quantile(cfg.drift_confidence_z, d["dof"])
+        lower = -d["rate_bound_pct_month"] - q * d["rate_se_pct_month"]
         halves = (d["first_half_rate_pct_month"], d["second_half_rate_pct_month"])
         return (
-            rate <= -cfg.self_discharge_flag_pct_month
-            and rate + 2 * se <= -cfg.self_discharge_flag_pct_month / 2
-            and se <= max(cfg.drift_max_se_pct_month, -rate / 6)
+            lower >= cfg.self_discharge_flag_pct_month
             and all(h is not None and h <= cfg.drift_min_half_share * rate for h in halves)
             and d.get("z", 0.0) <= -cfg.drift_min_z
         )
@@ -928,8 +1053,8 @@ class BatteryEstimator:
     _STATE = (
         "battery_id", "chemistry", "rated_ah", "n_cells", "samples", "skipped", "t_first", "t_last",
         "i_last", "raw_i_last", "q_ah", "zero_h", "nonzero_h", "chain", "obs_epoch", "offset_a",
-        "offset_estimates",
-        "bleed_ah", "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
+        "offset_estimates", "bleed_ah", "balancing_last",
+        "bms_soc", "bms_remaining_ah", "rest_since", "rest_i", "rest_entry", "rest_last",
         "next_obs_t", "last_exit", "last_full_exit", "full_anchors", "rest_anchors", "soc_anchor",
         "cell_caps", "cell_spread_mv", "cap_est", "cap_median", "segments", "observations", "clips",
         "clip_mv", "win", "win_start", "win_exc", "r_windows", "r_history",
@@ -951,6 +1076,16 @@ class BatteryEstimator:
         for k in cls._STATE:
             setattr(est, k, state[k])
         return est
+
+
+def _t_quantile(z: float, dof: int) -> float:
+    """Student's t quantile for the normal quantile ``z`` (Cornish–Fisher expansion, within 1 % of the
+    exact value from 4 degrees of freedom; scipy.stats would cost its import at every start)."""
+    return z + (z**3 + z) / (4 * dof) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+
+
+def _minus(x: float | None, m: float) -> float | None:
+    return None if x is None else x - m
 
 
 def _confidence(segments: int, spread_pct: float | None) -> str:

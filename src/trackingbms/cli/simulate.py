@@ -75,7 +75,8 @@ def simulate(
     weak_cell_extra_sd: Annotated[
         float | None,
         typer.Option(
-            help="With --weak-cell: its extra self-discharge in %/month (instead of 20x the others)."
+            help="With --weak-cell: its self-discharge over the pack's median cell, %/month "
+            "(instead of 20x its own)."
         ),
     ] = None,
     current_offset: Annotated[float, typer.Option(help="Current-sensor offset (A).")] = 0.05,

@@ -32,8 +32,9 @@ have distinct ``Quirks(board=N)``; host address 0x40 + N - 1 reaches board N, re
 PackConfig (battery): pack_id, cells 3–48, sensors 1–16, chemistry lfp|nmc|lto, capacity_ah, soc_pct,
 seed, scenario (idle, constant [constant_current_a], solar-day, ebike-ride, charge-full, ups,
 schedule [schedule=path.toml|.csv, or bundled "workshop-day" / "pulse-test"]), speed, start (datetime
-of t=0), ambient_c, spreads, ageing
-(capacity_fade_pct, fade_per_cycle_pct, resistance_growth_pct, weak_cell, weak_cell_self_discharge_x),
+of t=0), ambient_c, spreads (capacity, resistance, SOC; self_discharge_spread_pct: healthy cells within
+2σ of it), ageing (capacity_fade_pct, fade_per_cycle_pct, resistance_growth_pct, weak_cell,
+weak_cell_self_discharge_x or weak_cell_extra_self_discharge_pct_month over the pack's median cell),
 cycles, BMS current-sensor error (the reported SOC drifts; currents < soc_count_threshold_a=2.5 A are
 not counted), thresholds (cell_ov_mv, cell_uv_mv, charge_oc_a, discharge_oc_a as (L1, L2)).
 

@@ -137,19 +137,29 @@ class Battery:
         self.rated_ah = cfg.capacity_ah
         r_nominal = self.chem.r_mohm_ah / cfg.capacity_ah
         sd = self.chem.self_discharge_pct_month / 100 / SECONDS_PER_MONTH
+        spread = cfg.self_discharge_spread_pct / 100
         self.cells = []
-        for i in range(cfg.cells):
+        for _ in range(cfg.cells):
             cap = cfg.capacity_ah * max(0.5, 1 + rng.gauss(0, cfg.capacity_spread_pct / 100))
             r = r_nominal * max(0.3, 1 + rng.gauss(0, cfg.resistance_spread_pct / 100))
             r *= 1 + cfg.resistance_growth_pct / 100
-            cell_sd = sd * max(0.2, 1 + rng.gauss(0, 0.2))
-            if cfg.weak_cell == i + 1:
-                if cfg.weak_cell_extra_self_discharge_pct_month is not None:
-                    cell_sd += cfg.weak_cell_extra_self_discharge_pct_month / 100 / SECONDS_PER_MONTH
-                else:
-                    cell_sd *= cfg.weak_cell_self_discharge_x
+            # cells for one pack are matched on their voltage drop in storage (the factory's K-value
+            # grading): the tails of the batch's spread are sorted out, so a healthy cell stays within 2σ
+            cell_sd = sd * (1 + min(2 * spread, max(-2 * spread, rng.gauss(0, spread))))
             soc = min(1.0, max(0.0, cfg.soc_pct / 100 + rng.gauss(0, cfg.soc_spread_pct / 100)))
             self.cells.append(Cell(cap, r, cell_sd, soc))
+        if cfg.weak_cell is not None:
+            weak = self.cells[cfg.weak_cell - 1]
+            if cfg.weak_cell_extra_self_discharge_pct_month is not None:
+                # the excess is over the pack's median cell, so the truth an estimator of "faster than
+                # the rest" is judged against is exactly the knob
+                others = sorted(c.self_discharge_per_s for c in self.cells if c is not weak)
+                mid = len(others) // 2
+                median = others[mid] if len(others) % 2 else (others[mid - 1] + others[mid]) / 2
+                extra = cfg.weak_cell_extra_self_discharge_pct_month / 100 / SECONDS_PER_MONTH
+                weak.self_discharge_per_s = median + extra
+            else:
+                weak.self_discharge_per_s *= cfg.weak_cell_self_discharge_x
         # temperature sensors: each sees a share of the heating plus a small fixed offset
         n = cfg.sensors
         self.sensor_gain = [0.8 + 0.4 * (k / (n - 1) if n > 1 else 0.5) for k in range(n)]

@@ -58,10 +58,13 @@ class PackConfig:
     #: extra fade per full equivalent cycle, so cycling ages the pack
     fade_per_cycle_pct: float = 0.0
     resistance_growth_pct: float = 0.0
+    #: healthy cells' self-discharge: the chemistry's rate ± this (1 sigma, percent of it), cut at 2 sigma
+    #: (LFP 3 %/month ± 0.45, at most ± 0.9: cells matched for a pack differ by well under 1 %/month)
+    self_discharge_spread_pct: float = 15.0
     weak_cell: int | None = None
     weak_cell_self_discharge_x: float = 20.0
-    #: when set, the weak cell self-discharges this much more than its own nominal rate (%/month),
-    #: instead of ``weak_cell_self_discharge_x`` times it (analytics benches use a known excess)
+    #: when set, the weak cell self-discharges this much more than the pack's median cell (%/month),
+    #: instead of ``weak_cell_self_discharge_x`` times its own rate (analytics benches use a known excess)
     weak_cell_extra_self_discharge_pct_month: float | None = None
     cycles: int = 0
     #: BMS current sensor gain error (percent) and offset (A): why the reported SOC drifts
@@ -114,6 +117,10 @@ class PackConfig:
             raise SimConfigError("current_noise_a and current_deadband_a must be >= 0")
         if not -100 <= self.bms_soc_error_pct <= 100:
             raise SimConfigError(f"bms_soc_error_pct must be -100–100, got {self.bms_soc_error_pct}")
+        if not 0 <= self.self_discharge_spread_pct <= 50:
+            raise SimConfigError(
+                f"self_discharge_spread_pct must be 0–50, got {self.self_discharge_spread_pct}"
+            )
         if (self.weak_cell_extra_self_discharge_pct_month or 0) < 0:
             raise SimConfigError("weak_cell_extra_self_discharge_pct_month must be >= 0")
         if self.cycles < 0:
