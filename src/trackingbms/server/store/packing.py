@@ -18,11 +18,13 @@ faults (u8 length, comma-joined UTF-8), fault_code u8, errors (u16 length, JSON 
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 import struct
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -397,6 +399,280 @@ def validate_and_pack(
         tmax,
     )
     return bid, seq, ts_ms, _HDR.pack(mask, sv) + b"".join(parts), stats
+
+
+class PackedSample(NamedTuple):
+    """A wire sample that passed validation, packed for storage."""
+
+    index: int  # its place in the batch (for the reply)
+    battery_id: str
+    seq: int
+    ts_ms: int
+    data: bytes
+    wire: dict[str, Any]
+    series: Stats
+
+
+def validate_batch(
+    raw: list[Any], now_ms: int | None = None, max_future_ms: int = MAX_FUTURE_SKEW_MS
+) -> tuple[list[PackedSample], list[dict[str, Any]]]:
+    """:func:`validate_and_pack` over a batch: the samples that pass (in batch order) and the rejected ones
+    (``{"index", "error"}``, by index). The same bytes, figures and errors as sample by sample, faster:
+    samples with the same keys are checked and packed column by column (:func:`_pack_columns`); a column
+    with anything unusual in it sends its samples through :func:`validate_and_pack` one by one."""
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    out: list[PackedSample | None] = [None] * len(raw)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    slow: list[int] = []
+    for i, d in enumerate(raw):
+        if type(d) is dict:
+            k = tuple(d)
+            g = groups.get(k)
+            if g is None:
+                groups[k] = [i]
+            else:
+                g.append(i)
+        else:
+            slow.append(i)
+    for keys, idx in groups.items():
+        packed = _pack_columns(keys, [raw[i] for i in idx], now_ms, max_future_ms) if len(idx) > 1 else None
+        if packed is None:
+            slow += idx
+            continue
+        for i, (bid, seq, ts_ms, data, stats) in zip(idx, packed, strict=True):
+            out[i] = PackedSample(i, bid, seq, ts_ms, data, raw[i], stats)
+    rejected: list[dict[str, Any]] = []
+    for i in sorted(slow):
+        try:
+            bid, seq, ts_ms, data, stats = validate_and_pack(raw[i], now_ms, max_future_ms)
+        except SampleError as e:
+            rejected.append({"index": i, "error": str(e)})
+            continue
+        out[i] = PackedSample(i, bid, seq, ts_ms, data, raw[i], stats)
+    return [p for p in out if p is not None], rejected
+
+
+_INT_TYPES = {int}
+_STR_TYPES = {str}
+_LIST_TYPES = {list}
+_BOOL_TYPES = {bool}
+_NUM_SCALARS = (  # key, presence bit, scale, lowest and highest stored value
+    ("voltage_v", B_VOLT, 1000, 0, 4294967295),
+    ("current_a", B_CURR, 1000, -2147483648, 2147483647),
+    ("soc_pct", B_SOC, 100, 0, 65535),
+    ("remaining_ah", B_REM, 1000, 0, 4294967295),
+)
+_ROW_HEADS: dict[int, struct.Struct] = {}
+_NONE = itertools.repeat(None)
+
+
+def _row_head(mask: int) -> struct.Struct:
+    """The mask, source|via byte and the scalars (what :func:`validate_and_pack` packs with two structs)."""
+    st = _ROW_HEADS.get(mask)
+    if st is None:
+        st = _ROW_HEADS[mask] = struct.Struct(_HDR.format + _scalar_struct(mask).format[1:])
+    return st
+
+
+_LIST_FIELD_BITS = (
+    ("cells_mv", B_CELLS),
+    ("temps_c", B_TEMPS),
+    ("balancing", B_BAL),
+    ("faults", B_FAULTS),
+    ("fault_code", B_FCODE),
+)
+
+
+def _cells_bytes(cells: list[int], lo: int, hi: int) -> bytes:
+    """Checked cells (1 to 255 values in 0..65535) packed as :func:`_pack_cells` does."""
+    n = len(cells)
+    first = cells[0]
+    if hi - first <= 127 and first - lo <= 128:
+        st = _CELLS_COMPACT.get(n) or _cached(_CELLS_COMPACT, n, f"<BBH{n - 1}b")
+        return st.pack(n, 0, first, *[c - first for c in cells[1:]])
+    st = _CELLS_RAW.get(n) or _cached(_CELLS_RAW, n, f"<BB{n}H")
+    return st.pack(n, 1, *cells)
+
+
+def _temps_struct(n: int) -> struct.Struct:
+    return _TEMPS.get(n) or _cached(_TEMPS, n, f"<B{n}h")
+
+
+def _balancing_bytes(bal: Any) -> bytes:
+    """ValueError (then sample by sample) unless a list of at most 255 cell numbers 1 to 255."""
+    if type(bal) is not list:
+        raise TypeError
+    if not bal:
+        return b"\x00"
+    if len(bal) > 255 or not _INT_ONLY.issuperset(map(type, bal)) or min(bal) < 1 or max(bal) > 255:
+        raise ValueError
+    return bytes((len(bal), *bal))
+
+
+def _faults_bytes(faults: Any) -> bytes:
+    if type(faults) is not list:
+        raise TypeError
+    if not faults:
+        return b"\x00"
+    if not all(type(f) is str and f and "," not in f for f in faults):
+        raise ValueError
+    raw = ",".join(faults).encode()
+    if len(raw) > 255:
+        raise ValueError
+    return _U8.pack(len(raw)) + raw
+
+
+def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
+    """Each value's code; KeyError / TypeError (then the caller goes sample by sample) for anything else."""
+    if set(map(type, col)) != _STR_TYPES:
+        raise TypeError
+    return list(map(codes.__getitem__, col))
+
+
+def _pack_columns(
+    keys: tuple[str, ...], group: list[dict[str, Any]], now_ms: int, max_future_ms: int
+) -> list[tuple[str, int, int, bytes, Stats]] | None:
+    """Samples that all carry exactly ``keys`` (in that order), validated and packed a column at a time:
+    the type and range checks are set / min / max over a column (C loops), the packing one struct call
+    per sample. All or nothing: None as soon as any value is not plainly valid (absent as None, empty
+    lists, errors, anything out of range); then :func:`validate_and_pack` decides, sample by sample, with
+    its exact messages. What this accepts it packs exactly as :func:`validate_and_pack` does
+    (tests/server/test_packing.py checks both ways on random batches)."""
+    if not _KNOWN.issuperset(keys) or "errors" in keys:
+        return None
+    try:
+        cols = dict(zip(keys, zip(*map(operator.itemgetter(*keys), group), strict=True), strict=True))
+        bids = cols["battery_id"]
+        if not all(map(is_battery_id, set(bids))):
+            return None
+        seqs = cols["seq"]
+        if set(map(type, seqs)) != _INT_TYPES or min(seqs) < 0 or max(seqs) > 2**63 - 1:
+            return None
+        ts_col = cols["ts"]
+        if set(map(type, ts_col)) != _STR_TYPES:
+            return None
+        parsed = {t: parse_ts_ms(t) for t in set(ts_col)}
+        tss = list(map(parsed.__getitem__, ts_col))
+        if min(tss) < MIN_TS_MS or max(tss) > now_ms + max_future_ms:
+            return None
+
+        mask = 0
+        scalars: list[list[int]] = []
+        col = cols.get("source")
+        svs: Any = _codes(col, _SOURCE_CODE) if col is not None else None
+        col = cols.get("via")
+        if col is not None:
+            vias = [c << 4 for c in _codes(col, _VIA_CODE)]
+            svs = vias if svs is None else list(map(operator.or_, svs, vias))
+        svs = itertools.repeat(0) if svs is None else svs
+        floats: dict[str, list[float]] = {}
+        for key, bit, scale, lo, hi in _NUM_SCALARS:
+            col = cols.get(key)
+            if col is not None:
+                if not _NUMBER.issuperset(map(type, col)):
+                    return None
+                ints = [round(v * scale) for v in col]  # inf / nan raise: sample by sample then
+                if min(ints) < lo or max(ints) > hi:
+                    return None
+                mask |= bit
+                scalars.append(ints)
+                if key != "remaining_ah":
+                    floats[key] = [v / scale for v in ints]
+        col = cols.get("cycles")
+        if col is not None:
+            if set(map(type, col)) != _INT_TYPES or min(col) < 0 or max(col) > 65535:
+                return None
+            mask |= B_CYC
+            scalars.append(col)  # type: ignore[arg-type]
+        col = cols.get("state")
+        if col is not None:
+            mask |= B_STATE
+            scalars.append(_codes(col, _STATE_CODE))
+        flags: list[int] | None = None
+        for i, bkey in enumerate(_BOOLS):
+            col = cols.get(bkey)
+            if col is not None:
+                if set(map(type, col)) != _BOOL_TYPES:
+                    return None
+                mask |= _BOOL_BITS[i]
+                bits = [v << i for v in col]
+                flags = bits if flags is None else list(map(operator.or_, flags, bits))
+        if flags is not None:
+            scalars.append(flags)
+        # mask, source|via and the scalars: one struct call per sample
+        for key, bit in _LIST_FIELD_BITS:
+            if key in cols:
+                mask |= bit
+        # mask, source|via and the scalars: one struct call per sample
+        parts: list[Any] = [list(map(_row_head(mask).pack, itertools.repeat(mask), svs, *scalars))]
+
+        cmins: Any = _NONE
+        cmaxs: Any = _NONE
+        cells = cols.get("cells_mv")
+        if cells is not None:
+            if (
+                set(map(type, cells)) != _LIST_TYPES
+                or not 0 < min(map(len, cells)) <= max(map(len, cells)) <= 255
+            ):
+                return None
+            if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
+                return None
+            cmins = list(map(min, cells))
+            cmaxs = list(map(max, cells))
+            if min(cmins) < 0 or max(cmaxs) > 65535:
+                return None
+            parts.append(list(map(_cells_bytes, cells, cmins, cmaxs)))
+        tmins: Any = _NONE
+        tmaxs: Any = _NONE
+        temps = cols.get("temps_c")
+        if temps is not None:
+            if (
+                set(map(type, temps)) != _LIST_TYPES
+                or not 0 < min(map(len, temps)) <= max(map(len, temps)) <= 255
+            ):
+                return None
+            if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
+                return None
+            scaled = [[round(t * 10) for t in ts] for ts in temps]
+            lo = list(map(min, scaled))
+            hi = list(map(max, scaled))
+            if min(lo) < -32768 or max(hi) > 32767:
+                return None
+            parts.append([_temps_struct(len(s)).pack(len(s), *s) for s in scaled])
+            tmins = [x / 10 for x in lo]
+            tmaxs = [x / 10 for x in hi]
+        col = cols.get("balancing")
+        if col is not None:
+            parts.append(list(map(_balancing_bytes, col)))
+        col = cols.get("faults")
+        if col is not None:
+            parts.append(list(map(_faults_bytes, col)))
+        col = cols.get("fault_code")
+        if col is not None:
+            if set(map(type, col)) != _INT_TYPES:
+                return None
+            parts.append(list(map(_U8.pack, col)))  # struct.error past 0..255
+    except (TypeError, ValueError, KeyError, OverflowError, struct.error):
+        return None  # SampleError is a ValueError too: sample by sample, for its message
+    datas = list(map(b"".join, zip(*parts, strict=True))) if len(parts) > 1 else parts[0]
+    volts = floats.get("voltage_v")
+    currs = floats.get("current_a")
+    powers: Any = [round(v * c, 3) for v, c in zip(volts, currs, strict=True)] if volts and currs else _NONE
+    deltas: Any = list(map(operator.sub, cmaxs, cmins)) if cells is not None else _NONE
+    series = zip(
+        volts or _NONE,
+        currs or _NONE,
+        floats.get("soc_pct") or _NONE,
+        powers,
+        cmins,
+        cmaxs,
+        deltas,
+        tmaxs,
+        tmins,
+        strict=False,  # the absent series are endless Nones
+    )
+    return list(zip(bids, seqs, tss, datas, series, strict=False))
 
 
 def ms_to_ts(ts_ms: int) -> str:
