@@ -35,14 +35,8 @@ from trackingbms.server.store.base import DeviceRef, StoreCore
 from trackingbms.server.store.packing import PackedSample
 from trackingbms.server.store.series import SeriesAcc
 
-
-class SampleRow(NamedTuple):
-    """A row of the samples table."""
-
-    stream_id: int
-    seq: int
-    ts_ms: int
-    data: bytes
+#: a row of the samples table: (stream_id, seq, ts_ms, data); a plain tuple (one built per sample)
+SampleRow = tuple[int, int, int, bytes]
 
 
 class Assigned(NamedTuple):
@@ -202,9 +196,10 @@ class IngestStore(StoreCore):
         assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in (await conn.execute(assigned_q)).all()}
         rows: list[SampleRow] = []
         kept: list[PackedSample] = []  # the sample behind each row
+        stream_of = {bid: a.stream_id for bid, a in assigned.items()}
         for p in parsed:
-            a = assigned.get(p.battery_id)
-            if a is None:
+            sid = stream_of.get(p.battery_id)
+            if sid is None:
                 res.rejected.append(
                     {
                         "index": p.index,
@@ -212,7 +207,7 @@ class IngestStore(StoreCore):
                     }
                 )
                 continue
-            rows.append(SampleRow(a.stream_id, p.seq, p.ts_ms, p.data))
+            rows.append((sid, p.seq, p.ts_ms, p.data))
             kept.append(p)
         if rows:
             inserted = await self._insert_samples(conn, rows)
@@ -323,10 +318,7 @@ class IngestStore(StoreCore):
             "INSERT INTO samples (stream_id, seq, ts_ms, data) "
             "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) ON CONFLICT DO NOTHING "
             "RETURNING stream_id, ts_ms, seq",
-            [r.stream_id for r in rows],
-            [r.seq for r in rows],
-            [r.ts_ms for r in rows],
-            [r.data for r in rows],
+            *map(list, zip(*rows, strict=True)),  # stream_id, seq, ts_ms, data
         )
         return {tuple(r) for r in got}
 
@@ -385,11 +377,11 @@ class IngestStore(StoreCore):
         (both backends), or their seq with another ts (SQLite, which can afford the second index)."""
         by_stream: dict[int, list[int]] = {}
         for k, r in enumerate(rows):
-            by_stream.setdefault(r.stream_id, []).append(k)
+            by_stream.setdefault(r[0], []).append(k)
         out: dict[int, str] = {}
         s = samples.c
         for stream_id, ks in by_stream.items():
-            tss = [rows[k].ts_ms for k in ks]
+            tss = [rows[k][2] for k in ks]
             stored_by_ts = dict(
                 (
                     await conn.execute(
@@ -399,7 +391,7 @@ class IngestStore(StoreCore):
             )
             stored_by_seq: dict[int, int] = {}
             if self.sqlite:
-                seqs = [rows[k].seq for k in ks]
+                seqs = [rows[k][1] for k in ks]
                 stored_by_seq = dict(
                     (
                         await conn.execute(

@@ -440,8 +440,8 @@ def validate_batch(
         if packed is None:
             slow += idx
             continue
-        for i, (bid, seq, ts_ms, data, stats) in zip(idx, packed, strict=True):
-            out[i] = PackedSample(i, bid, seq, ts_ms, data, raw[i], stats)
+        for i, row in zip(idx, packed, strict=True):
+            out[i] = _new_tuple(PackedSample, (i, *row))
     rejected: list[dict[str, Any]] = []
     for i in sorted(slow):
         try:
@@ -465,6 +465,8 @@ _NUM_SCALARS = (  # key, presence bit, scale, lowest and highest stored value
 )
 _ROW_HEADS: dict[int, struct.Struct] = {}
 _NONE = itertools.repeat(None)
+#: PackedSample from a ready tuple without its Python-level __new__ (once per sample)
+_new_tuple = tuple.__new__
 
 
 def _row_head(mask: int) -> struct.Struct:
@@ -532,7 +534,7 @@ def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
 
 def _pack_columns(
     keys: tuple[str, ...], group: list[dict[str, Any]], now_ms: int, max_future_ms: int
-) -> list[tuple[str, int, int, bytes, Stats]] | None:
+) -> list[tuple[str, int, int, bytes, dict[str, Any], Stats]] | None:
     """Samples that all carry exactly ``keys`` (in that order), validated and packed a column at a time:
     the type and range checks are set / min / max over a column (C loops), the packing one struct call
     per sample. All or nothing: None as soon as any value is not plainly valid (absent as None, empty
@@ -672,7 +674,7 @@ def _pack_columns(
         tmins,
         strict=False,  # the absent series are endless Nones
     )
-    return list(zip(bids, seqs, tss, datas, series, strict=False))
+    return list(zip(bids, seqs, tss, datas, group, series, strict=False))
 
 
 def ms_to_ts(ts_ms: int) -> str:
