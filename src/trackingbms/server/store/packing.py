@@ -26,6 +26,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 
 from trackingbms.analytics.cells import SeriesPoint, series_of, series_point
@@ -525,6 +526,54 @@ def _faults_bytes(faults: Any) -> bytes:
     return _U8.pack(len(raw)) + raw
 
 
+def _rows(m: np.ndarray) -> list[bytes]:
+    """Each row of a uint8 matrix as bytes."""
+    buf = m.tobytes()
+    w = m.shape[1]
+    return [buf[i : i + w] for i in range(0, len(buf), w)]
+
+
+def _cells_matrix(cells: tuple[list[int], ...]) -> tuple[list[int], list[int], list[bytes]]:
+    """Cell lists of one length (ints, checked), packed as :func:`_pack_cells` packs each, as one matrix:
+    (min, max, packed bytes) per sample. ValueError / OverflowError when a value is out of range."""
+    a = np.array(cells, dtype=np.int64)  # OverflowError past int64
+    lo, hi = a.min(axis=1), a.max(axis=1)
+    if lo.min() < 0 or hi.max() > 65535:
+        raise ValueError
+    n = a.shape[1]
+    first = a[:, 0]
+    compact = (hi - first <= 127) & (first - lo <= 128)
+    if not compact.all():
+        if compact.any():  # a mix of both modes: sample by sample
+            return lo.tolist(), hi.tolist(), list(map(_cells_bytes, cells, lo.tolist(), hi.tolist()))
+        m = np.empty((a.shape[0], 2 + 2 * n), dtype=np.uint8)
+        m[:, 0], m[:, 1] = n, 1
+        m[:, 2:] = a.astype("<u2").view(np.uint8)
+        return lo.tolist(), hi.tolist(), _rows(m)
+    m = np.empty((a.shape[0], 3 + n), dtype=np.uint8)
+    m[:, 0], m[:, 1] = n, 0
+    m[:, 2], m[:, 3] = first & 0xFF, first >> 8  # u16 little-endian
+    m[:, 4:] = (a[:, 1:] - first[:, None]) & 0xFF  # i8 deltas, two's complement
+    return lo.tolist(), hi.tolist(), _rows(m)
+
+
+def _temps_matrix(temps: tuple[list[float], ...]) -> tuple[list[float], list[float], list[bytes]]:
+    """Temperature lists of one length (numbers, checked) at 0.1 °C as :func:`_pack_temps` packs each:
+    (min, max, packed bytes) per sample. ``np.rint`` rounds half to even on the same doubles as round()."""
+    t = np.array(temps, dtype=np.float64)  # ints past 2**53 lose digits here, but are out of range anyway
+    if not np.isfinite(t).all():
+        raise ValueError
+    s = np.rint(t * 10)
+    lo, hi = s.min(axis=1), s.max(axis=1)
+    if lo.min() < -32768 or hi.max() > 32767:
+        raise ValueError
+    m = np.empty((t.shape[0], 1 + 2 * t.shape[1]), dtype=np.uint8)
+    m[:, 0] = t.shape[1]
+    m[:, 1:] = s.astype("<i2").view(np.uint8)
+    # + 0.0: round() gives int 0 for -0.04, whose / 10 is 0.0; rint gives -0.0
+    return (lo / 10 + 0.0).tolist(), (hi / 10 + 0.0).tolist(), _rows(m)
+
+
 def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
     """Each value's code; KeyError / TypeError (then the caller goes sample by sample) for anything else."""
     if set(map(type, col)) != _STR_TYPES:
@@ -567,7 +616,7 @@ def _pack_columns(
         if col is not None:
             vias = [c << 4 for c in _codes(col, _VIA_CODE)]
             svs = vias if svs is None else list(map(operator.or_, svs, vias))
-        svs = itertools.repeat(0) if svs is None else svs
+        svs = [0] * len(group) if svs is None else svs  # finite: map() below may get nothing else
         floats: dict[str, list[float]] = {}
         for key, bit, scale, lo, hi in _NUM_SCALARS:
             col = cols.get(key)
@@ -620,11 +669,15 @@ def _pack_columns(
                 return None
             if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
                 return None
-            cmins = list(map(min, cells))
-            cmaxs = list(map(max, cells))
-            if min(cmins) < 0 or max(cmaxs) > 65535:
-                return None
-            parts.append(list(map(_cells_bytes, cells, cmins, cmaxs)))
+            if min(map(len, cells)) == max(map(len, cells)):  # the usual: one pack, one cell count
+                cmins, cmaxs, packed = _cells_matrix(cells)
+            else:
+                cmins = list(map(min, cells))
+                cmaxs = list(map(max, cells))
+                if min(cmins) < 0 or max(cmaxs) > 65535:
+                    return None
+                packed = list(map(_cells_bytes, cells, cmins, cmaxs))
+            parts.append(packed)
         tmins: Any = _NONE
         tmaxs: Any = _NONE
         temps = cols.get("temps_c")
@@ -636,14 +689,18 @@ def _pack_columns(
                 return None
             if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
                 return None
-            scaled = [[round(t * 10) for t in ts] for ts in temps]
-            lo = list(map(min, scaled))
-            hi = list(map(max, scaled))
-            if min(lo) < -32768 or max(hi) > 32767:
-                return None
-            parts.append([_temps_struct(len(s)).pack(len(s), *s) for s in scaled])
-            tmins = [x / 10 for x in lo]
-            tmaxs = [x / 10 for x in hi]
+            if min(map(len, temps)) == max(map(len, temps)):
+                tmins, tmaxs, packed = _temps_matrix(temps)
+            else:
+                scaled = [[round(t * 10) for t in ts] for ts in temps]
+                lo = list(map(min, scaled))
+                hi = list(map(max, scaled))
+                if min(lo) < -32768 or max(hi) > 32767:
+                    return None
+                packed = [_temps_struct(len(s)).pack(len(s), *s) for s in scaled]
+                tmins = [x / 10 for x in lo]
+                tmaxs = [x / 10 for x in hi]
+            parts.append(packed)
         col = cols.get("balancing")
         if col is not None:
             parts.append(list(map(_balancing_bytes, col)))
