@@ -574,6 +574,17 @@ def _temps_matrix(temps: tuple[list[float], ...]) -> tuple[list[float], list[flo
     return (lo / 10 + 0.0).tolist(), (hi / 10 + 0.0).tolist(), _rows(m)
 
 
+def _list_lengths(col: tuple[Any, ...]) -> tuple[int, int]:
+    """The shortest and longest list of a column; TypeError / ValueError unless lists of 1 to 255 values
+    (an empty list packs differently: sample by sample)."""
+    if set(map(type, col)) != _LIST_TYPES:
+        raise TypeError
+    shortest, longest = min(map(len, col)), max(map(len, col))
+    if not 0 < shortest <= longest <= 255:
+        raise ValueError
+    return shortest, longest
+
+
 def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
     """Each value's code; KeyError / TypeError (then the caller goes sample by sample) for anything else."""
     if set(map(type, col)) != _STR_TYPES:
@@ -651,7 +662,6 @@ def _pack_columns(
                 flags = bits if flags is None else list(map(operator.or_, flags, bits))
         if flags is not None:
             scalars.append(flags)
-        # mask, source|via and the scalars: one struct call per sample
         for key, bit in _LIST_FIELD_BITS:
             if key in cols:
                 mask |= bit
@@ -662,14 +672,10 @@ def _pack_columns(
         cmaxs: Any = _NONE
         cells = cols.get("cells_mv")
         if cells is not None:
-            if (
-                set(map(type, cells)) != _LIST_TYPES
-                or not 0 < min(map(len, cells)) <= max(map(len, cells)) <= 255
-            ):
-                return None
+            shortest, longest = _list_lengths(cells)
             if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
                 return None
-            if min(map(len, cells)) == max(map(len, cells)):  # the usual: one pack, one cell count
+            if shortest == longest:  # the usual: one pack, one cell count
                 cmins, cmaxs, packed = _cells_matrix(cells)
             else:
                 cmins = list(map(min, cells))
@@ -682,14 +688,10 @@ def _pack_columns(
         tmaxs: Any = _NONE
         temps = cols.get("temps_c")
         if temps is not None:
-            if (
-                set(map(type, temps)) != _LIST_TYPES
-                or not 0 < min(map(len, temps)) <= max(map(len, temps)) <= 255
-            ):
-                return None
+            shortest, longest = _list_lengths(temps)
             if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
                 return None
-            if min(map(len, temps)) == max(map(len, temps)):
+            if shortest == longest:
                 tmins, tmaxs, packed = _temps_matrix(temps)
             else:
                 scaled = [[round(t * 10) for t in ts] for ts in temps]
