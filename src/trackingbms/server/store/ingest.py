@@ -228,8 +228,9 @@ class IngestStore(StoreCore):
                 if clashes and k in clashes:
                     continue
                 p = kept[k]
-                if (stream, ts, seq) in inserted:
-                    inserted.discard((stream, ts, seq))  # an exact re-send inside the batch counts once
+                row_key = (stream, ts, seq)
+                if row_key in inserted:
+                    inserted.discard(row_key)  # an exact re-send inside the batch counts once
                     key = (stream, ts - ts % 60_000)
                     got = points.get(key)
                     if got is None:
@@ -310,7 +311,7 @@ class IngestStore(StoreCore):
                 sql = _sqlite_insert_sql(len(chunk))
                 params = tuple(x for r in chunk for x in r)
                 result = await conn.exec_driver_sql(sql, params)
-                out.update((a, b, c) for a, b, c in result.all())  # plain tuples: cheaper to hash than Rows
+                out.update(map(tuple, result.all()))  # plain tuples: cheaper to hash than Rows
             return out
         raw = await conn.get_raw_connection()
         apg = raw.driver_connection
