@@ -188,12 +188,8 @@ class IngestStore(StoreCore):
     ) -> IngestResult:
         """One batch's statements, in the caller's transaction."""
         res = IngestResult()
-        assigned_q = (
-            select(batteries.c.battery_id, streams.c.id, batteries.c.id, batteries.c.last_ts_ms)
-            .join(streams, and_(streams.c.battery_id == batteries.c.id, streams.c.device_id == device.id))
-            .where(batteries.c.tenant_id == device.tenant_id, batteries.c.device_id == device.id)
-        )
-        assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in (await conn.execute(assigned_q)).all()}
+        got = await conn.execute(_ASSIGNED, {"device_id": device.id, "tenant_id": device.tenant_id})
+        assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in got.all()}
         rows: list[SampleRow] = []
         kept: list[PackedSample] = []  # the sample behind each row
         stream_of = {bid: a.stream_id for bid, a in assigned.items()}
@@ -408,6 +404,17 @@ class IngestStore(StoreCore):
                 elif self.sqlite and stored_by_seq.get(seq, ts) != ts:
                     out[k] = f"seq: {seq} was already stored with another ts"
         return out
+
+
+#: the batteries a device reports for, with their stream from it: built once (~60 µs of Python per batch)
+_ASSIGNED = (
+    select(batteries.c.battery_id, streams.c.id, batteries.c.id, batteries.c.last_ts_ms)
+    .join(
+        streams,
+        and_(streams.c.battery_id == batteries.c.id, streams.c.device_id == bindparam("device_id")),
+    )
+    .where(batteries.c.tenant_id == bindparam("tenant_id"), batteries.c.device_id == bindparam("device_id"))
+)
 
 
 def _battery_seen() -> Any:
