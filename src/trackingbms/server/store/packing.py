@@ -2,7 +2,11 @@
 and packs each into a compact binary row; reads unpack them.
 
 Hand-written rather than a serialisation library: a presence mask and wire resolutions give ~57 bytes for a
-16S sample, and validating while packing avoids building a pydantic object per sample.
+16S sample, and validating while packing avoids building a pydantic object per sample. A batch goes through
+:func:`validate_batch`: samples with the same keys are checked a column at a time (set / min / max over a
+column run in C) and their cells and temperatures packed as numpy matrices, the way columnar engines
+vectorise; no library validates and packs this layout, and anything unusual falls back to
+:func:`validate_and_pack`, the reference the batch path is tested against.
 
 A stored sample is ``(stream_id, seq, ts_ms, data)`` where ``data`` is a small binary blob: a presence mask
 says which measurement fields are there, so a partial sample stays partial (absent is never stored as zero).
@@ -157,12 +161,7 @@ def _pack_cells(cells: Any) -> tuple[bytes, int | None, int | None]:
         lo = min(cells)
         hi = max(cells)
         if lo >= 0 and hi <= 65535:
-            first = cells[0]
-            if hi - first <= 127 and first - lo <= 128:
-                st = _CELLS_COMPACT.get(n) or _cached(_CELLS_COMPACT, n, f"<BBH{n - 1}b")
-                return st.pack(n, 0, first, *[c - first for c in cells[1:]]), lo, hi
-            st = _CELLS_RAW.get(n) or _cached(_CELLS_RAW, n, f"<BB{n}H")
-            return st.pack(n, 1, *cells), lo, hi
+            return _cells_bytes(cells, lo, hi), lo, hi
     for i, c in enumerate(cells):
         if type(c) is not int or c < 0 or c > 65535:
             raise SampleError(f"cells_mv.{i}: must be an integer 0 to 65535")
@@ -184,7 +183,7 @@ def _pack_temps(temps: Any) -> tuple[bytes, float | None, float | None]:
         if vals is not None:
             lo, hi = min(vals), max(vals)
             if lo >= -32768 and hi <= 32767:
-                st = _TEMPS.get(n) or _cached(_TEMPS, n, f"<B{n}h")
+                st = _temps_struct(n)
                 return st.pack(n, *vals), lo / 10, hi / 10
     for i, t in enumerate(temps):
         if type(t) not in _NUMBER or not math.isfinite(t) or not -3276.8 <= t <= 3276.7:
