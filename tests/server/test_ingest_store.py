@@ -8,6 +8,7 @@ server, so bench/mutation.py can run this file against every mutant of the inges
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -435,3 +436,59 @@ async def test_rollups_merge_a_series_a_bucket_did_not_have_yet(rig: Rig) -> Non
         (roll,) = await rig.rows(table)
         assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [1, 51.0, 51.0, 51.0]
         assert [roll[f"soc_pct_{k}"] for k in ("n", "min", "max", "sum")] == [2, 50.0, 60.0, 110.0]
+
+
+async def test_batches_waiting_for_the_writer_share_one_commit(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's group commit: batches of two devices sent at once are stored in fewer transactions than
+    batches, each reply as if alone (a re-send in a later batch of the same group is a duplicate, the rollup
+    counts each sample once); a batch whose statements fail fails alone, the others of its group commit."""
+    transactions = 0
+    write = rig.store.write
+
+    @contextlib.asynccontextmanager
+    async def counted() -> AsyncIterator[Any]:
+        nonlocal transactions
+        transactions += 1
+        async with write() as conn:
+            yield conn
+
+    monkeypatch.setattr(rig.store, "write", counted)
+    first = [s(B1, i, T0 + i * 1000, voltage_v=50.0 + i) for i in range(5)]
+    again = [s(B1, i, T0 + i * 1000, voltage_v=50.0 + i) for i in range(3, 7)]  # 3, 4 re-sent
+    other = [s(B3, i, T0 + i * 1000, voltage_v=40.0) for i in range(4)]
+    replies = await asyncio.gather(
+        rig.service.ingest(rig.device, first, RECEIVED),
+        rig.service.ingest(rig.device, again, RECEIVED),
+        rig.service.ingest(rig.device2, other, RECEIVED),
+    )
+    assert [(r.accepted, r.duplicates, r.rejected) for r in replies] == [(5, 0, []), (2, 2, []), (4, 0, [])]
+    assert transactions == 1  # all three queued before the writer took the first: one transaction
+    (minute,) = await rig.rows(rollup_1m, rollup_1m.c.stream_id == await rig.stream(B1))
+    assert (minute["voltage_v_n"], minute["voltage_v_sum"]) == (7, sum(50.0 + i for i in range(7)))
+
+    # the second batch of a group fails in SQL: the group is rolled back, then each goes alone
+    store_batch = rig.store._store_batch
+    failing = rig.device2
+
+    async def flaky(conn: Any, device: Any, parsed: Any, t_now: int) -> Any:
+        if device is failing:
+            raise RuntimeError("disk on fire")
+        return await store_batch(conn, device, parsed, t_now)
+
+    monkeypatch.setattr(rig.store, "_store_batch", flaky)
+    transactions = 0
+    late = [s(B1, i, T0 + i * 1000, voltage_v=1.0) for i in range(7, 9)]
+    more = [s(B1, i, T0 + i * 1000, voltage_v=1.0) for i in range(9, 11)]
+    results = await asyncio.gather(
+        rig.service.ingest(rig.device, late, RECEIVED),
+        rig.service.ingest(rig.device2, [s(B3, 9, T0 + 9000)], RECEIVED),
+        rig.service.ingest(rig.device, more, RECEIVED),
+        return_exceptions=True,
+    )
+    assert [getattr(r, "accepted", repr(r)) for r in results] == [2, "RuntimeError('disk on fire')", 2]
+    assert transactions == 1 + 3  # the group, rolled back; then each of the three alone
+    seqs = [r["seq"] for r in await rig.rows(samples, samples.c.stream_id == await rig.stream(B1))]
+    assert sorted(seqs) == list(range(11))
+    assert len(await rig.rows(samples, samples.c.stream_id == await rig.stream(B3))) == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -96,3 +97,129 @@ def test_junk_in_any_field_is_refused_by_name_or_stored_faithfully(
 
 #: the stored resolution of the scaled fields (the strategies above draw at exactly this resolution)
 RESOLUTION = {"voltage_v": 0.001, "current_a": 0.001, "soc_pct": 0.01, "remaining_ah": 0.001, "temps_c": 0.1}
+
+
+#: one strategy per optional field, never None (a batch of one shape: what the column-wise path takes)
+VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "source": st.sampled_from(SOURCES),
+    "via": st.sampled_from(VIAS),
+    "voltage_v": scaled(0, 200_000, 1000) | st.integers(0, 200),
+    "current_a": scaled(-600_000, 600_000, 1000),
+    "soc_pct": scaled(0, 10_000, 100),
+    "remaining_ah": scaled(0, 2_000_000, 1000),
+    "cycles": st.integers(0, 65535),
+    "state": st.sampled_from(STATES),
+    "charge_mos": st.booleans(),
+    "discharge_mos": st.booleans(),
+    "charger_connected": st.booleans(),
+    "load_connected": st.booleans(),
+    "balancing": st.lists(st.integers(1, 48), max_size=3),
+    "faults": st.lists(st.from_regex(r"[a-z0-9_]{1,30}", fullmatch=True), max_size=2),
+    "fault_code": st.integers(0, 255),
+    "errors": st.dictionaries(st.text(max_size=5), st.text(max_size=20), max_size=2),
+}
+
+
+@st.composite
+def same_shape_batches(draw: st.DrawFn) -> list[Any]:
+    """Samples with the same keys (as a gateway sends them), cells and temperatures mostly of one length
+    per batch (the matrix path) with compact and wide cells, and now and then one spoiled value."""
+    keys = draw(st.lists(st.sampled_from([*VALUES, "cells_mv", "temps_c"]), unique=True))
+    n_cells = draw(st.integers(1, 24))
+    n_temps = draw(st.integers(1, 6))
+    mv = st.integers(3250, 3378) | st.integers(0, 65535)  # compact (deltas fit a byte) and wide
+    celsius = scaled(-400, 1500, 10) | st.integers(-40, 150) | st.sampled_from([-0.04, 0.05, 0.15, 2.25])
+    lists = {
+        "cells_mv": st.lists(mv, min_size=n_cells, max_size=n_cells) | st.lists(mv, min_size=1, max_size=30),
+        "temps_c": st.lists(celsius, min_size=n_temps, max_size=n_temps)
+        | st.lists(scaled(-32768, 32767, 10), min_size=1, max_size=8),
+    }
+    shape = st.fixed_dictionaries(
+        {
+            "battery_id": st.sampled_from(["p1", "p2", "p-3"]),
+            "seq": st.integers(0, 2**63 - 1),
+            "ts": st.integers(packing.MIN_TS_MS, NOW_MS).map(packing.ms_to_ts),
+            **{k: lists[k] if k in lists else VALUES[k] for k in keys},
+        }
+    )
+    batch: list[Any] = draw(st.lists(shape, max_size=12))
+    if batch and draw(st.booleans()):
+        i = draw(st.integers(0, len(batch) - 1))
+        key = draw(st.sampled_from(sorted(batch[i])))
+        batch[i] = {**batch[i], key: draw(junk)}
+    if draw(st.booleans()):
+        batch.append(draw(junk))  # not even an object
+    return batch
+
+
+@settings(max_examples=400, deadline=None)
+@given(same_shape_batches())
+def test_a_batch_packs_as_its_samples_do_one_by_one(batch: list[Any]) -> None:
+    """validate_batch (column-wise, matrices for the cells and temperatures) against validate_and_pack:
+    the same bytes, the same figures, the same refusals with the same messages, in batch order."""
+    got, rejected = packing.validate_batch(batch, NOW_MS)
+    want: list[tuple[Any, ...]] = []
+    want_rejected: list[dict[str, Any]] = []
+    for i, d in enumerate(batch):
+        try:
+            bid, seq, ts_ms, data, stats = packing.validate_and_pack(d, NOW_MS)
+        except packing.SampleError as e:
+            want_rejected.append({"index": i, "error": str(e)})
+            continue
+        want.append((i, bid, seq, ts_ms, data, d, stats))
+    assert [tuple(p) for p in got] == want
+    assert [tuple(map(repr, p.series)) for p in got] == [tuple(map(repr, w[6])) for w in want]  # -0.0
+    assert rejected == want_rejected
+
+
+def test_a_plain_batch_takes_the_column_wise_path() -> None:
+    """The fast path is the one that runs for what gateways send (a change that made it give up on every
+    batch would pass the equality test above and quietly cost the speed)."""
+    full = {
+        "battery_id": "p1",
+        "seq": 1,
+        "ts": packing.ms_to_ts(NOW_MS - 1000),
+        "source": "a5-uart",
+        "via": "wifi",
+        "voltage_v": 52.1,
+        "current_a": -3.2,
+        "soc_pct": 50.5,
+        "remaining_ah": 100.0,
+        "cycles": 42,
+        "state": "discharging",
+        "charge_mos": True,
+        "discharge_mos": True,
+        "charger_connected": False,
+        "load_connected": True,
+        "cells_mv": [3300 + c for c in range(16)],
+        "temps_c": [24.0, 25.5, 23.0, 26.0],
+        "balancing": [],
+        "faults": [],
+        "fault_code": 0,
+    }
+    group = [full, {**full, "seq": 2, "cells_mv": [3300] * 15 + [3000]}, {**full, "seq": 3, "voltage_v": 52}]
+    packed = packing._pack_columns(tuple(full), group, NOW_MS, packing.MAX_FUTURE_SKEW_MS)
+    assert packed is not None
+    assert [p[3] for p in packed] == [packing.validate_and_pack(d, NOW_MS)[3] for d in group]
+
+
+@pytest.mark.parametrize(
+    ("cells", "temps"),
+    [
+        ([[3300, 3427], [3301, 3428]], [[-0.04, 0.5], [0.05, 1.0]]),  # deltas +127: compact; -0.0
+        ([[3300, 3172], [3301, 3173]], [[-3276.8, 3276.7], [0.15, 2.25]]),  # -128: compact; the i16 ends
+        ([[3300, 3428], [3300, 3171]], [[-0.05, -0.05], [21.26, 0]]),  # one past: wide
+        ([[0, 65535], [65535, 0]], [[1], [2]]),
+    ],
+)
+def test_the_matrix_path_at_its_edges(cells: list[list[int]], temps: list[list[float]]) -> None:
+    """Both cell modes at their limits, a temperature rounding to -0.0 (stored 0: the figure is 0.0)."""
+    group = [
+        {"battery_id": "p1", "seq": i, "ts": packing.ms_to_ts(NOW_MS), "cells_mv": c, "temps_c": t}
+        for i, (c, t) in enumerate(zip(cells, temps, strict=True))
+    ]
+    packed = packing._pack_columns(tuple(group[0]), group, NOW_MS, packing.MAX_FUTURE_SKEW_MS)
+    assert packed is not None
+    want = [packing.validate_and_pack(d, NOW_MS) for d in group]
+    assert [p[3] for p in packed] == [w[3] for w in want]
+    assert [repr(p[5]) for p in packed] == [repr(w[4]) for w in want]

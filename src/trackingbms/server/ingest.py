@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from trackingbms.server.hub import Hub
-from trackingbms.server.store import DeviceRef, IngestResult, PackedSample, Store, now_ms, packing
+from trackingbms.server.store import DeviceRef, IngestResult, Store, now_ms, packing
 
 if TYPE_CHECKING:
     from trackingbms.server.alarms import AlarmService
@@ -49,15 +49,7 @@ class IngestService:
         field at fault, the rest is stored. Returns after the commit (then a device may drop its copy)."""
         started = time.perf_counter()
         t_now = received_ms or now_ms()
-        rejected: list[dict[str, Any]] = []
-        parsed: list[PackedSample] = []
-        for i, d in enumerate(raw_samples):
-            try:
-                bid, seq, ts, data, stats = packing.validate_and_pack(d, t_now, self.max_future_ms)
-            except packing.SampleError as e:
-                rejected.append({"index": i, "error": str(e)})
-                continue
-            parsed.append(PackedSample(i, bid, seq, ts, data, d, stats))
+        parsed, rejected = packing.validate_batch(raw_samples, t_now, self.max_future_ms)
         res = await self.store.store_samples(device, parsed, t_now)
         if rejected:
             res.rejected = sorted(rejected + res.rejected, key=lambda r: r["index"])

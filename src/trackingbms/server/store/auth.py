@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from trackingbms.server import security
@@ -68,22 +68,9 @@ class AuthStore(StoreCore):
         return tid
 
     async def device_for_token(self, token: str) -> DeviceRef | None:
-        q = (
-            select(
-                devices.c.id,
-                devices.c.tenant_id,
-                devices.c.name,
-                devices.c.config_version,
-                devices.c.reported_config_version,
-                devices.c.config,
-            )
-            .join(device_tokens, device_tokens.c.device_id == devices.c.id)
-            .where(
-                device_tokens.c.token_hash == security.token_hash(token), device_tokens.c.revoked.is_(False)
-            )
-        )
+        # looked up on every request (no cache: a token revoked by another process is refused at once)
         async with self.engine.connect() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(_DEVICE_FOR_TOKEN, {"token_hash": security.token_hash(token)})).first()
         return DeviceRef(*row) if row else None
 
     async def user_for_token(self, token: str) -> UserRef | None:
@@ -146,3 +133,18 @@ class AuthStore(StoreCore):
                 )
             ).rowcount
         return n > 0
+
+
+#: built once: it runs before every device request, and building it took ~40 µs of Python each time
+_DEVICE_FOR_TOKEN = (
+    select(
+        devices.c.id,
+        devices.c.tenant_id,
+        devices.c.name,
+        devices.c.config_version,
+        devices.c.reported_config_version,
+        devices.c.config,
+    )
+    .join(device_tokens, device_tokens.c.device_id == devices.c.id)
+    .where(device_tokens.c.token_hash == bindparam("token_hash"), device_tokens.c.revoked.is_(False))
+)

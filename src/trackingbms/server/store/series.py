@@ -7,6 +7,8 @@ it is on the ingest hot path.
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -52,6 +54,22 @@ class SeriesAcc:
                 if v > acc[o + 2]:
                     acc[o + 2] = v
                 acc[o + 3] += v
+
+    @classmethod
+    def of_points(cls, points: Sequence[Sequence[Any]]) -> SeriesAcc:
+        """A new accumulator of these samples' series values: what :meth:`add` of each in turn gives (the
+        sums added in the same order, so bit for bit), with one min / max / sum per series instead of a
+        Python step per value (the ingest hot path folds ~100 samples per minute row this way)."""
+        flat: list[Any] = []
+        for col in zip(*points, strict=True):
+            if None in col:
+                col = [v for v in col if v is not None]  # partial samples: absent ones skipped
+                if not col:
+                    flat += (0, None, None, 0.0)
+                    continue
+            # reduce, not sum(): the same additions in the same order (3.12's sum() compensates)
+            flat += (len(col), min(col), max(col), functools.reduce(operator.add, col))
+        return cls(flat) if flat else cls()
 
     def merge(self, other: SeriesAcc) -> None:
         """Fold another accumulator in (a minute into its hour)."""
