@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import socket
@@ -124,3 +125,17 @@ def test_demo_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "env"), [("demo", {}), ("server", {}), ("server", {"TRACKINGBMS_PORT": "99999"})]
+)
+def test_a_port_out_of_range_is_refused_in_a_line(tmp_path: Path, command: str, env: dict[str, str]) -> None:
+    """Not a bind() traceback (demo) nor a silent bind to port % 65536 (uvicorn: 99999 listened on 34463)."""
+    args = [*CLI, command, "--data-dir", str(tmp_path / "d")]
+    if not env:
+        args += ["--port", "99999"]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "65535" in result.stderr, result.stderr

@@ -608,7 +608,7 @@ class DemoThread:
 
 @app.command()
 def demo(
-    port: int = typer.Option(8080, help="dashboard / API port on 127.0.0.1"),
+    port: int = typer.Option(8080, min=0, max=65535, help="dashboard / API port on 127.0.0.1"),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="keep the demo database here (default: a temp dir)"
     ),

@@ -74,7 +74,7 @@ def server(
     host: Annotated[
         str | None, typer.Option(help="address to listen on (default 127.0.0.1: this machine only)")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="port (default 8000)")] = None,
+    port: Annotated[int | None, typer.Option(min=0, max=65535, help="port (default 8000)")] = None,
     database_url: DbOpt = None,
     data_dir: DataDirOpt = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="settings TOML file")] = None,

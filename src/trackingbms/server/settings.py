@@ -24,7 +24,7 @@ class Settings(BaseSettings):
         description="sqlite+aiosqlite:///… or postgresql+asyncpg://…; default: SQLite in data_dir",
     )
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=0, le=65535)
     log_level: str = "info"
     migrate_on_start: bool = True
     #: ingest limits (design.md): samples per batch, body size before and after gzip
