@@ -94,6 +94,16 @@ def test_alarms_come_first_as_readable_text_and_the_rest_sorts(new_page: Any, de
         quiet = [r[2] for r in in_site if r[1] == "0"]
         assert quiet == sorted(quiet, reverse=True)
 
+    # "with alarms" counts a BMS fault or an alarm the server holds (a rule, a finding), as the rows do
+    def summary_counts_what_the_api_has() -> bool:
+        fleet = demo.fleet()
+        want = sum(1 for p in fleet.values() if p["alarms"] or p.get("active_alarms"))
+        summary = page.locator(".fleet-summary").inner_text()
+        flagged = page.locator('.pack-row[data-alarm="1"]').count()
+        return want >= 1 and f"{want} with alarms" in summary and flagged == want
+
+    demo.wait_for("the summary's alarm count as the API has it", summary_counts_what_the_api_has)
+
 
 def test_pack_page_shows_every_cell_with_the_values_the_api_has(
     new_page: Any, demo: DemoClient, screenshots: Path
@@ -355,3 +365,15 @@ def test_api_explorer_works_offline_under_the_csp(new_page: Any, demo: DemoClien
     paths = page.locator(".opblock-summary-path").all_inner_texts()
     assert any("/api/v1/ingest" in p for p in paths)
     assert outside == []  # no CDN: everything came from the server
+
+
+def test_the_nmc_pack_is_held_to_nmc_cell_limits(demo: DemoClient) -> None:
+    """The built-in cell-voltage rules are LFP's: the demo's NMC e-bike (cells at 3.8–4.1 V) carries its own
+    limits, so it shows no over-voltage alarm that could never clear."""
+    rules = demo.get("/api/v1/alarm-rules")["overrides"]
+    mine = {r["rule_id"]: (r["set"], r["clear"]) for r in rules if r["battery_id"] == "shop-ebike"}
+    assert mine == {"cell_voltage_high": (4220, 4120), "cell_voltage_low": (3000, 3300)}
+    latest = demo.fleet()["shop-ebike"]["latest"]
+    assert max(latest["cells_mv"]) > 3650  # over LFP's limit: without its own, it would be raised
+    alarms = demo.get("/api/v1/alarms", battery_id="shop-ebike", active="true")
+    assert not [a for a in alarms if a["rule_id"].startswith("cell_voltage")], alarms

@@ -50,6 +50,12 @@ function tempText(it) {
 
 const LINK_TO_CONN = { asleep: "asleep", disconnected: "link-down", degraded: "link-down" };
 
+/** A pack "with alarms": its BMS reports a fault, or the server holds an active alarm on it (a rule, a
+ * finding, no data) — the summary, the alarms-first order and the site order all count both. */
+function alarmed(it) {
+  return Boolean(it.alarms?.length) || (it.active_alarms || 0) > 0;
+}
+
 export async function renderFleet(root) {
   const sort = JSON.parse(sessionStorage.getItem("tbms.fleetSort") || '{"key":"name","dir":1}');
   const items = new Map();
@@ -104,8 +110,8 @@ export async function renderFleet(root) {
     const col = COLUMNS.find((c) => c.key === sort.key) || COLUMNS[0];
     return [...list].sort((a, b) => {
       // Alarms first whatever the sort: an operator must see them without scrolling.
-      const ra = a.alarms?.length ? 0 : 1;
-      const rb = b.alarms?.length ? 0 : 1;
+      const ra = alarmed(a) ? 0 : 1;
+      const rb = alarmed(b) ? 0 : 1;
       if (ra !== rb) return ra - rb;
       const va = col.value(a);
       const vb = col.value(b);
@@ -122,7 +128,7 @@ export async function renderFleet(root) {
     const soc = s.soc_pct;
     return h(
       "tr.pack-row",
-      { dataset: { batteryId: it.battery_id, alarm: alarms.length ? "1" : "0" }, onclick: (ev) => {
+      { dataset: { batteryId: it.battery_id, alarm: alarmed(it) ? "1" : "0" }, onclick: (ev) => {
         if (ev.target.closest("a")) return;
         location.hash = href;
       } },
@@ -183,14 +189,13 @@ export async function renderFleet(root) {
     }
     // Sites holding alarms come first too, then by name.
     const groups = [...sites.entries()].sort(([, a], [, b]) => {
-      const aa = a.items.some((i) => i.alarms?.length) ? 0 : 1;
-      const bb = b.items.some((i) => i.alarms?.length) ? 0 : 1;
+      const aa = a.items.some(alarmed) ? 0 : 1;
+      const bb = b.items.some(alarmed) ? 0 : 1;
       return aa - bb || a.name.localeCompare(b.name);
     });
     const online = all.filter((i) => i.connectivity === "online").length;
-    const alarmed = all.filter((i) => i.alarms?.length).length;
     summary.textContent = [tn("fleet.packs", all.length), tn("fleet.sites", sites.size),
-      tn("fleet.online", online), tn("fleet.alarmed", alarmed)].join(" · ");
+      tn("fleet.online", online), tn("fleet.alarmed", all.filter(alarmed).length)].join(" · ");
     if (!all.length) {
       body.replaceChildren(h("div.empty", h("p", t("fleet.empty")),
         h("p.muted", t("fleet.empty_hint"))));
