@@ -182,7 +182,7 @@ def run_backend(backend: str, args: argparse.Namespace, tmp: Path) -> dict[str, 
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("server did not start")
                 time.sleep(0.1)
-            stored, fill_s, _ = asyncio.run(load(base, tokens, batches, 4))
+            stored, fill_s, _ = asyncio.run(load([base], tokens, batches, 4))
             compacted = asyncio.run(compact(url))
             cpu0, t0 = proc_cpu_s(proc.pid), time.perf_counter()
             spans = time_reads(base, token, end, args.reps, proc.pid)
