@@ -97,7 +97,7 @@ async def compact(url: str) -> int:
     from trackingbms.server import provisioning as p
 
     async with p.open_store(url) as store:
-        return (await store.compact()).moved
+        return (await store.compact()).samples
 
 
 async def read_token(url: str) -> str:
