@@ -14,6 +14,7 @@ from trackingbms.server import provisioning as p
 from trackingbms.server.store.series import SeriesAcc
 
 from .conftest import World, client, sample
+from .test_cold import _history
 
 HOUR_S = 3600
 STEP_S = 7
@@ -75,17 +76,8 @@ async def test_raw_history_over_blocks_and_hot_rows_equals_the_samples_folded(wo
     moved = (await p.compact(world.database_url, HOUR_S * 1000))["samples"]
     assert len(samples) // 2 < moved < len(samples)  # blocks and hot rows both in the range
     from_s, to_s = base_s + 5, base_s + SPAN_S  # not on the bucket grid: a partial first bucket
-    async with client(world.base_url, world.a.viewer) as c:
-        r = await c.get(
-            f"/api/v1/batteries/{bid}/history",
-            params={
-                "from": format_ts(datetime.fromtimestamp(from_s, UTC)),
-                "to": format_ts(datetime.fromtimestamp(to_s, UTC)),
-                "points": 1000,
-            },
-        )
-    assert r.status_code == 200, r.text
-    h = r.json()
+    iso = [format_ts(datetime.fromtimestamp(t, UTC)) for t in (from_s, to_s)]
+    h = await _history(world, bid, *iso)  # 1,000 points
     assert h["bucket_s"] == 11  # raw samples, several per bucket
     in_range = [s for s in samples if from_s <= datetime.fromisoformat(s["ts"]).timestamp() < to_s]
     expected = _expected(in_range, h["t"][0] * 1000, h["bucket_s"] * 1000)
