@@ -4,7 +4,10 @@
 Rollup buckets are folded in one SQL statement whose shape depends on the backend (:func:`_rollup_buckets`:
 on SQLite a join to a tally table, the usual "numbers table" technique, so rows are grouped as read instead
 of sorted); the means are rounded column-wise by :func:`round4` (scale and ``rint``, Python's ``round`` on
-near-ties: ``numpy.round`` alone differs from ``round`` there). Both measured: docs/architecture.md."""
+near-ties: ``numpy.round`` alone differs from ``round`` there). Raw-sample buckets are folded column-wise
+with numpy (:func:`_raw_buckets`: ``reduceat`` for min / max / counts, sums added in sample order so that the
+means equal the per-sample fold's: a groupby library (pandas, not a dependency) sums its own way). Both
+measured: docs/architecture.md."""
 
 from __future__ import annotations
 
