@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,3 +111,26 @@ def test_a_corrupt_block_is_a_clear_error() -> None:
         blocks.decode(good[:5])
     with pytest.raises(blocks.BlockError, match=r"truncated|mismatch"):
         blocks.decode(bytes((blocks.FORMAT_V1,)) + zlib.compress(zlib.decompress(good[1:])[:-1]))
+
+
+def _measures_of(data: bytes) -> list[float]:
+    """The MEASURES of a packed row through packing.unpack (the per-sample path history used before)."""
+    d = packing.unpack(data)
+    cells, temps = d.get("cells_mv"), d.get("temps_c")
+    vals = [d.get("voltage_v"), d.get("current_a"), d.get("soc_pct")]
+    vals += [min(cells), max(cells)] if cells else [None, None]
+    vals += [min(temps), max(temps)] if temps else [None, None]
+    return [float("nan") if v is None else float(v) for v in vals]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(streams_of_rows(), series_rows()))
+def test_measures_from_the_columns_equal_the_unpacked_rows(rows: list[blocks.Row]) -> None:
+    """decode_measures (block columns straight to history's inputs) and rows_measures (hot rows) give the
+    values unpacking every sample gives, bit for bit, partial samples and changing cell counts included."""
+    ordered = sorted(rows, key=lambda r: r.ts_ms)
+    expected = np.array([_measures_of(r.data) for r in ordered])
+    ts, got = blocks.decode_measures(blocks.encode(rows))
+    assert ts.tolist() == [r.ts_ms for r in ordered]
+    np.testing.assert_array_equal(got, expected)  # NaN where absent, equal values elsewhere
+    np.testing.assert_array_equal(blocks.rows_measures([r.data for r in ordered]), expected)

@@ -35,6 +35,7 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 from sqlalchemy import and_, delete, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -121,11 +122,10 @@ async def count_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to
     return int(n_cold) + int(n_hot)
 
 
-async def read_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int) -> list[RawRow]:
-    """Every raw sample of the streams in [from_ms, to_ms), blocks and hot rows merged, in (ts, stream, seq)
-    order. Decoding runs in a thread (CPU work: other requests keep being served)."""
-    if not sids:
-        return []
+async def _fetch_raw(
+    conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int
+) -> tuple[list[tuple[int, bytes]], list[RawRow]]:
+    """The (stream_id, payload) of the blocks overlapping the range, and its hot rows."""
     b, s = sample_blocks.c, samples.c
     packed = (
         await conn.execute(select(b.stream_id, b.data).where(_blocks_overlapping(sids, from_ms, to_ms)))
@@ -140,10 +140,54 @@ async def read_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_
             )
         ).all()
     ]
+    return [(sid, data) for sid, data in packed], hot
+
+
+async def read_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int) -> list[RawRow]:
+    """Every raw sample of the streams in [from_ms, to_ms), blocks and hot rows merged, in (ts, stream, seq)
+    order. Decoding runs in a thread (CPU work: other requests keep being served)."""
+    if not sids:
+        return []
+    packed, hot = await _fetch_raw(conn, sids, from_ms, to_ms)
     if not packed:
         return sorted(hot)
-    cold = await asyncio.to_thread(_decode_blocks, [tuple(r) for r in packed])
+    cold = await asyncio.to_thread(_decode_blocks, packed)
     return _merge(cold, hot, from_ms, to_ms)
+
+
+async def read_measures(
+    conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The samples :func:`read_raw` returns, in the same order and merged the same way, as their timestamps
+    (int64) and :data:`~trackingbms.server.store.blocks.MEASURES` matrix: history's input, decoded from the
+    block columns without rebuilding packed rows (in a thread, like read_raw's decoding)."""
+    if not sids:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, len(blocks.MEASURES)))
+    packed, hot = await _fetch_raw(conn, sids, from_ms, to_ms)
+    return await asyncio.to_thread(_merge_measures, packed, hot, from_ms, to_ms)
+
+
+def _merge_measures(
+    packed: list[tuple[int, bytes]], hot: list[RawRow], from_ms: int, to_ms: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_merge` on columns: one (stream, ts) sample each, a block's copy over a hot row's (and a later
+    block's over an earlier one's, as the dict there keeps), in (ts, stream) order."""
+    ts_parts = [np.array([r.ts_ms for r in hot], dtype=np.int64)]
+    sid_parts = [np.array([r.stream_id for r in hot], dtype=np.int64)]
+    m_parts = [blocks.rows_measures([r.data for r in hot])]
+    for sid, payload in packed:
+        ts, m = blocks.decode_measures(payload)
+        keep = (ts >= from_ms) & (ts < to_ms)
+        ts_parts.append(ts[keep])
+        sid_parts.append(np.full(int(keep.sum()), sid, dtype=np.int64))
+        m_parts.append(m[keep])
+    ts, sid, m = np.concatenate(ts_parts), np.concatenate(sid_parts), np.concatenate(m_parts)
+    # by ts, then stream, then the later copy first; keep the first of each (ts, stream)
+    order = np.lexsort((-np.arange(len(ts)), sid, ts))
+    ts, sid = ts[order], sid[order]
+    first = np.ones(len(ts), dtype=bool)
+    first[1:] = (ts[1:] != ts[:-1]) | (sid[1:] != sid[:-1])
+    return ts[first], m[order[first]]
 
 
 async def iter_raw(

@@ -4,7 +4,10 @@
 Rollup buckets are folded in one SQL statement whose shape depends on the backend (:func:`_rollup_buckets`:
 on SQLite a join to a tally table, the usual "numbers table" technique, so rows are grouped as read instead
 of sorted); the means are rounded column-wise by :func:`round4` (scale and ``rint``, Python's ``round`` on
-near-ties: ``numpy.round`` alone differs from ``round`` there). Both measured: docs/architecture.md."""
+near-ties: ``numpy.round`` alone differs from ``round`` there). Raw-sample buckets are folded column-wise
+with numpy (:func:`_raw_buckets`: ``reduceat`` for min / max / counts, sums added in sample order so that the
+means equal the per-sample fold's: a groupby library (pandas, not a dependency) sums its own way). Both
+measured: docs/architecture.md."""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ from trackingbms.analytics.cells import SERIES
 from trackingbms.server.db import BUCKET_NUMBERS_MAX, bucket_numbers, rollup_1h, rollup_1m
 from trackingbms.server.store import cold, packing
 from trackingbms.server.store.base import TenantScope, now_ms
-from trackingbms.server.store.series import SeriesAcc
 
 #: the most raw samples a short-bucket history request decodes; a denser range is served from the rollups
 RAW_HISTORY_MAX_ROWS = 20_000
@@ -54,9 +56,9 @@ class HistoryScope(TenantScope):
                 n_raw = await cold.count_raw(conn, sids, from_ms, to_ms, RAW_HISTORY_MAX_ROWS)
                 if n_raw <= RAW_HISTORY_MAX_ROWS:
                     base_ms, bucket_ms = _bucket_grid(from_ms, to_ms, bucket_ms, points, 1000)
-                    rows = [(r.ts_ms, r.data) for r in await cold.read_raw(conn, sids, from_ms, to_ms)]
-                    # decoding is CPU work: off the event loop, so other requests keep being served
-                    buckets = await asyncio.to_thread(_raw_buckets, rows, base_ms, bucket_ms)
+                    ts_ms, measures = await cold.read_measures(conn, sids, from_ms, to_ms)
+                    # folding is CPU work: off the event loop, so other requests keep being served
+                    buckets = await asyncio.to_thread(_raw_buckets, ts_ms, measures, base_ms, bucket_ms)
                     return _history_reply(battery_id, from_ms, to_ms, base_ms, bucket_ms, buckets)
                 bucket_ms = MINUTE_MS
             days_1m = self.store.rollup_1m_retention_days
@@ -169,24 +171,69 @@ def _bucket_grid(from_ms: int, to_ms: int, bucket_ms: int, points: int, step_ms:
     return base_ms, bucket_ms
 
 
-def _raw_buckets(rows: list[Any], base_ms: int, bucket_ms: int) -> list[tuple[Any, ...]]:
+#: the SERIES columns holding whole millivolts (cell min / max / delta): their min and max stay ints
+_INT_SERIES = tuple(j for j, name in enumerate(SERIES) if name.endswith("_mv"))
+
+
+def _series_matrix(measures: np.ndarray) -> np.ndarray:
+    """The n x len(SERIES) matrix (NaN where absent) from the :data:`~.blocks.MEASURES` matrix, by the
+    formulas of ``analytics.cells.series_point`` (power rounded to the mW as Python's ``round`` does)."""
+    v, a, soc, cell_lo, cell_hi, t_lo, t_hi = measures.T
+    with np.errstate(invalid="ignore"):
+        power = round_array(v * a, 3)
+    columns = {
+        "voltage_v": v,
+        "current_a": a,
+        "soc_pct": soc,
+        "power_w": power,
+        "cell_min_mv": cell_lo,
+        "cell_max_mv": cell_hi,
+        "cell_delta_mv": cell_hi - cell_lo,
+        "temp_max_c": t_hi,
+        "temp_min_c": t_lo,
+    }
+    return (
+        np.column_stack([columns[name] for name in SERIES]) if len(measures) else np.zeros((0, len(SERIES)))
+    )
+
+
+def _raw_buckets(
+    ts_ms: np.ndarray, measures: np.ndarray, base_ms: int, bucket_ms: int
+) -> list[tuple[Any, ...]]:
     """Per bucket with data, in bucket order: ``(k, then min, max, mean per series)`` (as
-    :func:`_rollup_buckets` answers) from raw (ts_ms, data) rows, folded with the series accumulator."""
-    buckets: dict[int, SeriesAcc] = {}
-    for ts, data in rows:
-        k = (ts - base_ms) // bucket_ms
-        acc = buckets.get(k)
-        if acc is None:
-            acc = buckets[k] = SeriesAcc()
-        acc.add(packing.series_values(data))
-    out: list[tuple[Any, ...]] = []
-    for k in sorted(buckets):
-        f = buckets[k].flat
-        row: list[Any] = [k]
-        for o in range(0, len(f), 4):
-            row += [f[o + 1], f[o + 2], f[o + 3] / f[o] if f[o] else None]
-        out.append(tuple(row))
-    return out
+    :func:`_rollup_buckets` answers) from samples in time order, folded column-wise with numpy.
+
+    Equal to folding each sample with :class:`~.series.SeriesAcc` (tests/server/test_history_raw.py): min
+    and max by ``fmin`` / ``fmax.reduceat`` (NaN, an absent value, skipped), counts likewise, and the sums
+    added in sample order, one position of every bucket at a time (``add.reduceat`` sums pairwise, whose
+    last bits can differ from the sequential ``+=`` and so, rarely, a rounded mean)."""
+    if not len(ts_ms):
+        return []
+    vals = _series_matrix(measures)
+    k = (ts_ms - base_ms) // bucket_ms
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
+    lens = np.diff(np.r_[starts, len(k)])
+    present = ~np.isnan(vals)
+    n = np.add.reduceat(present, starts, axis=0)
+    lo = np.fmin.reduceat(vals, starts, axis=0)
+    hi = np.fmax.reduceat(vals, starts, axis=0)
+    total = vals[starts].copy()  # NaN where the bucket's first sample lacks the series
+    for j in range(1, int(lens.max())):
+        sel = np.flatnonzero(lens > j)
+        v, acc = vals[starts[sel] + j], total[sel]
+        with np.errstate(invalid="ignore"):
+            total[sel] = np.where(np.isnan(v), acc, np.where(np.isnan(acc), v, acc + v))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(n > 0, total / np.maximum(n, 1), np.nan)
+    cols: list[list[Any]] = [k[starts].tolist()]
+    for j in range(len(SERIES)):
+        for part in (lo[:, j], hi[:, j]):
+            if j in _INT_SERIES:
+                cols.append([None if x != x else int(x) for x in part.tolist()])
+            else:
+                cols.append([None if x != x else x for x in part.tolist()])
+        cols.append([None if x != x else x for x in mean[:, j].tolist()])
+    return list(zip(*cols, strict=True))
 
 
 def _history_reply(
@@ -215,24 +262,30 @@ _ROUND4_EXACT_BELOW = 2.0**40
 
 def round4(columns: list[Sequence[float | None]]) -> list[list[float | None]]:
     """``[[round(v, 4) for v in column] ...]`` (None stays None), equal to Python's ``round`` value for
-    value, at a fifth of its cost (6,500 means in a 720-bucket reply: 2 ms of ``round`` calls).
-
-    Vectorised scale-round-unscale, with Python's ``round`` where that could differ from it: ``round(x, 4)``
-    is the double nearest to x's exact decimal value rounded half-even to 4 places, i.e. to N / 10^4 with
-    N the integer nearest x * 10^4. ``rint(x * 1e4)`` finds the same N unless the product's own rounding
-    (half a unit in the last place: under 10^-3 below 2^40) crosses a half-way point, so values within
-    10^-3 of one (and huge ones) go to ``round``; then ``N / 1e4`` is one correctly rounded IEEE division
-    of two exact values, the double nearest N / 10^4, as ``round`` returns. NumPy's ``round`` is this
-    without the fallback (it differs from Python's on near-ties), hence hand-written."""
+    value, at a fifth of its cost (6,500 means in a 720-bucket reply: 2 ms of ``round`` calls); see
+    :func:`round_array`."""
     if not columns or not columns[0]:
         return [[] for _ in columns]
-    a = np.array(columns, dtype=float)  # None -> NaN
-    scaled = a * 1e4
-    out = (np.rint(scaled) / 1e4).tolist()
+    out = round_array(np.array(columns, dtype=float), 4).tolist()  # None -> NaN
+    return [[None if v != v else v for v in row] for row in out]  # NaN (was None) back to None
+
+
+def round_array(a: np.ndarray, digits: int) -> np.ndarray:
+    """``round(x, digits)`` of every element (digits <= 4; NaN stays NaN), equal to Python's value for value.
+
+    Vectorised scale-round-unscale, with Python's ``round`` where that could differ from it: ``round(x, d)``
+    is the double nearest to x's exact decimal value rounded half-even to d places, i.e. to N / 10^d with
+    N the integer nearest x * 10^d. ``rint(x * 10^d)`` finds the same N unless the product's own rounding
+    (half a unit in the last place: under 10^-3 below 2^40) crosses a half-way point, so values within
+    10^-3 of one (and huge ones) go to ``round``; then ``N / 10^d`` is one correctly rounded IEEE division
+    of two exact values, the double nearest N / 10^d, as ``round`` returns. NumPy's ``round`` is this
+    without the fallback (it differs from Python's on near-ties), hence hand-written."""
+    scale = float(10**digits)
+    scaled = a * scale
+    out = np.rint(scaled) / scale
     with np.errstate(invalid="ignore"):  # inf - inf: NaN, not a tie; an infinity takes round() below
         frac = np.abs(scaled - np.trunc(scaled))
-    near_tie = (np.abs(frac - 0.5) < 1e-3) | (np.abs(scaled) >= _ROUND4_EXACT_BELOW)
-    rows = [[None if v != v else v for v in row] for row in out]  # NaN (was None) back to None
-    for i, j in zip(*np.nonzero(near_tie), strict=True):
-        rows[i][j] = round(a[i, j].item(), 4)
-    return rows
+        near_tie = (np.abs(frac - 0.5) < 1e-3) | (np.abs(scaled) >= _ROUND4_EXACT_BELOW)
+    for idx in zip(*np.nonzero(near_tie), strict=True):
+        out[idx] = round(a[idx].item(), digits)
+    return out
