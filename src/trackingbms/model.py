@@ -261,9 +261,11 @@ def read_csv_rows(rows: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
     for line, r in enumerate(it, start=2):
         if not r:
             continue
+        col = "seq"  # the column being read, for the error
         try:
             s: dict[str, Any] = {"ts": r[i_ts], "seq": int(r[i_seq])}
             for k, i in scalars:
+                col = k
                 v = r[i]
                 if v == "":
                     continue
@@ -275,20 +277,26 @@ def read_csv_rows(rows: Iterable[list[str]]) -> Iterator[dict[str, Any]]:
                     s[k] = int(v)
                 else:
                     s[k] = float(v)
+            col = "cell_*_mv"
             cells = [r[i] for i in cell_cols]
             if cells and all(cells):
                 s["cells_mv"] = [int(c) for c in cells]
+            col = "temp_*_c"
             temps = [r[i] for i in temp_cols]
             if temps and all(t != "" for t in temps):
                 s["temps_c"] = [float(t) for t in temps]
             if i_faults is not None and r[i_faults]:
                 s["faults"] = _plain_text(r[i_faults]).split(";")
+            col = "balancing"
             if i_bal is not None and r[i_bal]:
                 s["balancing"] = [int(b) for b in r[i_bal].split(";")]
+            col = "errors"
             if i_err is not None and r[i_err]:
                 s["errors"] = json.loads(_plain_text(r[i_err]))
-        except (IndexError, ValueError) as exc:
-            raise ExportFormatError(f"line {line}: {exc}") from None
+        except IndexError:
+            raise ExportFormatError(f"line {line}: fewer fields than the header names") from None
+        except ValueError as exc:
+            raise ExportFormatError(f"line {line}, column {col}: {exc}") from None
         yield s
 
 

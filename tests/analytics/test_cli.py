@@ -74,7 +74,13 @@ def test_analyze_table(recording: tuple[Path, dict]) -> None:
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("", "empty file"), ("a,b\n1,2\n", "no 'ts' column"), ("ts,seq\n2026-06-21T00:00:00Z,x\n", "line 2")],
+    [
+        ("", "empty file"),
+        ("a,b\n1,2\n", "no 'ts' column"),
+        ("ts,seq\n2026-06-21T00:00:00Z,x\n", "line 2, column seq"),
+        ("ts,seq,voltage_v\n2026-06-21T00:00:00Z,1,abc\n", "line 2, column voltage_v: could not convert"),
+        ("ts,seq,voltage_v\n2026-06-21T00:00:00Z\n", "line 2: fewer fields than the header names"),
+    ],
 )
 def test_analyze_bad_file_is_one_line(tmp_path: Path, content: str, message: str) -> None:
     bad = tmp_path / "bad.csv"

@@ -119,7 +119,7 @@ def decode_hex_stream(
             Problem(
                 parser.offset,
                 parser.pending,
-                f"truncated frame at end of input ({parser.pending} of 13 bytes)",
+                "truncated frame at end of input (an A5 frame is 13 bytes)",
             )
         )
     out: list[dict[str, Any]] = []
