@@ -135,6 +135,11 @@ class EstimatorConfig:
     high_resistance_ratio: float = 1.5
     #: suggest correcting the BMS's SOC beyond this disagreement (points)
     soc_suggest_pct: float = 5.0
+    #: how fast a BMS's own count can plausibly wander from ours (points per hour since the anchor: a 1 %
+    #: current-gain error at 1 C, or a 0.5 A offset on a 50 Ah pack); beyond it the two counts disagree in
+    #: rate (a wrong rated capacity in the BMS, samples whose clock is not the pack's), and setting the SOC
+    #: would not fix that
+    soc_rate_tolerance_pct_per_h: float = 1.0
     #: without a capacity estimate, SOC is given only this far (fraction of rated) from its anchor
     soc_uncounted_c: float = 0.1
 
@@ -143,7 +148,9 @@ class EstimatorConfig:
 class Finding:
     """Something an operator should know, with the figures it rests on."""
 
-    kind: str  # weak_cell_self_discharge | weak_cell_low_capacity | weak_cell_high_resistance | soc_drift
+    #: weak_cell_self_discharge | weak_cell_low_capacity | weak_cell_high_resistance | soc_drift |
+    #: soc_rate_mismatch
+    kind: str
     severity: str  # info | warning
     message: str
     cell: int | None = None
@@ -390,6 +397,7 @@ class BatteryEstimator:
                 "q": self.q_ah,
                 "chain": self.chain,
                 "soc": sum(known) / len(known),
+                "bms_soc": self.bms_soc,
             }
             self._observe(t, socs, median(res))
         if self.rest_entry is None and known:
@@ -857,6 +865,38 @@ class BatteryEstimator:
                 self.r_history.append(point)
                 del self.r_history[: -cfg.resistance_history_points]
 
+    def _soc_rate_mismatch(self, soc: float | None) -> Finding | None:
+        """The BMS's SOC and the counted charge moved apart since the last anchor faster than a drifting
+        counter can: a rate mismatch (say so), not a drift to correct with ``set --soc``."""
+        a = self.soc_anchor
+        if (
+            soc is None
+            or a is None
+            or a.get("bms_soc") is None
+            or self.bms_soc is None
+            or self.t_last is None
+        ):
+            return None
+        moved_bms = self.bms_soc - a["bms_soc"]
+        moved_count = soc - a["soc"] * 100  # the anchor keeps a fraction
+        hours = max(0.0, self.t_last - a["t"]) / 3600
+        gap = abs(moved_bms - moved_count)
+        if gap <= self.cfg.soc_suggest_pct + self.cfg.soc_rate_tolerance_pct_per_h * hours:
+            return None
+        return Finding(
+            "soc_rate_mismatch",
+            "info",
+            f"since {_utc(a['t'])} the BMS's SOC moved {moved_bms:+.1f} points and the counted charge "
+            f"{moved_count:+.1f} in {hours:.1f} h: not drift (setting the SOC would not fix it); check the "
+            f"BMS's rated capacity, or the samples' clock",
+            evidence={
+                "anchored_at": _utc(a["t"]),
+                "bms_soc_moved_pct": round(moved_bms, 1),
+                "counted_soc_moved_pct": round(moved_count, 1),
+                "hours": round(hours, 2),
+            },
+        )
+
     # ---- results -----------------------------------------------------------------------------------
     def _cell_capacities(self) -> list[float | None]:
         return [median(c) if c else None for c in self.cell_caps]
@@ -961,7 +1001,10 @@ class BatteryEstimator:
         else:
             out["bms_soc_error_pct"] = round(self.bms_soc - soc, 1)
         findings: list[Finding] = []
-        if out["bms_soc_error_pct"] is not None and abs(out["bms_soc_error_pct"]) >= cfg.soc_suggest_pct:
+        mismatch = self._soc_rate_mismatch(soc)
+        if mismatch is not None:
+            findings.append(mismatch)
+        elif out["bms_soc_error_pct"] is not None and abs(out["bms_soc_error_pct"]) >= cfg.soc_suggest_pct:
             target = round(soc, 1)  # type: ignore[arg-type]
             out["soc_suggestion"] = f"trackingbms set PORT --soc {target:g}"
             findings.append(
