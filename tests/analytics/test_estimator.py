@@ -6,7 +6,9 @@ import json
 
 import pytest
 
-from trackingbms.analytics import BatteryEstimator
+from trackingbms.analytics import BatteryEstimator, EstimatorConfig
+from trackingbms.sim.config import PackConfig
+from trackingbms.sim.record import Recorder
 
 from .conftest import DAY, estimate, recorded
 
@@ -199,3 +201,31 @@ def test_out_of_order_and_partial_samples(ebike_nmc: tuple[list, dict]) -> None:
     assert h["samples"] == 101
     # the partial sample broke the count: no SOC until the next anchor, said so
     assert h["soc_pct"] is None and h["reasons"]["soc_pct"]
+
+
+def test_drift_readings_wait_for_a_current_hidden_in_the_dead_band() -> None:
+    """The bench's healthy NMC UPS pack of seed 1005: at the start of each float the CC-CV tail (0.3–1 A)
+    reads 0 A inside the 0.5 A dead band yet lifts the fullest cells (highest resistance) by I·R. Those
+    cells are cut from their chains at every recharge (clipped), so a stretch starting at that first
+    anchor fell back as the tail died: cell 3, truly 0.2 %/month slower than the median, was named
+    self-discharging at 2.1 %/month on day 24. Every reading the drift test takes must agree with the
+    truth, cell against pack, within about one 1 mV step (0.1 % SOC at the NMC top)."""
+    cfg = PackConfig(
+        step_s=120, seed=1005, chemistry="nmc", scenario="ups", resistance_growth_pct=50,
+        current_offset_a=-0.1, current_noise_a=0.5, current_deadband_a=0.5, bms_soc_error_pct=-20,
+    )  # fmt: skip
+    rec = Recorder(cfg)
+    est = BatteryEstimator(EstimatorConfig(rated_capacity_ah=100))
+    worst_pct = 0.0
+    for s in rec.run(24 * DAY, 120):
+        last = est.observations[-1] if est.observations else None
+        est.update(s)
+        if est.observations and est.observations[-1] is not last:
+            read = est.observations[-1][3]
+            true_pct = [100 * c.soc for c in rec.battery.cells]
+            errors = sorted(read[k] - true_pct[k] for k in range(len(read)) if read[k] is not None)
+            cut = len(errors) // 4
+            common = sum(errors[cut : len(errors) - cut]) / (len(errors) - 2 * cut)
+            worst_pct = max(worst_pct, *(abs(e - common) for e in errors))
+    assert worst_pct < 0.15
+    assert not [f for f in est.health()["findings"] if f["kind"].startswith("weak_cell")]
