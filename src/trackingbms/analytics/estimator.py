@@ -131,6 +131,8 @@ class EstimatorConfig:
     #: through the curve's slope) past what the charge counted since the rest's previous reading explains:
     #: a current hidden in the dead band (a CC-CV tail) still lifts each cell by I·R, the fullest most
     drift_settle_pct: float = 0.05
+    #: plus this share of the charge counted over the same time (the count's gain is known to a few %)
+    drift_settle_count_share: float = 0.05
     #: before a capacity is measured, the bleed added back may be a share of a capacity this far under
     #: the rated one (fade); once one is measured, within ``bleed_capacity_unc`` of it
     bleed_max_fade: float = 0.3
@@ -423,9 +425,10 @@ class BatteryEstimator:
         float; a stretch starting there falls back as the tail dies and read as 2 %/month of
         self-discharge on a healthy cell. The mean of the cells moves with that current (by I·R) and
         otherwise only with the charge counted, so a reading counts for drift only once the mean moved
-        at most ``drift_settle_pct`` of SOC (through the curve's slope) past the charge counted since the
-        rest's start or its previous anchor (under a steady quasi-rest load the I·R is common to both
-        ends and cancels). The SOC anchor itself is kept: 0.2 % is nothing to a coulomb count."""
+        at most ``drift_settle_pct`` of SOC (through the curve), plus ``drift_settle_count_share`` of the
+        charge counted, past that charge since the rest's start or its previous anchor (under a steady
+        quasi-rest load the I·R is common to both ends and cancels). The SOC anchor itself is kept:
+        0.2 % is nothing to a coulomb count."""
         mean_mv = sum(cells) / len(cells)
         ref, self.rest_ref = self.rest_ref, [mean_mv, self.q_ah, self.t_last]
         if ref is None:
@@ -436,8 +439,11 @@ class BatteryEstimator:
         # it by ~0.05 % SOC): nothing flows as far as the sensor can tell, so the mean must hold still
         if abs(dq_ah) * 3600 > self.cfg.deadband_a * (self.t_last - ref[2]):  # type: ignore[operator]
             counted_pct = 100 * dq_ah / cap
-        slope = curve.slope_mv_per_pct(mean_mv)
-        return abs((mean_mv - ref[0]) / slope - counted_pct) <= self.cfg.drift_settle_pct
+        moved_pct = 100 * (curve.soc(mean_mv) - curve.soc(ref[0]))
+        # under a measured load the count is known to a few % (the sensor's gain, the mean cell's voltage
+        # read through a piecewise curve): 3 % SOC moved in the hour of a solar night differs by ~0.1 %
+        tolerance_pct = self.cfg.drift_settle_pct + self.cfg.drift_settle_count_share * abs(counted_pct)
+        return abs(moved_pct - counted_pct) <= tolerance_pct
 
     def _rest_end(self) -> None:
         last = self.rest_last
