@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -95,6 +96,36 @@ def test_soc_reanchored_where_the_bms_drifted(tmp_path) -> None:  # type: ignore
     assert h["bms_soc_error_pct"] > 15
     assert h["soc_suggestion"] == f"trackingbms set PORT --soc {h['soc_pct']:g}"
     assert any(f["kind"] == "soc_drift" for f in h["findings"])
+
+
+def test_a_soc_moving_at_another_rate_than_the_count_is_no_drift(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same pack, its BMS right, but every sample after the first rest stamped 60x closer together
+    (a simulator running fast, or a clock that is not the pack's): the BMS's SOC moves 20 points while the
+    counted charge moves a third of one. That is a rate mismatch, said as such; suggesting `set --soc`
+    would write a wrong SOC into a right BMS."""
+    schedule = tmp_path / "s.toml"
+    schedule.write_text(
+        "[[step]]\nat_s = 0\ncurrent_a = 0\n[[step]]\nat_s = 3600\ncurrent_a = -10\n"
+        "[[step]]\nat_s = 10800\ncurrent_a = 0\n"
+    )
+    samples, _ = recorded(5 * 3600, 30, chemistry="nmc", scenario="schedule", schedule=schedule, soc_pct=70)
+    honest = estimate(samples).health()
+    assert not [f for f in honest["findings"] if f["kind"].startswith("soc_")], honest["findings"]
+    t0 = datetime.fromisoformat(samples[0]["ts"].replace("Z", "+00:00")) + timedelta(seconds=3600)
+    squeezed = []
+    for x in samples:
+        t = datetime.fromisoformat(x["ts"].replace("Z", "+00:00"))
+        if t > t0:
+            t = t0 + (t - t0) / 60
+        squeezed.append({**x, "ts": t.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"})
+    h = estimate(squeezed).health()
+    kinds = [f["kind"] for f in h["findings"]]
+    assert "soc_rate_mismatch" in kinds and "soc_drift" not in kinds, h["findings"]
+    assert "soc_suggestion" not in h
+    found = next(f for f in h["findings"] if f["kind"] == "soc_rate_mismatch")
+    assert (
+        found["evidence"]["bms_soc_moved_pct"] < -15 and abs(found["evidence"]["counted_soc_moved_pct"]) < 2
+    )
 
 
 def test_self_discharging_cell_named_within_72h() -> None:
