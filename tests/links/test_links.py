@@ -81,6 +81,13 @@ async def test_missing_port_and_refused_tcp_are_explained() -> None:
         await open_link("udp://1.2.3.4:5")
 
 
+async def test_a_plain_file_is_not_a_serial_port(tmp_path) -> None:
+    plain = tmp_path / "readings.csv"
+    plain.write_text("ts,seq\n")
+    with pytest.raises(LinkError, match=r"readings\.csv is not a serial port"):
+        await open_link(str(plain))
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root opens any device: permission errors cannot happen")
 async def test_permission_denied_hints_at_dialout(tmp_path) -> None:
     master, slave = os.openpty()

@@ -184,6 +184,8 @@ def _explain_os_error(port: str, exc: OSError) -> LinkError:
         )
     if code == errno.EBUSY:
         return LinkError(f"serial port {port} is busy (another program has it open)")
+    if code == errno.ENOTTY or "Inappropriate ioctl" in str(exc):
+        return LinkError(f"{port} is not a serial port (a file? a serial adapter is /dev/ttyUSB0 or alike)")
     return LinkError(f"cannot open serial port {port}: {exc}")
 
 
