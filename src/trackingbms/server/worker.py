@@ -39,6 +39,7 @@ from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.live import PgRelay, nats_publisher
 from trackingbms.server.store import DeviceRef, Store, now_ms
+from trackingbms.server.store.base import DEVICE_REF_COLUMNS
 
 if TYPE_CHECKING:
     from trackingbms.server.alarms import AlarmService
@@ -95,14 +96,7 @@ class IngestHandler:
         if parsed is None:
             return None
         tenant_id, name = parsed
-        q = select(
-            devices.c.id,
-            devices.c.tenant_id,
-            devices.c.name,
-            devices.c.config_version,
-            devices.c.reported_config_version,
-            devices.c.config,
-        ).where(devices.c.tenant_id == tenant_id, devices.c.name == name)
+        q = select(*DEVICE_REF_COLUMNS).where(devices.c.tenant_id == tenant_id, devices.c.name == name)
         async with self.store.engine.connect() as conn:
             row = (await conn.execute(q)).first()
         return DeviceRef(*row) if row else None

@@ -9,7 +9,15 @@ from sqlalchemy.exc import IntegrityError
 
 from trackingbms.server import security
 from trackingbms.server.db import device_tokens, devices, tenants, user_tokens, users
-from trackingbms.server.store.base import Conflict, DeviceRef, NotFound, StoreCore, UserRef, now_ms
+from trackingbms.server.store.base import (
+    DEVICE_REF_COLUMNS,
+    Conflict,
+    DeviceRef,
+    NotFound,
+    StoreCore,
+    UserRef,
+    now_ms,
+)
 
 
 class AuthStore(StoreCore):
@@ -137,14 +145,7 @@ class AuthStore(StoreCore):
 
 #: built once: it runs before every device request, and building it took ~40 µs of Python each time
 _DEVICE_FOR_TOKEN = (
-    select(
-        devices.c.id,
-        devices.c.tenant_id,
-        devices.c.name,
-        devices.c.config_version,
-        devices.c.reported_config_version,
-        devices.c.config,
-    )
+    select(*DEVICE_REF_COLUMNS)
     .join(device_tokens, device_tokens.c.device_id == devices.c.id)
     .where(device_tokens.c.token_hash == bindparam("token_hash"), device_tokens.c.revoked.is_(False))
 )

@@ -53,6 +53,17 @@ class DeviceRef:
         return orjson.loads(self.config)
 
 
+#: the columns a :class:`DeviceRef` is built from, in its fields' order (``DeviceRef(*row)``)
+DEVICE_REF_COLUMNS = (
+    devices.c.id,
+    devices.c.tenant_id,
+    devices.c.name,
+    devices.c.config_version,
+    devices.c.reported_config_version,
+    devices.c.config,
+)
+
+
 @dataclass(frozen=True)
 class UserRef:
     id: int

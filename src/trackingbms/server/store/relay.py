@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from trackingbms.model import relay_key_id
 from trackingbms.server.db import device_tokens, devices
-from trackingbms.server.store.base import DeviceRef, NotFound, TenantScope
+from trackingbms.server.store.base import DEVICE_REF_COLUMNS, DeviceRef, NotFound, TenantScope
 
 
 class RelayScope(TenantScope):
@@ -21,15 +21,7 @@ class RelayScope(TenantScope):
         """(the device, its receipt key) for a gateway's relay key; NotFound outside this tenant. The tenant's
         live tokens are read and their key ids computed here (a few µs each): no extra column to keep."""
         q = (
-            select(
-                devices.c.id,
-                devices.c.tenant_id,
-                devices.c.name,
-                devices.c.config_version,
-                devices.c.reported_config_version,
-                devices.c.config,
-                device_tokens.c.token_hash,
-            )
+            select(*DEVICE_REF_COLUMNS, device_tokens.c.token_hash)
             .join(device_tokens, device_tokens.c.device_id == devices.c.id)
             .where(
                 devices.c.tenant_id == self.tenant_id,
