@@ -138,7 +138,7 @@ async def _rollup_buckets(
             .group_by(literal_column("k"))
             .order_by(literal_column("k"))
         )
-    return list((await conn.execute(q)).tuples())
+    return list((await conn.execute(q)).all())
 
 
 def _series_columns(r: Any, fold: bool) -> list[Any]:
