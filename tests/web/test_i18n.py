@@ -97,6 +97,10 @@ def test_every_page_renders_in_the_browser_language_with_no_missing_key(
         page.wait_for_selector("#faults .fault", timeout=WAIT_MS)
         assert "Tension de cellule haute" in page.inner_text("#faults")
         assert "," in page.inner_text("#kpi-voltage .kpi-value")
+        # the charts' legends too (uPlot's own "Time" label was left in English)
+        page.wait_for_selector("#chart-voltage .u-legend", timeout=WAIT_MS)
+        legend = page.inner_text("#chart-voltage .u-legend")
+        assert catalogue["chart.time"] in legend and "Time" not in legend, legend
     else:
         page.goto(f"{demo.info.url}#/pack/shop-charger")
         page.wait_for_selector("#faults .fault", timeout=WAIT_MS)

@@ -131,7 +131,7 @@ export class ChartSet {
         { stroke: "#5b6670", size: 56, grid: { stroke: "#e6e9ec" }, ticks: { stroke: "#e6e9ec" } },
       ],
       series: [
-        {},
+        { label: t("chart.time") },
         ...chart.lines.map(([, , label, color]) => ({ label: t(label), stroke: color, width: 1.6, value: fmtv, spanGaps: false })),
       ],
     };

@@ -50,7 +50,7 @@ export function healthCard(batteryId) {
       h(
         "div.kvs",
         kv(t("health.card.soh"), hl.soh_pct != null ? `${num(hl.soh_pct, 1)} %` : "–",
-          hl.soh_pct != null ? t("health.card.soh_why", { confidence: cap.confidence, segments: tn("health.card.segments", cap.segments ?? 0), charges: tn("health.card.full_charges", hl.full_charge_anchors ?? 0) }) : why.soh_pct || why.capacity_ah, "soh"),
+          hl.soh_pct != null ? t("health.card.soh_why", { confidence: t(`health.confidence.${cap.confidence}`), segments: tn("health.card.segments", cap.segments ?? 0), charges: tn("health.card.full_charges", hl.full_charge_anchors ?? 0) }) : why.soh_pct || why.capacity_ah, "soh"),
         kv(t("health.card.capacity"), hl.capacity_ah != null ? `${num(hl.capacity_ah, 1)} Ah` : "–", null, "capacity"),
         kv(t("health.card.resistance"), hl.resistance_mohm != null ? `${num(hl.resistance_mohm, 2)} mΩ` : "–",
           hl.resistance_mohm != null ? tn("health.card.resistance_why", res.windows ?? 0) : why.resistance_mohm, "resistance"),
@@ -97,7 +97,7 @@ function plot(id, title, unit, digits, points, color) {
           { stroke: "#5b6670", grid: { stroke: "#e6e9ec" }, ticks: { stroke: "#e6e9ec" } },
           { stroke: "#5b6670", size: 56, grid: { stroke: "#e6e9ec" }, ticks: { stroke: "#e6e9ec" } },
         ],
-        series: [{}, { label: title, stroke: color, width: 1.6, value: fmtv, points: { show: true, size: 4 } }],
+        series: [{ label: t("chart.time") }, { label: title, stroke: color, width: 1.6, value: fmtv, points: { show: true, size: 4 } }],
       },
       [xs, ys],
       el,
