@@ -39,6 +39,16 @@ async def test_batch_is_stored_once_and_duplicates_are_counted(world: World) -> 
     assert [r[1] for r in rows[1:]] == ["0", "1", "2", "3", "4", "5", "6"]
 
 
+async def test_an_export_without_to_includes_samples_a_fast_gateway_clock_stamped_ahead(world: World) -> None:
+    """Ingest accepts samples up to the clock skew ahead of the server; "everything until now" must not
+    leave out what it acknowledged (a gateway clock a minute fast)."""
+    a = world.a
+    ahead = sample(a.batteries[0], 1, seconds_ago=-60)
+    assert (await _post(world, a.device, [ahead]))[1]["accepted"] == 1
+    rows = await _export(world, a.admin, a.batteries[0])
+    assert [r[1] for r in rows[1:]] == ["1"]
+
+
 async def test_a_ts_already_taken_by_another_sample_is_refused(world: World) -> None:
     a = world.a
     first = sample(a.batteries[0], 10)

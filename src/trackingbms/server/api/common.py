@@ -42,10 +42,11 @@ ToQ = Annotated[
 ]
 
 
-def parse_range(from_: str | None, to: str | None, default: timedelta) -> tuple[int, int]:
-    """(from_ms, to_ms) of a request; ``to`` defaults to now, ``from`` to ``to - default``; 422 if wrong."""
+def parse_range(from_: str | None, to: str | None, default: timedelta, ahead_ms: int = 0) -> tuple[int, int]:
+    """(from_ms, to_ms) of a request; ``to`` defaults to now (+ ``ahead_ms``), ``from`` to ``to - default``;
+    422 if wrong."""
     try:
-        to_ms = packing.parse_ts_ms(to, "to") if to else now_ms()
+        to_ms = packing.parse_ts_ms(to, "to") if to else now_ms() + ahead_ms
         from_ms = packing.parse_ts_ms(from_, "from") if from_ else to_ms - int(default.total_seconds() * 1000)
     except packing.SampleError as e:
         field = str(e).split(":", 1)[0]

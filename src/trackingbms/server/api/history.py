@@ -15,6 +15,10 @@ from trackingbms.server.api.deps import Tenant
 from trackingbms.server.schemas import HistoryOut
 from trackingbms.server.store import packing
 
+#: an export without ``to`` ends this far past now: ingest accepts samples up to a clock skew ahead (a gateway
+#: clock a little fast), and "everything until now" must not leave out samples it has acknowledged
+EXPORT_AHEAD_MS = packing.MAX_FUTURE_SKEW_MS
+
 router = APIRouter()
 
 #: the longest history span one request may ask for
@@ -51,7 +55,7 @@ async def history(
 async def export_csv(battery_id: str, ts: Tenant, from_: FromQ = None, to: ToQ = None) -> StreamingResponse:
     """All samples in the range, oldest first, one row each: cells and temperatures as columns
     (as many as the battery has reported), lists joined with `;`, absent values empty."""
-    from_ms, to_ms = parse_range(from_, to, timedelta(days=7))
+    from_ms, to_ms = parse_range(from_, to, timedelta(days=7), EXPORT_AHEAD_MS)
     n_cells, n_temps = await ts.export_info(battery_id)  # 404 before the stream starts
     name = f"{battery_id}.csv"
     return StreamingResponse(
@@ -78,7 +82,7 @@ async def export_parquet(battery_id: str, ts: Tenant, from_: FromQ = None, to: T
         parquet.require()
     except parquet.ParquetUnavailable as exc:
         raise HTTPException(501, str(exc)) from None
-    from_ms, to_ms = parse_range(from_, to, timedelta(days=7))
+    from_ms, to_ms = parse_range(from_, to, timedelta(days=7), EXPORT_AHEAD_MS)
     await ts.export_info(battery_id)  # 404 before reading
     rows = [row async for page in ts.export_rows(battery_id, from_ms, to_ms) for row in page]
     # building and compressing the file is CPU work: off the event loop
