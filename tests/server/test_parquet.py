@@ -137,6 +137,27 @@ def test_admin_export_errors_are_one_line(loaded, tmp_path: Path) -> None:
     assert r.returncode == 0 and "0 samples" in r.stdout  # a tenant sees only its own batteries
 
 
+def test_admin_export_without_to_includes_samples_stamped_ahead(loaded, tmp_path: Path) -> None:
+    """Ingest accepts a sample up to 5 min ahead of the server's clock (a gateway clock running fast): an
+    export of "everything" must hold it, not stop at now."""
+    srv, data = loaded
+    token = asyncio.run(_device_token(data))
+    ahead = sample("px-2", 900, seconds_ago=-60, cells_mv=[3300, 3301, 3302, 3303])
+    auth = {"Authorization": f"Bearer {token}"}
+    r = httpx.post(f"{srv.base_url}/api/v1/ingest", json={"samples": [ahead]}, headers=auth)
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    out = tmp_path / "ahead"
+    r = cli("admin", "export", "-t", "acme", "--out", str(out), "--data-dir", str(data))
+    assert r.returncode == 0 and "62 samples" in r.stdout, r.stdout + r.stderr
+    seqs = ds.dataset(out, format="parquet", partitioning="hive").to_table(columns=["seq"]).column("seq")
+    assert 900 in seqs.to_pylist()
+
+
+async def _device_token(data: Path) -> str:
+    async with p.open_store(f"sqlite+aiosqlite:///{data / 'trackingbms.db'}") as store:
+        return (await p.new_device_token(store, "acme", "gw-1"))["token"]
+
+
 def test_export_parquet_has_the_csv_content_typed(loaded, tmp_path: Path) -> None:
     import csv
     import io

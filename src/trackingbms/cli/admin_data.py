@@ -95,7 +95,10 @@ def export(
         str, typer.Option("--format", help="parquet (a dataset partitioned by battery and day)")
     ] = "parquet",
     from_: Annotated[str | None, typer.Option("--from", help="RFC 3339 start; default: everything")] = None,
-    to: Annotated[str | None, typer.Option("--to", help="RFC 3339 end (exclusive); default: now")] = None,
+    to: Annotated[
+        str | None,
+        typer.Option("--to", help="RFC 3339 end (exclusive); default: everything stored, up to now + 5 min"),
+    ] = None,
     battery: Annotated[
         list[str] | None, typer.Option("--battery", "-b", help="only this battery (repeat)")
     ] = None,
@@ -155,7 +158,11 @@ def _span(from_: str | None, to: str | None) -> tuple[int, int]:
             when = when.replace(tzinfo=UTC)
         return int(when.timestamp() * 1000)
 
-    to_ms = ms(to, "to") if to else int(datetime.now(UTC).timestamp() * 1000) + 1
+    from trackingbms.server.store.packing import MAX_FUTURE_SKEW_MS
+
+    # ingest accepts samples stamped up to MAX_FUTURE_SKEW_MS ahead (a gateway clock running fast):
+    # "everything" must include them, as the HTTP export does (api/history.py EXPORT_AHEAD_MS)
+    to_ms = ms(to, "to") if to else int(datetime.now(UTC).timestamp() * 1000) + MAX_FUTURE_SKEW_MS + 1
     from_ms = ms(from_, "from") if from_ else 0
     if from_ms >= to_ms:
         raise _fail("--from must be before --to", EXIT_USAGE)
