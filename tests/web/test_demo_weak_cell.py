@@ -92,7 +92,11 @@ def test_old_bank_names_its_weak_cell_and_the_card_plots_the_evidence(
                 # the page draws the points the API gave when it loaded (a report may have come since)
                 assert abs(shown - len(offsets)) <= 3 and shown >= 10
                 assert chart.locator(".uplot canvas").count() == 1
-                assert finding["message"].split(" (")[0] in card.inner_text()
+                # the finding in words (the interface's catalogue, from its figures) and its evidence
+                text = card.inner_text()
+                assert "cell 7 self-discharges" in text and "%/month faster than the pack median" in text
+                evidence = card.locator("li.finding[data-kind='weak_cell_self_discharge'] dl.evidence")
+                assert "Anchor pairs" in evidence.inner_text() and "rate_pct_month" not in text
                 # the resistance trend: none on this pack (its history is minutes apart, a float current
                 # barely moves), and the card says why
                 assert health["resistance_history"] == []
@@ -113,6 +117,18 @@ def test_old_bank_names_its_weak_cell_and_the_card_plots_the_evidence(
                     ebike["resistance_mohm"], rel=0.05
                 )
                 page.screenshot(path=str(screenshots / "health-card-resistance.png"), full_page=True)
+
+                # in French the finding and its evidence are French too (the engine writes English)
+                fr = browser.new_context(locale="fr-FR", viewport={"width": 1280, "height": 1000}).new_page()
+                fr.on("pageerror", lambda exc: errors.append(str(exc)))
+                login(fr, day_demo)
+                fr.goto(day_demo.info.url + "#/pack/cabin-weak")
+                item = fr.locator("#health-card li.finding[data-kind='weak_cell_self_discharge']")
+                item.locator("figure[data-drawn='1']").wait_for()
+                said = item.locator("strong").inner_text()
+                assert said.startswith("la cellule 7 s'autodécharge de ") and "%/mois" in said, said
+                assert "Paires d'ancrages" in item.locator("dl.evidence").inner_text()
+                assert "self-discharges" not in fr.locator("#health-card").inner_text()
                 assert not errors, errors
             finally:
                 browser.close()

@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { alarmText } from "./alarms.js";
-import { num, t, tn } from "./i18n.js";
+import { dateTime, num, t, tn } from "./i18n.js";
 import { fill, h } from "./util.js";
 
 export function healthCard(batteryId) {
@@ -29,16 +29,9 @@ export function healthCard(batteryId) {
     const findings = (hl.findings || []).map((f) =>
       h(
         `li.finding.finding-${f.kind}`,
-        { dataset: { kind: f.kind, cell: f.cell ?? "" } },
-        h("strong", f.message),
-        f.evidence && Object.keys(f.evidence).length
-          ? h(
-              "dl.evidence",
-              Object.entries(f.evidence)
-                .filter(([k]) => k !== "offsets")
-                .flatMap(([k, v]) => [h("dt", k), h("dd", typeof v === "object" ? JSON.stringify(v) : String(v))]),
-            )
-          : null,
+        { dataset: { kind: f.kind, cell: f.cell ?? "" }, title: f.message },
+        h("strong", findingText(f)),
+        evidenceList(f),
         f.evidence?.offsets?.length
           ? plot(`weak-cell-${f.cell}`, t("health.card.offset_chart", { n: f.cell }), "%", 2, f.evidence.offsets, "#c62828")
           : null,
@@ -66,6 +59,81 @@ export function healthCard(batteryId) {
       alarmList,
     );
   }
+}
+
+/** -value, keeping "unknown" unknown (-null is 0 in JavaScript) */
+const neg = (value) => (value === null || value === undefined ? null : -value);
+const signed = (value, digits) => (Number(value) > 0 ? "+" : "") + num(value, digits);
+
+/** A finding in the interface's language, from its kind and figures (the engine's own text, in English, is
+ *  the item's tooltip, and what an unknown kind shows). */
+function findingText(f) {
+  const ev = f.evidence || {};
+  const params = { n: f.cell };
+  switch (f.kind) {
+    case "weak_cell_self_discharge":
+      Object.assign(params, { rate: num(neg(ev.rate_pct_month), 1), drop: num(neg(ev.drop_pct), 2), hours: num(ev.observed_h, 0) });
+      break;
+    case "weak_cell_low_capacity":
+      Object.assign(params, { capacity: num(ev.capacity_ah, 1), under: num(100 * (1 - ev.capacity_ah / ev.median_ah), 0) });
+      break;
+    case "weak_cell_high_resistance":
+      Object.assign(params, { resistance: num(ev.resistance_mohm, 2), ratio: num(ev.resistance_mohm / ev.median_mohm, 1) });
+      break;
+    case "soc_drift":
+      // the command is typed as it is shown: a plain number, never the locale's decimal comma
+      Object.assign(params, { bms: num(ev.bms_soc_pct, 1), soc: num(ev.soc_pct, 1), command: `trackingbms set PORT --soc ${ev.soc_pct}` });
+      break;
+    case "soc_rate_mismatch":
+      Object.assign(params, {
+        since: fmtTime(ev.anchored_at),
+        bms: signed(ev.bms_soc_moved_pct, 1),
+        counted: signed(ev.counted_soc_moved_pct, 1),
+        hours: num(ev.hours, 1),
+      });
+      break;
+    default:
+      return f.message;
+  }
+  return t(`health.finding.${f.kind}`, params);
+}
+
+/** The figures a finding rests on, labelled (the plotted offsets and the fit's internals left out). */
+const EVIDENCE = {
+  weak_cell_self_discharge: [
+    ["rate", (ev) => `${num(neg(ev.rate_pct_month), 2)} ± ${num(ev.rate_se_pct_month, 2)} %/${t("health.evidence.month")}`],
+    ["halves", (ev) => `${num(neg(ev.first_half_rate_pct_month), 2)} / ${num(neg(ev.second_half_rate_pct_month), 2)} %/${t("health.evidence.month")}`],
+    ["observed", (ev) => `${num(ev.observed_h, 0)} h`],
+    ["pairs", (ev) => num(ev.pairs, 0)],
+    ["bleed", (ev) => `${num(ev.bleed_added_pct, 2)} %`],
+  ],
+  weak_cell_low_capacity: [
+    ["capacity", (ev) => `${num(ev.capacity_ah, 2)} Ah`],
+    ["median_capacity", (ev) => `${num(ev.median_ah, 2)} Ah`],
+    ["segments", (ev) => num(ev.segments, 0)],
+  ],
+  weak_cell_high_resistance: [
+    ["resistance", (ev) => `${num(ev.resistance_mohm, 3)} mΩ`],
+    ["median_resistance", (ev) => `${num(ev.median_mohm, 3)} mΩ`],
+    ["windows", (ev) => num(ev.windows, 0)],
+  ],
+  soc_drift: [["anchored_at", (ev) => fmtTime(ev.anchored_at)]],
+  soc_rate_mismatch: [["anchored_at", (ev) => fmtTime(ev.anchored_at)]],
+};
+
+function evidenceList(f) {
+  const shown = EVIDENCE[f.kind];
+  const ev = f.evidence || {};
+  if (!shown) return null;
+  const items = shown.flatMap(([key, show]) => {
+    const text = show(ev);
+    return text.includes("–") || text.includes("NaN") ? [] : [h("dt", t(`health.evidence.${key}`)), h("dd", text)];
+  });
+  return items.length ? h("dl.evidence", items) : null;
+}
+
+function fmtTime(iso) {
+  return iso ? dateTime(Date.parse(iso)) : "–";
 }
 
 /** A small time chart of ``points`` ([ISO time, value], …): a figure whose ``data-points`` says how many
