@@ -125,6 +125,10 @@ def test_demo_on_a_taken_port_says_so_without_a_traceback(tmp_path: Path) -> Non
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+    # the error is all it says: nothing had started, so no "Stopping…" before it
+    assert result.stderr.strip().splitlines() == [
+        f"trackingbms demo: cannot listen on 127.0.0.1:{port}: Address already in use (try another --port)"
+    ], result.stderr
 
 
 @pytest.mark.parametrize(

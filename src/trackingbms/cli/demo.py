@@ -401,6 +401,7 @@ async def run_demo(
     server: Any = None
     server_task: asyncio.Task[None] | None = None
     sock: socket.socket | None = None
+    announced = False
     try:
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -533,6 +534,7 @@ async def run_demo(
             lines += [f"    {pk.battery_id:<14} {pk.story}" for pk in site.packs]
         lines += ["", "Press Ctrl-C to stop."]
         log("\n".join(lines))
+        announced = True
         if on_ready is not None:
             on_ready(info)
 
@@ -544,7 +546,8 @@ async def run_demo(
             if task is not stop_wait and not task.cancelled() and task.exception() is not None:
                 raise DemoError(f"{task.get_name()} stopped: {task.exception()!r}")
     finally:
-        log("Stopping…")
+        if announced:  # a start-up error is said on its own (the caller prints it)
+            log("Stopping…")
         gw_stop.set()
         if gateways:
             _, pending = await asyncio.wait(gateways, timeout=10)
