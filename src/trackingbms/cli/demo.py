@@ -183,6 +183,8 @@ class DemoInfo:
     batteries: dict[str, DemoPack]
     sim_urls: dict[str, str]
     device_tokens: dict[str, str] = field(repr=False, default_factory=dict)
+    #: per gateway (device name), its LAN page: the same app served by the gateway (direct mode)
+    gateway_urls: dict[str, str] = field(default_factory=dict)
 
 
 class DemoError(RuntimeError):
@@ -247,6 +249,7 @@ def _gateway_config(
     sim_urls: dict[str, str],
     state_dir: Path,
     poll_interval_s: float,
+    lan_listen: str,
 ) -> Any:
     from trackingbms.gateway import GatewayConfig
     from trackingbms.gateway.config import SLOW_COMMANDS
@@ -258,7 +261,8 @@ def _gateway_config(
             "heartbeat_interval_s": 10.0,
             "log_level": "warning",
             "uplinks": [{"name": "lan", "url": server_url, "batch_max_age_s": 0.5}],
-            "local_api": {"enabled": False},
+            # the gateway's own page (the app in direct mode, reading the gateway, no server needed)
+            "local_api": {"enabled": True, "listen": lan_listen, "server_url": server_url},
             "bms": [
                 {
                     "battery_id": pk.battery_id,
@@ -401,6 +405,7 @@ async def run_demo(
     server: Any = None
     server_task: asyncio.Task[None] | None = None
     sock: socket.socket | None = None
+    lan_socks: dict[str, socket.socket] = {}
     announced = False
     try:
         try:
@@ -436,9 +441,6 @@ async def run_demo(
                 )
                 batteries[pk.battery_id] = pk
 
-        settings = Settings.load(
-            data_dir=data_dir, database_url=db_url, host=host, port=port, log_level="warning"
-        )
         # Bind here rather than in uvicorn: a taken port becomes a clear message (uvicorn would
         # sys.exit), and port 0 picks a free one.
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -451,6 +453,26 @@ async def run_demo(
                 f"cannot listen on {host}:{port}: {exc.strerror or exc} (try another --port)"
             ) from None
         bound_port = sock.getsockname()[1]
+        # a wildcard address is where to listen, not where to connect
+        near = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
+            host, f"[{host}]" if ":" in host else host
+        )
+        url = f"http://{near}:{bound_port}"
+        # each gateway's own page (its LAN API): the dashboard's port + 1, + 2, … when free
+        lan_socks = {
+            site.device: _lan_port(host, bound_port + 1 + k if port else 0) for k, site in enumerate(SITES)
+        }
+        lan_ports = {device: int(sk.getsockname()[1]) for device, sk in lan_socks.items()}
+        gateway_urls = {device: f"http://{near}:{p}/" for device, p in lan_ports.items()}
+        settings = Settings.load(
+            data_dir=data_dir,
+            database_url=db_url,
+            host=host,
+            port=bound_port,
+            log_level="warning",
+            # the app served by a gateway calls the server's API from the browser in server mode
+            relay_origins=[u.rstrip("/") for u in gateway_urls.values()],
+        )
         server = _make_server(
             uvicorn.Config(
                 create_app(settings),
@@ -466,11 +488,6 @@ async def run_demo(
                 exc = server_task.exception() if not server_task.cancelled() else None
                 raise DemoError(f"the server did not start on {host}:{bound_port}: {exc!r}")
             await asyncio.sleep(0.05)
-        # a wildcard address is where to listen, not where to connect
-        near = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(
-            host, f"[{host}]" if ":" in host else host
-        )
-        url = f"http://{near}:{bound_port}"
 
         if history_h > 0:
             log(f"Filling in {history_h:g} h of history…")
@@ -501,9 +518,18 @@ async def run_demo(
             endpoints.append(ep)
             sim_urls[battery_id] = ep.url
 
+        for sk in lan_socks.values():
+            sk.close()  # each gateway listens on its port now
+        lan_socks.clear()
         for site in SITES:
             config = _gateway_config(
-                site, tokens[site.device], url, sim_urls, data_dir / "gateways" / site.device, poll_interval_s
+                site,
+                tokens[site.device],
+                url,
+                sim_urls,
+                data_dir / "gateways" / site.device,
+                poll_interval_s,
+                f"{host}:{lan_ports[site.device]}",
             )
             gateways.append(
                 asyncio.create_task(run_gateway(config, stop=gw_stop), name=f"gateway-{site.device}")
@@ -518,6 +544,7 @@ async def run_demo(
             batteries=batteries,
             sim_urls=sim_urls,
             device_tokens=tokens,
+            gateway_urls=gateway_urls,
         )
         lines = [
             "",
@@ -530,9 +557,15 @@ async def run_demo(
             "",
         ]
         for site in SITES:
-            lines.append(f"  {site.name} (gateway {site.device}):")
+            lines.append(f"  {site.name} (gateway {site.device}, its own page: {gateway_urls[site.device]}):")
             lines += [f"    {pk.battery_id:<14} {pk.story}" for pk in site.packs]
-        lines += ["", "Press Ctrl-C to stop."]
+        lines += [
+            "",
+            "A gateway's own page is the same app served on the site's LAN: with no server (or no internet)",
+            "it reads the gateway directly (direct mode); the badge in its top bar says which mode it is in.",
+            "",
+            "Press Ctrl-C to stop.",
+        ]
         log("\n".join(lines))
         announced = True
         if on_ready is not None:
@@ -560,11 +593,29 @@ async def run_demo(
                 await asyncio.wait_for(server_task, timeout=10)
         if sock is not None:
             sock.close()
+        for sk in lan_socks.values():
+            sk.close()
         for ep in endpoints:
             with contextlib.suppress(Exception):
                 await ep.close()
         if temp_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _lan_port(host: str, wanted: int) -> socket.socket:
+    """A socket bound to ``wanted`` if it is free on ``host`` (the dashboard's port + 1, + 2, …: easy to
+    remember), else to any free port (a gateway page is a convenience: a taken port must not stop the
+    demo). Kept bound, so that nothing else takes the port, until the gateway is about to listen on it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for candidate in (wanted, 0) if wanted and wanted <= 65535 else (0,):
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.bind((host, candidate))
+        except OSError:
+            probe.close()
+            continue
+        return probe
+    raise DemoError(f"no free port on {host} for a gateway's page")
 
 
 class DemoThread:
