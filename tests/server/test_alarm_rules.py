@@ -91,3 +91,32 @@ def test_messages_group_a_burst_critical_first() -> None:
     assert len(lines) == 3 and lines[0].startswith("[critical] P2") and "p3 trouble" in lines[2]
     title, body = compose([_item("p1", "critical")])
     assert title == "TrackingBMS alarm: P1: p1 trouble" and body.count("\n") == 0
+
+
+def test_a_batterys_chemistry_picks_its_cell_voltage_thresholds_and_overrides_still_apply() -> None:
+    from trackingbms.analytics.alarms import BUILTIN_RULES, CHEMISTRIES
+    from trackingbms.analytics.ocv import CURVES
+
+    assert set(CHEMISTRIES) == set(CURVES)  # one list of chemistries: the engine's OCV curves
+    for chemistry in (None, "lfp", "nmc", "lto"):
+        by = {r.id: r for r in resolve_rules([], None, 7, chemistry)}
+        high, low = by["cell_voltage_high"], by["cell_voltage_low"]
+        top_mv = CURVES[chemistry or "lfp"].table[-1][1]  # the OCV of a full cell
+        empty_mv = CURVES[chemistry or "lfp"].table[0][1]
+        # a full cell at rest does not trip over-voltage, a cell 50 mV above the full OCV's limit does;
+        # the under-voltage alarm sits above an empty cell's OCV (it warns before the BMS cuts off)
+        assert top_mv < high.set and low.set > empty_mv - 200 and low.clear > low.set
+        assert high.clear < high.set and high.set - high.clear <= 150
+        # everything but the cell voltages is the same for every chemistry
+        assert {k: v for k, v in by.items() if not k.startswith("cell_voltage")} == {
+            r.id: r for r in BUILTIN_RULES if not r.id.startswith("cell_voltage")
+        }
+    nmc = {r.id: r for r in resolve_rules([], None, 7, "nmc")}
+    assert (nmc["cell_voltage_high"].set, nmc["cell_voltage_low"].set) == (4220, 3000)
+    # a healthy NMC cell at 4.15 V is an LFP over-voltage: exactly why the chemistry is set, never guessed
+    lfp = {r.id: r for r in resolve_rules([], None, 7, None)}
+    assert lfp["cell_voltage_high"].set < 4150 < nmc["cell_voltage_high"].set
+    # a tenant's override on top of the chemistry's thresholds: only the fields it sets move
+    rows = [row("cell_voltage_high", battery_pk=7, set=4180)]
+    mine = {r.id: r for r in resolve_rules(rows, None, 7, "nmc")}["cell_voltage_high"]
+    assert (mine.set, mine.clear) == (4180, 4120)

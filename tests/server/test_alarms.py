@@ -276,3 +276,63 @@ async def test_notifications_grouped_one_per_crossing_smtp_and_webhook(
     assert "cleared" in inbox.messages[1] and "acme-p1" in inbox.messages[1]
     await asyncio.sleep(1.0)
     assert len(hooks) == 1
+
+
+async def test_a_battery_profile_picks_the_thresholds_and_the_health_engines_capacity(
+    start_server: Callable[..., ServerThread], database_url: str
+) -> None:
+    """Cells at 4.10-4.15 V: a full NMC pack, an LFP pack far past its limit. The pack registered as NMC
+    raises nothing; the one with no chemistry (LFP thresholds) raises over-voltage; once its admin sets it to
+    NMC from another process (the CLI), the server picks the change up and the alarm clears. The health
+    report runs on the profile's chemistry and rated capacity."""
+    server = await asyncio.to_thread(start_server, alarm_interval_s=0.3, rules_check_s=0.2)
+    async with p.open_store(database_url) as store:
+        a = await provision(store, server.base_url, "acme")
+    w = World(server.base_url, database_url, a, a, server)
+    nmc, unset = a.batteries[0], a.batteries[1]
+    assert (await p.set_battery_profile(database_url, "acme", nmc, "nmc", 20.0))["chemistry"] == "nmc"
+    full_nmc = [4150] * 16
+    await ingest(
+        w,
+        a.device,
+        [
+            sample(b, k, seconds_ago=600 - k, cells_mv=full_nmc, soc_pct=99.0)
+            for b in (nmc, unset)
+            for k in range(15)
+        ],
+    )
+    raised = await wait_for(
+        lambda: alarms(w, a.viewer, active="true"),
+        lambda x: any(al["battery_id"] == unset and al["rule_id"] == "cell_voltage_high" for al in x),
+        "the LFP thresholds' over-voltage alarm",
+    )
+    assert all(al["battery_id"] != nmc for al in raised if al["rule_id"].startswith("cell_voltage")), raised
+
+    async with client(w.base_url, a.viewer) as c:
+        detail = (await c.get(f"/api/v1/batteries/{nmc}")).json()
+        assert (detail["chemistry"], detail["rated_capacity_ah"]) == ("nmc", 20.0)
+        assert (await c.get(f"/api/v1/batteries/{unset}")).json()["chemistry"] is None
+
+        async def health() -> Any:
+            return (await c.get(f"/api/v1/batteries/{nmc}/health")).json()["health"] or {}
+
+        report = await wait_for(health, lambda h: h.get("samples", 0) >= 15, "the NMC pack's health report")
+        assert (report["chemistry"], report["rated_capacity_ah"]) == ("nmc", 20.0)
+
+    # the admin sets the other pack's chemistry (another process): under NMC's clear (4,120 mV) its alarm
+    # clears after the rule's clear delay (60 s of samples); under LFP's it never would
+    await p.set_battery_profile(database_url, "acme", unset, "nmc", None)
+    k = 100
+    for _ in range(20):
+        await ingest(
+            w,
+            a.device,
+            [sample(unset, k + i, seconds_ago=500 - k - i, cells_mv=[4100] * 16) for i in range(20)],
+        )
+        k += 20
+        active = await alarms(w, a.viewer, active="true")
+        if not any(al["battery_id"] == unset and al["rule_id"] == "cell_voltage_high" for al in active):
+            break
+        await asyncio.sleep(0.3)
+    else:
+        raise AssertionError(f"the over-voltage alarm stayed under NMC's thresholds: {active}")

@@ -385,10 +385,21 @@ def test_api_explorer_works_offline_under_the_csp(new_page: Any, demo: DemoClien
 
 
 def test_the_nmc_pack_is_held_to_nmc_cell_limits(demo: DemoClient) -> None:
-    """The built-in cell-voltage rules are LFP's: the demo's NMC e-bike (cells at 3.8–4.1 V) carries its own
-    limits, so it shows no over-voltage alarm that could never clear."""
-    rules = demo.get("/api/v1/alarm-rules")["overrides"]
-    mine = {r["rule_id"]: (r["set"], r["clear"]) for r in rules if r["battery_id"] == "shop-ebike"}
-    assert mine == {"cell_voltage_high": (4220, 4120), "cell_voltage_low": (3000, 3300)}
+    """The demo registers each pack with its chemistry, as an admin does: the NMC e-bike (cells at 3.8-4.1 V)
+    is held to NMC's cell-voltage thresholds by the built-in rules themselves (no per-battery override), so
+    it shows no over-voltage alarm; the LFP charger, pushed past 3.6 V, does."""
+    detail = demo.get("/api/v1/batteries/shop-ebike")
+    assert (detail["chemistry"], detail["rated_capacity_ah"]) == ("nmc", 20.0)
+    assert demo.get("/api/v1/batteries/shop-charger")["chemistry"] == "lfp"
+    assert [r for r in demo.get("/api/v1/alarm-rules")["overrides"] if r["battery_id"] == "shop-ebike"] == []
     alarms = demo.get("/api/v1/alarms", battery_id="shop-ebike", active="true")
     assert not [a for a in alarms if a["rule_id"].startswith("cell_voltage")], alarms
+    charger = demo.wait_for(
+        "the LFP charger's over-voltage alarm",
+        lambda: [
+            a
+            for a in demo.get("/api/v1/alarms", battery_id="shop-charger", active="true")
+            if a["rule_id"] == "cell_voltage_high"
+        ],
+    )
+    assert "set > 3600" in charger[0]["message"], charger

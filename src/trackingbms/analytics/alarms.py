@@ -152,6 +152,28 @@ BUILTIN_RULES: tuple[Rule, ...] = (
 )
 
 
+#: the cell-voltage rules' (set, clear) in mV per chemistry, a step inside a BMS's own protection for it
+#: (LFP 3.65 / 2.5 V, NMC 4.25 / 2.8 V, LTO 2.8 / 1.5 V): the built-ins above are LFP's. A battery's chemistry
+#: is set by its admin (``trackingbms admin battery-profile``), never guessed from a sample: an LFP pack in
+#: over-voltage reads like a healthy NMC one, exactly when the alarm matters
+CELL_VOLTAGE_LIMITS_MV: dict[str, dict[str, tuple[int, int]]] = {
+    "lfp": {"cell_voltage_high": (3600, 3450), "cell_voltage_low": (2800, 3000)},
+    "nmc": {"cell_voltage_high": (4220, 4120), "cell_voltage_low": (3000, 3300)},
+    "lto": {"cell_voltage_high": (2750, 2650), "cell_voltage_low": (1800, 2000)},
+}
+#: the chemistries a battery may be set to (the engine's OCV curves: analytics/ocv.py)
+CHEMISTRIES: tuple[str, ...] = tuple(CELL_VOLTAGE_LIMITS_MV)
+
+
+def builtin_rules(chemistry: str | None = None) -> tuple[Rule, ...]:
+    """The built-in rules for a battery of that chemistry (None: not set, LFP's thresholds)."""
+    limits = CELL_VOLTAGE_LIMITS_MV.get(chemistry or "lfp", {})
+    return tuple(
+        override(r, {"set": limits[r.id][0], "clear": limits[r.id][1]}) if r.id in limits else r
+        for r in BUILTIN_RULES
+    )
+
+
 def fault_severity(name: str) -> Severity:
     """Daly's level-1 bits are warnings, level-2 bits (protection acts) and unlevelled faults critical."""
     return "warning" if name.endswith("_l1") else "critical"
@@ -178,11 +200,11 @@ RULE_FIELDS: tuple[str, ...] = (
 )  # fmt: skip
 
 
-def builtin_rule(rule_id: str) -> Rule | None:
+def builtin_rule(rule_id: str, chemistry: str | None = None) -> Rule | None:
     """The built-in rule of that id (``fault:<name>`` for any fault bit), None for a tenant's own rule."""
     if rule_id.startswith("fault:"):
         return fault_rule(rule_id.removeprefix("fault:"))
-    return next((r for r in BUILTIN_RULES if r.id == rule_id), None)
+    return next((r for r in builtin_rules(chemistry) if r.id == rule_id), None)
 
 
 def override(rule: Rule, changes: dict[str, Any]) -> Rule:
@@ -470,11 +492,14 @@ class AlarmEvaluator:
 
 __all__ = [
     "BUILTIN_RULES",
+    "CELL_VOLTAGE_LIMITS_MV",
+    "CHEMISTRIES",
     "RULE_FIELDS",
     "AlarmEvaluator",
     "AlarmEvent",
     "Rule",
     "builtin_rule",
+    "builtin_rules",
     "fault_rule",
     "fault_severity",
     "health_metrics",

@@ -347,6 +347,16 @@ class BatteryEstimator:
         if t - self.win_start >= cfg.window_s:  # type: ignore[operator]
             self._close_window()
 
+    def set_profile(self, chemistry: str | None, rated_capacity_ah: float | None) -> None:
+        """The battery's chemistry and rated capacity as its admin set them (the server's battery profile).
+        None keeps the guessed chemistry / takes the BMS's capacity. A change applies from now on: what
+        was measured on the old curve stays (set the profile when the battery is registered)."""
+        if chemistry is not None and chemistry != self.chemistry:
+            self.chemistry = chemistry
+            if self.n_cells:
+                self.clip_mv = CURVES[chemistry].table[-1][1]
+        self.rated_ah = rated_capacity_ah
+
     def _first_cells(self, cells: list[int]) -> None:
         self.n_cells = len(cells)
         self.bleed_ah = [0.0] * self.n_cells

@@ -47,8 +47,6 @@ class DemoPack:
     dense_history_h: float = 0.5
 
 
-#: NMC cells' (set, clear) in mV for the cell-voltage rules, below an NMC BMS's own protection (4.25 / 2.8 V)
-NMC_CELL_LIMITS_MV = {"cell_voltage_high": (4220, 4120), "cell_voltage_low": (3000, 3300)}
 #: hours of history on a new data dir: the Old bank floats from its first hour and the engine needs a day
 #: of its float to name the weak cell, so the finding is there on the first analytics tick
 DEFAULT_HISTORY_H = 36.0
@@ -221,20 +219,12 @@ async def _provision(db_url: str, poll_interval_s: float) -> tuple[dict[str, str
                         name=pk.name,
                         device=site.device,
                         poll_interval_s=poll_interval_s,
+                        # as an admin registers a pack: its chemistry picks the cell-voltage alarm
+                        # thresholds (an NMC pack at 4.1 V is full, not in over-voltage) and the rated
+                        # capacity is what SOH is measured against
+                        chemistry=pk.pack.get("chemistry", "lfp"),
+                        rated_capacity_ah=pk.pack.get("capacity_ah"),
                     )
-                    # the built-in cell-voltage rules are LFP's (3.6 V high): an NMC pack gets its own limits,
-                    # as an admin sets them per battery (else its over-voltage alarm would never clear)
-                    if pk.pack.get("chemistry") == "nmc":
-                        tenant = store.tenant(await store.tenant_by_name(DEMO_TENANT))
-                        for rule_id, (set_mv, clear_mv) in NMC_CELL_LIMITS_MV.items():
-                            await tenant.create_rule(
-                                {
-                                    "rule_id": rule_id,
-                                    "battery_id": pk.battery_id,
-                                    "set": set_mv,
-                                    "clear": clear_mv,
-                                }
-                            )
         else:
             # Tokens are stored hashed: a restarted demo issues its gateways new ones.
             for site in SITES:

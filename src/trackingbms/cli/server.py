@@ -26,6 +26,18 @@ DataDirOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON")]
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="tenant name")]
+ChemistryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--chemistry", help="lfp, nmc or lto: picks the cell-voltage alarm thresholds (default: LFP's)"
+    ),
+]
+CapacityOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--capacity-ah", help="rated capacity (Ah): what SOH is measured against (default: the BMS's)"
+    ),
+]
 
 
 def _settings(database_url: str | None, data_dir: Path | None, **kw: Any) -> Any:
@@ -291,6 +303,8 @@ def create_battery(
     name: Annotated[str | None, typer.Option(help="display name")] = None,
     device: Annotated[str | None, typer.Option(help="the device (gateway) that reports it")] = None,
     poll_interval_s: Annotated[float | None, typer.Option(help="expected seconds between samples")] = None,
+    chemistry: ChemistryOpt = None,
+    capacity_ah: CapacityOpt = None,
     database_url: DbOpt = None,
     data_dir: DataDirOpt = None,
     as_json: JsonOpt = False,
@@ -300,15 +314,65 @@ def create_battery(
 
     _run(
         lambda url: p.create_battery(
-            url, tenant, site, battery_id, name=name, device=device, poll_interval_s=poll_interval_s
+            url,
+            tenant,
+            site,
+            battery_id,
+            name=name,
+            device=device,
+            poll_interval_s=poll_interval_s,
+            chemistry=chemistry,
+            rated_capacity_ah=capacity_ah,
         ),
         database_url,
         data_dir,
         as_json,
         lambda r: (
             f"battery {r['battery_id']} at site {r['site_id']} reported by {r['device_id'] or '(no device)'}"
+            + _profile_words(r)
         ),
     )
+
+
+@admin_app.command("battery-profile")
+def battery_profile(
+    battery_id: str,
+    tenant: TenantOpt,
+    chemistry: ChemistryOpt = None,
+    capacity_ah: CapacityOpt = None,
+    database_url: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a battery's chemistry (its built-in cell-voltage alarm thresholds and the health engine's voltage
+    curve) and rated capacity (what SOH is measured against). `--chemistry unset` / `--capacity-ah 0` clear
+    them. A running server applies the change within seconds."""
+    from trackingbms.server import provisioning as p
+
+    _run(
+        lambda url: p.set_battery_profile(url, tenant, battery_id, chemistry, capacity_ah),
+        database_url,
+        data_dir,
+        as_json,
+        _profile_line,
+    )
+
+
+def _profile_line(r: dict[str, Any]) -> str:
+    chemistry = r["chemistry"].upper() if r["chemistry"] else "not set (LFP thresholds)"
+    rated = _ah(r["rated_capacity_ah"]) or "not set (the BMS reading)"
+    return f"battery {r['battery_id']}: chemistry {chemistry}, rated capacity {rated}"
+
+
+def _ah(value: float | None) -> str:
+    return f"{value:g} Ah" if value else ""
+
+
+def _profile_words(r: dict[str, Any]) -> str:
+    words = [r["chemistry"].upper()] if r.get("chemistry") else []
+    if r.get("rated_capacity_ah"):
+        words.append(f"{_ah(r['rated_capacity_ah'])} rated")
+    return f" ({', '.join(words)})" if words else ""
 
 
 @admin_app.command("provision-device")

@@ -90,6 +90,7 @@ class _Battery:
     presence_ev: AlarmEvaluator
     disabled_faults: set[str]
     t_last_ms: int | None = None
+    chemistry: str | None = None  # as its admin set it (the battery profile): picks the built-in thresholds
     r_baseline_mohm: float | None = None
     dirty: bool = False
     health: dict[str, Any] | None = field(default=None)
@@ -113,7 +114,7 @@ class AlarmService:
         self.store = store
         self.interval_s = interval_s
         self.rules_check_s = rules_check_s
-        self._marks: dict[int, tuple[int, int, int]] | None = None
+        self._marks: dict[int, tuple[int, ...]] | None = None
         self.notifier = notifier
         self.queue: asyncio.Queue[tuple[int, Sequence[dict[str, Any] | Accepted]]] = asyncio.Queue()
         #: samples waiting for evaluation, bounded: past it a burst (a gateway draining days of backlog
@@ -124,6 +125,8 @@ class AlarmService:
         self._skipping = 0  # skipped since evaluation last fell behind (said in the log once caught up)
         self.batteries: dict[tuple[int, str], _Battery] = {}
         self._rules: dict[int, list[Any]] = {}
+        #: per tenant, battery pk → (chemistry, rated capacity Ah) as set by its admin
+        self._profiles: dict[int, dict[int, tuple[str | None, float | None]]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one of worker / tick / rule change at a time on the evaluators
 
@@ -227,6 +230,11 @@ class AlarmService:
             self._rules[tenant_id] = await self.store.rule_rows(tenant_id)
         return self._rules[tenant_id]
 
+    async def _profile(self, tenant_id: int, pk: int) -> tuple[str | None, float | None]:
+        if tenant_id not in self._profiles:
+            self._profiles[tenant_id] = await self.store.battery_profiles(tenant_id)
+        return self._profiles[tenant_id].get(pk, (None, None))
+
     async def _battery(self, tenant_id: int, battery_id: str, pk: int, site_id: int, name: str) -> _Battery:
         key = (tenant_id, battery_id)
         b = self.batteries.get(key)
@@ -235,7 +243,8 @@ class AlarmService:
         from trackingbms.analytics.estimator import BatteryEstimator
 
         rows = await self._rule_rows(tenant_id)
-        sample_rules, presence_rules = _split(resolve_rules(rows, site_id, pk))
+        chemistry, rated_ah = await self._profile(tenant_id, pk)
+        sample_rules, presence_rules = _split(resolve_rules(rows, site_id, pk, chemistry))
         t_last_ms, state = await self.store.load_analytics(pk)
         est = samples_ev = presence_ev = None
         baseline = None
@@ -262,7 +271,9 @@ class AlarmService:
             disabled_faults(rows, site_id, pk),
             t_last_ms if est is not None else None,
             baseline,
+            chemistry,
         )
+        b.estimator.set_profile(chemistry, rated_ah)
         self.batteries[key] = b
         return b
 
@@ -274,10 +285,13 @@ class AlarmService:
             self._marks[tenant_id] = (await self.store.rule_marks()).get(tenant_id)  # type: ignore[assignment]
         async with self._lock:
             self._rules.pop(tenant_id, None)
+            self._profiles.pop(tenant_id, None)  # a battery's profile may be what changed
             rows = await self._rule_rows(tenant_id)
             now = time.time()
             for b in [b for b in self.batteries.values() if b.tenant_id == tenant_id]:
-                sample_rules, presence_rules = _split(resolve_rules(rows, b.site_id, b.pk))
+                b.chemistry, rated_ah = await self._profile(tenant_id, b.pk)
+                b.estimator.set_profile(b.chemistry, rated_ah)
+                sample_rules, presence_rules = _split(resolve_rules(rows, b.site_id, b.pk, b.chemistry))
                 b.disabled_faults = disabled_faults(rows, b.site_id, b.pk)
                 gone: list[AlarmEvent] = []
                 for old, new_rules, attr in (

@@ -148,6 +148,12 @@ batteries = Table(
     Column("last_data", LargeBinary, nullable=True),
     Column("last_received_ms", BigInteger, nullable=True),  # arrival time: connectivity needs it
     Column("received_ts_ms", BigInteger, nullable=True),  # ts of the newest sample of the last batch
+    # the profile its admin sets (migration 0011): chemistry (lfp | nmc | lto) picks the built-in
+    # cell-voltage thresholds and the engine's OCV curve, rated capacity is what SOH is measured against;
+    # profile_ms: when either last changed (the alarm service's rule fingerprint includes it)
+    Column("chemistry", String(8), nullable=True),
+    Column("rated_capacity_ah", Float, nullable=True),
+    Column("profile_ms", BigInteger, nullable=True),
     UniqueConstraint("tenant_id", "battery_id"),
 )
 

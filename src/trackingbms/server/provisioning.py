@@ -85,10 +85,27 @@ async def create_battery(
     name: str | None = None,
     device: str | None = None,
     poll_interval_s: float | None = None,
+    chemistry: str | None = None,
+    rated_capacity_ah: float | None = None,
 ) -> dict[str, Any]:
     async with open_store(db) as store:
         return await (await _tenant(store, tenant)).create_battery(
-            site, battery_id, name=name, device=device, poll_interval_s=poll_interval_s
+            site,
+            battery_id,
+            name=name,
+            device=device,
+            poll_interval_s=poll_interval_s,
+            chemistry=chemistry,
+            rated_capacity_ah=rated_capacity_ah,
+        )
+
+
+async def set_battery_profile(
+    db: Db, tenant: str | int, battery_id: str, chemistry: str | None, rated_capacity_ah: float | None
+) -> dict[str, Any]:
+    async with open_store(db) as store:
+        return await (await _tenant(store, tenant)).set_battery_profile(
+            battery_id, chemistry, rated_capacity_ah
         )
 
 

@@ -369,6 +369,10 @@ class BatteryDetail(FleetItem):
     cell_count: int
     temp_count: int
     poll_interval_s: float
+    chemistry: str | None = Field(
+        default=None, description="lfp, nmc or lto as its admin set it (picks the cell-voltage thresholds)"
+    )
+    rated_capacity_ah: float | None = Field(default=None, description="what SOH is measured against")
 
 
 class SeriesOut(BaseModel):
@@ -541,7 +545,11 @@ class RuleOut(BaseModel):
 
 
 class RulesOut(BaseModel):
-    builtin: list[dict[str, Any]]
+    builtin: list[dict[str, Any]] = Field(description="the built-in rules (cell voltages: LFP's)")
+    builtin_by_chemistry: dict[str, dict[str, dict[str, float]]] = Field(
+        description="per chemistry (lfp, nmc, lto) the cell-voltage rules' set / clear (mV) a battery whose "
+        "chemistry is set starts from instead"
+    )
     fault_rule: str
     overrides: list[RuleOut]
 

@@ -14,7 +14,16 @@ import orjson
 from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trackingbms.analytics.alarms import BUILTIN_RULES, RULE_FIELDS, AlarmEvent, Rule, builtin_rule, override
+from trackingbms.analytics.alarms import (
+    BUILTIN_RULES,
+    CELL_VOLTAGE_LIMITS_MV,
+    RULE_FIELDS,
+    AlarmEvent,
+    Rule,
+    builtin_rule,
+    builtin_rules,
+    override,
+)
 from trackingbms.server.db import (
     alarm_rules,
     alarms,
@@ -42,11 +51,15 @@ def rule_changes(row: Any) -> dict[str, Any]:
     return {f: m[_col(f)] for f in RULE_FIELDS if m[_col(f)] is not None}
 
 
-def resolve_rules(rows: list[Any], site_id: int | None, battery_pk: int | None) -> list[Rule]:
-    """The rules in force for one battery: built-ins, then the tenant's rows, its site's, its own, each
-    non-null field overriding the level below; disabled rules left out. A row that does not make a valid
-    rule (cannot happen through the API, which checks) is skipped rather than stopping every alarm."""
-    by_id: dict[str, Rule | None] = {r.id: r for r in BUILTIN_RULES}
+def resolve_rules(
+    rows: list[Any], site_id: int | None, battery_pk: int | None, chemistry: str | None = None
+) -> list[Rule]:
+    """The rules in force for one battery: built-ins (for its chemistry), then the tenant's rows, its
+    site's, its own, each non-null field overriding the level below; disabled rules left out. A row that
+    does not make a valid rule (cannot happen through the API, which checks) is skipped rather than
+    stopping every alarm."""
+    builtins = builtin_rules(chemistry)
+    by_id: dict[str, Rule | None] = {r.id: r for r in builtins}
     levels = (
         [r for r in rows if r.site_id is None and r.battery_pk is None],
         [r for r in rows if r.site_id is not None and r.site_id == site_id and r.battery_pk is None],
@@ -57,7 +70,7 @@ def resolve_rules(rows: list[Any], site_id: int | None, battery_pk: int | None) 
             if not row.enabled:
                 by_id[row.rule_id] = None
                 continue
-            base = by_id.get(row.rule_id) or builtin_rule(row.rule_id)
+            base = by_id.get(row.rule_id) or builtin_rule(row.rule_id, chemistry)
             try:
                 if base is None:
                     if row.metric is None or row.set_value is None or row.op is None:
@@ -162,14 +175,33 @@ class AlarmStore(StoreCore):
             out.setdefault(tenant_id, {})[severity] = n
         return out
 
-    async def rule_marks(self) -> dict[int, tuple[int, int, int]]:
+    async def rule_marks(self) -> dict[int, tuple[int, ...]]:
         """Per tenant a fingerprint of its rule rows — (count, newest ``updated_ms``, sum of ids) — that any
-        insert, update or delete changes: how other processes notice a rule edit (one small query)."""
-        r = alarm_rules.c
+        insert, update or delete changes, and of its batteries' profiles (newest ``profile_ms``: a chemistry
+        picks the built-in thresholds): how other processes notice an edit (two small queries)."""
+        r, b = alarm_rules.c, batteries.c
         q = select(r.tenant_id, func.count(), func.max(r.updated_ms), func.sum(r.id)).group_by(r.tenant_id)
+        profiles = (
+            select(b.tenant_id, func.max(b.profile_ms)).where(b.profile_ms.is_not(None)).group_by(b.tenant_id)
+        )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(q)).all()
-        return {t: (int(n), int(u or 0), int(s or 0)) for t, n, u, s in rows}
+            profile_rows = (await conn.execute(profiles)).all()
+        marks: dict[int, tuple[int, ...]] = {t: (int(n), int(u or 0), int(s or 0), 0) for t, n, u, s in rows}
+        for t, newest in profile_rows:
+            marks[t] = (*marks.get(t, (0, 0, 0, 0))[:3], int(newest))
+        return marks
+
+    async def battery_profiles(self, tenant_id: int) -> dict[int, tuple[str | None, float | None]]:
+        """battery pk → (chemistry, rated capacity Ah) as its admin set them (None: not set)."""
+        b = batteries.c
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(b.id, b.chemistry, b.rated_capacity_ah).where(b.tenant_id == tenant_id)
+                )
+            ).all()
+        return {pk: (chem, rated) for pk, chem, rated in rows}
 
     async def rule_rows(self, tenant_id: int) -> list[Any]:
         async with self.engine.connect() as conn:
@@ -461,6 +493,11 @@ class AlarmsScope(TenantScope):
             overrides = [await self._rule_item(conn, r) for r in rows]
         return {
             "builtin": [asdict(r) for r in BUILTIN_RULES],
+            # a battery whose chemistry is set starts from these cell-voltage thresholds instead
+            "builtin_by_chemistry": {
+                chem: {rid: {"set": lim[0], "clear": lim[1]} for rid, lim in limits.items()}
+                for chem, limits in CELL_VOLTAGE_LIMITS_MV.items()
+            },
             "fault_rule": "fault:<name> for every BMS fault bit (level 1: warning, level 2: critical)",
             "overrides": overrides,
         }

@@ -67,6 +67,8 @@ class FleetScope(TenantScope):
             item["cell_count"] = r.cell_count
             item["temp_count"] = r.temp_count
             item["poll_interval_s"] = r.poll_interval_s
+            item["chemistry"] = r.chemistry
+            item["rated_capacity_ah"] = r.rated_capacity_ah
         return item
 
     async def fleet(self) -> list[dict[str, Any]]:
@@ -132,6 +134,8 @@ def _fleet_query(tenant_id: int) -> Any:
             b.poll_interval_s,
             b.cell_count,
             b.temp_count,
+            b.chemistry,
+            b.rated_capacity_ah,
             b.last_seq,
             b.last_ts_ms,
             b.last_data,

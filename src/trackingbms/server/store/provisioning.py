@@ -121,9 +121,12 @@ class ProvisioningScope(TenantScope):
         name: str | None = None,
         device: str | None = None,
         poll_interval_s: float | None = None,
+        chemistry: str | None = None,
+        rated_capacity_ah: float | None = None,
     ) -> dict[str, Any]:
         if not is_battery_id(battery_id):
             raise ValueError(f"battery_id must match {BATTERY_ID_RULE}")
+        profile = _profile_values(chemistry, rated_capacity_ah)
         async with self.store.write() as conn:
             sid = await self._site_id(conn, site)
             did = await self._device_id(conn, device) if device else None
@@ -140,6 +143,7 @@ class ProvisioningScope(TenantScope):
                             poll_interval_s=poll_interval_s or self.store.default_poll_interval_s,
                             cell_count=0,
                             temp_count=0,
+                            **profile,
                         )
                         .returning(batteries.c.id)
                     )
@@ -148,7 +152,36 @@ class ProvisioningScope(TenantScope):
                 raise Conflict(f"battery {battery_id!r} already exists") from None
             if did is not None:
                 await conn.execute(insert(streams).values(device_id=did, battery_id=bid))
-        return {"battery_id": battery_id, "name": name or battery_id, "site_id": sid, "device_id": device}
+        return {
+            "battery_id": battery_id,
+            "name": name or battery_id,
+            "site_id": sid,
+            "device_id": device,
+            "chemistry": profile.get("chemistry"),
+            "rated_capacity_ah": profile.get("rated_capacity_ah"),
+        }
+
+    async def set_battery_profile(
+        self, battery_id: str, chemistry: str | None = None, rated_capacity_ah: float | None = None
+    ) -> dict[str, Any]:
+        """Set a battery's chemistry and / or rated capacity (None: leave as is; ``"unset"`` / 0 clears).
+        Processes running the alarm service pick the change up at their next rule check."""
+        values = _profile_values(chemistry, rated_capacity_ah, allow_unset=True)
+        if not values:
+            raise ValueError("nothing to set: give a chemistry, a rated capacity or both")
+        async with self.store.write() as conn:
+            bid = await self._battery_pk(conn, battery_id)
+            await conn.execute(update(batteries).where(batteries.c.id == bid).values(**values))
+            row = (
+                await conn.execute(
+                    select(batteries.c.chemistry, batteries.c.rated_capacity_ah).where(batteries.c.id == bid)
+                )
+            ).one()
+        return {
+            "battery_id": battery_id,
+            "chemistry": row.chemistry,
+            "rated_capacity_ah": row.rated_capacity_ah,
+        }
 
     async def assign_battery(self, battery_id: str, device: str | None) -> None:
         """Move a battery to another device (its samples so far stay, under the old device's stream)."""
@@ -197,3 +230,30 @@ class ProvisioningScope(TenantScope):
                         .values(poll_interval_s=bcfg["poll_interval_s"])
                     )
         return body
+
+
+def _profile_values(
+    chemistry: str | None, rated_capacity_ah: float | None, allow_unset: bool = False
+) -> dict[str, Any]:
+    """The batteries columns of a profile, checked; ``profile_ms`` stamped when anything is set."""
+    from trackingbms.analytics.alarms import CHEMISTRIES
+
+    values: dict[str, Any] = {}
+    if chemistry is not None:
+        chem = chemistry.strip().lower()
+        if allow_unset and chem == "unset":
+            values["chemistry"] = None
+        elif chem in CHEMISTRIES:
+            values["chemistry"] = chem
+        else:
+            raise ValueError(f"chemistry must be one of {', '.join(CHEMISTRIES)}, not {chemistry!r}")
+    if rated_capacity_ah is not None:
+        if allow_unset and rated_capacity_ah == 0:
+            values["rated_capacity_ah"] = None
+        elif 0 < rated_capacity_ah <= 100_000:
+            values["rated_capacity_ah"] = float(rated_capacity_ah)
+        else:
+            raise ValueError(f"rated capacity must be between 0 and 100000 Ah, not {rated_capacity_ah:g}")
+    if values:
+        values["profile_ms"] = now_ms()
+    return values
