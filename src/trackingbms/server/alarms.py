@@ -90,8 +90,8 @@ class _Battery:
     presence_ev: AlarmEvaluator
     disabled_faults: set[str]
     t_last_ms: int | None = None
-    chemistry: str | None = None  # as its admin set it (the battery profile): picks the built-in thresholds
     r_baseline_mohm: float | None = None
+    chemistry: str | None = None  # as its admin set it (the battery profile): picks the built-in thresholds
     dirty: bool = False
     health: dict[str, Any] | None = field(default=None)
 
@@ -271,7 +271,7 @@ class AlarmService:
             disabled_faults(rows, site_id, pk),
             t_last_ms if est is not None else None,
             baseline,
-            chemistry,
+            chemistry=chemistry,
         )
         b.estimator.set_profile(chemistry, rated_ah)
         self.batteries[key] = b

@@ -136,6 +136,8 @@ export async function renderPack(root, batteryId) {
         "p.muted.pack-sub",
         item.name && item.name !== item.battery_id ? `${item.battery_id} · ` : "",
         item.site_name || item.site_id || "",
+        " · ",
+        profileTag(item),
         ` · ${t("pack.device")} `,
         devLink,
         item.link_state ? ` (${t("pack.link", { state: t(`link.${item.link_state}`) })})` : "",
@@ -145,6 +147,14 @@ export async function renderPack(root, batteryId) {
         sourceTag("server", item.latest?.ts),
       ),
     );
+  }
+
+  /** Chemistry and rated capacity as the admin set them (`admin battery-profile`); unset: LFP thresholds. */
+  function profileTag(b) {
+    const words = [];
+    if (b.chemistry) words.push(b.chemistry.toUpperCase());
+    if (b.rated_capacity_ah) words.push(t("pack.rated", { ah: num(b.rated_capacity_ah, 0) }));
+    return h("span#pack-profile", { dataset: { chemistry: b.chemistry || "" } }, words.length ? words.join(" · ") : t("pack.profile_unset"));
   }
 
   function kpi(id, label, value, extra) {
