@@ -62,6 +62,9 @@ def test_rules_page_changes_a_threshold_for_the_tenant(new_page: Any, demo: Demo
     page.goto(demo.info.url + "#/rules")
     row = page.locator("tr[data-rule='cell_spread']")
     row.wait_for()
+    # the table's cell-voltage thresholds are LFP's: the page says where other chemistries start
+    chemistries = page.locator("#rules-chemistry").inner_text()
+    assert "NMC over 4,220 mV, under 3,000 mV" in chemistries and "LTO" in chemistries, chemistries
     row.locator("input.rule-set").fill("95")
     row.locator("button.save").click()
     page.locator("#rules-note:has-text('Saved cell_spread')").wait_for()  # set once the table is redrawn

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trackingbms.cli.server import DataDirOpt, DbOpt, _settings, admin_app
+from trackingbms.cli.server import DataDirOpt, DbOpt, _say_database, _settings, admin_app
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -122,6 +122,7 @@ def export(
         raise _fail(str(exc)) from None
     from_ms, to_ms = _span(from_, to)
     url = _settings(database_url, data_dir).resolved_database_url()
+    _say_database(url)
     source = sqlite_path(url)
     if source is not None and not source.is_file():
         raise _fail(f"no database at {source} (set --data-dir or --database-url)")
@@ -143,7 +144,10 @@ def export(
     except OSError as exc:
         raise _fail(f"cannot write {out}: {exc}") from None
     n, b, f = result["samples"], result["batteries"], result["files"]
-    typer.echo(f"{n} samples of {b} batteries in {f} files under {out}")
+    typer.echo(
+        f"{n} sample{'' if n == 1 else 's'} of {b} batter{'y' if b == 1 else 'ies'} in {f} "
+        f"file{'' if f == 1 else 's'} under {out}"
+    )
 
 
 def _span(from_: str | None, to: str | None) -> tuple[int, int]:

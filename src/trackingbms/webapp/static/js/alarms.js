@@ -28,8 +28,8 @@ export async function renderAlarms(root) {
       h("h1", t("alarms.title")),
       h("div.filters", siteSel, sevSel),
       note,
-      h("section.card", h("h2", t("alarms.active")), h("table.alarm-table", head(), active)),
-      h("section.card", h("h2", t("alarms.history")), h("table.alarm-table", head(), history)),
+      h("section.card", h("h2", t("alarms.active")), h("div.scroll-x", h("table.alarm-table", head(), active))),
+      h("section.card", h("h2", t("alarms.history")), h("div.scroll-x", h("table.alarm-table", head(), history))),
     ),
   );
   try {

@@ -2,7 +2,7 @@
 // admins and operators edit, viewers read.
 
 import { api, getUser } from "./api.js";
-import { ruleName, t } from "./i18n.js";
+import { num, ruleName, t } from "./i18n.js";
 import { fill, h } from "./util.js";
 
 const FIELDS = [
@@ -19,6 +19,8 @@ export async function renderRules(root) {
   const body = h("tbody#rules-body");
   const overridesBody = h("tbody#overrides-body");
   const note = h("p.muted#rules-note");
+  // the table shows LFP's cell-voltage thresholds: a battery registered with another chemistry starts from its own
+  const chemistryNote = h("p.muted#rules-chemistry");
   root.replaceChildren(
     h(
       "section.rules",
@@ -26,17 +28,27 @@ export async function renderRules(root) {
       h("p.muted", t("rules.intro")),
       canWrite ? null : h("p.muted", t("rules.read_only")),
       note,
-      h("section.card", h("table.alarm-table.rules-table",
+      chemistryNote,
+      h("section.card", h("div.scroll-x", h("table.alarm-table.rules-table",
         h("thead", h("tr", [t("rules.col.rule"), t("rules.col.metric"), t("rules.col.op"), ...FIELDS.map((f) => t(f[1])), t("alarms.col.severity"),
           t("rules.col.enabled"), ""].map((c) => h("th", c)))),
-        body)),
-      h("section.card", h("h2", t("rules.overrides")), h("table.alarm-table",
-        h("thead", h("tr", [t("rules.col.rule"), t("rules.col.scope"), t("rules.col.changes"), ""].map((c) => h("th", c)))), overridesBody)),
+        body))),
+      h("section.card", h("h2", t("rules.overrides")), h("div.scroll-x", h("table.alarm-table",
+        h("thead", h("tr", [t("rules.col.rule"), t("rules.col.scope"), t("rules.col.changes"), ""].map((c) => h("th", c)))), overridesBody))),
     ),
   );
 
   async function load() {
     const rules = await api.rules();
+    const byChem = rules.builtin_by_chemistry || {};
+    const limits = Object.entries(byChem)
+      .filter(([chem]) => chem !== "lfp")
+      .map(([chem, r]) => t("rules.chemistry_limits", {
+        chemistry: chem.toUpperCase(),
+        high: num(r.cell_voltage_high?.set, 0),
+        low: num(r.cell_voltage_low?.set, 0),
+      }));
+    chemistryNote.textContent = limits.length ? `${t("rules.chemistry_note")} ${limits.join(" · ")}` : "";
     const tenantRow = (id) => rules.overrides.find((o) => o.rule_id === id && o.scope === "tenant");
     fill(body, rules.builtin.map((r) => ruleRow(r, tenantRow(r.id))));
     fill(overridesBody, rules.overrides.length
