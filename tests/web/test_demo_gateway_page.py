@@ -47,6 +47,10 @@ def test_from_a_gateway_page_server_mode_signs_in_and_direct_mode_reads_the_gate
     every_pack = {pk.battery_id for s in SITES for pk in s.packs}
     for battery_id in every_pack:  # the server's fleet: both sites
         page.wait_for_selector(f'.pack-row[data-battery-id="{battery_id}"] .source[data-source="server"]')
+    # the gateway's own view in server mode: no direct-mode banner asking to sign in again
+    page.goto(url + "#/gateway")
+    page.wait_for_selector("#uplinks li")
+    assert page.locator(".mode-note").count() == 0
 
     # direct mode: this gateway's packs, read from it
     direct = new_page()
@@ -60,3 +64,7 @@ def test_from_a_gateway_page_server_mode_signs_in_and_direct_mode_reads_the_gate
         )
     shown = set(direct.eval_on_selector_all(".pack-row", "els => els.map(e => e.dataset.batteryId)"))
     assert shown == {pk.battery_id for pk in site.packs}
+    # the server never went away: the banner says this is the user's choice, and the way back
+    note = direct.locator(".mode-note")
+    assert "this page reads the gateway, as you chose" in note.inner_text()
+    assert direct.inner_text("#use-server") == "Sign in to the server"

@@ -3,6 +3,7 @@
 // and the gateway itself (link states, queue backlog, uplinks in priority order, which path the data took).
 // Every value carries its source (direct LAN / direct Bluetooth) and its age.
 
+import { getToken } from "./api.js";
 import { direct, LanTokenError, setLanToken } from "./direct.js";
 import { ChartSet } from "./charts.js";
 import { num, t, tn } from "./i18n.js";
@@ -24,10 +25,13 @@ function linkBadge(state) {
 
 /** The banner above direct views: what mode this is and why (the mode indicator says it in a word). */
 function modeNote() {
+  if (mode.mode === "server") return null; // the gateway's view, opened in server mode: nothing to explain
   if (mode.mode === "offline") return h("p.mode-note.mode-offline", t("direct.offline_note"));
   if (mode.serverReachable) {
+    // direct mode while the server answers: the user chose this gateway (signed in there or not)
     return h("p.mode-note", t("direct.server_answers"), " ",
-      h("button.link-button#use-server", { type: "button", onclick: () => mode.pinDirect(false) }, t("direct.use_server")));
+      h("button.link-button#use-server", { type: "button", onclick: () => mode.pinDirect(false) },
+        t(getToken() ? "direct.back_to_server" : "direct.use_server")));
   }
   return h("p.mode-note", t("direct.note"));
 }
