@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,14 @@ def test_every_page_renders_in_the_browser_language_with_no_missing_key(
         page.wait_for_selector("#chart-voltage .u-legend", timeout=WAIT_MS)
         legend = page.inner_text("#chart-voltage .u-legend")
         assert catalogue["chart.time"] in legend and "Time" not in legend, legend
+        # and its dates: day before month, 24-hour clock (uPlot's own are "11/30/26 8:40pm")
+        over = page.locator("#chart-voltage .u-over")
+        over.scroll_into_view_if_needed()
+        box = over.bounding_box()
+        over.hover(position={"x": box["width"] * 0.9, "y": box["height"] / 2})
+        when = page.locator("#chart-voltage .u-legend .u-series").first.locator(".u-value").inner_text()
+        assert re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}", when), when
+        assert abs((datetime.strptime(when, "%d/%m/%Y %H:%M") - datetime.now()).total_seconds()) < 86_400
     else:
         page.goto(f"{demo.info.url}#/pack/shop-charger")
         page.wait_for_selector("#faults .fault", timeout=WAIT_MS)

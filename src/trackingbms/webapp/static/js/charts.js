@@ -1,6 +1,6 @@
 // History charts over the server's downsampled history (uPlot, vendored).
 
-import { num, t } from "./i18n.js";
+import { chartDate, num, t } from "./i18n.js";
 import { h } from "./util.js";
 
 /** Which history series each chart draws: [series name, aggregate, label key, colour]; titles are keys. */
@@ -108,6 +108,7 @@ export class ChartSet {
     return {
       width,
       height: 170,
+      fmtDate: chartDate,
       legend: { show: true, live: true },
       cursor: { drag: { x: false, y: false } },
       scales: {

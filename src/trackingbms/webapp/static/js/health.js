@@ -4,7 +4,7 @@
 
 import { api } from "./api.js";
 import { alarmText } from "./alarms.js";
-import { dateTime, num, t, tn } from "./i18n.js";
+import { chartDate, dateTime, num, t, tn } from "./i18n.js";
 import { fill, h } from "./util.js";
 
 export function healthCard(batteryId) {
@@ -155,6 +155,7 @@ function plot(id, title, unit, digits, points, color) {
       {
         width,
         height: 150,
+        fmtDate: chartDate,
         legend: { show: true, live: true },
         cursor: { drag: { x: false, y: false } },
         scales: {
