@@ -177,7 +177,10 @@ def test_alarm_pages_and_health_card_in_the_browser_language(
         page.goto(f"{demo.info.url}#/alarms")
         row = page.locator("#alarms-active tr.alarm[data-rule='temperature_low']").first
         row.wait_for(timeout=WAIT_MS)
-        assert catalogue["rule.temperature_low"] in row.locator("td.alarm-message").inner_text()
+        said = row.locator("td.alarm-message").inner_text()
+        assert catalogue["rule.temperature_low"] in said
+        # the figures as a user reads them: value and threshold with their unit, no metric name
+        assert f"({catalogue['alarms.threshold']} < 200 °C)" in said and "min_temp_c" not in said, said
         assert catalogue["severity.warning"] == row.locator("span.badge").inner_text()
         texts.append_page(page)
         page.screenshot(path=str(screenshots / f"i18n-{lang}-alarms.png"), full_page=True)

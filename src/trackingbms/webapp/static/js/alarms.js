@@ -1,7 +1,7 @@
 // Alarms page: active alarms first (acknowledge), then history; filter by site and severity.
 
 import { api, getUser } from "./api.js";
-import { ruleName, t } from "./i18n.js";
+import { num, ruleName, t } from "./i18n.js";
 import { ago, fill, h } from "./util.js";
 
 const SEVERITIES = ["critical", "warning", "info"];
@@ -86,13 +86,23 @@ export async function renderAlarms(root) {
   return () => clearInterval(timer);
 }
 
+/** The unit of a metric, from its name's suffix (cell_spread_mv, max_temp_c, soc_pct, offline_s, …). */
+const UNITS = [["_mv", "mV"], ["_c", "°C"], ["_pct", "%"], ["_s", "s"], ["_mohm", "mΩ"]];
+
 /** The alarm in the page's language: the rule's translated name, the cell, and the server's figures
- *  ("(max_cell_mv 3652, set > 3600)"); a tenant's own rule shows the server's message as is. */
+ *  ("(max_cell_mv 3652, set > 3600)") as value and threshold with their unit; a BMS fault bit or an analytics
+ *  finding is on or off, so no figures. A tenant's own rule shows the server's message as is. */
 export function alarmText(a) {
   const name = ruleName(a.rule_id, null);
   if (!name || name === a.rule_id) return a.message;
-  const figures = /\([^()]*\)\s*$/.exec(a.message || "");
   const cell = a.cell ? t("alarms.cell", { n: a.cell }) : "";
-  const shown = figures ? figures[0].trim().replace(", set ", `, ${t("alarms.threshold")} `) : "";
+  const m = /\((\S+) (\S+), set ([<>]=?) (\S+)\)\s*$/.exec(a.message || "");
+  let shown = "";
+  if (m && !/^(fault|finding):/.test(m[1])) {
+    const [, metric, value, op, threshold] = m;
+    const unit = (UNITS.find(([suffix]) => metric.endsWith(suffix)) || [, ""])[1];
+    const fmt = (v) => `${num(Number(v), Number.isInteger(Number(v)) ? 0 : 1)}${unit ? ` ${unit}` : ""}`;
+    shown = Number.isNaN(Number(value)) ? "" : `${fmt(value)} (${t("alarms.threshold")} ${op} ${fmt(threshold)})`;
+  }
   return [name, cell, shown].filter(Boolean).join(" · ");
 }
