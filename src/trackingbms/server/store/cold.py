@@ -3,12 +3,12 @@ the duplicate lookup in blocks.
 
 Samples arrive in ``sample_segments`` (one row per stream and batch,
 :mod:`~trackingbms.server.store.segments`, written by :mod:`~trackingbms.server.store.ingest`). Samples
-older than the *hot window* (``compact_hot_window_s``, default 1 h) are moved by :meth:`ColdStore.compact` into ``sample_blocks``
-(:mod:`~trackingbms.server.store.blocks`), per stream, each move one transaction (blocks written, the
-segments they came from deleted, the part of a segment not moved written back as a smaller segment, the
-stream's ``cold_ts_ms`` watermark raised): a kill mid-compaction leaves either the segments or the block,
-never both, never neither. On PostgreSQL a move holds the stream's row lock (``FOR UPDATE``), as ingest
-does while it checks a batch for duplicates, so the two take turns per stream.
+older than the *hot window* (``compact_hot_window_s``, default 1 h) are moved by :meth:`ColdStore.compact`
+into ``sample_blocks`` (:mod:`~trackingbms.server.store.blocks`), per stream, each move one transaction
+(blocks written, the segments they came from deleted, the part of a segment not moved written back as a
+smaller segment, the stream's ``cold_ts_ms`` watermark raised): a kill mid-compaction leaves either the
+segments or the block, never both, never neither. On PostgreSQL a move holds the stream's row lock (``FOR
+UPDATE``), as ingest does while it checks a batch for duplicates, so the two take turns per stream.
 
 Why one hour: the newest hour is where the live views, alarms and most history requests read, and where
 re-sends of a gateway's unacknowledged batches land; keeping it in uncompressed segments keeps those reads
