@@ -189,12 +189,12 @@ class IngestStore(StoreCore):
                 ks.append(len(kept))
             kept.append(p)
         if kept:
-            accepted, clashes = await self._dedup(conn, kept, by_stream)
+            accepted, clashes, keys = await self._dedup(conn, kept, by_stream)
             res.accepted = sum(len(ks) for ks in accepted.values())
             for k, err in clashes.items():
                 res.rejected.append({"index": kept[k].index, "error": err})
             res.duplicates = len(kept) - res.accepted - len(clashes)
-            await self._insert_segments(conn, kept, accepted)
+            await self._insert_segments(conn, kept, accepted, keys)
             newest: dict[str, BatchNewest] = {}
             # each minute row's samples, folded at once below (SeriesAcc.of_points: column-wise)
             points: dict[tuple[int, int], list[packing.Stats]] = {}
@@ -276,9 +276,10 @@ class IngestStore(StoreCore):
 
     async def _dedup(
         self, conn: AsyncConnection, kept: list[PackedSample], by_stream: dict[int, list[int]]
-    ) -> tuple[dict[int, list[int]], dict[int, str]]:
+    ) -> tuple[dict[int, list[int]], dict[int, str], dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Which samples are new (per stream, their places in ``kept``, in batch order) and which clash
-        (place → error); the others are duplicates. The rules are in the module docstring."""
+        (place → error); the others are duplicates. The rules are in the module docstring. Also the
+        (seq, ts) arrays of the streams whose samples were all new (the normal case: not built twice)."""
         keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         ranges: list[tuple[int, int, int, int, int]] = []  # per stream: its seq and ts ranges in the batch
         for sid, ks in by_stream.items():
@@ -311,6 +312,7 @@ class IngestStore(StoreCore):
                 stored.setdefault(sid, []).append(payload)
         accepted: dict[int, list[int]] = {}
         clashes: dict[int, str] = {}
+        whole: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for sid, ks in by_stream.items():
             seqs, tss = keys[sid]
             mark = marks.get(sid)
@@ -320,11 +322,12 @@ class IngestStore(StoreCore):
                 and (len(ks) == 1 or (bool(np.all(seqs[1:] > seqs[:-1])) and len(np.unique(tss)) == len(ks)))
             ):
                 accepted[sid] = ks  # the normal case: nothing stored to compare with, no repeat inside
+                whole[sid] = seqs, tss
                 continue
             ok = await self._dedup_stream(conn, sid, kept, ks, seqs, tss, stored.get(sid, []), mark, clashes)
             if ok:
                 accepted[sid] = ok
-        return accepted, clashes
+        return accepted, clashes, whole
 
     @staticmethod
     async def _dedup_stream(
@@ -372,14 +375,22 @@ class IngestStore(StoreCore):
         return ok
 
     async def _insert_segments(
-        self, conn: AsyncConnection, kept: list[PackedSample], accepted: dict[int, list[int]]
+        self,
+        conn: AsyncConnection,
+        kept: list[PackedSample],
+        accepted: dict[int, list[int]],
+        whole: dict[int, tuple[np.ndarray, np.ndarray]],
     ) -> None:
         """The accepted samples as segments: one row per stream (more only for a batch spanning a day)."""
         rows: list[tuple[Any, ...]] = []
         for sid, ks in accepted.items():
             ps = [kept[k] for k in ks]
-            seqs = np.fromiter((p.seq for p in ps), dtype=np.int64, count=len(ps))
-            tss = np.fromiter((p.ts_ms for p in ps), dtype=np.int64, count=len(ps))
+            got = whole.get(sid)
+            if got is None:
+                seqs = np.fromiter((p.seq for p in ps), dtype=np.int64, count=len(ps))
+                tss = np.fromiter((p.ts_ms for p in ps), dtype=np.int64, count=len(ps))
+            else:
+                seqs, tss = got
             rows += [(sid, *seg) for seg in segments.build(seqs, tss, [p.data for p in ps])]
         if not rows:
             return
