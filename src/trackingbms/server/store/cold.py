@@ -459,7 +459,7 @@ def _plan(
     dups = 0
     for r in hot:
         if r.ts_ms in merged:
-            dups += 1  # ingest keeps these out (settle_cold); only a re-send racing a compaction gets here
+            dups += 1  # ingest keeps these out (stored_by_ts, under the stream lock): a safeguard only
             continue
         merged[r.ts_ms] = r
     rows = [merged[t] for t in sorted(merged)]
