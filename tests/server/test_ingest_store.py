@@ -1,4 +1,4 @@
-"""The ingest service on a real SQLite store, checked row by row: what a batch leaves in the samples table,
+"""The ingest service on a real SQLite store, checked row by row: what a batch leaves in the hot segments,
 the 1-minute rollups, the battery's newest sample and field-by-field last known state, the device's contact
 time, what live clients, the alarm service and the metrics receive; duplicates, clashes and backfills exactly.
 

@@ -292,16 +292,19 @@ class IngestStore(StoreCore):
         stored: dict[int, list[bytes]] = {}
         # hand-written SQL: building the SQLAlchemy expressions cost ~2 ms a batch
         if self.sqlite:
-            # one round trip: the watermarks, then the segments overlapping the batch's ranges
-            params: list[int] = [r[0] for r in ranges]
-            for sid, seq_lo, seq_hi, ts_lo, ts_hi in ranges:
-                params += (sid, seq_lo, seq_hi, sid, ts_lo, ts_hi)
-            got = await conn.exec_driver_sql(_sqlite_overlap_sql(len(ranges)), tuple(params))
-            for kind, sid, mark, payload in got.all():
-                if kind == 0:
-                    marks[sid] = mark
-                else:
-                    stored.setdefault(sid, []).append(payload)
+            # one round trip (per _SQLITE_OVERLAP_STREAMS streams): the watermarks, then the segments
+            # overlapping the batch's ranges
+            for start in range(0, len(ranges), _SQLITE_OVERLAP_STREAMS):
+                part = ranges[start : start + _SQLITE_OVERLAP_STREAMS]
+                params: list[int] = [r[0] for r in part]
+                for sid, seq_lo, seq_hi, ts_lo, ts_hi in part:
+                    params += (sid, seq_lo, seq_hi, sid, ts_lo, ts_hi)
+                got = await conn.exec_driver_sql(_sqlite_overlap_sql(len(part)), tuple(params))
+                for kind, sid, mark, payload in got.all():
+                    if kind == 0:
+                        marks[sid] = mark
+                    else:
+                        stored.setdefault(sid, []).append(payload)
         else:
             apg = (await conn.get_raw_connection()).driver_connection
             # one request at a time per stream, until commit; compaction takes the same lock (store/cold.py).
@@ -525,6 +528,8 @@ def _state_row(battery_pk: int, by_mask: dict[int, tuple[int, bytes]]) -> dict[s
 _GROUP_COMMIT_SAMPLES = 4_000
 #: SQLite's limit on parameters per statement: 999 before 3.32, 32,766 since
 _SQLITE_MAX_VARS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
+#: streams per overlap query (7 parameters each)
+_SQLITE_OVERLAP_STREAMS = _SQLITE_MAX_VARS // 7
 #: rows per multi-row INSERT of segments (7 parameters a row)
 _SQLITE_SEGMENT_ROWS = _SQLITE_MAX_VARS // 7
 #: the rollup columns after (stream_id, bucket_ms), in SeriesAcc.flat order
