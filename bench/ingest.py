@@ -6,11 +6,13 @@ process), into SQLite and into PostgreSQL. The load generator runs on the same m
     python bench/ingest.py --json --compare ac65cbc   # beside the first storage design, same run
     python bench/ingest.py --json --servers 2         # two server processes (alarm service in the first)
     python bench/ingest.py --json --store-only        # CPU µs per sample of the ingest service, no HTTP
+    python bench/ingest.py --json --store-only --samples 40000 --compare main   # beside main's, same window
 
 Prints one JSON object per backend:
 {"backend", "samples_per_s", "p50_ms", "p99_ms", "bytes_per_sample", ...}. ``bytes_per_sample`` is the
-on-disk size of the samples table and its indexes (SQLite: dbstat pages; PostgreSQL: all partitions,
-pg_total_relation_size) divided by the rows stored; ``rollup_bytes_per_sample`` is the 1-minute and 1-hour
+on-disk size of the hot segments table and its indexes (one row per stream and batch, store/segments.py;
+SQLite: dbstat pages; PostgreSQL: pg_total_relation_size, with its TOAST table) divided by the samples it
+holds; ``rollup_bytes_per_sample`` is the 1-minute and 1-hour
 rollup tables on top (samples here are 1 Hz per pack, so 60 per rollup row); ``server_cpu_pct`` is the server
 process's CPU use while loaded (the machine is shared: below ~90 % it waited for a core), and
 ``server_cpu_us_per_sample`` its CPU time per stored sample (the figure a loaded machine bends least).
@@ -132,22 +134,23 @@ async def provision(url: str, devices: int, batteries_per_device: int) -> list[s
 
 
 async def sizes(url: str) -> tuple[int, int, int]:
-    """(rows, bytes of samples + indexes, bytes of the 1-minute and 1-hour rollups)"""
+    """(hot samples, bytes of the hot segments table + indexes, bytes of the 1-minute and 1-hour rollups)"""
     from sqlalchemy import func, select
 
-    from trackingbms.server.db import make_engine, samples
+    from trackingbms.server.db import make_engine, sample_segments
     from trackingbms.server.store import Store
 
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
-            rows = (await conn.execute(select(func.count()).select_from(samples))).scalar_one()
+            rows = (await conn.execute(select(func.coalesce(func.sum(sample_segments.c.n), 0)))).scalar_one()
             if engine.dialect.name == "sqlite":
                 await conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
             else:
                 await conn.commit()
                 await conn.execution_options(isolation_level="AUTOCOMMIT")
-                await conn.exec_driver_sql("VACUUM ANALYZE samples")  # only to settle the visibility map
+                # only to settle the visibility map
+                await conn.exec_driver_sql("VACUUM ANALYZE sample_segments")
         async with engine.connect() as conn:
             if engine.dialect.name == "sqlite":
                 q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE '%rollup_1_%'"
@@ -472,11 +475,12 @@ def main() -> None:
             except OSError:
                 print(json.dumps({"backend": "postgresql", "skipped": "not reachable on 127.0.0.1:5432"}))
                 continue
-        compare = args.compare and not args.store_only
-        previous = run_previous("ingest.py", args.compare, backend, same) if compare else None
+        argv = [*same, "--store-only"] if args.store_only else same
+        previous = run_previous("ingest.py", args.compare, backend, argv) if args.compare else None
         with tempfile.TemporaryDirectory() as tmp:
             if args.store_only:
-                print(json.dumps(run_store_only(backend, args, Path(tmp))))
+                only = run_store_only(backend, args, Path(tmp))
+                print(json.dumps({**only, "previous": previous} if previous is not None else only))
                 continue
             result = run_backend(backend, args, Path(tmp))
         if previous is not None:

@@ -265,42 +265,6 @@ EQUIVALENT: tuple[Same, ...] = (
         above="if mask & B_ERRORS:",
     ),
     Same(
-        "_clashes",
-        "stored_by_seq: dict[int, int] = {}",
-        ("stored_by_seq: dict[int, int] = None",),
-        "read only on SQLite, where it is assigned before",
-    ),
-    Same(
-        "_clashes",
-        "stored_by_seq.get(seq, ts)",
-        ("stored_by_seq.get(seq, None)", "stored_by_seq.get(seq)"),
-        "a row gets here only when skipped for, or inserted with, its seq: the default is never used",
-    ),
-    Same(
-        "_ensure_partitions",
-        "self._partitions.add(name)",
-        ("self._partitions.add(None)",),
-        "the partition is only looked for again: CREATE TABLE IF NOT EXISTS (only slower)",
-    ),
-    Same(
-        "store_samples",
-        "if res.accepted < len(rows):",
-        ("if res.accepted <= len(rows):",),
-        "the clash query then also runs on a batch with nothing skipped: it finds nothing (only slower)",
-    ),
-    Same(
-        "_clashes",
-        ", s.ts_ms.in_(tss))",
-        (")",),
-        "all the stream's rows instead of those at the batch's ts: the lookups by ts give the same (slower)",
-    ),
-    Same(
-        "_clashes",
-        ", s.seq.in_(seqs))",
-        (")",),
-        "all the stream's rows instead of those with the batch's seqs: the lookups by seq give the same",
-    ),
-    Same(
         "store_samples",
         "batteries.c.tenant_id == device.tenant_id, batteries.c.device_id == device.id",
         ("batteries.c.device_id == device.id",),

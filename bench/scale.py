@@ -193,15 +193,20 @@ async def stored(db_url: str) -> tuple[dict[str, list[int]], int]:
     conn = await asyncpg.connect(db_url.replace("postgresql+asyncpg", "postgresql"))
     try:
         rows = await conn.fetch(
-            "SELECT b.battery_id, s.seq FROM samples s JOIN streams st ON st.id = s.stream_id "
+            "SELECT b.battery_id, g.data FROM sample_segments g JOIN streams st ON st.id = g.stream_id "
             "JOIN batteries b ON b.id = st.battery_id"
         )
     finally:
         await conn.close()
+    from trackingbms.server.store import segments
+
     out: dict[str, list[int]] = {}
-    for r in rows:
-        out.setdefault(r["battery_id"], []).append(r["seq"])
-    return out, len(rows)
+    n = 0
+    for r in rows:  # the hot segments' seq arrays (store/segments.py)
+        seqs = segments.keys(r["data"])[0].tolist()
+        out.setdefault(r["battery_id"], []).extend(seqs)
+        n += len(seqs)
+    return out, n
 
 
 class Workers:

@@ -374,7 +374,11 @@ class Region:
         import sqlite3
 
         with sqlite3.connect(self.data_dir / "trackingbms.db") as conn:
-            return conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+            # hot segments (one row per stream and batch) and compacted blocks
+            return conn.execute(
+                "SELECT (SELECT coalesce(sum(n), 0) FROM sample_segments)"
+                " + (SELECT coalesce(sum(n), 0) FROM sample_blocks)"
+            ).fetchone()[0]
 
     def kill(self) -> None:
         if self.proc is not None:

@@ -1,4 +1,4 @@
-"""The ingest service on a real SQLite store, checked row by row: what a batch leaves in the samples table,
+"""The ingest service on a real SQLite store, checked row by row: what a batch leaves in the hot segments,
 the 1-minute rollups, the battery's newest sample and field-by-field last known state, the device's contact
 time, what live clients, the alarm service and the metrics receive; duplicates, clashes and backfills exactly.
 
@@ -24,11 +24,11 @@ from trackingbms.model import format_ts
 from trackingbms.server import db
 from trackingbms.server import provisioning as p
 from trackingbms.server.alarms import AlarmService
-from trackingbms.server.db import batteries, battery_state, devices, rollup_1m, samples, streams
+from trackingbms.server.db import batteries, battery_state, devices, rollup_1m, sample_segments, streams
 from trackingbms.server.hub import Hub
 from trackingbms.server.ingest import IngestService
 from trackingbms.server.metrics import ServerMetrics
-from trackingbms.server.store import Store, packing
+from trackingbms.server.store import Store, packing, segments
 from trackingbms.server.store import ingest as store_ingest
 from trackingbms.server.store.packing import validate_and_pack
 
@@ -61,6 +61,15 @@ class Rig:
     async def rows(self, table: Any, *where: Any) -> list[Any]:
         async with self.store.engine.connect() as conn:
             return list((await conn.execute(select(table).where(*where))).mappings().all())
+
+    async def samples(self, stream_id: int | None = None) -> list[dict[str, Any]]:
+        """The stored hot samples (decoded from their segments), as rows of the old per-sample table."""
+        where = [] if stream_id is None else [sample_segments.c.stream_id == stream_id]
+        return [
+            {"stream_id": g["stream_id"], "seq": r.seq, "ts_ms": r.ts_ms, "data": r.data}
+            for g in await self.rows(sample_segments, *where)
+            for r in segments.decode(g["data"])
+        ]
 
     async def stream(self, battery_id: str) -> int:
         pk = (await self.battery(battery_id))["id"]
@@ -101,7 +110,7 @@ def cold_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
     if hasattr(store_ingest, "_pg_rollup_sql"):
         monkeypatch.setattr(store_ingest, "_PG_ROLLUP_SQL", store_ingest._pg_rollup_sql())
-    for cached in ("_sqlite_rollup_sql", "_sqlite_insert_sql"):
+    for cached in ("_sqlite_rollup_sql", "_sqlite_segment_sql"):
         clear = getattr(getattr(store_ingest, cached, None), "cache_clear", None)
         if clear is not None:
             clear()
@@ -147,7 +156,7 @@ async def test_a_batch_is_stored_rolled_up_merged_and_handed_on(rig: Rig) -> Non
     assert res.latest == {B1: newest, B2: other}
 
     st1, st2 = await rig.stream(B1), await rig.stream(B2)
-    stored = sorted((r["stream_id"], r["seq"], r["ts_ms"], r["data"]) for r in await rig.rows(samples))
+    stored = sorted((r["stream_id"], r["seq"], r["ts_ms"], r["data"]) for r in await rig.samples())
     assert stored == sorted(
         [
             (st1, 1, T0 + 1_000, packed(old)),
@@ -231,7 +240,7 @@ async def test_duplicates_clashes_and_refusals_are_told_apart(rig: Rig) -> None:
         {"index": 4, "error": f"battery_id: {B3!r} is not assigned to this device"},
     ]
     assert res.latest == {B1: new} and [m["sample"] for m in published] == [new]
-    stored = sorted((r["seq"], r["ts_ms"]) for r in await rig.rows(samples))
+    stored = sorted((r["seq"], r["ts_ms"]) for r in await rig.samples())
     assert stored == [(1, T0 + 1_000), (2, T0 + 2_000), (4, T0 + 3_000)]
     (roll,) = await rig.rows(rollup_1m)
     assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [3, 50.0, 54.0, 156.0]  # once each
@@ -273,7 +282,7 @@ async def test_an_empty_or_wholly_refused_batch_stores_nothing(rig: Rig) -> None
     assert res.rejected == [
         {"index": 0, "error": f"ts: {format_ts_ms(0)} is before 2000: the device's clock is not set"}
     ]
-    assert res.accepted == 0 and await rig.rows(samples) == [] and rig.alarms.queue.empty()
+    assert res.accepted == 0 and await rig.samples() == [] and rig.alarms.queue.empty()
     (dev,) = await rig.rows(devices, devices.c.id == rig.device.id)
     assert dev["last_contact_ms"] is None  # nothing stored: no write at all
     # the server's clock when none is given; the service's own skew
@@ -295,30 +304,8 @@ async def test_a_re_send_is_judged_within_its_own_battery(rig: Rig) -> None:
     assert (res.accepted, res.duplicates, res.rejected) == (0, 1, [])
 
 
-def test_month_partitions_cover_each_sample(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TZ", "America/New_York")  # months are UTC months whatever the host's zone
-    time.tzset()
-    try:
-        _month_bounds_checks()
-    finally:
-        monkeypatch.undo()
-        time.tzset()
-
-
-def _month_bounds_checks() -> None:
-    dec = 1_764_547_200_000  # 2025-12-01T00:00:00Z
-    jan = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-    assert store_ingest._month_bounds(dec) == (dec, jan, "samples_2025_12")
-    assert store_ingest._month_bounds(jan - 1) == (dec, jan, "samples_2025_12")
-    assert store_ingest._month_bounds(jan)[2] == "samples_2026_01"
-    assert store_ingest._month_bounds(1_772_323_200_000)[:2] == (
-        1_772_323_200_000,
-        1_775_001_600_000,
-    )  # March
-
-
 @pytest.mark.postgres
-async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
+async def test_postgresql_stores_samples_across_months_and_merges_the_same(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cold_statements(monkeypatch)
@@ -332,18 +319,14 @@ async def test_postgresql_makes_a_partition_per_month_and_merges_the_same(
         ]
         res = await rig.service.ingest(rig.device, batch, received_ms=received)
         assert (res.accepted, res.duplicates, res.rejected) == (3, 0, [])
-        async with rig.store.engine.connect() as conn:
-            parts = (
-                (
-                    await conn.exec_driver_sql(
-                        "SELECT relname FROM pg_class WHERE relname LIKE 'samples\\_2%' AND relkind = 'r' "
-                        "ORDER BY 1"
-                    )
-                )
-                .scalars()
-                .all()
-            )
-        assert parts == ["samples_2025_11", "samples_2025_12", "samples_2026_01"]
+        stored = sorted((r["stream_id"], r["seq"], r["ts_ms"]) for r in await rig.samples())
+        assert stored == sorted(
+            [
+                (await rig.stream(B1), 1, nov + 1_000),
+                (await rig.stream(B1), 2, jan),
+                (await rig.stream(B2), 1, dec + 5_000),
+            ]
+        )
         # the same verdicts as on SQLite: a re-send, a clash on ts, the newest sample and the merged state
         clash = s(B1, 9, nov + 1_000, voltage_v=1.0)
         res = await rig.service.ingest(rig.device, [batch[0], clash], received_ms=received)
@@ -393,7 +376,7 @@ async def test_a_moved_battery_writes_to_its_new_device_s_stream_only(rig: Rig) 
     pk = (await rig.battery(B1))["id"]
     by_device = {r["device_id"]: r["id"] for r in await rig.rows(streams, streams.c.battery_id == pk)}
     assert sorted(by_device) == sorted([rig.device.id, rig.device2.id])
-    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.rows(samples))
+    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.samples())
     assert stored == [(1, by_device[rig.device.id]), (3, by_device[rig.device2.id])]
     assert by_device[rig.device2.id] != pk  # a stream is not its battery
     assert (await rig.battery(B1))["last_seq"] == 3
@@ -422,7 +405,7 @@ async def test_a_battery_moved_back_uses_its_first_stream_again(rig: Rig) -> Non
     assert res.accepted == 1
     pk = (await rig.battery(B1))["id"]
     by_device = {r["device_id"]: r["id"] for r in await rig.rows(streams, streams.c.battery_id == pk)}
-    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.rows(samples))
+    stored = sorted((r["seq"], r["stream_id"]) for r in await rig.samples())
     assert stored == [(1, by_device[rig.device2.id]), (2, by_device[rig.device.id])]
 
 
@@ -489,6 +472,6 @@ async def test_batches_waiting_for_the_writer_share_one_commit(
     )
     assert [getattr(r, "accepted", repr(r)) for r in results] == [2, "RuntimeError('disk on fire')", 2]
     assert transactions == 1 + 3  # the group, rolled back; then each of the three alone
-    seqs = [r["seq"] for r in await rig.rows(samples, samples.c.stream_id == await rig.stream(B1))]
+    seqs = [r["seq"] for r in await rig.samples(await rig.stream(B1))]
     assert sorted(seqs) == list(range(11))
-    assert len(await rig.rows(samples, samples.c.stream_id == await rig.stream(B3))) == 4
+    assert len(await rig.samples(await rig.stream(B3))) == 4

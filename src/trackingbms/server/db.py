@@ -1,16 +1,14 @@
 """Schema (SQLAlchemy Core), engine creation for SQLite / PostgreSQL, and migrations at start.
 
-Samples are wide, compact rows: ``(stream_id, seq, ts_ms, data)``. A *stream* is one (device, battery)
-pair, so the idempotency key (device, battery_id, seq) is ``(stream_id, seq)`` with small integers.
-``data`` is the packed measurement blob of :mod:`trackingbms.server.store.packing`.
-A stream's samples are unique by ``seq`` and by ``ts_ms``: a re-sent sample (same seq and ts) is a
-duplicate; a different sample with a ts already stored for the stream is refused.
-On PostgreSQL the samples table is partitioned by month on ``ts_ms``. A partitioned table's unique key
-must contain the partition key, and a btree key of at most 16 bytes lets PostgreSQL split index pages at
-the insertion point for per-stream ascending inserts (pages stay ~90 % full instead of ~50 %), so there
-the key is ``(stream_id, ts_ms)``: re-sends are recognised by (stream, ts) and checked against the
-seq. A seq re-used with a *different* ts cannot be detected there (gateways re-send what they stored,
-with its ts); SQLite also keeps ``(stream_id, seq)`` unique.
+A *stream* is one (device, battery) pair, so the idempotency key (device, battery_id, seq) is
+``(stream_id, seq)`` with small integers. A stream's samples are unique by ``seq`` and by ``ts_ms``: a
+re-sent sample (same seq and ts) is a duplicate; a different sample with a seq or a ts already stored for the
+stream is refused (store/ingest.py).
+Recent samples live in ``sample_segments``: one row per (stream, batch), the batch's samples of the stream
+in ts order with their seq / ts arrays and packed rows (:mod:`trackingbms.server.store.segments`; ``data``
+rows are the blobs of :mod:`trackingbms.server.store.packing`). Past the hot window compaction moves them
+into compressed ``sample_blocks`` (store/cold.py). The segments table is not partitioned on PostgreSQL
+(the per-sample table was, by month): it holds about an hour, which compaction keeps emptying.
 """
 
 from __future__ import annotations
@@ -346,16 +344,25 @@ notify_targets = Table(
     Column("created_ms", BigInteger, nullable=False),
 )
 
-# SQLite shape; PostgreSQL creates its partitioned twin in the migration (same columns)
-samples = Table(
-    "samples",
+#: recent samples, one row per (stream, batch): seq / ts ranges, count and payload (store/segments.py).
+#: (stream_id, ts_min) finds the segments of a time range (a segment spans < SEGMENT_MAX_SPAN_MS);
+#: (stream_id, seq_max) and (stream_id, ts_max) find, per batch, the few segments a re-send overlaps (in
+#: the normal case, seqs and ts newer than everything stored, two empty index ranges). A rowid table on
+#: SQLite (rows are big)
+sample_segments = Table(
+    "sample_segments",
     metadata,
-    Column("stream_id", Integer, primary_key=True),
-    Column("seq", BigInteger, primary_key=True),
-    Column("ts_ms", BigInteger, nullable=False),
+    Column("id", Integer, primary_key=True),
+    Column("stream_id", Integer, nullable=False),
+    Column("seq_min", BigInteger, nullable=False),
+    Column("seq_max", BigInteger, nullable=False),
+    Column("ts_min", BigInteger, nullable=False),
+    Column("ts_max", BigInteger, nullable=False),
+    Column("n", Integer, nullable=False),
     Column("data", LargeBinary, nullable=False),
-    Index("samples_stream_ts", "stream_id", "ts_ms", unique=True),
-    sqlite_with_rowid=False,
+    Index("sample_segments_stream_ts", "stream_id", "ts_min", unique=True),
+    Index("sample_segments_stream_seq_max", "stream_id", "seq_max"),
+    Index("sample_segments_stream_ts_max", "stream_id", "ts_max"),
 )
 
 #: samples older than the hot window, compressed per stream (store/blocks.py, store/cold.py): one row per run
@@ -379,11 +386,6 @@ sample_blocks = Table(
 BUCKET_NUMBERS_MAX = 5000
 bucket_numbers = Table(
     "bucket_numbers", metadata, Column("k", Integer, primary_key=True, autoincrement=False)
-)
-
-PG_SAMPLES_DDL = (
-    "CREATE TABLE samples (ts_ms bigint NOT NULL, seq bigint NOT NULL, stream_id integer NOT NULL, "
-    "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms)) PARTITION BY RANGE (ts_ms)"
 )
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"

@@ -1,30 +1,28 @@
-"""The cold layout: compaction of hot rows into compressed blocks, raw-sample reads across both, and the
-duplicate rules across hot and cold.
+"""The cold layout: compaction of hot segments into compressed blocks, raw-sample reads across both, and
+the duplicate lookup in blocks.
 
-Samples arrive in the ``samples`` table (one packed row each, :mod:`~trackingbms.server.store.ingest`).
-Rows older than the *hot window* (``compact_hot_window_s``, default 1 h) are moved by
-:meth:`ColdStore.compact` into ``sample_blocks`` (:mod:`~trackingbms.server.store.blocks`), per stream, each
-move one transaction
-(blocks written, hot rows deleted, the stream's ``cold_ts_ms`` watermark raised): a kill mid-compaction
-leaves either the hot rows or the block, never both, never neither.
+Samples arrive in ``sample_segments`` (one row per stream and batch,
+:mod:`~trackingbms.server.store.segments`, written by :mod:`~trackingbms.server.store.ingest`). Samples
+older than the *hot window* (``compact_hot_window_s``, default 1 h) are moved by :meth:`ColdStore.compact`
+into ``sample_blocks`` (:mod:`~trackingbms.server.store.blocks`), per stream, each move one transaction
+(blocks written, the segments they came from deleted, the part of a segment not moved written back as a
+smaller segment, the stream's ``cold_ts_ms`` watermark raised): a kill mid-compaction leaves either the
+segments or the block, never both, never neither. On PostgreSQL a move holds the stream's row lock (``FOR
+UPDATE``), as ingest does while it checks a batch for duplicates, so the two take turns per stream.
 
 Why one hour: the newest hour is where the live views, alarms and most history requests read, and where
-re-sends of a gateway's unacknowledged batches land; keeping it in plain rows keeps those reads and the
-duplicate check at ingest to one index lookup. An hour of a 1 Hz pack is 3,600 hot rows (~400 KB): small
-beside a day of blocks. Shorter windows make compaction rewrite the stream's tail block more often.
+re-sends of a gateway's unacknowledged batches land; keeping it in uncompressed segments keeps those reads
+and the duplicate check at ingest cheap. Shorter windows make compaction rewrite the stream's tail block
+more often.
 
 Duplicates across hot and cold (the rule "a re-sent sample is a duplicate" holds for compacted samples):
-ingest inserts a batch as always, then reads the watermark of its streams *after* the insert; rows at or
-before it are looked up in the blocks (:func:`settle_cold`). A row found there with the same seq is a
-duplicate (deleted again, counted as such), with another seq a clash (refused, as in the hot table).
-Reading the watermark after the insert is what makes this safe against a compaction running at the same
-moment on PostgreSQL: if the re-sent row's original was still hot, the insert conflicts with it (and waits
-for a compaction deleting it to commit), so once the insert is done any compaction that moved it has
-committed and its watermark is visible to the next statement. A late sample that is new (a backfill after
-an outage) stays hot and is merged into its block by the next compaction.
+ingest reads the watermark of its streams under the stream lock; samples at or before it are looked up in
+the blocks (:func:`stored_by_ts`). Found there with the same seq: a duplicate; with another seq: a clash.
+A late sample that is new (a backfill after an outage) stays hot and is merged into its block by the next
+compaction.
 
 Reads: :func:`read_raw` and :func:`iter_raw` return ``(ts_ms, stream_id, seq, data)`` rows of a stream set
-in a time range from blocks and hot rows together (a row in both, possible only for an instant, counts
+in a time range from blocks and segments together (a sample in both, possible only for an instant, counts
 once): history's raw buckets, export (CSV, Parquet) and the analytics replay all read through them.
 """
 
@@ -36,11 +34,11 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
-from sqlalchemy import and_, delete, func, insert, select, tuple_, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from trackingbms.server.db import batteries, sample_blocks, samples, streams, tenants
-from trackingbms.server.store import blocks
+from trackingbms.server.db import batteries, sample_blocks, sample_segments, streams, tenants
+from trackingbms.server.store import blocks, segments
 from trackingbms.server.store.base import StoreCore, now_ms
 
 log = logging.getLogger(__name__)
@@ -83,9 +81,20 @@ def _blocks_overlapping(sids: Sequence[int], from_ms: int, to_ms: int) -> Any:
     )
 
 
+def _segments_overlapping(sids: Sequence[int], from_ms: int, to_ms: int) -> Any:
+    """Hot segments with a sample possibly in [from_ms, to_ms) (the span bound keeps it an index range)."""
+    g = sample_segments.c
+    return and_(
+        g.stream_id.in_(sids),
+        g.ts_min >= from_ms - segments.SEGMENT_MAX_SPAN_MS,
+        g.ts_min < to_ms,
+        g.ts_max >= from_ms,
+    )
+
+
 def _merge(cold: list[RawRow], hot: list[RawRow], from_ms: int, to_ms: int) -> list[RawRow]:
     out: dict[tuple[int, int], RawRow] = {(r.stream_id, r.ts_ms): r for r in hot}
-    for r in cold:  # a block's copy wins over a hot row (the same sample, for an instant)
+    for r in cold:  # a block's copy wins over a hot one (the same sample, for an instant)
         if from_ms <= r.ts_ms < to_ms:
             out[(r.stream_id, r.ts_ms)] = r
     return sorted(out.values())
@@ -98,9 +107,22 @@ def _decode_blocks(rows: list[tuple[int, bytes]]) -> list[RawRow]:
     return out
 
 
+def _decode_segments(rows: list[tuple[int, bytes]], from_ms: int, to_ms: int) -> list[RawRow]:
+    """The samples of hot segments in [from_ms, to_ms)."""
+    out: list[RawRow] = []
+    for stream_id, payload in rows:
+        out.extend(
+            RawRow(r.ts_ms, stream_id, r.seq, r.data)
+            for r in segments.decode(payload)
+            if from_ms <= r.ts_ms < to_ms
+        )
+    return out
+
+
 async def count_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int, cap: int) -> int:
     """How many raw samples the range holds, counted up to ``cap`` (more: ``cap + 1``); blocks that only
-    partly overlap the range count whole (an upper bound: the caller only compares it with the cap)."""
+    partly overlap the range count whole (an upper bound: the caller only compares it with the cap), hot
+    segments exactly (the keys of those partly in the range are read)."""
     if not sids:
         return 0
     b = sample_blocks.c
@@ -111,48 +133,57 @@ async def count_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to
     ).scalar_one()
     if n_cold > cap:
         return cap + 1
-    s = samples.c
-    capped = (
-        select(s.ts_ms)
-        .where(s.stream_id.in_(sids), s.ts_ms >= from_ms, s.ts_ms < to_ms)
-        .limit(cap + 1 - int(n_cold))
-        .subquery()
-    )
-    n_hot = (await conn.execute(select(func.count()).select_from(capped))).scalar_one()
-    return int(n_cold) + int(n_hot)
+    g = sample_segments.c
+    n_hot = 0
+    partial: list[int] = []
+    for seg_id, ts_min, ts_max, n in (
+        await conn.execute(
+            select(g.id, g.ts_min, g.ts_max, g.n).where(_segments_overlapping(sids, from_ms, to_ms))
+        )
+    ).all():
+        if ts_min >= from_ms and ts_max < to_ms:
+            n_hot += n
+        else:
+            partial.append(seg_id)
+    if partial and n_cold + n_hot <= cap:
+        for (payload,) in (await conn.execute(select(g.data).where(g.id.in_(partial)))).all():
+            _, tss = segments.keys(payload)
+            n_hot += int(((tss >= from_ms) & (tss < to_ms)).sum())
+    return min(int(n_cold) + n_hot, cap + 1)
 
 
 async def _fetch_raw(
     conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int
-) -> tuple[list[tuple[int, bytes]], list[RawRow]]:
-    """The (stream_id, payload) of the blocks overlapping the range, and its hot rows."""
-    b, s = sample_blocks.c, samples.c
+) -> tuple[list[tuple[int, bytes]], list[tuple[int, bytes]]]:
+    """The (stream_id, payload) of the blocks overlapping the range, and of its hot segments."""
+    b, g = sample_blocks.c, sample_segments.c
     packed = (
         await conn.execute(select(b.stream_id, b.data).where(_blocks_overlapping(sids, from_ms, to_ms)))
     ).all()
-    hot = [
-        RawRow(*r)
-        for r in (
-            await conn.execute(
-                select(s.ts_ms, s.stream_id, s.seq, s.data).where(
-                    s.stream_id.in_(sids), s.ts_ms >= from_ms, s.ts_ms < to_ms
-                )
-            )
-        ).all()
-    ]
-    return [(sid, data) for sid, data in packed], hot
+    hot = (
+        await conn.execute(select(g.stream_id, g.data).where(_segments_overlapping(sids, from_ms, to_ms)))
+    ).all()
+    return [(sid, data) for sid, data in packed], [(sid, data) for sid, data in hot]
+
+
+def _read_both(
+    packed: list[tuple[int, bytes]], hot_segments: list[tuple[int, bytes]], from_ms: int, to_ms: int
+) -> list[RawRow]:
+    hot = _decode_segments(hot_segments, from_ms, to_ms)
+    if not packed:
+        return sorted(hot)
+    return _merge(_decode_blocks(packed), hot, from_ms, to_ms)
 
 
 async def read_raw(conn: AsyncConnection, sids: Sequence[int], from_ms: int, to_ms: int) -> list[RawRow]:
-    """Every raw sample of the streams in [from_ms, to_ms), blocks and hot rows merged, in (ts, stream, seq)
-    order. Decoding runs in a thread (CPU work: other requests keep being served)."""
+    """Every raw sample of the streams in [from_ms, to_ms), blocks and hot segments merged, in (ts, stream,
+    seq) order. Decoding runs in a thread (CPU work: other requests keep being served)."""
     if not sids:
         return []
     packed, hot = await _fetch_raw(conn, sids, from_ms, to_ms)
-    if not packed:
-        return sorted(hot)
-    cold = await asyncio.to_thread(_decode_blocks, packed)
-    return _merge(cold, hot, from_ms, to_ms)
+    if not packed and not hot:
+        return []
+    return await asyncio.to_thread(_read_both, packed, hot, from_ms, to_ms)
 
 
 async def read_measures(
@@ -168,13 +199,25 @@ async def read_measures(
 
 
 def _merge_measures(
-    packed: list[tuple[int, bytes]], hot: list[RawRow], from_ms: int, to_ms: int
+    packed: list[tuple[int, bytes]], hot: list[tuple[int, bytes]], from_ms: int, to_ms: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_merge` on columns: one (stream, ts) sample each, a block's copy over a hot row's (and a later
+    """:func:`_merge` on columns: one (stream, ts) sample each, a block's copy over a hot one's (and a later
     block's over an earlier one's, as the dict there keeps), in (ts, stream) order."""
-    ts_parts = [np.array([r.ts_ms for r in hot], dtype=np.int64)]
-    sid_parts = [np.array([r.stream_id for r in hot], dtype=np.int64)]
-    m_parts = [blocks.rows_measures([r.data for r in hot])]
+    ts_parts: list[np.ndarray] = []
+    sid_parts: list[np.ndarray] = []
+    hot_datas: list[bytes] = []
+    for sid, payload in hot:
+        _, ts = segments.keys(payload)
+        keep = (ts >= from_ms) & (ts < to_ms)
+        if not keep.any():
+            continue
+        rows = segments.datas(payload)
+        ts_parts.append(ts[keep])
+        sid_parts.append(np.full(int(keep.sum()), sid, dtype=np.int64))
+        hot_datas += [d for d, k in zip(rows, keep.tolist(), strict=True) if k]
+    m_parts = [blocks.rows_measures(hot_datas)]
+    ts_parts = [np.concatenate([np.zeros(0, dtype=np.int64), *ts_parts])]
+    sid_parts = [np.concatenate([np.zeros(0, dtype=np.int64), *sid_parts])]
     for sid, payload in packed:
         ts, m = blocks.decode_measures(payload)
         keep = (ts >= from_ms) & (ts < to_ms)
@@ -194,31 +237,27 @@ async def iter_raw(
     engine: Any, sids: Sequence[int], from_ms: int, to_ms: int, page: int = 5000
 ) -> AsyncIterator[list[RawRow]]:
     """Pages of :func:`read_raw`'s rows in order, each read in its own short query set (no long-held
-    cursor). A page covers a time window holding about ``page`` samples (whole blocks: it may hold more)."""
+    cursor). A page covers a time window holding about ``page`` samples (whole blocks and segments: it may
+    hold more)."""
     if not sids:
         return
-    b, s = sample_blocks.c, samples.c
+    b, g = sample_blocks.c, sample_segments.c
     cur = from_ms
     while cur < to_ms:
         async with engine.connect() as conn:
-            # the window's end: where the hot rows pass `page`, or where the blocks do
-            hot_ts = (
-                await conn.execute(
-                    select(s.ts_ms)
-                    .where(s.stream_id.in_(sids), s.ts_ms >= cur, s.ts_ms < to_ms)
-                    .order_by(s.ts_ms)
-                    .offset(page)
-                    .limit(1)
-                )
-            ).scalar()
-            end = to_ms if hot_ts is None else hot_ts
+            # the window's end: where the blocks and segments starting after `cur` pass `page` samples
             metas = (
                 await conn.execute(
-                    select(b.ts_min, b.n).where(_blocks_overlapping(sids, cur, end)).order_by(b.ts_min)
+                    select(b.ts_min, b.n).where(_blocks_overlapping(sids, cur, to_ms)).order_by(b.ts_min)
+                )
+            ).all() + (
+                await conn.execute(
+                    select(g.ts_min, g.n).where(_segments_overlapping(sids, cur, to_ms)).order_by(g.ts_min)
                 )
             ).all()
+            end = to_ms
             n = 0
-            for ts_min, k in metas:
+            for ts_min, k in sorted(metas):
                 if n >= page and ts_min > cur:
                     end = ts_min
                     break
@@ -229,56 +268,32 @@ async def iter_raw(
         cur = end
 
 
-async def settle_cold(
-    conn: AsyncConnection, rows: Sequence[Any], inserted: set[tuple[int, int, int]]
-) -> dict[int, str]:
-    """After a batch's insert: drop the inserted rows that re-send a compacted sample (see the module
-    docstring). ``rows`` are ``(stream_id, seq, ts_ms, data)``, ``inserted`` the ``(stream, ts, seq)`` the
-    insert stored; duplicates are removed from it (and from the table). Returns clashes: row index → error."""
-    if not inserted:
-        return {}
-    sids = sorted({r[0] for r in rows})
-    marks = dict(
-        (
-            await conn.execute(
-                select(streams.c.id, streams.c.cold_ts_ms).where(
-                    streams.c.id.in_(sids), streams.c.cold_ts_ms.is_not(None)
-                )
+async def stored_by_ts(conn: AsyncConnection, sid: int, lo_ms: int, hi_ms: int) -> dict[int, int]:
+    """ts → seq of the samples a stream's blocks hold in [lo_ms, hi_ms]: ingest's duplicate lookup for
+    samples at or before the watermark (see the module docstring)."""
+    packed = (
+        await conn.execute(
+            select(sample_blocks.c.stream_id, sample_blocks.c.data).where(
+                _blocks_overlapping([sid], lo_ms, hi_ms + 1)
             )
-        ).all()
-    )
-    if not marks:
+        )
+    ).all()
+    if not packed:
         return {}
-    by_stream: dict[int, list[int]] = {}
-    for k, (stream, seq, ts, _) in enumerate(rows):
-        mark = marks.get(stream)
-        if mark is not None and ts <= mark and (stream, ts, seq) in inserted:
-            by_stream.setdefault(stream, []).append(k)
-    clashes: dict[int, str] = {}
-    gone: list[tuple[int, int]] = []
-    for stream, ks in by_stream.items():
-        lo = min(rows[k][2] for k in ks)
-        hi = max(rows[k][2] for k in ks)
-        packed = (
-            await conn.execute(
-                select(sample_blocks.c.stream_id, sample_blocks.c.data).where(
-                    _blocks_overlapping([stream], lo, hi + 1)
-                )
-            )
-        ).all()
-        stored = {r.ts_ms: r.seq for r in _decode_blocks([tuple(p) for p in packed])}
-        for k in ks:
-            _, seq, ts, _ = rows[k]
-            other = stored.get(ts)
-            if other is None:
-                continue  # a late sample, new: it stays hot until the next compaction merges it
-            inserted.discard((stream, ts, seq))
-            gone.append((stream, ts))
-            if other != seq:
-                clashes[k] = f"ts: another sample of this battery (seq {other}) has the same ts"
-    if gone:
-        await conn.execute(delete(samples).where(tuple_(samples.c.stream_id, samples.c.ts_ms).in_(gone)))
-    return clashes
+    rows = await asyncio.to_thread(_decode_blocks, [tuple(p) for p in packed])
+    return {r.ts_ms: r.seq for r in rows if lo_ms <= r.ts_ms <= hi_ms}
+
+
+async def rewrite_segments(
+    conn: AsyncConnection, sid: int, ids: list[int], rows: list[segments.SegmentRow]
+) -> None:
+    """Replace the segments ``ids`` of a stream by segments holding ``rows`` (what compaction or retention
+    left of them)."""
+    if ids:
+        await conn.execute(delete(sample_segments).where(sample_segments.c.id.in_(ids)))
+    new = segments.build_rows(rows)
+    if new:
+        await conn.execute(insert(sample_segments), [{"stream_id": sid, **g._asdict()} for g in new])
 
 
 class CompactResult(NamedTuple):
@@ -308,25 +323,39 @@ class ColdStore(StoreCore):
         return CompactResult(moved, written, dups)
 
     async def _compact_step(self, sid: int, cutoff: int) -> tuple[int, int, int, bool]:
-        s, b = samples.c, sample_blocks.c
+        g, b = sample_segments.c, sample_blocks.c
         lim = blocks.BLOCK_MAX_SAMPLES
         async with self.write() as conn:
             q = select(streams.c.cold_ts_ms).where(streams.c.id == sid)
             if not self.sqlite:
-                q = q.with_for_update()  # two servers compacting the same stream take turns
+                q = q.with_for_update()  # two servers compacting, or ingest checking, the stream take turns
             mark = (await conn.execute(q)).scalar()
-            hot = (
+            # the oldest segments until they hold a block's worth; `bound`: where the next one starts
+            metas = (
                 await conn.execute(
-                    select(s.seq, s.ts_ms, s.data)
-                    .where(s.stream_id == sid, s.ts_ms < cutoff)
-                    .order_by(s.ts_ms)
-                    .limit(lim)
+                    select(g.id, g.ts_min, g.n)
+                    .where(g.stream_id == sid, g.ts_min < cutoff)
+                    .order_by(g.ts_min)
+                    .limit(lim + 1)
                 )
             ).all()
-            if not hot:
+            if not metas:
                 return 0, 0, 0, False
-            hot_rows = [blocks.Row(*r) for r in hot]
-            more = len(hot_rows) == lim
+            ids: list[int] = []
+            n = 0
+            bound = cutoff
+            for seg_id, ts_min, k in metas:
+                if n >= lim:
+                    bound = min(bound, ts_min)
+                    break
+                ids.append(seg_id)
+                n += k
+            more = len(ids) < len(metas)
+            payloads = (await conn.execute(select(g.data).where(g.id.in_(ids)))).scalars().all()
+            held = sorted((r for p in payloads for r in segments.decode(p)), key=lambda r: r.ts_ms)
+            movable = [blocks.Row(*r) for r in held if r.ts_ms < bound]
+            hot_rows = movable[:lim]
+            more = more or len(movable) > lim
             lo = hot_rows[0].ts_ms
             cols = (b.id, b.ts_min, b.ts_max, b.n, b.data)
             touched: list[Any] = []
@@ -342,7 +371,7 @@ class ColdStore(StoreCore):
                     )
                 ).first()
                 if prev is not None and prev.ts_max >= lo:
-                    touched, bound = [prev], prev.ts_max
+                    touched, top_bound = [prev], prev.ts_max
                 else:
                     nxt = (
                         await conn.execute(
@@ -352,8 +381,8 @@ class ColdStore(StoreCore):
                             .limit(1)
                         )
                     ).scalar()
-                    bound = mark if nxt is None else nxt - 1
-                kept = [r for r in hot_rows if r.ts_ms <= bound]
+                    top_bound = mark if nxt is None else nxt - 1
+                kept = [r for r in hot_rows if r.ts_ms <= top_bound]
                 more = more or len(kept) < len(hot_rows)
                 hot_rows = kept
             elif mark is not None:
@@ -380,9 +409,9 @@ class ColdStore(StoreCore):
                         for t0, t1, n, payload in new_blocks
                     ],
                 )
-            await conn.execute(
-                delete(samples).where(s.stream_id == sid, s.ts_ms.in_([r.ts_ms for r in hot_rows]))
-            )
+            # the segments go; what of them was not moved (newer than the cutoff, or for the next step) stays
+            moved = {r.ts_ms for r in hot_rows}
+            await rewrite_segments(conn, sid, ids, [r for r in held if r.ts_ms not in moved])
             top = max(t1 for _, t1, _, _ in new_blocks)
             if mark is None or top > mark:
                 await conn.execute(update(streams).where(streams.c.id == sid).values(cold_ts_ms=top))
@@ -430,7 +459,7 @@ def _plan(
     dups = 0
     for r in hot:
         if r.ts_ms in merged:
-            dups += 1  # ingest keeps these out (settle_cold); only a re-send racing a compaction gets here
+            dups += 1  # ingest keeps these out (stored_by_ts, under the stream lock): a safeguard only
             continue
         merged[r.ts_ms] = r
     rows = [merged[t] for t in sorted(merged)]

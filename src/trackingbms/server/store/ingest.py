@@ -1,5 +1,22 @@
-"""Storing a validated batch: monthly partitions (PostgreSQL), dialect inserts that skip stored keys, clash
-detection, 1-minute rollups, the battery's newest sample and its field-by-field last known state.
+"""Storing a validated batch: duplicate and clash detection against the stored samples, the batch's hot
+segments (one row per stream, store/segments.py), 1-minute and 1-hour rollups, the battery's newest sample
+and its field-by-field last known state.
+
+Why hand-written dedup instead of a unique index per sample: the per-sample table's two b-tree inserts per
+row were most of the server's ingest CPU. The rules it enforced stay (per stream):
+- a sample whose (seq, ts) is stored is a duplicate (counted once more in the reply, stored once), also when
+  repeated inside one batch, and also when it was compacted into a block (looked up by ts in the blocks when
+  its ts is at or before the stream's ``cold_ts_ms`` watermark, store/cold.py);
+- a sample whose ts is held by another seq, or whose seq is stored (hot) with another ts, is a clash:
+  refused with its index. (A seq re-used with a new ts after its first sample was compacted is not caught:
+  blocks are found by time only; gateways re-send what they stored, with its ts.)
+The normal batch, every sample newer (seq and ts) than what its streams hold, costs one query for the
+streams' watermarks and one for the segments it overlaps (two empty index ranges per stream); only the
+segments a re-send overlaps are decoded, and compared with numpy.
+Concurrency: PostgreSQL locks the batch's stream rows (``FOR UPDATE``, in id order) before looking, and
+compaction takes the same lock, so two requests carrying the same samples (a gateway re-sending while its
+first attempt is in flight; two server processes) take turns and only the first stores them. SQLite has one
+writer (the group commit below).
 
 Validation and packing come first (:mod:`trackingbms.server.store.packing`), driven by the ingest service
 (:mod:`trackingbms.server.ingest`), which is what HTTP and the MQTT / JetStream workers call.
@@ -12,9 +29,9 @@ import collections
 import functools
 import sqlite3
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+import numpy as np
 import orjson
 from sqlalchemy import BigInteger, Integer, LargeBinary, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -27,16 +44,12 @@ from trackingbms.server.db import (
     batteries,
     battery_state,
     devices,
-    samples,
     streams,
 )
-from trackingbms.server.store import cold, packing
+from trackingbms.server.store import cold, packing, segments
 from trackingbms.server.store.base import DeviceRef, StoreCore
 from trackingbms.server.store.packing import PackedSample
 from trackingbms.server.store.series import SeriesAcc
-
-#: a row of the samples table: (stream_id, seq, ts_ms, data); a plain tuple (one built per sample)
-SampleRow = tuple[int, int, int, bytes]
 
 
 class Assigned(NamedTuple):
@@ -74,48 +87,15 @@ class IngestResult:
 _Waiting = tuple[DeviceRef, list[PackedSample], int, "asyncio.Future[IngestResult]"]
 
 
-def _month_bounds(ts_ms: int) -> tuple[int, int, str]:
-    d = datetime.fromtimestamp(ts_ms / 1000, UTC)
-    start = datetime(d.year, d.month, 1, tzinfo=UTC)
-    end = datetime(d.year + (d.month == 12), d.month % 12 + 1, 1, tzinfo=UTC)
-    return int(start.timestamp() * 1000), int(end.timestamp() * 1000), f"samples_{d.year:04d}_{d.month:02d}"
-
-
 class IngestStore(StoreCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._partitions: set[str] = set()
         self._state_stmt: Any = None
         #: SQLite: batches waiting for the group commit, and the task committing them
         self._waiting: collections.deque[
             tuple[DeviceRef, list[PackedSample], int, asyncio.Future[IngestResult]]
         ] = collections.deque()
         self._committer: asyncio.Task[None] | None = None
-
-    async def _ensure_partitions(self, min_ts: int, max_ts: int) -> None:
-        needed = {}
-        ts = min_ts
-        while True:
-            lo, hi, name = _month_bounds(ts)
-            if name not in self._partitions:
-                needed[name] = (lo, hi)
-            if hi > max_ts:
-                break
-            ts = hi
-        for name, (lo, hi) in needed.items():
-            try:
-                async with self.engine.begin() as conn:
-                    await conn.exec_driver_sql(
-                        f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF samples "
-                        f"FOR VALUES FROM ({lo}) TO ({hi})"
-                    )
-            except Exception:
-                # another server may have created it at the same moment; anything else is a real error
-                async with self.engine.connect() as conn:
-                    exists = (await conn.exec_driver_sql(f"SELECT to_regclass('{name}')")).scalar()
-                if exists is None:
-                    raise
-            self._partitions.add(name)
 
     async def store_samples(self, device: DeviceRef, parsed: list[PackedSample], t_now: int) -> IngestResult:
         """Store (idempotent) and commit validated samples of one device; returns only after the commit.
@@ -133,7 +113,6 @@ class IngestStore(StoreCore):
                 self._committer = asyncio.create_task(self._commit_waiting())
             # shielded: a request that goes away leaves the group's other batches alone
             return await asyncio.shield(fut)
-        await self._ensure_partitions(min(p.ts_ms for p in parsed), max(p.ts_ms for p in parsed))
         async with self.write() as conn:
             return await self._store_batch(conn, device, parsed, t_now)
 
@@ -190,8 +169,8 @@ class IngestStore(StoreCore):
         res = IngestResult()
         got = await conn.execute(_ASSIGNED, {"device_id": device.id, "tenant_id": device.tenant_id})
         assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in got.all()}
-        rows: list[SampleRow] = []
-        kept: list[PackedSample] = []  # the sample behind each row
+        kept: list[PackedSample] = []
+        by_stream: dict[int, list[int]] = {}  # stream → its samples' places in `kept`
         stream_of = {bid: a.stream_id for bid, a in assigned.items()}
         for p in parsed:
             sid = stream_of.get(p.battery_id)
@@ -203,36 +182,35 @@ class IngestStore(StoreCore):
                     }
                 )
                 continue
-            rows.append((sid, p.seq, p.ts_ms, p.data))
+            ks = by_stream.get(sid)
+            if ks is None:
+                by_stream[sid] = [len(kept)]
+            else:
+                ks.append(len(kept))
             kept.append(p)
-        if rows:
-            inserted = await self._insert_samples(conn, rows)
-            # re-sends of samples already compacted into blocks: out of `inserted` again (store/cold.py)
-            cold_clashes = await cold.settle_cold(conn, rows, inserted)
-            res.accepted = len(inserted)
-            clashes: dict[int, str] = {}
-            if res.accepted < len(rows):
-                clashes = await self._clashes(conn, rows)
-                clashes.update(cold_clashes)
-                for k, err in clashes.items():
-                    res.rejected.append({"index": kept[k].index, "error": err})
-            res.duplicates = len(rows) - res.accepted - len(clashes)
+        if kept:
+            accepted, clashes, keys = await self._dedup(conn, kept, by_stream)
+            res.accepted = sum(len(ks) for ks in accepted.values())
+            for k, err in clashes.items():
+                res.rejected.append({"index": kept[k].index, "error": err})
+            res.duplicates = len(kept) - res.accepted - len(clashes)
+            await self._insert_segments(conn, kept, accepted, keys)
             newest: dict[str, BatchNewest] = {}
             # each minute row's samples, folded at once below (SeriesAcc.of_points: column-wise)
             points: dict[tuple[int, int], list[packing.Stats]] = {}
-            for k, (stream, seq, ts, data) in enumerate(rows):
-                if clashes and k in clashes:
-                    continue
-                p = kept[k]
-                row_key = (stream, ts, seq)
-                if row_key in inserted:
-                    inserted.discard(row_key)  # an exact re-send inside the batch counts once
-                    key = (stream, ts - ts % 60_000)
+            for stream, ks in accepted.items():
+                for k in ks:
+                    p = kept[k]
+                    key = (stream, p.ts_ms - p.ts_ms % 60_000)
                     got = points.get(key)
                     if got is None:
                         points[key] = [p.series]
                     else:
                         got.append(p.series)
+            for k, p in enumerate(kept):
+                if clashes and k in clashes:
+                    continue
+                seq, ts, data = p.seq, p.ts_ms, p.data
                 wire = p.wire
                 n_cells = len(wire.get("cells_mv") or ())
                 n_temps = len(wire.get("temps_c") or ())
@@ -296,28 +274,143 @@ class IngestStore(StoreCore):
         await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
         return res
 
-    async def _insert_samples(
-        self, conn: AsyncConnection, rows: list[SampleRow]
-    ) -> set[tuple[int, int, int]]:
-        """Insert, skipping rows whose key is already stored; returns the (stream, ts, seq) inserted."""
+    async def _dedup(
+        self, conn: AsyncConnection, kept: list[PackedSample], by_stream: dict[int, list[int]]
+    ) -> tuple[dict[int, list[int]], dict[int, str], dict[int, tuple[np.ndarray, np.ndarray]]]:
+        """Which samples are new (per stream, their places in ``kept``, in batch order) and which clash
+        (place → error); the others are duplicates. The rules are in the module docstring. Also the
+        (seq, ts) arrays of the streams whose samples were all new (the normal case: not built twice)."""
+        keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        ranges: list[tuple[int, int, int, int, int]] = []  # per stream: its seq and ts ranges in the batch
+        for sid, ks in by_stream.items():
+            seqs = np.fromiter((kept[k].seq for k in ks), dtype=np.int64, count=len(ks))
+            tss = np.fromiter((kept[k].ts_ms for k in ks), dtype=np.int64, count=len(ks))
+            keys[sid] = seqs, tss
+            ranges.append((sid, int(seqs.min()), int(seqs.max()), int(tss.min()), int(tss.max())))
+        ranges.sort()
+        marks: dict[int, int | None] = {}
+        stored: dict[int, list[bytes]] = {}
+        # hand-written SQL: building the SQLAlchemy expressions cost ~2 ms a batch
         if self.sqlite:
-            out: set[tuple[int, int, int]] = set()
-            for start in range(0, len(rows), _SQLITE_INSERT_ROWS):
-                chunk = rows[start : start + _SQLITE_INSERT_ROWS]
-                sql = _sqlite_insert_sql(len(chunk))
-                params = tuple(x for r in chunk for x in r)
-                result = await conn.exec_driver_sql(sql, params)
-                out.update(map(tuple, result.all()))  # plain tuples: cheaper to hash than Rows
-            return out
+            # one round trip (per _SQLITE_OVERLAP_STREAMS streams): the watermarks, then the segments
+            # overlapping the batch's ranges
+            for start in range(0, len(ranges), _SQLITE_OVERLAP_STREAMS):
+                part = ranges[start : start + _SQLITE_OVERLAP_STREAMS]
+                params: list[int] = [r[0] for r in part]
+                for sid, seq_lo, seq_hi, ts_lo, ts_hi in part:
+                    params += (sid, seq_lo, seq_hi, sid, ts_lo, ts_hi)
+                got = await conn.exec_driver_sql(_sqlite_overlap_sql(len(part)), tuple(params))
+                for kind, sid, mark, payload in got.all():
+                    if kind == 0:
+                        marks[sid] = mark
+                    else:
+                        stored.setdefault(sid, []).append(payload)
+        else:
+            apg = (await conn.get_raw_connection()).driver_connection
+            # one request at a time per stream, until commit; compaction takes the same lock (store/cold.py).
+            # Then the segments, in a statement of their own: it sees what a request we waited for committed
+            cols = list(map(list, zip(*ranges, strict=True)))
+            marks = dict(await apg.fetch(_PG_LOCK_SQL, cols[0]))
+            for sid, payload in await apg.fetch(_PG_OVERLAP_SQL, *cols):
+                stored.setdefault(sid, []).append(payload)
+        accepted: dict[int, list[int]] = {}
+        clashes: dict[int, str] = {}
+        whole: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for sid, ks in by_stream.items():
+            seqs, tss = keys[sid]
+            mark = marks.get(sid)
+            if (
+                sid not in stored
+                and (mark is None or int(tss.min()) > mark)
+                and (len(ks) == 1 or (bool(np.all(seqs[1:] > seqs[:-1])) and len(np.unique(tss)) == len(ks)))
+            ):
+                accepted[sid] = ks  # the normal case: nothing stored to compare with, no repeat inside
+                whole[sid] = seqs, tss
+                continue
+            ok = await self._dedup_stream(conn, sid, kept, ks, seqs, tss, stored.get(sid, []), mark, clashes)
+            if ok:
+                accepted[sid] = ok
+        return accepted, clashes, whole
+
+    @staticmethod
+    async def _dedup_stream(
+        conn: AsyncConnection,
+        sid: int,
+        kept: list[PackedSample],
+        ks: list[int],
+        seqs: np.ndarray,
+        tss: np.ndarray,
+        payloads: list[bytes],
+        mark: int | None,
+        clashes: dict[int, str],
+    ) -> list[int]:
+        """The slow path of :meth:`_dedup` for one stream (a re-send, a repeat, a backfill): its samples in
+        batch order against the stored ones they may meet, hot and cold, and the ones before them."""
+        by_ts: dict[int, int] = {}  # ts → seq of what is stored (hot) or accepted before in this batch
+        by_seq: dict[int, int] = {}
+        for payload in payloads:
+            st_seq, st_ts = segments.keys(payload)
+            meet = np.isin(st_seq, seqs) | np.isin(st_ts, tss)  # only the stored keys this batch can meet
+            if meet.any():
+                ss, tt = st_seq[meet].tolist(), st_ts[meet].tolist()
+                by_ts.update(zip(tt, ss, strict=True))
+                by_seq.update(zip(ss, tt, strict=True))
+        in_cold: dict[int, int] = {}
+        if mark is not None:
+            early = tss[tss <= mark]
+            if len(early):
+                in_cold = await cold.stored_by_ts(conn, sid, int(early.min()), int(early.max()))
+        ok: list[int] = []
+        for k, seq, ts in zip(ks, seqs.tolist(), tss.tolist(), strict=True):
+            other = by_ts.get(ts)
+            if other is None and ts in in_cold:
+                other = in_cold[ts]
+            if other is not None:
+                if other != seq:
+                    clashes[k] = f"ts: another sample of this battery (seq {other}) has the same ts"
+                continue  # else a duplicate
+            if seq in by_seq:
+                clashes[k] = f"seq: {seq} was already stored with another ts"
+                continue
+            by_ts[ts] = seq
+            by_seq[seq] = ts
+            ok.append(k)
+        return ok
+
+    async def _insert_segments(
+        self,
+        conn: AsyncConnection,
+        kept: list[PackedSample],
+        accepted: dict[int, list[int]],
+        whole: dict[int, tuple[np.ndarray, np.ndarray]],
+    ) -> None:
+        """The accepted samples as segments: one row per stream (more only for a batch spanning a day)."""
+        rows: list[tuple[Any, ...]] = []
+        for sid, ks in accepted.items():
+            ps = [kept[k] for k in ks]
+            got = whole.get(sid)
+            if got is None:
+                seqs = np.fromiter((p.seq for p in ps), dtype=np.int64, count=len(ps))
+                tss = np.fromiter((p.ts_ms for p in ps), dtype=np.int64, count=len(ps))
+            else:
+                seqs, tss = got
+            rows += [(sid, *seg) for seg in segments.build(seqs, tss, [p.data for p in ps])]
+        if not rows:
+            return
+        if self.sqlite:
+            for start in range(0, len(rows), _SQLITE_SEGMENT_ROWS):
+                chunk = rows[start : start + _SQLITE_SEGMENT_ROWS]
+                await conn.exec_driver_sql(
+                    _sqlite_segment_sql(len(chunk)), tuple(x for r in chunk for x in r)
+                )
+            return
         raw = await conn.get_raw_connection()
-        apg = raw.driver_connection
-        got = await apg.fetch(
-            "INSERT INTO samples (stream_id, seq, ts_ms, data) "
-            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bytea[]) ON CONFLICT DO NOTHING "
-            "RETURNING stream_id, ts_ms, seq",
-            *map(list, zip(*rows, strict=True)),  # stream_id, seq, ts_ms, data
+        await raw.driver_connection.execute(
+            "INSERT INTO sample_segments (stream_id, seq_min, seq_max, ts_min, ts_max, n, data) "
+            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], "
+            "$6::int[], $7::bytea[])",
+            *map(list, zip(*rows, strict=True)),
         )
-        return {tuple(r) for r in got}
 
     async def _upsert_rollups(
         self,
@@ -368,42 +461,6 @@ class IngestStore(StoreCore):
             set_[f"{name}_ts"] = case((newer, ex[f"{name}_ts"]), else_=st[f"{name}_ts"])
         self._state_stmt = stmt.on_conflict_do_update(index_elements=["battery_id"], set_=set_)
         return self._state_stmt
-
-    async def _clashes(self, conn: AsyncConnection, rows: list[SampleRow]) -> dict[int, str]:
-        """Rows that were skipped but are not re-sends: another sample of the stream holds their ts
-        (both backends), or their seq with another ts (SQLite, which can afford the second index)."""
-        by_stream: dict[int, list[int]] = {}
-        for k, r in enumerate(rows):
-            by_stream.setdefault(r[0], []).append(k)
-        out: dict[int, str] = {}
-        s = samples.c
-        for stream_id, ks in by_stream.items():
-            tss = [rows[k][2] for k in ks]
-            stored_by_ts = dict(
-                (
-                    await conn.execute(
-                        select(s.ts_ms, s.seq).where(s.stream_id == stream_id, s.ts_ms.in_(tss))
-                    )
-                ).all()
-            )
-            stored_by_seq: dict[int, int] = {}
-            if self.sqlite:
-                seqs = [rows[k][1] for k in ks]
-                stored_by_seq = dict(
-                    (
-                        await conn.execute(
-                            select(s.seq, s.ts_ms).where(s.stream_id == stream_id, s.seq.in_(seqs))
-                        )
-                    ).all()
-                )
-            for k in ks:
-                _, seq, ts, _ = rows[k]
-                other_seq = stored_by_ts.get(ts)
-                if other_seq is not None and other_seq != seq:
-                    out[k] = f"ts: another sample of this battery (seq {other_seq}) has the same ts"
-                elif self.sqlite and stored_by_seq.get(seq, ts) != ts:
-                    out[k] = f"seq: {seq} was already stored with another ts"
-        return out
 
 
 #: the batteries a device reports for, with their stream from it: built once (~60 µs of Python per batch)
@@ -471,8 +528,10 @@ def _state_row(battery_pk: int, by_mask: dict[int, tuple[int, bytes]]) -> dict[s
 _GROUP_COMMIT_SAMPLES = 4_000
 #: SQLite's limit on parameters per statement: 999 before 3.32, 32,766 since
 _SQLITE_MAX_VARS = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999
-#: rows per multi-row INSERT of samples (4 parameters a row): a 500-sample batch is one statement
-_SQLITE_INSERT_ROWS = _SQLITE_MAX_VARS // 4
+#: streams per overlap query (7 parameters each)
+_SQLITE_OVERLAP_STREAMS = _SQLITE_MAX_VARS // 7
+#: rows per multi-row INSERT of segments (7 parameters a row)
+_SQLITE_SEGMENT_ROWS = _SQLITE_MAX_VARS // 7
 #: the rollup columns after (stream_id, bucket_ms), in SeriesAcc.flat order
 _ROLLUP_COLUMNS: tuple[str, ...] = tuple(f"{name}_{part}" for name in SERIES for part in ROLLUP_PARTS)
 _SQLITE_ROLLUP_ROWS = _SQLITE_MAX_VARS // (2 + len(_ROLLUP_COLUMNS))
@@ -523,10 +582,40 @@ def _pg_rollup_sql() -> str:
 _PG_ROLLUP_SQL = _pg_rollup_sql()
 
 
+#: PostgreSQL: the batch's stream rows locked in id order (one lock order for concurrent batches)
+_PG_LOCK_SQL = "SELECT id, cold_ts_ms FROM streams WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE"
+#: the segments a batch may meet: per stream, those whose seq range or ts range overlaps the batch's (two
+#: index ranges, on (stream_id, seq_max) and (stream_id, ts_max): empty when the batch is newer)
+_PG_OVERLAP_SQL = (
+    "SELECT stream_id, data FROM sample_segments WHERE id IN ("
+    "SELECT g.id FROM unnest($1::int[], $2::bigint[], $3::bigint[]) AS b(sid, lo, hi) "
+    "JOIN sample_segments g ON g.stream_id = b.sid AND g.seq_max >= b.lo AND g.seq_min <= b.hi "
+    "UNION ALL SELECT g.id FROM unnest($1::int[], $4::bigint[], $5::bigint[]) AS b(sid, lo, hi) "
+    "JOIN sample_segments g ON g.stream_id = b.sid AND g.ts_max >= b.lo AND g.ts_min <= b.hi)"
+)
+
+
 @functools.lru_cache(maxsize=64)
-def _sqlite_insert_sql(n: int) -> str:
+def _sqlite_overlap_sql(n_streams: int) -> str:
+    """The watermarks of ``n_streams`` streams (kind 0), then the segments overlapping each stream's seq or
+    ts range in the batch (kind 1), as in _PG_OVERLAP_SQL."""
+    ids = ", ".join("?" * n_streams)
+    branches = " UNION ALL ".join(
+        [
+            "SELECT id FROM sample_segments WHERE stream_id = ? AND seq_max >= ? AND seq_min <= ? UNION ALL "
+            "SELECT id FROM sample_segments WHERE stream_id = ? AND ts_max >= ? AND ts_min <= ?"
+        ]
+        * n_streams
+    )
     return (
-        "INSERT OR IGNORE INTO samples (stream_id, seq, ts_ms, data) VALUES "
-        + ",".join(["(?, ?, ?, ?)"] * n)
-        + " RETURNING stream_id, ts_ms, seq"
+        f"SELECT 0, id, cold_ts_ms, NULL FROM streams WHERE id IN ({ids}) UNION ALL "
+        f"SELECT 1, stream_id, NULL, data FROM sample_segments WHERE id IN ({branches})"
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_segment_sql(n: int) -> str:
+    return (
+        "INSERT INTO sample_segments (stream_id, seq_min, seq_max, ts_min, ts_max, n, data) VALUES "
+        + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * n)
     )

@@ -1,13 +1,14 @@
-"""Raw-sample retention per tenant (hot rows and whole compressed blocks), rollup retention server-wide, and
-the on-disk size of the samples (for the benchmarks)."""
+"""Raw-sample retention per tenant (hot segments, trimmed to the cutoff, and whole compressed blocks), rollup
+retention server-wide, and the on-disk size of the samples (for the benchmarks)."""
 
 from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from trackingbms.server.db import batteries, rollup_1h, rollup_1m, samples, streams, tenants
+from trackingbms.server.db import batteries, rollup_1h, rollup_1m, sample_segments, streams, tenants
+from trackingbms.server.store import segments
 from trackingbms.server.store.base import StoreCore, now_ms
-from trackingbms.server.store.cold import ColdStore
+from trackingbms.server.store.cold import ColdStore, rewrite_segments
 
 
 class RetentionStore(ColdStore, StoreCore):
@@ -39,11 +40,25 @@ class RetentionStore(ColdStore, StoreCore):
                 .join(batteries, batteries.c.id == streams.c.battery_id)
                 .where(batteries.c.tenant_id == tenant_id)
             )
+            g = sample_segments.c
             async with self.write() as conn:
-                r = await conn.execute(
-                    samples.delete().where(samples.c.stream_id.in_(tenant_streams), samples.c.ts_ms < cutoff)
-                )
-                deleted += max(0, r.rowcount)
+                old = (
+                    await conn.execute(
+                        select(g.id, g.stream_id, g.ts_max, g.n, g.data).where(
+                            g.stream_id.in_(tenant_streams), g.ts_min < cutoff
+                        )
+                    )
+                ).all()
+                whole = [r.id for r in old if r.ts_max < cutoff]
+                if whole:
+                    await conn.execute(sample_segments.delete().where(g.id.in_(whole)))
+                    deleted += sum(r.n for r in old if r.ts_max < cutoff)
+                for r in old:  # a segment straddling the cutoff keeps its newer samples
+                    if r.ts_max >= cutoff:
+                        rows = segments.decode(r.data)
+                        keep = [x for x in rows if x.ts_ms >= cutoff]
+                        deleted += len(rows) - len(keep)
+                        await rewrite_segments(conn, r.stream_id, [r.id], keep)
                 deleted += await self.delete_cold_before(conn, tenant_id, cutoff)
         rollups = ((rollup_1m, self.rollup_1m_retention_days), (rollup_1h, self.rollup_1h_retention_days))
         for table, days in rollups:
@@ -58,23 +73,11 @@ class RetentionStore(ColdStore, StoreCore):
         return deleted
 
     async def samples_bytes(self) -> int:
-        """Bytes the hot samples table and its indexes take (PostgreSQL: all partitions); the compressed
-        blocks are :meth:`cold_bytes`."""
+        """Bytes the hot segments table and its indexes take (PostgreSQL: with its TOAST table); the
+        compressed blocks are :meth:`cold_bytes`."""
         async with self.engine.connect() as conn:
             if self.sqlite:
-                return int(
-                    (
-                        await conn.exec_driver_sql(
-                            "SELECT sum(pgsize) FROM dbstat WHERE name IN ('samples', 'samples_stream_ts')"
-                        )
-                    ).scalar()
-                    or 0
-                )
-            return int(
-                (
-                    await conn.exec_driver_sql(
-                        "SELECT coalesce(sum(pg_total_relation_size(inhrelid)), 0) FROM pg_inherits "
-                        "WHERE inhparent = 'samples'::regclass"
-                    )
-                ).scalar()
-            )
+                q = "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name LIKE 'sample_segments%'"
+            else:
+                q = "SELECT pg_total_relation_size('sample_segments')"
+            return int((await conn.exec_driver_sql(q)).scalar() or 0)
