@@ -1,6 +1,6 @@
 """Hot segments (store/segments.py, store/ingest.py): the verdicts of random batches against a reference
 model, on a real store of either backend; two concurrent requests with the same samples on PostgreSQL; and
-migration 0011 converting the per-sample table without loss, and back.
+migration 0012 converting the per-sample table without loss, and back.
 
 The model is the promise the per-sample table kept, per stream: a sample whose (seq, ts) is stored is a
 duplicate (also repeated inside one batch, also once compacted into a block); a ts held by another seq is a
@@ -180,7 +180,7 @@ async def test_concurrent_requests_with_the_same_samples_store_each_once(postgre
         assert len({(r["stream_id"], r["seq"]) for r in stored}) == 8 * 300
 
 
-# --- migration 0011 ---------------------------------------------------------------------------------------
+# --- migration 0012 ---------------------------------------------------------------------------------------
 
 _OLD_SAMPLES = sa.table(
     "samples", sa.column("stream_id"), sa.column("seq"), sa.column("ts_ms"), sa.column("data", sa.LargeBinary)
@@ -212,13 +212,13 @@ def _per_stream(rows: list[tuple[int, int, int, bytes]]) -> dict[int, tuple[int,
     return out
 
 
-async def test_migration_0011_converts_the_per_sample_table_without_loss(database_url: str) -> None:
+async def test_migration_0012_converts_the_per_sample_table_without_loss(database_url: str) -> None:
     url = database_url
     backend = "postgres" if url.startswith("postgresql") else "sqlite"
     async with make_rig(url) as rig:  # tenant, devices, batteries and their streams, at head
         sids = [await rig.stream("acme-p1"), await rig.stream("acme-p2")]
-    await asyncio.to_thread(_alembic, url, command.downgrade, "0010")
-    # a database as revision 0010 left it: samples in the per-sample table (PostgreSQL: monthly partitions,
+    await asyncio.to_thread(_alembic, url, command.downgrade, "0011")
+    # a database as revision 0011 left it: samples in the per-sample table (PostgreSQL: monthly partitions,
     # two months here), written with raw SQL as the old ingest did, 1,234 on one stream, 37 on another
     rng = np.random.default_rng(7)
     rows: list[tuple[int, int, int, bytes]] = []
@@ -271,7 +271,7 @@ async def test_migration_0011_converts_the_per_sample_table_without_loss(databas
         await engine.dispose()
 
     # and back: the per-sample table again (PostgreSQL: with its partitions), the same samples
-    await asyncio.to_thread(_alembic, url, command.downgrade, "0010")
+    await asyncio.to_thread(_alembic, url, command.downgrade, "0011")
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:

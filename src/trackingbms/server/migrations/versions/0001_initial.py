@@ -16,7 +16,7 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-#: the per-sample table as this revision created it (frozen here: migration 0011 replaced it by segments)
+#: the per-sample table as this revision created it (frozen here: migration 0012 replaced it by segments)
 PG_SAMPLES_DDL = (
     "CREATE TABLE samples (ts_ms bigint NOT NULL, seq bigint NOT NULL, stream_id integer NOT NULL, "
     "data bytea NOT NULL, PRIMARY KEY (stream_id, ts_ms)) PARTITION BY RANGE (ts_ms)"

@@ -6,8 +6,8 @@ stream in ts order, page by page, and written as segments of at most 500 samples
 (on PostgreSQL with its monthly partitions). All of it in the migration's one transaction: a failure leaves
 the database as it was. The downgrade rebuilds the per-sample table (and its partitions) from the segments.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0012
+Revises: 0011
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from alembic import op
 
 from trackingbms.server.store import segments
 
-revision = "0011"
-down_revision = "0010"
+revision = "0012"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
