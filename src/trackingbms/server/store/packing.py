@@ -679,14 +679,18 @@ def _bool_kinds(keys: tuple[str, ...]) -> Any:
 def _power_w(volt: np.ndarray, curr: np.ndarray) -> list[float]:
     """``round(v * c, 3)`` (:func:`~trackingbms.analytics.cells.pack_power_w`) of each pair. round() to 3
     places is the double nearest the decimal rounding of the exact product; rint(p * 1000) / 1000 is the
-    same unless p * 1000 lands within its rounding error of a half (or is too large to carry the
-    thousandths): then round() itself, pair by pair."""
+    same unless p * 1000 lands within its rounding error of a half (about one sample in a thousand: the
+    product of two 3-decimal figures ending in 500) or is too large to carry the thousandths: for those,
+    round() itself."""
     p = volt * curr
     y = p * 1000.0
     k = np.rint(y)
-    if np.abs(y).max() < 2.0**40 and not (np.abs(np.abs(y - k) - 0.5) < 1e-6).any():
-        return (k / 1000.0).tolist()
-    return [round(v * c, 3) for v, c in zip(volt.tolist(), curr.tolist(), strict=True)]
+    if np.abs(y).max() >= 2.0**40:
+        return [round(v * c, 3) for v, c in zip(volt.tolist(), curr.tolist(), strict=True)]
+    out: list[float] = (k / 1000.0).tolist()
+    for i in np.flatnonzero(np.abs(np.abs(y - k) - 0.5) < 1e-6).tolist():
+        out[i] = round(float(volt[i]) * float(curr[i]), 3)
+    return out
 
 
 def _empty_lists(col: tuple[Any, ...]) -> bool:
