@@ -678,17 +678,18 @@ def _bool_kinds(keys: tuple[str, ...]) -> Any:
 
 def _power_w(volt: np.ndarray, curr: np.ndarray) -> list[float]:
     """``round(v * c, 3)`` (:func:`~trackingbms.analytics.cells.pack_power_w`) of each pair. round() to 3
-    places is the double nearest the decimal rounding of the exact product; rint(p * 1000) / 1000 is the
-    same unless p * 1000 lands within its rounding error of a half (about one sample in a thousand: the
-    product of two 3-decimal figures ending in 500) or is too large to carry the thousandths: for those,
-    round() itself."""
+    places is the double nearest the decimal rounding of the exact product (the product v * c is the same
+    double here); rint(p * 1000) / 1000 finds the same unless p * 1000's own rounding (under 10^-3 below
+    2^40) crosses a half: products within 10^-3 of one (a few per batch of 3-decimal figures) and huge
+    ones take round() itself. The same reasoning as store/history.py's round_array (which imports this
+    module)."""
     p = volt * curr
     y = p * 1000.0
     k = np.rint(y)
     if np.abs(y).max() >= 2.0**40:
         return [round(v * c, 3) for v, c in zip(volt.tolist(), curr.tolist(), strict=True)]
     out: list[float] = (k / 1000.0).tolist()
-    for i in np.flatnonzero(np.abs(np.abs(y - k) - 0.5) < 1e-6).tolist():
+    for i in np.flatnonzero(np.abs(np.abs(y - k) - 0.5) < 1e-3).tolist():
         out[i] = round(float(volt[i]) * float(curr[i]), 3)
     return out
 
