@@ -4,9 +4,10 @@ and packs each into a compact binary row; reads unpack them.
 Hand-written rather than a serialisation library: a presence mask and wire resolutions give ~57 bytes for a
 16S sample, and validating while packing avoids building a pydantic object per sample. A batch goes through
 :func:`validate_batch`: samples with the same keys are checked a column at a time (set / min / max over a
-column run in C) and their cells and temperatures packed as numpy matrices, the way columnar engines
-vectorise; no library validates and packs this layout, and anything unusual falls back to
-:func:`validate_and_pack`, the reference the batch path is tested against.
+column run in C) and packed as one numpy matrix of rows, their times read a column at a time when written as
+gateways write them (:func:`_ts_column_ms`), the way columnar engines vectorise; no library validates and
+packs this layout, and anything unusual falls back to :func:`validate_and_pack` (and :func:`parse_ts_ms`),
+the reference the batch path is tested against.
 
 A stored sample is ``(stream_id, seq, ts_ms, data)`` where ``data`` is a small binary blob: a presence mask
 says which measurement fields are there, so a partial sample stays partial (absent is never stored as zero).
