@@ -359,3 +359,32 @@ def test_power_figures_at_a_rounding_half() -> None:
     assert packed is not None
     assert [p.series[3] for p in packed] == [round(v * c, 3) for v, c in [*pairs, (52.1, -3.2)]]
     assert [p.series[3] for p in packed][:2] == [-13749.005, -84230.625]
+
+
+@pytest.mark.parametrize(
+    ("key", "spoiled"),
+    [
+        ("cells_mv", [3300, True, 3301]),  # numpy / struct read True as 1
+        ("cells_mv", [False, 3300, 3301]),
+        ("temps_c", [25.0, True]),  # ... and as 1.0
+        ("temps_c", [False, 0]),
+        ("cells_mv", [3300, 3301.0, 3302]),  # a float where an int belongs
+    ],
+)
+def test_a_bool_or_float_in_a_list_is_refused_as_sample_by_sample(key: str, spoiled: list[Any]) -> None:
+    """The matrix path takes numbers as struct reads them; a JSON true among them must still be refused
+    with validate_and_pack's message (for the one sample), the others stored."""
+    good = {
+        "battery_id": "p1",
+        "ts": packing.ms_to_ts(NOW_MS),
+        "cells_mv": [3300, 3301, 3302],
+        "temps_c": [20.0, 21.5],
+    }
+    batch = [{**good, "seq": i} for i in range(4)]
+    batch[2] = {**batch[2], key: spoiled}
+    got, rejected = packing.validate_batch(batch, NOW_MS)
+    with pytest.raises(packing.SampleError) as e:
+        packing.validate_and_pack(batch[2], NOW_MS)
+    assert rejected == [{"index": 2, "error": str(e.value)}]
+    assert [p.index for p in got] == [0, 1, 3]
+    assert [p.data for p in got] == [packing.validate_and_pack(batch[i], NOW_MS)[3] for i in (0, 1, 3)]

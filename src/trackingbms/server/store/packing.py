@@ -547,24 +547,33 @@ def _le(a: np.ndarray, dtype: str) -> np.ndarray:
     return a.astype(dtype).view(np.uint8).reshape(len(a), -1)
 
 
+def _one_length(col: tuple[Any, ...]) -> int | None:
+    """The length of every list of a column, or None unless all are lists of one length (1 to 255)."""
+    if set(map(type, col)) != _LIST_TYPES:
+        return None
+    lengths = set(map(len, col))
+    width = lengths.pop()
+    return width if not lengths and 0 < width <= 255 else None
+
+
 def _cells_matrix(
     cells: tuple[Any, ...],
 ) -> tuple[list[int], list[int], np.ndarray | list[bytes]] | None:
     """Cell lists of one length, packed as :func:`_pack_cells` packs each, as one matrix: (min, max,
     packed rows: a uint8 matrix, or bytes per sample when both modes occur). None unless lists of one
-    length (1 to 255); TypeError unless all ints; ValueError / OverflowError when one is out of range."""
-    try:
-        a = np.array(cells)
-    except ValueError:  # lists of several lengths
+    length (1 to 255) of integers 0 to 65535 (then the caller looks closer); TypeError for a bool."""
+    width = _one_length(cells)
+    if width is None:
         return None
-    if a.ndim != 2 or not 0 < a.shape[1] <= 255 or set(map(type, cells)) != _LIST_TYPES:
+    try:  # struct converts in C and refuses what is not an int in 0..65535 (floats, null, strings, ...)
+        raw = struct.pack(f"<{len(cells) * width}H", *itertools.chain.from_iterable(cells))
+    except struct.error:
         return None
-    # int64 from lists of JSON values means ints, or ints and bools (True → 1): cells of at least 2 mV
-    # cannot hold a bool, so only a pack reading 0 or 1 mV (or anything odd) costs the check per value
-    if a.dtype != np.int64 or a.min() < 2:
-        if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
-            raise TypeError
-        a = np.array(cells, dtype=np.int64)  # OverflowError past int64
+    a = np.frombuffer(raw, dtype="<u2").reshape(len(cells), width).astype(np.int64)
+    # ... but takes a bool for 0 or 1: cells of at least 2 mV cannot hold one, so only a pack reading 0 or
+    # 1 mV costs the check per value
+    if a.min() < 2 and set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
+        raise TypeError
     lo, hi = a.min(axis=1), a.max(axis=1)
     if lo.min() < 0 or hi.max() > 65535:
         raise ValueError
@@ -588,22 +597,21 @@ def _cells_matrix(
 def _temps_matrix(temps: tuple[Any, ...]) -> tuple[list[float], list[float], np.ndarray] | None:
     """Temperature lists of one length at 0.1 °C as :func:`_pack_temps` packs each: (min, max, packed
     rows as a uint8 matrix). ``np.rint`` rounds half to even on the same doubles as round(). None unless
-    lists of one length (1 to 255); TypeError unless all numbers (not bools); ValueError when one is out
-    of range."""
-    try:
-        t = np.array(temps)
-    except ValueError:  # lists of several lengths
+    lists of one length (1 to 255) of numbers (then the caller looks closer); TypeError for a bool;
+    ValueError when one is out of range."""
+    width = _one_length(temps)
+    if width is None:
         return None
-    if t.ndim != 2 or not 0 < t.shape[1] <= 255 or set(map(type, temps)) != _LIST_TYPES:
+    try:  # struct converts ints and floats to doubles in C, and refuses null, strings, lists, ...
+        raw = struct.pack(f"<{len(temps) * width}d", *itertools.chain.from_iterable(temps))
+    except (struct.error, OverflowError):
         return None
-    # float64 or int64 from JSON values means numbers, or numbers and bools (True → 1.0): only a 0 or a 1
-    # among them costs the check per value
-    if t.dtype.kind not in "fi" or ((t == 0) | (t == 1)).any():
-        if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
-            raise TypeError
-        t = np.array(temps, dtype=np.float64)  # ints past 2**53 lose digits, but are out of range anyway
-    elif t.dtype != np.float64:
-        t = t.astype(np.float64)
+    t = np.frombuffer(raw, dtype="<f8").reshape(len(temps), width)
+    # ... but takes a bool as 0.0 or 1.0: only a 0 or a 1 among them costs the check per value
+    if ((t == 0) | (t == 1)).any() and not _NUMBER.issuperset(
+        map(type, itertools.chain.from_iterable(temps))
+    ):
+        raise TypeError
     if not np.isfinite(t).all():
         raise ValueError
     s = np.rint(t * 10)
@@ -827,7 +835,8 @@ def _pack_columns(
             if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(values))):
                 return None
             # rint(v * scale) is round(v * scale) on the same double (ints: exact in range)
-            s = np.rint(np.array(values, dtype=np.float64) * scales)
+            doubles = struct.pack(f"<{len(names) * n}d", *itertools.chain.from_iterable(values))
+            s = np.rint(np.frombuffer(doubles, dtype="<f8").reshape(len(names), n) * scales)
             if not np.isfinite(s).all() or (s.min(axis=1) < lows).any() or (s.max(axis=1) > highs).any():
                 return None
             mask |= bits
