@@ -426,14 +426,15 @@ def validate_batch(
     n = len(raw)
     out: list[PackedSample | None] = [None] * n
     groups: dict[tuple[str, ...], list[int]] = {}
-    shapes = list(map(tuple, raw)) if n > 1 and set(map(type, raw)) == _DICT_TYPES else None
-    if shapes is not None and shapes.count(shapes[0]) == n:  # what a gateway sends: one shape throughout
-        packed = _pack_columns(shapes[0], raw, range(n), now_ms, max_future_ms)
-        if packed is not None:
-            return packed, []
-        slow = list(range(n))
-    else:
-        slow = _group(raw, groups)
+    if n > 1 and set(map(type, raw)) == _DICT_TYPES:
+        # what a gateway sends: one shape throughout. As many keys in each as in the first, and each has
+        # the first's keys (_pack_columns' itemgetter raises KeyError otherwise): the same keys
+        keys = tuple(raw[0])
+        if set(map(len, raw)) == {len(keys)}:
+            packed = _pack_columns(keys, raw, range(n), now_ms, max_future_ms)
+            if packed is not None:
+                return packed, []
+    slow = _group(raw, groups)
     for keys, idx in groups.items():
         rows = (
             _pack_columns(keys, [raw[i] for i in idx], idx, now_ms, max_future_ms) if len(idx) > 1 else None
@@ -787,19 +788,20 @@ def _since_1970(ms: np.ndarray) -> list[int] | None:
 def _pack_columns(
     keys: tuple[str, ...], group: list[dict[str, Any]], idx: Any, now_ms: int, max_future_ms: int
 ) -> list[PackedSample] | None:
-    """Samples that all carry exactly ``keys`` (in that order), at batch positions ``idx``, validated and
-    packed a column at a time: the type and range checks are set / min / max over a column (C loops), the
-    values converted and laid out as one uint8 matrix (a row per sample) by numpy. All or nothing: None as
-    soon as any value is not plainly valid (absent as None, errors, anything out of range); then
-    :func:`validate_and_pack` decides, sample by sample, with its exact messages. What this accepts it
-    packs exactly as :func:`validate_and_pack` does (tests/server/test_packing.py checks both ways on
-    random batches)."""
+    """Samples that all carry exactly ``keys`` (None if one lacks a key), at batch positions ``idx``,
+    validated and packed a column at a time: the type and range checks are set / min / max over a column (C
+    loops), the values converted and laid out as one uint8 matrix (a row per sample) by numpy. All or
+    nothing: None as soon as any value is not plainly valid (absent as None, errors, anything out of
+    range); then :func:`validate_and_pack` decides, sample by sample, with its exact messages. What this
+    accepts it packs exactly as :func:`validate_and_pack` does (tests/server/test_packing.py checks both
+    ways on random batches)."""
     if not _KNOWN.issuperset(keys) or "errors" in keys:
         return None
     n = len(group)
     try:
-        # every dict has ``keys`` in that order: their values line up (cheaper than an itemgetter)
-        cols = dict(zip(keys, zip(*map(dict.values, group), strict=True), strict=True))
+        if len(keys) < 3:  # battery_id, seq, ts at least (and itemgetter(k) would not give tuples)
+            return None
+        cols = dict(zip(keys, zip(*map(operator.itemgetter(*keys), group), strict=True), strict=True))
         bids = cols["battery_id"]
         if not all(map(is_battery_id, set(bids))):
             return None
