@@ -644,44 +644,45 @@ def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
     return list(map(codes.__getitem__, col))
 
 
+#: cached per set of fields present (at most 16 each), not per key order: a client choosing its key orders
+#: must not grow them
 _SCALAR_KINDS: dict[tuple[str, ...], Any] = {}
 _BOOL_KINDS: dict[tuple[str, ...], Any] = {}
+_SCALAR_NAMES = tuple(r[0] for r in _NUM_SCALARS)
 
 
 def _scalar_kinds(keys: tuple[str, ...]) -> Any:
     """For samples with these keys: the numeric scalars they carry (names, presence bits, and per
     name as column vectors: scale, lowest and highest stored value; stored types), or None."""
-    got = _SCALAR_KINDS.get(keys)
-    if got is None and keys not in _SCALAR_KINDS:
-        rows = [r for r in _NUM_SCALARS if r[0] in keys]
-        got = _SCALAR_KINDS[keys] = (
-            (
-                tuple(r[0] for r in rows),
-                sum(r[1] for r in rows),
-                np.array([[r[2]] for r in rows], dtype=np.float64),
-                np.array([r[3] for r in rows], dtype=np.float64),
-                np.array([r[4] for r in rows], dtype=np.float64),
-                tuple(r[5] for r in rows),
-            )
-            if rows
-            else None
+    present = tuple(k for k in _SCALAR_NAMES if k in keys)
+    if not present:
+        return None
+    got = _SCALAR_KINDS.get(present)
+    if got is None:
+        rows = [r for r in _NUM_SCALARS if r[0] in present]
+        got = _SCALAR_KINDS[present] = (
+            present,
+            sum(r[1] for r in rows),
+            np.array([[r[2]] for r in rows], dtype=np.float64),
+            np.array([r[3] for r in rows], dtype=np.float64),
+            np.array([r[4] for r in rows], dtype=np.float64),
+            tuple(r[5] for r in rows),
         )
     return got
 
 
 def _bool_kinds(keys: tuple[str, ...]) -> Any:
     """For samples with these keys: the booleans they carry (names, presence bits, flag shifts), or None."""
-    got = _BOOL_KINDS.get(keys)
-    if got is None and keys not in _BOOL_KINDS:
-        here = [i for i, k in enumerate(_BOOLS) if k in keys]
-        got = _BOOL_KINDS[keys] = (
-            (
-                tuple(_BOOLS[i] for i in here),
-                sum(_BOOL_BITS[i] for i in here),
-                np.array([[i] for i in here], dtype=np.uint8),
-            )
-            if here
-            else None
+    present = tuple(k for k in _BOOLS if k in keys)
+    if not present:
+        return None
+    got = _BOOL_KINDS.get(present)
+    if got is None:
+        here = [_BOOLS.index(k) for k in present]
+        got = _BOOL_KINDS[present] = (
+            present,
+            sum(_BOOL_BITS[i] for i in here),
+            np.array([[i] for i in here], dtype=np.uint8),
         )
     return got
 
