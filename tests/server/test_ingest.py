@@ -250,3 +250,29 @@ async def test_remote_config_reaches_the_gateway_once(world: World) -> None:
     assert detail["poll_interval_s"] == 2.0
     assert dev["config_version"] == 1 and dev["reported_config_version"] == 1
     assert dev["heartbeat"]["version"] == "0.1.0" and dev["last_contact"] is not None
+
+
+async def test_ingest_and_reads_take_no_trip_through_the_threadpool(world: World, monkeypatch) -> None:
+    """The per-request dependencies (store, ingest service, the caller's identity) only read memory or
+    await the database: none runs as a sync function in the threadpool, where each request would wait for
+    a worker thread (and a saturated pool would stall ingest). A plain ``def`` dependency fails this."""
+    import fastapi.dependencies.utils
+    import fastapi.routing
+
+    trips: list[str] = []
+    for module in (fastapi.dependencies.utils, fastapi.routing):
+        real = module.run_in_threadpool
+
+        async def counted(func, *args, _real=real, **kwargs):  # type: ignore[no-untyped-def]
+            trips.append(getattr(func, "__name__", repr(func)))
+            return await _real(func, *args, **kwargs)
+
+        monkeypatch.setattr(module, "run_in_threadpool", counted)
+    a = world.a
+    assert await _post(world, a.device, [sample(a.batteries[0], 1)]) == (
+        200,
+        {"accepted": 1, "duplicates": 0, "rejected": []},
+    )
+    async with client(world.base_url, a.admin) as c:
+        assert (await c.get("/api/v1/fleet")).status_code == 200
+    assert trips == []

@@ -74,9 +74,12 @@ class IngestService:
                 res.accepted, res.duplicates, errors, time.perf_counter() - started, transport
             )
         if self.alarms is not None and res.accepted:
-            refused = {r["index"] for r in res.rejected}
-            # packed samples, not wire dicts: the alarm service reuses their parsed ts_ms
-            self.alarms.submit(device.tenant_id, [p for p in parsed if p.index not in refused])
+            # packed samples, not wire dicts: the alarm service reuses their parsed ts_ms; all of them
+            # unless the store refused some (no per-sample pass for the usual batch)
+            if res.rejected and len(res.rejected) > len(rejected):
+                refused = {r["index"] for r in res.rejected}
+                parsed = [p for p in parsed if p.index not in refused]
+            self.alarms.submit(device.tenant_id, parsed)
         if self.hub is not None:
             for bid, sample in res.latest.items():
                 self.hub.publish(

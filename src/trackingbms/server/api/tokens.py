@@ -41,7 +41,7 @@ class ApiTokenCreated(ApiTokenOut):
     token: str = Field(description="shown once: store it now (only its hash is kept)")
 
 
-def _session_user(user: CurrentUser, cred: UserCredentials) -> CurrentUser:
+async def _session_user(user: CurrentUser, cred: UserCredentials) -> CurrentUser:
     if cred is not None and is_api_token(cred.credentials):
         raise HTTPException(403, "an API token cannot manage tokens: log in, or use the admin CLI")
     return user

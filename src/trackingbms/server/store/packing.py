@@ -4,9 +4,10 @@ and packs each into a compact binary row; reads unpack them.
 Hand-written rather than a serialisation library: a presence mask and wire resolutions give ~57 bytes for a
 16S sample, and validating while packing avoids building a pydantic object per sample. A batch goes through
 :func:`validate_batch`: samples with the same keys are checked a column at a time (set / min / max over a
-column run in C) and their cells and temperatures packed as numpy matrices, the way columnar engines
-vectorise; no library validates and packs this layout, and anything unusual falls back to
-:func:`validate_and_pack`, the reference the batch path is tested against.
+column run in C) and packed as one numpy matrix of rows, their times read a column at a time when written as
+gateways write them (:func:`_ts_column_ms`), the way columnar engines vectorise; no library validates and
+packs this layout, and anything unusual falls back to :func:`validate_and_pack` (and :func:`parse_ts_ms`),
+the reference the batch path is tested against.
 
 A stored sample is ``(stream_id, seq, ts_ms, data)`` where ``data`` is a small binary blob: a presence mask
 says which measurement fields are there, so a partial sample stays partial (absent is never stored as zero).
@@ -27,7 +28,7 @@ import math
 import operator
 import struct
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -409,7 +410,7 @@ class PackedSample(NamedTuple):
     seq: int
     ts_ms: int
     data: bytes
-    wire: dict[str, Any]
+    wire: dict[str, Any]  # the sample as received (the same dict, not a copy)
     series: Stats
 
 
@@ -422,26 +423,27 @@ def validate_batch(
     with anything unusual in it sends its samples through :func:`validate_and_pack` one by one."""
     if now_ms is None:
         now_ms = int(time.time() * 1000)
-    out: list[PackedSample | None] = [None] * len(raw)
+    n = len(raw)
+    out: list[PackedSample | None] = [None] * n
     groups: dict[tuple[str, ...], list[int]] = {}
-    slow: list[int] = []
-    for i, d in enumerate(raw):
-        if type(d) is dict:
-            k = tuple(d)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = [i]
-            else:
-                g.append(i)
-        else:
-            slow.append(i)
+    if n > 1 and set(map(type, raw)) == _DICT_TYPES:
+        # what a gateway sends: one shape throughout. As many keys in each as in the first, and each has
+        # the first's keys (_pack_columns' itemgetter raises KeyError otherwise): the same keys
+        keys = tuple(raw[0])
+        if set(map(len, raw)) == {len(keys)}:
+            packed = _pack_columns(keys, raw, range(n), now_ms, max_future_ms)
+            if packed is not None:
+                return packed, []
+    slow = _group(raw, groups)
     for keys, idx in groups.items():
-        packed = _pack_columns(keys, [raw[i] for i in idx], now_ms, max_future_ms) if len(idx) > 1 else None
-        if packed is None:
+        rows = (
+            _pack_columns(keys, [raw[i] for i in idx], idx, now_ms, max_future_ms) if len(idx) > 1 else None
+        )
+        if rows is None:
             slow += idx
             continue
-        for i, row in zip(idx, packed, strict=True):
-            out[i] = _new_tuple(PackedSample, (i, *row))
+        for p in rows:
+            out[p[0]] = p
     rejected: list[dict[str, Any]] = []
     for i in sorted(slow):
         try:
@@ -453,28 +455,37 @@ def validate_batch(
     return [p for p in out if p is not None], rejected
 
 
+def _group(raw: list[Any], groups: dict[tuple[str, ...], list[int]]) -> list[int]:
+    """Fill ``groups`` with the positions of the samples of each shape (their keys in order); returns the
+    positions of what is not an object."""
+    slow: list[int] = []
+    for i, d in enumerate(raw):
+        if type(d) is dict:
+            k = tuple(d)
+            g = groups.get(k)
+            if g is None:
+                groups[k] = [i]
+            else:
+                g.append(i)
+        else:
+            slow.append(i)
+    return slow
+
+
 _INT_TYPES = {int}
 _STR_TYPES = {str}
 _LIST_TYPES = {list}
-_BOOL_TYPES = {bool}
-_NUM_SCALARS = (  # key, presence bit, scale, lowest and highest stored value
-    ("voltage_v", B_VOLT, 1000, 0, 4294967295),
-    ("current_a", B_CURR, 1000, -2147483648, 2147483647),
-    ("soc_pct", B_SOC, 100, 0, 65535),
-    ("remaining_ah", B_REM, 1000, 0, 4294967295),
+_DICT_TYPES = {dict}
+_NUM_SCALARS = (  # key, presence bit, scale, lowest and highest stored value, stored type
+    ("voltage_v", B_VOLT, 1000, 0, 4294967295, "<u4"),
+    ("current_a", B_CURR, 1000, -2147483648, 2147483647, "<i4"),
+    ("soc_pct", B_SOC, 100, 0, 65535, "<u2"),
+    ("remaining_ah", B_REM, 1000, 0, 4294967295, "<u4"),
 )
-_ROW_HEADS: dict[int, struct.Struct] = {}
 _NONE = itertools.repeat(None)
 #: PackedSample from a ready tuple without its Python-level __new__ (once per sample)
 _new_tuple = tuple.__new__
-
-
-def _row_head(mask: int) -> struct.Struct:
-    """The mask, source|via byte and the scalars (what :func:`validate_and_pack` packs with two structs)."""
-    st = _ROW_HEADS.get(mask)
-    if st is None:
-        st = _ROW_HEADS[mask] = struct.Struct(_HDR.format + _scalar_struct(mask).format[1:])
-    return st
+_PACKED = itertools.repeat(PackedSample)
 
 
 _LIST_FIELD_BITS = (
@@ -532,10 +543,38 @@ def _rows(m: np.ndarray) -> list[bytes]:
     return [buf[i : i + w] for i in range(0, len(buf), w)]
 
 
-def _cells_matrix(cells: tuple[list[int], ...]) -> tuple[list[int], list[int], list[bytes]]:
-    """Cell lists of one length (ints, checked), packed as :func:`_pack_cells` packs each, as one matrix:
-    (min, max, packed bytes) per sample. ValueError / OverflowError when a value is out of range."""
-    a = np.array(cells, dtype=np.int64)  # OverflowError past int64
+def _le(a: np.ndarray, dtype: str) -> np.ndarray:
+    """A column of checked integers as a uint8 matrix of their little-endian ``dtype`` bytes."""
+    return a.astype(dtype).view(np.uint8).reshape(len(a), -1)
+
+
+def _one_length(col: tuple[Any, ...]) -> int | None:
+    """The length of every list of a column, or None unless all are lists of one length (1 to 255)."""
+    if set(map(type, col)) != _LIST_TYPES:
+        return None
+    lengths = set(map(len, col))
+    width = lengths.pop()
+    return width if not lengths and 0 < width <= 255 else None
+
+
+def _cells_matrix(
+    cells: tuple[Any, ...],
+) -> tuple[list[int], list[int], np.ndarray | list[bytes]] | None:
+    """Cell lists of one length, packed as :func:`_pack_cells` packs each, as one matrix: (min, max,
+    packed rows: a uint8 matrix, or bytes per sample when both modes occur). None unless lists of one
+    length (1 to 255) of integers 0 to 65535 (then the caller looks closer); TypeError for a bool."""
+    width = _one_length(cells)
+    if width is None:
+        return None
+    try:  # struct converts in C and refuses what is not an int in 0..65535 (floats, null, strings, ...)
+        raw = struct.pack(f"<{len(cells) * width}H", *itertools.chain.from_iterable(cells))
+    except struct.error:
+        return None
+    a = np.frombuffer(raw, dtype="<u2").reshape(len(cells), width).astype(np.int64)
+    # ... but takes a bool for 0 or 1: cells of at least 2 mV cannot hold one, so only a pack reading 0 or
+    # 1 mV costs the check per value
+    if a.min() < 2 and set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
+        raise TypeError
     lo, hi = a.min(axis=1), a.max(axis=1)
     if lo.min() < 0 or hi.max() > 65535:
         raise ValueError
@@ -548,18 +587,32 @@ def _cells_matrix(cells: tuple[list[int], ...]) -> tuple[list[int], list[int], l
         m = np.empty((a.shape[0], 2 + 2 * n), dtype=np.uint8)
         m[:, 0], m[:, 1] = n, 1
         m[:, 2:] = a.astype("<u2").view(np.uint8)
-        return lo.tolist(), hi.tolist(), _rows(m)
+        return lo.tolist(), hi.tolist(), m
     m = np.empty((a.shape[0], 3 + n), dtype=np.uint8)
     m[:, 0], m[:, 1] = n, 0
     m[:, 2], m[:, 3] = first & 0xFF, first >> 8  # u16 little-endian
     m[:, 4:] = (a[:, 1:] - first[:, None]) & 0xFF  # i8 deltas, two's complement
-    return lo.tolist(), hi.tolist(), _rows(m)
+    return lo.tolist(), hi.tolist(), m
 
 
-def _temps_matrix(temps: tuple[list[float], ...]) -> tuple[list[float], list[float], list[bytes]]:
-    """Temperature lists of one length (numbers, checked) at 0.1 °C as :func:`_pack_temps` packs each:
-    (min, max, packed bytes) per sample. ``np.rint`` rounds half to even on the same doubles as round()."""
-    t = np.array(temps, dtype=np.float64)  # ints past 2**53 lose digits here, but are out of range anyway
+def _temps_matrix(temps: tuple[Any, ...]) -> tuple[list[float], list[float], np.ndarray] | None:
+    """Temperature lists of one length at 0.1 °C as :func:`_pack_temps` packs each: (min, max, packed
+    rows as a uint8 matrix). ``np.rint`` rounds half to even on the same doubles as round(). None unless
+    lists of one length (1 to 255) of numbers (then the caller looks closer); TypeError for a bool;
+    ValueError when one is out of range."""
+    width = _one_length(temps)
+    if width is None:
+        return None
+    try:  # struct converts ints and floats to doubles in C, and refuses null, strings, lists, ...
+        raw = struct.pack(f"<{len(temps) * width}d", *itertools.chain.from_iterable(temps))
+    except (struct.error, OverflowError):
+        return None
+    t = np.frombuffer(raw, dtype="<f8").reshape(len(temps), width)
+    # ... but takes a bool as 0.0 or 1.0: only a 0 or a 1 among them costs the check per value
+    if ((t == 0) | (t == 1)).any() and not _NUMBER.issuperset(
+        map(type, itertools.chain.from_iterable(temps))
+    ):
+        raise TypeError
     if not np.isfinite(t).all():
         raise ValueError
     s = np.rint(t * 10)
@@ -570,7 +623,7 @@ def _temps_matrix(temps: tuple[list[float], ...]) -> tuple[list[float], list[flo
     m[:, 0] = t.shape[1]
     m[:, 1:] = s.astype("<i2").view(np.uint8)
     # + 0.0: round() gives int 0 for -0.04, whose / 10 is 0.0; rint gives -0.0
-    return (lo / 10 + 0.0).tolist(), (hi / 10 + 0.0).tolist(), _rows(m)
+    return (lo / 10 + 0.0).tolist(), (hi / 10 + 0.0).tolist(), m
 
 
 def _list_lengths(col: tuple[Any, ...]) -> tuple[int, int]:
@@ -591,18 +644,164 @@ def _codes(col: tuple[Any, ...], codes: dict[str, int]) -> list[int]:
     return list(map(codes.__getitem__, col))
 
 
-def _pack_columns(
-    keys: tuple[str, ...], group: list[dict[str, Any]], now_ms: int, max_future_ms: int
-) -> list[tuple[str, int, int, bytes, dict[str, Any], Stats]] | None:
-    """Samples that all carry exactly ``keys`` (in that order), validated and packed a column at a time:
-    the type and range checks are set / min / max over a column (C loops), the packing one struct call
-    per sample. All or nothing: None as soon as any value is not plainly valid (absent as None, empty
-    lists, errors, anything out of range); then :func:`validate_and_pack` decides, sample by sample, with
-    its exact messages. What this accepts it packs exactly as :func:`validate_and_pack` does
-    (tests/server/test_packing.py checks both ways on random batches)."""
-    if not _KNOWN.issuperset(keys) or "errors" in keys:
+#: cached per set of fields present (at most 16 each), not per key order: a client choosing its key orders
+#: must not grow them
+_SCALAR_KINDS: dict[tuple[str, ...], Any] = {}
+_BOOL_KINDS: dict[tuple[str, ...], Any] = {}
+_SCALAR_NAMES = tuple(r[0] for r in _NUM_SCALARS)
+
+
+def _scalar_kinds(keys: tuple[str, ...]) -> Any:
+    """For samples with these keys: the numeric scalars they carry (names, presence bits, and per
+    name as column vectors: scale, lowest and highest stored value; stored types), or None."""
+    present = tuple(k for k in _SCALAR_NAMES if k in keys)
+    if not present:
+        return None
+    got = _SCALAR_KINDS.get(present)
+    if got is None:
+        rows = [r for r in _NUM_SCALARS if r[0] in present]
+        got = _SCALAR_KINDS[present] = (
+            present,
+            sum(r[1] for r in rows),
+            np.array([[r[2]] for r in rows], dtype=np.float64),
+            np.array([r[3] for r in rows], dtype=np.float64),
+            np.array([r[4] for r in rows], dtype=np.float64),
+            tuple(r[5] for r in rows),
+        )
+    return got
+
+
+def _bool_kinds(keys: tuple[str, ...]) -> Any:
+    """For samples with these keys: the booleans they carry (names, presence bits, flag shifts), or None."""
+    present = tuple(k for k in _BOOLS if k in keys)
+    if not present:
+        return None
+    got = _BOOL_KINDS.get(present)
+    if got is None:
+        here = [_BOOLS.index(k) for k in present]
+        got = _BOOL_KINDS[present] = (
+            present,
+            sum(_BOOL_BITS[i] for i in here),
+            np.array([[i] for i in here], dtype=np.uint8),
+        )
+    return got
+
+
+def _power_w(volt: np.ndarray, curr: np.ndarray) -> list[float]:
+    """``round(v * c, 3)`` (:func:`~trackingbms.analytics.cells.pack_power_w`) of each pair. round() to 3
+    places is the double nearest the decimal rounding of the exact product (the product v * c is the same
+    double here); rint(p * 1000) / 1000 finds the same unless p * 1000's own rounding (under 10^-3 below
+    2^40) crosses a half: products within 10^-3 of one (a few per batch of 3-decimal figures) and huge
+    ones take round() itself. The same reasoning as store/history.py's round_array (which imports this
+    module)."""
+    p = volt * curr
+    y = p * 1000.0
+    k = np.rint(y)
+    if np.abs(y).max() >= 2.0**40:
+        return [round(v * c, 3) for v, c in zip(volt.tolist(), curr.tolist(), strict=True)]
+    out: list[float] = (k / 1000.0).tolist()
+    for i in np.flatnonzero(np.abs(np.abs(y - k) - 0.5) < 1e-3).tolist():
+        out[i] = round(float(volt[i]) * float(curr[i]), 3)
+    return out
+
+
+def _empty_lists(col: tuple[Any, ...]) -> bool:
+    """Every value an empty list (packed as one zero byte: the usual balancing and faults)."""
+    return set(map(type, col)) == _LIST_TYPES and not any(col)
+
+
+# The one time format gateways send (format_ts: ``2026-11-24T10:00:00.000Z``) and the same with a UTC
+# offset (``...000+02:00``), read a whole column at once: their characters as a uint8 matrix, checked
+# and weighed with a few numpy operations instead of a datetime per sample.
+_TS_SEP_POS = np.array([4, 7, 10, 13, 16, 19])
+_TS_SEP = np.frombuffer(b"--T::.", dtype=np.uint8)
+_TS_DIGIT_POS = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22])
+#: the largest digit each place may hold (month tens 1, day tens 3, hour tens 2, minute / second tens 5)
+_TS_DIGIT_MAX = np.array([9, 9, 9, 9, 1, 9, 3, 9, 2, 9, 5, 9, 5, 9, 9, 9, 9], dtype=np.uint8)
+#: digits → (YYYYMMDD, hour, minutes + seconds + milliseconds in ms); float64 matmul: exact below 2**53,
+#: and several times faster than numpy's integer matmul
+_TS_WEIGHTS = np.zeros((17, 3))
+_TS_WEIGHTS[:8, 0] = [10**7, 10**6, 10**5, 10**4, 1000, 100, 10, 1]
+_TS_WEIGHTS[8:10, 1] = [10, 1]
+_TS_WEIGHTS[10:, 2] = [600_000, 60_000, 10_000, 1000, 100, 10, 1]
+_OFFSET_DIGIT_POS = np.array([24, 25, 27, 28])
+_OFFSET_DIGIT_MAX = np.array([2, 9, 5, 9], dtype=np.uint8)
+_OFFSET_WEIGHTS = np.array([[10, 0], [1, 0], [0, 600_000], [0, 60_000]], dtype=np.float64)
+_UNIX_DAY1 = 719_163  # date(1970, 1, 1).toordinal()
+
+
+def _ts_column_ms(col: tuple[str, ...]) -> list[int] | None:
+    """:func:`parse_ts_ms` of each string of a column, or None unless every one is written
+    ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (or ``...mmm±HH:MM``) and is a valid time; then the caller parses them
+    one by one (every other form :func:`parse_ts_ms` accepts, and the errors)."""
+    width = len(col[0])
+    if (width != 24 and width != 29) or set(map(len, col)) != {width}:  # one width: rows line up
         return None
     try:
+        raw = "".join(col).encode("ascii")
+    except UnicodeEncodeError:
+        return None
+    m = np.frombuffer(raw, dtype=np.uint8).reshape(len(col), width)
+    if not (m[:, _TS_SEP_POS] == _TS_SEP).all():
+        return None
+    digits = m[:, _TS_DIGIT_POS] - np.uint8(48)  # a character below '0' wraps past 9
+    if (digits > _TS_DIGIT_MAX).any():
+        return None
+    f = (digits @ _TS_WEIGHTS).astype(np.int64)
+    if f[:, 1].max() > 23:
+        return None
+    ymd = f[:, 0]
+    lo, hi = int(ymd.min()), int(ymd.max())
+    try:  # datetime.date checks the month and the day of the month (leap years), once per distinct date
+        if lo == hi:
+            days: Any = date(lo // 10000, lo // 100 % 100, lo % 100).toordinal() - _UNIX_DAY1
+        else:
+            ymds, which = np.unique(ymd, return_inverse=True)
+            ordinals = [date(v // 10000, v // 100 % 100, v % 100).toordinal() for v in ymds.tolist()]
+            days = (np.array(ordinals, dtype=np.int64) - _UNIX_DAY1)[which]
+    except ValueError:
+        return None
+    ms = days * 86_400_000 + f[:, 1] * 3_600_000 + f[:, 2]
+    if width == 24:
+        if not (m[:, 23] == 90).all():  # "Z"
+            return None
+        return _since_1970(ms)
+    sign = m[:, 23]
+    plus = sign == 43  # "+"
+    if not (m[:, 26] == 58).all() or not (plus | (sign == 45)).all():  # ":", "-"
+        return None
+    digits = m[:, _OFFSET_DIGIT_POS] - np.uint8(48)
+    if (digits > _OFFSET_DIGIT_MAX).any():
+        return None
+    o = (digits @ _OFFSET_WEIGHTS).astype(np.int64)
+    if o[:, 0].max() > 23:  # datetime takes offsets under 24 h
+        return None
+    offset = o[:, 0] * 3_600_000 + o[:, 1]
+    return _since_1970(ms - np.where(plus, offset, -offset))
+
+
+def _since_1970(ms: np.ndarray) -> list[int] | None:
+    """The times as ints, None before 1970: there parse_ts_ms's int(timestamp()) rounds toward zero, a
+    second off what this computes (all are refused, before 2000, but with parse_ts_ms's figure)."""
+    return ms.tolist() if ms.min() >= 0 else None
+
+
+def _pack_columns(
+    keys: tuple[str, ...], group: list[dict[str, Any]], idx: Any, now_ms: int, max_future_ms: int
+) -> list[PackedSample] | None:
+    """Samples that all carry exactly ``keys`` (None if one lacks a key), at batch positions ``idx``,
+    validated and packed a column at a time: the type and range checks are set / min / max over a column (C
+    loops), the values converted and laid out as one uint8 matrix (a row per sample) by numpy. All or
+    nothing: None as soon as any value is not plainly valid (absent as None, errors, anything out of
+    range); then :func:`validate_and_pack` decides, sample by sample, with its exact messages. What this
+    accepts it packs exactly as :func:`validate_and_pack` does (tests/server/test_packing.py checks both
+    ways on random batches)."""
+    if not _KNOWN.issuperset(keys) or "errors" in keys:
+        return None
+    n = len(group)
+    try:
+        if len(keys) < 3:  # battery_id, seq, ts at least (and itemgetter(k) would not give tuples)
+            return None
         cols = dict(zip(keys, zip(*map(operator.itemgetter(*keys), group), strict=True), strict=True))
         bids = cols["battery_id"]
         if not all(map(is_battery_id, set(bids))):
@@ -613,86 +812,91 @@ def _pack_columns(
         ts_col = cols["ts"]
         if set(map(type, ts_col)) != _STR_TYPES:
             return None
-        parsed = {t: parse_ts_ms(t) for t in set(ts_col)}
-        tss = list(map(parsed.__getitem__, ts_col))
+        tss = _ts_column_ms(ts_col)
+        if tss is None:  # another accepted form (or junk: SampleError, then sample by sample)
+            parsed = {t: parse_ts_ms(t) for t in set(ts_col)}
+            tss = list(map(parsed.__getitem__, ts_col))
         if min(tss) < MIN_TS_MS or max(tss) > now_ms + max_future_ms:
             return None
 
+        # the row, left to right: mask and source|via (filled last), scalars, lists; a block is a uint8
+        # matrix (fixed width) or bytes per sample (variable width)
+        head = np.zeros((n, 3), dtype=np.uint8)
+        blocks: list[np.ndarray | list[bytes]] = [head]
         mask = 0
-        scalars: list[list[int]] = []
         col = cols.get("source")
-        svs: Any = _codes(col, _SOURCE_CODE) if col is not None else None
+        if col is not None:
+            head[:, 2] = _codes(col, _SOURCE_CODE)
         col = cols.get("via")
         if col is not None:
-            vias = [c << 4 for c in _codes(col, _VIA_CODE)]
-            svs = vias if svs is None else list(map(operator.or_, svs, vias))
-        svs = [0] * len(group) if svs is None else svs  # finite: map() below may get nothing else
-        floats: dict[str, list[float]] = {}
-        for key, bit, scale, lo, hi in _NUM_SCALARS:
-            col = cols.get(key)
-            if col is not None:
-                if not _NUMBER.issuperset(map(type, col)):
-                    return None
-                ints = [round(v * scale) for v in col]  # inf / nan raise: sample by sample then
-                if min(ints) < lo or max(ints) > hi:
-                    return None
-                mask |= bit
-                scalars.append(ints)
+            head[:, 2] |= np.array(_codes(col, _VIA_CODE), dtype=np.uint8) << 4
+        figures: dict[str, np.ndarray] = {}
+        scalars = _scalar_kinds(keys)
+        if scalars is not None:  # the measured numbers, all columns at once: a (columns, samples) matrix
+            names, bits, scales, lows, highs, stored = scalars
+            values = [cols[k] for k in names]
+            if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(values))):
+                return None
+            # rint(v * scale) is round(v * scale) on the same double (ints: exact in range)
+            doubles = struct.pack(f"<{len(names) * n}d", *itertools.chain.from_iterable(values))
+            s = np.rint(np.frombuffer(doubles, dtype="<f8").reshape(len(names), n) * scales)
+            if not np.isfinite(s).all() or (s.min(axis=1) < lows).any() or (s.max(axis=1) > highs).any():
+                return None
+            mask |= bits
+            for k, key in enumerate(names):
+                blocks.append(_le(s[k], stored[k]))
                 if key != "remaining_ah":
-                    floats[key] = [v / scale for v in ints]
+                    # + 0.0: no -0.0 (round() gives int 0, whose / scale is 0.0)
+                    figures[key] = s[k] / scales[k, 0] + 0.0
         col = cols.get("cycles")
         if col is not None:
             if set(map(type, col)) != _INT_TYPES or min(col) < 0 or max(col) > 65535:
                 return None
             mask |= B_CYC
-            scalars.append(col)  # type: ignore[arg-type]
+            blocks.append(_le(np.array(col), "<u2"))
         col = cols.get("state")
         if col is not None:
             mask |= B_STATE
-            scalars.append(_codes(col, _STATE_CODE))
-        flags: list[int] | None = None
-        for i, bkey in enumerate(_BOOLS):
-            col = cols.get(bkey)
-            if col is not None:
-                if set(map(type, col)) != _BOOL_TYPES:
-                    return None
-                mask |= _BOOL_BITS[i]
-                bits = [v << i for v in col]
-                flags = bits if flags is None else list(map(operator.or_, flags, bits))
-        if flags is not None:
-            scalars.append(flags)
-        for key, bit in _LIST_FIELD_BITS:
-            if key in cols:
-                mask |= bit
-        # mask, source|via and the scalars: one struct call per sample
-        parts: list[Any] = [list(map(_row_head(mask).pack, itertools.repeat(mask), svs, *scalars))]
+            blocks.append(np.array(_codes(col, _STATE_CODE), dtype=np.uint8).reshape(n, 1))
+        booleans = _bool_kinds(keys)
+        if booleans is not None:  # the four booleans, one flags byte
+            names, bits, shifts = booleans
+            flags = np.array([cols[k] for k in names])  # bool only if every value is (not an int, None)
+            if flags.dtype != np.bool_ or flags.ndim != 2:
+                return None
+            mask |= bits
+            blocks.append(np.bitwise_or.reduce(flags.view(np.uint8) << shifts, axis=0).reshape(n, 1))
 
         cmins: Any = _NONE
         cmaxs: Any = _NONE
         cells = cols.get("cells_mv")
         if cells is not None:
-            shortest, longest = _list_lengths(cells)
-            if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
-                return None
-            if shortest == longest:  # the usual: one pack, one cell count
-                cmins, cmaxs, packed = _cells_matrix(cells)
+            mask |= B_CELLS
+            got = _cells_matrix(cells)  # the usual: one pack, one cell count
+            if got is not None:
+                cmins, cmaxs, packed = got
             else:
+                _list_lengths(cells)
+                if set(map(type, itertools.chain.from_iterable(cells))) != _INT_TYPES:
+                    return None
                 cmins = list(map(min, cells))
                 cmaxs = list(map(max, cells))
                 if min(cmins) < 0 or max(cmaxs) > 65535:
                     return None
                 packed = list(map(_cells_bytes, cells, cmins, cmaxs))
-            parts.append(packed)
+            blocks.append(packed)
         tmins: Any = _NONE
         tmaxs: Any = _NONE
         temps = cols.get("temps_c")
         if temps is not None:
-            shortest, longest = _list_lengths(temps)
-            if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
-                return None
-            if shortest == longest:
-                tmins, tmaxs, packed = _temps_matrix(temps)
+            mask |= B_TEMPS
+            got = _temps_matrix(temps)
+            if got is not None:
+                tmins, tmaxs, packed = got
             else:
+                _list_lengths(temps)
+                if not _NUMBER.issuperset(map(type, itertools.chain.from_iterable(temps))):
+                    return None
                 scaled = [[round(t * 10) for t in ts] for ts in temps]
                 lo = list(map(min, scaled))
                 hi = list(map(max, scaled))
@@ -701,29 +905,38 @@ def _pack_columns(
                 packed = [_temps_struct(len(s)).pack(len(s), *s) for s in scaled]
                 tmins = [x / 10 for x in lo]
                 tmaxs = [x / 10 for x in hi]
-            parts.append(packed)
+            blocks.append(packed)
         col = cols.get("balancing")
         if col is not None:
-            parts.append(list(map(_balancing_bytes, col)))
+            mask |= B_BAL
+            blocks.append(
+                np.zeros((n, 1), np.uint8) if _empty_lists(col) else list(map(_balancing_bytes, col))
+            )
         col = cols.get("faults")
         if col is not None:
-            parts.append(list(map(_faults_bytes, col)))
+            mask |= B_FAULTS
+            blocks.append(np.zeros((n, 1), np.uint8) if _empty_lists(col) else list(map(_faults_bytes, col)))
         col = cols.get("fault_code")
         if col is not None:
-            if set(map(type, col)) != _INT_TYPES:
+            if set(map(type, col)) != _INT_TYPES or min(col) < 0 or max(col) > 255:
                 return None
-            parts.append(list(map(_U8.pack, col)))  # struct.error past 0..255
+            mask |= B_FCODE
+            blocks.append(np.array(col, dtype=np.uint8).reshape(n, 1))
     except (TypeError, ValueError, KeyError, OverflowError, struct.error):
         return None  # SampleError is a ValueError too: sample by sample, for its message
-    datas = list(map(b"".join, zip(*parts, strict=True))) if len(parts) > 1 else parts[0]
-    volts = floats.get("voltage_v")
-    currs = floats.get("current_a")
-    powers: Any = [round(v * c, 3) for v, c in zip(volts, currs, strict=True)] if volts and currs else _NONE
+    head[:, 0], head[:, 1] = mask & 0xFF, mask >> 8
+    datas = _join_blocks(blocks, n)
+    volt = figures.get("voltage_v")
+    curr = figures.get("current_a")
+    powers: Any = _power_w(volt, curr) if volt is not None and curr is not None else _NONE
+    volts = volt.tolist() if volt is not None else None
+    currs = curr.tolist() if curr is not None else None
+    socs = figures["soc_pct"].tolist() if "soc_pct" in figures else None
     deltas: Any = list(map(operator.sub, cmaxs, cmins)) if cells is not None else _NONE
     series = zip(
         volts or _NONE,
         currs or _NONE,
-        floats.get("soc_pct") or _NONE,
+        socs or _NONE,
         powers,
         cmins,
         cmaxs,
@@ -732,7 +945,28 @@ def _pack_columns(
         tmins,
         strict=False,  # the absent series are endless Nones
     )
-    return list(zip(bids, seqs, tss, datas, group, series, strict=False))
+    # one PackedSample per sample, built in C (tuple.__new__ over zipped columns)
+    return list(map(_new_tuple, _PACKED, zip(idx, bids, seqs, tss, datas, group, series, strict=False)))
+
+
+def _join_blocks(blocks: list[np.ndarray | list[bytes]], n: int) -> list[bytes]:
+    """Each sample's packed row: the matrices side by side, cut into rows (one slice per sample); with a
+    variable-width block in between, each sample's pieces joined."""
+    if all(type(b) is np.ndarray for b in blocks):
+        return _rows(np.concatenate(blocks, axis=1))  # type: ignore[arg-type]
+    parts: list[list[bytes]] = []
+    run: list[np.ndarray] = []
+    for b in blocks:
+        if type(b) is np.ndarray:
+            run.append(b)
+            continue
+        if run:
+            parts.append(_rows(np.concatenate(run, axis=1)))
+            run = []
+        parts.append(b)  # type: ignore[arg-type]
+    if run:
+        parts.append(_rows(np.concatenate(run, axis=1)))
+    return list(map(b"".join, zip(*parts, strict=True)))
 
 
 def ms_to_ts(ts_ms: int) -> str:
