@@ -42,6 +42,9 @@ class _NoEstimator:
     def update(self, sample: dict[str, Any], t: float | None = None) -> None:
         pass
 
+    def update_run(self, samples: list[tuple[float, dict[str, Any]]]) -> None:
+        pass
+
 
 def _packed(batch: list[dict[str, Any]], now_ms: int) -> list[PackedSample]:
     out = []

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -72,6 +74,39 @@ def _cells_range(series: Any) -> tuple[int, int] | None:
         return None
     lo, hi = series[_CELL_MIN], series[_CELL_MAX]
     return None if lo is None or hi is None else (lo, hi)
+
+
+def _run_metrics(
+    rows: list[_Row], wires: list[dict[str, Any]]
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    """Over a run of samples (none with a fault bit): per sample metric its (lowest, highest) value, the
+    ones :func:`sample_metrics` would give sample by sample (the temperatures' from every sensor of the
+    run, a range that holds both extremes' values), and each metric's value in the last sample that had
+    it. Column by column (C-level min / max), not a dict per sample."""
+    ranges: dict[str, tuple[Any, Any]] = {}
+    cells_col = [s.get("cells_mv") for s in wires]
+    if any(cells_col):
+        given = [r[2] for r in rows]
+        if None in given or not all(cells_col):  # the packing's (min, max) missing: found here
+            given = [cr or (min(c), max(c)) for cr, c in zip(given, cells_col, strict=True) if c]
+        los, his = [lo for lo, _ in given], [hi for _, hi in given]
+        spreads = list(map(operator.sub, his, los))
+        ranges["max_cell_mv"] = (min(his), max(his))
+        ranges["min_cell_mv"] = (min(los), max(los))
+        ranges["cell_spread_mv"] = (min(spreads), max(spreads))
+    temps = list(itertools.chain.from_iterable(t for s in wires if (t := s.get("temps_c"))))
+    if temps:
+        ranges["max_temp_c"] = ranges["min_temp_c"] = (min(temps), max(temps))
+    socs = [x for s in wires if (x := s.get("soc_pct")) is not None]
+    if socs:
+        ranges["soc_pct"] = (min(socs), max(socs))
+    latest: dict[str, Any] = {}
+    for k in range(len(rows) - 1, -1, -1):  # the last sample, unless it was partial
+        for metric, value in sample_metrics(wires[k], rows[k][2])[0].items():
+            latest.setdefault(metric, value)
+        if len(latest) == len(ranges):
+            break
+    return ranges, latest
 
 
 #: metric of each no-data rule → the connectivity state it counts
@@ -338,28 +373,42 @@ class AlarmService:
 
     def _feed(self, b: _Battery, rows: list[_Row]) -> list[AlarmEvent]:
         """``(ts_ms, wire sample, its cells' (min, max) or None)`` rows of one battery through its
-        estimator and sample rules, in ts order (per sample the hot path of ingest:
-        ``AlarmEvaluator.evaluate`` skips the rules a quiet one leaves as they are)."""
-        events: list[AlarmEvent] = []
+        estimator and sample rules, in ts order (older or repeated ts skipped). The hot path of ingest, so
+        the run is taken at once where it can be: the estimator's :meth:`update_run`, and the rules'
+        :meth:`~AlarmEvaluator.absorb_quiet` when no fault bit is set in the run and its per-metric
+        ranges stay inside every idle rule's bounds; else sample by sample (``evaluate``, itself with a
+        fast path for quiet samples). Same events and saved state either way (tests/server/
+        test_alarm_batches.py)."""
         rows.sort(key=itemgetter(0))
-        update = b.estimator.update
-        ev = b.samples_ev
+        kept: list[_Row] = []
         t_last_ms = b.t_last_ms
-        for ts_ms, s, cells_range_mv in rows:
-            if t_last_ms is not None and ts_ms <= t_last_ms:
-                continue
-            b.t_last_ms = t_last_ms = ts_ms
-            b.dirty = True
-            t = ts_ms / 1000
-            update(s, t)
+        for row in rows:
+            if t_last_ms is None or row[0] > t_last_ms:
+                kept.append(row)
+                t_last_ms = row[0]
+        if not kept:
+            return []
+        b.t_last_ms = t_last_ms
+        b.dirty = True
+        # the estimator does not read the rules, nor they it: each takes the whole run in turn
+        b.estimator.update_run([(ts_ms / 1000, s) for ts_ms, s, _ in kept])
+        ev = b.samples_ev
+        wires = [s for _, s, _ in kept]
+        faults_col = [s.get("faults") for s in wires]
+        if not any(faults_col):
+            ranges, latest = _run_metrics(kept, wires)
+            known = faults_col.count(None) != len(faults_col)
+            if ev.absorb_quiet(ranges, latest, faults_known=known):
+                return []
+        events: list[AlarmEvent] = []
+        for (ts_ms, s, cells_range_mv), faults in zip(kept, faults_col, strict=True):
             metrics, where = sample_metrics(s, cells_range_mv)
-            faults = s.get("faults")
             if faults:  # a fault bit met for the first time gets its rule
                 for name in faults:
                     m = f"fault:{name}"
                     if m not in ev.rules and m not in b.disabled_faults:
                         ev.add_rule(fault_rule(name))
-            events += ev.evaluate(t, metrics, where, faults_known=faults is not None)
+            events += ev.evaluate(ts_ms / 1000, metrics, where, faults_known=faults is not None)
         return events
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
