@@ -360,6 +360,16 @@ class AlarmEvaluator:
         self._plan = None
         return self._run(self.rules.values(), t, metrics, cells, faults_known)
 
+    def may_absorb(self, *, faults_known: bool) -> bool:
+        """Whether :meth:`absorb_quiet` can take a run at all (no rule busy; with a fault list, no idle fault
+        rule that 0 trips): the caller then computes the run's ranges."""
+        if not self.fast:
+            return False
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._make_plan()
+        return not plan.busy and (plan.zero_quiet or not faults_known)
+
     def absorb_quiet(
         self, ranges: dict[str, tuple[float, float]], latest: dict[str, float], *, faults_known: bool
     ) -> bool:

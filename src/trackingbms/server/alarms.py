@@ -28,7 +28,7 @@ import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -63,8 +63,10 @@ class Accepted(Protocol):
     def wire(self) -> dict[str, Any]: ...
 
 
-#: (ts_ms, wire sample, (min, max) of its cells_mv when the packing gave them) as _feed takes them
-_Row = tuple[int, dict[str, Any], tuple[int, int] | None]
+#: (ts_ms, wire sample, the packing's SERIES values or None) as _feed takes them
+_Row = tuple[int, dict[str, Any], Any]
+#: the row of a packed sample, fetched at C level (the grouping runs once per ingested sample)
+_PACKED_ROW = attrgetter("ts_ms", "wire", "series")
 _CELL_MIN, _CELL_MAX = SERIES.index("cell_min_mv"), SERIES.index("cell_max_mv")
 
 
@@ -86,10 +88,13 @@ def _run_metrics(
     ranges: dict[str, tuple[Any, Any]] = {}
     cells_col = [s.get("cells_mv") for s in wires]
     if any(cells_col):
-        given = [r[2] for r in rows]
-        if None in given or not all(cells_col):  # the packing's (min, max) missing: found here
-            given = [cr or (min(c), max(c)) for cr, c in zip(given, cells_col, strict=True) if c]
-        los, his = [lo for lo, _ in given], [hi for _, hi in given]
+        series = [r[2] for r in rows]
+        los = his = None
+        if all(cells_col) and all(type(x) is tuple and len(x) == len(SERIES) for x in series):
+            los, his = [x[_CELL_MIN] for x in series], [x[_CELL_MAX] for x in series]
+        if los is None or his is None or None in los or None in his:  # found here
+            given = [_cells_range(x) or (min(c), max(c)) for x, c in zip(series, cells_col, strict=True) if c]
+            los, his = [lo for lo, _ in given], [hi for _, hi in given]
         spreads = list(map(operator.sub, his, los))
         ranges["max_cell_mv"] = (min(his), max(his))
         ranges["min_cell_mv"] = (min(los), max(los))
@@ -102,7 +107,7 @@ def _run_metrics(
         ranges["soc_pct"] = (min(socs), max(socs))
     latest: dict[str, Any] = {}
     for k in range(len(rows) - 1, -1, -1):  # the last sample, unless it was partial
-        for metric, value in sample_metrics(wires[k], rows[k][2])[0].items():
+        for metric, value in sample_metrics(wires[k], _cells_range(rows[k][2]))[0].items():
             latest.setdefault(metric, value)
         if len(latest) == len(ranges):
             break
@@ -342,20 +347,26 @@ class AlarmService:
     async def _process(self, items: list[tuple[int, Sequence[dict[str, Any] | Accepted]]]) -> None:
         by_battery: dict[tuple[int, str], list[_Row]] = {}
         for tenant_id, samples in items:
+            per: dict[str, list[_Row]] = {}  # by battery_id within the tenant: no key tuple per sample
             for s in samples:
                 if type(s) is dict:  # wire form: its time not parsed yet
                     try:
-                        key, row = (tenant_id, s["battery_id"]), (packing.parse_ts_ms(s["ts"]), s, None)
+                        bid, row = s["battery_id"], (packing.parse_ts_ms(s["ts"]), s, None)
                     except (KeyError, packing.SampleError):
                         continue
                 else:
-                    key = (tenant_id, s.battery_id)  # type: ignore[union-attr]
-                    row = (s.ts_ms, s.wire, _cells_range(getattr(s, "series", None)))  # type: ignore[union-attr]
-                rows = by_battery.get(key)
+                    bid = s.battery_id  # type: ignore[union-attr]
+                    try:
+                        row = _PACKED_ROW(s)
+                    except AttributeError:  # no series given
+                        row = (s.ts_ms, s.wire, None)  # type: ignore[union-attr]
+                rows = per.get(bid)
                 if rows is None:
-                    by_battery[key] = [row]
+                    per[bid] = [row]
                 else:
                     rows.append(row)
+            for bid, rows in per.items():
+                by_battery.setdefault((tenant_id, bid), []).extend(rows)
         keys = {k for k in by_battery if k not in self.batteries}
         found = await self.store.battery_keys(keys)
         async with self._lock:
@@ -372,7 +383,7 @@ class AlarmService:
                 await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
 
     def _feed(self, b: _Battery, rows: list[_Row]) -> list[AlarmEvent]:
-        """``(ts_ms, wire sample, its cells' (min, max) or None)`` rows of one battery through its
+        """``(ts_ms, wire sample, the packing's series values or None)`` rows of one battery through its
         estimator and sample rules, in ts order (older or repeated ts skipped). The hot path of ingest, so
         the run is taken at once where it can be: the estimator's :meth:`update_run`, and the rules'
         :meth:`~AlarmEvaluator.absorb_quiet` when no fault bit is set in the run and its per-metric
@@ -396,13 +407,14 @@ class AlarmService:
         wires = [s for _, s, _ in kept]
         faults_col = [s.get("faults") for s in wires]
         if not any(faults_col):
-            ranges, latest = _run_metrics(kept, wires)
             known = faults_col.count(None) != len(faults_col)
-            if ev.absorb_quiet(ranges, latest, faults_known=known):
-                return []
+            if ev.may_absorb(faults_known=known):
+                ranges, latest = _run_metrics(kept, wires)
+                if ev.absorb_quiet(ranges, latest, faults_known=known):
+                    return []
         events: list[AlarmEvent] = []
-        for (ts_ms, s, cells_range_mv), faults in zip(kept, faults_col, strict=True):
-            metrics, where = sample_metrics(s, cells_range_mv)
+        for (ts_ms, s, series), faults in zip(kept, faults_col, strict=True):
+            metrics, where = sample_metrics(s, _cells_range(series))
             if faults:  # a fault bit met for the first time gets its rule
                 for name in faults:
                     m = f"fault:{name}"
