@@ -110,3 +110,25 @@ def test_windows_close_in_the_run() -> None:
     one_by_one = fed(pairs, random.Random(1), cfg, run=False)
     assert one_by_one[2]["resistance"]["windows"] >= 3
     assert fed(pairs, random.Random(1), cfg, run=True) == one_by_one
+
+
+class _RefitAtRestEnd(BatteryEstimator):
+    """Fits a new current offset at every rest's end (the real fit needs two full cycles in one chain,
+    rarer than a short simulation gives): the samples after it, in the same run, read the new one."""
+
+    def _rest_end(self) -> None:
+        super()._rest_end()
+        self.offset_a += 0.01
+
+
+def test_an_offset_fitted_at_a_rest_end_corrects_the_rest_of_the_run() -> None:
+    samples, _ = recorded(DAY, 5, chemistry="nmc", scenario="ebike-ride", seed=22)
+    pairs = roughen(samples, random.Random(3))
+    cfg = EstimatorConfig(rated_capacity_ah=100.0)
+    one, runs = _RefitAtRestEnd(cfg), _RefitAtRestEnd(cfg)
+    for t, s in pairs:
+        one.update(s, t)
+    for k in range(0, len(pairs), 64):
+        runs.update_run(pairs[k : k + 64])
+    assert one.offset_a > 0.05  # rests ended inside runs
+    assert json.dumps(runs.to_state()) == json.dumps(one.to_state())

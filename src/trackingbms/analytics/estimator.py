@@ -354,9 +354,9 @@ class BatteryEstimator:
 
         Why hand-written: per sample :meth:`update` reads and writes some twenty attributes, a third of
         the alarm service's CPU at ingest. Here the common sample (the current and every cell read, no
-        gap, no cell at the curve's end, no rest starting, qualifying for an anchor or ending, the
-        resistance window not broken by a spacing) runs with the state in locals; any other sample is
-        handed to :meth:`update` itself, the locals written back before and read again after.
+        gap, no cell at the curve's end, no rest anchor due, the resistance window not broken by a
+        spacing; a rest may start or end) runs with the state in locals; any other sample is handed to
+        :meth:`update` itself, the locals written back before and read again after.
         tests/analytics/test_estimator_run.py compares the saved states of both over simulated packs."""
         cfg = self.cfg
         max_gap_s, max_spacing_s, window_s = cfg.max_gap_s, cfg.max_spacing_s, cfg.window_s
@@ -403,19 +403,16 @@ class BatteryEstimator:
                         rem = r * 100 / soc
                 i = raw_i - offset_a if raw_i != 0 else 0.0
                 cap = cap_fixed or rem or 100.0
+                at_rest_zero = rest_starts = rest_ends = False
                 if abs(i) <= rest_c * cap and (rest_since is None or abs(i - rest_i) <= 0.02 * cap):
                     if rest_since is None:
-                        break  # a rest starts
-                    if t - rest_since >= rest_min_s:
+                        rest_starts = True
+                    elif t - rest_since >= rest_min_s:
                         if rest_last is None or t >= next_obs_t:
                             break  # an anchor
                         at_rest_zero = raw_i == 0
-                    else:
-                        at_rest_zero = False
                 elif rest_since is not None:
-                    break  # the rest ends
-                else:
-                    at_rest_zero = False
+                    rest_ends = True
                 if win and t - win[-1][0] > max_spacing_s:
                     break  # the window closes on the spacing
                 # the common sample: what update() does, in its order
@@ -442,6 +439,15 @@ class BatteryEstimator:
                     rest_last["zero_h"] = zero_h  # type: ignore[index]
                     rest_last["nonzero_h"] = nonzero_h  # type: ignore[index]
                     rest_last["q"] = q_ah  # type: ignore[index]
+                elif rest_starts:
+                    rest_since, rest_i = t, i
+                    self.rest_ref = [sum(cells) / len(cells), q_ah, t]
+                elif rest_ends:
+                    # _rest_end may fit the current offset from a full cycle (its capacity reference
+                    # reads the BMS's remaining Ah): the offset then corrects the next samples
+                    self.bms_remaining_ah = bms_rem
+                    self._rest_end()
+                    rest_since, rest_last, offset_a = None, None, self.offset_a
                 if win:
                     d = raw_i - win[-1][1]
                     win_exc += d * d
@@ -457,6 +463,7 @@ class BatteryEstimator:
             self.bms_soc, self.bms_remaining_ah = bms_soc, bms_rem
             self.samples, self.skipped = n_samples, skipped
             self.win_exc, self.win_start = win_exc, win_start
+            self.rest_since, self.rest_i = rest_since, rest_i
             if close:
                 self._close_window()
             elif k < n:
