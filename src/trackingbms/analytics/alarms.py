@@ -360,15 +360,16 @@ class AlarmEvaluator:
         self._plan = None
         return self._run(self.rules.values(), t, metrics, cells, faults_known)
 
-    def may_absorb(self, *, faults_known: bool) -> bool:
-        """Whether :meth:`absorb_quiet` can take a run at all (no rule busy; with a fault list, no idle fault
-        rule that 0 trips): the caller then computes the run's ranges."""
+    def quiet_bounds(self, *, faults_known: bool) -> dict[str, tuple[float, float]] | None:
+        """Per metric the (lowest, highest) value no idle rule trips on, when :meth:`absorb_quiet` can take
+        a run at all (no rule busy; with a fault list, no idle fault rule that 0 trips), else None: the
+        caller computes the run's ranges only then, and may stop at the first outside."""
         if not self.fast:
-            return False
+            return None
         plan = self._plan
         if plan is None:
             plan = self._plan = self._make_plan()
-        return not plan.busy and (plan.zero_quiet or not faults_known)
+        return None if plan.busy or (faults_known and not plan.zero_quiet) else plan.bounds
 
     def absorb_quiet(
         self, ranges: dict[str, tuple[float, float]], latest: dict[str, float], *, faults_known: bool

@@ -78,14 +78,30 @@ def _cells_range(series: Any) -> tuple[int, int] | None:
     return None if lo is None or hi is None else (lo, hi)
 
 
+def _inside(bounds: dict[str, tuple[float, float]], metric: str, lo: Any, hi: Any) -> bool:
+    b = bounds.get(metric)
+    return b is None or (b[0] <= lo and hi <= b[1])  # NaN is never inside
+
+
 def _run_metrics(
-    rows: list[_Row], wires: list[dict[str, Any]]
-) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]]:
+    rows: list[_Row], wires: list[dict[str, Any]], bounds: dict[str, tuple[float, float]]
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]] | None:
     """Over a run of samples (none with a fault bit): per sample metric its (lowest, highest) value, the
     ones :func:`sample_metrics` would give sample by sample (the temperatures' from every sensor of the
     run, a range that holds both extremes' values), and each metric's value in the last sample that had
-    it. Column by column (C-level min / max), not a dict per sample."""
+    it; None as soon as a range is outside the idle rules' ``bounds`` (the run goes sample by sample).
+    Column by column (C-level min / max), not a dict per sample; the cheap columns first."""
     ranges: dict[str, tuple[Any, Any]] = {}
+    socs = [x for s in wires if (x := s.get("soc_pct")) is not None]
+    if socs:
+        ranges["soc_pct"] = r = (min(socs), max(socs))
+        if not _inside(bounds, "soc_pct", *r):
+            return None
+    temps = list(itertools.chain.from_iterable(t for s in wires if (t := s.get("temps_c"))))
+    if temps:
+        ranges["max_temp_c"] = ranges["min_temp_c"] = r = (min(temps), max(temps))
+        if not (_inside(bounds, "max_temp_c", *r) and _inside(bounds, "min_temp_c", *r)):
+            return None
     cells_col = [s.get("cells_mv") for s in wires]
     if any(cells_col):
         series = [r[2] for r in rows]
@@ -99,12 +115,6 @@ def _run_metrics(
         ranges["max_cell_mv"] = (min(his), max(his))
         ranges["min_cell_mv"] = (min(los), max(los))
         ranges["cell_spread_mv"] = (min(spreads), max(spreads))
-    temps = list(itertools.chain.from_iterable(t for s in wires if (t := s.get("temps_c"))))
-    if temps:
-        ranges["max_temp_c"] = ranges["min_temp_c"] = (min(temps), max(temps))
-    socs = [x for s in wires if (x := s.get("soc_pct")) is not None]
-    if socs:
-        ranges["soc_pct"] = (min(socs), max(socs))
     latest: dict[str, Any] = {}
     for k in range(len(rows) - 1, -1, -1):  # the last sample, unless it was partial
         for metric, value in sample_metrics(wires[k], _cells_range(rows[k][2]))[0].items():
@@ -408,9 +418,10 @@ class AlarmService:
         faults_col = [s.get("faults") for s in wires]
         if not any(faults_col):
             known = faults_col.count(None) != len(faults_col)
-            if ev.may_absorb(faults_known=known):
-                ranges, latest = _run_metrics(kept, wires)
-                if ev.absorb_quiet(ranges, latest, faults_known=known):
+            bounds = ev.quiet_bounds(faults_known=known)
+            if bounds is not None:
+                found = _run_metrics(kept, wires, bounds)
+                if found is not None and ev.absorb_quiet(*found, faults_known=known):
                     return []
         events: list[AlarmEvent] = []
         for (ts_ms, s, series), faults in zip(kept, faults_col, strict=True):
