@@ -1,7 +1,7 @@
 """Alarm evaluation cost: what the server's alarm service spends per ingested sample (the analytics
 estimator + the sample rules), in CPU time on one core (best of ``--repeat`` runs).
 
-    python bench/alarms.py --json
+    python bench/alarms.py --json [--compare main]
 
 Prints {"feed_samples_per_s", "feed_us_per_sample", ...}: ``feed_*`` is the service's per-battery feed
 (estimator, sample metrics, rules) given samples with their time parsed; ``full_pass_samples_per_s`` with
@@ -20,10 +20,15 @@ import asyncio
 import gc
 import json
 import math
+import os
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -40,6 +45,9 @@ class _NoEstimator:
     t_last = None
 
     def update(self, sample: dict[str, Any], t: float | None = None) -> None:
+        pass
+
+    def update_run(self, samples: list[tuple[float, dict[str, Any]]]) -> None:
         pass
 
 
@@ -84,6 +92,31 @@ async def bench_service(n: int, repeat: int, forms: tuple[str, ...] = ("packed",
     return out
 
 
+def run_previous(rev: str, argv: list[str]) -> dict[str, Any]:
+    """Git revision ``rev``'s own copy of this benchmark (its ``src`` and ``bench``, its code first on
+    ``PYTHONPATH``) with the same arguments: its JSON line, or ``{"error": ...}``; never raises."""
+    with tempfile.TemporaryDirectory(prefix="bench-prev-") as tmp:
+        archive = Path(tmp) / "rev.tar"
+        r = subprocess.run(
+            ["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", "-o", str(archive), rev,
+             "src", "bench"],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        if r.returncode:
+            return {"rev": rev, "error": f"git archive {rev}: {r.stderr.strip()[:200]}"}
+        with tarfile.open(archive) as tar:
+            tar.extractall(tmp, filter="data")
+        env = {**os.environ, "PYTHONPATH": str(Path(tmp) / "src")}
+        r = subprocess.run(
+            [sys.executable, str(Path(tmp) / "bench" / "alarms.py"), "--json", *argv],
+            env=env, capture_output=True, text=True,
+        )  # fmt: skip
+        for line in r.stdout.splitlines():
+            if line.startswith("{"):
+                return {"rev": rev, **json.loads(line)}
+        return {"rev": rev, "error": (r.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
@@ -92,7 +125,19 @@ def main() -> None:
         "--no-service", dest="service", action="store_false", help="skip the whole-service figure"
     )
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure, the best kept")
+    ap.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also run git revision REV's own copy of this benchmark (e.g. main) just before this one, in "
+        "the same window, and print its figures as 'previous'",
+    )
     args = ap.parse_args()
+    previous = None
+    if args.compare:
+        argv = ["--samples", str(args.samples), "--repeat", str(args.repeat)] + (
+            [] if args.service else ["--no-service"]
+        )
+        previous = run_previous(args.compare, argv)
     gc.freeze()  # the server's collector settings (cli/server.py)
     gc.set_threshold(100_000, 50, 100)
     t0 = datetime.now(UTC)
@@ -145,6 +190,8 @@ def main() -> None:
     out["rules_only_full_pass_samples_per_s"] = round(run(_NoEstimator, lambda: list(rows), False))
     if args.service:
         out.update(asyncio.run(bench_service(args.samples, args.repeat)))
+    if previous is not None:
+        out["previous"] = previous
     print(json.dumps(out) if args.json else out)
 
 

@@ -382,6 +382,45 @@ class AlarmEvaluator:
         self._plan = None
         return self._run(self.rules.values(), t, metrics, cells, faults_known)
 
+    def quiet_bounds(self, *, faults_known: bool) -> dict[str, tuple[float, float]] | None:
+        """Per metric the (lowest, highest) value no idle rule trips on, when :meth:`absorb_quiet` can take
+        a run at all (no rule busy; with a fault list, no idle fault rule that 0 trips), else None: the
+        caller computes the run's ranges only then, and may stop at the first outside."""
+        if not self.fast:
+            return None
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._make_plan()
+        return None if plan.busy or (faults_known and not plan.zero_quiet) else plan.bounds
+
+    def absorb_quiet(
+        self, ranges: dict[str, tuple[float, float]], latest: dict[str, float], *, faults_known: bool
+    ) -> bool:
+        """A run of samples at once, when it is quiet as a whole: no rule busy, and each metric's
+        (lowest, highest) over the run (``ranges``) inside the bounds the idle rules allow. Then each
+        sample would have taken the fast path of :meth:`evaluate` and raised nothing: only the values are
+        kept aside, ``latest`` (each metric's value in the last sample that had it) and, when any sample
+        had a fault list (``faults_known``), every fault rule's metric at 0. True when taken; False
+        (nothing changed) when the run must go sample by sample. The caller leaves out runs with a fault
+        bit set (their rules are added on the way). A NaN in ``ranges`` is never inside."""
+        if not self.fast:
+            return False
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._make_plan()
+        bounds, busy, zero_quiet, fault_zeros = plan
+        if busy or (faults_known and not zero_quiet):
+            return False
+        for metric, (lo, hi) in ranges.items():
+            b = bounds.get(metric)
+            if b is not None and not (b[0] <= lo and hi <= b[1]):
+                return False
+        pending = self._unsettled
+        if faults_known and fault_zeros:
+            pending.update(fault_zeros)
+        pending.update(latest)
+        return True
+
     def _run(
         self,
         rules: Iterable[Rule],

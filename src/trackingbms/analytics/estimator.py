@@ -52,6 +52,7 @@ Methods, and where they come from:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from statistics import median
@@ -356,6 +357,129 @@ class BatteryEstimator:
             if self.n_cells:
                 self.clip_mv = CURVES[chemistry].table[-1][1]
         self.rated_ah = rated_capacity_ah
+
+    def update_run(self, samples: Sequence[tuple[float, dict[str, Any]]]) -> None:
+        """:meth:`update` over ``(t, sample)`` pairs in order, with the same result bit for bit (the same
+        float operations in the same order), faster: the server feeds runs of a battery's samples.
+
+        Why hand-written: per sample :meth:`update` reads and writes some twenty attributes, a third of
+        the alarm service's CPU at ingest. Here the common sample (the current and every cell read, no
+        gap, no cell at the curve's end, no rest anchor due, the resistance window not broken by a
+        spacing; a rest may start or end) runs with the state in locals; any other sample is handed to
+        :meth:`update` itself, the locals written back before and read again after.
+        tests/analytics/test_estimator_run.py compares the saved states of both over simulated packs."""
+        cfg = self.cfg
+        max_gap_s, max_spacing_s, window_s = cfg.max_gap_s, cfg.max_spacing_s, cfg.window_s
+        rest_c, rest_min_s, balance_a = cfg.rest_current_c, cfg.rest_min_s, cfg.balance_current_a
+        slow = self.update
+        n = len(samples)
+        k = 0
+        while k < n:
+            # (re)load the state the slow path or a closed window may have changed
+            t_last, q_ah, zero_h, nonzero_h = self.t_last, self.q_ah, self.zero_h, self.nonzero_h
+            i_last, raw_i_last, balancing_last = self.i_last, self.raw_i_last, self.balancing_last
+            bms_soc, bms_rem = self.bms_soc, self.bms_remaining_ah
+            n_samples, skipped = self.samples, self.skipped
+            win, win_exc, win_start = self.win, self.win_exc, self.win_start
+            n_cells, clip_mv, offset_a, bleed_ah = self.n_cells, self.clip_mv, self.offset_a, self.bleed_ah
+            cap_fixed = self.cap_est or self.rated_ah
+            rest_since, rest_i, rest_last, next_obs_t = (
+                self.rest_since, self.rest_i, self.rest_last, self.next_obs_t,
+            )  # fmt: skip
+            close = False
+            while k < n:
+                t, s = samples[k]
+                if t_last is not None and t <= t_last:
+                    skipped += 1
+                    k += 1
+                    continue
+                get = s.get
+                raw_i = get("current_a")
+                cells = get("cells_mv")
+                if (
+                    t_last is None
+                    or t - t_last > max_gap_s
+                    or raw_i is None
+                    or not cells
+                    or len(cells) != n_cells
+                    or max(cells) >= clip_mv
+                ):
+                    break
+                soc = get("soc_pct")
+                rem = bms_rem
+                if soc is not None:
+                    r = get("remaining_ah")
+                    if r is not None and soc >= 20:
+                        rem = r * 100 / soc
+                i = raw_i - offset_a if raw_i != 0 else 0.0
+                cap = cap_fixed or rem or 100.0
+                at_rest_zero = rest_starts = rest_ends = False
+                if abs(i) <= rest_c * cap and (rest_since is None or abs(i - rest_i) <= 0.02 * cap):
+                    if rest_since is None:
+                        rest_starts = True
+                    elif t - rest_since >= rest_min_s:
+                        if rest_last is None or t >= next_obs_t:
+                            break  # an anchor
+                        at_rest_zero = raw_i == 0
+                elif rest_since is not None:
+                    rest_ends = True
+                if win and t - win[-1][0] > max_spacing_s:
+                    break  # the window closes on the spacing
+                # the common sample: what update() does, in its order
+                n_samples += 1
+                if soc is not None:
+                    bms_soc = soc
+                    bms_rem = rem
+                h = (t - t_last) / 3600
+                q_ah += i_last * h
+                if raw_i_last == 0:
+                    zero_h += h
+                else:
+                    nonzero_h += h
+                if bleed_ah and balancing_last:
+                    bleed = balance_a * h
+                    for c in balancing_last:
+                        if 0 < c <= len(bleed_ah):
+                            bleed_ah[c - 1] += bleed
+                balancing_last = get("balancing") or []
+                t_last = t
+                raw_i_last, i_last = raw_i, i
+                if at_rest_zero:
+                    rest_last["t"] = t  # type: ignore[index]
+                    rest_last["zero_h"] = zero_h  # type: ignore[index]
+                    rest_last["nonzero_h"] = nonzero_h  # type: ignore[index]
+                    rest_last["q"] = q_ah  # type: ignore[index]
+                elif rest_starts:
+                    rest_since, rest_i = t, i
+                    self.rest_ref = [sum(cells) / len(cells), q_ah, t]
+                elif rest_ends:
+                    # _rest_end may fit the current offset from a full cycle (its capacity reference
+                    # reads the BMS's remaining Ah): the offset then corrects the next samples
+                    self.bms_remaining_ah = bms_rem
+                    self._rest_end()
+                    rest_since, rest_last, offset_a = None, None, self.offset_a
+                if win:
+                    d = raw_i - win[-1][1]
+                    win_exc += d * d
+                else:
+                    win_start = t
+                win.append([t, raw_i, cells, get("temps_c"), q_ah])
+                k += 1
+                if t - win_start >= window_s:
+                    close = True
+                    break
+            self.t_last, self.q_ah, self.zero_h, self.nonzero_h = t_last, q_ah, zero_h, nonzero_h
+            self.i_last, self.raw_i_last, self.balancing_last = i_last, raw_i_last, balancing_last
+            self.bms_soc, self.bms_remaining_ah = bms_soc, bms_rem
+            self.samples, self.skipped = n_samples, skipped
+            self.win_exc, self.win_start = win_exc, win_start
+            self.rest_since, self.rest_i = rest_since, rest_i
+            if close:
+                self._close_window()
+            elif k < n:
+                t, s = samples[k]
+                slow(s, t)
+                k += 1
 
     def _first_cells(self, cells: list[int]) -> None:
         self.n_cells = len(cells)

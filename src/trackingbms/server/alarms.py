@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import operator
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import orjson
@@ -61,8 +63,10 @@ class Accepted(Protocol):
     def wire(self) -> dict[str, Any]: ...
 
 
-#: (ts_ms, wire sample, (min, max) of its cells_mv when the packing gave them) as _feed takes them
-_Row = tuple[int, dict[str, Any], tuple[int, int] | None]
+#: (ts_ms, wire sample, the packing's SERIES values or None) as _feed takes them
+_Row = tuple[int, dict[str, Any], Any]
+#: the row of a packed sample, fetched at C level (the grouping runs once per ingested sample)
+_PACKED_ROW = attrgetter("ts_ms", "wire", "series")
 _CELL_MIN, _CELL_MAX = SERIES.index("cell_min_mv"), SERIES.index("cell_max_mv")
 
 
@@ -72,6 +76,52 @@ def _cells_range(series: Any) -> tuple[int, int] | None:
         return None
     lo, hi = series[_CELL_MIN], series[_CELL_MAX]
     return None if lo is None or hi is None else (lo, hi)
+
+
+def _inside(bounds: dict[str, tuple[float, float]], metric: str, lo: Any, hi: Any) -> bool:
+    b = bounds.get(metric)
+    return b is None or (b[0] <= lo and hi <= b[1])  # NaN is never inside
+
+
+def _run_metrics(
+    rows: list[_Row], wires: list[dict[str, Any]], bounds: dict[str, tuple[float, float]]
+) -> tuple[dict[str, tuple[Any, Any]], dict[str, Any]] | None:
+    """Over a run of samples (none with a fault bit): per sample metric its (lowest, highest) value, the
+    ones :func:`sample_metrics` would give sample by sample (the temperatures' from every sensor of the
+    run, a range that holds both extremes' values), and each metric's value in the last sample that had
+    it; None as soon as a range is outside the idle rules' ``bounds`` (the run goes sample by sample).
+    Column by column (C-level min / max), not a dict per sample; the cheap columns first."""
+    ranges: dict[str, tuple[Any, Any]] = {}
+    socs = [x for s in wires if (x := s.get("soc_pct")) is not None]
+    if socs:
+        ranges["soc_pct"] = r = (min(socs), max(socs))
+        if not _inside(bounds, "soc_pct", *r):
+            return None
+    temps = list(itertools.chain.from_iterable(t for s in wires if (t := s.get("temps_c"))))
+    if temps:
+        ranges["max_temp_c"] = ranges["min_temp_c"] = r = (min(temps), max(temps))
+        if not (_inside(bounds, "max_temp_c", *r) and _inside(bounds, "min_temp_c", *r)):
+            return None
+    cells_col = [s.get("cells_mv") for s in wires]
+    if any(cells_col):
+        series = [r[2] for r in rows]
+        los = his = None
+        if all(cells_col) and all(type(x) is tuple and len(x) == len(SERIES) for x in series):
+            los, his = [x[_CELL_MIN] for x in series], [x[_CELL_MAX] for x in series]
+        if los is None or his is None or None in los or None in his:  # found here
+            given = [_cells_range(x) or (min(c), max(c)) for x, c in zip(series, cells_col, strict=True) if c]
+            los, his = [lo for lo, _ in given], [hi for _, hi in given]
+        spreads = list(map(operator.sub, his, los))
+        ranges["max_cell_mv"] = (min(his), max(his))
+        ranges["min_cell_mv"] = (min(los), max(los))
+        ranges["cell_spread_mv"] = (min(spreads), max(spreads))
+    latest: dict[str, Any] = {}
+    for k in range(len(rows) - 1, -1, -1):  # the last sample, unless it was partial
+        for metric, value in sample_metrics(wires[k], _cells_range(rows[k][2]))[0].items():
+            latest.setdefault(metric, value)
+        if len(latest) == len(ranges):
+            break
+    return ranges, latest
 
 
 #: metric of each no-data rule → the connectivity state it counts
@@ -321,20 +371,26 @@ class AlarmService:
     async def _process(self, items: list[tuple[int, Sequence[dict[str, Any] | Accepted]]]) -> None:
         by_battery: dict[tuple[int, str], list[_Row]] = {}
         for tenant_id, samples in items:
+            per: dict[str, list[_Row]] = {}  # by battery_id within the tenant: no key tuple per sample
             for s in samples:
                 if type(s) is dict:  # wire form: its time not parsed yet
                     try:
-                        key, row = (tenant_id, s["battery_id"]), (packing.parse_ts_ms(s["ts"]), s, None)
+                        bid, row = s["battery_id"], (packing.parse_ts_ms(s["ts"]), s, None)
                     except (KeyError, packing.SampleError):
                         continue
                 else:
-                    key = (tenant_id, s.battery_id)  # type: ignore[union-attr]
-                    row = (s.ts_ms, s.wire, _cells_range(getattr(s, "series", None)))  # type: ignore[union-attr]
-                rows = by_battery.get(key)
+                    bid = s.battery_id  # type: ignore[union-attr]
+                    try:
+                        row = _PACKED_ROW(s)
+                    except AttributeError:  # no series given
+                        row = (s.ts_ms, s.wire, None)  # type: ignore[union-attr]
+                rows = per.get(bid)
                 if rows is None:
-                    by_battery[key] = [row]
+                    per[bid] = [row]
                 else:
                     rows.append(row)
+            for bid, rows in per.items():
+                by_battery.setdefault((tenant_id, bid), []).extend(rows)
         keys = {k for k in by_battery if k not in self.batteries}
         found = await self.store.battery_keys(keys)
         async with self._lock:
@@ -351,29 +407,45 @@ class AlarmService:
                 await asyncio.sleep(0)  # CPU work in the server's loop: let requests in between
 
     def _feed(self, b: _Battery, rows: list[_Row]) -> list[AlarmEvent]:
-        """``(ts_ms, wire sample, its cells' (min, max) or None)`` rows of one battery through its
-        estimator and sample rules, in ts order (per sample the hot path of ingest:
-        ``AlarmEvaluator.evaluate`` skips the rules a quiet one leaves as they are)."""
-        events: list[AlarmEvent] = []
+        """``(ts_ms, wire sample, the packing's series values or None)`` rows of one battery through its
+        estimator and sample rules, in ts order (older or repeated ts skipped). The hot path of ingest, so
+        the run is taken at once where it can be: the estimator's :meth:`update_run`, and the rules'
+        :meth:`~AlarmEvaluator.absorb_quiet` when no fault bit is set in the run and its per-metric
+        ranges stay inside every idle rule's bounds; else sample by sample (``evaluate``, itself with a
+        fast path for quiet samples). Same events and saved state either way (tests/server/
+        test_alarm_batches.py)."""
         rows.sort(key=itemgetter(0))
-        update = b.estimator.update
-        ev = b.samples_ev
+        kept: list[_Row] = []
         t_last_ms = b.t_last_ms
-        for ts_ms, s, cells_range_mv in rows:
-            if t_last_ms is not None and ts_ms <= t_last_ms:
-                continue
-            b.t_last_ms = t_last_ms = ts_ms
-            b.dirty = True
-            t = ts_ms / 1000
-            update(s, t)
-            metrics, where = sample_metrics(s, cells_range_mv)
-            faults = s.get("faults")
+        for row in rows:
+            if t_last_ms is None or row[0] > t_last_ms:
+                kept.append(row)
+                t_last_ms = row[0]
+        if not kept:
+            return []
+        b.t_last_ms = t_last_ms
+        b.dirty = True
+        # the estimator does not read the rules, nor they it: each takes the whole run in turn
+        b.estimator.update_run([(ts_ms / 1000, s) for ts_ms, s, _ in kept])
+        ev = b.samples_ev
+        wires = [s for _, s, _ in kept]
+        faults_col = [s.get("faults") for s in wires]
+        if not any(faults_col):
+            known = faults_col.count(None) != len(faults_col)
+            bounds = ev.quiet_bounds(faults_known=known)
+            if bounds is not None:
+                found = _run_metrics(kept, wires, bounds)
+                if found is not None and ev.absorb_quiet(*found, faults_known=known):
+                    return []
+        events: list[AlarmEvent] = []
+        for (ts_ms, s, series), faults in zip(kept, faults_col, strict=True):
+            metrics, where = sample_metrics(s, _cells_range(series))
             if faults:  # a fault bit met for the first time gets its rule
                 for name in faults:
                     m = f"fault:{name}"
                     if m not in ev.rules and m not in b.disabled_faults:
                         ev.add_rule(fault_rule(name))
-            events += ev.evaluate(t, metrics, where, faults_known=faults is not None)
+            events += ev.evaluate(ts_ms / 1000, metrics, where, faults_known=faults is not None)
         return events
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
