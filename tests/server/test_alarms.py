@@ -237,10 +237,21 @@ def webhook() -> Iterator[tuple[list[dict[str, Any]], int]]:
         httpd.shutdown()
 
 
+#: the grouping window of the notification test: two gateways' batches evaluated on a loaded machine can be
+#: more than 0.5 s apart (the test failed so at load 10-13); the product's default is 5 s
+GROUP_S = 3.0
+
+
 async def test_notifications_grouped_one_per_crossing_smtp_and_webhook(
-    fast_world: World, smtp: tuple[Inbox, int], webhook: tuple[list[dict[str, Any]], int]
+    start_server: Callable[..., ServerThread],
+    database_url: str,
+    smtp: tuple[Inbox, int],
+    webhook: tuple[list[dict[str, Any]], int],
 ) -> None:
-    w, a = fast_world, fast_world.a
+    server = await asyncio.to_thread(start_server, alarm_interval_s=0.3, notify_group_s=GROUP_S)
+    async with p.open_store(database_url) as store:
+        a = await provision(store, server.base_url, "acme")
+    w = World(server.base_url, database_url, a, a, server)
     inbox, smtp_port = smtp
     hooks, hook_port = webhook
     async with client(w.base_url, a.admin) as c:
@@ -263,7 +274,7 @@ async def test_notifications_grouped_one_per_crossing_smtp_and_webhook(
     await wait_for(lambda: asyncio.sleep(0, len(hooks)), lambda n: n >= 1, "a webhook")
     # the fault persists in later samples: no new message (one per crossing)
     await ingest(w, a.device, [sample(a.batteries[0], 2, **fault)])
-    await asyncio.sleep(1.5)  # longer than the grouping window: a message would have gone by now
+    await asyncio.sleep(GROUP_S + 1.0)  # longer than the grouping window: a message would have gone by now
     assert len(inbox.messages) == 1 and len(hooks) == 1
     text = inbox.messages[0]
     for bid in a.batteries:
@@ -274,7 +285,7 @@ async def test_notifications_grouped_one_per_crossing_smtp_and_webhook(
     await ingest(w, a.device, [sample(a.batteries[0], 3, faults=[])])
     await wait_for(lambda: asyncio.sleep(0, len(inbox.messages)), lambda n: n >= 2, "a recovery e-mail")
     assert "cleared" in inbox.messages[1] and "acme-p1" in inbox.messages[1]
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(1.0)  # the recovery e-mail went: its group is closed, a webhook would have gone too
     assert len(hooks) == 1
 
 
