@@ -192,3 +192,22 @@ async def client(base_url: str, token: str | None = None) -> AsyncIterator[httpx
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as c:
         yield c
+
+
+def migrate(url: str, revision: str, down: bool = False) -> None:
+    """Alembic upgrade (or downgrade) of the database at ``url`` to ``revision``, synchronously (the
+    migration tests bring a database to an older revision, fill it the old way, then upgrade)."""
+    from alembic import command
+
+    from trackingbms.server.db import _alembic_config, make_engine
+
+    async def run() -> None:
+        engine = make_engine(url)
+        try:
+            async with engine.begin() as conn:
+                step = command.downgrade if down else command.upgrade
+                await conn.run_sync(lambda sync_conn: step(_alembic_config(sync_conn), revision))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())

@@ -12,27 +12,11 @@ from typing import Any
 from sqlalchemy import text
 
 from trackingbms.server import provisioning as p
-from trackingbms.server.db import _alembic_config, make_engine
+from trackingbms.server.db import make_engine
+
+from .conftest import migrate
 
 CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
-
-
-def _migrate(url: str, revision: str, down: bool) -> None:
-    from alembic import command
-
-    async def go() -> None:
-        engine = make_engine(url)
-        try:
-            async with engine.begin() as conn:
-
-                def run(sync_conn: Any) -> None:
-                    (command.downgrade if down else command.upgrade)(_alembic_config(sync_conn), revision)
-
-                await conn.run_sync(run)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
 
 
 async def _batteries(url: str) -> list[tuple[Any, ...]]:
@@ -73,9 +57,9 @@ def test_migration_0011_adds_an_empty_profile_and_downgrades_keeping_the_batteri
         ("pack-1", "pack-1", "nmc", 20.0),
         ("pack-2", "pack-2", None, None),
     ]
-    _migrate(database_url, "0010", down=True)
+    migrate(database_url, "0010", down=True)
     assert asyncio.run(_batteries(database_url)) == [("pack-1", "pack-1"), ("pack-2", "pack-2")]
-    _migrate(database_url, "head", down=False)  # a database from before profiles: both empty
+    migrate(database_url, "head")  # a database from before profiles: both empty
     assert asyncio.run(_batteries(database_url)) == [
         ("pack-1", "pack-1", None, None),
         ("pack-2", "pack-2", None, None),

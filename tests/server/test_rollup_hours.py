@@ -16,9 +16,9 @@ from sqlalchemy import text
 from trackingbms.analytics.cells import SERIES, series_of
 from trackingbms.model import format_ts
 from trackingbms.server import provisioning as p
-from trackingbms.server.db import _alembic_config, make_engine
+from trackingbms.server.db import make_engine
 
-from .conftest import ServerThread, World, client, provision, sample
+from .conftest import ServerThread, World, client, migrate, provision, sample
 
 HOUR_S = 3600
 
@@ -148,25 +148,6 @@ async def test_hour_buckets_equal_the_raw_samples_late_samples_and_resends_inclu
     assert min(h6["series"]["temp_min_c"]["min"]) == -8.5
 
 
-def _migrate(url: str, revision: str, down: bool) -> None:
-    from alembic import command
-
-    async def go() -> None:
-        engine = make_engine(url)
-        try:
-            async with engine.begin() as conn:
-
-                def run(sync_conn: Any) -> None:
-                    cfg = _alembic_config(sync_conn)
-                    (command.downgrade if down else command.upgrade)(cfg, revision)
-
-                await conn.run_sync(run)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(go())
-
-
 async def test_migration_0008_builds_the_hour_rollups_from_the_minute_rollups(world: World) -> None:
     """A database from before the hour rollups (0006, minute rollups only) answers the same history
     after the upgrade: the hour rows are rebuilt from the minute rows, exactly."""
@@ -179,7 +160,7 @@ async def test_migration_0008_builds_the_hour_rollups_from_the_minute_rollups(wo
     before = await _history(world, bid, base_s, base_s + hours * HOUR_S, hours)
     _assert_matches(before, _expected(samples, base_s))
 
-    await asyncio.to_thread(_migrate, world.database_url, "0006", True)
+    await asyncio.to_thread(migrate, world.database_url, "0006", True)
     engine = make_engine(world.database_url)
     try:
         async with engine.connect() as conn:
@@ -191,7 +172,7 @@ async def test_migration_0008_builds_the_hour_rollups_from_the_minute_rollups(wo
             assert "rollup_1h" not in {r[0] for r in (await conn.execute(text(tables))).all()}
     finally:
         await engine.dispose()
-    await asyncio.to_thread(_migrate, world.database_url, "head", False)
+    await asyncio.to_thread(migrate, world.database_url, "head")
     assert await _history(world, bid, base_s, base_s + hours * HOUR_S, hours) == before
 
 

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import pytest
 import sqlalchemy as sa
-from alembic import command
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.server.conftest import migrate
 from tests.server.test_ingest_store import Rig, format_ts_ms, make_rig
 
 from trackingbms.server import provisioning as p
-from trackingbms.server.db import _alembic_config, make_engine, sample_segments
+from trackingbms.server.db import make_engine, sample_segments
 from trackingbms.server.store import cold, packing, segments
 
 #: a minute boundary two hours ago: compaction cutoffs fall inside the examples' range
@@ -187,18 +187,6 @@ _OLD_SAMPLES = sa.table(
 )
 
 
-def _alembic(url: str, fn: Any, rev: str) -> None:
-    async def run() -> None:
-        engine = make_engine(url)
-        try:
-            async with engine.begin() as conn:
-                await conn.run_sync(lambda c: fn(_alembic_config(c), rev))
-        finally:
-            await engine.dispose()
-
-    asyncio.run(run())
-
-
 def _per_stream(rows: list[tuple[int, int, int, bytes]]) -> dict[int, tuple[int, str]]:
     """stream → (samples, sha256 over seq, ts and data in ts order)."""
     out: dict[int, tuple[int, str]] = {}
@@ -217,7 +205,7 @@ async def test_migration_0012_converts_the_per_sample_table_without_loss(databas
     backend = "postgres" if url.startswith("postgresql") else "sqlite"
     async with make_rig(url) as rig:  # tenant, devices, batteries and their streams, at head
         sids = [await rig.stream("acme-p1"), await rig.stream("acme-p2")]
-    await asyncio.to_thread(_alembic, url, command.downgrade, "0011")
+    await asyncio.to_thread(migrate, url, "0011", True)
     # a database as revision 0011 left it: samples in the per-sample table (PostgreSQL: monthly partitions,
     # two months here), written with raw SQL as the old ingest did, 1,234 on one stream, 37 on another
     rng = np.random.default_rng(7)
@@ -243,7 +231,7 @@ async def test_migration_0012_converts_the_per_sample_table_without_loss(databas
     before = _per_stream(rows)
     assert before[sids[0]][0] == 1234 and before[sids[1]][0] == 37
 
-    await asyncio.to_thread(_alembic, url, command.upgrade, "head")
+    await asyncio.to_thread(migrate, url, "head")
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
@@ -271,7 +259,7 @@ async def test_migration_0012_converts_the_per_sample_table_without_loss(databas
         await engine.dispose()
 
     # and back: the per-sample table again (PostgreSQL: with its partitions), the same samples
-    await asyncio.to_thread(_alembic, url, command.downgrade, "0011")
+    await asyncio.to_thread(migrate, url, "0011", True)
     engine = make_engine(url)
     try:
         async with engine.connect() as conn:
