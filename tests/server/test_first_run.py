@@ -65,6 +65,13 @@ def test_server_and_admin_name_their_database_without_the_password(tmp_path: Pat
     r = run("admin", "create-tenant", "acme", "--data-dir", str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert f"database: SQLite {tmp_path.resolve() / 'trackingbms.db'}" in r.stderr
+    assert "(new: none there yet, creating it)" in r.stderr  # the first command creates the file
+    r = run("admin", "create-site", "depot", "-t", "acme", "--data-dir", str(tmp_path))
+    assert r.returncode == 0 and "new:" not in r.stderr, r.stderr
+    # a mistyped data dir: the line says it is a new database before the "no tenant" error
+    r = run("admin", "create-site", "depot", "-t", "acme", "--data-dir", str(tmp_path / "typo"))
+    assert r.returncode == 1 and "(new: none there yet" in r.stderr, r.stderr
+    assert "no tenant 'acme'" in r.stderr
     url = f"postgresql://postgres:hunter2@127.0.0.1:{closed_port()}/fleet"
     r = run("admin", "create-tenant", "acme", "--database-url", url)
     assert 'database: PostgreSQL db "fleet" on 127.0.0.1:' in r.stderr and "as postgres" in r.stderr

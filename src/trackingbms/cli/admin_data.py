@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from trackingbms.cli.server import DataDirOpt, DbOpt, _say_database, _settings, admin_app
+from trackingbms.cli.server import DataDirOpt, DbOpt, _say_database, _settings, admin_app, sqlite_path
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -24,13 +24,6 @@ BACKUP_PAGES_PER_STEP = 2048  # ~8 MB at 4 KiB pages: the server gets the write 
 def _fail(msg: str, code: int = EXIT_ERROR) -> typer.Exit:
     typer.echo(f"error: {msg}", err=True)
     return typer.Exit(code)
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL, None for another backend."""
-    if not url.startswith("sqlite"):
-        return None
-    return Path(url.split(":///", 1)[1]) if ":///" in url else None
 
 
 def backup_sqlite(source: Path, out: Path) -> int:

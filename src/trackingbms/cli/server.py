@@ -56,12 +56,24 @@ def _settings(database_url: str | None, data_dir: Path | None, **kw: Any) -> Any
         raise typer.Exit(2) from None
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL, None for another backend."""
+    if not url.startswith("sqlite"):
+        return None
+    return Path(url.split(":///", 1)[1]) if ":///" in url else None
+
+
 def _say_database(url: str) -> None:
     """Name the database on stderr: a token refused by a server on another database than the admin
-    commands used is the commonest first-day mistake."""
+    commands used is the commonest first-day mistake; a SQLite file about to be created says so (a
+    mistyped --data-dir would otherwise show only as "no tenant")."""
     from trackingbms.server.db import describe_url
 
-    typer.echo(f"database: {describe_url(url)}", err=True)
+    path = sqlite_path(url)
+    new = path is not None and not path.exists()
+    typer.echo(
+        f"database: {describe_url(url)}{' (new: none there yet, creating it)' if new else ''}", err=True
+    )
 
 
 @contextlib.contextmanager

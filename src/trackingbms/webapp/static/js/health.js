@@ -47,7 +47,7 @@ export function healthCard(batteryId) {
         kv(t("health.card.capacity"), hl.capacity_ah != null ? `${num(hl.capacity_ah, 1)} Ah` : "–", null, "capacity"),
         kv(t("health.card.resistance"), hl.resistance_mohm != null ? `${num(hl.resistance_mohm, 2)} mΩ` : "–",
           hl.resistance_mohm != null ? tn("health.card.resistance_why", res.windows ?? 0) : why.resistance_mohm, "resistance"),
-        kv(t("health.card.soc"), `${num(hl.soc_pct, 1)} % / ${num(hl.bms_soc_pct, 1)} %`,
+        kv(t("health.card.soc"), `${pct(hl.soc_pct)} / ${pct(hl.bms_soc_pct)}`,
           hl.bms_soc_error_pct != null ? t("health.card.soc_why", { points: num(hl.bms_soc_error_pct, 1) }) : why.soc_pct, "soc"),
         kv(t("health.card.weak_cells"), hl.weak_cells?.length ? hl.weak_cells.map((c) => t("alarms.cell", { n: c })).join(", ") : t("health.card.none_found"), null, "weak"),
       ),
@@ -60,6 +60,9 @@ export function healthCard(batteryId) {
     );
   }
 }
+
+/** "80.0 %", or "–" alone when unknown (not "– %") */
+const pct = (value) => (value === null || value === undefined ? "–" : `${num(value, 1)} %`);
 
 /** -value, keeping "unknown" unknown (-null is 0 in JavaScript) */
 const neg = (value) => (value === null || value === undefined ? null : -value);
