@@ -110,6 +110,12 @@ def test_every_page_renders_in_the_browser_language_with_no_missing_key(
         when = page.locator("#chart-voltage .u-legend .u-series").first.locator(".u-value").inner_text()
         assert re.fullmatch(r"\d{2}/\d{2}/\d{4} \d{2}:\d{2}", when), when
         assert abs((datetime.strptime(when, "%d/%m/%Y %H:%M") - datetime.now()).total_seconds()) < 86_400
+        # an axis tick where the day changes stacks the time over the date, each in French
+        tick = page.evaluate(
+            "import('/static/js/i18n.js').then((m) => "
+            "m.chartDate('{h}{aa}\\n{M}/{D}/{YY}')(new Date(2026, 10, 30, 21, 0)))"
+        )
+        assert tick == "21 h\n30/11/26", tick
     else:
         page.goto(f"{demo.info.url}#/pack/shop-charger")
         page.wait_for_selector("#faults .fault", timeout=WAIT_MS)

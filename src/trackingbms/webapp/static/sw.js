@@ -2,7 +2,7 @@
 // gateway's LAN address in direct mode: each origin has its own worker and cache). Data never goes through
 // the cache: the server's /api/, the gateway's /local/ and the probes are left to the network (the app keeps
 // its direct-mode history in IndexedDB, localdb.js).
-const CACHE = "tbms-shell-v16";
+const CACHE = "tbms-shell-v17";
 const SHELL = [
   "/",
   "/manifest.webmanifest",

@@ -115,28 +115,30 @@ export function dateTime(ms) {
   return dateFormat.format(new Date(ms));
 }
 
-/** uPlot's date templates (`{M}/{D}`, `{h}:{mm}{aa}`, `\n{M}/{D}/{YY}`, …: US English) rendered in the page's
- *  language with the same parts (year, month, day, hour, minutes, seconds): the charts' axes and legend.
- *  Seconds-only ticks (`:{ss}`) read the same everywhere and keep uPlot's own format. */
+/** uPlot's date templates (`{M}/{D}`, `{h}:{mm}{aa}`, `{h}{aa}\n{M}/{D}/{YY}`, …: US English) rendered in the
+ *  page's language with the same parts (year, month, day, hour, minutes, seconds), line by line (an axis
+ *  tick stacks the time over the date when the day changes): the charts' axes and legend. A line with
+ *  no date or hour (`:{ss}`) reads the same everywhere and keeps uPlot's own format. */
 export function chartDate(tpl) {
-  const lead = tpl.startsWith("\n") ? "\n" : "";
-  const line = tpl.slice(lead.length);
-  const has = (...names) => names.some((n) => line.includes(`{${n}}`));
-  if (!has("YYYY", "YY", "M", "MM", "MMM", "MMMM", "D", "DD", "h", "H", "HH")) return window.uPlot.fmtDate(tpl);
-  const o = {};
-  if (has("YYYY")) o.year = "numeric";
-  else if (has("YY")) o.year = "2-digit";
-  if (has("MMMM")) o.month = "long";
-  else if (has("MMM")) o.month = "short";
-  else if (has("M", "MM")) o.month = "numeric";
-  if (has("D", "DD")) o.day = "numeric";
-  if (has("h", "H", "HH")) {
-    o.hour = "numeric";
-    if (has("mm")) o.minute = "2-digit";
-    if (has("ss")) o.second = "2-digit";
-  }
-  const f = new Intl.DateTimeFormat(lang, o);
-  return (date) => lead + f.format(date);
+  const lines = tpl.split("\n").map((line) => {
+    const has = (...names) => names.some((n) => line.includes(`{${n}}`));
+    if (!has("YYYY", "YY", "M", "MM", "MMM", "MMMM", "D", "DD", "h", "H", "HH")) return window.uPlot.fmtDate(line);
+    const o = {};
+    if (has("YYYY")) o.year = "numeric";
+    else if (has("YY")) o.year = "2-digit";
+    if (has("MMMM")) o.month = "long";
+    else if (has("MMM")) o.month = "short";
+    else if (has("M", "MM")) o.month = "numeric";
+    if (has("D", "DD")) o.day = "numeric";
+    if (has("h", "H", "HH")) {
+      o.hour = "numeric";
+      if (has("mm")) o.minute = "2-digit";
+      if (has("ss")) o.second = "2-digit";
+    }
+    const f = new Intl.DateTimeFormat(lang, o);
+    return (date) => f.format(date);
+  });
+  return (date) => lines.map((fmt) => fmt(date)).join("\n");
 }
 
 /** The visible language switch (a select; the choice is remembered in localStorage). */
