@@ -70,7 +70,15 @@ def test_old_bank_names_its_weak_cell_and_the_card_plots_the_evidence(
     )
     assert "7" in alarms[0]["message"]
 
-    ebike = day_demo.get("/api/v1/batteries/shop-ebike/health")["health"]
+    # the e-bike's report comes from an analytics tick of its own (its history is uploaded after the
+    # cabin's): wait for it to be there, then check what it holds
+    ebike = day_demo.wait_for(
+        "the e-bike's health report with its resistance",
+        lambda: (lambda h: h if h and h.get("resistance_mohm") is not None else None)(
+            day_demo.get("/api/v1/batteries/shop-ebike/health")["health"]
+        ),
+        deadline_s=FINDING_DEADLINE_S,
+    )
     assert ebike["resistance_mohm"] is not None and len(ebike["resistance_history"]) >= 2, ebike
 
     # Playwright in a thread of its own: the session's browser tests own the main thread's event loop
