@@ -6,6 +6,7 @@ messages are the ones dropped."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import asyncpg
@@ -19,8 +20,11 @@ from trackingbms.server.hub import Hub
 pytestmark = pytest.mark.postgres
 
 
-async def _received(postgres_url: str, publish: Any, expect: int, timeout_s: float = 10.0) -> list[dict]:
-    """The relayed messages a listener on the channel gets while ``publish(hub)`` runs (until ``expect``)."""
+async def _received(
+    postgres_url: str, publish: Any, expect: int, timeout_s: float = 10.0
+) -> tuple[list[dict], live.PgRelay]:
+    """The relayed messages a listener on the channel gets while ``publish(hub)`` runs (until ``expect``),
+    and the relay that sent them."""
     got: list[dict] = []
     done = asyncio.Event()
 
@@ -38,7 +42,7 @@ async def _received(postgres_url: str, publish: Any, expect: int, timeout_s: flo
         publish(relay.hub)
         await asyncio.wait_for(done.wait(), timeout_s)
         await asyncio.sleep(0.2)  # nothing more comes
-        return got
+        return got, relay
     finally:
         await conn.close()
         await relay.stop()
@@ -50,7 +54,7 @@ async def test_a_burst_is_relayed_whole_and_in_order(postgres_url: str) -> None:
         for k in range(40):
             hub.publish(7 if k % 2 else 8, {"type": "sample", "k": k})
 
-    got = await _received(postgres_url, publish, expect=40)
+    got, _ = await _received(postgres_url, publish, expect=40)
     assert [(m["t"], m["m"]["k"]) for m in got] == [(7 if k % 2 else 8, k) for k in range(40)]
     assert {m["o"] for m in got} == {live.ORIGIN}  # the listeners of this process skip them
 
@@ -62,12 +66,12 @@ async def test_later_messages_go_in_a_later_statement(postgres_url: str) -> None
         # then sent by the same task in a statement of their own
         asyncio.get_running_loop().call_soon(lambda: [hub.publish(1, {"k": k}) for k in (1, 2)])
 
-    got = await _received(postgres_url, publish, expect=3)
+    got, _ = await _received(postgres_url, publish, expect=3)
     assert [m["m"]["k"] for m in got] == [0, 1, 2]
 
 
 async def test_the_oldest_waiting_messages_are_dropped_first(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(live, "MAX_PENDING", 5)
 
@@ -75,5 +79,8 @@ async def test_the_oldest_waiting_messages_are_dropped_first(
         for k in range(8):
             hub.publish(1, {"k": k})
 
-    got = await _received(postgres_url, publish, expect=5)
+    with caplog.at_level(logging.WARNING, logger="trackingbms.server.live"):
+        got, relay = await _received(postgres_url, publish, expect=5)
     assert [m["m"]["k"] for m in got] == [3, 4, 5, 6, 7]
+    assert relay.dropped == 3
+    assert "3 messages dropped" in caplog.text

@@ -73,6 +73,7 @@ class PgRelay:
         self._sender: asyncio.Task[None] | None = None
         #: times the oldest waiting message was dropped (more than MAX_PENDING waiting)
         self.dropped = 0
+        self._dropped_told = 0  # what the last warning counted
 
     def _dsn(self) -> str:
         url = self.engine.url.set(drivername="postgresql")
@@ -102,6 +103,11 @@ class PgRelay:
         and a pooled connection per message cost ~10 % of the server's ingest CPU, and under load the
         pool's overflow connections were opened and closed again)."""
         while self._pending:
+            if self.dropped > self._dropped_told:
+                log.warning(
+                    "live relay: %d messages dropped, the database is slow", self.dropped - self._dropped_told
+                )
+                self._dropped_told = self.dropped
             payloads, self._pending = self._pending, []
             try:
                 await notify_many(self.engine, payloads)
