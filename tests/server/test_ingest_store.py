@@ -108,7 +108,8 @@ async def make_rig(url: str) -> AsyncIterator[Rig]:
 def cold_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     """Statements built once at import or cached on first use: build them again, so the code building them
     runs under this test (bench/mutation.py forks every mutant from a process that used them before)."""
-    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
+    if hasattr(store_ingest, "_sqlite_statements"):
+        monkeypatch.setattr(store_ingest, "_SQLITE_SQL", store_ingest._sqlite_statements())
     if hasattr(store_ingest, "_pg_write_sql"):
         monkeypatch.setattr(store_ingest, "_PG_WRITE_SQL", store_ingest._pg_write_sql())
     for cached in ("_sqlite_rollup_sql", "_sqlite_segment_sql"):
