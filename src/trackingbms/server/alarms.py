@@ -213,8 +213,12 @@ class AlarmService:
             self._tasks.append(asyncio.create_task(self.notifier.run()))
 
     async def stop(self) -> None:
+        # cancelled only between evaluations (each runs under the lock): a cut between evaluating a battery's
+        # samples and recording its alarms would leave an alarm raised in memory but not in the table
+        async with self._lock:
+            for t in self._tasks:
+                t.cancel()
         for t in self._tasks:
-            t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         started, self._tasks = bool(self._tasks), []
@@ -254,8 +258,9 @@ class AlarmService:
                 if await self._feed_once() >= self.feed_page:
                     continue  # more waiting: read on
                 wait_s = min(self.feed_poll_s, max(0.0, renew_at - time.monotonic()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), wait_s)
+                with contextlib.suppress(TimeoutError):  # not wait_for: 3.11's can swallow a cancel
+                    async with asyncio.timeout(max(0.01, wait_s)):
+                        await self._wake.wait()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database away for a moment: try again shortly, keep the state
@@ -301,10 +306,11 @@ class AlarmService:
         now_s = time.monotonic()
         waiting = feed.waiting(now_s)
         late = await self.store.segments_in(waiting[:1000]) if waiting else []
-        feed.saw([g.id for g in late], now_s)
-        feed.saw([g.id for g in new], now_s)
         if late or new:
             await self._evaluate_segments(late + new)
+        # marked read once evaluated: a stop cutting in before reads them again (older ts are skipped)
+        feed.saw([g.id for g in late], now_s)
+        feed.saw([g.id for g in new], now_s)
         if self._cursor is feed:  # still the holder's feed (the lease was not lost meanwhile)
             self._feed_cursor = feed.cursor
         return len(new)
@@ -584,6 +590,11 @@ class AlarmService:
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
         items = await self.store.record_events(b.tenant_id, b.pk, events)
+        for i in items:  # acknowledged through another process: no more reminders from here either
+            if i["event"] == "repeat" and i["status"] == "acknowledged":
+                b.samples_ev.acknowledge(i["rule_id"], i["acknowledged_by"] or "", time.time())
+                b.presence_ev.acknowledge(i["rule_id"], i["acknowledged_by"] or "", time.time())
+                b.dirty = True
         if self.notifier is not None:
             self.notifier.submit(b.tenant_id, [i for i in items if i["notify"]])
 
