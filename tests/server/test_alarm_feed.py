@@ -217,3 +217,32 @@ def test_the_cursor_waits_for_skipped_ids_then_gives_them_up() -> None:
     assert c.cursor == 16
     c.saw([17 + MAX_GAPS + 1], now_s=107)  # a jump is not a gap to wait for
     assert c.waiting(107) == [] and c.cursor == 17 + MAX_GAPS + 1
+
+
+async def test_an_unreadable_segment_is_skipped_and_the_rest_evaluated(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bad.db'}"
+    async with p.open_store(url) as store:
+        await p.create_tenant(store, "acme")
+        await p.create_site(store, "acme", "depot")
+        await p.provision_device(store, "acme", "gw-1")
+        for bid in ("damaged", "fine"):
+            await p.create_battery(store, "acme", "depot", bid, device="gw-1")
+    engine = make_engine(url)
+    store = Store(engine)
+    try:
+        device = DeviceRef(1, 1, "gw-1", 0, None, None)
+        now = int(time.time() * 1000)
+        for bid in ("damaged", "fine"):
+            batch, _ = packing.validate_batch([sample(bid, 1, **FAULT)], now, 300_000)
+            await store.store_samples(device, batch, now)
+        async with (
+            engine.begin() as conn
+        ):  # the first segment's rows cut short (a damaged page, a bad restore)
+            await conn.execute(text("UPDATE sample_segments SET data = substr(data, 1, 30) WHERE id = 1"))
+        service = AlarmService(store, interval_s=3600)
+        service.start()
+        await _until("the readable segment's fault raised", 20, lambda: _active(store, "fine"))
+        await service.stop()
+        assert not await _active(store, "damaged")
+    finally:
+        await engine.dispose()

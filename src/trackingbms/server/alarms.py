@@ -307,7 +307,12 @@ class AlarmService:
         waiting = feed.waiting(now_s)
         late = await self.store.segments_in(waiting[:1000]) if waiting else []
         if late or new:
-            await self._evaluate_segments(late + new)
+            try:
+                await self._evaluate_segments(late + new)
+            except Exception:  # not read again and again: one bad segment must not stop every alarm
+                log.exception(
+                    "alarm evaluation failed on segments %d to %d", (late + new)[0].id, (late + new)[-1].id
+                )
         # marked read once evaluated: a stop cutting in before reads them again (older ts are skipped)
         feed.saw([g.id for g in late], now_s)
         feed.saw([g.id for g in new], now_s)
@@ -321,8 +326,14 @@ class AlarmService:
         for g in segs:
             key = (g.tenant_id, g.battery_id)
             found[key] = (g.battery_pk, g.site_id, g.name)
-            _, tss = segments.keys(g.payload)
-            wires = [packing.unpack(d) for d in segments.datas(g.payload)]
+            try:
+                _, tss = segments.keys(g.payload)
+                wires = [packing.unpack(d) for d in segments.datas(g.payload)]
+            except Exception as e:  # a damaged row: said, and the rest of the page goes on
+                log.error(
+                    "alarm feed: segment %d of battery %s unreadable, skipped: %r", g.id, g.battery_id, e
+                )
+                continue
             rows = by_battery.get(key)
             if rows is None:
                 by_battery[key] = rows = []
