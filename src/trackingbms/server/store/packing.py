@@ -1183,8 +1183,8 @@ def _same_or_list(a: np.ndarray) -> tuple[bool, Any]:
 
 def _decode_columns(m: np.ndarray, layout: _Layout) -> list[dict[str, Any]]:
     """The rows of ``m`` (every one of this layout) as :func:`unpack` gives them, a field at a time.
-    Raises what :func:`unpack` would raise on a bad value (IndexError, ValueError): the caller then
-    leaves each row to :func:`unpack`."""
+    Raises IndexError or ValueError where :func:`unpack` would raise (the caller then leaves the rows to
+    it)."""
     k = m.shape[0]
     template: dict[str, Any] = {}  # every key in unpack's order; values shared by all rows filled in
     varying: list[tuple[str, list[Any]]] = []
@@ -1250,16 +1250,27 @@ def _decode_columns(m: np.ndarray, layout: _Layout) -> list[dict[str, Any]]:
 
 
 def unpack_joined(buf: bytes, start: int, lens: np.ndarray) -> list[dict[str, Any]]:
-    """:func:`unpack` of each of the rows lying back to back in ``buf`` from byte ``start``, ``lens`` (int64)
-    bytes each. Rows are grouped by length, then by layout: a prototype row's layout-determining bytes
-    (:class:`_Layout`) are compared with every row of its length, and those that match all are decoded
-    column-wise; a row no layout is proven for goes through :func:`unpack`."""
+    """:func:`unpack` of each of the rows lying back to back in ``buf`` from byte ``start`` (a segment's
+    rows), ``lens`` (int64) bytes each. Rows are grouped by length, then by layout: a prototype row's
+    layout-determining bytes (:class:`_Layout`) are compared with every row of its length, and those that
+    match all are decoded column-wise; a row no layout is proven for goes through :func:`unpack`. A value
+    :func:`unpack` refuses (a bad state code, faults that are not UTF-8, ...) makes the whole call
+    :func:`unpack`'s, row by row: the same exception, from the same row."""
     n = len(lens)
     if n == 0:
         return []
+    ends = (np.cumsum(lens) + start).tolist()
+    starts = [start, *ends[:-1]]
+    try:
+        return _unpack_rows(buf, start, lens, starts)
+    except (IndexError, ValueError, struct.error):
+        return [unpack(buf[s:e]) for s, e in zip(starts, ends, strict=True)]
+
+
+def _unpack_rows(buf: bytes, start: int, lens: np.ndarray, starts: list[int]) -> list[dict[str, Any]]:
+    """:func:`unpack_joined`'s work; raises on what it cannot decode."""
+    n = len(lens)
     a = np.frombuffer(buf, dtype=np.uint8)
-    ends = np.cumsum(lens) + start
-    starts = ends - lens
     out: list[dict[str, Any] | None] = [None] * n
     lo, hi = int(lens.min()), int(lens.max())
     if lo == hi:  # the usual: one row length, the rows already a matrix
@@ -1272,27 +1283,22 @@ def unpack_joined(buf: bytes, start: int, lens: np.ndarray) -> list[dict[str, An
         if lo == hi:
             m = a[start : start + n * width].reshape(n, width)
         else:
-            m = a[starts[idx][:, None] + np.arange(width)]
+            m = a[np.asarray(starts)[idx][:, None] + np.arange(width)]
         rest = np.arange(len(idx))  # rows of m not decoded yet
         tried = 0
         while rest.size:
-            first = int(rest[0])
-            layout = _layout(m[first].tobytes()) if tried < _MAX_LAYOUTS else None
+            layout = _layout(m[rest[0]].tobytes()) if tried < _MAX_LAYOUTS else None
             tried += 1
             if layout is None:  # unpack decides this row (and, past _MAX_LAYOUTS, the rest)
                 todo = rest if tried > _MAX_LAYOUTS else rest[:1]
                 for r in todo.tolist():
-                    i = int(idx[r])
-                    out[i] = unpack(buf[int(starts[i]) : int(ends[i])])
+                    out[int(idx[r])] = unpack(m[r].tobytes())
                 rest = rest[len(todo) :]
                 continue
             sub = m if rest.size == len(idx) else m[rest]
             same = (sub[:, layout.check_pos] == layout.check_val).all(axis=1)
             rows = rest[same]
-            try:
-                dicts = _decode_columns(sub if same.all() else m[rows], layout)
-            except (IndexError, ValueError):  # a bad value in a column: unpack raises it, row by row
-                dicts = [unpack(m[r].tobytes()) for r in rows.tolist()]
+            dicts = _decode_columns(sub if same.all() else m[rows], layout)
             for i, d in zip(idx[rows].tolist(), dicts, strict=True):
                 out[i] = d
             rest = rest[~same]
