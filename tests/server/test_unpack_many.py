@@ -78,7 +78,10 @@ SCALARS: dict[str, st.SearchStrategy[Any]] = {
     "fault_code": edges(0, 255),
 }
 FAULT = st.from_regex(r"[a-zé_0-9]{1,12}", fullmatch=True)
-ERRORS = st.dictionaries(st.text(max_size=5), st.text(max_size=12), max_size=3)
+# now and then one over 255 bytes of JSON (its length takes both bytes of its u16)
+ERRORS = st.dictionaries(
+    st.text(max_size=5), st.text(max_size=12) | st.text(min_size=90, max_size=130), max_size=3
+)
 
 
 @st.composite
@@ -182,7 +185,8 @@ def test_rows_of_equal_length_but_different_layouts(batch: list[dict[str, Any]],
 
 def test_equal_length_layouts_by_hand() -> None:
     """Pairs that take the same bytes: 17 close cells (first + deltas) vs 9 spread ones (u16 each); two
-    temperatures and no balancing vs one and two balancing cells; a source vs none; voltage vs remaining."""
+    temperatures and no balancing vs one and two balancing cells; a source vs a via; voltage vs remaining;
+    and a pair whose count bytes agree wherever the first row has one."""
     base = {"battery_id": "b-1", "seq": 1, "ts": packing.ms_to_ts(NOW_MS)}
     pairs = [
         ({"cells_mv": [3300 + i for i in range(17)]}, {"cells_mv": [1000 * i for i in range(9)]}),
@@ -191,6 +195,14 @@ def test_equal_length_layouts_by_hand() -> None:
         ({"voltage_v": 52.123}, {"remaining_ah": 52.123}),
         ({"faults": ["ab"], "fault_code": 3}, {"faults": ["abc"]}),
         ({"cells_mv": []}, {"temps_c": [], "balancing": []}),
+        ({"errors": {"e": "x" * 300}}, {"errors": {"e": "y" * 300}}),
+        # first + deltas vs u16 each, with the spread cells' bytes equal to the count bytes of the first
+        # layout where it has them: 3330 = 0x0D02 holds a 2 where the first row's two temperatures are
+        # counted, and the second row's balancing count (0) sits where the first row's does
+        (
+            {"cells_mv": [3300, 3301, 3302], "temps_c": [20.0, 21.0], "balancing": []},
+            {"cells_mv": [0, 1000, 3330], "temps_c": [20.0], "balancing": []},
+        ),
     ]
     for a, b in pairs:
         datas = [packing.validate_and_pack({**base, **x}, NOW_MS)[3] for x in (a, b, a, b, b)]
