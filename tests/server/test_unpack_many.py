@@ -37,7 +37,16 @@ def assert_same(got: Any, want: Any, where: str = "") -> None:
 
 
 def check(datas: list[bytes]) -> None:
-    """unpack_many, and segments.samples over a segment holding the rows, give what unpack gives."""
+    """unpack_many, and segments.samples over a segment holding the rows, give what unpack gives: on the
+    rows as they are (a layout with few rows is left to unpack) and on each row a dozen times over, in
+    random order (every layout then has enough rows to be decoded column-wise)."""
+    check_rows(datas)
+    many = datas * packing._MIN_ROWS
+    random.Random(len(datas)).shuffle(many)
+    check_rows(many)
+
+
+def check_rows(datas: list[bytes]) -> None:
     want = [packing.unpack(d) for d in datas]
     got = packing.unpack_many(datas)
     assert_same(got, want, "unpack_many")

@@ -1091,9 +1091,12 @@ _SCALAR_LAYOUT = (  # key, bit, stored dtype, byte size, divisor (None: an int a
     ("remaining_ah", B_REM, "<u4", 4, 1000.0),
     ("cycles", B_CYC, "<u2", 2, None),
 )
-#: at most this many layouts are tried per row length; the rest of those rows go through :func:`unpack`
-#: (a segment of all-different layouts would otherwise cost a numpy pass per layout over all its rows)
-_MAX_LAYOUTS = 16
+#: fewer rows than this of one layout are left to :func:`unpack`: decoding a layout column-wise costs
+#: some tens of µs however few its rows (numpy calls), about what unpack takes for a dozen 16S rows
+_MIN_ROWS = 12
+#: after this many layouts found with too few rows, the rest of the rows go through :func:`unpack` (a
+#: segment of all-different layouts would otherwise cost a prototype and a comparison per row)
+_MAX_MISSES = 8
 
 
 def _layout(row: bytes) -> _Layout | None:
@@ -1173,12 +1176,25 @@ def _column(m: np.ndarray, off: int, dtype: str) -> np.ndarray:
     return np.ascontiguousarray(m[:, off : off + size]).view(dtype)[:, 0]
 
 
-def _same_or_list(a: np.ndarray) -> tuple[bool, Any]:
-    """(True, the value) when every row holds one value (it then goes into the rows' template dict once),
-    else (False, the values as a list)."""
-    if len(a) > 1 and a.min() == a.max():
-        return True, a[:1].tolist()[0]
-    return False, a.tolist()
+def _rows_of(a: np.ndarray, divisor: float | None = None) -> list[list[Any]]:
+    """``a.tolist()`` (ints), or ``(a / divisor).tolist()``: each row of an int64 matrix as a list. Cells
+    and temperatures of a segment take few distinct values (a pack's cells within some tens of mV), so
+    each distinct value is made into a Python object once and the rows share them (an object array's
+    tolist copies references), instead of allocating an object per value: numbers are immutable, and
+    allocating them was most of the cost."""
+    lo, hi = int(a.min()), int(a.max())
+    if hi - lo >= a.size // 2:  # mostly distinct values: no table worth its making
+        return (a / divisor).tolist() if divisor else a.tolist()
+    values = np.arange(lo, hi + 1, dtype=np.int64)
+    table = np.empty(hi - lo + 1, dtype=object)
+    # the same doubles as a / divisor gives: the same int64 values, the same division
+    table[:] = (values / divisor).tolist() if divisor else values.tolist()
+    return table[a - lo].tolist()  # type: ignore[no-any-return]
+
+
+#: bytes a field of each fixed-width kind takes (the flags byte for a boolean)
+_FIXED_SIZE = {"u16": 2, "state": 1, "bool": 1, "u8": 1}
+_BITS = np.arange(4, dtype=np.uint8)[:, None]
 
 
 def _decode_columns(m: np.ndarray, layout: _Layout) -> list[dict[str, Any]]:
@@ -1186,44 +1202,57 @@ def _decode_columns(m: np.ndarray, layout: _Layout) -> list[dict[str, Any]]:
     Raises IndexError or ValueError where :func:`unpack` would raise (the caller then leaves the rows to
     it)."""
     k = m.shape[0]
-    template: dict[str, Any] = {}  # every key in unpack's order; values shared by all rows filled in
+    first = unpack(m[0].tobytes())
+    if k == 1:
+        return [first]
+    # a field whose bytes are the same in every row has row 0's value in every row (fields often hold
+    # still: source, via, cycles, state, flags, fault code): it goes into a template dict once
+    still = (m == m[0]).all(axis=0).tolist()
+    template: dict[str, Any] = {}
     varying: list[tuple[str, list[Any]]] = []
+    float_keys: list[str] = []  # the varying scaled scalars, converted together
+    float_cols: list[np.ndarray] = []
+    divisors: list[float] = []
+    flag_bits: list[list[bool]] | None = None
     for f in layout.fields:
-        kind, off, n = f.kind, f.off, f.n
-        same = False
-        value: Any = None
-        if kind == "const":
-            same, value = True, f.extra
-        elif kind == "scalar":
-            # float64(int) / divisor: the int is exact in a double and IEEE division rounds correctly, as
-            # Python's int / int does: the same double, bit for bit
-            dtype, divisor = f.extra
-            same, value = _same_or_list(_column(m, off, dtype).astype(np.float64) / divisor)
-        elif kind == "u16":
-            same, value = _same_or_list(_column(m, off, "<u2"))
+        key, kind, off, n = f.key, f.kind, f.off, f.n
+        size = np.dtype(f.extra[0]).itemsize if kind == "scalar" else _FIXED_SIZE.get(kind)
+        if kind == "const" or (size is not None and all(still[off : off + size])):
+            template[key] = first[key]  # immutable (str, float, int, bool): safe to share
+            continue
+        template[key] = None  # its place in the key order; every row's value is set below
+        value: Any
+        if kind == "scalar":
+            float_keys.append(key)
+            float_cols.append(_column(m, off, f.extra[0]))
+            divisors.append(f.extra[1])
+            continue
+        if kind == "u16":
+            value = _column(m, off, "<u2").tolist()
         elif kind == "state":
-            same, value = _same_or_list(m[:, off])
-            value = STATES[value] if same else list(map(STATES.__getitem__, value))  # IndexError as unpack
+            value = list(map(STATES.__getitem__, m[:, off].tolist()))  # IndexError as unpack
         elif kind == "bool":
-            same, value = _same_or_list(((m[:, off] >> n) & 1).astype(bool))
+            if flag_bits is None:  # the four flag bits of every row, one list per bit
+                flag_bits = ((m[:, off] >> _BITS) & 1).astype(bool).tolist()
+            value = flag_bits[n]
         elif kind == "u8":
-            same, value = _same_or_list(m[:, off])
+            value = m[:, off].tolist()
         # the lists: a fresh one per row, as unpack gives (a shared one would change in every row at once)
         elif kind == "cells0":
             if n == 0:
                 value = m[:, off:off].tolist()
             else:
                 cells = np.empty((k, n), dtype=np.int64)
-                first = _column(m, off, "<u2")
-                cells[:, 0] = first
+                lead = _column(m, off, "<u2")
+                cells[:, 0] = lead
                 cells[:, 1:] = m[:, off + 2 : off + 1 + n].view(np.int8)  # deltas from the first
-                cells[:, 1:] += first[:, None]
-                value = cells.tolist()
+                cells[:, 1:] += lead[:, None]
+                value = _rows_of(cells)
         elif kind == "cells1":
-            value = np.ascontiguousarray(m[:, off : off + 2 * n]).view("<u2").tolist()
+            value = _rows_of(np.ascontiguousarray(m[:, off : off + 2 * n]).view("<u2").astype(np.int64))
         elif kind == "temps":
             t = np.ascontiguousarray(m[:, off : off + 2 * n]).view("<i2")
-            value = (t.astype(np.float64) / 10.0).tolist()
+            value = _rows_of(t.astype(np.int64), 10.0) if n else m[:, off:off].tolist()
         elif kind == "u8list":
             value = m[:, off : off + n].tolist()
         elif kind == "faults":
@@ -1235,70 +1264,109 @@ def _decode_columns(m: np.ndarray, layout: _Layout) -> list[dict[str, Any]]:
         else:  # errors
             raw = m[:, off : off + n].tobytes()
             value = [orjson.loads(raw[i : i + n]) for i in range(0, k * n, n)]
-        if same:
-            template[f.key] = value
-        else:
-            template[f.key] = None
-            varying.append((f.key, value))
+        varying.append((key, value))
+    if float_keys:
+        # float64(int) / divisor: the int is exact in a double and IEEE division rounds correctly, as
+        # Python's int / int does: the same double, bit for bit
+        scaled = np.empty((len(float_keys), k), dtype=np.float64)
+        for i, col in enumerate(float_cols):
+            scaled[i] = col
+        scaled /= np.array(divisors)[:, None]
+        varying += zip(float_keys, scaled.tolist(), strict=True)
     # a copy of the template per row, then the varying fields set column by column: fewer Python-level
     # steps per row than building each dict from all its pairs (the keys exist already: order is kept)
     out = list(map(dict.copy, itertools.repeat(template, k)))
-    for key, col in varying:
-        for d, v in zip(out, col, strict=True):
+    for key, values in varying:
+        for d, v in zip(out, values, strict=True):
             d[key] = v
     return out
 
 
 def unpack_joined(buf: bytes, start: int, lens: np.ndarray) -> list[dict[str, Any]]:
     """:func:`unpack` of each of the rows lying back to back in ``buf`` from byte ``start`` (a segment's
-    rows), ``lens`` (int64) bytes each. Rows are grouped by length, then by layout: a prototype row's
-    layout-determining bytes (:class:`_Layout`) are compared with every row of its length, and those that
-    match all are decoded column-wise; a row no layout is proven for goes through :func:`unpack`. A value
-    :func:`unpack` refuses (a bad state code, faults that are not UTF-8, ...) makes the whole call
-    :func:`unpack`'s, row by row: the same exception, from the same row."""
+    rows), ``lens`` (int64) bytes each. Rows are grouped by length and header (mask, source|via), then by
+    layout: a prototype row's layout-determining bytes (:class:`_Layout`) are compared with every row of
+    its group, and those that match all are decoded column-wise; a row no layout is proven for, or one of
+    too few rows of its layout, goes through :func:`unpack`. A value :func:`unpack` refuses (a bad state
+    code, faults that are not UTF-8, ...) makes the whole call :func:`unpack`'s, row by row: the same
+    exception, from the same row."""
     n = len(lens)
     if n == 0:
         return []
-    ends = (np.cumsum(lens) + start).tolist()
-    starts = [start, *ends[:-1]]
+    ends = np.cumsum(lens) + start
+    starts = ends - lens
     try:
         return _unpack_rows(buf, start, lens, starts)
     except (IndexError, ValueError, struct.error):
-        return [unpack(buf[s:e]) for s, e in zip(starts, ends, strict=True)]
+        return [unpack(buf[s:e]) for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
 
 
-def _unpack_rows(buf: bytes, start: int, lens: np.ndarray, starts: list[int]) -> list[dict[str, Any]]:
+def _groups(
+    a: np.ndarray, start: int, lens: np.ndarray, starts: np.ndarray
+) -> tuple[list[np.ndarray], list[int]]:
+    """The rows' positions grouped by (length, the 3 header bytes), each group in row order; and the rows
+    of groups too small to be worth decoding column-wise (a numpy pass per small group would cost more
+    than :func:`unpack` of its rows)."""
+    n = len(lens)
+    short = lens < 3  # no header: a group of their own (unpack refuses them)
+    at = np.where(short, start, starts)
+    header = a[at].astype(np.int64) | a[at + 1].astype(np.int64) << 8 | a[at + 2].astype(np.int64) << 16
+    key = lens << 24 | np.where(short, -1, header)
+    if key.min() == key.max():  # the usual: one kind of row throughout
+        return ([np.arange(n)], []) if n >= _MIN_ROWS else ([], list(range(n)))
+    order = np.argsort(key, kind="stable")
+    cuts = np.flatnonzero(np.diff(key[order])) + 1
+    bounds = np.concatenate(([0], cuts, [n]))
+    sizes = np.diff(bounds)
+    big = sizes >= _MIN_ROWS
+    small = np.repeat(~big, sizes)  # per position of ``order``
+    groups = [
+        order[lo:hi] for lo, hi in zip(bounds[:-1][big].tolist(), bounds[1:][big].tolist(), strict=True)
+    ]
+    return groups, order[small].tolist()
+
+
+def _unpack_rows(buf: bytes, start: int, lens: np.ndarray, starts: np.ndarray) -> list[dict[str, Any]]:
     """:func:`unpack_joined`'s work; raises on what it cannot decode."""
     n = len(lens)
     a = np.frombuffer(buf, dtype=np.uint8)
     out: list[dict[str, Any] | None] = [None] * n
-    lo, hi = int(lens.min()), int(lens.max())
-    if lo == hi:  # the usual: one row length, the rows already a matrix
-        groups: list[tuple[int, np.ndarray]] = [(lo, np.arange(n))]
-    else:
-        order = np.argsort(lens, kind="stable")
-        cuts = np.flatnonzero(np.diff(lens[order])) + 1
-        groups = [(int(lens[g[0]]), g) for g in np.split(order, cuts)]
-    for width, idx in groups:
-        if lo == hi:
+    groups, singles = _groups(a, start, lens, starts)
+    if singles:
+        at, widths = starts.tolist(), lens.tolist()
+        for i in singles:
+            out[i] = unpack(buf[at[i] : at[i] + widths[i]])
+    misses = 0  # layouts found with too few rows
+    for idx in groups:
+        width = int(lens[idx[0]])
+        if misses >= _MAX_MISSES:
+            for i, s in zip(idx.tolist(), starts[idx].tolist(), strict=True):
+                out[i] = unpack(buf[s : s + width])
+            continue
+        if len(idx) == n:  # the rows lie back to back: already a matrix
             m = a[start : start + n * width].reshape(n, width)
         else:
-            m = a[np.asarray(starts)[idx][:, None] + np.arange(width)]
+            m = a[starts[idx][:, None] + np.arange(width)]
         rest = np.arange(len(idx))  # rows of m not decoded yet
-        tried = 0
         while rest.size:
-            layout = _layout(m[rest[0]].tobytes()) if tried < _MAX_LAYOUTS else None
-            tried += 1
-            if layout is None:  # unpack decides this row (and, past _MAX_LAYOUTS, the rest)
-                todo = rest if tried > _MAX_LAYOUTS else rest[:1]
-                for r in todo.tolist():
+            if rest.size < _MIN_ROWS or misses >= _MAX_MISSES:
+                for r in rest.tolist():
                     out[int(idx[r])] = unpack(m[r].tobytes())
-                rest = rest[len(todo) :]
+                break
+            layout = _layout(m[rest[0]].tobytes())
+            if layout is None:  # nothing proven about this row: unpack decides it
+                out[int(idx[rest[0]])] = unpack(m[rest[0]].tobytes())
+                rest = rest[1:]
+                misses += 1
                 continue
             sub = m if rest.size == len(idx) else m[rest]
             same = (sub[:, layout.check_pos] == layout.check_val).all(axis=1)
             rows = rest[same]
-            dicts = _decode_columns(sub if same.all() else m[rows], layout)
+            if rows.size < _MIN_ROWS:
+                dicts = [unpack(m[r].tobytes()) for r in rows.tolist()]
+                misses += 1
+            else:
+                dicts = _decode_columns(sub if rows.size == rest.size else m[rows], layout)
             for i, d in zip(idx[rows].tolist(), dicts, strict=True):
                 out[i] = d
             rest = rest[~same]
