@@ -38,12 +38,13 @@ def assert_same(got: Any, want: Any, where: str = "") -> None:
 
 def check(datas: list[bytes]) -> None:
     """unpack_many, and segments.samples over a segment holding the rows, give what unpack gives: on the
-    rows as they are (a layout with few rows is left to unpack) and on each row a dozen times over, in
-    random order (every layout then has enough rows to be decoded column-wise)."""
+    rows as they are (a layout with few rows is left to unpack) and on the rows a dozen times over (every
+    layout then has enough rows to be decoded column-wise), forwards and backwards (the row a layout is
+    read from is another)."""
     check_rows(datas)
     many = datas * packing._MIN_ROWS
-    random.Random(len(datas)).shuffle(many)
     check_rows(many)
+    check_rows(many[::-1])
 
 
 def check_rows(datas: list[bytes]) -> None:
@@ -219,6 +220,29 @@ def test_equal_length_layouts_by_hand() -> None:
         check(datas)
 
 
+def test_fields_that_change_in_their_high_bytes_only() -> None:
+    """Values 256 stored units apart share their low byte: a field is the same in every row only when all
+    its bytes are."""
+    base = {"battery_id": "b-1", "ts": packing.ms_to_ts(NOW_MS)}
+    batch = [
+        {
+            **base,
+            "seq": j,
+            "voltage_v": (1000 + 256 * j + 65536 * (j % 2)) / 1000,
+            "current_a": (-1 - 256 * j) / 1000,
+            "soc_pct": (5 + 256 * j) / 100,
+            "remaining_ah": (7 + 65536 * j) / 1000,
+            "cycles": 3 + 256 * j,
+            "cells_mv": [3300 + 256 * j, 3301 + 256 * j],
+            "temps_c": [(250 + 256 * j) / 10],
+        }
+        for j in range(3)
+    ]
+    datas = pack(batch, True)
+    assert len(set(map(len, datas))) == 1
+    check(datas)
+
+
 def test_a_segment_as_bench_ingest_builds_it() -> None:
     """500 16S samples of one layout (the alarm service's usual segment), and the empty batch."""
     rng = random.Random(7)
@@ -280,13 +304,34 @@ def test_damaged_rows_fare_as_unpack_fares(data: st.DataObject) -> None:
         else:
             del row[data.draw(st.integers(0, len(row))) :]
         datas[i] = bytes(row)
-    want = outcome(lambda ds: [packing.unpack(d) for d in ds], datas)
-    got = outcome(packing.unpack_many, datas)
-    if want[0] == "ok":
-        assert got[0] == "ok", got
-        assert_same(got[1], want[1])
-    else:
-        assert got == want
+    for rows in (datas, datas * packing._MIN_ROWS):  # the second: enough rows to go column-wise
+        want = outcome(lambda ds: [packing.unpack(d) for d in ds], rows)
+        got = outcome(packing.unpack_many, rows)
+        if want[0] == "ok":
+            assert got[0] == "ok", got
+            assert_same(got[1], want[1])
+        else:
+            assert got == want
+
+
+@pytest.mark.parametrize("cut", [1, 2, 4])
+@pytest.mark.parametrize(
+    "fields", [{"temps_c": [20.5, 21.5, -3.0]}, {"cells_mv": [0, 1000, 3330]}, {"balancing": [1, 2, 3]}]
+)
+def test_rows_cut_short_in_their_last_list_fare_as_unpack_fares(fields: dict[str, Any], cut: int) -> None:
+    """A row whose last list reaches past its end (every count byte still there): unpack raises (cells,
+    temperatures) or reads what is there (balancing); so does unpack_many, a dozen such rows or one."""
+    row = packing.validate_and_pack(
+        {"battery_id": "b", "seq": 1, "ts": packing.ms_to_ts(NOW_MS), **fields}, NOW_MS
+    )[3]
+    for datas in ([row[:-cut]], [row[:-cut]] * packing._MIN_ROWS):
+        want = outcome(lambda ds: [packing.unpack(d) for d in ds], datas)
+        got = outcome(packing.unpack_many, datas)
+        assert got[0] == want[0]
+        if want[0] == "ok":
+            assert_same(got[1], want[1])
+        else:
+            assert got == want
 
 
 @pytest.mark.parametrize("code", [len(STATES), 255])
