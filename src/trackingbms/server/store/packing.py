@@ -1078,7 +1078,6 @@ class _Layout(NamedTuple):
     """What a row's bytes say about where each field sits: equal ``check_pos`` bytes (and row length) mean
     equal layout, since each offset follows from the mask and the count bytes before it."""
 
-    end: int  # bytes the layout reads
     check_pos: np.ndarray  # positions of the layout-determining bytes (mask, source|via, counts, modes)
     check_val: np.ndarray  # their values in the prototype row
     fields: tuple[_Field, ...]
@@ -1167,7 +1166,7 @@ def _layout(row: bytes) -> _Layout | None:
     if off > len(row):  # unpack would read a short slice (or fail): its business
         return None
     p = np.array(pos, dtype=np.intp)
-    return _Layout(off, p, np.frombuffer(row, dtype=np.uint8)[p], tuple(fields))
+    return _Layout(p, np.frombuffer(row, dtype=np.uint8)[p], tuple(fields))
 
 
 _SIZE = {"<u2": 2, "<i4": 4, "<u4": 4}
