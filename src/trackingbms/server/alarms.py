@@ -128,6 +128,10 @@ def _run_metrics(
     return ranges, latest
 
 
+def _unreadable(g: FeedSegment, e: Exception) -> None:
+    log.error("alarm feed: segment %d of battery %s unreadable, skipped: %r", g.id, g.battery_id, e)
+
+
 #: metric of each no-data rule → the connectivity state it counts
 NO_DATA_METRICS = {"offline_s": "offline", "link_down_s": "link-down", "asleep_s": "asleep"}
 
@@ -321,23 +325,35 @@ class AlarmService:
         return len(new)
 
     async def _evaluate_segments(self, segs: list[FeedSegment]) -> None:
+        """A page of segments decoded at once (:func:`~packing.unpack_many` groups rows by layout across
+        segments: a gateway posting every second stores segments of a few samples each) and evaluated."""
+        parts: list[tuple[FeedSegment, list[int], list[bytes]]] = []
+        for g in segs:
+            try:
+                parts.append((g, segments.keys(g.payload)[1].tolist(), segments.datas(g.payload)))
+            except Exception as e:
+                _unreadable(g, e)
+        try:
+            wires = packing.unpack_many([d for *_, datas in parts for d in datas])
+        except Exception:  # a damaged row somewhere: segment by segment, to skip only its own
+            wires = []
+            for g, tss, datas in list(parts):
+                try:
+                    wires += packing.unpack_many(datas)
+                except Exception as e:
+                    _unreadable(g, e)
+                    parts.remove((g, tss, datas))
         by_battery: dict[tuple[int, str], list[_Row]] = {}
         found: dict[tuple[int, str], tuple[int, int, str]] = {}
-        for g in segs:
+        k = 0
+        for g, tss, datas in parts:
             key = (g.tenant_id, g.battery_id)
             found[key] = (g.battery_pk, g.site_id, g.name)
-            try:
-                _, tss = segments.keys(g.payload)
-                wires = [packing.unpack(d) for d in segments.datas(g.payload)]
-            except Exception as e:  # a damaged row: said, and the rest of the page goes on
-                log.error(
-                    "alarm feed: segment %d of battery %s unreadable, skipped: %r", g.id, g.battery_id, e
-                )
-                continue
             rows = by_battery.get(key)
             if rows is None:
                 by_battery[key] = rows = []
-            rows.extend(zip(tss.tolist(), wires, itertools.repeat(None)))
+            rows.extend(zip(tss, wires[k : k + len(datas)], itertools.repeat(None)))
+            k += len(datas)
         await self._evaluate(by_battery, found)
 
     # ---- input ------------------------------------------------------------------------------------
