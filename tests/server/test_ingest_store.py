@@ -55,13 +55,24 @@ class Rig:
     def __init__(self, store: Store, metrics: ServerMetrics) -> None:
         self.store = store
         self.hub = Hub()
-        self.alarms = AlarmService(store)  # not started: what ingest hands it waits in its queue
+        self.alarms = AlarmService(store)  # not started: the alarm feed's reads are checked (fed)
         self.metrics = metrics
         self.service = IngestService(store, self.hub, alarms=self.alarms, metrics=metrics)
 
     async def rows(self, table: Any, *where: Any) -> list[Any]:
         async with self.store.engine.connect() as conn:
             return list((await conn.execute(select(table).where(*where))).mappings().all())
+
+    async def fed(self) -> list[tuple[str, int, dict[str, Any]]]:
+        """What the alarm feed reads (every stored segment, the process that stored it no matter), as
+        (battery, ts_ms, measured fields) in segment order, each segment's samples in ts order."""
+        return [
+            (g.battery_id, ts_ms, packing.unpack(data))
+            for g in await self.store.segments_after(0, 1000)
+            for ts_ms, data in zip(
+                segments.keys(g.payload)[1].tolist(), segments.datas(g.payload), strict=True
+            )
+        ]
 
     async def samples(self, stream_id: int | None = None) -> list[dict[str, Any]]:
         """The stored hot samples (decoded from their segments), as rows of the old per-sample table."""
@@ -136,14 +147,18 @@ async def rig(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterat
         yield r
 
 
-def handed(item: tuple[int, list[Any]]) -> tuple[int, list[Any]]:
-    """What ingest handed the alarm service, as wire samples (it hands them packed: ts_ms parsed once)."""
-    tenant_id, samples = item
-    assert all(x.ts_ms == packing.parse_ts_ms(x.wire["ts"]) for x in samples)
-    return tenant_id, [x.wire for x in samples]
+def measured(*samples: dict[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """Wire samples as the alarm feed reads them back: (battery, ts_ms, the measured fields)."""
+    return [
+        (x["battery_id"], packing.parse_ts_ms(x["ts"]), {k: v for k, v in x.items() if k not in _KEYS})
+        for x in samples
+    ]
 
 
-async def test_a_batch_is_stored_rolled_up_merged_and_handed_on(rig: Rig) -> None:
+_KEYS = ("battery_id", "seq", "ts")
+
+
+async def test_a_batch_is_stored_rolled_up_merged_and_fed_to_alarms(rig: Rig) -> None:
     newest = s(B1, 3, T0 + 61_000, voltage_v=51.0, soc_pct=78.0)  # partial: no current, no cells
     mid = s(
         B1, 2, T0 + 2_000, voltage_v=52.0, current_a=-4.0, soc_pct=79.0, cells_mv=[3290, 3320], temps_c=[21.0]
@@ -221,7 +236,7 @@ async def test_a_batch_is_stored_rolled_up_merged_and_handed_on(rig: Rig) -> Non
     ]
     for m in published:
         assert m["connectivity"] == rig.store.live_connectivity(m["sample"], RECEIVED)
-    assert handed(rig.alarms.queue.get_nowait()) == (rig.device.tenant_id, batch)
+    assert await rig.fed() == measured(old, mid, newest, other)  # what the alarm service evaluates
     assert rig.counter("trackingbms_ingest_samples_total", outcome="accepted") == 4
     assert rig.counter("trackingbms_ingest_samples_total", outcome="rejected") == 0
     assert rig.counter("trackingbms_ingest_batch_duration_seconds_count", transport="mqtt") == 1
@@ -256,9 +271,8 @@ async def test_duplicates_clashes_and_refusals_are_told_apart(rig: Rig) -> None:
     (roll,) = await rig.rows(rollup_1m)
     assert [roll[f"voltage_v_{k}"] for k in ("n", "min", "max", "sum")] == [3, 50.0, 54.0, 156.0]  # once each
     assert (await rig.battery(B1))["last_seq"] == 4
-    # the alarm service sees what was stored or re-sent, never what was refused
-    rig.alarms.queue.get_nowait()
-    assert handed(rig.alarms.queue.get_nowait()) == (rig.device.tenant_id, [one, new, new])
+    # the alarm service reads what was stored, once, never what was refused
+    assert await rig.fed() == measured(one, two, new)
     assert rig.counter("trackingbms_ingest_samples_total", outcome="accepted") == 3
     assert rig.counter("trackingbms_ingest_samples_total", outcome="duplicate") == 2
     assert rig.counter("trackingbms_ingest_samples_total", outcome="rejected") == 4
@@ -293,7 +307,7 @@ async def test_an_empty_or_wholly_refused_batch_stores_nothing(rig: Rig) -> None
     assert res.rejected == [
         {"index": 0, "error": f"ts: {format_ts_ms(0)} is before 2000: the device's clock is not set"}
     ]
-    assert res.accepted == 0 and await rig.samples() == [] and rig.alarms.queue.empty()
+    assert res.accepted == 0 and await rig.samples() == [] and await rig.fed() == []
     (dev,) = await rig.rows(devices, devices.c.id == rig.device.id)
     assert dev["last_contact_ms"] is None  # nothing stored: no write at all
     # the server's clock when none is given; the service's own skew

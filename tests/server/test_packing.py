@@ -170,8 +170,9 @@ def test_a_column_of_times_reads_as_each_time_does(data: st.DataObject) -> None:
     assert got == [packing.parse_ts_ms(t) for t in col], col
 
 
-#: the forms _ts_column_ms reads (one width per column: all Z, or all with an offset)
-FAST_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)")
+#: the forms _ts_column_ms reads (one width per column: all Z, or all with an offset of hours 00-23 and
+#: minutes 00-59; parse_ts_ms also takes "+00:60", which the column reader leaves to it)
+FAST_FORM = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]([01]\d|2[0-3]):[0-5]\d)")
 
 
 def _fast_form(ts: str) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,18 @@ import pyarrow.dataset as ds  # noqa: E402
 
 CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
 DAY_S = 86_400
+
+
+def _clear_of_midnight_s() -> float:
+    """Seconds to age every sample by so that no block of them below straddles midnight UTC (the export
+    is partitioned by day: near midnight "today's" ten minutes would land on two days)."""
+    now = datetime.now(UTC)
+    of_day_s = now.hour * 3600 + now.minute * 60 + now.second
+    if of_day_s < 3600:
+        return of_day_s + 7200  # yesterday 22:00
+    if of_day_s > 23 * 3600:
+        return of_day_s - 22 * 3600  # today 22:00
+    return 0.0
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,19 +60,22 @@ def loaded(tmp_path: Path):
     url = f"sqlite+aiosqlite:///{data / 'trackingbms.db'}"
     srv = ServerThread(Settings(data_dir=data, database_url=url, ingest_rate_per_s=0, ingest_burst=0)).start()
     token = asyncio.run(setup(url))
-    batch = [sample("px-1", i, seconds_ago=2 * DAY_S - i * 60) for i in range(1, 31)]  # two days ago
-    batch += [sample("px-1", 100 + i, seconds_ago=600 - i * 10) for i in range(20)]  # today
+    age_s = _clear_of_midnight_s()
+    batch = [sample("px-1", i, seconds_ago=age_s + 2 * DAY_S - i * 60) for i in range(1, 31)]  # two days ago
+    batch += [sample("px-1", 100 + i, seconds_ago=age_s + 600 - i * 10) for i in range(20)]  # today
     # a partial sample: no cells, and why
     batch.append(
         {
             "battery_id": "px-1",
             "seq": 200,
-            "ts": sample("px-1", 0)["ts"],
+            "ts": sample("px-1", 0, seconds_ago=age_s)["ts"],
             "voltage_v": 52.1,
             "errors": {"0x95": "timeout"},
         }
     )
-    batch += [sample("px-2", i, seconds_ago=300 - i, cells_mv=[3300, 3301, 3302, 3303]) for i in range(10)]
+    batch += [
+        sample("px-2", i, seconds_ago=age_s + 300 - i, cells_mv=[3300, 3301, 3302, 3303]) for i in range(10)
+    ]
     r = httpx.post(
         f"{srv.base_url}/api/v1/ingest", json={"samples": batch}, headers={"Authorization": f"Bearer {token}"}
     )

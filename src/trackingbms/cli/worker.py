@@ -83,6 +83,7 @@ def ingest_worker(
                     interval_s=settings.alarm_interval_s,
                     notifier=Notifier(store, group_s=settings.notify_group_s),
                     rules_check_s=settings.rules_check_s,
+                    lease_ttl_s=settings.alarm_lease_s,
                 )
                 alarms.start()
             handler = IngestHandler(

@@ -1,16 +1,19 @@
 """The alarm service: runs the analytics engine and the alarm rules (both pure, :mod:`trackingbms.analytics`)
-over what the ingest service accepted, and the no-data rules on a timer.
+over every stored sample, and the no-data rules on a timer.
 
-Ingest only hands the accepted samples over (:meth:`AlarmService.submit`, no I/O), so evaluation never
-slows an ingest reply; a worker task feeds each battery's estimator and evaluator in ts order (older or
-repeated samples are skipped: re-sends and backfill never raise twice). Per battery two evaluators run:
-one on the samples' clock (sample rules, BMS fault bits, analytics findings) and one on the server's
-clock for the no-data rules (``offline_s`` / ``link_down_s`` / ``asleep_s``, kept apart by connectivity).
+Samples come from the alarm feed (server/alarm_feed.py): the one process holding the database's
+``alarm-feed`` lease reads every newly stored hot segment back, whichever process (API server, ingest
+worker) stored it; ingest only says "stored" (:meth:`AlarmService.stored`, no I/O) so that the holder reads
+at once, and evaluation never slows an ingest reply. Every process with the service on competes for the
+lease; the others stand by and take over when the holder stops (at once) or dies (within the lease's
+time). Each battery's estimator and evaluators are fed in ts order (older or repeated samples are
+skipped: re-sends and backfill never raise twice). Per battery two evaluators run: one on the samples'
+clock (sample rules, BMS fault bits, analytics findings) and one on the server's clock for the no-data
+rules (``offline_s`` / ``link_down_s`` / ``asleep_s``, kept apart by connectivity).
 
-State lives in memory and is saved to ``battery_analytics`` on every tick (and loaded on first use), so a
-restart resumes without re-reading history. One server process should run the service per database:
-two processes would each keep their own evaluator state (the unique index still keeps one active alarm
-per battery and rule).
+State lives in memory and is saved to ``battery_analytics`` on every tick (and loaded on first use), with
+the feed's cursor in the lease, so a restart or a takeover resumes without re-reading history. Samples can
+also be handed over directly (:meth:`AlarmService.submit`: tests, benchmarks).
 
 Rule edits: the API process that makes one rebuilds its evaluators at once; every other process running
 the service (another API server, the MQTT / JetStream ingest workers) polls a fingerprint of the rule
@@ -43,8 +46,9 @@ from trackingbms.analytics.alarms import (
 )
 from trackingbms.analytics.cells import SERIES
 from trackingbms.analytics.connectivity import connectivity
+from trackingbms.server.alarm_feed import LEASE_NAME, FeedCursor, holder_name
 from trackingbms.server.notify import Notifier
-from trackingbms.server.store import Store, packing
+from trackingbms.server.store import FeedSegment, Store, packing, segments
 from trackingbms.server.store.alarms import disabled_faults, resolve_rules
 
 log = logging.getLogger(__name__)
@@ -124,6 +128,10 @@ def _run_metrics(
     return ranges, latest
 
 
+def _unreadable(g: FeedSegment, e: Exception) -> None:
+    log.error("alarm feed: segment %d of battery %s unreadable, skipped: %r", g.id, g.battery_id, e)
+
+
 #: metric of each no-data rule → the connectivity state it counts
 NO_DATA_METRICS = {"offline_s": "offline", "link_down_s": "link-down", "asleep_s": "asleep"}
 
@@ -160,10 +168,27 @@ class AlarmService:
         notifier: Notifier | None = None,
         max_backlog: int = 500_000,
         rules_check_s: float = 5.0,
+        lease_ttl_s: float = 10.0,
+        feed_poll_s: float = 0.25,
+        feed_page: int = 200,
+        gap_wait_s: float = 30.0,
     ) -> None:
         self.store = store
         self.interval_s = interval_s
         self.rules_check_s = rules_check_s
+        #: the alarm feed: the lease (renewed every third of ``lease_ttl_s``; a dead holder's is taken over
+        #: after it), how often the holder looks for segments other processes stored, segments per read
+        self.lease_ttl_s = lease_ttl_s
+        self.feed_poll_s = feed_poll_s
+        self.feed_page = feed_page
+        self.gap_wait_s = gap_wait_s
+        self.holder = holder_name()
+        self.held = False  # this process holds the lease: it evaluates
+        self._epoch: int | None = None
+        self._cursor: FeedCursor | None = None
+        self._feed_cursor: int | None = None  # every segment id at or below it is evaluated
+        self._wake = asyncio.Event()
+        self.evaluated = 0  # samples run through the rules (metrics; the bench waits on it)
         self._marks: dict[int, tuple[int, ...]] | None = None
         self.notifier = notifier
         self.queue: asyncio.Queue[tuple[int, Sequence[dict[str, Any] | Accepted]]] = asyncio.Queue()
@@ -183,6 +208,7 @@ class AlarmService:
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         self._tasks = [
+            asyncio.create_task(self._feeder()),
             asyncio.create_task(self._worker()),
             asyncio.create_task(self._ticker()),
             asyncio.create_task(self._rules_watcher()),
@@ -191,15 +217,144 @@ class AlarmService:
             self._tasks.append(asyncio.create_task(self.notifier.run()))
 
     async def stop(self) -> None:
+        # cancelled only between evaluations (each runs under the lock): a cut between evaluating a battery's
+        # samples and recording its alarms would leave an alarm raised in memory but not in the table
+        async with self._lock:
+            for t in self._tasks:
+                t.cancel()
         for t in self._tasks:
-            t.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        with contextlib.suppress(Exception):
+        started, self._tasks = bool(self._tasks), []
+        try:
+            if started and not self.held:  # stopped before its first look: evaluate what it can
+                await self._hold()
+            if self.held:
+                for _ in range(100):  # what was stored up to now, then the lease goes to the next process
+                    if await self._feed_once() < self.feed_page:
+                        break
             await self._drain()
             await self._save()
+            if self.held:
+                await self.store.release_lease(LEASE_NAME, self.holder)
+                self.held = False
+        except Exception as e:  # the database going away at shutdown: the state of the last tick stands
+            log.warning("alarm service: could not save its state at stop: %s", e)
         if self.notifier is not None:
             await self.notifier.flush()
+
+    # ---- the feed ---------------------------------------------------------------------------------
+    def stored(self) -> None:
+        """Ingest stored samples: the holder reads them now rather than at its next look (no I/O here)."""
+        self._wake.set()
+
+    async def _feeder(self) -> None:
+        renew_at = 0.0
+        while True:
+            try:
+                if time.monotonic() >= renew_at:
+                    await self._hold()
+                    renew_at = time.monotonic() + self.lease_ttl_s / 3
+                if not self.held:
+                    await asyncio.sleep(max(0.0, renew_at - time.monotonic()))
+                    continue
+                self._wake.clear()
+                if await self._feed_once() >= self.feed_page:
+                    continue  # more waiting: read on
+                wait_s = min(self.feed_poll_s, max(0.0, renew_at - time.monotonic()))
+                with contextlib.suppress(TimeoutError):  # not wait_for: 3.11's can swallow a cancel
+                    async with asyncio.timeout(max(0.01, wait_s)):
+                        await self._wake.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database away for a moment: try again shortly, keep the state
+                log.exception("alarm feed failed")
+                await asyncio.sleep(1.0)
+
+    async def _hold(self) -> None:
+        """Take or renew the lease; on taking it, start from the cursor the last holder saved."""
+        lease = await self.store.take_lease(
+            LEASE_NAME, self.holder, int(time.time() * 1000), int(self.lease_ttl_s * 1000)
+        )
+        if lease is None:
+            if self.held:
+                log.warning("alarm service: another process holds the alarm feed now; this one stands by")
+                self._forget()
+            self.held = False
+            return
+        if not self.held or lease.epoch != self._epoch:
+            self._forget()  # someone else may have evaluated meanwhile: state comes from the database
+            self._epoch = lease.epoch
+            self._cursor = FeedCursor(lease.cursor or 0, self.gap_wait_s)
+            self._feed_cursor = self._cursor.cursor
+            log.info(
+                "alarm service: this process evaluates stored samples (after segment %d)", self._cursor.cursor
+            )
+        self.held = True
+
+    def _forget(self) -> None:
+        self.batteries.clear()
+        self._rules.clear()
+        self._profiles.clear()
+        self._marks = None
+        self._cursor = None
+        self._feed_cursor = None
+
+    async def _feed_once(self) -> int:
+        """Evaluate the segments stored since the last look (and late ones that filled a gap); → how many
+        new ones were read (a full page: more are waiting)."""
+        feed = self._cursor
+        if feed is None:
+            return 0
+        new = await self.store.segments_after(feed.top, self.feed_page)
+        now_s = time.monotonic()
+        waiting = feed.waiting(now_s)
+        late = await self.store.segments_in(waiting[:1000]) if waiting else []
+        if late or new:
+            try:
+                await self._evaluate_segments(late + new)
+            except Exception:  # not read again and again: one bad segment must not stop every alarm
+                log.exception(
+                    "alarm evaluation failed on segments %d to %d", (late + new)[0].id, (late + new)[-1].id
+                )
+        # marked read once evaluated: a stop cutting in before reads them again (older ts are skipped)
+        feed.saw([g.id for g in late], now_s)
+        feed.saw([g.id for g in new], now_s)
+        if self._cursor is feed:  # still the holder's feed (the lease was not lost meanwhile)
+            self._feed_cursor = feed.cursor
+        return len(new)
+
+    async def _evaluate_segments(self, segs: list[FeedSegment]) -> None:
+        """A page of segments decoded at once (:func:`~packing.unpack_many` groups rows by layout across
+        segments: a gateway posting every second stores segments of a few samples each) and evaluated."""
+        parts: list[tuple[FeedSegment, list[int], list[bytes]]] = []
+        for g in segs:
+            try:
+                parts.append((g, segments.keys(g.payload)[1].tolist(), segments.datas(g.payload)))
+            except Exception as e:
+                _unreadable(g, e)
+        try:
+            wires = packing.unpack_many([d for *_, datas in parts for d in datas])
+        except Exception:  # a damaged row somewhere: segment by segment, to skip only its own
+            wires = []
+            for g, tss, datas in list(parts):
+                try:
+                    wires += packing.unpack_many(datas)
+                except Exception as e:
+                    _unreadable(g, e)
+                    parts.remove((g, tss, datas))
+        by_battery: dict[tuple[int, str], list[_Row]] = {}
+        found: dict[tuple[int, str], tuple[int, int, str]] = {}
+        k = 0
+        for g, tss, datas in parts:
+            key = (g.tenant_id, g.battery_id)
+            found[key] = (g.battery_pk, g.site_id, g.name)
+            rows = by_battery.get(key)
+            if rows is None:
+                by_battery[key] = rows = []
+            rows.extend(zip(tss, wires[k : k + len(datas)], itertools.repeat(None)))
+            k += len(datas)
+        await self._evaluate(by_battery, found)
 
     # ---- input ------------------------------------------------------------------------------------
     def submit(self, tenant_id: int, samples: Sequence[dict[str, Any] | Accepted]) -> None:
@@ -250,6 +405,8 @@ class AlarmService:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
+            if not self.held:
+                continue  # the holder ticks
             try:
                 await self.tick()
             except Exception:
@@ -258,7 +415,8 @@ class AlarmService:
     async def _rules_watcher(self) -> None:
         while True:
             try:
-                await self.check_rules()
+                if self.held:
+                    await self.check_rules()
             except Exception:
                 log.exception("rule check failed")
             await asyncio.sleep(self.rules_check_s)
@@ -392,7 +550,15 @@ class AlarmService:
             for bid, rows in per.items():
                 by_battery.setdefault((tenant_id, bid), []).extend(rows)
         keys = {k for k in by_battery if k not in self.batteries}
-        found = await self.store.battery_keys(keys)
+        await self._evaluate(by_battery, await self.store.battery_keys(keys))
+
+    async def _evaluate(
+        self,
+        by_battery: dict[tuple[int, str], list[_Row]],
+        found: dict[tuple[int, str], tuple[int, int, str]],
+    ) -> None:
+        """Each battery's rows through its estimator and rules (``found``: (pk, site id, name) of those not
+        met yet)."""
         async with self._lock:
             for key, rows in by_battery.items():
                 if key not in self.batteries:
@@ -401,6 +567,7 @@ class AlarmService:
                     pk, site_id, name = found[key]
                     await self._battery(key[0], key[1], pk, site_id, name)
                 b = self.batteries[key]
+                self.evaluated += len(rows)
                 events = self._feed(b, rows)
                 if events:
                     await self._record(b, events)
@@ -450,6 +617,11 @@ class AlarmService:
 
     async def _record(self, b: _Battery, events: list[AlarmEvent]) -> None:
         items = await self.store.record_events(b.tenant_id, b.pk, events)
+        for i in items:  # acknowledged through another process: no more reminders from here either
+            if i["event"] == "repeat" and i["status"] == "acknowledged":
+                b.samples_ev.acknowledge(i["rule_id"], i["acknowledged_by"] or "", time.time())
+                b.presence_ev.acknowledge(i["rule_id"], i["acknowledged_by"] or "", time.time())
+                b.dirty = True
         if self.notifier is not None:
             self.notifier.submit(b.tenant_id, [i for i in items if i["notify"]])
 
@@ -518,6 +690,11 @@ class AlarmService:
             )
             b.dirty = False
         await self.store.save_analytics(rows)
+        if self.held and self._feed_cursor is not None:  # the state saved covers every segment up to it
+            if not await self.store.save_lease_cursor(LEASE_NAME, self.holder, self._feed_cursor):
+                log.warning("alarm service: the alarm feed's lease was lost; this one stands by")
+                self.held = False
+                self._forget()
 
     async def acknowledge(self, tenant_id: int, battery_id: str, rule_id: str, by: str) -> None:
         """An alarm was acknowledged through the API: no more reminders for it."""

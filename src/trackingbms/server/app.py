@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interval_s=settings.alarm_interval_s,
             notifier=notifier,
             rules_check_s=settings.rules_check_s,
+            lease_ttl_s=settings.alarm_lease_s,
         )
         if settings.alarms_enabled:
             app.state.alarms.start()

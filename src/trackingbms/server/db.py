@@ -363,6 +363,22 @@ sample_segments = Table(
     Index("sample_segments_stream_ts", "stream_id", "ts_min", unique=True),
     Index("sample_segments_stream_seq_max", "stream_id", "seq_max"),
     Index("sample_segments_stream_ts_max", "stream_id", "ts_max"),
+    # ids never reused (SQLite would hand out max(id) + 1 again once compaction emptied the table's end):
+    # the alarm feed reads new segments by id (server/alarm_feed.py, migration 0013)
+    sqlite_autoincrement=True,
+)
+
+#: a lease one process at a time holds (``alarm-feed``: the process that runs the alarm service for the
+#: database), with what it must resume from when another process takes it over
+service_leases = Table(
+    "service_leases",
+    metadata,
+    Column("name", String(40), primary_key=True),
+    Column("holder", String(80), nullable=True),
+    Column("expires_ms", BigInteger, nullable=False),
+    # bumped whenever a different process takes the lease: a holder that sees it move lost its state
+    Column("epoch", BigInteger, nullable=False),
+    Column("cursor", BigInteger, nullable=True),  # the alarm feed: every segment id <= it was evaluated
 )
 
 #: samples older than the hot window, compressed per stream (store/blocks.py, store/cold.py): one row per run

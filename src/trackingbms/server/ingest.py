@@ -1,7 +1,7 @@
 """The ingest service, independent of the transport: HTTP today, MQTT / JetStream workers through the same
 door. One call validates a batch sample by sample, stores it idempotently (dedup on stream and seq), merges
 the last known state, commits, then publishes the newest sample per battery to live subscribers and
-hands the accepted samples to the alarm service (evaluated off the request).
+tells the alarm service that samples were stored (it reads them back from the database, off the request).
 """
 
 from __future__ import annotations
@@ -74,12 +74,7 @@ class IngestService:
                 res.accepted, res.duplicates, errors, time.perf_counter() - started, transport
             )
         if self.alarms is not None and res.accepted:
-            # packed samples, not wire dicts: the alarm service reuses their parsed ts_ms; all of them
-            # unless the store refused some (no per-sample pass for the usual batch)
-            if res.rejected and len(res.rejected) > len(rejected):
-                refused = {r["index"] for r in res.rejected}
-                parsed = [p for p in parsed if p.index not in refused]
-            self.alarms.submit(device.tenant_id, parsed)
+            self.alarms.stored()  # the process holding the alarm feed reads them from the database
         if self.hub is not None:
             for bid, sample in res.latest.items():
                 self.hub.publish(

@@ -4,7 +4,8 @@
 - ingest: samples by outcome, rejected samples by reason (the field the error names), batch latency
   (:meth:`ServerMetrics.observe_ingest`, called by the ingest service for HTTP and broker batches alike);
 - live WebSocket connections (the hub's subscriber count, read at scrape time);
-- the alarm service's backlog and the samples it skipped for being too far behind (stored, not analysed);
+- the alarm service's backlog and the samples it skipped for being too far behind (stored, not analysed),
+  whether this process holds the alarm feed, and the samples it evaluated;
 - per tenant: batteries by connectivity, and active alarms by severity (the alarms table: what the Alarms
   page lists), read from the store at scrape time and cached for :data:`FLEET_CACHE_S` so frequent scrapes
   of a large fleet cost one query pass.
@@ -152,6 +153,16 @@ class _Snapshot:
                 "trackingbms_alarm_samples_skipped",
                 "samples stored but not analysed: alarm evaluation was max_backlog behind",
                 self.alarms.skipped,
+            )
+            yield GaugeMetricFamily(
+                "trackingbms_alarm_feed_holder",
+                "1 when this process holds the alarm feed (evaluates every stored sample), else 0",
+                int(self.alarms.held),
+            )
+            yield CounterMetricFamily(
+                "trackingbms_alarm_samples_evaluated",
+                "stored samples this process ran through the alarm rules and the analytics engine",
+                self.alarms.evaluated,
             )
 
 

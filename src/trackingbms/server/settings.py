@@ -74,8 +74,13 @@ class Settings(BaseSettings):
     rollup_1m_retention_days: float = Field(default=0.0, ge=0)
     #: 1-hour rollups older than this many days are deleted by the same pass (0: kept)
     rollup_1h_retention_days: float = Field(default=0.0, ge=0)
-    #: evaluate alarm rules and the analytics engine on ingested samples (off: storage only)
+    #: evaluate alarm rules and the analytics engine on stored samples (off: storage only). Of the processes
+    #: with it on (API servers, ingest workers) one at a time evaluates every sample stored in the database,
+    #: whichever process stored it: the holder of the alarm-feed lease (docs/alarms.md)
     alarms_enabled: bool = True
+    #: the alarm-feed lease: its holder renews it every third of this; when the holder dies another
+    #: process takes over after it (at once when the holder stops normally)
+    alarm_lease_s: float = Field(default=10.0, ge=1)
     #: how often the no-data rules run, analytics findings are evaluated and analytics state is saved
     alarm_interval_s: float = Field(default=30.0, gt=0)
     #: how often a process looks for rule edits made by another process (API server or ingest worker)

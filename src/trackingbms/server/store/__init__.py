@@ -2,7 +2,7 @@
 
 - :class:`Store` (server-wide): tokens and logins (``auth``), storing ingested batches (``ingest``, fed by
   :mod:`trackingbms.server.ingest`), heartbeats (``heartbeat``), retention and sizes (``retention``),
-  alarm state and transitions (``alarms``);
+  alarm state and transitions (``alarms``), the alarm feed's segment reads and lease (``alarm_feed``);
 - :class:`TenantStore` (``store.tenant(id)``): everything one tenant may see or change — provisioning,
   the fleet read model, history, export, alarms, rules, health, the phone relay's device lookup. It puts
   the tenant into every query itself, so scoping is not remembered route by route; ids from another
@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from trackingbms.server.store.alarm_feed import AlarmFeedStore, FeedSegment, Lease
 from trackingbms.server.store.alarms import AlarmsScope, AlarmStore
 from trackingbms.server.store.api_tokens import ApiTokenScope, ApiTokenStore
 from trackingbms.server.store.auth import AuthStore
@@ -36,7 +37,9 @@ __all__ = [
     "CompactResult",
     "Conflict",
     "DeviceRef",
+    "FeedSegment",
     "IngestResult",
+    "Lease",
     "NotFound",
     "PackedSample",
     "Store",
@@ -52,7 +55,16 @@ class TenantStore(
     """Everything one tenant may see or change (see the module docstring)."""
 
 
-class Store(AuthStore, IngestStore, HeartbeatStore, RetentionStore, ColdStore, ApiTokenStore, AlarmStore):
+class Store(
+    AuthStore,
+    IngestStore,
+    HeartbeatStore,
+    RetentionStore,
+    ColdStore,
+    ApiTokenStore,
+    AlarmStore,
+    AlarmFeedStore,
+):
     """The server-wide store; :meth:`tenant` opens one tenant's scope."""
 
     def tenant(self, tenant_id: int) -> TenantStore:

@@ -298,8 +298,15 @@ class AlarmStore(StoreCore):
                 r.id: r
                 for r in (await conn.execute(_alarm_query().where(a.id.in_([i for i, _ in touched])))).all()
             }
+        # a reminder of an alarm acknowledged through another process (its evaluator did not hear of it)
+        # is not sent: the service then acknowledges it in its evaluator too
         return [
-            {**_alarm_item(rows[i]), "event": ev.kind, "event_message": ev.message, "notify": ev.notify}
+            {
+                **_alarm_item(rows[i]),
+                "event": ev.kind,
+                "event_message": ev.message,
+                "notify": ev.notify and not (ev.kind == "repeat" and rows[i].status == "acknowledged"),
+            }
             for i, ev in touched
         ]
 

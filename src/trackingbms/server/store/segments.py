@@ -19,9 +19,11 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+
+from trackingbms.server.store.packing import unpack_joined
 
 #: a segment spans less than this (ms): a batch spanning more (a long backfill) is cut into several
 SEGMENT_MAX_SPAN_MS = 86_400_000
@@ -83,6 +85,17 @@ def datas(payload: bytes) -> list[bytes]:
         out.append(payload[prev:end])
         prev = end
     return out
+
+
+def samples(payload: bytes) -> tuple[list[int], list[int], list[dict[str, Any]]]:
+    """(seqs, ts_ms, wire dicts) of every sample of a payload, in ts order: the dicts are
+    :func:`~trackingbms.server.store.packing.unpack` of each row, decoded column-wise from the payload
+    itself (the rows lie back to back in it: no copy per row)."""
+    seqs, tss = keys(payload)
+    n = len(seqs)
+    start = 4 + 16 * n
+    lens = np.frombuffer(payload, dtype="<u4", count=n, offset=start).astype(np.int64)
+    return seqs.tolist(), tss.tolist(), unpack_joined(payload, start + 4 * n, lens)
 
 
 def decode(payload: bytes) -> list[SegmentRow]:
