@@ -1,6 +1,7 @@
-"""The ingest service on a real SQLite store, checked row by row: what a batch leaves in the hot segments,
-the 1-minute rollups, the battery's newest sample and field-by-field last known state, the device's contact
-time, what live clients, the alarm service and the metrics receive; duplicates, clashes and backfills exactly.
+"""The ingest service on a real store (SQLite, and PostgreSQL: its statements are its own), checked row by
+row: what a batch leaves in the hot segments, the 1-minute rollups, the battery's newest sample and
+field-by-field last known state, the device's contact time, what live clients, the alarm service and the
+metrics receive; duplicates, clashes and backfills exactly.
 
 No HTTP here (tests/server/test_ingest.py covers the route on SQLite and PostgreSQL): one store, no users, no
 server, so bench/mutation.py can run this file against every mutant of the ingest modules in seconds.
@@ -118,9 +119,10 @@ async def make_rig(url: str) -> AsyncIterator[Rig]:
 def cold_statements(monkeypatch: pytest.MonkeyPatch) -> None:
     """Statements built once at import or cached on first use: build them again, so the code building them
     runs under this test (bench/mutation.py forks every mutant from a process that used them before)."""
-    monkeypatch.setattr(store_ingest, "_BATTERY_SEEN", store_ingest._battery_seen())
-    if hasattr(store_ingest, "_pg_rollup_sql"):
-        monkeypatch.setattr(store_ingest, "_PG_ROLLUP_SQL", store_ingest._pg_rollup_sql())
+    if hasattr(store_ingest, "_sqlite_statements"):
+        monkeypatch.setattr(store_ingest, "_SQLITE_SQL", store_ingest._sqlite_statements())
+    if hasattr(store_ingest, "_pg_write_sql"):
+        monkeypatch.setattr(store_ingest, "_PG_WRITE_SQL", store_ingest._pg_write_sql())
     for cached in ("_sqlite_rollup_sql", "_sqlite_segment_sql"):
         clear = getattr(getattr(store_ingest, cached, None), "cache_clear", None)
         if clear is not None:
@@ -128,11 +130,20 @@ def cold_statements(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+async def sqlite_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
     # the batteries UPDATE is built once, at import: build it again here, so that the code building it runs
     # under this test (bench/mutation.py forks every mutant from a process that imported the module before)
     cold_statements(monkeypatch)
     async with make_rig(f"sqlite+aiosqlite:///{tmp_path / 'server.db'}") as r:
+        yield r
+
+
+@pytest.fixture
+async def rig(database_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Rig]:
+    """A rig on each backend (conftest's database_url): PostgreSQL stores a batch with statements of its
+    own (one over unnest arrays for all its writes), which must leave the same rows."""
+    cold_statements(monkeypatch)
+    async with make_rig(database_url) as r:
         yield r
 
 
@@ -436,11 +447,12 @@ async def test_rollups_merge_a_series_a_bucket_did_not_have_yet(rig: Rig) -> Non
 
 
 async def test_batches_waiting_for_the_writer_share_one_commit(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
+    sqlite_rig: Rig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """SQLite's group commit: batches of two devices sent at once are stored in fewer transactions than
     batches, each reply as if alone (a re-send in a later batch of the same group is a duplicate, the rollup
     counts each sample once); a batch whose statements fail fails alone, the others of its group commit."""
+    rig = sqlite_rig
     transactions = 0
     write = rig.store.write
 

@@ -180,6 +180,33 @@ async def test_concurrent_requests_with_the_same_samples_store_each_once(postgre
         assert len({(r["stream_id"], r["seq"]) for r in stored}) == 8 * 300
 
 
+@pytest.mark.postgres
+async def test_a_batch_waits_while_compaction_holds_its_stream(postgres_url: str) -> None:
+    """Compaction moves a stream's samples into blocks under the stream row's lock (store/cold.py); ingest
+    takes the same lock before it reads the watermark and the segments, else a re-send checked between
+    compaction's commit and its own reads would find its samples in neither and store them again."""
+    import asyncpg
+
+    async with make_rig(postgres_url) as rig:
+        bid = "acme-p1"
+        batch = [wire(bid, k, BASE_MS + k * 1000) for k in range(10)]
+        assert (await rig.service.ingest(rig.device, batch, received_ms=RECEIVED)).accepted == 10
+        sid = await rig.stream(bid)
+        conn = await asyncpg.connect(postgres_url.replace("+asyncpg", ""))
+        try:
+            tx = conn.transaction()
+            await tx.start()
+            await conn.fetch("SELECT cold_ts_ms FROM streams WHERE id = $1 FOR UPDATE", sid)  # as compaction
+            resend = asyncio.create_task(rig.service.ingest(rig.device, batch, received_ms=RECEIVED))
+            await asyncio.sleep(0.5)
+            assert not resend.done()  # waiting for the stream
+            await tx.commit()
+            res = await asyncio.wait_for(resend, 10)
+        finally:
+            await conn.close()
+        assert (res.accepted, res.duplicates) == (0, 10)
+
+
 # --- migration 0012 ---------------------------------------------------------------------------------------
 
 _OLD_SAMPLES = sa.table(

@@ -17,6 +17,8 @@ from collections.abc import Callable
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from trackingbms.server.store.base import pg_fetch
+
 log = logging.getLogger("trackingbms.server.ratelimit")
 
 
@@ -56,6 +58,13 @@ _TAKE = text(
     f"updated = :now, granted = {_REFILLED} >= 1 "
     "RETURNING tokens, granted"
 )
+#: _TAKE with asyncpg's parameters ($1 key, $2 burst, $3 rate, $4 now), run on its own (one round trip)
+_PG_TAKE = (
+    _TAKE.text.replace(":key", "$1::text")
+    .replace(":burst", "$2::float8")
+    .replace(":rate", "$3::float8")
+    .replace(":now", "$4::float8")
+)
 
 
 class PgTokenBuckets:
@@ -88,8 +97,9 @@ class PgTokenBuckets:
             "now": self.clock(),
         }
         try:
-            async with self.engine.begin() as conn:
-                tokens, granted = (await conn.execute(_TAKE, params)).one()
+            ((tokens, granted),) = await pg_fetch(
+                self.engine, _PG_TAKE, params["key"], params["burst"], params["rate"], params["now"]
+            )
         except Exception as exc:  # the limiter protects the server; it must not take ingest down with it
             log.warning("shared rate limiter unavailable (%s); letting the request through", exc)
             return 0.0

@@ -17,6 +17,8 @@ from trackingbms.server.store.base import (
     StoreCore,
     UserRef,
     now_ms,
+    pg_fetch,
+    pg_sql,
 )
 
 
@@ -77,6 +79,9 @@ class AuthStore(StoreCore):
 
     async def device_for_token(self, token: str) -> DeviceRef | None:
         # looked up on every request (no cache: a token revoked by another process is refused at once)
+        if not self.sqlite:
+            rows = await pg_fetch(self.engine, _PG_DEVICE_FOR_TOKEN, security.token_hash(token))
+            return DeviceRef(*rows[0]) if rows else None
         async with self.engine.connect() as conn:
             row = (await conn.execute(_DEVICE_FOR_TOKEN, {"token_hash": security.token_hash(token)})).first()
         return DeviceRef(*row) if row else None
@@ -149,3 +154,4 @@ _DEVICE_FOR_TOKEN = (
     .join(device_tokens, device_tokens.c.device_id == devices.c.id)
     .where(device_tokens.c.token_hash == bindparam("token_hash"), device_tokens.c.revoked.is_(False))
 )
+_PG_DEVICE_FOR_TOKEN = pg_sql(_DEVICE_FOR_TOKEN)  # its one parameter: the token's hash

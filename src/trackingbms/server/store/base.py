@@ -19,6 +19,23 @@ from trackingbms.server.db import batteries, devices, is_sqlite, sites, streams
 ROLES = ("admin", "operator", "viewer")
 
 
+async def pg_fetch(engine: AsyncEngine, sql: str, *args: Any) -> list[Any]:
+    """PostgreSQL: one statement (``$n`` parameters) on a pooled connection, outside any transaction (it
+    commits by itself). One round trip: through SQLAlchemy's connection the same statement came with a
+    BEGIN and a ROLLBACK or COMMIT, and ~0.2 ms of Python (what a request's token lookup and rate limit
+    paid on every ingest request)."""
+    async with engine.connect() as conn:
+        apg = (await conn.get_raw_connection()).driver_connection
+        return await apg.fetch(sql, *args)
+
+
+def pg_sql(stmt: Any) -> str:
+    """The PostgreSQL text of a SQLAlchemy statement with ``$n`` parameters (for :func:`pg_fetch`)."""
+    from sqlalchemy.dialects.postgresql.asyncpg import dialect
+
+    return str(stmt.compile(dialect=dialect()))
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 

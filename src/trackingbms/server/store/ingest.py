@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import functools
+import itertools
 import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -90,7 +91,6 @@ _Waiting = tuple[DeviceRef, list[PackedSample], int, "asyncio.Future[IngestResul
 class IngestStore(StoreCore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._state_stmt: Any = None
         #: SQLite: batches waiting for the group commit, and the task committing them
         self._waiting: collections.deque[
             tuple[DeviceRef, list[PackedSample], int, asyncio.Future[IngestResult]]
@@ -167,8 +167,20 @@ class IngestStore(StoreCore):
     ) -> IngestResult:
         """One batch's statements, in the caller's transaction."""
         res = IngestResult()
-        got = await conn.execute(_ASSIGNED, {"device_id": device.id, "tenant_id": device.tenant_id})
-        assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in got.all()}
+        marks: dict[int, int | None] | None = None  # PostgreSQL: the locked streams' cold watermarks
+        db: Any = None  # SQLite: the aiosqlite connection
+        if self.sqlite:
+            db = await _aiosqlite(conn)
+            rows = await db.execute_fetchall(
+                _SQLITE_SQL["assigned"], {"device_id": device.id, "tenant_id": device.tenant_id}
+            )
+        else:
+            # one round trip: the device's contact time, the batch's batteries and their streams, locked
+            names = list(dict.fromkeys(p.battery_id for p in parsed))
+            got = await conn.exec_driver_sql(_PG_ASSIGNED_SQL, (device.id, device.tenant_id, names, t_now))
+            rows = got.all()
+            marks = {r[1]: r[4] for r in rows}
+        assigned = {r[0]: Assigned(r[1], r[2], r[3]) for r in rows}
         kept: list[PackedSample] = []
         by_stream: dict[int, list[int]] = {}  # stream → its samples' places in `kept`
         stream_of = {bid: a.stream_id for bid, a in assigned.items()}
@@ -189,12 +201,12 @@ class IngestStore(StoreCore):
                 ks.append(len(kept))
             kept.append(p)
         if kept:
-            accepted, clashes, keys = await self._dedup(conn, kept, by_stream)
+            accepted, clashes, keys = await self._dedup(conn, kept, by_stream, marks)
             res.accepted = sum(len(ks) for ks in accepted.values())
             for k, err in clashes.items():
                 res.rejected.append({"index": kept[k].index, "error": err})
             res.duplicates = len(kept) - res.accepted - len(clashes)
-            await self._insert_segments(conn, kept, accepted, keys)
+            seg_rows = _segment_rows(kept, accepted, keys)
             newest: dict[str, BatchNewest] = {}
             # each minute row's samples, folded at once below (SeriesAcc.of_points: column-wise)
             points: dict[tuple[int, int], list[packing.Stats]] = {}
@@ -229,24 +241,29 @@ class IngestStore(StoreCore):
                     if prev is None or ts >= prev[0]:
                         cur.by_mask[mask] = (ts, data)
             rollups = {key: SeriesAcc.of_points(pts) for key, pts in points.items()}
-            if rollups:
-                # hours folded from this batch's minutes, upserted beside them in the same transaction:
-                # a few rows per stream and batch, always exact (late samples included), no lag
-                hours: dict[tuple[int, int], SeriesAcc] = {}
-                for (stream, minute), acc in rollups.items():
-                    key = (stream, minute - minute % 3_600_000)
-                    h = hours.get(key)
-                    if h is None:
-                        hours[key] = SeriesAcc(list(acc.flat))
-                    else:
-                        h.merge(acc)
-                await self._upsert_rollups(conn, rollups, hours)
-            if newest:
-                # in battery order, so that concurrent batches (PostgreSQL) lock rows in one order
-                order = sorted(newest, key=lambda b: assigned[b].battery_pk)
+            # hours folded from this batch's minutes, upserted beside them in the same transaction:
+            # a few rows per stream and batch, always exact (late samples included), no lag
+            hours: dict[tuple[int, int], SeriesAcc] = {}
+            for (stream, minute), acc in rollups.items():
+                key = (stream, minute - minute % 3_600_000)
+                h = hours.get(key)
+                if h is None:
+                    hours[key] = SeriesAcc(list(acc.flat))
+                else:
+                    h.merge(acc)
+            # in battery order, so that concurrent batches lock rows in one order
+            order = sorted(newest, key=lambda b: assigned[b].battery_pk)
+            if not self.sqlite:
+                seen = [(assigned[bid].battery_pk, newest[bid]) for bid in order]
+                await _write_pg(conn, seg_rows, rollups, hours, seen, t_now)
+            else:
+                await self._insert_segments(conn, seg_rows)
+                if rollups:
+                    await self._upsert_rollups(conn, rollups, hours)
+            if newest and self.sqlite:
                 # one executemany for the batch: arrival figures always, "latest" only if newer
-                await conn.execute(
-                    _BATTERY_SEEN,
+                await db.executemany(
+                    _SQLITE_SQL["battery_seen"],
                     [
                         {
                             "b_id": assigned[bid].battery_pk,
@@ -261,8 +278,8 @@ class IngestStore(StoreCore):
                     ],
                 )
                 # the last known state: each field merged in SQL, so concurrent batches cannot race
-                await conn.execute(
-                    self._state_upsert(),
+                await db.executemany(
+                    _SQLITE_SQL["state"],
                     [_state_row(assigned[bid].battery_pk, newest[bid].by_mask) for bid in order],
                 )
             for bid, nw in newest.items():
@@ -271,15 +288,21 @@ class IngestStore(StoreCore):
                     continue  # a backfill: live clients would take it for the pack's present state
                 res.latest[bid] = packing.to_sample(bid, nw.seq, nw.ts_ms, nw.data)
         res.rejected.sort(key=lambda r: r["index"])
-        await conn.execute(update(devices).where(devices.c.id == device.id).values(last_contact_ms=t_now))
+        if self.sqlite:  # PostgreSQL: with the first statement
+            await db.execute(_SQLITE_SQL["device_contact"], {"d_id": device.id, "t_now": t_now})
         return res
 
     async def _dedup(
-        self, conn: AsyncConnection, kept: list[PackedSample], by_stream: dict[int, list[int]]
+        self,
+        conn: AsyncConnection,
+        kept: list[PackedSample],
+        by_stream: dict[int, list[int]],
+        locked: dict[int, int | None] | None = None,
     ) -> tuple[dict[int, list[int]], dict[int, str], dict[int, tuple[np.ndarray, np.ndarray]]]:
         """Which samples are new (per stream, their places in ``kept``, in batch order) and which clash
         (place → error); the others are duplicates. The rules are in the module docstring. Also the
-        (seq, ts) arrays of the streams whose samples were all new (the normal case: not built twice)."""
+        (seq, ts) arrays of the streams whose samples were all new (the normal case: not built twice).
+        ``locked``: PostgreSQL, the streams' cold watermarks, read as the caller locked the streams."""
         keys: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         ranges: list[tuple[int, int, int, int, int]] = []  # per stream: its seq and ts ranges in the batch
         for sid, ks in by_stream.items():
@@ -294,23 +317,24 @@ class IngestStore(StoreCore):
         if self.sqlite:
             # one round trip (per _SQLITE_OVERLAP_STREAMS streams): the watermarks, then the segments
             # overlapping the batch's ranges
+            db = await _aiosqlite(conn)
             for start in range(0, len(ranges), _SQLITE_OVERLAP_STREAMS):
                 part = ranges[start : start + _SQLITE_OVERLAP_STREAMS]
                 params: list[int] = [r[0] for r in part]
                 for sid, seq_lo, seq_hi, ts_lo, ts_hi in part:
                     params += (sid, seq_lo, seq_hi, sid, ts_lo, ts_hi)
-                got = await conn.exec_driver_sql(_sqlite_overlap_sql(len(part)), tuple(params))
-                for kind, sid, mark, payload in got.all():
+                got = await db.execute_fetchall(_sqlite_overlap_sql(len(part)), params)
+                for kind, sid, mark, payload in got:
                     if kind == 0:
                         marks[sid] = mark
                     else:
                         stored.setdefault(sid, []).append(payload)
         else:
             apg = (await conn.get_raw_connection()).driver_connection
-            # one request at a time per stream, until commit; compaction takes the same lock (store/cold.py).
-            # Then the segments, in a statement of their own: it sees what a request we waited for committed
+            # the streams were locked by the caller (_PG_ASSIGNED_SQL); the segments come in a statement of
+            # their own: it sees what a request we waited for committed
             cols = list(map(list, zip(*ranges, strict=True)))
-            marks = dict(await apg.fetch(_PG_LOCK_SQL, cols[0]))
+            marks = locked or {}
             for sid, payload in await apg.fetch(_PG_OVERLAP_SQL, *cols):
                 stored.setdefault(sid, []).append(payload)
         accepted: dict[int, list[int]] = {}
@@ -377,40 +401,14 @@ class IngestStore(StoreCore):
             ok.append(k)
         return ok
 
-    async def _insert_segments(
-        self,
-        conn: AsyncConnection,
-        kept: list[PackedSample],
-        accepted: dict[int, list[int]],
-        whole: dict[int, tuple[np.ndarray, np.ndarray]],
-    ) -> None:
-        """The accepted samples as segments: one row per stream (more only for a batch spanning a day)."""
-        rows: list[tuple[Any, ...]] = []
-        for sid, ks in accepted.items():
-            ps = [kept[k] for k in ks]
-            got = whole.get(sid)
-            if got is None:
-                seqs = np.fromiter((p.seq for p in ps), dtype=np.int64, count=len(ps))
-                tss = np.fromiter((p.ts_ms for p in ps), dtype=np.int64, count=len(ps))
-            else:
-                seqs, tss = got
-            rows += [(sid, *seg) for seg in segments.build(seqs, tss, [p.data for p in ps])]
+    async def _insert_segments(self, conn: AsyncConnection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert segment rows (:func:`_segment_rows`)."""
         if not rows:
             return
-        if self.sqlite:
-            for start in range(0, len(rows), _SQLITE_SEGMENT_ROWS):
-                chunk = rows[start : start + _SQLITE_SEGMENT_ROWS]
-                await conn.exec_driver_sql(
-                    _sqlite_segment_sql(len(chunk)), tuple(x for r in chunk for x in r)
-                )
-            return
-        raw = await conn.get_raw_connection()
-        await raw.driver_connection.execute(
-            "INSERT INTO sample_segments (stream_id, seq_min, seq_max, ts_min, ts_max, n, data) "
-            "SELECT * FROM unnest($1::int[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], "
-            "$6::int[], $7::bytea[])",
-            *map(list, zip(*rows, strict=True)),
-        )
+        db = await _aiosqlite(conn)
+        for start in range(0, len(rows), _SQLITE_SEGMENT_ROWS):
+            chunk = rows[start : start + _SQLITE_SEGMENT_ROWS]
+            await db.execute(_sqlite_segment_sql(len(chunk)), [x for r in chunk for x in r])
 
     async def _upsert_rollups(
         self,
@@ -418,49 +416,43 @@ class IngestStore(StoreCore):
         minutes: dict[tuple[int, int], SeriesAcc],
         hours: dict[tuple[int, int], SeriesAcc],
     ) -> None:
-        """Add the batch's folds to the minute and hour rows. Hand-written SQL, not the SQLAlchemy upsert
-        construct: its per-row parameter processing cost ~0.1 ms a row (38 columns) under the SQLite lock.
-        PostgreSQL: both tables in one statement (a CTE over unnest arrays), one round trip."""
-        if self.sqlite:
-            for table, folds in (("rollup_1m", minutes), ("rollup_1h", hours)):
-                keys = list(folds)
-                for start in range(0, len(keys), _SQLITE_ROLLUP_ROWS):
-                    chunk = keys[start : start + _SQLITE_ROLLUP_ROWS]
-                    params: list[Any] = []
-                    for key in chunk:
-                        params += key
-                        params += folds[key].flat
-                    await conn.exec_driver_sql(_sqlite_rollup_sql(table, len(chunk)), tuple(params))
-            return
-        arrays: list[list[Any]] = []
-        for folds in (minutes, hours):
-            keys = sorted(folds)  # one lock order for concurrent batches of the same streams
-            arrays.append([k[0] for k in keys])
-            arrays.append([k[1] for k in keys])
-            flats = [folds[k].flat for k in keys]
-            arrays += [[f[o] for f in flats] for o in range(len(_ROLLUP_COLUMNS))]
-        raw = await conn.get_raw_connection()
-        await raw.driver_connection.execute(_PG_ROLLUP_SQL, *arrays)
+        """SQLite: add the batch's folds to the minute and hour rows. Hand-written SQL, not the SQLAlchemy
+        upsert construct: its per-row parameter processing cost ~0.1 ms a row (38 columns) under the SQLite
+        lock. (PostgreSQL: in :func:`_write_pg`'s one statement.)"""
+        db = await _aiosqlite(conn)
+        for table, folds in (("rollup_1m", minutes), ("rollup_1h", hours)):
+            keys = list(folds)
+            for start in range(0, len(keys), _SQLITE_ROLLUP_ROWS):
+                chunk = keys[start : start + _SQLITE_ROLLUP_ROWS]
+                params: list[Any] = []
+                for key in chunk:
+                    params += key
+                    params += folds[key].flat
+                await db.execute(_sqlite_rollup_sql(table, len(chunk)), params)
 
-    def _state_upsert(self) -> Any:
-        """Insert a battery's state, or merge it field by field: a field moves only to a value read at
-        the same ts or later (a backfill of old samples never overwrites newer values)."""
-        if self._state_stmt is not None:
-            return self._state_stmt
-        if self.sqlite:
-            from sqlalchemy.dialects.sqlite import insert as dialect_insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        stmt = dialect_insert(battery_state)
-        st, ex = battery_state.c, stmt.excluded
-        set_: dict[str, Any] = {}
-        for name, _ in STATE_FIELDS:
-            # NULL when this batch did not carry the field: then the stored value stays
-            newer = ex[f"{name}_ts"] >= func.coalesce(st[f"{name}_ts"], ex[f"{name}_ts"])
-            set_[name] = case((newer, ex[name]), else_=st[name])
-            set_[f"{name}_ts"] = case((newer, ex[f"{name}_ts"]), else_=st[f"{name}_ts"])
-        self._state_stmt = stmt.on_conflict_do_update(index_elements=["battery_id"], set_=set_)
-        return self._state_stmt
+
+async def _aiosqlite(conn: AsyncConnection) -> Any:
+    """SQLite: the aiosqlite connection under ``conn``, in its transaction. Statements sent to it directly
+    cost one hop to its thread; through SQLAlchemy's cursor each took three or four (cursor, execute, fetch,
+    close: ~0.1 ms of CPU a statement, with the GIL handed back and forth), ~1 ms for a batch's eight."""
+    return (await conn.get_raw_connection()).driver_connection
+
+
+def _sqlite_state_upsert() -> Any:
+    """SQLite: insert a battery's state, or merge it field by field: a field moves only to a value read at
+    the same ts or later (a backfill of old samples never overwrites newer values). PostgreSQL: the same
+    merge, hand-written in :func:`_pg_write_sql`."""
+    from sqlalchemy.dialects.sqlite import insert as dialect_insert
+
+    stmt = dialect_insert(battery_state)
+    st, ex = battery_state.c, stmt.excluded
+    set_: dict[str, Any] = {}
+    for name, _ in STATE_FIELDS:
+        # NULL when this batch did not carry the field: then the stored value stays
+        newer = ex[f"{name}_ts"] >= func.coalesce(st[f"{name}_ts"], ex[f"{name}_ts"])
+        set_[name] = case((newer, ex[name]), else_=st[name])
+        set_[f"{name}_ts"] = case((newer, ex[f"{name}_ts"]), else_=st[f"{name}_ts"])
+    return stmt.on_conflict_do_update(index_elements=["battery_id"], set_=set_)
 
 
 #: the batteries a device reports for, with their stream from it: built once (~60 µs of Python per batch)
@@ -495,7 +487,30 @@ def _battery_seen() -> Any:
     )
 
 
-_BATTERY_SEEN = _battery_seen()
+#: built once: building the UPDATE expression cost ~0.1 ms a batch
+_DEVICE_CONTACT = (
+    update(devices)
+    .where(devices.c.id == bindparam("d_id"))
+    .values(last_contact_ms=bindparam("t_now", type_=BigInteger))
+)
+
+
+def _sqlite_statements() -> dict[str, str]:
+    """The SQLite text (named parameters) of the statements built with SQLAlchemy above, run through
+    aiosqlite directly (:func:`_aiosqlite`) with the same parameters. Their values need no conversion
+    (bools, ints, floats, str, bytes: what sqlite3 takes as SQLAlchemy's processors would give it)."""
+    from sqlalchemy.dialects import sqlite
+
+    dialect = sqlite.dialect(paramstyle="named")
+    return {
+        "assigned": str(_ASSIGNED.compile(dialect=dialect)),
+        "battery_seen": str(_battery_seen().compile(dialect=dialect)),
+        "state": str(_sqlite_state_upsert().compile(dialect=dialect)),
+        "device_contact": str(_DEVICE_CONTACT.compile(dialect=dialect)),
+    }
+
+
+_SQLITE_SQL = _sqlite_statements()
 
 
 def _state_row(battery_pk: int, by_mask: dict[int, tuple[int, bytes]]) -> dict[str, Any]:
@@ -565,25 +580,137 @@ def _sqlite_rollup_sql(table: str, n_rows: int) -> str:
     ).replace("{t}", table)
 
 
-def _pg_rollup_sql() -> str:
+#: PostgreSQL's column type of each battery_state field (db.STATE_FIELDS' SQLAlchemy types)
+_PG_TYPES = {"Float": "float8", "Integer": "int", "String": "text", "Text": "text", "Boolean": "bool"}
+
+
+def _pg_write_sql() -> str:
+    """PostgreSQL: every write of a batch in one statement over unnest arrays (one round trip instead of
+    five; each statement cost ~0.3 ms of Python and asyncpg a batch): its segments, the minute and hour
+    rollups (merged as SQLite's), the batteries' arrival figures and newest sample (only if newer), and
+    their field-by-field state. Arrays may be empty (a batch of duplicates writes no segment).
+    Lock order: rollups by key and batteries by id (sorted by the caller; the batteries locked through
+    ``lk`` since an UPDATE ... FROM does not follow its array's order), as the separate statements did."""
+    k = itertools.count(1)
+
+    def arrays(types: list[str]) -> str:
+        return ", ".join(f"${next(k)}::{t}[]" for t in types)
+
+    seg = (
+        "INSERT INTO sample_segments (stream_id, seq_min, seq_max, ts_min, ts_max, n, data) "
+        f"SELECT * FROM unnest({arrays(['int', 'bigint', 'bigint', 'bigint', 'bigint', 'int', 'bytea'])})"
+    )
     cols = ("stream_id", "bucket_ms", *_ROLLUP_COLUMNS)
     types = ["int", "bigint"] + ["int" if c.endswith("_n") else "float8" for c in _ROLLUP_COLUMNS]
-
-    def unnest(first: int) -> str:
-        args = ", ".join(f"${first + k}::{t}[]" for k, t in enumerate(types))
-        return f"SELECT * FROM unnest({args})"
-
     merge, names = _rollup_merge_sql(False), ", ".join(cols)
-    minutes = f"INSERT INTO rollup_1m ({names}) {unnest(1)} {merge.replace('{t}', 'rollup_1m')}"
-    hours = f"INSERT INTO rollup_1h ({names}) {unnest(1 + len(cols))} {merge.replace('{t}', 'rollup_1h')}"
-    return f"WITH m AS ({minutes}) {hours}"
+    roll = {
+        t: f"INSERT INTO {t} ({names}) SELECT * FROM unnest({arrays(types)}) {merge.replace('{t}', t)}"
+        for t in ("rollup_1m", "rollup_1h")
+    }
+    b_ids = f"${next(k)}::int[]"
+    seen = f"unnest({b_ids}, {arrays(['bigint', 'bigint', 'bytea', 'int', 'int'])})"
+    t_now = f"${next(k)}::bigint"
+    newer = "b.last_ts_ms IS NULL OR b.last_ts_ms <= u.b_ts"
+    battery = (
+        f"UPDATE batteries b SET last_received_ms = {t_now}, received_ts_ms = u.b_ts, "
+        "cell_count = CASE WHEN b.cell_count < u.n_cells THEN u.n_cells ELSE b.cell_count END, "
+        "temp_count = CASE WHEN b.temp_count < u.n_temps THEN u.n_temps ELSE b.temp_count END, "
+        f"last_seq = CASE WHEN {newer} THEN u.b_seq ELSE b.last_seq END, "
+        f"last_data = CASE WHEN {newer} THEN u.b_data ELSE b.last_data END, "
+        f"last_ts_ms = CASE WHEN {newer} THEN u.b_ts ELSE b.last_ts_ms END "
+        f"FROM {seen} AS u(b_id, b_ts, b_seq, b_data, n_cells, n_temps) "
+        "WHERE b.id = u.b_id AND b.id IN (SELECT id FROM lk)"
+    )
+    state_cols = ["battery_id"]
+    state_types = ["int"]
+    sets = []
+    for name, type_ in STATE_FIELDS:
+        state_cols += [name, f"{name}_ts"]
+        sa_type = type_ if isinstance(type_, type) else type(type_)  # String(16) is an instance
+        state_types += [_PG_TYPES[sa_type.__name__], "bigint"]
+        # NULL when this batch did not carry the field: then the stored value stays
+        new = f"excluded.{name}_ts >= coalesce(battery_state.{name}_ts, excluded.{name}_ts)"
+        sets.append(f"{name} = CASE WHEN {new} THEN excluded.{name} ELSE battery_state.{name} END")
+        sets.append(f"{name}_ts = CASE WHEN {new} THEN excluded.{name}_ts ELSE battery_state.{name}_ts END")
+    state = (
+        f"INSERT INTO battery_state ({', '.join(state_cols)}) SELECT * FROM unnest({arrays(state_types)}) "
+        f"ON CONFLICT (battery_id) DO UPDATE SET {', '.join(sets)}"
+    )
+    return (
+        f"WITH seg AS ({seg}), m AS ({roll['rollup_1m']}), h AS ({roll['rollup_1h']}), "
+        f"lk AS MATERIALIZED (SELECT id FROM batteries WHERE id = ANY({b_ids}) ORDER BY id FOR UPDATE), "
+        f"bs AS ({battery}) {state}"
+    )
 
 
-_PG_ROLLUP_SQL = _pg_rollup_sql()
+_PG_WRITE_SQL = _pg_write_sql()
 
 
-#: PostgreSQL: the batch's stream rows locked in id order (one lock order for concurrent batches)
-_PG_LOCK_SQL = "SELECT id, cold_ts_ms FROM streams WHERE id = ANY($1::int[]) ORDER BY id FOR UPDATE"
+async def _write_pg(
+    conn: AsyncConnection,
+    seg_rows: list[tuple[Any, ...]],
+    minutes: dict[tuple[int, int], SeriesAcc],
+    hours: dict[tuple[int, int], SeriesAcc],
+    seen: list[tuple[int, BatchNewest]],
+    t_now: int,
+) -> None:
+    """Run :data:`_PG_WRITE_SQL`: ``seg_rows`` from :func:`_segment_rows`, the rollup folds, and per battery
+    (in battery key order) what the batch brought."""
+    args: list[Any] = [list(c) for c in zip(*seg_rows, strict=True)] if seg_rows else [[]] * 7
+    for folds in (minutes, hours):
+        keys = sorted(folds)  # one lock order for concurrent batches of the same streams
+        args.append([key[0] for key in keys])
+        args.append([key[1] for key in keys])
+        flats = [folds[key].flat for key in keys]
+        args += [[f[o] for f in flats] for o in range(len(_ROLLUP_COLUMNS))]
+    args.append([pk for pk, _ in seen])
+    args += [
+        [nw.ts_ms for _, nw in seen],
+        [nw.seq for _, nw in seen],
+        [nw.data for _, nw in seen],
+        [nw.n_cells for _, nw in seen],
+        [nw.n_temps for _, nw in seen],
+        t_now,
+    ]
+    states = [_state_row(pk, nw.by_mask) for pk, nw in seen]
+    args.append([pk for pk, _ in seen])
+    for name, _ in STATE_FIELDS:
+        args.append([st[name] for st in states])
+        args.append([st[f"{name}_ts"] for st in states])
+    apg = (await conn.get_raw_connection()).driver_connection
+    await apg.execute(_PG_WRITE_SQL, *args)
+
+
+def _segment_rows(
+    kept: list[PackedSample], accepted: dict[int, list[int]], whole: dict[int, tuple[np.ndarray, np.ndarray]]
+) -> list[tuple[Any, ...]]:
+    """The accepted samples as segment rows (stream_id, *NewSegment): one per stream (more only for a batch
+    spanning a day). ``whole``: the (seq, ts) arrays of streams whose samples were all accepted."""
+    rows: list[tuple[Any, ...]] = []
+    for sid, ks in accepted.items():
+        ps = [kept[k] for k in ks]
+        got = whole.get(sid)
+        if got is None:
+            seqs = np.fromiter((p.seq for p in ps), dtype=np.int64, count=len(ps))
+            tss = np.fromiter((p.ts_ms for p in ps), dtype=np.int64, count=len(ps))
+        else:
+            seqs, tss = got
+        rows += [(sid, *seg) for seg in segments.build(seqs, tss, [p.data for p in ps])]
+    return rows
+
+
+#: PostgreSQL, a batch's first statement: the device's contact time, and its batteries among the batch's
+#: (as _ASSIGNED) with their streams' cold watermarks, the stream rows locked in id order (one lock order
+#: for concurrent batches): one request at a time per stream until commit; compaction takes the same lock
+#: (store/cold.py). The device row is locked too (after the streams): a config push locks it before the
+#: batteries, as this transaction does now.
+_PG_ASSIGNED_SQL = (
+    "WITH d AS (UPDATE devices SET last_contact_ms = $4::bigint WHERE id = $1::int) "
+    "SELECT b.battery_id, s.id, b.id, b.last_ts_ms, s.cold_ts_ms FROM batteries b "
+    "JOIN streams s ON s.battery_id = b.id AND s.device_id = $1::int "
+    "WHERE b.tenant_id = $2::int AND b.device_id = $1::int AND b.battery_id = ANY($3::text[]) "
+    "ORDER BY s.id FOR UPDATE OF s"
+)
 #: the segments a batch may meet: per stream, those whose seq range or ts range overlaps the batch's (two
 #: index ranges, on (stream_id, seq_max) and (stream_id, ts_max): empty when the batch is newer)
 _PG_OVERLAP_SQL = (
