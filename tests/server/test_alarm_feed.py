@@ -30,6 +30,7 @@ from trackingbms.server import provisioning as p
 from trackingbms.server.alarm_feed import MAX_GAPS, FeedCursor
 from trackingbms.server.alarms import AlarmService
 from trackingbms.server.db import make_engine, sample_segments, service_leases
+from trackingbms.server.notify import Notifier
 from trackingbms.server.store import DeviceRef, Store, packing
 
 from .conftest import ServerThread, migrate, provision, sample
@@ -244,5 +245,40 @@ async def test_an_unreadable_segment_is_skipped_and_the_rest_evaluated(tmp_path:
         await _until("the readable segment's fault raised", 20, lambda: _active(store, "fine"))
         await service.stop()
         assert not await _active(store, "damaged")
+    finally:
+        await engine.dispose()
+
+
+async def test_an_alarm_acknowledged_through_another_process_sends_no_more_reminders(tmp_path: Path) -> None:
+    """The API process that takes an acknowledgement may not be the one evaluating: the holder learns of it
+    from the alarm row when the next reminder is due (no notification), and stops reminding."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'ack.db'}"
+    async with p.open_store(url) as store:
+        await p.create_tenant(store, "acme")
+        await p.create_site(store, "acme", "depot")
+        await p.provision_device(store, "acme", "gw-1")
+        await p.create_battery(store, "acme", "depot", "pack", device="gw-1")
+    engine = make_engine(url)
+    store = Store(engine)
+    try:
+        tenant = store.tenant(1)
+        await tenant.create_rule(
+            {"rule_id": "soc_any", "metric": "soc_pct", "op": ">", "set": -1, "clear": -2, "repeat_s": 1}
+        )
+        notifier = Notifier(store)  # not run: what it would send waits in ``pending``
+        service = AlarmService(store, interval_s=3600, notifier=notifier)  # not started: fed, ticked here
+        for k in range(3):  # raised 60 s ago, reminders due 55 and 50 s ago (the samples' clock)
+            service.submit(1, [sample("pack", k + 1, seconds_ago=60 - 5 * k)])
+            await service.tick()
+            if k == 0:
+                (alarm,) = await tenant.alarms(active=True)
+                await tenant.ack_alarm(alarm["id"], "ops@acme.test")  # through "another process"
+        assert [(i["rule_id"], i["event"]) for i in notifier.pending[1]] == [("soc_any", "raised")]
+        (alarm,) = await tenant.alarms(active=True)
+        assert alarm["status"] == "acknowledged" and alarm["acknowledged_by"] == "ops@acme.test"
+        tracks = service.batteries[(1, "pack")].samples_ev.active()
+        assert [(a["rule_id"], a["status"]) for a in tracks] == [
+            ("soc_any", "acknowledged")
+        ]  # no more reminders
     finally:
         await engine.dispose()
