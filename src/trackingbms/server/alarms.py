@@ -184,6 +184,7 @@ class AlarmService:
         self.gap_wait_s = gap_wait_s
         self.holder = holder_name()
         self.held = False  # this process holds the lease: it evaluates
+        self._standing_by = False  # said so in the log already
         self._epoch: int | None = None
         self._cursor: FeedCursor | None = None
         self._feed_cursor: int | None = None  # every segment id at or below it is evaluated
@@ -238,6 +239,7 @@ class AlarmService:
             if self.held:
                 await self.store.release_lease(LEASE_NAME, self.holder)
                 self.held = False
+                log.info("alarm service: alarm-feed lease released (another process may take it over)")
         except Exception as e:  # the database going away at shutdown: the state of the last tick stands
             log.warning("alarm service: could not save its state at stop: %s", e)
         if self.notifier is not None:
@@ -280,15 +282,22 @@ class AlarmService:
             if self.held:
                 log.warning("alarm service: another process holds the alarm feed now; this one stands by")
                 self._forget()
+            elif not self._standing_by:
+                log.info("alarm service: another process evaluates the stored samples; this one stands by")
+            self._standing_by = True
             self.held = False
             return
+        self._standing_by = False
         if not self.held or lease.epoch != self._epoch:
             self._forget()  # someone else may have evaluated meanwhile: state comes from the database
             self._epoch = lease.epoch
             self._cursor = FeedCursor(lease.cursor or 0, self.gap_wait_s)
             self._feed_cursor = self._cursor.cursor
             log.info(
-                "alarm service: this process evaluates stored samples (after segment %d)", self._cursor.cursor
+                "alarm service: this process now evaluates every stored sample (alarm-feed lease taken; %s)",
+                "from the oldest hot samples"
+                if not lease.cursor
+                else f"resuming after segment id {lease.cursor}",
             )
         self.held = True
 

@@ -41,14 +41,27 @@ def compose(items: list[dict[str, Any]]) -> tuple[str, str]:
     return title, "\n".join(lines)
 
 
-def send(url: str, title: str, body: str) -> bool:
+#: apprise's message type per severity (a webhook's ``type``, a chat service's colour or icon)
+_NOTIFY_TYPES = {"critical": "failure", "warning": "warning", "info": "info"}
+
+
+def notify_type(items: list[dict[str, Any]]) -> str:
+    """The message's type: its gravest raised (or reminded) alarm's, ``success`` when all are recoveries."""
+    raised = {i["severity"] for i in items if i["event"] != "cleared"}
+    for severity in ("critical", "warning", "info"):
+        if severity in raised:
+            return _NOTIFY_TYPES[severity]
+    return "success"
+
+
+def send(url: str, title: str, body: str, kind: str = "info") -> bool:
     import apprise
 
     ap = apprise.Apprise()
     if not ap.add(url):
         log.warning("notification URL not understood by apprise: %s", url.split("://", 1)[0] + "://…")
         return False
-    return bool(ap.notify(title=title, body=body))
+    return bool(ap.notify(title=title, body=body, notify_type=apprise.NotifyType(kind)))
 
 
 class Notifier:
@@ -89,7 +102,7 @@ class Notifier:
                 if not chosen:
                     continue
                 title, body = compose(chosen)
-                ok = await asyncio.to_thread(send, target["url"], title, body)
+                ok = await asyncio.to_thread(send, target["url"], title, body, notify_type(chosen))
                 if ok:
                     self.sent += 1
                 else:
