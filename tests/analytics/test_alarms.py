@@ -24,7 +24,8 @@ def test_set_delay_hysteresis_and_clear_delay() -> None:
     assert feed(ev, [(0, 3650), (5, 3500)]) == []
     events = feed(ev, [(10, 3650), (15, 3650), (20, 3650)])
     assert [e.kind for e in events] == ["raised"] and events[0].t == 20
-    assert events[0].notify and events[0].cell == 12 and "cell 12" in events[0].message
+    assert events[0].notify and events[0].cell == 12
+    assert events[0].message == "cell high on cell 12 (max_cell_mv 3650, set > 3600)"
     # inside the hysteresis band: still active, no new message (one per crossing)
     assert feed(ev, [(30, 3500), (100, 3460), (105, 3700)]) == []
     # back past clear, but not for long enough
@@ -62,6 +63,8 @@ def test_absent_metric_neither_raises_nor_clears_but_faults_do() -> None:
     assert cells["max_cell_mv"] == 2
     events = ev.evaluate(0, metrics, cells, faults_known=True)
     assert [e.rule_id for e in events] == ["fault:cell_voltage_high_l2"]
+    # what a notification says: the bit and its cell, not the bit's "1, set > 0.5"
+    assert events[0].message == "cell voltage high l2 on cell 2 (BMS fault bit)"
     assert ev.evaluate(100, {}) == []  # a partial sample: nothing known, nothing changes
     events = ev.evaluate(200, {"max_cell_mv": 3300}, faults_known=True)  # faults listed, this one gone
     assert [e.kind for e in events] == ["cleared"]

@@ -281,7 +281,7 @@ async def test_notifications_grouped_one_per_crossing_smtp_and_webhook(
         assert bid in text
     assert "3 raised on 3 packs" in text
     assert "acme-p1" in hooks[0]["message"] and "3 raised" in hooks[0]["title"]
-    assert hooks[0]["type"] == "failure"  # critical alarms: a webhook filtering on type sees them (was "info")
+    assert hooks[0]["type"] == "failure"  # critical: a webhook filtering on type sees it (was "info")
     # recovery of one pack: e-mail target wants recoveries, the webhook does not
     await ingest(w, a.device, [sample(a.batteries[0], 3, faults=[])])
     await wait_for(lambda: asyncio.sleep(0, len(inbox.messages)), lambda n: n >= 2, "a recovery e-mail")

@@ -503,12 +503,18 @@ class AlarmEvaluator:
         kind: str, rule: Rule, t: float, value: float | None, notify: bool, cell: int | None
     ) -> AlarmEvent:
         title = rule.title or rule.id.replace("_", " ")
-        where = f"cell {cell} " if cell else ""
+        where = f" on cell {cell}" if cell else ""
         verb = {"raised": "", "repeat": "still ", "acknowledged": "acknowledged: ", "cleared": "cleared: "}[
             kind
         ]
-        shown = f"{value:g}" if value is not None else "?"
-        message = f"{verb}{where}{title} ({rule.metric} {shown}, set {rule.op} {rule.set:g})"
+        if rule.metric.startswith("fault:"):  # a bit: its 1 against "> 0.5" says nothing to a reader
+            detail = " (BMS fault bit)"
+        elif rule.metric.startswith("finding:"):
+            detail = " (health engine)"
+        else:
+            shown = f"{value:g}" if value is not None else "?"
+            detail = f" ({rule.metric} {shown}, set {rule.op} {rule.set:g})"
+        message = f"{verb}{title}{where}{detail}"
         return AlarmEvent(kind, rule.id, rule.severity, t, value, message, notify, cell)  # type: ignore[arg-type]
 
     def to_state(self) -> dict[str, Any]:
