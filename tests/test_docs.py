@@ -57,7 +57,9 @@ def test_the_readme_decode_examples_run_and_print_what_their_comments_show() -> 
     for args, comment in examples:
         out = subprocess.run(
             [sys.executable, "-c", "from trackingbms.cli import main; main()", "decode", *args],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert out.returncode == 0, (args, out.stderr)
         shown = re.findall(r'"(\w+)": ([^,}]+)', comment)

@@ -432,8 +432,10 @@ def test_local_api_state_history_live_page_token_and_remote_config(tmp_path, ser
     gateway_via = lambda: httpx.get(base + "/local/v1/state", headers=auth).json()["gateway"]["via"]  # noqa: E731
     wait_for("via = wifi", lambda: gateway_via() == "wifi")
     # and the server hears it in the heartbeat (the paths in priority order, the phone last)
-    beat = wait_for("a heartbeat with via", lambda: (srv.device_info().get("heartbeat") or {}).get("via") and
-                    srv.device_info()["heartbeat"])
+    beat = wait_for(
+        "a heartbeat with via",
+        lambda: (srv.device_info().get("heartbeat") or {}).get("via") and srv.device_info()["heartbeat"],
+    )
     assert beat["via"] == "wifi" and [u["name"] for u in beat["uplinks"]] == ["wifi", "phone"]
 
     with ws_connect(base.replace("http", "ws") + "/local/v1/live?token=lan-secret") as ws:

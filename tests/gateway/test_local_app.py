@@ -108,6 +108,13 @@ def test_locate_never_leaves_the_app_folder() -> None:
 
     assert webapp.locate("/") == STATIC_DIR / "index.html"
     assert webapp.locate("/static/js/app.js") == (STATIC_DIR / "js" / "app.js").resolve()
-    for bad in ("/static/../__init__.py", "/static/../../gateway/local.py", "/static//etc/passwd", "/static/",
-                "/static/js", "/etc/passwd", "/static/js/app.js\x00.png"):
+    for bad in (
+        "/static/../__init__.py",
+        "/static/../../gateway/local.py",
+        "/static//etc/passwd",
+        "/static/",
+        "/static/js",
+        "/etc/passwd",
+        "/static/js/app.js\x00.png",
+    ):
         assert webapp.locate(bad) is None, bad

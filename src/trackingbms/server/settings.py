@@ -103,6 +103,7 @@ class Settings(BaseSettings):
             for origin in value:
                 origin_pattern(origin)  # a clear error at start, naming the entry
         return value
+
     #: regions (docs/scaling.md): this deployment's region name, its public URL (where another region sends
     #: this region's devices and users), the region's NATS cluster (comma-separated URLs; also carries the
     #: live feed between API processes and shared nothing else) and the other regions whose part of the
