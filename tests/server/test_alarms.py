@@ -111,6 +111,7 @@ async def test_threshold_rule_with_override_and_filters(fast_world: World) -> No
     async with client(w.base_url, a.viewer) as c:
         rules = (await c.get("/api/v1/alarm-rules")).json()
         assert {r["id"] for r in rules["builtin"]} >= {"cell_spread", "offline", "link_down", "bms_asleep"}
+        assert all(r["rule_id"] == r["id"] for r in rules["builtin"])  # named as an override names them
         r = await c.post("/api/v1/alarm-rules", json={"rule_id": "cell_spread", "set": 50})
         assert r.status_code == 403
     async with client(w.base_url, a.admin) as c:

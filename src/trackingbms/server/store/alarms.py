@@ -499,7 +499,8 @@ class AlarmsScope(TenantScope):
             ).all()
             overrides = [await self._rule_item(conn, r) for r in rows]
         return {
-            "builtin": [asdict(r) for r in BUILTIN_RULES],
+            # ``rule_id`` as the overrides and POST name it (``id`` kept: the Rules page and scripts read it)
+            "builtin": [{"rule_id": r.id, **asdict(r)} for r in BUILTIN_RULES],
             # a battery whose chemistry is set starts from these cell-voltage thresholds instead
             "builtin_by_chemistry": {
                 chem: {rid: {"set": lim[0], "clear": lim[1]} for rid, lim in limits.items()}
