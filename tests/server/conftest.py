@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -64,6 +67,36 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(30)
         self.sock.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_process(
+    url: str, data_dir: Path, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``trackingbms server`` in a subprocess on the database at ``url`` (a second process on one database,
+    or one to signal / kill), ``env`` on top of this one's; → (process, base URL) once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from trackingbms.cli import main; main()", "server", "--port", str(port),
+         "--database-url", url, "--data-dir", str(data_dir), "--log-level", "warning"],
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "the server process exited during start"
+        assert time.monotonic() < deadline, "the server process did not start"
+        time.sleep(0.1)
 
 
 @pytest.fixture

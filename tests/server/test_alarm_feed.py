@@ -16,7 +16,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,37 +32,22 @@ from trackingbms.server.db import make_engine, sample_segments, service_leases
 from trackingbms.server.notify import Notifier
 from trackingbms.server.store import DeviceRef, Store, packing
 
-from .conftest import ServerThread, migrate, provision, sample
-from .test_cli import free_port
+from .conftest import ServerThread, migrate, provision, sample, server_process
 
 LEASE_S = 2.0
 FAULT = {"faults": ["cell_voltage_high_l2"], "fault_code": 1}
 
 
 def _start_subprocess_server(url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "TRACKINGBMS_ALARM_LEASE_S": str(LEASE_S),
-        "TRACKINGBMS_ALARM_INTERVAL_S": "0.5",  # saves state and the feed's cursor twice a second
-        "TRACKINGBMS_ONLINE_GRACE_S": "120",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from trackingbms.cli import main; main()", "server", "--port", str(port),
-         "--database-url", url, "--data-dir", str(tmp), "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, "the server process exited during start"
-        assert time.monotonic() < deadline, "the server process did not start"
-        time.sleep(0.1)
+    return server_process(
+        url,
+        tmp,
+        {
+            "TRACKINGBMS_ALARM_LEASE_S": str(LEASE_S),
+            "TRACKINGBMS_ALARM_INTERVAL_S": "0.5",  # saves state and the feed's cursor twice a second
+            "TRACKINGBMS_ONLINE_GRACE_S": "120",
+        },
+    )
 
 
 async def _lease(url: str) -> Any:

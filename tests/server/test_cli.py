@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import orjson
 
 from trackingbms.server import provisioning as p
 
-from .conftest import sample
+from .conftest import sample, server_process
 
 CLI = [sys.executable, "-c", "from trackingbms.cli import main; main()"]
 
@@ -29,41 +28,6 @@ def admin(url: str, *args: str) -> Any:
     )
     out = json.loads(r.stdout)
     return r.returncode, out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            *CLI,
-            "server",
-            "--port",
-            str(port),
-            "--database-url",
-            url,
-            "--data-dir",
-            str(tmp),
-            "--log-level",
-            "warning",
-        ]
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, "server exited during start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.1)
 
 
 def test_admin_commands_then_ingest_then_graceful_stop(database_url: str, tmp_path: Path) -> None:
@@ -85,7 +49,7 @@ def test_admin_commands_then_ingest_then_graceful_stop(database_url: str, tmp_pa
     code, cfg = admin(url, "set-config", "gw-1", "-t", "acme", '{"heartbeat_interval_s": 15}')
     assert code == 0 and cfg["config_version"] == 1
 
-    proc, base = start_server(url, tmp_path)
+    proc, base = server_process(url, tmp_path)
     try:
         auth = {"Authorization": f"Bearer {dev['token']}", "Content-Type": "application/json"}
         r = httpx.post(

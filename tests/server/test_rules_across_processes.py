@@ -8,9 +8,7 @@ next sample B ingests raises that rule's alarm. Once per backend (SQLite file, P
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,31 +17,13 @@ import httpx
 
 from trackingbms.server import provisioning as p
 
-from .conftest import ServerThread, provision, sample
-from .test_cli import free_port
+from .conftest import ServerThread, provision, sample, server_process
 
 RULE = "cross_process_soc"
 
 
 def _start_b(url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {**os.environ, "TRACKINGBMS_RULES_CHECK_S": "0.5", "TRACKINGBMS_ALARM_INTERVAL_S": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-c", "from trackingbms.cli import main; main()", "server", "--port", str(port),
-         "--database-url", url, "--data-dir", str(tmp), "--log-level", "warning"],
-        env=env,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(base + "/healthz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        assert proc.poll() is None, "server B exited during start"
-        assert time.monotonic() < deadline, "server B did not start"
-        time.sleep(0.1)
+    return server_process(url, tmp, {"TRACKINGBMS_RULES_CHECK_S": "0.5", "TRACKINGBMS_ALARM_INTERVAL_S": "1"})
 
 
 async def _alarms(base: str, token: str) -> list[dict]:
