@@ -187,7 +187,6 @@ class AlarmService:
         self._standing_by = False  # said so in the log already
         self._epoch: int | None = None
         self._cursor: FeedCursor | None = None
-        self._feed_cursor: int | None = None  # every segment id at or below it is evaluated
         self._wake = asyncio.Event()
         self.evaluated = 0  # samples run through the rules (metrics; the bench waits on it)
         self._marks: dict[int, tuple[int, ...]] | None = None
@@ -292,7 +291,6 @@ class AlarmService:
             self._forget()  # someone else may have evaluated meanwhile: state comes from the database
             self._epoch = lease.epoch
             self._cursor = FeedCursor(lease.cursor or 0, self.gap_wait_s)
-            self._feed_cursor = self._cursor.cursor
             log.info(
                 "alarm service: this process now evaluates every stored sample (alarm-feed lease taken; %s)",
                 "from the oldest hot samples"
@@ -307,7 +305,6 @@ class AlarmService:
         self._profiles.clear()
         self._marks = None
         self._cursor = None
-        self._feed_cursor = None
 
     async def _feed_once(self) -> int:
         """Evaluate the segments stored since the last look (and late ones that filled a gap); → how many
@@ -329,8 +326,6 @@ class AlarmService:
         # marked read once evaluated: a stop cutting in before reads them again (older ts are skipped)
         feed.saw([g.id for g in late], now_s)
         feed.saw([g.id for g in new], now_s)
-        if self._cursor is feed:  # still the holder's feed (the lease was not lost meanwhile)
-            self._feed_cursor = feed.cursor
         return len(new)
 
     async def _evaluate_segments(self, segs: list[FeedSegment]) -> None:
@@ -699,8 +694,9 @@ class AlarmService:
             )
             b.dirty = False
         await self.store.save_analytics(rows)
-        if self.held and self._feed_cursor is not None:  # the state saved covers every segment up to it
-            if not await self.store.save_lease_cursor(LEASE_NAME, self.holder, self._feed_cursor):
+        # the state saved covers every segment up to the cursor: ids are marked read only once evaluated
+        if self.held and self._cursor is not None:
+            if not await self.store.save_lease_cursor(LEASE_NAME, self.holder, self._cursor.cursor):
                 log.warning("alarm service: the alarm feed's lease was lost; this one stands by")
                 self.held = False
                 self._forget()
