@@ -20,6 +20,7 @@ import orjson
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from trackingbms.server.hub import Hub
+from trackingbms.server.store.base import pg_fetch
 
 log = logging.getLogger("trackingbms.server.live")
 
@@ -52,10 +53,7 @@ _NOTIFY_MANY = f"SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::text[]) AS p"
 
 async def notify_many(engine: AsyncEngine, payloads: list[str]) -> None:
     """Send encoded messages (:func:`encode`) in one round trip on one pooled connection."""
-    async with engine.connect() as conn:
-        # the driver's own connection: no SQLAlchemy transaction, so the statement commits by itself
-        apg = (await conn.get_raw_connection()).driver_connection
-        await apg.execute(_NOTIFY_MANY, payloads)
+    await pg_fetch(engine, _NOTIFY_MANY, payloads)  # outside a transaction: delivered as it runs
 
 
 class PgRelay:
