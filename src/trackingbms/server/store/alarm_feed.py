@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import case, func, insert, or_, select, update
+from sqlalchemy import case, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from trackingbms.server.db import batteries, sample_segments, service_leases, streams
 from trackingbms.server.store.base import StoreCore
@@ -73,22 +75,27 @@ class AlarmFeedStore(StoreCore):
         """Take or renew the lease (held by nobody, expired, or by ``holder`` already); None when another
         process holds it."""
         c = service_leases.c
-        async with self.write() as conn:
-            if (await conn.execute(select(c.name).where(c.name == name))).first() is None:
-                await conn.execute(
-                    insert(service_leases).values(name=name, holder=None, expires_ms=0, epoch=0, cursor=None)
-                )
-            got = await conn.execute(
-                update(service_leases)
-                .where(c.name == name, or_(c.holder == holder, c.holder.is_(None), c.expires_ms < now_ms))
-                .values(
-                    holder=holder,
-                    expires_ms=now_ms + ttl_ms,
-                    epoch=case((c.holder == holder, c.epoch), else_=c.epoch + 1),  # NULL holder: else
-                )
-                .returning(c.epoch, c.cursor)
+        take = (
+            update(service_leases)
+            .where(c.name == name, or_(c.holder == holder, c.holder.is_(None), c.expires_ms < now_ms))
+            .values(
+                holder=holder,
+                expires_ms=now_ms + ttl_ms,
+                epoch=case((c.holder == holder, c.epoch), else_=c.epoch + 1),  # NULL holder: else
             )
-            row = got.first()
+            .returning(c.epoch, c.cursor)
+        )
+        async with self.write() as conn:
+            row = (await conn.execute(take)).first()
+            if row is None and (await conn.execute(select(c.name).where(c.name == name))).first() is None:
+                # the lease's first use on this database (one statement per renewal from then on)
+                dialect_insert = sqlite_insert if self.sqlite else pg_insert
+                await conn.execute(  # two processes starting together: one row, no error
+                    dialect_insert(service_leases)
+                    .values(name=name, holder=None, expires_ms=0, epoch=0, cursor=None)
+                    .on_conflict_do_nothing()
+                )
+                row = (await conn.execute(take)).first()
         return None if row is None else Lease(row[0], row[1])
 
     async def save_lease_cursor(self, name: str, holder: str, cursor: int) -> bool:
